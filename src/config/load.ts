@@ -1,0 +1,172 @@
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import YAML from 'yaml';
+import { ConfigError, type Location, type Problem } from '../errors.ts';
+import { baseModels } from '../models/registry.ts';
+import { explainSchemaErrors } from './messages.ts';
+import { applyOverride, mergeConfigs, parseOverride, type Override } from './overrides.ts';
+import type { ResolvedExperiment } from './resolved.ts';
+import { experimentValidator } from './schema.ts';
+import { locationAt, matchPath, parseYamlFile, type PlainObject, type YamlSource } from './sources.ts';
+
+export interface LoadOptions {
+  /** `--set key.path=value` flags, applied after `extends` and the file itself. */
+  overrides?: readonly string[];
+}
+
+export interface LoadedExperiment {
+  config: ResolvedExperiment;
+  /** The experiment file and the files it extends, child first. */
+  files: string[];
+  /** Folder of the experiment file: relative paths in the config are resolved against it. */
+  baseDir: string;
+  /** sha256 of the canonical JSON of the resolved config: identifies what was run. */
+  configSha256: string;
+}
+
+const maxExtendsDepth = 10;
+
+/** Reads a file and the chain of files it `extends`, child first. */
+function readChain(file: string, displayName: string, problems: Problem[]): YamlSource[] {
+  const chain: YamlSource[] = [];
+  const visited = new Set<string>();
+  let current: { file: string; displayName: string } | undefined = { file: path.resolve(file), displayName };
+  while (current) {
+    const source = parseYamlFile(current.file, current.displayName, problems);
+    if (!source) break;
+    chain.push(source);
+    visited.add(source.file);
+    const parent = source.value.extends;
+    current = undefined;
+    if (parent === undefined) break;
+    const at = matchPath(source, ['extends']);
+    const location = locationAt(source, at.valueOffset);
+    if (typeof parent !== 'string' || parent.length === 0) {
+      problems.push({ location, keyPath: 'extends', message: 'expected the path of another experiment file' });
+      break;
+    }
+    const parentFile = path.resolve(path.dirname(source.file), parent);
+    if (visited.has(parentFile)) {
+      problems.push({ location, keyPath: 'extends', message: `"${parent}" is already in the chain of extended files (a cycle)` });
+      break;
+    }
+    if (chain.length >= maxExtendsDepth) {
+      problems.push({ location, keyPath: 'extends', message: `more than ${maxExtendsDepth} levels of extends` });
+      break;
+    }
+    const before = problems.length;
+    const parentDisplay = path.join(path.dirname(source.displayName), parent);
+    const probe = parseYamlFile(parentFile, parentDisplay, []);
+    if (!probe) {
+      // Report the bad parent at the `extends:` line of the child, then the parent's own errors.
+      parseYamlFile(parentFile, parentDisplay, problems);
+      const reasons = problems.splice(before).map((p) => p.message);
+      problems.push({ location, keyPath: 'extends', message: `cannot use "${parent}": ${reasons[0] ?? 'unreadable'}` });
+      break;
+    }
+    current = { file: parentFile, displayName: parentDisplay };
+  }
+  return chain;
+}
+
+/** Where a key path came from: the --set flag that wrote it, or the most precise YAML node. */
+function locate(keyPath: string[], atKey: boolean, chain: YamlSource[], overrides: Override[]): Location {
+  for (const override of [...overrides].reverse()) {
+    const shorter = Math.min(override.keyPath.length, keyPath.length);
+    if (override.keyPath.slice(0, shorter).join('.') === keyPath.slice(0, shorter).join('.') && override.keyPath.length <= keyPath.length) {
+      return { file: `--set ${override.flag}` };
+    }
+  }
+  let best: { source: YamlSource; offset: number; depth: number } | undefined;
+  for (const source of chain) {
+    const match = matchPath(source, keyPath);
+    const exact = match.depth === keyPath.length;
+    const offset = exact && !atKey ? match.valueOffset : match.keyOffset;
+    if (!best || match.depth > best.depth) best = { source, offset, depth: match.depth };
+  }
+  if (!best) return { file: '(config)' };
+  return locationAt(best.source, best.offset);
+}
+
+/** Rules that involve several keys or facts about the base model: not expressible in the schema. */
+function byPosition(a: Problem, b: Problem): number {
+  return a.location.file.localeCompare(b.location.file) || (a.location.line ?? 0) - (b.location.line ?? 0) || (a.location.column ?? 0) - (b.location.column ?? 0);
+}
+
+function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; message: string; atValue?: boolean }[] {
+  const found: { keyPath: string[]; message: string; atValue?: boolean }[] = [];
+  const { dataset } = config;
+  if (dataset.url === undefined && dataset.path === undefined) found.push({ keyPath: ['dataset'], message: 'expected either url: or path:' });
+  if (dataset.url !== undefined && dataset.path !== undefined) found.push({ keyPath: ['dataset', 'path'], message: 'expected either url: or path:, not both' });
+  if ((dataset.train_dir === undefined) !== (dataset.validation_dir === undefined)) {
+    const missing = dataset.train_dir === undefined ? 'train_dir' : 'validation_dir';
+    found.push({ keyPath: ['dataset'], message: `train_dir and validation_dir go together; missing ${missing}` });
+  }
+  if (dataset.train_dir !== undefined && dataset.validation_split !== undefined) {
+    found.push({ keyPath: ['dataset', 'validation_split'], message: 'expected either train_dir/validation_dir or validation_split, not both' });
+  }
+  if (dataset.train_dir === undefined && dataset.validation_split === undefined) {
+    found.push({ keyPath: ['dataset'], message: 'expected train_dir + validation_dir, or validation_split to split one folder' });
+  }
+  const layerCount = baseModels[config.model.base].layerCount;
+  if (config.train.fine_tune.fine_tune_at > layerCount) {
+    found.push({
+      keyPath: ['train', 'fine_tune', 'fine_tune_at'],
+      message: `found ${config.train.fine_tune.fine_tune_at}, expected at most ${layerCount} (${config.model.base} has ${layerCount} layers)`,
+      atValue: true,
+    });
+  }
+  return found;
+}
+
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as PlainObject).sort(([a], [b]) => a.localeCompare(b))) : v,
+  );
+}
+
+export function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/**
+ * Loads an experiment file: parses YAML, follows `extends`, applies `--set`, fills the
+ * schema's defaults and validates. Throws a ConfigError listing every problem, each with
+ * file:line:col, key path, what was found and what was expected.
+ */
+export function loadExperiment(file: string, options: LoadOptions = {}): LoadedExperiment {
+  const problems: Problem[] = [];
+  const chain = readChain(file, file, problems);
+  const overrides = (options.overrides ?? []).map((flag) => parseOverride(flag, problems)).filter((o): o is Override => o !== undefined);
+  if (problems.length > 0 || chain.length === 0) throw new ConfigError(problems);
+
+  let merged: PlainObject = {};
+  for (const source of [...chain].reverse()) merged = mergeConfigs(merged, source.value);
+  for (const override of overrides) merged = applyOverride(merged, override, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const validate = experimentValidator();
+  if (!validate(merged)) {
+    for (const error of explainSchemaErrors(validate.errors ?? [])) {
+      problems.push({ location: locate(error.keyPath, error.atKey, chain, overrides), keyPath: error.keyPath.join('.'), message: error.message });
+    }
+    throw new ConfigError(problems.sort(byPosition));
+  }
+  const { extends: _extends, $schema: _schema, ...rest } = merged;
+  const config = rest as unknown as ResolvedExperiment;
+  for (const problem of crossFieldProblems(config)) {
+    problems.push({ location: locate(problem.keyPath, !problem.atValue, chain, overrides), keyPath: problem.keyPath.join('.'), message: problem.message });
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return {
+    config,
+    files: chain.map((source) => source.file),
+    baseDir: path.dirname(path.resolve(file)),
+    configSha256: sha256Hex(canonicalJson(config)),
+  };
+}
+
+/** The resolved config as YAML, as a run records it. */
+export function resolvedConfigYaml(config: ResolvedExperiment): string {
+  return YAML.stringify(config, { lineWidth: 0 });
+}

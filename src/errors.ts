@@ -1,0 +1,45 @@
+/**
+ * Errors a user can act on: a bad experiment file, a bad flag, bad data. The CLI prints
+ * their message (no stack trace) and exits with code 2. Anything else is a bug or an
+ * environment failure and exits with 1.
+ */
+export class UserError extends Error {
+  override name = 'UserError';
+  readonly exitCode = 2;
+}
+
+/** Where in an input a problem is: a file position, or a command-line flag. */
+export interface Location {
+  file: string;
+  line?: number;
+  column?: number;
+}
+
+export interface Problem {
+  location: Location;
+  /** Dotted key path, e.g. train.fine_tune.fine_tune_at ('' for the whole document). */
+  keyPath: string;
+  message: string;
+}
+
+export function formatLocation({ file, line, column }: Location): string {
+  if (line === undefined) return file;
+  return column === undefined ? `${file}:${line}` : `${file}:${line}:${column}`;
+}
+
+export function formatProblem(problem: Problem): string {
+  const where = formatLocation(problem.location);
+  return problem.keyPath ? `${where}: ${problem.keyPath}: ${problem.message}` : `${where}: ${problem.message}`;
+}
+
+/** All the problems of one input at once, one line each. */
+export class ConfigError extends UserError {
+  override name = 'ConfigError';
+  constructor(readonly problems: Problem[]) {
+    super(problems.map(formatProblem).join('\n'));
+  }
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,66 @@
+import type { Tensor } from '@tensorflow/tfjs-node';
+import { tf } from './tf.ts';
+
+/**
+ * TensorFlow ops that tfjs has no kernel for (or whose tfjs gradient is slow), run by
+ * name on the native backend: the same kernels Keras uses.
+ */
+export type OpAttr =
+  | { name: string; kind: 'string'; value: string }
+  | { name: string; kind: 'int'; value: number }
+  | { name: string; kind: 'float'; value: number }
+  | { name: string; kind: 'bool'; value: boolean }
+  | { name: string; kind: 'type'; value: 'float32' | 'int32' | 'bool' | 'uint8' }
+  | { name: string; kind: 'shape'; value: number[] };
+
+interface NativeBinding {
+  TF_ATTR_STRING: number;
+  TF_ATTR_INT: number;
+  TF_ATTR_FLOAT: number;
+  TF_ATTR_BOOL: number;
+  TF_ATTR_TYPE: number;
+  TF_ATTR_SHAPE: number;
+  TF_FLOAT: number;
+  TF_INT32: number;
+  TF_BOOL: number;
+  TF_UINT8: number;
+}
+
+interface NativeBackend {
+  binding: NativeBinding;
+  executeSingleOutput(name: string, attrs: unknown[], inputs: Tensor[]): Tensor;
+  executeMultipleOutputs(name: string, attrs: unknown[], inputs: Tensor[], count: number): Tensor[];
+}
+
+function backend(): NativeBackend {
+  return tf.backend() as unknown as NativeBackend;
+}
+
+function toBindingAttrs(attrs: readonly OpAttr[]): unknown[] {
+  const b = backend().binding;
+  const dtypes = { float32: b.TF_FLOAT, int32: b.TF_INT32, bool: b.TF_BOOL, uint8: b.TF_UINT8 };
+  return attrs.map((attr) => {
+    switch (attr.kind) {
+      case 'string':
+        return { name: attr.name, type: b.TF_ATTR_STRING, value: attr.value };
+      case 'int':
+        return { name: attr.name, type: b.TF_ATTR_INT, value: attr.value };
+      case 'float':
+        return { name: attr.name, type: b.TF_ATTR_FLOAT, value: attr.value };
+      case 'bool':
+        return { name: attr.name, type: b.TF_ATTR_BOOL, value: attr.value };
+      case 'type':
+        return { name: attr.name, type: b.TF_ATTR_TYPE, value: dtypes[attr.value] };
+      case 'shape':
+        return { name: attr.name, type: b.TF_ATTR_SHAPE, value: attr.value };
+    }
+  });
+}
+
+export function runOp(name: string, attrs: readonly OpAttr[], inputs: Tensor[]): Tensor {
+  return backend().executeSingleOutput(name, toBindingAttrs(attrs), inputs);
+}
+
+export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tensor[], outputs: number): Tensor[] {
+  return backend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
+}
