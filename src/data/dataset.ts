@@ -1,0 +1,132 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ResolvedExperiment } from '../config/resolved.ts';
+import { UserError } from '../errors.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import { resolveCacheDir } from './cache.ts';
+import { downloadToCache, fileNameOf } from './download.ts';
+import { archiveKindOf, extractArchive, type ExtractLimits } from './extract.ts';
+import { ImageSplit, type ImageSize, type StorageMode } from './images.ts';
+import { planSplits, type DataPlan, type Scans, type SplitName } from './plan.ts';
+import { scanClassFolders, type SkippedFile } from './scan.ts';
+
+export interface PrepareOptions {
+  /** Folder of the experiment file: dataset.path is relative to it. */
+  baseDir: string;
+  cacheDir?: string;
+  log?: Logger;
+  /** Keep decoded images in memory up to this many bytes (default 4 GiB, $TLX_MEMORY_BUDGET_MB). */
+  memoryBudgetBytes?: number;
+  extractLimits?: ExtractLimits;
+}
+
+export interface DatasetSource {
+  /** The folder the class folders were read from. */
+  root: string;
+  url?: string;
+  archiveSha256?: string;
+  fromCache?: boolean;
+}
+
+/** Everything later stages need: class names, the three splits, what was skipped. */
+export interface PreparedDataset {
+  classNames: string[];
+  splits: Record<SplitName, ImageSplit>;
+  skipped: SkippedFile[];
+  imageSize: ImageSize;
+  storage: StorageMode;
+  source: DatasetSource;
+}
+
+export function splitCounts(dataset: PreparedDataset): Record<SplitName, number> {
+  return { train: dataset.splits.train.length, validation: dataset.splits.validation.length, test: dataset.splits.test.length };
+}
+
+/** Downloads (cached) and extracts (cached) a dataset.url; returns the dataset folder. */
+async function fetchDataset(config: ResolvedExperiment['dataset'], cacheDir: string, log: Logger, limits?: ExtractLimits): Promise<DatasetSource> {
+  const url = config.url!;
+  const kind = archiveKindOf(fileNameOf(url));
+  if (!kind) throw new UserError(`dataset.url: ${url}: expected a .zip, .tar, .tar.gz or .tgz archive`);
+  const downloaded = await downloadToCache(url, { cacheDir, sha256: config.sha256, log });
+  const extracted = path.join(cacheDir, 'extracted', downloaded.sha256.slice(0, 32));
+  if (!fs.existsSync(extracted)) {
+    log.info({ archive: downloaded.file }, 'extracting');
+    await extractArchive(downloaded.file, kind, extracted, limits);
+  }
+  return { root: extracted, url, archiveSha256: downloaded.sha256, fromCache: downloaded.fromCache };
+}
+
+/** The dataset folder: `subdir`, else the archive's single top-level folder, else the root. */
+function datasetRoot(root: string, subdir: string | undefined, fromArchive: boolean): string {
+  if (subdir) {
+    const inner = path.join(root, subdir);
+    if (!fs.existsSync(inner)) throw new UserError(`dataset.subdir: ${subdir} not found in ${root}`);
+    return inner;
+  }
+  if (!fromArchive) return root;
+  const top = fs.readdirSync(root, { withFileTypes: true }).filter((e) => !e.name.startsWith('.') && e.name !== '__MACOSX');
+  return top.length === 1 && top[0].isDirectory() ? path.join(root, top[0].name) : root;
+}
+
+export function scanDataset(config: ResolvedExperiment['dataset'], root: string): Scans {
+  if (config.train_dir && config.validation_dir) {
+    return {
+      root,
+      train: scanClassFolders(path.join(root, config.train_dir), 'dataset.train_dir'),
+      validation: scanClassFolders(path.join(root, config.validation_dir), 'dataset.validation_dir'),
+    };
+  }
+  return { root, all: scanClassFolders(root, 'dataset') };
+}
+
+function memoryBudget(options: PrepareOptions): number {
+  if (options.memoryBudgetBytes !== undefined) return options.memoryBudgetBytes;
+  const mb = Number(process.env.TLX_MEMORY_BUDGET_MB);
+  return Number.isFinite(mb) && mb > 0 ? mb * 1024 * 1024 : 4 * 1024 ** 3;
+}
+
+function formatBytes(bytes: number): string {
+  return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GiB` : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/**
+ * dataset: from the config to decoded splits. Fetches and extracts (cached), scans the
+ * class folders, plans the splits with the seed, then decodes and resizes every image
+ * once, keeping them in memory when they fit the budget.
+ */
+export async function prepareDataset(config: ResolvedExperiment, options: PrepareOptions): Promise<PreparedDataset> {
+  const log = options.log ?? silentLogger;
+  const cacheDir = resolveCacheDir(options.cacheDir);
+  const source: DatasetSource = config.dataset.url
+    ? await fetchDataset(config.dataset, cacheDir, log, options.extractLimits)
+    : { root: path.resolve(options.baseDir, config.dataset.path!) };
+  source.root = datasetRoot(source.root, config.dataset.subdir, Boolean(config.dataset.url));
+  const plan: DataPlan = planSplits(scanDataset(config.dataset, source.root), config.dataset, config.seed);
+  const imageSize = config.dataset.image_size as ImageSize;
+  const total = plan.splits.train.length + plan.splits.validation.length + plan.splits.test.length;
+  const bytes = total * imageSize[0] * imageSize[1] * 3;
+  const storage: StorageMode = bytes <= memoryBudget(options) ? 'memory' : 'stream';
+  log.info(
+    { images: total, storage, bytes },
+    storage === 'memory'
+      ? `decoding ${total} images once and keeping them in memory (${formatBytes(bytes)} as uint8)`
+      : `${total} images need ${formatBytes(bytes)}, over the memory budget: streaming batches from disk`,
+  );
+  const skipped = [...plan.skipped];
+  const splits = {} as Record<SplitName, ImageSplit>;
+  for (const name of ['train', 'validation', 'test'] as const) {
+    const { split, bad } = ImageSplit.load(plan.splits[name], imageSize, storage);
+    splits[name] = split;
+    skipped.push(...bad.map((b) => ({ ...b, file: path.relative(source.root, b.file) })));
+  }
+  if (skipped.length > 0) {
+    if (config.dataset.on_bad_file === 'fail') {
+      throw new UserError(`dataset: ${skipped.length} file(s) are not usable images (on_bad_file: fail): ${skipped.slice(0, 5).map((s) => `${s.file} (${s.reason})`).join('; ')}`);
+    }
+    log.warn({ count: skipped.length, first: skipped.slice(0, 5).map((s) => s.file) }, `skipped ${skipped.length} file(s) that are not usable images`);
+  }
+  for (const name of ['train', 'validation'] as const) {
+    if (splits[name].length === 0) throw new UserError(`dataset: no usable images in the ${name} split`);
+  }
+  return { classNames: plan.classNames, splits, skipped, imageSize, storage, source };
+}

@@ -1,0 +1,78 @@
+import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-node';
+import { tf } from '../tf.ts';
+import { mobileNetV2 } from './mobilenet_v2.ts';
+import { baseModels, type BaseModelName } from './registry.ts';
+
+/**
+ * The tutorial's model: raw RGB pixels in [0, 255] -> the base's own preprocessing
+ * (MobileNetV2: x / 127.5 - 1) -> the pretrained base (a nested model, so its layer
+ * indices stay Keras's) -> global average pooling -> dropout -> dense.
+ * Two classes: one logit (binary cross-entropy from logits, as the tutorial).
+ * More: one logit per class (softmax cross-entropy).
+ */
+
+export type HeadKind = 'binary_logit' | 'softmax_logits';
+
+export interface ClassifierSpec {
+  base: BaseModelName;
+  alpha: number;
+  imageSize: [height: number, width: number];
+  classCount: number;
+  dropout: number;
+  /** Seeds the dense layer's initial weights. */
+  seed: number;
+}
+
+export interface Classifier {
+  model: LayersModel;
+  base: LayersModel;
+  head: HeadKind;
+  /** Units of the final dense layer (1 for binary, else the class count). */
+  units: number;
+  spec: ClassifierSpec;
+}
+
+export function headKindFor(classCount: number): HeadKind {
+  return classCount === 2 ? 'binary_logit' : 'softmax_logits';
+}
+
+export function buildClassifier(spec: ClassifierSpec): Classifier {
+  const [height, width] = spec.imageSize;
+  const base = mobileNetV2({ alpha: spec.alpha, inputShape: [height, width, 3], inputName: 'input_layer' });
+  const head = headKindFor(spec.classCount);
+  const units = head === 'binary_logit' ? 1 : spec.classCount;
+  const { scale, offset } = baseModels[spec.base].pixelScale;
+  const inputs = tf.input({ shape: [height, width, 3], name: 'image' });
+  let x = tf.layers.rescaling({ scale, offset, name: 'preprocess' }).apply(inputs) as SymbolicTensor;
+  x = base.apply(x) as SymbolicTensor;
+  x = tf.layers.globalAveragePooling2d({ name: 'global_average_pooling2d' }).apply(x) as SymbolicTensor;
+  x = tf.layers.dropout({ rate: spec.dropout, name: 'dropout' }).apply(x) as SymbolicTensor;
+  const outputs = tf.layers
+    .dense({ units, name: 'predictions', kernelInitializer: tf.initializers.glorotUniform({ seed: spec.seed }), biasInitializer: 'zeros' })
+    .apply(x) as SymbolicTensor;
+  const model = tf.model({ inputs, outputs, name: 'classifier' });
+  return { model, base, head, units, spec };
+}
+
+export type Phase = 'feature_extraction' | 'fine_tune';
+
+/**
+ * Trainable flags of a phase, as the tutorial sets them: feature extraction freezes the
+ * whole base; fine-tuning unfreezes base layers from `fineTuneAt` on. Returns the number
+ * of trainable variables (the tutorial prints 2, then 56 for fine_tune_at 100).
+ */
+export function setPhaseTrainable(classifier: Classifier, phase: Phase, fineTuneAt: number): number {
+  classifier.base.trainable = phase === 'fine_tune';
+  if (phase === 'fine_tune') {
+    classifier.base.layers.forEach((layer, index) => {
+      layer.trainable = index >= fineTuneAt;
+    });
+  }
+  return classifier.model.trainableWeights.length;
+}
+
+/** Trainable base layers (Keras's count of the base's layers with trainable=True and weights). */
+export function trainableBaseLayerCount(classifier: Classifier): number {
+  if (!classifier.base.trainable) return 0;
+  return classifier.base.layers.filter((layer) => layer.trainable && layer.trainableWeights.length > 0).length;
+}

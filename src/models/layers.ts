@@ -1,0 +1,135 @@
+import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
+import { runOp, runOpMulti } from '../native-ops.ts';
+import { tf } from '../tf.ts';
+
+type Kwargs = Record<string, unknown>;
+type LayerArgs = ConstructorParameters<typeof tf.layers.Layer>[0];
+type LayerVariable = ReturnType<InstanceType<typeof tf.layers.Layer>['addWeight']>;
+type Shape = (number | null)[];
+
+type GradSave = (tensors: Tensor[]) => void;
+
+function single(inputs: Tensor | Tensor[]): Tensor {
+  return Array.isArray(inputs) ? inputs[0] : inputs;
+}
+
+/**
+ * y = BN(x) with the moving statistics, as one native FusedBatchNormV3 (is_training=false),
+ * and its gradient as one FusedBatchNormGradV3: the kernels Keras runs. tfjs-core's own
+ * batchNorm gradient is a chain of element-wise ops several times slower.
+ */
+export function fusedBatchNormInference(x: Tensor, gamma: Tensor1D, beta: Tensor1D, movingMean: Tensor1D, movingVariance: Tensor1D, epsilon: number): Tensor {
+  const attrs = [
+    { name: 'T', kind: 'type', value: 'float32' },
+    { name: 'U', kind: 'type', value: 'float32' },
+    { name: 'epsilon', kind: 'float', value: epsilon },
+    { name: 'exponential_avg_factor', kind: 'float', value: 1 },
+    { name: 'data_format', kind: 'string', value: 'NHWC' },
+    { name: 'is_training', kind: 'bool', value: false },
+  ] as const;
+  const forward = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+    const [input, scale, offset] = args as Tensor[];
+    const save = args[3] as GradSave;
+    const outputs = runOpMulti('FusedBatchNormV3', attrs, [input, scale, offset, movingMean, movingVariance], 6);
+    const [y, ...rest] = outputs;
+    tf.dispose(rest.slice(0, 4));
+    save([input, scale, rest[4]]);
+    return {
+      value: y,
+      gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => {
+        const [savedInput, savedScale, reserve3] = saved;
+        const grads = runOpMulti(
+          'FusedBatchNormGradV3',
+          [
+            { name: 'T', kind: 'type', value: 'float32' },
+            { name: 'U', kind: 'type', value: 'float32' },
+            { name: 'epsilon', kind: 'float', value: epsilon },
+            { name: 'data_format', kind: 'string', value: 'NHWC' },
+            { name: 'is_training', kind: 'bool', value: false },
+          ],
+          [single(dy), savedInput, savedScale, movingMean, movingVariance, reserve3],
+          5,
+        );
+        tf.dispose(grads.slice(3));
+        return grads.slice(0, 3);
+      },
+    };
+  });
+  return forward(x, gamma, beta);
+}
+
+/** min(max(x, 0), 6) natively, with the single-kernel Relu6Grad as its gradient. */
+export const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  (args[1] as GradSave)([x]);
+  return {
+    value: runOp('Relu6', [{ name: 'T', kind: 'type', value: 'float32' }], [x]),
+    gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => [runOp('Relu6Grad', [{ name: 'T', kind: 'type', value: 'float32' }], [single(dy), saved[0]])],
+  };
+}) as (x: Tensor) => Tensor;
+
+export interface BatchNormArgs extends NonNullable<LayerArgs> {
+  epsilon?: number;
+  momentum?: number;
+}
+
+/**
+ * BatchNormalization as Keras runs it inside a base called with training=False (the
+ * tutorial's `base_model(x, training=False)`): always the moving statistics, which never
+ * change; gamma and beta train when the layer is trainable. tfjs-layers' own
+ * BatchNormalization uses batch statistics whenever fit() runs, frozen or not.
+ */
+export class InferenceBatchNormalization extends tf.layers.Layer {
+  static className = 'TlxInferenceBatchNormalization';
+  readonly epsilon: number;
+  readonly momentum: number;
+  private gamma!: LayerVariable;
+  private beta!: LayerVariable;
+  private movingMean!: LayerVariable;
+  private movingVariance!: LayerVariable;
+
+  constructor(args: BatchNormArgs = {}) {
+    super(args);
+    this.epsilon = args.epsilon ?? 1e-3;
+    this.momentum = args.momentum ?? 0.999;
+  }
+
+  override build(inputShape: Shape | Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as Shape;
+    const channels = shape[shape.length - 1] as number;
+    this.gamma = this.addWeight('gamma', [channels], 'float32', tf.initializers.ones(), undefined, true);
+    this.beta = this.addWeight('beta', [channels], 'float32', tf.initializers.zeros(), undefined, true);
+    this.movingMean = this.addWeight('moving_mean', [channels], 'float32', tf.initializers.zeros(), undefined, false);
+    this.movingVariance = this.addWeight('moving_variance', [channels], 'float32', tf.initializers.ones(), undefined, false);
+    this.built = true;
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() =>
+      fusedBatchNormInference(
+        single(inputs),
+        this.gamma.read() as Tensor1D,
+        this.beta.read() as Tensor1D,
+        this.movingMean.read() as Tensor1D,
+        this.movingVariance.read() as Tensor1D,
+        this.epsilon,
+      ),
+    );
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), epsilon: this.epsilon, momentum: this.momentum };
+  }
+}
+
+/** Keras's ReLU(6.) layer, on the native kernels. */
+export class ReLU6 extends tf.layers.Layer {
+  static className = 'TlxReLU6';
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => relu6(single(inputs)));
+  }
+}
+
+tf.serialization.registerClass(InferenceBatchNormalization);
+tf.serialization.registerClass(ReLU6);

@@ -1,0 +1,205 @@
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import type { LayersModel, Tensor } from '@tensorflow/tfjs-node';
+import type { WeightsManifestEntry } from '@tensorflow/tfjs-core/dist/io/types.js';
+import { UserError } from '../errors.ts';
+import { resolveCacheDir } from '../data/cache.ts';
+import { downloadToCache } from '../data/download.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import { tf } from '../tf.ts';
+import { namedVariables } from './variables.ts';
+
+/**
+ * Pretrained weights by layer and weight name, from wherever they come: Keras .h5 files
+ * (the keras.applications files, or any legacy-layout .h5), tfjs model.json, or the
+ * MobileNetV2 shipped inside the nsfwjs npm package. Matching is by name, so the file's
+ * own architecture description is never trusted.
+ */
+
+export interface NamedWeight {
+  shape: number[];
+  values: Float32Array;
+}
+
+/** "<layer>/<weight>", weight names normalised (Keras 2 "depthwise_kernel:0" -> "depthwise_kernel"). */
+export type WeightMap = Map<string, NamedWeight>;
+
+export function weightKey(layer: string, weight: string): string {
+  const short = weight.split('/').pop()!.replace(/:\d+$/, '');
+  return `${layer}/${short === 'kernel' && layer.endsWith('depthwise') ? 'depthwise_kernel' : short}`;
+}
+
+const kerasApplicationsUrl = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/';
+const kerasResolutions = [96, 128, 160, 192, 224];
+
+/** The keras.applications file for an alpha and input size; other sizes use the nearest file. */
+export function imagenetWeightsUrl(alpha: number, height: number, width: number): { url: string; resolution: number; exact: boolean } {
+  const size = height === width ? height : Math.max(height, width);
+  const resolution = kerasResolutions.reduce((best, r) => (Math.abs(r - size) < Math.abs(best - size) ? r : best), 224);
+  const alphaText = Number.isInteger(alpha) ? alpha.toFixed(1) : String(alpha);
+  return {
+    url: `${kerasApplicationsUrl}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_${alphaText}_${resolution}_no_top.h5`,
+    resolution,
+    exact: height === width && resolution === height,
+  };
+}
+
+/** Reads a legacy-layout Keras .h5 (root attribute layer_names; each layer group's weight_names). */
+export async function readKerasH5(file: string): Promise<WeightMap> {
+  const { default: h5wasm } = await import('h5wasm/node');
+  await h5wasm.ready;
+  let h5: InstanceType<typeof h5wasm.File>;
+  try {
+    h5 = new h5wasm.File(file, 'r');
+  } catch (error) {
+    throw new UserError(`model.weights: ${file} is not a readable HDF5 file (${error instanceof Error ? error.message : String(error)})`);
+  }
+  try {
+    const root = (h5.get('model_weights') as InstanceType<typeof h5wasm.Group> | null) ?? h5;
+    const layerNames = root.attrs.layer_names?.value;
+    if (!Array.isArray(layerNames)) throw new UserError(`model.weights: ${file} has no layer_names attribute; expected a Keras (legacy H5) weights file`);
+    const weights: WeightMap = new Map();
+    for (const layer of layerNames as string[]) {
+      const group = root.get(layer) as InstanceType<typeof h5wasm.Group>;
+      const weightNames = (group.attrs.weight_names?.value ?? []) as string[];
+      for (const name of weightNames) {
+        const dataset = group.get(name) as InstanceType<typeof h5wasm.Dataset>;
+        weights.set(weightKey(layer, name), { shape: [...(dataset.shape ?? [])], values: Float32Array.from(dataset.value as ArrayLike<number>) });
+      }
+    }
+    return weights;
+  } finally {
+    h5.close();
+  }
+}
+
+interface ManifestGroup {
+  paths: string[];
+  weights: WeightsManifestEntry[];
+}
+
+async function decodeManifest(manifest: ManifestGroup[], readShard: (name: string) => Promise<Uint8Array>): Promise<WeightMap> {
+  const weights: WeightMap = new Map();
+  for (const group of manifest) {
+    const shards = await Promise.all(group.paths.map(readShard));
+    const buffer = new Uint8Array(shards.reduce((n, s) => n + s.byteLength, 0));
+    let offset = 0;
+    for (const shard of shards) {
+      buffer.set(shard, offset);
+      offset += shard.byteLength;
+    }
+    // decodeWeights dequantizes uint8/float16-quantized entries (as nsfwjs's are).
+    const tensors = tf.io.decodeWeights(buffer.buffer, group.weights) as Record<string, Tensor>;
+    for (const [name, tensor] of Object.entries(tensors)) {
+      const slash = name.lastIndexOf('/');
+      weights.set(weightKey(name.slice(0, slash), name.slice(slash + 1)), { shape: tensor.shape, values: tensor.dataSync() as Float32Array });
+      tensor.dispose();
+    }
+  }
+  return weights;
+}
+
+/** A tfjs model.json (layers model) and its shards beside it. */
+export async function readTfjsModelJson(file: string): Promise<WeightMap> {
+  let json: { weightsManifest?: ManifestGroup[] };
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof json;
+  } catch (error) {
+    throw new UserError(`model.weights: ${file}: not a readable model.json (${error instanceof Error ? error.message : String(error)})`);
+  }
+  if (!Array.isArray(json.weightsManifest)) throw new UserError(`model.weights: ${file} has no weightsManifest; expected a tfjs model.json`);
+  return decodeManifest(json.weightsManifest, async (name) => new Uint8Array(fs.readFileSync(path.join(path.dirname(file), name))));
+}
+
+/** The MobileNetV2 (alpha 1.0, Keras names) that the nsfwjs npm package ships as JS modules. */
+export async function readNsfwjsMobileNetV2(): Promise<WeightMap> {
+  const require = createRequire(import.meta.url);
+  let packageDir: string;
+  try {
+    // dist/cjs/index.js -> the package folder (its package.json is not exported).
+    packageDir = path.resolve(path.dirname(require.resolve('nsfwjs')), '..', '..');
+  } catch {
+    throw new UserError('model.weights: npm:nsfwjs needs the nsfwjs package; run `npm install`');
+  }
+  const modelDir = path.join(packageDir, 'dist', 'models', 'mobilenet_v2');
+  const json = require(path.join(modelDir, 'model.min.js')) as { weightsManifest: ManifestGroup[] };
+  return decodeManifest(json.weightsManifest, async (name) => {
+    const base64 = require(path.join(modelDir, `${name}.min.js`)) as string;
+    return new Uint8Array(Buffer.from(base64, 'base64'));
+  });
+}
+
+export interface WeightsSource {
+  /** What the config said: imagenet, none, npm:nsfwjs, a path or a URL. */
+  spec: string;
+  /** The file actually read, when there is one. */
+  file?: string;
+  note?: string;
+}
+
+export interface LoadWeightsOptions {
+  baseDir: string;
+  cacheDir?: string;
+  alpha: number;
+  imageSize: [number, number];
+  log?: Logger;
+}
+
+async function localOrDownloaded(spec: string, options: LoadWeightsOptions): Promise<string> {
+  if (/^https?:\/\//.test(spec) || spec.startsWith('file:')) {
+    return (await downloadToCache(spec, { cacheDir: resolveCacheDir(options.cacheDir), log: options.log })).file;
+  }
+  const file = path.resolve(options.baseDir, spec);
+  if (!fs.existsSync(file)) throw new UserError(`model.weights: ${spec}: file not found`);
+  return file;
+}
+
+/** Resolves `model.weights` to named weights (undefined for `none`). */
+export async function loadPretrainedWeights(spec: string, options: LoadWeightsOptions): Promise<{ weights?: WeightMap; source: WeightsSource }> {
+  const log = options.log ?? silentLogger;
+  if (spec === 'none') return { source: { spec } };
+  if (spec === 'npm:nsfwjs') {
+    if (options.alpha !== 1.0) throw new UserError(`model.weights: npm:nsfwjs is a MobileNetV2 with alpha 1.0; found model.alpha ${options.alpha}`);
+    return { weights: await readNsfwjsMobileNetV2(), source: { spec, note: 'nsfwjs MobileNetV2 (alpha 1.0): blocks 0-10 ImageNet, upper blocks tuned for its own task' } };
+  }
+  if (spec === 'imagenet') {
+    const { url, resolution, exact } = imagenetWeightsUrl(options.alpha, ...options.imageSize);
+    if (!exact) log.warn({ imageSize: options.imageSize, resolution }, `no Keras ImageNet weights for this input size; using the ${resolution}x${resolution} file (conv weights work at any size)`);
+    const file = (await downloadToCache(url, { cacheDir: resolveCacheDir(options.cacheDir), log })).file;
+    return { weights: await readKerasH5(file), source: { spec, file: url } };
+  }
+  if (spec.startsWith('npm:')) throw new UserError(`model.weights: ${spec}: unknown package; expected npm:nsfwjs`);
+  const file = await localOrDownloaded(spec, options);
+  const lower = file.toLowerCase();
+  if (lower.endsWith('.h5') || lower.endsWith('.hdf5')) return { weights: await readKerasH5(file), source: { spec, file } };
+  if (lower.endsWith('.json')) return { weights: await readTfjsModelJson(file), source: { spec, file } };
+  throw new UserError(`model.weights: ${spec}: expected imagenet, none, npm:nsfwjs, or a .h5 / model.json path or URL`);
+}
+
+/**
+ * Sets every weight of the model's layers from the map, by name. A weight the map has
+ * with another shape is an error naming the layer; `requireAll` makes missing ones errors.
+ */
+export function assignWeights(model: LayersModel, weights: WeightMap, options: { requireAll: boolean; what: string }): { assigned: number; missing: string[] } {
+  const missing: string[] = [];
+  let assigned = 0;
+  for (const [name, variable] of namedVariables(model)) {
+    const layerName = name.slice(0, name.lastIndexOf('/'));
+    const key = weightKey(layerName, name.slice(name.lastIndexOf('/') + 1));
+    const found = weights.get(key);
+    if (!found) {
+      missing.push(key);
+      continue;
+    }
+    if (found.shape.join(',') !== variable.shape.join(',')) {
+      throw new UserError(`${options.what}: layer ${layerName}: weight ${key} has shape [${found.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
+    }
+    const value = tf.tensor(found.values, found.shape);
+    variable.write(value);
+    value.dispose();
+    assigned++;
+  }
+  if (options.requireAll && missing.length > 0) throw new UserError(`${options.what}: no weights for ${missing.length} variable(s), e.g. ${missing.slice(0, 3).join(', ')}`);
+  return { assigned, missing };
+}

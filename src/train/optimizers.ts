@@ -1,0 +1,33 @@
+import type { Optimizer as TfOptimizer } from '@tensorflow/tfjs-node';
+import type { Optimizer as OptimizerConfig, Schedule } from '../config/resolved.ts';
+import { tf } from '../tf.ts';
+
+/** Keras's default epsilon for Adam and RMSprop. */
+const kerasEpsilon = 1e-7;
+
+/** A fresh optimizer for a phase, with Keras's defaults for what the config leaves out. */
+export function createOptimizer(config: OptimizerConfig): TfOptimizer {
+  switch (config.name) {
+    case 'adam':
+      return tf.train.adam(config.learning_rate, 0.9, 0.999, kerasEpsilon);
+    case 'rmsprop':
+      return tf.train.rmsprop(config.learning_rate, 0.9, config.momentum ?? 0, kerasEpsilon, false);
+    case 'sgd':
+      return config.momentum ? tf.train.momentum(config.learning_rate, config.momentum, false) : tf.train.sgd(config.learning_rate);
+  }
+}
+
+/** Learning rate of an epoch of a phase (0-based within the phase). */
+export function learningRateAt(base: number, schedule: Schedule, epochInPhase: number, phaseEpochs: number): number {
+  const warmup = Math.min(schedule.warmup_epochs, phaseEpochs);
+  if (epochInPhase < warmup) return (base * (epochInPhase + 1)) / (warmup + 1);
+  if (schedule.name === 'constant') return base;
+  const span = Math.max(1, phaseEpochs - warmup);
+  const progress = Math.min(1, (epochInPhase - warmup) / span);
+  return schedule.min_learning_rate + 0.5 * (base - schedule.min_learning_rate) * (1 + Math.cos(Math.PI * progress));
+}
+
+/** tfjs optimizers read their learning rate field on every step; the schedule sets it per epoch. */
+export function setLearningRate(optimizer: TfOptimizer, learningRate: number): void {
+  (optimizer as unknown as { learningRate: number }).learningRate = learningRate;
+}
