@@ -18,6 +18,7 @@ import { balancedClassWeights, type Objective } from './train/objective.ts';
 import { createOptimizer, learningRateAt } from './train/optimizers.ts';
 import { classificationReport, confusionMatrixSpec, learningCurvesSpec, type ClassificationReport } from './train/report.ts';
 import { RunFolder, type RunStatus } from './track/run-store.ts';
+import { exportTflite, type TfliteRecord } from './export/tflite.ts';
 import { version } from './version.ts';
 
 /**
@@ -325,6 +326,9 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
     log.warn({ error: errorMessage(error) }, 'could not draw the plots');
   }
   await saveModel(classifier, folder);
+  const exported = config.export.tflite
+    ? await exportStage({ folder, config, dataset, classifier, evaluation: test ? { name: 'test', ...test } : { name: 'validation', ...validation }, log })
+    : undefined;
   const initial = records.find((r) => r.epoch === 0);
   const summary: RunSummary = {
     run_id: folder.id,
@@ -364,11 +368,43 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
       augmentation: 'plots/augmentation.png',
     },
     seconds: (performance.now() - started) / 1000,
+    ...(exported ? { export: { tflite: exported } } : {}),
   };
   folder.writeJson('summary.json', summary);
   const runMeta = folder.readJson<RunMeta>('run.json');
   folder.writeJson('run.json', { ...runMeta, status: 'FINISHED', updated: new Date().toISOString() });
   return summary;
+}
+
+export interface ExportStageInputs {
+  folder: RunFolder;
+  config: ResolvedExperiment;
+  dataset: PreparedDataset;
+  classifier: Classifier;
+  evaluation: Evaluation & { name: string };
+  log: Logger;
+  /** Another mode than the config's: written to tflite-<mode>/ beside the main export. */
+  quantization?: NonNullable<ResolvedExperiment['export']['tflite']>['quantization'];
+}
+
+/** export: the trained model to a verified TFLite file with labels.txt and a model card. */
+export async function exportStage(inputs: ExportStageInputs): Promise<TfliteRecord> {
+  const { folder, config, dataset, classifier, evaluation } = inputs;
+  const configured = config.export.tflite ?? { quantization: 'int8', io_type: 'uint8', representative_images: 300, max_accuracy_drop: 0.02 };
+  const options = { ...configured, quantization: inputs.quantization ?? configured.quantization };
+  const outputDir = inputs.quantization && inputs.quantization !== configured.quantization ? folder.file(`tflite-${inputs.quantization}`) : folder.dir;
+  const split = evaluation.name === 'test' ? dataset.splits.test : dataset.splits.validation;
+  return exportTflite({
+    outputDir,
+    weightsDir: folder.file('model', 'named'),
+    classifier: { base: classifier.spec.base, alpha: classifier.spec.alpha, imageSize: classifier.spec.imageSize, classCount: classifier.spec.classCount, head: classifier.head, units: classifier.units },
+    classNames: dataset.classNames,
+    train: dataset.splits.train,
+    evaluation: { name: evaluation.name, split, probabilities: evaluation.probabilities, accuracy: evaluation.accuracy },
+    options,
+    seed: config.seed,
+    log: inputs.log,
+  });
 }
 
 /** The trained model in tfjs layers format (model.json + weights), plus what rebuilding it needs. */
