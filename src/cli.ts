@@ -91,9 +91,10 @@ export function buildProgram(): Command {
     .description('export a finished run to TFLite again, without retraining')
     .argument('<run-dir>', 'run folder, e.g. runs/<run-id>')
     .addOption(new Option('--quantization <mode>', 'TFLite quantization').choices(['none', 'dynamic', 'float16', 'int8']))
-    .action(async (runDir: string, options: { quantization?: string }, command: Command) => {
+    .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
+    .action(async (runDir: string, options: { quantization?: string; cacheDir?: string }, command: Command) => {
       const { convertCommand } = await import('./commands/convert.ts');
-      await convertCommand({ runDir, quantization: options.quantization, log: logger(command) });
+      await convertCommand({ runDir, quantization: options.quantization, cacheDir: options.cacheDir, log: logger(command) });
     });
 
   program
