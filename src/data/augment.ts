@@ -15,22 +15,28 @@ import { tf } from '../tf.ts';
 /** Row-major 3x3 affine matrix without its last row, as ImageProjectiveTransformV3 takes it. */
 export type ProjectiveTransform = [number, number, number, number, number, number, number, number];
 
-/** Keras's rotation matrix about the image centre; `turns` is a fraction of 360°. */
+const f32 = Math.fround;
+
+/**
+ * Keras's rotation matrix about the image centre; `turns` is a fraction of 360°. Computed
+ * step by step in float32, as Keras computes it with TensorFlow ops, so that bilinear
+ * sampling lands on the same sub-pixel positions.
+ */
 export function rotationTransform(turns: number, height: number, width: number): ProjectiveTransform {
-  const angle = turns * 2 * Math.PI;
-  const cos = Math.cos(angle);
-  const sin = Math.sin(angle);
-  const cx = 0.5 * (width - 1);
-  const cy = 0.5 * (height - 1);
-  const a0 = cos;
-  const a1 = -sin;
-  const b0 = sin;
-  const b1 = cos;
-  return [a0, a1, cx - cx * a0 - cy * a1, b0, b1, cy - cx * b0 - cy * b1, 0, 0];
+  const angle = f32(f32(f32(turns * 360) * f32(Math.PI / 180)));
+  const cos = f32(Math.cos(angle));
+  const sin = f32(Math.sin(angle));
+  const cx = f32(0.5 * f32(width - 1));
+  const cy = f32(0.5 * f32(height - 1));
+  const [a0, a1, b0, b1] = [cos, f32(-sin), sin, cos];
+  const a2 = f32(f32(cx - f32(cx * a0)) - f32(cy * a1));
+  const b2 = f32(f32(cy - f32(cx * b0)) - f32(cy * b1));
+  return [a0, a1, a2, b0, b1, b2, 0, 0];
 }
 
 export function zoomTransform(zoomX: number, zoomY: number, height: number, width: number): ProjectiveTransform {
-  return [zoomX, 0, ((width - 1) / 2) * (1 - zoomX), 0, zoomY, ((height - 1) / 2) * (1 - zoomY), 0, 0];
+  const [zx, zy] = [f32(zoomX), f32(zoomY)];
+  return [zx, 0, f32(f32(f32(width - 1) / 2) * f32(1 - zx)), 0, zy, f32(f32(f32(height - 1) / 2) * f32(1 - zy)), 0, 0];
 }
 
 export function translationTransform(dx: number, dy: number): ProjectiveTransform {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
@@ -115,18 +116,21 @@ async function attempt(url: string, partFile: string, options: Required<Pick<Dow
   bar?.start(total ?? 0, start);
   let received = start;
   const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
-  body.on('data', (chunk: Buffer) => {
-    received += chunk.length;
-    touch();
-    bar?.update(received);
-  });
+  const out = fs.createWriteStream(partFile, { flags: resumed ? 'a' : 'w' });
   try {
-    await pipeline(body, fs.createWriteStream(partFile, { flags: resumed ? 'a' : 'w' }));
+    for await (const chunk of body) {
+      received += (chunk as Buffer).length;
+      touch();
+      bar?.update(received);
+      if (!out.write(chunk)) await once(out, 'drain');
+    }
   } catch (error) {
     throw new RetryableError(`transfer interrupted after ${received} bytes: ${errorMessage(controller.signal.reason ?? error)}`);
   } finally {
     clearTimeout(idle);
     bar?.stop();
+    // Flush what arrived, even after an error: the next attempt resumes from it.
+    await new Promise<void>((resolve) => out.end(() => resolve()));
   }
   if (total !== undefined && received !== total) throw new RetryableError(`truncated body: got ${received} of ${total} bytes`);
 }

@@ -103,10 +103,21 @@ async function streamToString(stream: NodeJS.ReadableStream): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** yauzl refuses some unsafe names itself while listing; say so in tlx's words. */
+function zipListingError(error: unknown, archive: string): Error {
+  const message = error instanceof Error ? error.message : String(error);
+  const match = /^(invalid relative path|absolute path): (.*)$/.exec(message);
+  if (!match) return error instanceof Error ? error : new Error(message);
+  const reason = match[1] === 'absolute path' ? 'absolute path' : 'path leaves the extraction folder';
+  return new UserError(`refusing to extract ${archive}: entry "${match[2]}": ${reason}`);
+}
+
 async function extractZip(file: string, into: string, limits: ExtractLimits): Promise<void> {
   const zip = await openZip(file);
   try {
-    const entries = await readZipEntries(zip);
+    const entries = await readZipEntries(zip).catch((error: unknown) => {
+      throw zipListingError(error, path.basename(file));
+    });
     const infos: EntryInfo[] = [];
     for (const entry of entries) {
       const kind = zipEntryKind(entry);

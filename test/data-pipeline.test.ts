@@ -1,0 +1,202 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { before, describe, test } from 'node:test';
+import type { Tensor4D } from '@tensorflow/tfjs-node';
+import { loadExperiment } from '../src/config/load.ts';
+import { augmentBatch, projectiveTransform, rotationTransform, translationTransform, zoomTransform } from '../src/data/augment.ts';
+import { prepareDataset, splitCounts } from '../src/data/dataset.ts';
+import { UserError } from '../src/errors.ts';
+import { Random } from '../src/random.ts';
+import { tf } from '../src/tf.ts';
+import { epochOrder } from '../src/train/engine.ts';
+import { encodeImage, classImage, writeClassFolders } from './helpers/images.ts';
+import { python } from './helpers/python.ts';
+import { tempDir, writeFiles } from './helpers/tmp.ts';
+
+const work = tempDir('tlx-pipeline-');
+
+function experimentFile(datasetPath: string, extra = '', datasetExtra = ''): string {
+  const file = path.join(work, `exp-${Math.random().toString(36).slice(2)}.yaml`);
+  fs.writeFileSync(file, `name: t\nseed: 7\ndataset:\n  path: ${datasetPath}\n  validation_split: 0.25\n  image_size: [32, 32]\n  batch_size: 8\n${datasetExtra}${extra}`);
+  return file;
+}
+
+async function prepare(file: string) {
+  const loaded = loadExperiment(file);
+  return prepareDataset(loaded.config, { baseDir: loaded.baseDir, cacheDir: path.join(work, 'cache') });
+}
+
+before(async () => {
+  await writeClassFolders(path.join(work, 'mixed'), ['a', 'b', 'c'], 20, { size: 20, format: 'png' });
+  // Every format the loader reads, and files it must skip.
+  const image = classImage(0, 99, 20);
+  fs.writeFileSync(path.join(work, 'mixed', 'a', 'photo.jpg'), await encodeImage(image, 'jpg'));
+  const rgba = tf.tidy(() => tf.concat([image, tf.fill([20, 20, 1], 255, 'int32')], 2));
+  fs.writeFileSync(path.join(work, 'mixed', 'b', 'rgba.png'), await tf.node.encodePng(rgba as never));
+  const gray = tf.tidy(() => image.mean(2, true).toInt());
+  fs.writeFileSync(path.join(work, 'mixed', 'c', 'gray.png'), await tf.node.encodePng(gray as never));
+  tf.dispose([image, rgba, gray]);
+  await python(
+    `from PIL import Image
+import sys
+im = Image.new("RGB", (20, 20), (200, 10, 10))
+im.save(sys.argv[1] + "/a/pic.bmp")
+frames = [Image.new("RGB", (20, 20), c) for c in [(0, 200, 0), (0, 0, 200)]]
+frames[0].save(sys.argv[1] + "/b/anim.gif", save_all=True, append_images=frames[1:])`,
+    [path.join(work, 'mixed')],
+  );
+  writeFiles(path.join(work, 'mixed'), { 'a/notes.txt': 'not an image', 'b/broken.jpg': 'definitely not a jpeg', '.DS_Store': 'x' });
+});
+
+describe('scanning, decoding and splitting', () => {
+  test('JPEG, PNG (RGBA, gray), GIF and BMP decode to RGB; bad files are skipped and recorded', async () => {
+    const dataset = await prepare(experimentFile(path.join(work, 'mixed')));
+    assert.deepEqual(dataset.classNames, ['a', 'b', 'c']);
+    const counts = splitCounts(dataset);
+    // 60 generated + jpg + rgba + gray + bmp + gif = 65 images; broken.jpg is dropped after decoding.
+    assert.equal(counts.train + counts.validation + counts.test, 65);
+    const skipped = Object.fromEntries(dataset.skipped.map((s) => [s.file, s.reason]));
+    assert.match(skipped['a/notes.txt'], /not an image file type/);
+    assert.match(skipped['b/broken.jpg'], /cannot decode/);
+    assert.equal(dataset.skipped.length, 2);
+    const all = [...dataset.splits.train.samples, ...dataset.splits.validation.samples, ...dataset.splits.test.samples].map((s) => path.basename(s.file));
+    for (const name of ['photo.jpg', 'rgba.png', 'gray.png', 'pic.bmp', 'anim.gif']) assert.ok(all.includes(name), name);
+    const batch = dataset.splits.train.images([0]);
+    assert.deepEqual(batch.shape, [1, 32, 32, 3]);
+    batch.dispose();
+  });
+
+  test('on_bad_file: fail refuses the dataset and names the file', async () => {
+    await assert.rejects(prepare(experimentFile(path.join(work, 'mixed'), '', '  on_bad_file: fail\n')), (error: Error) => {
+      assert.ok(error instanceof UserError);
+      assert.match(error.message, /b\/broken\.jpg \(cannot decode/);
+      return true;
+    });
+  });
+
+  test('an empty class folder, a single class, and no class folders are clear errors', async () => {
+    await writeClassFolders(path.join(work, 'empty'), ['x'], 3);
+    fs.mkdirSync(path.join(work, 'empty', 'y'));
+    await assert.rejects(prepare(experimentFile(path.join(work, 'empty'))), /class folder\(s\) with no images in .*empty: y/);
+    await writeClassFolders(path.join(work, 'single'), ['only'], 3);
+    await assert.rejects(prepare(experimentFile(path.join(work, 'single'))), /only one class folder \(only\)/);
+    writeFiles(path.join(work, 'flat'), { 'a.png': 'x' });
+    await assert.rejects(prepare(experimentFile(path.join(work, 'flat'))), /no class folders in/);
+  });
+
+  test('same seed, same splits; another seed, other splits', async () => {
+    const a = await prepare(experimentFile(path.join(work, 'mixed')));
+    const b = await prepare(experimentFile(path.join(work, 'mixed')));
+    assert.deepEqual(a.splits.validation.samples, b.splits.validation.samples);
+    const other = loadExperiment(experimentFile(path.join(work, 'mixed')), { overrides: ['seed=8'] });
+    const c = await prepareDataset(other.config, { baseDir: other.baseDir });
+    assert.notDeepEqual(a.splits.validation.samples, c.splits.validation.samples);
+  });
+
+  test('streaming from disk gives the same pixels as keeping images in memory', async () => {
+    const loaded = loadExperiment(experimentFile(path.join(work, 'mixed')));
+    const memory = await prepareDataset(loaded.config, { baseDir: loaded.baseDir });
+    const stream = await prepareDataset(loaded.config, { baseDir: loaded.baseDir, memoryBudgetBytes: 1 });
+    assert.equal(memory.storage, 'memory');
+    assert.equal(stream.storage, 'stream');
+    const [x, y] = [memory.splits.train.images([0, 1, 2]), stream.splits.train.images([0, 1, 2])];
+    // Memory keeps uint8, so pixels are the streamed floats rounded to the nearest integer.
+    const diff = tf.tidy(() => x.sub(y).abs().max().dataSync()[0]);
+    assert.ok(diff <= 0.5 + 1e-3, `max diff ${diff}`);
+    tf.dispose([x, y]);
+  });
+
+  test('epochs leak no tensors: numTensors is the same after every epoch', async () => {
+    const dataset = await prepare(experimentFile(path.join(work, 'mixed'), 'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n'));
+    const ops = loadExperiment(experimentFile(path.join(work, 'mixed'), 'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n')).config.augmentation;
+    const counts: number[] = [];
+    for (let epoch = 1; epoch <= 3; epoch++) {
+      let index = 0;
+      for (const batch of dataset.splits.train.batches(8, epochOrder(7, epoch, dataset.splits.train.length))) {
+        const augmented = augmentBatch(batch.images, ops, new Random(7, 'augment', epoch, index++));
+        tf.dispose([augmented, batch.images, batch.labels]);
+      }
+      counts.push(tf.memory().numTensors);
+    }
+    assert.equal(new Set(counts).size, 1, `numTensors per epoch: ${counts.join(', ')}`);
+  });
+
+  test('augmentation draws are reproducible from the seed', () => {
+    const images = tf.randomUniform([4, 16, 16, 3], 0, 255, 'float32', 3) as Tensor4D;
+    const ops = [{ random_rotation: 0.2 }, { random_flip: 'horizontal' as const }];
+    const a = augmentBatch(images, ops, new Random(1, 'augment', 1, 0));
+    const b = augmentBatch(images, ops, new Random(1, 'augment', 1, 0));
+    const c = augmentBatch(images, ops, new Random(1, 'augment', 2, 0));
+    assert.deepEqual(Array.from(a.dataSync()), Array.from(b.dataSync()));
+    assert.notDeepEqual(Array.from(a.dataSync()), Array.from(c.dataSync()));
+    tf.dispose([images, a, b, c]);
+  });
+});
+
+describe('augmentation matches Keras 3 preprocessing layers', () => {
+  const size = 17;
+  let image: Float32Array;
+  let keras: Record<string, number[]>;
+
+  before(async () => {
+    const tensor = tf.randomUniform([1, size, 19, 3], 0, 255, 'float32', 11);
+    image = tensor.dataSync() as Float32Array;
+    tensor.dispose();
+    const out = await python(
+      `import json, sys
+import numpy as np
+import keras
+x = np.array(json.loads(sys.stdin.read()), dtype="float32").reshape(1, ${size}, 19, 3)
+layers = {
+  "rotation": keras.layers.RandomRotation(factor=(0.1, 0.1), fill_mode="reflect", interpolation="bilinear"),
+  "rotation_nearest_constant": keras.layers.RandomRotation(factor=(-0.3, -0.3), fill_mode="constant", interpolation="nearest"),
+  "zoom": keras.layers.RandomZoom(height_factor=(0.2, 0.2), width_factor=(-0.1, -0.1), fill_mode="reflect"),
+  "translation": keras.layers.RandomTranslation(height_factor=(0.1, 0.1), width_factor=(-0.2, -0.2), fill_mode="reflect"),
+  "flip": keras.layers.RandomFlip("horizontal"),
+}
+out = {}
+for name, layer in layers.items():
+  if name == "flip":
+    out[name] = np.flip(x, axis=2).reshape(-1).tolist()
+  else:
+    out[name] = np.asarray(layer(x, training=True)).reshape(-1).tolist()
+print(json.dumps(out))`,
+      [],
+      JSON.stringify(Array.from(image)),
+    );
+    keras = JSON.parse(out) as Record<string, number[]>;
+  });
+
+  function maxDiff(ours: Tensor4D, theirs: number[]): number {
+    const values = ours.dataSync();
+    let max = 0;
+    for (let i = 0; i < values.length; i++) max = Math.max(max, Math.abs(values[i] - theirs[i]));
+    ours.dispose();
+    return max;
+  }
+
+  const input = () => tf.tensor4d(image, [1, size, 19, 3]);
+
+  test('a rotation by a fixed angle gives the same pixels (reflect, bilinear)', () => {
+    const diff = maxDiff(projectiveTransform(input(), [rotationTransform(0.1, size, 19)]), keras.rotation);
+    assert.ok(diff < 1e-4, `max diff ${diff}`);
+  });
+
+  test('a rotation by a fixed angle gives the same pixels (constant, nearest)', () => {
+    assert.ok(maxDiff(projectiveTransform(input(), [rotationTransform(-0.3, size, 19)], 'constant', 'nearest'), keras.rotation_nearest_constant) < 1e-4);
+  });
+
+  test('a zoom by fixed factors gives the same pixels', () => {
+    assert.ok(maxDiff(projectiveTransform(input(), [zoomTransform(0.9, 1.2, size, 19)]), keras.zoom) < 1e-4);
+  });
+
+  test('a translation by fixed fractions gives the same pixels', () => {
+    assert.ok(maxDiff(projectiveTransform(input(), [translationTransform(-0.2 * 19, 0.1 * size)]), keras.translation) < 1e-4);
+  });
+
+  test('a horizontal flip is a mirror along the width', () => {
+    const flipped = augmentBatch(input(), [{ random_flip: 'horizontal' }], { next: () => 0 } as unknown as Random);
+    assert.ok(maxDiff(flipped, keras.flip) < 1e-4);
+  });
+});
