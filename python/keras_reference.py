@@ -1,7 +1,13 @@
-"""Reference facts from Keras, for tlx's tests: MobileNetV2's layers by index.
+"""Reference facts from Keras, for tlx's tests (never used by tlx itself).
 
-    .venv/bin/python python/keras_reference.py layers [alpha] [height] [width]
-prints JSON: [{"index", "name", "class", "weights": [[name, shape], ...]}, ...]
+    keras_reference.py layers [alpha] [height] [width]
+        JSON: [{"index", "name", "class", "weights": [[name, shape], ...]}, ...]
+    keras_reference.py features WEIGHTS_DIR ALPHA HEIGHT WIDTH INPUT.f32 OUTPUT.f32
+        Keras's MobileNetV2 base (weights set by name from a tlx checkpoint folder) run on
+        raw float32 inputs already scaled to [-1, 1]; writes the feature maps.
+    keras_reference.py h5 ALPHA HEIGHT OUTPUT.h5 SEED
+        A legacy-layout Keras weights file (root attribute layer_names, each group's
+        weight_names) of a seeded random MobileNetV2 base, as keras.applications ships them.
 """
 
 import json
@@ -26,9 +32,54 @@ def layers(alpha: float, height: int, width: int) -> list:
     ]
 
 
+def features(weights_dir, alpha, height, width, input_file, output_file):
+    import numpy as np
+    from tlx_export import read_named_weights
+
+    base = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False, weights=None)
+    named = read_named_weights(weights_dir)
+    for layer in base.layers:
+        for variable in layer.weights:
+            short = variable.path.split("/")[-1]
+            key = f"{layer.name}/depthwise_kernel" if short == "kernel" and layer.name.endswith("depthwise") else f"{layer.name}/{short}"
+            variable.assign(named[key])
+    x = np.fromfile(input_file, dtype="<f4").reshape(-1, height, width, 3)
+    np.asarray(base(x, training=False), dtype="<f4").tofile(output_file)
+
+
+def legacy_h5(alpha, size, output, seed):
+    import h5py
+    import numpy as np
+
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
+    rng = np.random.default_rng(seed)
+    with h5py.File(output, "w") as f:
+        weighted = [layer for layer in base.layers if layer.weights]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in weighted]
+        for layer in weighted:
+            group = f.create_group(layer.name)
+            names = []
+            for variable in layer.weights:
+                short = variable.path.split("/")[-1]
+                if short == "kernel" and layer.name.endswith("depthwise"):
+                    short = "depthwise_kernel"
+                value = rng.normal(0.0, 0.1, size=variable.shape).astype("float32")
+                if short == "moving_variance":
+                    value = np.abs(value) + 0.5
+                name = f"{layer.name}/{short}:0"
+                group.create_dataset(name, data=value)
+                names.append(name.encode())
+            group.attrs["weight_names"] = names
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
-    if command == "layers":
+    if command == "features":
+        features(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])
+    elif command == "h5":
+        legacy_h5(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    elif command == "layers":
         alpha = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
         height = int(sys.argv[3]) if len(sys.argv) > 3 else 160
         width = int(sys.argv[4]) if len(sys.argv) > 4 else height

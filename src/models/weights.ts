@@ -47,6 +47,13 @@ export function imagenetWeightsUrl(alpha: number, height: number, width: number)
 
 /** Reads a legacy-layout Keras .h5 (root attribute layer_names; each layer group's weight_names). */
 export async function readKerasH5(file: string): Promise<WeightMap> {
+  const signature = Buffer.alloc(8);
+  const fd = fs.openSync(file, 'r');
+  fs.readSync(fd, signature, 0, 8, 0);
+  fs.closeSync(fd);
+  if (!signature.equals(Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]))) {
+    throw new UserError(`model.weights: ${file} is not a readable HDF5 file (no HDF5 signature); expected a Keras .h5 weights file`);
+  }
   const { default: h5wasm } = await import('h5wasm/node');
   await h5wasm.ready;
   let h5: InstanceType<typeof h5wasm.File>;
