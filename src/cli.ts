@@ -4,7 +4,7 @@ import { createLogger, type LogOptions, type Logger } from './log.ts';
 import { version } from './version.ts';
 
 /** Exit codes (DESIGN.md): 0 success, 2 invalid config or input, 1 anything else. */
-export const exitCodes = { ok: 0, failure: 1, invalidInput: 2 } as const;
+export const exitCodes = { ok: 0, failure: 1, invalidInput: 2, interrupted: 130 } as const;
 
 interface GlobalOptions extends LogOptions {
   runsDir: string;
@@ -159,6 +159,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       return benign.includes(error.code) ? exitCodes.ok : exitCodes.invalidInput;
     }
     const verbose = process.argv.includes('--verbose') || process.argv.includes('-v') || argv.includes('--verbose');
+    if (error instanceof Error && error.name === 'InterruptedRun') {
+      process.stderr.write(`tlx: ${error.message}\n`);
+      return exitCodes.interrupted;
+    }
     if (error instanceof UserError) {
       process.stderr.write(`tlx: ${error.message}\n`);
       return exitCodes.invalidInput;

@@ -1,6 +1,6 @@
 import { loadExperiment } from '../config/load.ts';
 import type { Logger } from '../log.ts';
-import { executeRun, InterruptedRun } from '../run.ts';
+import { executeRun } from '../run.ts';
 
 export interface RunCommandOptions {
   file?: string;
@@ -39,13 +39,6 @@ export async function runCommand(options: RunCommandOptions): Promise<void> {
     process.stdout.write(
       `${JSON.stringify({ run_id: summary.run_id, dir: folder.dir, status: summary.status, val_accuracy: final?.val_accuracy, test_accuracy: final?.test_accuracy, ...(summary.export ? { export: summary.export } : {}) })}\n`,
     );
-  } catch (error) {
-    if (error instanceof InterruptedRun) {
-      options.log.warn(error.message);
-      process.exitCode = 130;
-      return;
-    }
-    throw error;
   } finally {
     interrupt.release();
   }

@@ -150,6 +150,8 @@ async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: nu
     tf.dispose([loss, predicted!, augmented, batch.images, batch.labels]);
     batchIndex++;
     bar?.update(batchIndex, { loss: (lossSum / seen).toFixed(4), acc: (correct / seen).toFixed(4) });
+    // Let signal handlers (Ctrl-C) and timers run between batches.
+    await new Promise((resolve) => setImmediate(resolve));
     if (inputs.shouldStop()) {
       interrupted = true;
       break;

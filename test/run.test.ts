@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { before, describe, test } from 'node:test';
+import { execa } from 'execa';
+import type { RunMeta, RunSummary } from '../src/run.ts';
+import type { EpochRecord } from '../src/train/engine.ts';
+import { runTlx, tlxBin } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
+import { tempDir } from './helpers/tmp.ts';
+
+const work = tempDir('tlx-run-');
+const runsDir = path.join(work, 'runs');
+
+function experiment(name: string, body: string): string {
+  const file = path.join(work, `${name}.yaml`);
+  fs.writeFileSync(file, `name: ${name}\nseed: 5\n${body}`);
+  return file;
+}
+
+const tinyData = `dataset:
+  path: data
+  validation_split: 0.3
+  image_size: [32, 32]
+  batch_size: 8
+augmentation:
+  - random_flip: horizontal
+  - random_rotation: 0.05
+model:
+  alpha: 0.35
+  weights: none
+  dropout: 0.2
+`;
+
+function runDirOf(stdout: string): string {
+  const line = stdout.split('\n').find((l) => l.startsWith('{'));
+  assert.ok(line, `no result line in: ${stdout}`);
+  return (JSON.parse(line) as { dir: string }).dir;
+}
+
+function readMetrics(dir: string): EpochRecord[] {
+  return fs
+    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as EpochRecord);
+}
+
+before(async () => {
+  await writeClassFolders(path.join(work, 'data'), ['cats', 'dogs'], 30, { size: 32 });
+});
+
+describe('tlx run', () => {
+  test('a run leaves the complete record: config, metrics per epoch and phase, summary, plots, model', async () => {
+    const file = experiment(
+      'record',
+      `${tinyData}train:
+  feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.001 } }
+  fine_tune: { fine_tune_at: 100, epochs: 2, optimizer: { name: rmsprop, learning_rate: 0.0001 } }
+`,
+    );
+    const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
+    const dir = runDirOf(result.stdout);
+    const metrics = readMetrics(dir);
+    assert.deepEqual(
+      metrics.map((m) => [m.epoch, m.phase]),
+      [
+        [0, 'initial'],
+        [1, 'feature_extraction'],
+        [2, 'feature_extraction'],
+        [3, 'fine_tune'],
+        [4, 'fine_tune'],
+      ],
+    );
+    for (const m of metrics.slice(1)) for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) assert.equal(typeof m[key], 'number');
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+    assert.equal(summary.status, 'FINISHED');
+    assert.equal(summary.run_id, path.basename(dir));
+    assert.deepEqual(summary.dataset.classes, ['cats', 'dogs']);
+    assert.equal(summary.dataset.counts.train + summary.dataset.counts.validation + summary.dataset.counts.test, 60);
+    assert.equal(summary.head.kind, 'binary_logit');
+    assert.equal(summary.phases.feature_extraction?.trainable_variables, 2);
+    assert.equal(summary.phases.fine_tune?.trainable_variables, 56);
+    assert.equal(summary.phases.fine_tune?.epochs, 2);
+    assert.ok(summary.metrics.final && summary.metrics.final.val_accuracy >= 0 && summary.metrics.final.val_accuracy <= 1);
+    for (const file of ['config.yaml', 'labels.txt', 'run.json', 'model/model.json', 'model/classifier.json', 'checkpoints/last/checkpoint.json', 'plots/learning_curves.png', 'plots/confusion_matrix.png', 'plots/samples.png', 'plots/augmentation.png']) {
+      assert.ok(fs.existsSync(path.join(dir, file)), file);
+    }
+    assert.equal(fs.readFileSync(path.join(dir, 'labels.txt'), 'utf8'), 'cats\ndogs\n');
+    assert.match(fs.readFileSync(path.join(dir, 'config.yaml'), 'utf8'), /fine_tune_at: 100/);
+    const png = fs.readFileSync(path.join(dir, 'plots', 'learning_curves.png'));
+    assert.equal(png.subarray(1, 4).toString(), 'PNG');
+  });
+
+  test('same seed and config: same splits and same initial head, so the same first epoch', async () => {
+    const body = `${tinyData}train:\n  feature_extraction: { epochs: 1 }\n  fine_tune: { epochs: 0 }\n`;
+    const a = await runTlx(['--runs-dir', runsDir, 'run', experiment('same-a', body)], { cwd: work });
+    const b = await runTlx(['--runs-dir', runsDir, 'run', experiment('same-b', body)], { cwd: work });
+    const [ma, mb] = [readMetrics(runDirOf(a.stdout)), readMetrics(runDirOf(b.stdout))];
+    assert.equal(ma[0].val_loss, mb[0].val_loss, 'evaluation before training is identical');
+    assert.ok(Math.abs(ma[1].val_loss - mb[1].val_loss) < 0.05, 'first epoch close (dropout masks are not seeded)');
+  });
+
+  test('a run killed with SIGKILL resumes from its last completed epoch; nothing recorded is lost or rewritten', async () => {
+    const file = experiment(
+      'killed',
+      `${tinyData}train:
+  feature_extraction: { epochs: 3, optimizer: { name: adam, learning_rate: 0.001 } }
+  fine_tune: { fine_tune_at: 120, epochs: 3 }
+`,
+    );
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+    let dir: string | undefined;
+    const deadline = Date.now() + 240_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      const candidates = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('-killed-')) : [];
+      if (candidates.length === 1) dir = path.join(runsDir, candidates[0]);
+      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && readMetrics(dir).some((m) => m.epoch === 2)) break;
+    }
+    child.kill('SIGKILL');
+    await child;
+    assert.ok(dir, 'the run folder appeared');
+    const before = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8');
+    assert.ok(readMetrics(dir).length < 7, 'killed before the end');
+    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as RunMeta).status, 'RUNNING');
+    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-3000));
+    const after = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8');
+    assert.ok(after.startsWith(before), 'earlier lines are untouched');
+    assert.deepEqual(
+      readMetrics(dir).map((m) => m.epoch),
+      [0, 1, 2, 3, 4, 5, 6],
+    );
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+    assert.equal(summary.status, 'FINISHED');
+  });
+
+  test('Ctrl-C stops after the current batch, saves, marks the run KILLED; resume finishes it', async () => {
+    const file = experiment('interrupted', `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`);
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+    let dir: string | undefined;
+    const deadline = Date.now() + 240_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      const candidates = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('-interrupted-')) : [];
+      if (candidates.length === 1) dir = path.join(runsDir, candidates[0]);
+      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && readMetrics(dir).some((m) => m.epoch === 1)) break;
+    }
+    child.kill('SIGINT');
+    const result = await child;
+    assert.equal(result.exitCode, 130);
+    assert.ok(dir);
+    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as RunMeta).status, 'KILLED');
+    assert.ok(fs.existsSync(path.join(dir, 'checkpoints', 'interrupted', 'checkpoint.json')));
+    const epochs = readMetrics(dir).map((m) => m.epoch);
+    assert.ok(epochs.length < 22);
+    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+    assert.deepEqual(
+      readMetrics(dir).map((m) => m.epoch),
+      Array.from({ length: 22 }, (_, i) => i),
+    );
+  });
+
+  test('an invalid experiment exits 2 with the problem and leaves no run folder', async () => {
+    const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0;
+    const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('bad', `${tinyData}train:\n  fine_tune: { fine_tune_at: 500 }\n`)], { cwd: work });
+    assert.equal(result.exitCode, 2);
+    assert.match(result.stderr, /bad\.yaml:\d+:\d+: train\.fine_tune\.fine_tune_at: found 500, expected at most 154/);
+    assert.equal(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0, before);
+  });
+});
