@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { before, describe, test } from 'node:test';
+import type { RunSummary } from '../src/run.ts';
+import type { TfliteRecord } from '../src/export/tflite.ts';
+import { runTlx } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
+import { tempDir } from './helpers/tmp.ts';
+
+/**
+ * For a 2-class and a 5-class model trained here on generated images, every quantization
+ * mode exports, verifies by running the .tflite, and predicts; the output is always one
+ * probability per label.
+ */
+
+const work = tempDir('tlx-export-');
+const runsDir = path.join(work, 'runs');
+const modes = ['none', 'dynamic', 'float16', 'int8'] as const;
+const trained: Record<string, string> = {};
+
+async function trainModel(name: string, classes: string[]): Promise<string> {
+  await writeClassFolders(path.join(work, name), classes, 24, { size: 32 });
+  const file = path.join(work, `${name}.yaml`);
+  fs.writeFileSync(
+    file,
+    `name: ${name}
+seed: 3
+dataset: { path: ${name}, validation_split: 0.4, image_size: [32, 32], batch_size: 8, test_fraction_of_validation: 0.5 }
+model: { weights: npm:nsfwjs, dropout: 0.1 }
+train:
+  feature_extraction: { epochs: 4, optimizer: { name: adam, learning_rate: 0.01 } }
+  fine_tune: { epochs: 0 }
+export:
+  tflite: { quantization: int8, representative_images: 40, max_accuracy_drop: 1 }
+`,
+  );
+  const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work, timeout: 600_000 });
+  assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
+  return (JSON.parse(result.stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
+}
+
+function record(dir: string, mode: string): TfliteRecord {
+  const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+  const exports = summary.export as { tflite: TfliteRecord; tflite_modes?: Record<string, TfliteRecord> };
+  return mode === 'int8' ? exports.tflite : exports.tflite_modes![mode];
+}
+
+before(async () => {
+  trained.two = await trainModel('two', ['cats', 'dogs']);
+  trained.five = await trainModel('five', ['daisy', 'dandelion', 'roses', 'sunflowers', 'tulips']);
+  for (const dir of Object.values(trained)) {
+    for (const mode of modes.filter((m) => m !== 'int8')) {
+      const result = await runTlx(['convert', dir, '--quantization', mode], { cwd: work, timeout: 600_000 });
+      assert.equal(result.exitCode, 0, `${mode}: ${result.stderr.slice(-3000)}`);
+    }
+  }
+});
+
+describe('TFLite export', () => {
+  for (const [key, classes] of [
+    ['two', ['cats', 'dogs']],
+    ['five', ['daisy', 'dandelion', 'roses', 'sunflowers', 'tulips']],
+  ] as const) {
+    for (const mode of modes) {
+      test(`${classes.length} classes, ${mode}: verified by running it, output [1, ${classes.length}], labels beside it`, () => {
+        const dir = trained[key];
+        const r = record(dir, mode);
+        const folder = mode === 'int8' ? dir : path.join(dir, `tflite-${mode}`);
+        assert.equal(r.status, 'verified', r.problems.join('; '));
+        assert.deepEqual(r.output.shape, [1, classes.length], 'one probability per label, for two classes too');
+        assert.deepEqual(r.input.shape, [1, 32, 32, 3]);
+        assert.equal(r.input.dtype, mode === 'int8' ? 'uint8' : 'float32');
+        assert.equal(r.output.dtype, mode === 'int8' ? 'uint8' : 'float32');
+        assert.equal(fs.readFileSync(path.join(folder, 'labels.txt'), 'utf8'), `${classes.join('\n')}\n`);
+        assert.equal(fs.statSync(path.join(folder, 'model.tflite')).size, r.bytes);
+        const card = JSON.parse(fs.readFileSync(path.join(folder, 'model-card.json'), 'utf8')) as TfliteRecord;
+        assert.deepEqual(card.output.shape, r.output.shape);
+        assert.equal(card.quantization, mode);
+        assert.match(fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'), new RegExp(`Array\\(1\\) \\{ (Float|Byte)Array\\(labels\\.size\\) \\}   // \\[1, ${classes.length}\\]`));
+        assert.ok(r.accuracy !== undefined && r.median_latency_ms !== undefined && r.agreement_with_trained_model !== undefined);
+        assert.ok(r.accuracy_nearest_resize !== undefined, 'the Android-style nearest resize is measured too');
+        if (mode === 'none') assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
+        if (mode === 'int8') assert.equal(r.input.quantization.scale, 1, 'raw pixels 0..255 go in as they are');
+      });
+    }
+
+    test(`${classes.length} classes: int8 is about a quarter of the float32 file`, () => {
+      const ratio = record(trained[key], 'int8').bytes / record(trained[key], 'none').bytes;
+      // int8 weights are 1/4; per-channel scales (float32) and zero points (int64) add ~24 bytes per channel.
+      assert.ok(ratio < 0.31, `int8/float32 = ${ratio.toFixed(3)}`);
+    });
+
+    test(`${classes.length} classes: predict prints labels from labels.txt with probabilities`, async () => {
+      const dir = trained[key];
+      const images = classes.map((c) => path.join(work, key, c, '0000.png'));
+      const result = await runTlx(['--json', 'predict', dir, ...images], { cwd: work });
+      assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+      const predictions = JSON.parse(result.stdout) as { file: string; top: { label: string; probability: number }[] }[];
+      assert.equal(predictions.length, classes.length);
+      let correct = 0;
+      predictions.forEach((p, i) => {
+        assert.ok(p.top.every((t) => (classes as readonly string[]).includes(t.label)));
+        if (p.top[0].label === classes[i]) correct++;
+      });
+      assert.ok(correct >= classes.length - 1, `${correct}/${classes.length} right`);
+      const folderRun = await runTlx(['predict', dir, path.join(work, key), '--out', path.join(work, `${key}.csv`), '--resize', 'nearest'], { cwd: work });
+      assert.equal(folderRun.exitCode, 0);
+      assert.equal(fs.readFileSync(path.join(work, `${key}.csv`), 'utf8').trim().split('\n').length, classes.length * 24 + 1);
+    });
+  }
+
+  test('a tampered labels.txt fails loudly: output size and labels disagree', async () => {
+    const copy = path.join(work, 'tampered');
+    fs.mkdirSync(copy);
+    fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(copy, 'model.tflite'));
+    fs.writeFileSync(path.join(copy, 'labels.txt'), 'daisy\ndandelion\nroses\nsunflowers\n');
+    const result = await runTlx(['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    assert.equal(result.exitCode, 2);
+    assert.match(result.stderr, /outputs 5 scores but labels\.txt has 4 labels/);
+  });
+});
