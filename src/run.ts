@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Optimizer as TfOptimizer, Tensor4D } from '@tensorflow/tfjs-node';
 import YAML from 'yaml';
@@ -18,6 +20,7 @@ import { balancedClassWeights, type Objective } from './train/objective.ts';
 import { createOptimizer, learningRateAt } from './train/optimizers.ts';
 import { classificationReport, confusionMatrixSpec, learningCurvesSpec, type ClassificationReport } from './train/report.ts';
 import { RunFolder, type RunStatus } from './track/run-store.ts';
+import { LiveTracker } from './track/sync.ts';
 import { exportTflite, type TfliteRecord } from './export/tflite.ts';
 import { version } from './version.ts';
 
@@ -33,6 +36,10 @@ export interface RunOptions {
   log: Logger;
   /** Stop after the current batch when this returns true (Ctrl-C). */
   shouldStop?: () => boolean;
+  /** MLflow parent run (sweep trials). */
+  parentRunId?: string;
+  /** Called whenever the run folder gained something worth logging (live tracking). */
+  onProgress?: () => Promise<void>;
 }
 
 /** run.json: what is needed to resume or understand the run without re-reading the YAML. */
@@ -46,6 +53,24 @@ export interface RunMeta {
   created: string;
   updated: string;
   error?: string;
+  /** MLflow system tags fixed when the run starts (user, git commit). */
+  tags: Record<string, string>;
+}
+
+function systemTags(experimentDir: string): Record<string, string> {
+  const tags: Record<string, string> = { 'mlflow.user': os.userInfo().username };
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: experimentDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    if (/^[0-9a-f]{40}$/.test(commit)) tags['mlflow.source.git.commit'] = commit;
+  } catch {
+    // not in a git checkout
+  }
+  return tags;
+}
+
+/** MLflow server for this run: the config's, else $MLFLOW_TRACKING_URI. */
+export function trackingUriFor(config: ResolvedExperiment): string | undefined {
+  return config.tracking.mlflow?.tracking_uri ?? (process.env.MLFLOW_TRACKING_URI || undefined);
 }
 
 export interface PhaseSummary {
@@ -86,6 +111,7 @@ export interface RunSummary {
   confusion_matrix?: number[][];
   artifacts: Record<string, string>;
   seconds: number;
+  finished_at: number;
   export?: Record<string, unknown>;
   error?: string;
 }
@@ -163,6 +189,7 @@ export async function executeRun(experiment: LoadedExperiment | undefined, optio
       tlx_version: version,
       created: now,
       updated: now,
+      tags: systemTags(experiment.baseDir),
     };
     folder.writeText('config.yaml', `# Resolved config of run ${folder.id} (defaults filled, extends and --set applied)\n${resolvedConfigYaml(config)}`);
     folder.writeJson('run.json', meta);
@@ -173,12 +200,17 @@ export async function executeRun(experiment: LoadedExperiment | undefined, optio
     folder.writeJson('run.json', meta);
   };
   setStatus('RUNNING');
+  const trackingUri = trackingUriFor(config);
+  const tracker = trackingUri ? new LiveTracker(folder, { trackingUri, log, parentRunId: options.parentRunId }) : undefined;
+  await tracker?.update();
   try {
-    const summary = await trainRun(folder, config, meta, options, started);
+    const summary = await trainRun(folder, config, meta, { ...options, onProgress: async () => tracker?.update() }, started);
+    await tracker?.update();
     return { folder, summary };
   } catch (error) {
     const killed = error instanceof InterruptedRun;
     setStatus(killed ? 'KILLED' : 'FAILED', killed ? undefined : errorMessage(error));
+    await tracker?.update();
     throw error;
   }
 }
@@ -193,6 +225,8 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
   const counts = splitCounts(dataset);
   log.info({ classes: dataset.classNames, counts, skipped: dataset.skipped.length }, `dataset: ${dataset.classNames.length} classes, ${counts.train} train / ${counts.validation} validation / ${counts.test} test images`);
   folder.writeText('labels.txt', `${dataset.classNames.join('\n')}\n`);
+  folder.writeJson('dataset.json', { classes: dataset.classNames, class_count: dataset.classNames.length, counts, skipped: dataset.skipped.length, storage: dataset.storage, root: dataset.source.root, url: dataset.source.url ?? null });
+  await options.onProgress?.();
   if (!folder.exists('plots/samples.png')) await writeDataPictures(folder, dataset, config, log);
 
   const classifier = buildClassifier({
@@ -233,7 +267,7 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
 
   if (!records.some((r) => r.epoch === 0)) {
     const initial = evaluate(classifier.model, objective, dataset.splits.validation, batchSize);
-    const record: EpochRecord = { epoch: 0, phase: 'initial', loss: Number.NaN, accuracy: Number.NaN, val_loss: initial.loss, val_accuracy: initial.accuracy, learning_rate: 0, seconds: 0 };
+    const record: EpochRecord = { epoch: 0, phase: 'initial', loss: Number.NaN, accuracy: Number.NaN, val_loss: initial.loss, val_accuracy: initial.accuracy, learning_rate: 0, seconds: 0, time: Date.now() };
     log.info(`before training: val_loss ${initial.loss.toFixed(4)} val_acc ${initial.accuracy.toFixed(4)}`);
     folder.appendJsonLine('metrics.jsonl', { ...record, loss: null, accuracy: null });
     records.push(record);
@@ -286,6 +320,7 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
           folder.appendJsonLine('metrics.jsonl', record);
           records.push(record);
           phaseSummary.seconds += record.seconds;
+          await options.onProgress?.();
           if (record.val_accuracy > bestValAccuracy) {
             bestValAccuracy = record.val_accuracy;
             await saveCheckpoint(folder.file('checkpoints', 'best'), classifier.model, undefined, { epoch: record.epoch, phase: plan.phase, record });
@@ -368,6 +403,7 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
       augmentation: 'plots/augmentation.png',
     },
     seconds: (performance.now() - started) / 1000,
+    finished_at: Date.now(),
     ...(exported ? { export: { tflite: exported } } : {}),
   };
   folder.writeJson('summary.json', summary);

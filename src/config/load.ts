@@ -69,6 +69,31 @@ function readChain(file: string, displayName: string, problems: Problem[]): Yaml
   return chain;
 }
 
+/** Keys holding file paths, relative to the file that declares them. */
+const pathKeys: [string, string][] = [
+  ['dataset', 'path'],
+  ['model', 'weights'],
+];
+
+function isRelativeFilePath(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0 && !path.isAbsolute(value) && !/^[a-z][\w+.-]*:/i.test(value) && !['imagenet', 'none'].includes(value);
+}
+
+/**
+ * A relative path in an extended file means relative to that file; the resolved config
+ * states it relative to the experiment file, where every stage resolves it.
+ */
+function rebaseRelativePaths(merged: PlainObject, chain: YamlSource[], baseDir: string): void {
+  for (const [section, key] of pathKeys) {
+    const holder = merged[section] as PlainObject | undefined;
+    if (!holder || !isRelativeFilePath(holder[key])) continue;
+    const declaring = chain.find((source) => (source.value[section] as PlainObject | undefined)?.[key] !== undefined);
+    if (!declaring) continue;
+    const absolute = path.resolve(path.dirname(declaring.file), holder[key] as string);
+    holder[key] = path.relative(baseDir, absolute) || '.';
+  }
+}
+
 /** Where a key path came from: the --set flag that wrote it, or the most precise YAML node. */
 function locate(keyPath: string[], atKey: boolean, chain: YamlSource[], overrides: Override[]): Location {
   for (const override of [...overrides].reverse()) {
@@ -142,6 +167,7 @@ export function loadExperiment(file: string, options: LoadOptions = {}): LoadedE
 
   let merged: PlainObject = {};
   for (const source of [...chain].reverse()) merged = mergeConfigs(merged, source.value);
+  rebaseRelativePaths(merged, chain, path.dirname(path.resolve(file)));
   for (const override of overrides) merged = applyOverride(merged, override, problems);
   if (problems.length > 0) throw new ConfigError(problems);
 

@@ -25,6 +25,8 @@ export interface EpochRecord extends EpochMetrics {
   phase: string;
   learning_rate: number;
   seconds: number;
+  /** When the epoch ended (ms since the epoch): the timestamp of its metric points everywhere. */
+  time: number;
 }
 
 export interface Evaluation {
@@ -186,6 +188,7 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
       val_accuracy: validation.accuracy,
       learning_rate: learningRate,
       seconds: (performance.now() - started) / 1000,
+      time: Date.now(),
     };
     outcome.epochs.push(record);
     inputs.log(`epoch ${epoch} (${phase.phase}): loss ${record.loss.toFixed(4)} acc ${record.accuracy.toFixed(4)} val_loss ${record.val_loss.toFixed(4)} val_acc ${record.val_accuracy.toFixed(4)} (${record.seconds.toFixed(1)} s)`, { ...record });
