@@ -1,0 +1,68 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { startMlflowServer, type MlflowServer } from '../../src/track/mlflow-server.ts';
+import { python } from './python.ts';
+
+export { startMlflowServer, type MlflowServer };
+
+export interface RemoteRun {
+  status: string;
+  name: string;
+  params: Record<string, string>;
+  tags: Record<string, string>;
+  histories: Record<string, { step: number; value: number; timestamp: number }[]>;
+  artifacts: string[];
+}
+
+/** Reads a run back with MLflow's own Python client (mlflow.tracking.MlflowClient). */
+export async function readRunWithMlflow(trackingUri: string, runId: string, keys: string[]): Promise<RemoteRun> {
+  const out = await python(
+    `import json, sys
+from mlflow.tracking import MlflowClient
+uri, run_id, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+c = MlflowClient(uri)
+r = c.get_run(run_id)
+def walk(path=None):
+    out = []
+    for a in c.list_artifacts(run_id, path):
+        out.extend(walk(a.path) if a.is_dir else [a.path])
+    return out
+print(json.dumps({
+  "status": r.info.status, "name": r.info.run_name, "params": r.data.params, "tags": r.data.tags,
+  "histories": {k: [{"step": m.step, "value": m.value, "timestamp": m.timestamp} for m in c.get_metric_history(run_id, k)] for k in keys},
+  "artifacts": sorted(walk()),
+}))`,
+    [trackingUri, runId, JSON.stringify(keys)],
+  );
+  return JSON.parse(out) as RemoteRun;
+}
+
+/**
+ * A fault a real server cannot be made to produce on demand: a proxy in front of the real
+ * MLflow server that answers 500 to the n-th matching request and forwards everything else.
+ */
+export async function faultyProxy(target: string, fail: { pathIncludes: string; nth: number }): Promise<{ url: string; failures: number; stop: () => Promise<void> }> {
+  let seen = 0;
+  const state = { failures: 0 };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', async () => {
+      if ((req.url ?? '').includes(fail.pathIncludes) && ++seen === fail.nth) {
+        state.failures++;
+        res.writeHead(500, { 'Content-Type': 'application/json' }).end('{"error_code":"INTERNAL_ERROR","message":"injected"}');
+        return;
+      }
+      const response = await fetch(`${target}${req.url}`, { method: req.method, headers: { 'content-type': req.headers['content-type'] ?? 'application/json' }, body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : Buffer.concat(chunks) });
+      res.writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await response.arrayBuffer()));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get failures() {
+      return state.failures;
+    },
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}

@@ -1,0 +1,200 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { execa } from 'execa';
+import type { EpochRecord } from '../src/train/engine.ts';
+import { freePort } from '../src/track/mlflow-server.ts';
+import { batchLimits, chunkBatch, sanitizeKey } from '../src/track/mlflow-client.ts';
+import { flattenParams } from '../src/track/sync.ts';
+import { runTlx, tlxBin } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
+import { faultyProxy, readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
+import { tempDir } from './helpers/tmp.ts';
+
+const work = tempDir('tlx-track-');
+const runsDir = path.join(work, 'runs');
+const metricKeys = ['loss', 'accuracy', 'val_loss', 'val_accuracy'];
+let server: MlflowServer;
+
+function experiment(name: string, epochs = 2): string {
+  const file = path.join(work, `${name}.yaml`);
+  fs.writeFileSync(
+    file,
+    `name: ${name}
+seed: 1
+dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }
+model: { alpha: 0.35, weights: none }
+train:
+  feature_extraction: { epochs: ${epochs} }
+  fine_tune: { epochs: 1 }
+tracking:
+  mlflow: { experiment: tlx-tests }
+`,
+  );
+  return file;
+}
+
+function localMetrics(dir: string): EpochRecord[] {
+  return fs
+    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as EpochRecord);
+}
+
+function mlflowRunId(dir: string, uri: string): string {
+  return (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> }).servers[uri].run_id;
+}
+
+function runDirOf(stdout: string): string {
+  return (JSON.parse(stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
+}
+
+/** Every local metric point is on the server exactly once, with its step and value. */
+async function assertExactlySynced(dir: string, uri: string): Promise<void> {
+  const remote = await readRunWithMlflow(uri, mlflowRunId(dir, uri), metricKeys);
+  const local = localMetrics(dir);
+  for (const key of metricKeys) {
+    const expected = local.filter((r) => typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number)).map((r) => [r.epoch, r[key as keyof EpochRecord]]);
+    const actual = remote.histories[key].map((m) => [m.step, m.value]).sort((a, b) => (a[0] as number) - (b[0] as number));
+    assert.equal(actual.length, expected.length, `${key}: ${actual.length} points on the server, ${expected.length} local`);
+    actual.forEach(([step, value], i) => {
+      assert.equal(step, expected[i][0]);
+      assert.ok(Math.abs((value as number) - (expected[i][1] as number)) < 1e-9, `${key} at step ${step}`);
+    });
+  }
+  assert.equal(remote.status, 'FINISHED');
+}
+
+before(async () => {
+  await writeClassFolders(path.join(work, 'data'), ['ants', 'bees'], 16, { size: 32 });
+  server = await startMlflowServer({ dataDir: path.join(work, 'mlflow-main') });
+});
+
+after(() => server?.stop());
+
+describe('MLflow client (pure parts)', () => {
+  test('log-batch chunks respect MLflow limits', () => {
+    const metrics = Array.from({ length: 2500 }, (_, i) => ({ key: 'm', value: i, timestamp: i, step: i }));
+    const params = Array.from({ length: 150 }, (_, i) => ({ key: `p${i}`, value: 'v' }));
+    const chunks = chunkBatch(metrics, params, []);
+    for (const c of chunks) {
+      assert.ok(c.metrics.length <= batchLimits.metrics && c.params.length <= batchLimits.params);
+      assert.ok(c.metrics.length + c.params.length + c.tags.length <= batchLimits.total);
+    }
+    assert.equal(chunks.reduce((n, c) => n + c.metrics.length, 0), 2500);
+    assert.equal(chunks.reduce((n, c) => n + c.params.length, 0), 150);
+  });
+
+  test('keys follow MLflow rules and the config flattens to dotted params', () => {
+    assert.equal(sanitizeKey('a:b*c'), 'a_b_c');
+    assert.deepEqual(flattenParams({ train: { fine_tune: { fine_tune_at: 100 } }, dataset: { image_size: [160, 160] } }), [
+      { key: 'train.fine_tune.fine_tune_at', value: '100' },
+      { key: 'dataset.image_size', value: '[160,160]' },
+    ]);
+  });
+});
+
+describe('every run in MLflow', () => {
+  test('a run logs live to a real server: params, per-epoch metrics, tags, artifacts; MLflow reads them back', async () => {
+    const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('live')], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url, MLFLOW_TRACKING_TOKEN: 'secret-token-123' } });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const dir = runDirOf(result.stdout);
+    const remote = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    assert.equal(remote.name, path.basename(dir));
+    assert.equal(remote.params['train.fine_tune.fine_tune_at'], '100');
+    assert.equal(remote.params['dataset.image_size'], '[32,32]');
+    assert.equal(remote.params['data.class_count'], '2');
+    assert.equal(remote.tags['mlflow.source.type'], 'LOCAL');
+    assert.equal(remote.tags['mlflow.runName'], path.basename(dir));
+    assert.ok(remote.tags['mlflow.user']);
+    assert.match(remote.tags['tlx.config_sha256'], /^[0-9a-f]{64}$/);
+    assert.deepEqual(remote.histories.val_accuracy.map((m) => m.step), [0, 1, 2, 3]);
+    for (const artifact of ['config.yaml', 'metrics.jsonl', 'summary.json', 'labels.txt', 'plots/learning_curves.png', 'plots/confusion_matrix.png']) assert.ok(remote.artifacts.includes(artifact), artifact);
+    await assertExactlySynced(dir, server.url);
+    const everything = execaFiles(dir);
+    assert.ok(!everything.includes('secret-token-123'), 'the token is never written to the run folder');
+    assert.ok(!result.stderr.includes('secret-token-123'), 'nor to the logs');
+  });
+
+  test('sync twice changes nothing', async () => {
+    const dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-live-'))!;
+    const before = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    for (let i = 0; i < 2; i++) {
+      const result = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+      assert.equal(result.exitCode, 0, result.stderr);
+    }
+    const after = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    assert.deepEqual(after, before);
+  });
+
+  test('server down from the start: the run finishes, is marked not synced, and tlx sync completes it', async () => {
+    const port = await freePort();
+    const uri = `http://127.0.0.1:${port}`;
+    const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('offline')], { cwd: work, env: { MLFLOW_TRACKING_URI: uri } });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    assert.match(result.stderr, /MLflow logging failed; the run carries on and is marked not synced/);
+    const dir = runDirOf(result.stdout);
+    assert.match(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8'), /"synced": false/);
+    const late = await startMlflowServer({ dataDir: path.join(work, 'mlflow-late'), port });
+    try {
+      const synced = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: uri } });
+      assert.equal(synced.exitCode, 0, synced.stderr);
+      await assertExactlySynced(dir, uri);
+    } finally {
+      await late.stop();
+    }
+  });
+
+  test('server killed mid-run and restarted: after tlx sync every metric point is there exactly once', async () => {
+    const port = await freePort();
+    const uri = `http://127.0.0.1:${port}`;
+    const dataDir = path.join(work, 'mlflow-restart');
+    let flaky = await startMlflowServer({ dataDir, port });
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', experiment('restart', 6)], { cwd: work, env: { MLFLOW_TRACKING_URI: uri }, reject: false });
+    let dir: string | undefined;
+    const deadline = Date.now() + 180_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-restart-'));
+      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && localMetrics(dir).length >= 2) break;
+    }
+    await flaky.stop();
+    await new Promise((r) => setTimeout(r, 3000));
+    flaky = await startMlflowServer({ dataDir, port });
+    try {
+      const result = await child;
+      assert.equal(result.exitCode, 0, String(result.stderr).slice(-2000));
+      const synced = await runTlx(['--runs-dir', runsDir, 'sync', dir!], { cwd: work, env: { MLFLOW_TRACKING_URI: uri } });
+      assert.equal(synced.exitCode, 0, synced.stderr);
+      await assertExactlySynced(dir!, uri);
+    } finally {
+      await flaky.stop();
+    }
+  });
+
+  test('a 500 on one request is retried and nothing is lost or doubled', async () => {
+    const proxy = await faultyProxy(server.url, { pathIncludes: 'log-batch', nth: 2 });
+    try {
+      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('five-hundred')], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } });
+      assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+      assert.equal(proxy.failures, 1);
+      const dir = runDirOf(result.stdout);
+      const synced = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } });
+      assert.equal(synced.exitCode, 0);
+      await assertExactlySynced(dir, proxy.url);
+    } finally {
+      await proxy.stop();
+    }
+  });
+});
+
+function execaFiles(dir: string): string {
+  return fs
+    .readdirSync(dir, { recursive: true })
+    .map((f) => path.join(dir, String(f)))
+    .filter((f) => fs.statSync(f).isFile() && !f.endsWith('.bin') && !f.endsWith('.png') && !f.endsWith('.tflite'))
+    .map((f) => fs.readFileSync(f, 'utf8'))
+    .join('\n');
+}
