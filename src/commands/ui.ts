@@ -16,7 +16,7 @@ export async function uiCommand(options: UiOptions): Promise<void> {
   const server = await startMlflowServer({ dataDir, port: options.port, onOutput: (line) => options.log.debug({ mlflow: line }) });
   const results = await syncRuns(localRuns(options.runsDir), server.url, options.log);
   options.log.info({ runs: results.length }, `synced ${results.filter((r) => !r.error).length} local run(s)`);
-  process.stdout.write(`MLflow UI: ${server.url}\n`);
+  process.stdout.write(`MLflow UI: ${server.url}/#/experiments (runs: open an experiment, then "Training runs")\n`);
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);

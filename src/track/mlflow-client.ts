@@ -151,12 +151,20 @@ export class MlflowClient {
     }
   }
 
-  /** The experiment's id, created when missing (a concurrent creation is fine). */
+  async setExperimentTag(experimentId: string, key: string, value: string): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/experiments/set-experiment-tag', { experiment_id: experimentId, key, value });
+  }
+
+  /**
+   * The experiment's id, created when missing (a concurrent creation is fine). A created
+   * experiment is tagged as model training, so MLflow 3's UI opens it on its runs table.
+   */
   async ensureExperiment(name: string): Promise<string> {
     const existing = await this.getExperimentByName(name);
     if (existing) return existing;
     try {
-      return (await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name })).experiment_id;
+      const created = (await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name, tags: [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }] })).experiment_id;
+      return created;
     } catch (error) {
       if (error instanceof MlflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS') {
         const id = await this.getExperimentByName(name);
