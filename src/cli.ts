@@ -152,7 +152,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   const program = buildProgram();
   try {
     await program.parseAsync([...argv], { from: 'user' });
-    return exitCodes.ok;
+    // A command may report partial failure (e.g. a sweep with failed trials) through exitCode.
+    return typeof process.exitCode === 'number' && process.exitCode !== 0 ? process.exitCode : exitCodes.ok;
   } catch (error) {
     if (error instanceof CommanderError) {
       const benign = ['commander.helpDisplayed', 'commander.help', 'commander.version', 'commander.executeSubCommandAsync'];

@@ -48,3 +48,20 @@ function mixSeed(seed: number, stream: (string | number)[]): number {
   }
   return hash | 0;
 }
+
+/**
+ * The per-step seed of random layers (dropout), set by the training loop before each step
+ * from (seed, epoch, batch): a resumed or shared run draws exactly the masks an
+ * uninterrupted run draws. Each random op in the step takes the next derived seed.
+ */
+let stepSeed: number | undefined;
+let stepDraws = 0;
+
+export function setStepSeed(seed: number | undefined): void {
+  stepSeed = seed;
+  stepDraws = 0;
+}
+
+export function nextStepSeed(): number | undefined {
+  return stepSeed === undefined ? undefined : (stepSeed + 7919 * stepDraws++) % 2147483647;
+}

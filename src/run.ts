@@ -40,6 +40,8 @@ export interface RunOptions {
   parentRunId?: string;
   /** Called whenever the run folder gained something worth logging (live tracking). */
   onProgress?: () => Promise<void>;
+  /** Data already prepared for this config (a sweep decodes once for all its trials). */
+  prepareData?: (config: ResolvedExperiment, baseDir: string) => Promise<PreparedDataset>;
 }
 
 /** run.json: what is needed to resume or understand the run without re-reading the YAML. */
@@ -177,22 +179,8 @@ export async function executeRun(experiment: LoadedExperiment | undefined, optio
     log.info({ run: folder.id }, 'resuming run');
   } else {
     if (!experiment) throw new Error('executeRun needs an experiment or resume');
+    ({ folder, meta } = createRunFolder(experiment, options.runsDir));
     config = experiment.config;
-    folder = RunFolder.create(options.runsDir, config.name);
-    const now = new Date().toISOString();
-    meta = {
-      run_id: folder.id,
-      status: 'RUNNING',
-      experiment_file: experiment.files[0],
-      base_dir: experiment.baseDir,
-      config_sha256: experiment.configSha256,
-      tlx_version: version,
-      created: now,
-      updated: now,
-      tags: systemTags(experiment.baseDir),
-    };
-    folder.writeText('config.yaml', `# Resolved config of run ${folder.id} (defaults filled, extends and --set applied)\n${resolvedConfigYaml(config)}`);
-    folder.writeJson('run.json', meta);
     log.info({ run: folder.id, dir: folder.dir }, 'run started');
   }
   const setStatus = (status: RunStatus, error?: string) => {
@@ -215,13 +203,56 @@ export async function executeRun(experiment: LoadedExperiment | undefined, optio
   }
 }
 
+/** A new run folder with the resolved config and run.json: the start of every run. */
+export function createRunFolder(experiment: LoadedExperiment, runsDir: string): { folder: RunFolder; meta: RunMeta } {
+  const folder = RunFolder.create(runsDir, experiment.config.name);
+  const now = new Date().toISOString();
+  const meta: RunMeta = {
+    run_id: folder.id,
+    status: 'RUNNING',
+    experiment_file: experiment.files[0],
+    base_dir: experiment.baseDir,
+    config_sha256: experiment.configSha256,
+    tlx_version: version,
+    created: now,
+    updated: now,
+    tags: systemTags(experiment.baseDir),
+  };
+  folder.writeText('config.yaml', `# Resolved config of run ${folder.id} (defaults filled, extends and --set applied)\n${resolvedConfigYaml(experiment.config)}`);
+  folder.writeJson('run.json', meta);
+  return { folder, meta };
+}
+
+/**
+ * A new run that starts where another run's feature extraction ended: its records of
+ * epochs 0..N and the checkpoint of that moment are copied in, so resuming it trains only
+ * the fine-tuning phase, exactly as the run would have continued.
+ */
+export function seedRunFromFeatureExtraction(experiment: LoadedExperiment, runsDir: string, source: RunFolder): RunFolder {
+  const checkpoint = source.file('checkpoints', 'feature_extraction');
+  const meta = readCheckpointMeta(checkpoint);
+  const { folder } = createRunFolder(experiment, runsDir);
+  const records = source.readJsonLines<EpochRecord>('metrics.jsonl').filter((r) => r.epoch <= meta.epoch);
+  for (const record of records) folder.appendJsonLine('metrics.jsonl', record);
+  for (const name of ['feature_extraction', 'best']) {
+    const from = source.file('checkpoints', name);
+    if (!fs.existsSync(from) || (name === 'best' && readCheckpointMeta(from).epoch > meta.epoch)) continue;
+    fs.cpSync(from, folder.file('checkpoints', name), { recursive: true });
+  }
+  fs.cpSync(checkpoint, folder.file('checkpoints', 'last'), { recursive: true });
+  for (const picture of ['samples.png', 'augmentation.png']) {
+    if (source.exists(`plots/${picture}`)) fs.cpSync(source.file('plots', picture), folder.file('plots', picture));
+  }
+  return folder;
+}
+
 export class InterruptedRun extends Error {
   override name = 'InterruptedRun';
 }
 
 async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: RunMeta, options: RunOptions, started: number): Promise<RunSummary> {
   const { log } = options;
-  const dataset = await prepareDataset(config, { baseDir: meta.base_dir, cacheDir: options.cacheDir, log });
+  const dataset = options.prepareData ? await options.prepareData(config, meta.base_dir) : await prepareDataset(config, { baseDir: meta.base_dir, cacheDir: options.cacheDir, log });
   const counts = splitCounts(dataset);
   log.info({ classes: dataset.classNames, counts, skipped: dataset.skipped.length }, `dataset: ${dataset.classNames.length} classes, ${counts.train} train / ${counts.validation} validation / ${counts.test} test images`);
   folder.writeText('labels.txt', `${dataset.classNames.join('\n')}\n`);
@@ -345,6 +376,10 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
     if (outcome.stoppedEarly) {
       phaseSummary.stopped_early = true;
       phaseSummary.restored_best_epoch = outcome.restoredEpoch;
+    }
+    if (plan.phase === 'feature_extraction') {
+      // The state every fine-tuning variant of this experiment starts from (sweeps share it).
+      await saveCheckpoint(folder.file('checkpoints', 'feature_extraction'), classifier.model, undefined, { epoch: lastEpoch, phase: plan.phase, record: records.at(-1) });
     }
   }
 

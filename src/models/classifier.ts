@@ -1,5 +1,6 @@
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-node';
 import { tf } from '../tf.ts';
+import { SeededDropout } from './layers.ts';
 import { mobileNetV2 } from './mobilenet_v2.ts';
 import { baseModels, type BaseModelName } from './registry.ts';
 
@@ -46,7 +47,7 @@ export function buildClassifier(spec: ClassifierSpec): Classifier {
   let x = tf.layers.rescaling({ scale, offset, name: 'preprocess' }).apply(inputs) as SymbolicTensor;
   x = base.apply(x) as SymbolicTensor;
   x = tf.layers.globalAveragePooling2d({ name: 'global_average_pooling2d' }).apply(x) as SymbolicTensor;
-  x = tf.layers.dropout({ rate: spec.dropout, name: 'dropout' }).apply(x) as SymbolicTensor;
+  x = new SeededDropout({ rate: spec.dropout, name: 'dropout' }).apply(x) as SymbolicTensor;
   const outputs = tf.layers
     .dense({ units, name: 'predictions', kernelInitializer: tf.initializers.glorotUniform({ seed: spec.seed }), biasInitializer: 'zeros' })
     .apply(x) as SymbolicTensor;

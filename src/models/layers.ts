@@ -1,5 +1,6 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
 import { runOp, runOpMulti } from '../native-ops.ts';
+import { nextStepSeed } from '../random.ts';
 import { tf } from '../tf.ts';
 
 type Kwargs = Record<string, unknown>;
@@ -131,5 +132,35 @@ export class ReLU6 extends tf.layers.Layer {
   }
 }
 
+export interface SeededDropoutArgs extends NonNullable<LayerArgs> {
+  rate: number;
+}
+
+/** Keras's Dropout (inverted: kept units scaled by 1 / (1 - rate)), masks from the step seed. */
+export class SeededDropout extends tf.layers.Layer {
+  static className = 'TlxSeededDropout';
+  readonly rate: number;
+
+  constructor(args: SeededDropoutArgs) {
+    super(args);
+    this.rate = args.rate;
+  }
+
+  override call(inputs: Tensor | Tensor[], kwargs: Kwargs): Tensor {
+    const x = single(inputs);
+    if (!kwargs.training || this.rate === 0) return x;
+    return tf.tidy(() => {
+      const seed = nextStepSeed();
+      const keep = tf.randomUniform(x.shape, 0, 1, 'float32', seed).greaterEqual(this.rate);
+      return x.mul(keep.toFloat()).div(1 - this.rate);
+    });
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), rate: this.rate };
+  }
+}
+
+tf.serialization.registerClass(SeededDropout);
 tf.serialization.registerClass(InferenceBatchNormalization);
 tf.serialization.registerClass(ReLU6);

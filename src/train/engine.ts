@@ -2,7 +2,7 @@ import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor4D, V
 import cliProgress from 'cli-progress';
 import type { EarlyStopping } from '../config/resolved.ts';
 import type { ImageSplit } from '../data/images.ts';
-import { Random } from '../random.ts';
+import { Random, setStepSeed } from '../random.ts';
 import { tf } from '../tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 
@@ -134,6 +134,7 @@ async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: nu
   let interrupted = false;
   for (const batch of train.batches(batchSize, epochOrder(inputs.seed, epoch, train.length))) {
     const augmented = inputs.augment(batch.images, new Random(inputs.seed, 'augment', epoch, batchIndex));
+    setStepSeed(Math.floor(new Random(inputs.seed, 'dropout', epoch, batchIndex).next() * 2147483646) + 1);
     let predicted: Tensor | undefined;
     const loss = optimizer.minimize(
       () => {
@@ -160,6 +161,7 @@ async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: nu
     }
   }
   bar?.stop();
+  setStepSeed(undefined);
   return { loss: lossSum / Math.max(1, seen), accuracy: correct / Math.max(1, seen), batches: batchIndex, interrupted };
 }
 

@@ -1,0 +1,109 @@
+import type { TopLevelSpec } from 'vega-lite';
+import type { GridValue } from './grid.ts';
+
+/** A sweep's answer: one row per trial, the best one, a table, CSV and a plot (pure). */
+
+export interface TrialRow {
+  trial: number;
+  assignments: Record<string, GridValue>;
+  status: string;
+  run_id?: string;
+  run_dir?: string;
+  best_val_accuracy?: number;
+  val_accuracy?: number;
+  val_loss?: number;
+  test_accuracy?: number;
+  test_loss?: number;
+  tflite_quantization?: string;
+  tflite_accuracy?: number;
+  tflite_bytes?: number;
+  minutes?: number;
+  shared_feature_extraction?: boolean;
+  error?: string;
+}
+
+export type SweepMetric = 'val_accuracy' | 'val_loss' | 'test_accuracy' | 'test_loss' | 'tflite_accuracy';
+
+export function metricOf(row: TrialRow, metric: SweepMetric): number | undefined {
+  const value = row[metric];
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+export function bestTrial(rows: TrialRow[], metric: SweepMetric, goal: 'max' | 'min'): TrialRow | undefined {
+  let best: TrialRow | undefined;
+  for (const row of rows) {
+    const value = metricOf(row, metric);
+    if (value === undefined) continue;
+    const current = best ? metricOf(best, metric)! : undefined;
+    if (current === undefined || (goal === 'max' ? value > current : value < current)) best = row;
+  }
+  return best;
+}
+
+function format(value: unknown, digits = 4): string {
+  if (value === undefined || value === null) return '';
+  if (typeof value === 'number') return Number.isInteger(value) ? String(value) : value.toFixed(digits);
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+function columns(rows: TrialRow[]): { header: string; value: (row: TrialRow) => string }[] {
+  const keys = Object.keys(rows[0]?.assignments ?? {});
+  return [
+    { header: 'trial', value: (r) => String(r.trial) },
+    ...keys.map((key) => ({ header: key, value: (r: TrialRow) => format(r.assignments[key]) })),
+    { header: 'status', value: (r) => r.status },
+    { header: 'best_val_accuracy', value: (r) => format(r.best_val_accuracy) },
+    { header: 'val_accuracy', value: (r) => format(r.val_accuracy) },
+    { header: 'test_accuracy', value: (r) => format(r.test_accuracy) },
+    { header: 'tflite', value: (r) => r.tflite_quantization ?? '' },
+    { header: 'tflite_accuracy', value: (r) => format(r.tflite_accuracy) },
+    { header: 'tflite_bytes', value: (r) => format(r.tflite_bytes) },
+    { header: 'minutes', value: (r) => format(r.minutes, 2) },
+    { header: 'run_id', value: (r) => r.run_id ?? '' },
+    { header: 'error', value: (r) => r.error ?? '' },
+  ];
+}
+
+export function resultsCsv(rows: TrialRow[]): string {
+  const cols = columns(rows);
+  const quote = (v: string) => (/[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
+  return `${cols.map((c) => c.header).join(',')}\n${rows.map((r) => cols.map((c) => quote(c.value(r))).join(',')).join('\n')}\n`;
+}
+
+/** The terminal table: aligned columns, the best trial marked with *. */
+export function resultsTable(rows: TrialRow[], best: TrialRow | undefined): string {
+  const cols = columns(rows).filter((c) => !['run_id', 'error'].includes(c.header));
+  const cells = rows.map((r) => cols.map((c) => c.value(r)));
+  const widths = cols.map((c, i) => Math.max(c.header.length, ...cells.map((row) => row[i].length)));
+  const line = (values: string[], mark: string) => `${mark} ${values.map((v, i) => v.padEnd(widths[i])).join('  ')}`.trimEnd();
+  return [line(cols.map((c) => c.header), ' '), ...rows.map((r, i) => line(cells[i], r === best ? '*' : ' '))].join('\n');
+}
+
+/** The metric against the swept value; a heatmap for two swept keys. */
+export function sweepPlotSpec(rows: TrialRow[], metric: SweepMetric): TopLevelSpec {
+  const keys = Object.keys(rows[0]?.assignments ?? {});
+  const values = rows
+    .filter((r) => metricOf(r, metric) !== undefined)
+    .map((r) => ({ ...Object.fromEntries(keys.map((k) => [k, typeof r.assignments[k] === 'object' ? JSON.stringify(r.assignments[k]) : r.assignments[k]])), trial: r.trial, [metric]: metricOf(r, metric) }));
+  const numeric = (key: string) => values.every((v) => typeof v[key as keyof typeof v] === 'number');
+  const base = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', title: `${metric} by trial`, data: { values }, width: 420, height: 260 };
+  if (keys.length === 2) {
+    return {
+      ...base,
+      encoding: { x: { field: keys[0], type: 'ordinal' }, y: { field: keys[1], type: 'ordinal' } },
+      layer: [
+        { mark: 'rect', encoding: { color: { field: metric, type: 'quantitative', scale: { scheme: 'viridis' } } } },
+        { mark: { type: 'text', color: 'white' }, encoding: { text: { field: metric, type: 'quantitative', format: '.3f' } } },
+      ],
+    } as unknown as TopLevelSpec;
+  }
+  const x = keys.length === 1 ? keys[0] : 'trial';
+  return {
+    ...base,
+    mark: { type: 'line', point: { size: 80 } },
+    encoding: {
+      x: { field: x, type: keys.length === 1 && numeric(x) ? 'quantitative' : 'ordinal', scale: { zero: false } },
+      y: { field: metric, type: 'quantitative', scale: { zero: false } },
+    },
+  } as unknown as TopLevelSpec;
+}
