@@ -39,7 +39,7 @@ export function headKindFor(classCount: number): HeadKind {
 
 export function buildClassifier(spec: ClassifierSpec): Classifier {
   const [height, width] = spec.imageSize;
-  const base = mobileNetV2({ alpha: spec.alpha, inputShape: [height, width, 3], inputName: 'input_layer' });
+  const base = mobileNetV2({ alpha: spec.alpha, inputShape: [height, width, 3], inputName: 'input_layer', seed: spec.seed });
   const head = headKindFor(spec.classCount);
   const units = head === 'binary_logit' ? 1 : spec.classCount;
   const { scale, offset } = baseModels[spec.base].pixelScale;

@@ -14,6 +14,14 @@ export interface MobileNetV2Options {
   inputShape: [height: number, width: number, channels: 3];
   /** Name of the input layer (Keras names it input_layer). */
   inputName?: string;
+  /** Seeds the (Keras default) glorot-uniform kernels, for `weights: none` runs that repeat. */
+  seed?: number;
+}
+
+/** One seeded initializer per kernel: the same seed and architecture give the same weights. */
+function kernelInitializers(seed: number | undefined) {
+  let layer = 0;
+  return () => (seed === undefined ? 'glorotUniform' : tf.initializers.glorotUniform({ seed: seed * 1000 + layer++ }));
 }
 
 /** keras.applications' _make_divisible: channel counts rounded to multiples of 8. */
@@ -39,13 +47,15 @@ function blockPrefix(blockId: number): string {
   return blockId === 0 ? 'expanded_conv_' : `block_${blockId}_`;
 }
 
-function invertedResidualBlock(inputs: SymbolicTensor, expansion: number, stride: 1 | 2, alpha: number, filters: number, blockId: number): SymbolicTensor {
+type Init = ReturnType<typeof kernelInitializers>;
+
+function invertedResidualBlock(inputs: SymbolicTensor, expansion: number, stride: 1 | 2, alpha: number, filters: number, blockId: number, init: Init): SymbolicTensor {
   const inChannels = inputs.shape[inputs.shape.length - 1] as number;
   const pointwiseFilters = makeDivisible(Math.trunc(filters * alpha));
   const prefix = blockPrefix(blockId);
   let x = inputs;
   if (blockId !== 0) {
-    x = tf.layers.conv2d({ filters: expansion * inChannels, kernelSize: 1, padding: 'same', useBias: false, name: `${prefix}expand` }).apply(x) as SymbolicTensor;
+    x = tf.layers.conv2d({ filters: expansion * inChannels, kernelSize: 1, padding: 'same', useBias: false, name: `${prefix}expand`, kernelInitializer: init() }).apply(x) as SymbolicTensor;
     x = new InferenceBatchNormalization({ ...bnArgs, name: `${prefix}expand_BN` }).apply(x) as SymbolicTensor;
     x = new ReLU6({ name: `${prefix}expand_relu` }).apply(x) as SymbolicTensor;
   }
@@ -54,11 +64,11 @@ function invertedResidualBlock(inputs: SymbolicTensor, expansion: number, stride
     x = tf.layers.zeroPadding2d({ padding: correctPad(height, width), name: `${prefix}pad` }).apply(x) as SymbolicTensor;
   }
   x = tf.layers
-    .depthwiseConv2d({ kernelSize: 3, strides: stride, useBias: false, padding: stride === 1 ? 'same' : 'valid', name: `${prefix}depthwise` })
+    .depthwiseConv2d({ kernelSize: 3, strides: stride, useBias: false, padding: stride === 1 ? 'same' : 'valid', name: `${prefix}depthwise`, depthwiseInitializer: init() })
     .apply(x) as SymbolicTensor;
   x = new InferenceBatchNormalization({ ...bnArgs, name: `${prefix}depthwise_BN` }).apply(x) as SymbolicTensor;
   x = new ReLU6({ name: `${prefix}depthwise_relu` }).apply(x) as SymbolicTensor;
-  x = tf.layers.conv2d({ filters: pointwiseFilters, kernelSize: 1, padding: 'same', useBias: false, name: `${prefix}project` }).apply(x) as SymbolicTensor;
+  x = tf.layers.conv2d({ filters: pointwiseFilters, kernelSize: 1, padding: 'same', useBias: false, name: `${prefix}project`, kernelInitializer: init() }).apply(x) as SymbolicTensor;
   x = new InferenceBatchNormalization({ ...bnArgs, name: `${prefix}project_BN` }).apply(x) as SymbolicTensor;
   if (inChannels === pointwiseFilters && stride === 1) {
     return tf.layers.add({ name: `${prefix}add` }).apply([inputs, x]) as SymbolicTensor;
@@ -70,39 +80,40 @@ function invertedResidualBlock(inputs: SymbolicTensor, expansion: number, stride
 export function mobileNetV2(options: MobileNetV2Options) {
   const { alpha, inputShape } = options;
   const inputs = tf.input({ shape: inputShape, name: options.inputName ?? 'input_layer' });
+  const init = kernelInitializers(options.seed);
 
   const firstBlockFilters = makeDivisible(32 * alpha);
-  let x = tf.layers.conv2d({ filters: firstBlockFilters, kernelSize: 3, strides: 2, padding: 'same', useBias: false, name: 'Conv1' }).apply(inputs) as SymbolicTensor;
+  let x = tf.layers.conv2d({ filters: firstBlockFilters, kernelSize: 3, strides: 2, padding: 'same', useBias: false, name: 'Conv1', kernelInitializer: init() }).apply(inputs) as SymbolicTensor;
   x = new InferenceBatchNormalization({ ...bnArgs, name: 'bn_Conv1' }).apply(x) as SymbolicTensor;
   x = new ReLU6({ name: 'Conv1_relu' }).apply(x) as SymbolicTensor;
 
-  x = invertedResidualBlock(x, 1, 1, alpha, 16, 0);
+  x = invertedResidualBlock(x, 1, 1, alpha, 16, 0, init);
 
-  x = invertedResidualBlock(x, 6, 2, alpha, 24, 1);
-  x = invertedResidualBlock(x, 6, 1, alpha, 24, 2);
+  x = invertedResidualBlock(x, 6, 2, alpha, 24, 1, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 24, 2, init);
 
-  x = invertedResidualBlock(x, 6, 2, alpha, 32, 3);
-  x = invertedResidualBlock(x, 6, 1, alpha, 32, 4);
-  x = invertedResidualBlock(x, 6, 1, alpha, 32, 5);
+  x = invertedResidualBlock(x, 6, 2, alpha, 32, 3, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 32, 4, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 32, 5, init);
 
-  x = invertedResidualBlock(x, 6, 2, alpha, 64, 6);
-  x = invertedResidualBlock(x, 6, 1, alpha, 64, 7);
-  x = invertedResidualBlock(x, 6, 1, alpha, 64, 8);
-  x = invertedResidualBlock(x, 6, 1, alpha, 64, 9);
+  x = invertedResidualBlock(x, 6, 2, alpha, 64, 6, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 64, 7, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 64, 8, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 64, 9, init);
 
-  x = invertedResidualBlock(x, 6, 1, alpha, 96, 10);
-  x = invertedResidualBlock(x, 6, 1, alpha, 96, 11);
-  x = invertedResidualBlock(x, 6, 1, alpha, 96, 12);
+  x = invertedResidualBlock(x, 6, 1, alpha, 96, 10, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 96, 11, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 96, 12, init);
 
-  x = invertedResidualBlock(x, 6, 2, alpha, 160, 13);
-  x = invertedResidualBlock(x, 6, 1, alpha, 160, 14);
-  x = invertedResidualBlock(x, 6, 1, alpha, 160, 15);
+  x = invertedResidualBlock(x, 6, 2, alpha, 160, 13, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 160, 14, init);
+  x = invertedResidualBlock(x, 6, 1, alpha, 160, 15, init);
 
-  x = invertedResidualBlock(x, 6, 1, alpha, 320, 16);
+  x = invertedResidualBlock(x, 6, 1, alpha, 320, 16, init);
 
   // No alpha applied to the last conv below 1.0, as in the paper and in Keras.
   const lastBlockFilters = alpha > 1.0 ? makeDivisible(1280 * alpha) : 1280;
-  x = tf.layers.conv2d({ filters: lastBlockFilters, kernelSize: 1, useBias: false, name: 'Conv_1' }).apply(x) as SymbolicTensor;
+  x = tf.layers.conv2d({ filters: lastBlockFilters, kernelSize: 1, useBias: false, name: 'Conv_1', kernelInitializer: init() }).apply(x) as SymbolicTensor;
   x = new InferenceBatchNormalization({ ...bnArgs, name: 'Conv_1_bn' }).apply(x) as SymbolicTensor;
   x = new ReLU6({ name: 'out_relu' }).apply(x) as SymbolicTensor;
 

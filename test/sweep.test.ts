@@ -1,0 +1,202 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { execa } from 'execa';
+import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag } from '../src/sweep/grid.ts';
+import { bestTrial, resultsCsv, type TrialRow } from '../src/sweep/results.ts';
+import { LocalScheduler } from '../src/sweep/scheduler.ts';
+import { runTlx, tlxBin } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
+import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
+import { tempDir } from './helpers/tmp.ts';
+
+const work = tempDir('tlx-sweep-');
+const runsDir = path.join(work, 'runs');
+
+function experiment(name: string, grid: string): string {
+  const file = path.join(work, `${name}.yaml`);
+  fs.writeFileSync(
+    file,
+    `name: ${name}
+seed: 2
+dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }
+model: { alpha: 0.35, weights: none }
+train:
+  feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.001 } }
+  fine_tune: { epochs: 1, optimizer: { name: rmsprop, learning_rate: 0.0001 } }
+sweep:
+  grid:
+${grid}
+`,
+  );
+  return file;
+}
+
+interface StatusLine {
+  trial: number;
+  status: string;
+  run_dir?: string;
+  error?: string;
+}
+
+function statusOf(sweepDir: string): StatusLine[] {
+  return JSON.parse(fs.readFileSync(path.join(sweepDir, 'status.json'), 'utf8')) as StatusLine[];
+}
+
+function sweepDirOf(stdout: string): string {
+  const line = stdout.split('\n').find((l) => l.startsWith('sweep '));
+  assert.ok(line, stdout);
+  return line.slice(line.indexOf(': ') + 2).trim();
+}
+
+before(async () => {
+  await writeClassFolders(path.join(work, 'data'), ['ants', 'bees'], 16, { size: 32 });
+});
+
+describe('grid expansion (pure)', () => {
+  test('lists and ranges expand to the grid product, last key fastest', () => {
+    assert.deepEqual(expandRange({ from: 40, to: 150, step: 20 }, 'k'), [40, 60, 80, 100, 120, 140]);
+    assert.deepEqual(expandRange({ from: 0.1, to: 0.3, step: 0.1 }, 'k'), [0.1, 0.2, 0.3]);
+    const trials = expandGrid({ a: [1, 2], b: ['x', 'y', 'z'] });
+    assert.equal(trials.length, 6);
+    assert.deepEqual(trials[1].assignments, { a: 1, b: 'y' });
+    assert.equal(expandGrid({ a: [1, 2, 3] }, 2).length, 2);
+    assert.throws(() => expandGrid({}), /nothing to sweep/);
+  });
+
+  test('--grid flags read values as YAML, and ranges as from:to:step', () => {
+    assert.deepEqual(parseGridFlag('train.fine_tune.fine_tune_at=40,80,100,120'), ['train.fine_tune.fine_tune_at', [40, 80, 100, 120]]);
+    assert.deepEqual(parseGridFlag('train.fine_tune.fine_tune_at=40:100:20'), ['train.fine_tune.fine_tune_at', [40, 60, 80, 100]]);
+    assert.deepEqual(parseGridFlag('model.weights=none,npm:nsfwjs'), ['model.weights', ['none', 'npm:nsfwjs']]);
+    assert.throws(() => parseGridFlag('nokey'), /expected key\.path=v1,v2/);
+    assert.deepEqual(assignmentFlags({ 'dataset.image_size': [64, 64], name: 'x' }), ['dataset.image_size=[64,64]', 'name=x']);
+  });
+
+  test('fine-tuning and export keys do not change the feature-extraction identity; others do', () => {
+    const a = { seed: 1, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 100 } }, export: { tflite: {} } };
+    const b = { seed: 1, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 40 } }, export: {} };
+    const c = { seed: 2, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 100 } } };
+    assert.deepEqual(featureExtractionIdentity(a), featureExtractionIdentity(b));
+    assert.notDeepEqual(featureExtractionIdentity(a), featureExtractionIdentity(c));
+  });
+
+  test('the best trial follows metric and goal; CSV has one row per trial', () => {
+    const rows: TrialRow[] = [
+      { trial: 0, assignments: { k: 1 }, status: 'finished', val_accuracy: 0.7, val_loss: 0.5 },
+      { trial: 1, assignments: { k: 2 }, status: 'failed', error: 'boom' },
+      { trial: 2, assignments: { k: 3 }, status: 'finished', val_accuracy: 0.8, val_loss: 0.6 },
+    ];
+    assert.equal(bestTrial(rows, 'val_accuracy', 'max')?.trial, 2);
+    assert.equal(bestTrial(rows, 'val_loss', 'min')?.trial, 0);
+    assert.equal(resultsCsv(rows).trim().split('\n').length, 4);
+  });
+
+  test('the local scheduler runs every job, at most `parallel` at once', async () => {
+    let running = 0;
+    let peak = 0;
+    const results = await new LocalScheduler<number, number>(2).runAll([1, 2, 3, 4, 5], async (n) => {
+      peak = Math.max(peak, ++running);
+      await new Promise((r) => setTimeout(r, 20));
+      running--;
+      return n * 10;
+    });
+    assert.deepEqual(results, [10, 20, 30, 40, 50]);
+    assert.equal(peak, 2);
+  });
+});
+
+describe('tlx sweep', () => {
+  let server: MlflowServer;
+  before(async () => {
+    server = await startMlflowServer({ dataDir: path.join(work, 'mlflow') });
+  });
+  after(() => server?.stop());
+
+  test('every trial is validated before any runs; an invalid one is named', async () => {
+    const file = experiment('invalid', '    train.fine_tune.fine_tune_at: [100, 200]');
+    const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });
+    assert.equal(result.exitCode, 2);
+    assert.match(result.stderr, /trial 1 \(train\.fine_tune\.fine_tune_at=200\): train\.fine_tune\.fine_tune_at: found 200, expected at most 154/);
+    assert.equal(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('invalid')).length : 0, 0);
+  });
+
+  test('trials share one feature extraction, which is exactly the state an independent run reaches; parent and child runs nest in MLflow', async () => {
+    const file = experiment('shared', '    train.fine_tune.fine_tune_at: [100, 140]');
+    const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
+    assert.match(result.stdout, /^\* /m, 'the best trial is marked');
+    assert.match(result.stdout, /best: trial \d \(train\.fine_tune\.fine_tune_at=\d+\) val_accuracy/);
+    const sweepDir = sweepDirOf(result.stdout);
+    for (const name of ['plan.json', 'status.json', 'results.csv', 'results.json', 'plot.png']) assert.ok(fs.existsSync(path.join(sweepDir, name)), name);
+    const [leader, follower] = statusOf(sweepDir);
+    assert.equal(leader.status, 'finished');
+    assert.equal(follower.status, 'finished');
+    assert.match(result.stderr, /feature extraction shared: starting from its checkpoint/);
+
+    // The same trial run on its own, with the same seed.
+    const alone = await runTlx(['--runs-dir', path.join(work, 'alone'), 'run', file, '--set', 'train.fine_tune.fine_tune_at=140'], { cwd: work });
+    assert.equal(alone.exitCode, 0, alone.stderr.slice(-2000));
+    const aloneDir = (JSON.parse(alone.stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
+    const shared = fs.readFileSync(path.join(follower.run_dir!, 'checkpoints', 'feature_extraction', 'weights.bin'));
+    const independent = fs.readFileSync(path.join(aloneDir, 'checkpoints', 'feature_extraction', 'weights.bin'));
+    assert.ok(shared.equals(independent), 'the shared checkpoint is bit for bit the independent run\'s state');
+    const metrics = (dir: string) => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; val_loss: number });
+    assert.deepEqual(
+      metrics(follower.run_dir!).map((m) => [m.epoch, m.val_loss]),
+      metrics(aloneDir).map((m) => [m.epoch, m.val_loss]),
+      'and the trial ends where the independent run ends',
+    );
+
+    const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as Record<string, { run_id: string }>;
+    const parentRunId = parent[server.url].run_id;
+    for (const trial of [leader, follower]) {
+      const childState = JSON.parse(fs.readFileSync(path.join(trial.run_dir!, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> };
+      const child = await readRunWithMlflow(server.url, childState.servers[server.url].run_id, []);
+      assert.equal(child.tags['mlflow.parentRunId'], parentRunId);
+    }
+    const remoteParent = await readRunWithMlflow(server.url, parentRunId, ['best_val_accuracy']);
+    assert.equal(remoteParent.params['sweep.train.fine_tune.fine_tune_at'], '[100,140]');
+    assert.equal(remoteParent.histories.best_val_accuracy.length, 1);
+    assert.ok(remoteParent.artifacts.includes('results.csv'));
+  });
+
+  test('a failing trial is recorded and the others go on', async () => {
+    const file = experiment('failing', '    model.weights: [none, missing-weights.h5]');
+    const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });
+    assert.equal(result.exitCode, 1);
+    const [ok, failed] = statusOf(sweepDirOf(result.stdout));
+    assert.equal(ok.status, 'finished');
+    assert.equal(failed.status, 'failed');
+    assert.match(failed.error!, /missing-weights\.h5: file not found/);
+  });
+
+  test('a sweep killed during a trial resumes: finished trials are skipped, the rest run', async () => {
+    const file = experiment('killed', '    train.fine_tune.fine_tune_at: [100, 120, 140]');
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file, '--grid', 'seed=2,3'], { cwd: work, reject: false });
+    const deadline = Date.now() + 240_000;
+    let sweepDir: string | undefined;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 300));
+      const sweeps = fs.existsSync(path.join(runsDir, 'sweeps')) ? fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('killed-')) : [];
+      if (sweeps.length === 1) sweepDir = path.join(runsDir, 'sweeps', sweeps[0]);
+      if (sweepDir && fs.existsSync(path.join(sweepDir, 'status.json')) && statusOf(sweepDir).filter((s) => s.status === 'finished').length >= 2) break;
+    }
+    child.kill('SIGKILL');
+    await child;
+    assert.ok(sweepDir);
+    const before = statusOf(sweepDir);
+    const finishedBefore = before.filter((s) => s.status === 'finished');
+    assert.ok(finishedBefore.length >= 2 && finishedBefore.length < 6, `${finishedBefore.length} finished before the kill`);
+    const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', '--resume', path.basename(sweepDir)], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-3000));
+    const after = statusOf(sweepDir);
+    assert.equal(after.length, 6);
+    assert.ok(after.every((s) => s.status === 'finished'));
+    for (const done of finishedBefore) assert.equal(after.find((s) => s.trial === done.trial)?.run_dir, done.run_dir, 'finished trials are not rerun');
+    assert.match(resumed.stderr, new RegExp(`${finishedBefore.length} already finished`));
+    // And the plot is a real PNG.
+    const png = fs.readFileSync(path.join(sweepDir, 'plot.png'));
+    assert.equal(png.subarray(1, 4).toString(), 'PNG');
+  });
+});
