@@ -1,4 +1,4 @@
-import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
+import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import cliProgress from 'cli-progress';
 import type { EarlyStopping } from '../config/resolved.ts';
 import type { ImageSplit } from '../data/images.ts';
@@ -65,6 +65,12 @@ export interface TrainInputs {
   shouldStop: () => boolean;
   /** Show a bar per epoch on a terminal. */
   progress: boolean;
+  /**
+   * When the model's first part is frozen for the phase: run it outside the gradient tape
+   * (no backward work, no kept activations), and with `cacheOutputs` (no augmentation)
+   * compute its outputs once per phase instead of once per epoch.
+   */
+  frozenPrefix?: { prefix: LayersModel; suffix: LayersModel; cacheOutputs: boolean };
   log: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -76,7 +82,37 @@ export interface PhaseOutcome {
   restoredEpoch?: number;
 }
 
-export function evaluate(model: LayersModel, objective: Objective, split: ImageSplit, batchSize: number): Evaluation {
+/** Batches of a split as the model should see them: pixels, or cached frozen-prefix outputs. */
+interface BatchSource {
+  length: number;
+  labels: Int32Array;
+  batches(batchSize: number, order?: readonly number[]): Generator<{ images: Tensor; labels: Tensor1D; indices: number[] }>;
+}
+
+/** A split's frozen-prefix outputs, computed once (inference: the prefix has no trainable part). */
+export function cacheOutputs(prefix: LayersModel, split: ImageSplit, batchSize: number): { source: BatchSource; dispose: () => void } {
+  const parts: Tensor[] = [];
+  for (const batch of split.batches(batchSize)) {
+    parts.push(tf.tidy(() => prefix.apply(batch.images, { training: false }) as Tensor));
+    tf.dispose([batch.images, batch.labels]);
+  }
+  const all = parts.length === 1 ? parts[0] : tf.concat(parts);
+  if (parts.length > 1) tf.dispose(parts);
+  const source: BatchSource = {
+    length: split.length,
+    labels: split.labels,
+    *batches(size: number, order?: readonly number[]) {
+      const sequence = order ?? Array.from({ length: split.length }, (_, i) => i);
+      for (let start = 0; start < sequence.length; start += size) {
+        const indices = sequence.slice(start, start + size);
+        yield { images: tf.tidy(() => tf.gather(all, tf.tensor1d(indices, 'int32'))), labels: tf.tensor1d(indices.map((i) => split.labels[i]), 'int32'), indices };
+      }
+    },
+  };
+  return { source, dispose: () => all.dispose() };
+}
+
+export function evaluate(model: LayersModel, objective: Objective, split: BatchSource, batchSize: number): Evaluation {
   const predictions = new Int32Array(split.length);
   const probabilities = new Float32Array(split.length * objective.classCount);
   let lossSum = 0;
@@ -120,20 +156,27 @@ function improved(monitor: string, current: number, best: number, minDelta: numb
   return monitor.endsWith('loss') ? current < best - minDelta : current > best + minDelta;
 }
 
-async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: number): Promise<{ loss: number; accuracy: number; batches: number; interrupted: boolean }> {
-  const { model, objective, train, batchSize } = inputs;
+async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: number, cachedTrain?: BatchSource): Promise<{ loss: number; accuracy: number; batches: number; interrupted: boolean }> {
+  const { objective, batchSize } = inputs;
+  const split = inputs.frozenPrefix;
+  const model = split ? split.suffix : inputs.model;
+  const train: BatchSource = cachedTrain ?? inputs.train;
   const variables = trainableVariables(model);
   const bar = inputs.progress
     ? new cliProgress.SingleBar({ format: `epoch ${epoch} [{bar}] {value}/{total} batches | loss {loss} | acc {acc} | ETA {eta_formatted}`, stream: process.stderr, hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic)
     : undefined;
-  bar?.start(train.batchCount(batchSize), 0, { loss: '-', acc: '-' });
+  bar?.start(Math.ceil(train.length / batchSize), 0, { loss: '-', acc: '-' });
   let lossSum = 0;
   let correct = 0;
   let seen = 0;
   let batchIndex = 0;
   let interrupted = false;
   for (const batch of train.batches(batchSize, epochOrder(inputs.seed, epoch, train.length))) {
-    const augmented = inputs.augment(batch.images, new Random(inputs.seed, 'augment', epoch, batchIndex));
+    const augmented = cachedTrain
+      ? batch.images.clone()
+      : split
+        ? tf.tidy(() => split.prefix.apply(inputs.augment(batch.images as Tensor4D, new Random(inputs.seed, 'augment', epoch, batchIndex)), { training: false }) as Tensor)
+        : inputs.augment(batch.images as Tensor4D, new Random(inputs.seed, 'augment', epoch, batchIndex));
     setStepSeed(Math.floor(new Random(inputs.seed, 'dropout', epoch, batchIndex).next() * 2147483646) + 1);
     let predicted: Tensor | undefined;
     const loss = optimizer.minimize(
@@ -165,22 +208,33 @@ async function trainEpoch(inputs: TrainInputs, optimizer: TfOptimizer, epoch: nu
   return { loss: lossSum / Math.max(1, seen), accuracy: correct / Math.max(1, seen), batches: batchIndex, interrupted };
 }
 
+/** One optimizer step on one batch, as trainEpoch does it (for the benchmarks). */
+export function trainStepForBench(model: LayersModel, objective: Objective, images: Tensor4D, labels: Tensor1D, optimizer: TfOptimizer): number {
+  const loss = optimizer.minimize(() => batchLoss(objective, model.apply(images, { training: true }) as Tensor, labels), true, trainableVariables(model)) as Scalar;
+  const value = loss.dataSync()[0];
+  loss.dispose();
+  return value;
+}
+
 /** Runs the epochs of one phase; the model's trainable flags must already be set. */
 export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<PhaseOutcome> {
   const outcome: PhaseOutcome = { stoppedEarly: false, interrupted: false, epochs: [] };
   const stopping = phase.earlyStopping;
   let best: { value: number; epoch: number; weights?: Tensor[] } | undefined;
   let sinceBest = 0;
+  const split = inputs.frozenPrefix;
+  const caches = split?.cacheOutputs && phase.endEpoch > phase.startEpoch ? [cacheOutputs(split.prefix, inputs.train, inputs.batchSize), cacheOutputs(split.prefix, inputs.validation, inputs.batchSize)] : undefined;
+  try {
   for (let epoch = phase.startEpoch + 1; epoch <= phase.endEpoch; epoch++) {
     const started = performance.now();
     const learningRate = phase.learningRateAt(epoch - phase.phaseStartEpoch - 1);
     (phase.optimizer as unknown as { learningRate: number }).learningRate = learningRate;
-    const trained = await trainEpoch(inputs, phase.optimizer, epoch);
+    const trained = await trainEpoch(inputs, phase.optimizer, epoch, caches?.[0].source);
     if (trained.interrupted) {
       outcome.interrupted = true;
       break;
     }
-    const validation = evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+    const validation = caches && split ? evaluate(split.suffix, inputs.objective, caches[1].source, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
     const record: EpochRecord = {
       epoch,
       phase: phase.phase,
@@ -207,6 +261,9 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
         break;
       }
     }
+  }
+  } finally {
+    caches?.forEach((cache) => cache.dispose());
   }
   if (best?.weights) {
     if (outcome.stoppedEarly && best.epoch !== outcome.epochs.at(-1)?.epoch) {

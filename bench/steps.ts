@@ -1,0 +1,57 @@
+/**
+ * tlx's side of the step benchmarks: MobileNetV2 alpha 1.0 at 224x224, batch 32, the same
+ * cases as bench/keras_steps.py. Prints one JSON line: seconds per step, per case.
+ *
+ *   npx tsx bench/steps.ts [--steps 3] [--size 224] [--batch 32] [--cases a,b]
+ */
+import type { Tensor } from '@tensorflow/tfjs-node';
+import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
+import { tf } from '../src/tf.ts';
+import { evaluate, trainStepForBench } from '../src/train/engine.ts';
+import { createOptimizer } from '../src/train/optimizers.ts';
+
+const args = process.argv.slice(2);
+const option = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const steps = Number(option('steps', '3'));
+const size = Number(option('size', '224'));
+const batch = Number(option('batch', '32'));
+const cases = option('cases', 'whole_model_trainable,fine_tune_at_100,frozen_base,predict').split(',');
+
+const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [size, size], classCount: 2, dropout: 0.2, seed: 1 });
+const images = tf.randomUniform([batch, size, size, 3], 0, 255, 'float32', 1);
+const labels = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 2), 'int32');
+const objective = { head: classifier.head, classCount: 2, labelSmoothing: 0 };
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function time(run: () => void): number {
+  run(); // warm-up: kernels, allocations
+  const seconds: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const started = performance.now();
+    run();
+    seconds.push((performance.now() - started) / 1000);
+  }
+  return median(seconds);
+}
+
+const result: Record<string, number> = {};
+for (const name of cases) {
+  if (name === 'predict') {
+    result[name] = time(() => tf.tidy(() => (classifier.model.predict(images) as Tensor).dataSync()));
+    continue;
+  }
+  const phase = name === 'frozen_base' ? 'feature_extraction' : 'fine_tune';
+  setPhaseTrainable(classifier, phase, name === 'whole_model_trainable' ? 0 : 100);
+  const optimizer = createOptimizer({ name: 'rmsprop', learning_rate: 1e-5 });
+  result[name] = time(() => trainStepForBench(classifier.model, objective, images as never, labels as never, optimizer));
+  optimizer.dispose();
+}
+void evaluate;
+process.stdout.write(`${JSON.stringify({ tool: 'tlx', size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);
