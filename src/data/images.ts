@@ -19,6 +19,15 @@ export function decodeResized(bytes: Uint8Array, [height, width]: ImageSize): Te
   });
 }
 
+/** Pixels rounded to uint8 (0..255) for keeping in memory: 1 byte per value instead of 4. */
+export function toBytes(image: Tensor3D): Uint8Array {
+  const rounded = tf.tidy(() => image.round().clipByValue(0, 255).toInt());
+  // Int32Array -> Uint8Array copy in native code; a per-value JS callback is ~25x slower.
+  const bytes = new Uint8Array(rounded.dataSync() as Int32Array);
+  rounded.dispose();
+  return bytes;
+}
+
 /** A batch as the model takes it: float32 pixels in [0, 255] and integer labels. */
 export interface Batch {
   images: Tensor4D;
@@ -68,7 +77,7 @@ export class ImageSplit {
       let image: Tensor3D | undefined;
       try {
         image = decodeResized(fs.readFileSync(sample.file), size);
-        if (mode === 'memory') chunks.push(Uint8Array.from(image.dataSync(), (v) => Math.round(v)));
+        if (mode === 'memory') chunks.push(toBytes(image));
         good.push(sample);
       } catch (error) {
         bad.push({ file: sample.file, reason: `cannot decode: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` });
@@ -105,7 +114,7 @@ export class ImageSplit {
   imageBytes(index: number): Uint8Array {
     if (this.pixels) return this.pixels.slice(index * this.bytesPerImage, (index + 1) * this.bytesPerImage);
     const image = decodeResized(fs.readFileSync(this.samples[index].file), this.size);
-    const bytes = Uint8Array.from(image.dataSync(), (v) => Math.round(v));
+    const bytes = toBytes(image);
     image.dispose();
     return bytes;
   }

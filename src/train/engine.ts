@@ -223,7 +223,10 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
   let best: { value: number; epoch: number; weights?: Tensor[] } | undefined;
   let sinceBest = 0;
   const split = inputs.frozenPrefix;
+  const cacheStarted = performance.now();
   const caches = split?.cacheOutputs && phase.endEpoch > phase.startEpoch ? [cacheOutputs(split.prefix, inputs.train, inputs.batchSize), cacheOutputs(split.prefix, inputs.validation, inputs.batchSize)] : undefined;
+  // Computing the cache is part of the first epoch's cost.
+  let carrySeconds = caches ? (performance.now() - cacheStarted) / 1000 : 0;
   try {
   for (let epoch = phase.startEpoch + 1; epoch <= phase.endEpoch; epoch++) {
     const started = performance.now();
@@ -243,9 +246,10 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
       val_loss: validation.loss,
       val_accuracy: validation.accuracy,
       learning_rate: learningRate,
-      seconds: (performance.now() - started) / 1000,
+      seconds: (performance.now() - started) / 1000 + carrySeconds,
       time: Date.now(),
     };
+    carrySeconds = 0;
     outcome.epochs.push(record);
     inputs.log(`epoch ${epoch} (${phase.phase}): loss ${record.loss.toFixed(4)} acc ${record.accuracy.toFixed(4)} val_loss ${record.val_loss.toFixed(4)} val_acc ${record.val_accuracy.toFixed(4)} (${record.seconds.toFixed(1)} s)`, { ...record });
     await inputs.onEpochEnd(record);

@@ -1,0 +1,170 @@
+/**
+ * tlx against Keras on the same machine and TensorFlow 2.21 kernels, side by side in one
+ * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
+ * fresh processes, and prints the medians and the tlx/Keras ratio.
+ *
+ *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,e2e,sweep] [--size 224]
+ *
+ * Cases:
+ *   steps     one train step (whole model trainable; fine_tune_at 100; frozen base) and
+ *             one predict, MobileNetV2 alpha 1.0, batch 32 (bench/steps.ts vs keras_steps.py)
+ *   fe_epoch  a feature-extraction epoch after the first, no augmentation (tlx caches the
+ *             frozen base's outputs; Keras recomputes them)
+ *   e2e       the finetune.yaml experiment, scaled down, end to end: wall time, peak RSS,
+ *             accuracy (tlx run vs bench/keras_finetune.py)
+ *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
+ */
+import { execa } from 'execa';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { writeClassFolders } from '../test/helpers/images.ts';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const python = path.join(root, '.venv', 'bin', 'python');
+const tlx = path.join(root, 'bin', 'tlx.mjs');
+const args = process.argv.slice(2);
+const option = (name: string, fallback: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback);
+const repeats = Number(option('repeats', '3'));
+const cases = option('cases', 'steps,fe_epoch,e2e,sweep').split(',');
+const stepSize = option('size', '224');
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-bench-'));
+const env = { TF_CPP_MIN_LOG_LEVEL: '3' };
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function jsonLine(stdout: string): Record<string, unknown> {
+  const line = stdout.split('\n').reverse().find((l) => l.trim().startsWith('{'));
+  if (!line) throw new Error(`no JSON result in:\n${stdout.slice(-2000)}`);
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+/** Runs a command under GNU time; returns its JSON result, wall seconds and peak RSS (MB). */
+async function measured(command: string, commandArgs: string[], cwd = work): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
+  const timeFile = path.join(work, `time-${Date.now()}-${Math.random().toString(36).slice(2)}`);
+  const started = performance.now();
+  const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], { cwd, env, reject: false, maxBuffer: 1e9 });
+  const wall = (performance.now() - started) / 1000;
+  if (out.exitCode !== 0) throw new Error(`${command} ${commandArgs.join(' ')} failed:\n${String(out.stderr).slice(-3000)}`);
+  const peakMb = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024;
+  return { result: jsonLine(String(out.stdout)), wall, peakMb, stdout: String(out.stdout) };
+}
+
+type Row = { case: string; tlx: number; keras?: number; unit: string; goal?: string };
+const rows: Row[] = [];
+
+function report(name: string, tlxValues: number[], kerasValues: number[] | undefined, unit: string, goal?: string): void {
+  const row: Row = { case: name, tlx: median(tlxValues), keras: kerasValues ? median(kerasValues) : undefined, unit, goal };
+  rows.push(row);
+  const ratio = row.keras ? ` ratio ${(row.tlx / row.keras).toFixed(2)}x` : '';
+  console.log(`${name}: tlx ${row.tlx.toFixed(3)} ${unit}${row.keras !== undefined ? `, keras ${row.keras.toFixed(3)} ${unit}` : ''}${ratio}  [tlx ${tlxValues.map((v) => v.toFixed(3)).join(' ')}${kerasValues ? ` | keras ${kerasValues.map((v) => v.toFixed(3)).join(' ')}` : ''}]`);
+}
+
+async function makeData(name: string, perClassTrain: number, perClassValidation: number, size: number): Promise<string> {
+  const dir = path.join(work, name);
+  await writeClassFolders(path.join(dir, 'train'), ['cats', 'dogs'], perClassTrain, { size, format: 'jpg' });
+  await writeClassFolders(path.join(dir, 'validation'), ['cats', 'dogs'], perClassValidation, { size, format: 'jpg', offset: 10_000 });
+  return dir;
+}
+
+function experiment(file: string, body: string): string {
+  fs.writeFileSync(path.join(work, file), body);
+  return path.join(work, file);
+}
+
+async function steps(): Promise<void> {
+  const names = ['whole_model_trainable', 'fine_tune_at_100', 'frozen_base', 'predict'];
+  const t: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  const k: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'steps.ts'), '--size', stepSize, '--steps', '3'], root);
+    const b = await measured(python, [path.join(root, 'bench', 'keras_steps.py'), '--size', stepSize, '--steps', '3']);
+    for (const n of names) {
+      t[n].push((a.result.seconds as Record<string, number>)[n]);
+      k[n].push((b.result.seconds as Record<string, number>)[n]);
+    }
+  }
+  for (const n of names) report(`step ${n} (${stepSize}px, batch 32)`, t[n], k[n], 's', '<= 1.0x');
+}
+
+async function feEpoch(): Promise<void> {
+  const data = await makeData('fe', 160, 40, 160);
+  const file = experiment(
+    'fe.yaml',
+    `name: fe\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [160, 160], batch_size: 32, test_fraction_of_validation: 0 }\nmodel: { weights: none }\ntrain: { feature_extraction: { epochs: 4 }, fine_tune: { epochs: 0 } }\n`,
+  );
+  const t: number[] = [];
+  const k: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-fe'), 'run', file]);
+    const dir = a.result.dir as string;
+    const epochs = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch > 1);
+    t.push(median(epochs.map((m) => m.seconds)));
+    const b = await measured(python, [path.join(root, 'bench', 'keras_fe_epoch.py'), data, '160', '4']);
+    k.push(b.result.median_after_first as number);
+  }
+  report('feature-extraction epoch after the first, no augmentation (320 images, 160px)', t, k, 's', '< 0.1x');
+}
+
+async function e2e(): Promise<void> {
+  const data = await makeData('e2e', 200, 100, 160);
+  const file = experiment(
+    'e2e.yaml',
+    `name: e2e
+seed: 42
+dataset: { path: ${data}, train_dir: train, validation_dir: validation, test_fraction_of_validation: 0.2, image_size: [160, 160], batch_size: 32 }
+augmentation: [ { random_flip: horizontal }, { random_rotation: 0.2 } ]
+model: { weights: none, dropout: 0.2 }
+train:
+  feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.0001 } }
+  fine_tune: { fine_tune_at: 100, epochs: 2, optimizer: { name: rmsprop, learning_rate: 0.00001 } }
+`,
+  );
+  const wall: [number[], number[]] = [[], []];
+  const peak: [number[], number[]] = [[], []];
+  const accuracy: [number[], number[]] = [[], []];
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-e2e'), 'run', file]);
+    wall[0].push(a.wall);
+    peak[0].push(a.peakMb);
+    accuracy[0].push(a.result.val_accuracy as number);
+    const b = await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), data, '160', '2', '2']);
+    wall[1].push(b.wall);
+    peak[1].push(b.peakMb);
+    accuracy[1].push(b.result.val_accuracy as number);
+  }
+  report('finetune.yaml-shaped run end to end (400 train / 200 val images, 160px, 2+2 epochs): wall', wall[0], wall[1], 's', '<= 1.0x');
+  report('  same run: peak RSS', peak[0], peak[1], 'MB', '<= 1.5x');
+  report('  same run: final val accuracy', accuracy[0], accuracy[1], '', 'within 1 point');
+}
+
+async function sweep(): Promise<void> {
+  const quick = experiment(
+    'sweep.yaml',
+    `extends: ${path.join(root, 'configs', 'sweep-quickstart.yaml')}\ndataset: { max_images_per_class: 120 }\ntrain: { feature_extraction: { epochs: 3 }, fine_tune: { epochs: 2 } }\nexport: { tflite: { quantization: int8, representative_images: 100 } }\n`,
+  );
+  const swept: number[] = [];
+  const separate: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const runsDir = path.join(work, `runs-sweep-${r}`);
+    swept.push((await measured(process.execPath, [tlx, '--runs-dir', runsDir, 'sweep', quick])).wall);
+    let total = 0;
+    for (const at of [80, 100, 120]) total += (await measured(process.execPath, [tlx, '--runs-dir', `${runsDir}-separate`, 'run', quick, '--set', `train.fine_tune.fine_tune_at=${at}`])).wall;
+    separate.push(total);
+  }
+  report('sweep of 3 fine_tune_at values vs 3 independent runs (quickstart data, 120/class)', swept, separate, 's', '< 1.0x');
+}
+
+const table: Record<string, () => Promise<void>> = { steps, fe_epoch: feEpoch, e2e, sweep };
+console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
+for (const name of cases) {
+  if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);
+  await table[name]();
+}
+console.log('\n| case | tlx | keras (or baseline) | ratio | goal |\n|---|---|---|---|---|');
+for (const r of rows) console.log(`| ${r.case} | ${r.tlx.toFixed(3)} ${r.unit} | ${r.keras?.toFixed(3) ?? ''} ${r.keras !== undefined ? r.unit : ''} | ${r.keras ? `${(r.tlx / r.keras).toFixed(2)}x` : ''} | ${r.goal ?? ''} |`);
+fs.rmSync(work, { recursive: true, force: true });
