@@ -4,9 +4,9 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import type { RunMeta, RunSummary } from '../src/run.ts';
-import type { EpochRecord } from '../src/train/engine.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
+import { readMetrics, waitForEpoch } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const work = tempDir('tlx-run-');
@@ -38,13 +38,6 @@ function runDirOf(stdout: string): string {
   return (JSON.parse(line) as { dir: string }).dir;
 }
 
-function readMetrics(dir: string): EpochRecord[] {
-  return fs
-    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line) as EpochRecord);
-}
 
 before(async () => {
   await writeClassFolders(path.join(work, 'data'), ['cats', 'dogs'], 30, { size: 32 });
@@ -112,14 +105,7 @@ describe('tlx run', () => {
 `,
     );
     const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
-    let dir: string | undefined;
-    const deadline = Date.now() + 240_000;
-    while (Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 200));
-      const candidates = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('-killed-')) : [];
-      if (candidates.length === 1) dir = path.join(runsDir, candidates[0]);
-      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && readMetrics(dir).some((m) => m.epoch === 2)) break;
-    }
+    const dir = await waitForEpoch(runsDir, '-killed-', 2);
     child.kill('SIGKILL');
     await child;
     assert.ok(dir, 'the run folder appeared');
@@ -141,14 +127,7 @@ describe('tlx run', () => {
   test('Ctrl-C stops after the current batch, saves, marks the run KILLED; resume finishes it', async () => {
     const file = experiment('interrupted', `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`);
     const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
-    let dir: string | undefined;
-    const deadline = Date.now() + 240_000;
-    while (Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 200));
-      const candidates = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('-interrupted-')) : [];
-      if (candidates.length === 1) dir = path.join(runsDir, candidates[0]);
-      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && readMetrics(dir).some((m) => m.epoch === 1)) break;
-    }
+    const dir = await waitForEpoch(runsDir, '-interrupted-', 1);
     child.kill('SIGINT');
     const result = await child;
     assert.equal(result.exitCode, 130);

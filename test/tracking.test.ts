@@ -9,6 +9,7 @@ import { batchLimits, chunkBatch, sanitizeKey } from '../src/track/mlflow-client
 import { flattenParams } from '../src/track/sync.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
+import { readMetrics } from './helpers/runs.ts';
 import { faultyProxy, readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
 import { tempDir } from './helpers/tmp.ts';
 
@@ -35,13 +36,6 @@ tracking:
   return file;
 }
 
-function localMetrics(dir: string): EpochRecord[] {
-  return fs
-    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as EpochRecord);
-}
 
 function mlflowRunId(dir: string, uri: string): string {
   return (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> }).servers[uri].run_id;
@@ -54,7 +48,7 @@ function runDirOf(stdout: string): string {
 /** Every local metric point is on the server exactly once, with its step and value. */
 async function assertExactlySynced(dir: string, uri: string): Promise<void> {
   const remote = await readRunWithMlflow(uri, mlflowRunId(dir, uri), metricKeys);
-  const local = localMetrics(dir);
+  const local = readMetrics(dir);
   for (const key of metricKeys) {
     const expected = local.filter((r) => typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number)).map((r) => [r.epoch, r[key as keyof EpochRecord]]);
     const actual = remote.histories[key].map((m) => [m.step, m.value]).sort((a, b) => (a[0] as number) - (b[0] as number));
@@ -158,7 +152,7 @@ describe('every run in MLflow', () => {
     while (Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 200));
       dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-restart-'));
-      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && localMetrics(dir).length >= 2) break;
+      if (dir && fs.existsSync(path.join(dir, 'metrics.jsonl')) && readMetrics(dir).length >= 2) break;
     }
     await flaky.stop();
     await new Promise((r) => setTimeout(r, 3000));
