@@ -44,14 +44,14 @@ function jsonLine(stdout: string): Record<string, unknown> {
 }
 
 /** Runs a command under GNU time; returns its JSON result, wall seconds and peak RSS (MB). */
-async function measured(command: string, commandArgs: string[], cwd = work): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
+async function measured(command: string, commandArgs: string[], cwd = work, expectJson = true): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
   const timeFile = path.join(work, `time-${Date.now()}-${Math.random().toString(36).slice(2)}`);
   const started = performance.now();
   const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], { cwd, env, reject: false, maxBuffer: 1e9 });
   const wall = (performance.now() - started) / 1000;
   if (out.exitCode !== 0) throw new Error(`${command} ${commandArgs.join(' ')} failed:\n${String(out.stderr).slice(-3000)}`);
   const peakMb = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024;
-  return { result: jsonLine(String(out.stdout)), wall, peakMb, stdout: String(out.stdout) };
+  return { result: expectJson ? jsonLine(String(out.stdout)) : {}, wall, peakMb, stdout: String(out.stdout) };
 }
 
 type Row = { case: string; tlx: number; keras?: number; unit: string; goal?: string };
@@ -151,7 +151,7 @@ async function sweep(): Promise<void> {
   const separate: number[] = [];
   for (let r = 0; r < repeats; r++) {
     const runsDir = path.join(work, `runs-sweep-${r}`);
-    swept.push((await measured(process.execPath, [tlx, '--runs-dir', runsDir, 'sweep', quick])).wall);
+    swept.push((await measured(process.execPath, [tlx, '--runs-dir', runsDir, 'sweep', quick], work, false)).wall);
     let total = 0;
     for (const at of [80, 100, 120]) total += (await measured(process.execPath, [tlx, '--runs-dir', `${runsDir}-separate`, 'run', quick, '--set', `train.fine_tune.fine_tune_at=${at}`])).wall;
     separate.push(total);
