@@ -7,7 +7,7 @@
 import type { Tensor } from '@tensorflow/tfjs-node';
 import { buildClassifier, setPhaseTrainable, splitAtPooling } from '../src/models/classifier.ts';
 import { tf } from '../src/tf.ts';
-import { evaluate, trainStepForBench } from '../src/train/engine.ts';
+import { trainStepForBench } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 
 const args = process.argv.slice(2);
@@ -63,5 +63,4 @@ for (const name of cases) {
   }
   optimizer.dispose();
 }
-void evaluate;
 process.stdout.write(`${JSON.stringify({ tool: 'tlx', size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);

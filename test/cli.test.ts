@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import fs from 'node:fs';
 import { runTlx } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
 import { tempDir, writeFiles } from './helpers/tmp.ts';
 
 const designCommands = ['validate', 'data', 'run', 'convert', 'sweep', 'predict', 'ui', 'sync'];
@@ -45,5 +47,26 @@ describe('the tlx command line', () => {
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /bad\.yaml:4:21: dataset\.validation_split: found 1\.5, expected a number < 1/);
     assert.doesNotMatch(result.stderr, /^\s+at /m);
+  });
+
+  test('data fetches, splits and draws the pictures without a model; --json gives classes, counts and skipped files', async () => {
+    const dir = tempDir();
+    await writeClassFolders(path.join(dir, 'images'), ['cat', 'dog'], 10, { size: 32 });
+    writeFiles(dir, {
+      'images/dog/readme.txt': 'not an image',
+      'exp.yaml': 'name: peek\ndataset: { path: images, validation_split: 0.5, image_size: [32, 32], batch_size: 4 }\naugmentation: [ { random_flip: horizontal } ]\n',
+      'single/only/a.png': 'x',
+      'bad.yaml': 'name: bad\ndataset: { path: single, validation_split: 0.5 }\n',
+    });
+    const result = await runTlx(['--json', 'data', 'exp.yaml', '--out', 'pictures'], { cwd: dir });
+    assert.equal(result.exitCode, 0, result.stderr);
+    const report = JSON.parse(result.stdout) as { classes: string[]; counts: Record<string, number>; skipped: { file: string; reason: string }[] };
+    assert.deepEqual(report.classes, ['cat', 'dog']);
+    assert.equal(report.counts.train + report.counts.validation + report.counts.test, 20);
+    assert.deepEqual(report.skipped.map((s) => s.file), ['dog/readme.txt']);
+    for (const picture of ['samples.png', 'augmentation.png']) assert.ok(fs.existsSync(path.join(dir, 'pictures', picture)), picture);
+    const bad = await runTlx(['data', 'bad.yaml'], { cwd: dir });
+    assert.equal(bad.exitCode, 2);
+    assert.match(bad.stderr, /only one class folder \(only\)/);
   });
 });

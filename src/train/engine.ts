@@ -5,6 +5,7 @@ import type { ImageSplit } from '../data/images.ts';
 import { Random, setStepSeed } from '../random.ts';
 import { tf } from '../tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
+import { setLearningRate } from './optimizers.ts';
 
 /**
  * The training engine: epochs over batches for any Keras-like model and head. It knows
@@ -231,7 +232,7 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
   for (let epoch = phase.startEpoch + 1; epoch <= phase.endEpoch; epoch++) {
     const started = performance.now();
     const learningRate = phase.learningRateAt(epoch - phase.phaseStartEpoch - 1);
-    (phase.optimizer as unknown as { learningRate: number }).learningRate = learningRate;
+    setLearningRate(phase.optimizer, learningRate);
     const trained = await trainEpoch(inputs, phase.optimizer, epoch, caches?.[0].source);
     if (trained.interrupted) {
       outcome.interrupted = true;
