@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Optimizer as TfOptimizer, Tensor4D } from '@tensorflow/tfjs-node';
 import YAML from 'yaml';
-import { canonicalJson, resolvedConfigYaml, sha256Hex, type LoadedExperiment } from './config/load.ts';
+import { resolvedConfigYaml, type LoadedExperiment } from './config/load.ts';
 import type { ResolvedExperiment } from './config/resolved.ts';
 import { augmentBatch } from './data/augment.ts';
 import { prepareDataset, splitCounts, type PreparedDataset } from './data/dataset.ts';
@@ -14,7 +14,7 @@ import type { Logger } from './log.ts';
 import { buildClassifier, setPhaseTrainable, splitAtPooling, trainableBaseLayerCount, type Classifier, type Phase } from './models/classifier.ts';
 import { assignWeights, loadPretrainedWeights, type WeightsSource } from './models/weights.ts';
 import { writeChartPng } from './plots/render.ts';
-import { findCheckpoint, loadCheckpoint, readCheckpointMeta, saveCheckpoint } from './train/checkpoint.ts';
+import { findCheckpoint, loadCheckpoint, loadOptimizerState, readCheckpointMeta, saveCheckpoint } from './train/checkpoint.ts';
 import { evaluate, runPhase, type EpochRecord, type Evaluation } from './train/engine.ts';
 import { balancedClassWeights, type Objective } from './train/objective.ts';
 import { createOptimizer, learningRateAt } from './train/optimizers.ts';
@@ -290,15 +290,16 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
 
   const records = folder.readJsonLines<EpochRecord>('metrics.jsonl');
   const lastCheckpoint = findCheckpoint(folder.file('checkpoints', 'last'));
-  let resumeFrom = 0;
-  if (lastCheckpoint) {
-    resumeFrom = readCheckpointMeta(lastCheckpoint).epoch;
+  const resume = lastCheckpoint ? { dir: lastCheckpoint, meta: readCheckpointMeta(lastCheckpoint) } : undefined;
+  const resumeFrom = resume?.meta.epoch ?? 0;
+  if (resume) {
     // A record the kill cut off (checkpoint written, line not yet) is restored from the checkpoint.
-    const cut = readCheckpointMeta(lastCheckpoint).record;
+    const cut = resume.meta.record;
     if (cut && !records.some((r) => r.epoch === cut.epoch)) {
       folder.appendJsonLine('metrics.jsonl', cut);
       records.push(cut);
     }
+    await loadCheckpoint(resume.dir, classifier.model);
   }
 
   if (!records.some((r) => r.epoch === 0)) {
@@ -325,18 +326,13 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
       trainable_variables: trainableVariables,
     };
     phases[plan.phase] = phaseSummary;
-    if (plan.epochs === 0 || resumeFrom >= lastEpoch) {
-      if (resumeFrom >= lastEpoch && lastCheckpoint && plan.epochs > 0 && resumeFrom === lastEpoch) await loadCheckpoint(lastCheckpoint, classifier.model);
-      continue;
-    }
+    if (plan.epochs === 0 || resumeFrom >= lastEpoch) continue;
     const optimizer: TfOptimizer = createOptimizer(phaseConfig.optimizer);
-    let startEpoch = plan.firstEpoch - 1;
-    if (lastCheckpoint && resumeFrom >= plan.firstEpoch - 1 && resumeFrom > 0) {
-      // Continue exactly: weights, and the optimizer state when the checkpoint is of this phase.
-      const checkpointMeta = readCheckpointMeta(lastCheckpoint);
-      await loadCheckpoint(lastCheckpoint, classifier.model, checkpointMeta.phase === plan.phase ? optimizer : undefined);
-      startEpoch = Math.max(startEpoch, resumeFrom);
-      log.info({ epoch: resumeFrom, phase: checkpointMeta.phase }, `continuing from the checkpoint of epoch ${resumeFrom}`);
+    const startEpoch = Math.max(plan.firstEpoch - 1, resumeFrom);
+    if (resume && startEpoch > plan.firstEpoch - 1) {
+      // Continuing inside this phase: its optimizer state too, so the next step is the one an uninterrupted run takes.
+      await loadOptimizerState(resume.dir, optimizer);
+      log.info({ epoch: resumeFrom, phase: resume.meta.phase }, `continuing from the checkpoint of epoch ${resumeFrom}`);
     }
     log.info({ phase: plan.phase, trainable_variables: trainableVariables, trainable_layers: phaseSummary.trainable_layers, epochs: `${startEpoch + 1}..${lastEpoch}` }, `phase ${plan.phase}: ${trainableVariables} trainable variables`);
     const outcome = await runPhase(
@@ -410,7 +406,7 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
     run_id: folder.id,
     status: 'FINISHED',
     name: config.name,
-    config_sha256: sha256Hex(canonicalJson(config)),
+    config_sha256: meta.config_sha256,
     tlx_version: version,
     head: { kind: classifier.head, units: classifier.units, loss: classifier.head === 'binary_logit' ? 'binary_crossentropy_from_logits' : 'categorical_crossentropy_from_logits' },
     weights: weightsSource,

@@ -107,7 +107,7 @@ describe('every run in MLflow', () => {
     assert.deepEqual(remote.histories.val_accuracy.map((m) => m.step), [0, 1, 2, 3]);
     for (const artifact of ['config.yaml', 'metrics.jsonl', 'summary.json', 'labels.txt', 'plots/learning_curves.png', 'plots/confusion_matrix.png']) assert.ok(remote.artifacts.includes(artifact), artifact);
     await assertExactlySynced(dir, server.url);
-    const everything = execaFiles(dir);
+    const everything = textOfRunFolder(dir);
     assert.ok(!everything.includes('secret-token-123'), 'the token is never written to the run folder');
     assert.ok(!result.stderr.includes('secret-token-123'), 'nor to the logs');
   });
@@ -184,7 +184,7 @@ describe('every run in MLflow', () => {
   });
 });
 
-function execaFiles(dir: string): string {
+function textOfRunFolder(dir: string): string {
   return fs
     .readdirSync(dir, { recursive: true })
     .map((f) => path.join(dir, String(f)))

@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto';
 import path from 'node:path';
 import YAML from 'yaml';
+import { sha256Hex } from '../hash.ts';
 import { ConfigError, type Location, type Problem } from '../errors.ts';
 import { baseModels } from '../models/registry.ts';
 import { explainSchemaErrors } from './messages.ts';
@@ -150,9 +150,7 @@ export function canonicalJson(value: unknown): string {
   );
 }
 
-export function sha256Hex(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
-}
+export { sha256Hex };
 
 /**
  * Loads an experiment file: parses YAML, follows `extends`, applies `--set`, fills the

@@ -7,6 +7,8 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
 import { UserError, errorMessage } from '../errors.ts';
+import { sha256Hex } from '../hash.ts';
+import { backoffMs as backoffDelay, retryAfterMs, retryableStatus, sleep } from '../http-retry.ts';
 import { silentLogger, type Logger } from '../log.ts';
 
 export interface DownloadOptions {
@@ -31,8 +33,6 @@ export interface Downloaded {
   fromCache: boolean;
 }
 
-const retryableStatus = new Set([408, 429, 500, 502, 503, 504]);
-
 class RetryableError extends Error {
   constructor(
     message: string,
@@ -42,9 +42,6 @@ class RetryableError extends Error {
   }
 }
 
-export function sha256OfText(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
-}
 
 export async function sha256OfFile(file: string): Promise<string> {
   const hash = createHash('sha256');
@@ -60,21 +57,11 @@ export function fileNameOf(url: string): string {
 
 /** Cache entry of a URL: keyed by URL and expected checksum, so a new checksum is a new entry. */
 export function cacheEntryOf(url: string, cacheDir: string, sha256?: string): string {
-  const key = sha256OfText(`${url}\n${sha256 ?? ''}`).slice(0, 20);
+  const key = sha256Hex(`${url}\n${sha256 ?? ''}`).slice(0, 20);
   return path.join(cacheDir, 'downloads', key, fileNameOf(url));
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
-function parseRetryAfter(header: string | null): number | undefined {
-  if (!header) return undefined;
-  const seconds = Number(header);
-  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
-  const date = Date.parse(header);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
-}
 
 /** One HTTP attempt: appends to the partial file when the server honours Range. */
 async function attempt(url: string, partFile: string, options: Required<Pick<DownloadOptions, 'idleTimeoutMs' | 'progress'>>, log: Logger): Promise<void> {
@@ -100,7 +87,7 @@ async function attempt(url: string, partFile: string, options: Required<Pick<Dow
   if (retryableStatus.has(response.status)) {
     clearTimeout(idle);
     await response.body?.cancel();
-    throw new RetryableError(`HTTP ${response.status}`, parseRetryAfter(response.headers.get('retry-after')));
+    throw new RetryableError(`HTTP ${response.status}`, retryAfterMs(response.headers.get('retry-after')));
   }
   if (!response.ok || !response.body) {
     clearTimeout(idle);
@@ -173,7 +160,7 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
           if (error instanceof RetryableError) throw new UserError(`download of ${url} failed after ${attemptNo + 1} attempts: ${error.message}`);
           throw error;
         }
-        const delay = error.retryAfterMs ?? backoffMs * 2 ** attemptNo * (0.5 + Math.random());
+        const delay = error.retryAfterMs ?? backoffDelay(backoffMs, attemptNo);
         log.warn({ url, reason: error.message, retryInMs: Math.round(delay) }, 'download failed; retrying');
         await sleep(delay);
       }

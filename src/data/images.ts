@@ -72,12 +72,13 @@ export class ImageSplit {
     const bad: SkippedFile[] = [];
     const good: Sample[] = [];
     const perImage = size[0] * size[1] * 3;
-    const chunks: Uint8Array[] = [];
+    // One buffer for the whole split, written in place: no second copy at the end.
+    const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
     for (const sample of samples) {
       let image: Tensor3D | undefined;
       try {
         image = decodeResized(fs.readFileSync(sample.file), size);
-        if (mode === 'memory') chunks.push(toBytes(image));
+        pixels?.set(toBytes(image), good.length * perImage);
         good.push(sample);
       } catch (error) {
         bad.push({ file: sample.file, reason: `cannot decode: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` });
@@ -86,10 +87,7 @@ export class ImageSplit {
       }
     }
     const split = new ImageSplit(good, size, mode);
-    if (mode === 'memory') {
-      split.pixels = new Uint8Array(good.length * perImage);
-      chunks.forEach((chunk, i) => split.pixels?.set(chunk, i * perImage));
-    }
+    split.pixels = pixels && bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
     return { split, bad };
   }
 

@@ -98,10 +98,13 @@ function writeImages(file: string, split: ImageSplit, indices: number[]): void {
   fs.writeFileSync(file, bytes);
 }
 
+function pct(value?: number): string {
+  return value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
+}
+
 function cardMarkdown(record: TfliteRecord, classifier: ClassifierDescription): string {
   const q = (t: TensorDescription) => (t.dtype === 'float32' ? 'none (float32)' : `scale ${t.quantization.scale}, zero point ${t.quantization.zero_point}`);
   const outputArray = record.output.dtype === 'float32' ? 'FloatArray' : 'ByteArray';
-  const pct = (v?: number) => (v === undefined ? 'n/a' : `${(v * 100).toFixed(1)}%`);
   return `# Model card: ${path.basename(record.path)}
 
 | | |
@@ -193,7 +196,6 @@ export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> 
     };
     writeJsonAtomic(path.join(outputDir, 'model-card.json'), { ...record, classifier: inputs.classifier });
     writeFileAtomic(path.join(outputDir, 'model-card.md'), cardMarkdown(record, inputs.classifier));
-    const pct = (v?: number) => (v === undefined ? 'n/a' : `${(v * 100).toFixed(1)}%`);
     const line = `TFLite ${options.quantization}: ${record.bytes} bytes, output [${record.output.shape.join(', ')}] ${record.output.dtype}, accuracy ${pct(record.accuracy)} (trained ${pct(evaluation.accuracy)}), ${record.median_latency_ms?.toFixed(2)} ms/image`;
     if (record.status === 'verified') log.info({ tflite: record.path }, line);
     else log.error({ problems }, `${line}: export FAILED: ${problems.join('; ')}`);

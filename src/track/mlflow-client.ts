@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { backoffMs as backoffDelay, retryAfterMs, retryableStatus, sleep } from '../http-retry.ts';
 
 /**
  * A small typed client for MLflow's documented REST API (/api/2.0/mlflow/...) and its
@@ -49,8 +50,6 @@ export interface ClientOptions {
 /** MLflow's log-batch limits. */
 export const batchLimits = { metrics: 1000, params: 100, tags: 100, total: 1000, paramValue: 6000, tagValue: 8000 } as const;
 
-const retryable = new Set([408, 429, 500, 502, 503, 504]);
-
 /** MLflow key rules: alphanumerics, underscores, dashes, periods, spaces, slashes; at most 250 chars. */
 export function sanitizeKey(key: string): string {
   return key.replace(/[^\w\-. /]/g, '_').slice(0, 250);
@@ -64,13 +63,6 @@ function authHeader(env: NodeJS.ProcessEnv): string | undefined {
   return undefined;
 }
 
-function retryAfterMs(header: string | null): number | undefined {
-  if (!header) return undefined;
-  const seconds = Number(header);
-  if (Number.isFinite(seconds)) return seconds * 1000;
-  const date = Date.parse(header);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
-}
 
 /** Splits a batch into requests within MLflow's per-request limits. */
 export function chunkBatch(metrics: MlflowMetric[], params: MlflowParam[], tags: MlflowTag[]): { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] {
@@ -119,7 +111,7 @@ export class MlflowClient {
         return (text ? JSON.parse(text) : {}) as T;
       }
       const text = await response.text();
-      if (retryable.has(response.status) && attempt < this.retries) {
+      if (retryableStatus.has(response.status) && attempt < this.retries) {
         await this.sleep(attempt, retryAfterMs(response.headers.get('retry-after')));
         continue;
       }
@@ -137,8 +129,7 @@ export class MlflowClient {
   }
 
   private sleep(attempt: number, override?: number): Promise<void> {
-    const delay = override ?? this.backoffMs * 2 ** attempt * (0.5 + Math.random());
-    return new Promise((resolve) => setTimeout(resolve, delay));
+    return sleep(override ?? backoffDelay(this.backoffMs, attempt));
   }
 
   async getExperimentByName(name: string): Promise<string | undefined> {

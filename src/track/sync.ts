@@ -19,7 +19,6 @@ interface ServerState {
   run_id: string;
   params_logged: boolean;
   metric_lines: number;
-  final_metrics_logged: boolean;
   artifacts: Record<string, string>;
   status?: string;
   synced: boolean;
@@ -29,6 +28,8 @@ interface ServerState {
 
 interface MlflowFile {
   servers: Record<string, ServerState>;
+  /** Servers that failed before a run could even be created there. */
+  pending?: Record<string, { synced: false; last_error: string; updated: string }>;
 }
 
 interface EpochLine {
@@ -162,11 +163,13 @@ function writeState(folder: RunFolder, uri: string, state: ServerState): void {
 export function markNotSynced(folder: RunFolder, trackingUri: string, error: string): void {
   const uri = redactUri(trackingUri);
   const state = readState(folder, uri);
-  if (state) writeState(folder, uri, { ...state, synced: false, last_error: error, updated: new Date().toISOString() });
-  else {
-    const file: MlflowFile = folder.exists('mlflow.json') ? folder.readJson<MlflowFile>('mlflow.json') : { servers: {} };
-    folder.writeJson('mlflow.json', { ...file, pending: { [uri]: { synced: false, last_error: error, updated: new Date().toISOString() } } });
+  const updated = new Date().toISOString();
+  if (state) {
+    writeState(folder, uri, { ...state, synced: false, last_error: error, updated });
+    return;
   }
+  const file: MlflowFile = folder.exists('mlflow.json') ? folder.readJson<MlflowFile>('mlflow.json') : { servers: {} };
+  folder.writeJson('mlflow.json', { ...file, pending: { ...file.pending, [uri]: { synced: false, last_error: error, updated } } });
 }
 
 interface RunJson {
@@ -184,7 +187,7 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
   const uri = redactUri(options.trackingUri);
   const client = new MlflowClient({ trackingUri: options.trackingUri, retries: options.retries });
   const meta = folder.readJson<RunJson>('run.json');
-  const config = YAML.parse(fs.readFileSync(folder.file('config.yaml'), 'utf8')) as { name: string; tracking?: { mlflow?: { experiment?: string } } };
+  const config = YAML.parse(fs.readFileSync(folder.file('config.yaml'), 'utf8')) as { name: string; tracking?: { mlflow?: { experiment?: string } } } & Record<string, unknown>;
   let state = readState(folder, uri);
   const save = (patch: Partial<ServerState>) => {
     state = { ...state!, ...patch, updated: new Date().toISOString() };
@@ -205,14 +208,14 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
       ...(options.parentRunId ? [{ key: 'mlflow.parentRunId', value: options.parentRunId }] : []),
     ];
     const runId = await client.createRun(experimentId, folder.id, Date.parse(meta.created), tags);
-    state = { experiment_id: experimentId, run_id: runId, params_logged: false, metric_lines: 0, final_metrics_logged: false, artifacts: {}, synced: false, updated: new Date().toISOString() };
+    state = { experiment_id: experimentId, run_id: runId, params_logged: false, metric_lines: 0, artifacts: {}, synced: false, updated: new Date().toISOString() };
     writeState(folder, uri, state);
     log.info({ mlflow_run: runId, experiment: experimentName, server: uri }, 'MLflow run created');
   }
   const { run_id: runId, experiment_id: experimentId } = state;
   if (!state.params_logged && folder.exists('dataset.json')) {
     const dataset = folder.readJson<Record<string, unknown>>('dataset.json');
-    const params = [...flattenParams(YAML.parse(fs.readFileSync(folder.file('config.yaml'), 'utf8'))), ...flattenParams(dataset, 'data')];
+    const params = [...flattenParams(config), ...flattenParams(dataset, 'data')];
     await client.logBatch(runId, [], params);
     save({ params_logged: true });
   }
@@ -222,12 +225,8 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
     save({ metric_lines: lines.length });
   }
   const ended = ['FINISHED', 'FAILED', 'KILLED'].includes(meta.status);
-  if (folder.exists('summary.json') && !state.final_metrics_logged) {
-    const summary = folder.readJson<SummaryLike>('summary.json');
-    await client.logBatch(runId, finalMetrics(summary, lines.at(-1)?.epoch ?? 0));
-    save({ final_metrics_logged: true });
-  } else if (folder.exists('summary.json')) {
-    // tlx convert may add modes later: resending is harmless (same points are stored once).
+  if (folder.exists('summary.json')) {
+    // Sent on every sync: `tlx convert` may add export modes later, and a resent point is stored once.
     await client.logBatch(runId, finalMetrics(folder.readJson<SummaryLike>('summary.json'), lines.at(-1)?.epoch ?? 0));
   }
   if (options.artifacts ?? ended) {

@@ -70,9 +70,14 @@ export async function loadCheckpoint(dir: string, model: LayersModel, optimizer?
     variable.write(value);
   }
   tf.dispose(Object.values(weights));
-  if (optimizer && meta.optimizer.length > 0) {
-    const state = decode(path.join(dir, 'optimizer.bin'), meta.optimizer);
-    await optimizer.setWeights(meta.optimizer.map((spec) => ({ name: spec.name, tensor: state[spec.name] })));
-  }
+  if (optimizer) await loadOptimizerState(dir, optimizer);
   return meta;
+}
+
+/** Restores only the optimizer's state (moments, iteration count) saved with the checkpoint. */
+export async function loadOptimizerState(dir: string, optimizer: TfOptimizer): Promise<void> {
+  const meta = readCheckpointMeta(dir);
+  if (meta.optimizer.length === 0) return;
+  const state = decode(path.join(dir, 'optimizer.bin'), meta.optimizer);
+  await optimizer.setWeights(meta.optimizer.map((spec) => ({ name: spec.name, tensor: state[spec.name] })));
 }
