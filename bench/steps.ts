@@ -5,7 +5,8 @@
  *   npx tsx bench/steps.ts [--steps 3] [--size 224] [--batch 32] [--cases a,b]
  */
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { buildClassifier, setPhaseTrainable, splitAtPooling } from '../src/models/classifier.ts';
+import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
+import { FoldedInference, StagedModel } from '../src/models/graph.ts';
 import { tf } from '../src/tf.ts';
 import { trainStepForBench } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
@@ -44,23 +45,19 @@ function time(run: () => void): number {
 const result: Record<string, number> = {};
 for (const name of cases) {
   if (name === 'predict') {
-    result[name] = time(() => tf.tidy(() => (classifier.model.predict(images) as Tensor).dataSync()));
+    // As tlx evaluates and predicts: BatchNorm folded into the convs, fused kernels.
+    const folded = new FoldedInference(classifier.model);
+    result[name] = time(() => tf.tidy(() => folded.logits(images).dataSync()));
+    folded.dispose();
     continue;
   }
   const phase = name === 'frozen_base' ? 'feature_extraction' : 'fine_tune';
   setPhaseTrainable(classifier, phase, name === 'whole_model_trainable' ? 0 : 100);
   const optimizer = createOptimizer({ name: 'rmsprop', learning_rate: 1e-5 });
-  if (name === 'frozen_base') {
-    // As tlx trains feature extraction: the frozen base outside the gradient tape, then the head.
-    const { prefix, suffix } = splitAtPooling(classifier);
-    result[name] = time(() => {
-      const features = tf.tidy(() => prefix.apply(images, { training: false }) as Tensor);
-      trainStepForBench(suffix, objective, features as never, labels as never, optimizer);
-      features.dispose();
-    });
-  } else {
-    result[name] = time(() => trainStepForBench(classifier.model, objective, images as never, labels as never, optimizer));
-  }
+  // As tlx trains: the layers below the lowest trainable one folded and off the tape, the rest taped.
+  const staged = new StagedModel(classifier.model);
+  result[name] = time(() => trainStepForBench(staged, objective, images as never, labels as never, optimizer));
+  staged.dispose();
   optimizer.dispose();
 }
 process.stdout.write(`${JSON.stringify({ tool: 'tlx', size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);

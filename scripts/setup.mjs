@@ -5,7 +5,9 @@
 //   2. @tensorflow/tfjs-node built against the TensorFlow shared libraries of that
 //      wheel. tfjs-node's own install script downloads libtensorflow from a host this
 //      project's machines cannot reach, so package.json denies it (allowScripts) and
-//      this script stages the wheel's libraries where the binding expects them.
+//      this script stages the wheel's libraries where the binding expects them. Before
+//      building, patch-package applies patches/ to the binding's source (it lets ops take
+//      list(string) and list(type) attributes, which the fused conv kernels need).
 // Each step is skipped when its result is already present and up to date, so a
 // second `npm install` is fast. Only PyPI (through pip) is contacted.
 import { createHash } from 'node:crypto';
@@ -20,6 +22,7 @@ const venvPython = path.join(venv, 'bin', 'python');
 const requirements = path.join(root, 'python', 'requirements.txt');
 const constraints = path.join(root, 'python', 'constraints.txt');
 const tfjsNode = path.join(root, 'node_modules', '@tensorflow', 'tfjs-node');
+const bindingPatch = path.join(root, 'patches', '@tensorflow+tfjs-node+4.22.0.patch');
 
 function log(message) {
   console.error(`[tlx setup] ${message}`);
@@ -106,10 +109,12 @@ function ensureTfjsBinding() {
   if (!fs.existsSync(tfjsNode)) throw new Error('node_modules/@tensorflow/tfjs-node is missing; run `npm install`.');
   const tfDir = tensorflowPackageDir();
   const stampFile = path.join(tfjsNode, 'deps', '.tlx-built-against');
-  if (fs.existsSync(bindingPath()) && fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === tfDir && bindingLoads()) {
+  const builtAgainst = `${tfDir}\n${sha256(bindingPatch)}`;
+  if (fs.existsSync(bindingPath()) && fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === builtAgainst && bindingLoads()) {
     log('tfjs-node binding is built and loads');
     return;
   }
+  run(process.execPath, [path.join(root, 'node_modules', 'patch-package', 'index.js')], { cwd: root });
   const deps = path.join(tfjsNode, 'deps');
   const lib = path.join(deps, 'lib');
   fs.rmSync(deps, { recursive: true, force: true });
@@ -130,7 +135,7 @@ function ensureTfjsBinding() {
   };
   run(process.execPath, ['scripts/install.js'], { cwd: tfjsNode, env });
   if (!bindingLoads()) throw new Error('tfjs-node was built but does not load; see the output above.');
-  fs.writeFileSync(stampFile, tfDir);
+  fs.writeFileSync(stampFile, builtAgainst);
   log('tfjs-node binding built against the TensorFlow wheel');
 }
 

@@ -3,14 +3,18 @@ import { tf } from './tf.ts';
 
 /**
  * TensorFlow ops that tfjs has no kernel for (or whose tfjs gradient is slow), run by
- * name on the native backend: the same kernels Keras uses.
+ * name on the native backend: the same kernels Keras uses. List attributes need the
+ * binding patch in patches/ (applied at install).
  */
+type DType = 'float32' | 'int32' | 'bool' | 'uint8';
+
+/** An op attribute; lists (list(string), list(int), list(type)) take arrays. */
 export type OpAttr =
-  | { name: string; kind: 'string'; value: string }
-  | { name: string; kind: 'int'; value: number }
+  | { name: string; kind: 'string'; value: string | string[] }
+  | { name: string; kind: 'int'; value: number | number[] }
   | { name: string; kind: 'float'; value: number }
   | { name: string; kind: 'bool'; value: boolean }
-  | { name: string; kind: 'type'; value: 'float32' | 'int32' | 'bool' | 'uint8' }
+  | { name: string; kind: 'type'; value: DType | DType[] }
   | { name: string; kind: 'shape'; value: number[] };
 
 interface NativeBinding {
@@ -50,7 +54,7 @@ function toBindingAttrs(attrs: readonly OpAttr[]): unknown[] {
       case 'bool':
         return { name: attr.name, type: b.TF_ATTR_BOOL, value: attr.value };
       case 'type':
-        return { name: attr.name, type: b.TF_ATTR_TYPE, value: dtypes[attr.value] };
+        return { name: attr.name, type: b.TF_ATTR_TYPE, value: Array.isArray(attr.value) ? attr.value.map((t) => dtypes[t]) : dtypes[attr.value] };
       case 'shape':
         return { name: attr.name, type: b.TF_ATTR_SHAPE, value: attr.value };
     }

@@ -11,7 +11,7 @@ import { prepareDataset, splitCounts, type PreparedDataset } from './data/datase
 import { writeAugmentationPreview, writeSampleGrid } from './data/pictures.ts';
 import { UserError, errorMessage } from './errors.ts';
 import type { Logger } from './log.ts';
-import { buildClassifier, setPhaseTrainable, splitAtPooling, trainableBaseLayerCount, type Classifier, type Phase } from './models/classifier.ts';
+import { buildClassifier, setPhaseTrainable, trainableBaseLayerCount, type Classifier, type Phase } from './models/classifier.ts';
 import { assignWeights, loadPretrainedWeights, type WeightsSource } from './models/weights.ts';
 import { writeChartPng } from './plots/render.ts';
 import { findCheckpoint, loadCheckpoint, loadOptimizerState, readCheckpointMeta, saveCheckpoint } from './train/checkpoint.ts';
@@ -40,11 +40,6 @@ export interface RunOptions {
   parentRunId?: string;
   /** Called whenever the run folder gained something worth logging (live tracking). */
   onProgress?: () => Promise<void>;
-  /**
-   * Run the frozen base of feature extraction outside the gradient tape, and cache its
-   * outputs when there is no augmentation (default on; off only to measure the difference).
-   */
-  frozenPrefix?: boolean;
   /** Data already prepared for this config (a sweep decodes once for all its trials). */
   prepareData?: (config: ResolvedExperiment, baseDir: string) => Promise<PreparedDataset>;
 }
@@ -345,7 +340,7 @@ async function trainRun(folder: RunFolder, config: ResolvedExperiment, meta: Run
         seed: config.seed,
         augment,
         shouldStop: options.shouldStop ?? (() => false),
-        frozenPrefix: plan.phase === 'feature_extraction' && options.frozenPrefix !== false ? { ...splitAtPooling(classifier), cacheOutputs: config.augmentation.length === 0 } : undefined,
+        cacheFrozenOutputs: config.augmentation.length === 0,
         progress: Boolean(process.stderr.isTTY),
         log: (message, fields) => log.info(fields ?? {}, message),
         onEpochEnd: async (record) => {

@@ -2,18 +2,19 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import type { LayersModel, Tensor, Tensor4D } from '@tensorflow/tfjs-node';
+import type { LayersModel, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { execa } from 'execa';
 import { ImageSplit } from '../src/data/images.ts';
 import { venvPython } from '../src/export/bridge.ts';
-import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
+import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
+import { compileGraph, FoldedInference, StagedModel } from '../src/models/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
 import { namedVariables } from '../src/models/variables.ts';
 import { assignWeights, imagenetWeightsUrl, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
 import { projectRoot } from '../src/version.ts';
 import { tf } from '../src/tf.ts';
 import { saveCheckpoint } from '../src/train/checkpoint.ts';
-import { runPhase } from '../src/train/engine.ts';
+import { runPhase, type EpochRecord } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { tempDir } from './helpers/tmp.ts';
@@ -30,7 +31,10 @@ async function kerasReference(args: string[]): Promise<string> {
   return String(result.stdout);
 }
 
-/** Keras's base on the same weights and inputs as a tlx base; returns the max abs difference. */
+/**
+ * Keras's base on the same weights and inputs as a tlx base; returns the max abs difference
+ * over both of tlx's paths: layer by layer, and BatchNorm folded into fused kernels.
+ */
 async function parityWithKeras(base: LayersModel, alpha: number, height: number, width: number): Promise<number> {
   const dir = fs.mkdtempSync(path.join(work, 'parity-'));
   await saveCheckpoint(path.join(dir, 'weights'), base, undefined, { epoch: 0, phase: 'test' });
@@ -38,12 +42,17 @@ async function parityWithKeras(base: LayersModel, alpha: number, height: number,
   fs.writeFileSync(path.join(dir, 'x.f32'), Buffer.from((x.dataSync() as Float32Array).buffer));
   await kerasReference(['features', path.join(dir, 'weights'), String(alpha), String(height), String(width), path.join(dir, 'x.f32'), path.join(dir, 'y.f32')]);
   const theirs = new Float32Array(fs.readFileSync(path.join(dir, 'y.f32')).buffer.slice(0));
-  const ours = base.predict(x) as Tensor;
-  const values = ours.dataSync();
-  assert.equal(values.length, theirs.length);
+  const layered = base.predict(x) as Tensor;
+  const inference = new FoldedInference(base);
+  const folded = inference.logits(x);
+  inference.dispose();
   let max = 0;
-  for (let i = 0; i < values.length; i++) max = Math.max(max, Math.abs(values[i] - theirs[i]));
-  tf.dispose([x, ours]);
+  for (const ours of [layered, folded]) {
+    const values = ours.dataSync();
+    assert.equal(values.length, theirs.length);
+    for (let i = 0; i < values.length; i++) max = Math.max(max, Math.abs(values[i] - theirs[i]));
+  }
+  tf.dispose([x, layered, folded]);
   return max;
 }
 
@@ -176,6 +185,7 @@ describe('freezing as Keras does', () => {
           onEpochEnd: async () => {},
           shouldStop: () => false,
           progress: false,
+          cacheFrozenOutputs: false,
           log: () => {},
         },
         { phase, startEpoch: 0, endEpoch: 1, phaseStartEpoch: 0, optimizer, learningRateAt: () => 0.5 },
@@ -192,5 +202,100 @@ describe('freezing as Keras does', () => {
       }
       if (phase === 'fine_tune') assert.ok(changed > 20, `fine-tuning changed only ${changed} unfrozen variables`);
     }
+  });
+});
+
+/** A small classifier with non-trivial BatchNorm statistics and weights. */
+function randomClassifier(seed: number, size = 32): Classifier {
+  const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [size, size], classCount: 2, dropout: 0.2, seed });
+  namedVariables(classifier.model).forEach(([key, variable], i) => {
+    const value = key.endsWith('moving_variance')
+      ? tf.randomUniform(variable.shape as number[], 0.5, 2, 'float32', seed + i)
+      : key.endsWith('gamma')
+        ? tf.randomUniform(variable.shape as number[], 0.5, 1.5, 'float32', seed + i)
+        : tf.randomNormal(variable.shape as number[], 0, 0.2, 'float32', seed + i);
+    variable.write(value);
+    value.dispose();
+  });
+  return classifier;
+}
+
+describe('the staged graph runner (BatchNorm folded into fused conv kernels)', () => {
+  test('every Conv -> BatchNorm of MobileNetV2 is folded; ReLU6 joins where Keras has one', () => {
+    const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [96, 96], classCount: 5, dropout: 0.2, seed: 1 });
+    const steps = compileGraph(classifier.model).steps;
+    const fused = steps.filter((step) => step.kind === 'conv_bn');
+    assert.equal(fused.length, 52, '35 convs + 17 depthwise convs, each followed by BatchNorm');
+    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.relu6).length, 35, 'all but the 17 linear projections');
+    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.depthwise).length, 17);
+  });
+
+  test('fine_tune_at 100: no trainable weight in the frozen stage; loss and gradients equal the whole model on the tape', () => {
+    const classifier = randomClassifier(7);
+    setPhaseTrainable(classifier, 'fine_tune', 100);
+    const staged = new StagedModel(classifier.model);
+    for (const step of staged.split.frozen) for (const layer of step.layers) assert.equal(layer.trainableWeights.length, 0, `${layer.name} trains but is in the frozen stage`);
+    assert.ok(staged.split.frozen.length > 40 && staged.split.trainable.length > 20, 'the cut is at layer 100, not at either end');
+    assert.equal(staged.split.frontier.length, 2, 'the cut at layer 100 crosses a residual connection');
+    assert.equal(staged.variables.length, 56);
+    const images = tf.randomUniform([4, 32, 32, 3], 0, 255, 'float32', 3);
+    const labels = tf.tensor1d([0, 1, 1, 0], 'float32') as Tensor1D;
+    const loss = (logits: Tensor) => tf.losses.sigmoidCrossEntropy(labels.reshape([-1, 1]), logits);
+    const reference = tf.variableGrads(() => loss(classifier.model.apply(images, { training: false }) as Tensor) as never, staged.variables);
+    const frontier = staged.frozen(images);
+    const ours = tf.variableGrads(() => loss(staged.trainable(frontier, false)) as never, staged.variables);
+    const referenceLoss = reference.value.dataSync()[0];
+    assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
+    let worst = 0;
+    for (const [name, gradient] of Object.entries(reference.grads)) {
+      const scale = Math.max(1e-6, gradient.abs().max().dataSync()[0]);
+      worst = Math.max(worst, ours.grads[name].sub(gradient).abs().max().dataSync()[0] / scale);
+    }
+    assert.ok(worst < 1e-3, `largest gradient difference ${worst} (relative to each gradient's largest entry)`);
+    tf.dispose([images, labels, reference.value, ours.value, ...frontier, ...Object.values(reference.grads), ...Object.values(ours.grads)]);
+    staged.dispose();
+  });
+
+  test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {
+    await writeClassFolders(path.join(work, 'cache'), ['a', 'b'], 10, { size: 32 });
+    const samples = ['a', 'b'].flatMap((c, label) => fs.readdirSync(path.join(work, 'cache', c)).map((f) => ({ file: path.join(work, 'cache', c, f), label })));
+    const { split } = ImageSplit.load(samples, [32, 32], 'memory');
+    const runBoth = async (cacheFrozenOutputs: boolean) => {
+      const classifier = randomClassifier(11);
+      const records: EpochRecord[] = [];
+      for (const phase of ['feature_extraction', 'fine_tune'] as const) {
+        setPhaseTrainable(classifier, phase, 100);
+        const before = tf.memory().numTensors;
+        const optimizer = createOptimizer({ name: 'sgd', learning_rate: 0.1 });
+        await runPhase(
+          {
+            model: classifier.model,
+            objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
+            train: split,
+            validation: split,
+            batchSize: 6,
+            seed: 2,
+            augment: (images: Tensor4D) => images.clone(),
+            onEpochEnd: async (record) => void records.push(record),
+            shouldStop: () => false,
+            progress: false,
+            cacheFrozenOutputs,
+            log: () => {},
+          },
+          { phase, startEpoch: 0, endEpoch: 3, phaseStartEpoch: 0, optimizer, learningRateAt: () => 0.1 },
+        );
+        optimizer.dispose();
+        assert.equal(tf.memory().numTensors, before, `${phase} (cache ${cacheFrozenOutputs}) left tensors behind`);
+      }
+      return records;
+    };
+    const cached = await runBoth(true);
+    const recomputed = await runBoth(false);
+    assert.equal(cached.length, 6);
+    cached.forEach((record, i) => {
+      for (const key of ['loss', 'val_loss'] as const) assert.ok(Math.abs(record[key] - recomputed[i][key]) < 1e-5 * Math.max(1, Math.abs(record[key])), `${record.phase} epoch ${record.epoch} ${key}: ${record[key]} vs ${recomputed[i][key]}`);
+      assert.equal(record.val_accuracy, recomputed[i].val_accuracy);
+    });
+    assert.notEqual(cached[0].val_loss, cached[5].val_loss, 'training moved the model');
   });
 });

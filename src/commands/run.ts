@@ -34,7 +34,7 @@ export async function runCommand(options: RunCommandOptions): Promise<void> {
   const experiment = options.file ? loadExperiment(options.file, { overrides: options.overrides }) : undefined;
   const interrupt = interruptFlag(options.log);
   try {
-    const { folder, summary } = await executeRun(experiment, { runsDir: options.runsDir, cacheDir: options.cacheDir, log: options.log, resume: options.resume, shouldStop: interrupt.stop, frozenPrefix: process.env.TLX_FROZEN_PREFIX !== '0' });
+    const { folder, summary } = await executeRun(experiment, { runsDir: options.runsDir, cacheDir: options.cacheDir, log: options.log, resume: options.resume, shouldStop: interrupt.stop });
     const final = summary.metrics.final;
     process.stdout.write(
       `${JSON.stringify({ run_id: summary.run_id, dir: folder.dir, status: summary.status, val_accuracy: final?.val_accuracy, test_accuracy: final?.test_accuracy, ...(summary.export ? { export: summary.export } : {}) })}\n`,

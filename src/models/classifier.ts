@@ -77,18 +77,3 @@ export function trainableBaseLayerCount(classifier: Classifier): number {
   if (!classifier.base.trainable) return 0;
   return classifier.base.layers.filter((layer) => layer.trainable && layer.trainableWeights.length > 0).length;
 }
-
-/**
- * The classifier cut where the frozen part ends during feature extraction: `prefix` maps
- * pixels to pooled features (no trainable weights), `suffix` is dropout + dense on those
- * features. Both share the classifier's layers, so training the suffix trains the model.
- */
-export function splitAtPooling(classifier: Classifier): { prefix: LayersModel; suffix: LayersModel } {
-  const pooling = classifier.model.getLayer('global_average_pooling2d');
-  const dropout = classifier.model.getLayer('dropout');
-  const dense = classifier.model.getLayer('predictions');
-  const prefix = tf.model({ inputs: classifier.model.inputs, outputs: pooling.output as SymbolicTensor, name: 'frozen_prefix' });
-  const features = tf.input({ shape: (pooling.output as SymbolicTensor).shape.slice(1) as number[], name: 'features' });
-  const suffix = tf.model({ inputs: features, outputs: dense.apply(dropout.apply(features)) as SymbolicTensor, name: 'head' });
-  return { prefix, suffix };
-}

@@ -118,6 +118,15 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
     );
   }
 
+  /** y = x * scale + offset: the per-channel affine map this layer is, for folding into a conv. */
+  scaleAndOffset(): { scale: Tensor1D; offset: Tensor1D } {
+    return tf.tidy(() => {
+      const scale = (this.gamma.read() as Tensor1D).mul(tf.rsqrt((this.movingVariance.read() as Tensor1D).add(this.epsilon))) as Tensor1D;
+      const offset = (this.beta.read() as Tensor1D).sub((this.movingMean.read() as Tensor1D).mul(scale)) as Tensor1D;
+      return { scale, offset };
+    });
+  }
+
   override getConfig() {
     return { ...super.getConfig(), epsilon: this.epsilon, momentum: this.momentum };
   }

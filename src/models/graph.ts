@@ -1,0 +1,337 @@
+import type { LayersModel, SymbolicTensor, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
+import { tf } from '../tf.ts';
+import { fusedConv2d, fusedDepthwiseConv2d } from './fused-kernels.ts';
+import { InferenceBatchNormalization, ReLU6, SeededDropout } from './layers.ts';
+
+/**
+ * A functional model (nested models flattened) as a list of steps in execution order,
+ * which tlx runs in two stages:
+ *
+ * - the frozen stage: every step that depends on no trainable weight. It runs outside the
+ *   gradient tape, with each Conv -> BatchNorm (-> ReLU6) chain folded into one fused
+ *   native kernel (BatchNorm's scale and offset folded into the filter and a bias), as
+ *   Keras's compiled graph does. Its outputs can be cached when the input is the same
+ *   every epoch (no augmentation).
+ * - the trainable stage: the rest, layer by layer, recorded on the tape.
+ *
+ * Inference (evaluation, prediction) is the frozen stage over the whole model.
+ */
+
+type Layer = LayersModel['layers'][number];
+type TensorId = number;
+
+interface NodeLike {
+  outboundLayer: Layer;
+  inputTensors: SymbolicTensor[];
+  outputTensors: SymbolicTensor[];
+}
+
+interface ContainerLike {
+  inputs: SymbolicTensor[];
+  outputs: SymbolicTensor[];
+  nodesByDepth: Record<string, NodeLike[]>;
+}
+
+export type Step =
+  | { kind: 'layer'; layers: [Layer]; inputs: TensorId[]; output: TensorId }
+  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; relu6: boolean; depthwise: boolean; inputs: [TensorId]; output: TensorId };
+
+export interface CompiledGraph {
+  input: TensorId;
+  output: TensorId;
+  steps: Step[];
+  /** Per-sample shape of every tensor (for sizing caches). */
+  shapes: Map<TensorId, number[]>;
+}
+
+function isContainer(layer: Layer): boolean {
+  return 'nodesByDepth' in layer && Array.isArray((layer as unknown as ContainerLike).outputs);
+}
+
+/** Nodes of a container in the order its own executor runs them: deepest first. */
+function nodesInOrder(container: ContainerLike): NodeLike[] {
+  return Object.keys(container.nodesByDepth)
+    .map(Number)
+    .sort((a, b) => b - a)
+    .flatMap((depth) => container.nodesByDepth[String(depth)]);
+}
+
+function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: TensorId; shapes: Map<TensorId, number[]> } {
+  // A nested model's inner inputs and outputs are the outer tensors under other ids.
+  const alias = new Map<TensorId, TensorId>();
+  const resolve = (id: TensorId): TensorId => {
+    let current = id;
+    while (alias.has(current)) current = alias.get(current)!;
+    return current;
+  };
+  const steps: Step[] = [];
+  const shapes = new Map<TensorId, number[]>();
+  const visit = (container: ContainerLike) => {
+    for (const node of nodesInOrder(container)) {
+      const layer = node.outboundLayer;
+      if (layer.getClassName() === 'InputLayer') continue; // its tensor is the container's input
+      if (isContainer(layer)) {
+        const inner = layer as unknown as ContainerLike;
+        inner.inputs.forEach((tensor, i) => alias.set(tensor.id, node.inputTensors[i].id));
+        visit(inner);
+        inner.outputs.forEach((tensor, i) => alias.set(node.outputTensors[i].id, tensor.id));
+        continue;
+      }
+      if (node.outputTensors.length !== 1) throw new Error(`layer ${layer.name} has ${node.outputTensors.length} outputs; tlx's graph runner expects one`);
+      const output = node.outputTensors[0];
+      shapes.set(output.id, output.shape.slice(1) as number[]);
+      steps.push({ kind: 'layer', layers: [layer], inputs: node.inputTensors.map((tensor) => resolve(tensor.id)), output: output.id });
+    }
+  };
+  const container = model as unknown as ContainerLike;
+  visit(container);
+  const input = container.inputs[0];
+  shapes.set(input.id, input.shape.slice(1) as number[]);
+  return { steps, input: input.id, output: resolve(container.outputs[0].id), shapes };
+}
+
+function className(layer: Layer): string {
+  return layer.getClassName();
+}
+
+/** A Conv2D / DepthwiseConv2D whose config a fused kernel can run as is. */
+function foldableConv(layer: Layer): boolean {
+  const name = className(layer);
+  if (name !== 'Conv2D' && name !== 'DepthwiseConv2D') return false;
+  const config = layer.getConfig();
+  const dilation = [config.dilationRate].flat() as number[];
+  return config.dataFormat === 'channelsLast' && dilation.every((d) => d === 1) && (config.activation === 'linear' || config.activation === undefined) && (name === 'Conv2D' || config.depthMultiplier === 1);
+}
+
+/** Merges Conv -> BatchNorm (-> ReLU6) chains whose intermediate tensors nobody else reads. */
+function fuseChains(steps: Step[], output: TensorId): Step[] {
+  const readers = new Map<TensorId, number>();
+  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  readers.set(output, (readers.get(output) ?? 0) + 1);
+  const producedBy = new Map<TensorId, number>();
+  steps.forEach((step, index) => producedBy.set(step.output, index));
+  const consumer = (id: TensorId): number | undefined => {
+    if (readers.get(id) !== 1 || id === output) return undefined;
+    const index = steps.findIndex((step) => step.inputs.includes(id));
+    return index >= 0 ? index : undefined;
+  };
+  const merged = new Set<number>();
+  const result: Step[] = [];
+  steps.forEach((step, index) => {
+    if (merged.has(index)) return;
+    const conv = step.layers[0];
+    const bnIndex = step.kind === 'layer' && foldableConv(conv) ? consumer(step.output) : undefined;
+    const bn = bnIndex !== undefined ? steps[bnIndex].layers[0] : undefined;
+    if (bnIndex === undefined || !(bn instanceof InferenceBatchNormalization)) {
+      result.push(step);
+      return;
+    }
+    merged.add(bnIndex);
+    const reluIndex = consumer(steps[bnIndex].output);
+    const relu = reluIndex !== undefined && steps[reluIndex].layers[0] instanceof ReLU6 ? reluIndex : undefined;
+    if (relu !== undefined) merged.add(relu);
+    result.push({
+      kind: 'conv_bn',
+      layers: [conv, bn, ...(relu !== undefined ? [steps[relu].layers[0]] : [])],
+      conv,
+      batchNorm: bn,
+      relu6: relu !== undefined,
+      depthwise: className(conv) === 'DepthwiseConv2D',
+      inputs: [step.inputs[0]],
+      output: steps[relu ?? bnIndex].output,
+    });
+  });
+  return result;
+}
+
+const compiled = new WeakMap<LayersModel, CompiledGraph>();
+
+export function compileGraph(model: LayersModel): CompiledGraph {
+  let graph = compiled.get(model);
+  if (!graph) {
+    const flat = flatten(model);
+    graph = { ...flat, steps: fuseChains(flat.steps, flat.output) };
+    compiled.set(model, graph);
+  }
+  return graph;
+}
+
+function hasTrainableWeights(step: Step): boolean {
+  return step.layers.some((layer) => layer.trainableWeights.length > 0);
+}
+
+/** Layers whose output differs between training and inference (dropout) stay in the trainable stage. */
+function dependsOnTrainingFlag(step: Step): boolean {
+  return step.layers.some((layer) => layer instanceof SeededDropout || className(layer) === 'Dropout');
+}
+
+export interface GraphSplit {
+  frozen: Step[];
+  trainable: Step[];
+  /** Tensors the frozen stage hands to the trainable stage (or the output, if nothing trains). */
+  frontier: TensorId[];
+}
+
+/** Splits at the layers' current trainable flags. */
+export function splitGraph(graph: CompiledGraph): GraphSplit {
+  const live = new Set<TensorId>(); // tensors that depend on a trainable weight or the training flag
+  const frozen: Step[] = [];
+  const trainable: Step[] = [];
+  for (const step of graph.steps) {
+    if (hasTrainableWeights(step) || dependsOnTrainingFlag(step) || step.inputs.some((id) => live.has(id))) {
+      live.add(step.output);
+      trainable.push(step);
+    } else {
+      frozen.push(step);
+    }
+  }
+  const available = new Set<TensorId>([graph.input, ...frozen.map((step) => step.output)]);
+  const frontier = new Set<TensorId>();
+  for (const step of trainable) for (const id of step.inputs) if (available.has(id)) frontier.add(id);
+  if (trainable.length === 0) frontier.add(graph.output);
+  return { frozen, trainable, frontier: [...frontier] };
+}
+
+/** Folded filter and bias per conv_bn step, computed from the current weights. */
+export type FoldedWeights = Map<Step, { filter: Tensor4D; bias: Tensor1D }>;
+
+export function foldWeights(steps: readonly Step[]): FoldedWeights {
+  const folded: FoldedWeights = new Map();
+  for (const step of steps) {
+    if (step.kind !== 'conv_bn') continue;
+    folded.set(
+      step,
+      tf.tidy(() => {
+        const { scale, offset } = step.batchNorm.scaleAndOffset();
+        const kernel = step.conv.getWeights()[0] as Tensor4D;
+        const convBias = step.conv.getWeights()[1] as Tensor1D | undefined;
+        // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
+        const filter = (step.depthwise ? kernel.mul(scale.reshape([1, 1, -1, 1])) : kernel.mul(scale)) as Tensor4D;
+        const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
+        return { filter: tf.keep(filter), bias: tf.keep(bias) };
+      }),
+    );
+  }
+  return folded;
+}
+
+export function disposeFolded(folded: FoldedWeights): void {
+  for (const { filter, bias } of folded.values()) tf.dispose([filter, bias]);
+  folded.clear();
+}
+
+function runConvBn(step: Extract<Step, { kind: 'conv_bn' }>, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
+  const config = step.conv.getConfig();
+  const strides = [config.strides].flat() as number[];
+  const options = { strides: [strides[0], strides[1] ?? strides[0]] as [number, number], padding: config.padding === 'same' ? ('SAME' as const) : ('VALID' as const), relu6: step.relu6 };
+  return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, options) : fusedConv2d(x, weights.filter, weights.bias, options);
+}
+
+function applyLayer(layer: Layer, inputs: Tensor[], training: boolean): Tensor {
+  return layer.apply(inputs.length === 1 ? inputs[0] : inputs, { training }) as Tensor;
+}
+
+/**
+ * Runs steps on concrete tensors, reading and adding to `values` (tensor id -> tensor).
+ * Folded steps run their fused kernel; everything else its layers, in order. Tensors a
+ * later step no longer needs are disposed unless listed in `keep` (off the tape only:
+ * this keeps an inference pass's peak memory to a few activations).
+ */
+export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, options: { training: boolean; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> }): void {
+  const lastUse = new Map<TensorId, number>();
+  steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
+  steps.forEach((step, index) => {
+    const inputs = step.inputs.map((id) => {
+      const value = values.get(id);
+      if (!value) throw new Error(`graph runner: tensor ${id} is not computed before ${step.layers[0].name}`);
+      return value;
+    });
+    const weights = step.kind === 'conv_bn' ? options.folded?.get(step) : undefined;
+    let output: Tensor;
+    if (step.kind === 'conv_bn' && weights) {
+      output = runConvBn(step, inputs[0] as Tensor4D, weights);
+    } else {
+      output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, options.training)], inputs)[0];
+    }
+    values.set(step.output, output);
+    for (const id of step.inputs) {
+      if (options.keep && lastUse.get(id) === index && !options.keep.has(id)) {
+        values.get(id)!.dispose();
+        values.delete(id);
+      }
+    }
+  });
+}
+
+/**
+ * One phase's view of a model: the frozen stage with its weights folded once (they do not
+ * change during the phase), and the trainable stage.
+ */
+export class StagedModel {
+  readonly graph: CompiledGraph;
+  readonly split: GraphSplit;
+  readonly variables: Variable[];
+  private readonly folded: FoldedWeights;
+
+  constructor(readonly model: LayersModel) {
+    this.graph = compileGraph(model);
+    this.split = splitGraph(this.graph);
+    this.folded = foldWeights(this.split.frozen);
+    this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
+  }
+
+  /** Bytes per sample of the frontier (what caching the frozen stage's outputs costs). */
+  frontierBytesPerSample(): number {
+    return this.split.frontier.reduce((sum, id) => sum + 4 * (this.graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
+  }
+
+  /** images -> the frontier tensors, outside any tape (the caller disposes them). */
+  frozen(images: Tensor): Tensor[] {
+    return tf.tidy(() => {
+      const values = new Map<TensorId, Tensor>([[this.graph.input, images]]);
+      const keep = new Set([...this.split.frontier, this.graph.input]);
+      runSteps(this.split.frozen, values, { training: false, folded: this.folded, keep });
+      return this.split.frontier.map((id) => (id === this.graph.input ? images.clone() : values.get(id)!));
+    });
+  }
+
+  /** The frontier tensors -> logits, through the trainable layers (taped inside minimize). */
+  trainable(frontier: Tensor[], training: boolean): Tensor {
+    if (this.split.trainable.length === 0) return frontier[0].clone();
+    return tf.tidy(() => {
+      const values = new Map<TensorId, Tensor>(this.split.frontier.map((id, i) => [id, frontier[i]]));
+      runSteps(this.split.trainable, values, { training });
+      return values.get(this.graph.output)!;
+    });
+  }
+
+  dispose(): void {
+    disposeFolded(this.folded);
+  }
+}
+
+/**
+ * Logits for images with every Conv -> BatchNorm chain folded, from the weights as they
+ * are now (fold once, run many batches, then dispose).
+ */
+export class FoldedInference {
+  private readonly graph: CompiledGraph;
+  private readonly folded: FoldedWeights;
+
+  constructor(model: LayersModel) {
+    this.graph = compileGraph(model);
+    this.folded = foldWeights(this.graph.steps);
+  }
+
+  logits(images: Tensor): Tensor {
+    return tf.tidy(() => {
+      const values = new Map<TensorId, Tensor>([[this.graph.input, images]]);
+      runSteps(this.graph.steps, values, { training: false, folded: this.folded, keep: new Set([this.graph.input]) });
+      return values.get(this.graph.output)!;
+    });
+  }
+
+  dispose(): void {
+    disposeFolded(this.folded);
+  }
+}
