@@ -3,13 +3,15 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,e2e,sweep] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,sweep] [--size 224]
  *
  * Cases:
  *   steps     one train step (whole model trainable; fine_tune_at 100; frozen base) and
  *             one predict, MobileNetV2 alpha 1.0, batch 32 (bench/steps.ts vs keras_steps.py)
  *   fe_epoch  a feature-extraction epoch after the first, no augmentation (tlx caches the
  *             frozen base's outputs; Keras recomputes them)
+ *   ft_epoch  the same for a fine-tuning epoch, fine_tune_at 100 (tlx caches the outputs of
+ *             the frozen layers below 100)
  *   e2e       the finetune.yaml experiment, scaled down, end to end: wall time, peak RSS,
  *             accuracy (tlx run vs bench/keras_finetune.py)
  *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
@@ -26,7 +28,7 @@ const tlx = path.join(root, 'bin', 'tlx.mjs');
 const args = process.argv.slice(2);
 const option = (name: string, fallback: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback);
 const repeats = Number(option('repeats', '3'));
-const cases = option('cases', 'steps,fe_epoch,e2e,sweep').split(',');
+const cases = option('cases', 'steps,fe_epoch,ft_epoch,e2e,sweep').split(',');
 const stepSize = option('size', '224');
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-bench-'));
 const env = { TF_CPP_MIN_LOG_LEVEL: '3' };
@@ -91,23 +93,28 @@ async function steps(): Promise<void> {
   for (const n of names) report(`step ${n} (${stepSize}px, batch 32)`, t[n], k[n], 's', '<= 1.0x');
 }
 
-async function feEpoch(): Promise<void> {
-  const data = await makeData('fe', 160, 40, 160);
+/** An epoch after the first without augmentation; fineTuneAt undefined: feature extraction. */
+async function cachedEpoch(fineTuneAt?: number): Promise<void> {
+  const data = await makeData('epochs', 160, 40, 160);
+  const phases = fineTuneAt === undefined ? 'feature_extraction: { epochs: 4 }, fine_tune: { epochs: 0 }' : `feature_extraction: { epochs: 1 }, fine_tune: { fine_tune_at: ${fineTuneAt}, epochs: 4 }`;
   const file = experiment(
-    'fe.yaml',
-    `name: fe\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [160, 160], batch_size: 32, test_fraction_of_validation: 0 }\nmodel: { weights: none }\ntrain: { feature_extraction: { epochs: 4 }, fine_tune: { epochs: 0 } }\n`,
+    'epochs.yaml',
+    `name: epochs\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [160, 160], batch_size: 32, test_fraction_of_validation: 0 }\nmodel: { weights: none }\ntrain: { ${phases} }\n`,
   );
+  // Epochs after the first of the measured phase (its first pays for the cache).
+  const firstMeasured = fineTuneAt === undefined ? 2 : 3;
   const t: number[] = [];
   const k: number[] = [];
   for (let r = 0; r < repeats; r++) {
-    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-fe'), 'run', file]);
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-epochs'), 'run', file]);
     const dir = a.result.dir as string;
-    const epochs = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch > 1);
+    const epochs = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch >= firstMeasured);
     t.push(median(epochs.map((m) => m.seconds)));
-    const b = await measured(python, [path.join(root, 'bench', 'keras_fe_epoch.py'), data, '160', '4']);
+    const b = await measured(python, [path.join(root, 'bench', 'keras_epoch.py'), data, '160', '4', ...(fineTuneAt === undefined ? [] : [String(fineTuneAt)])]);
     k.push(b.result.median_after_first as number);
   }
-  report('feature-extraction epoch after the first, no augmentation (320 images, 160px)', t, k, 's', '< 0.1x');
+  const what = fineTuneAt === undefined ? 'feature-extraction' : `fine-tuning (fine_tune_at ${fineTuneAt})`;
+  report(`${what} epoch after the first, no augmentation (320 images, 160px)`, t, k, 's', fineTuneAt === undefined ? '< 0.1x' : '<= 1.0x');
 }
 
 async function e2e(): Promise<void> {
@@ -159,7 +166,7 @@ async function sweep(): Promise<void> {
   report('sweep of 3 fine_tune_at values vs 3 independent runs (quickstart data, 120/class)', swept, separate, 's', '< 1.0x');
 }
 
-const table: Record<string, () => Promise<void>> = { steps, fe_epoch: feEpoch, e2e, sweep };
+const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, sweep };
 console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
 for (const name of cases) {
   if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);
