@@ -3,7 +3,7 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,sweep] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep] [--size 224]
  *
  * Cases:
  *   steps     one train step (whole model trainable; fine_tune_at 100; frozen base) and
@@ -14,6 +14,8 @@
  *             the frozen layers below 100)
  *   e2e       the finetune.yaml experiment, scaled down, end to end: wall time, peak RSS,
  *             accuracy (tlx run vs bench/keras_finetune.py)
+ *   accuracy  the quickstart (real images, pretrained nsfwjs weights in both) in tlx and in
+ *             Keras from the same starting weights: final validation accuracy
  *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
  */
 import { execa } from 'execa';
@@ -28,7 +30,7 @@ const tlx = path.join(root, 'bin', 'tlx.mjs');
 const args = process.argv.slice(2);
 const option = (name: string, fallback: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback);
 const repeats = Number(option('repeats', '3'));
-const cases = option('cases', 'steps,fe_epoch,ft_epoch,e2e,sweep').split(',');
+const cases = option('cases', 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep').split(',');
 const stepSize = option('size', '224');
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-bench-'));
 const env = { TF_CPP_MIN_LOG_LEVEL: '3' };
@@ -149,6 +151,27 @@ train:
   report('  same run: final val accuracy', accuracy[0], accuracy[1], '', 'within 1 point');
 }
 
+async function accuracy(): Promise<void> {
+  const data = path.join(root, 'data', 'quickstart', 'fashion5');
+  const weights = path.join(work, 'nsfwjs-96');
+  await execa(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'nsfwjs_checkpoint.ts'), weights, '96'], { cwd: root, env });
+  // The whole validation folder in both (Keras's take/skip test split reshuffles every pass).
+  const file = experiment('accuracy.yaml', `extends: ${path.join(root, 'configs', 'quickstart.yaml')}\ndataset: { test_fraction_of_validation: 0 }\n`);
+  // One seed per repeat: the two cannot share random streams (shuffles, draws, dropout,
+  // head initialisation), so only accuracy over several seeds compares.
+  const t: number[] = [];
+  const k: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const seed = String(42 + r);
+    t.push((await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-accuracy'), 'run', file, '--set', `seed=${seed}`])).result.val_accuracy as number);
+    const args = [data, '96', '5', '3', '--flip-only', '--classes', '5', '--base-weights', weights, '--fe-lr', '0.001', '--ft-lr', '0.0001', '--no-test-split', '--seed', seed];
+    k.push((await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), ...args])).result.val_accuracy as number);
+  }
+  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+  report(`quickstart (5 classes, 96px, nsfwjs weights, 5+3 epochs): final val accuracy, median of ${repeats} seeds`, t, k, '', 'within 1 point');
+  console.log(`  mean over seeds: tlx ${mean(t).toFixed(3)}, keras ${mean(k).toFixed(3)}`);
+}
+
 async function sweep(): Promise<void> {
   const quick = experiment(
     'sweep.yaml',
@@ -166,7 +189,7 @@ async function sweep(): Promise<void> {
   report('sweep of 3 fine_tune_at values vs 3 independent runs (quickstart data, 120/class)', swept, separate, 's', '< 1.0x');
 }
 
-const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, sweep };
+const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep };
 console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
 for (const name of cases) {
   if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);

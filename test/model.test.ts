@@ -153,11 +153,39 @@ describe('weight loaders', () => {
   });
 });
 
+/** Class folders a/b of small generated images, decoded into memory. */
+async function tinySplit(name: string, perClass: number): Promise<ImageSplit> {
+  await writeClassFolders(path.join(work, name), ['a', 'b'], perClass, { size: 32 });
+  const samples = ['a', 'b'].flatMap((c, label) => fs.readdirSync(path.join(work, name, c)).map((f) => ({ file: path.join(work, name, c, f), label })));
+  return ImageSplit.load(samples, [32, 32], 'memory').split;
+}
+
+/** One phase of SGD on a split (training and validation alike), as tlx runs it. */
+async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; onEpochEnd?: (record: EpochRecord) => void }): Promise<void> {
+  const optimizer = createOptimizer({ name: 'sgd', learning_rate: options.learningRate });
+  await runPhase(
+    {
+      model: classifier.model,
+      objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
+      train: split,
+      validation: split,
+      batchSize: options.batchSize,
+      seed: options.seed,
+      augment: (images: Tensor4D) => images.clone(),
+      onEpochEnd: async (record) => options.onEpochEnd?.(record),
+      shouldStop: () => false,
+      progress: false,
+      cacheFrozenOutputs: options.cacheFrozenOutputs,
+      log: () => {},
+    },
+    { phase, startEpoch: 0, endEpoch: options.epochs, phaseStartEpoch: 0, optimizer, learningRateAt: () => options.learningRate },
+  );
+  optimizer.dispose();
+}
+
 describe('freezing as Keras does', () => {
   test('after each phase, BatchNorm moving statistics are unchanged and frozen kernels are unchanged bit for bit', async () => {
-    await writeClassFolders(path.join(work, 'tiny'), ['a', 'b'], 12, { size: 32 });
-    const samples = ['a', 'b'].flatMap((c, label) => fs.readdirSync(path.join(work, 'tiny', c)).map((f) => ({ file: path.join(work, 'tiny', c, f), label })));
-    const { split } = ImageSplit.load(samples, [32, 32], 'memory');
+    const split = await tinySplit('tiny', 12);
     const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 3 });
     const bases = namedVariables(classifier.base);
     // Non-trivial statistics, so that training-mode BN would visibly move them.
@@ -172,25 +200,7 @@ describe('freezing as Keras does', () => {
     for (const phase of ['feature_extraction', 'fine_tune'] as const) {
       const before = snapshot();
       setPhaseTrainable(classifier, phase, fineTuneAt);
-      const optimizer = createOptimizer({ name: 'sgd', learning_rate: 0.5 });
-      await runPhase(
-        {
-          model: classifier.model,
-          objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
-          train: split,
-          validation: split,
-          batchSize: 8,
-          seed: 1,
-          augment: (images: Tensor4D) => images.clone(),
-          onEpochEnd: async () => {},
-          shouldStop: () => false,
-          progress: false,
-          cacheFrozenOutputs: false,
-          log: () => {},
-        },
-        { phase, startEpoch: 0, endEpoch: 1, phaseStartEpoch: 0, optimizer, learningRateAt: () => 0.5 },
-      );
-      optimizer.dispose();
+      await trainPhase(classifier, phase, split, { epochs: 1, batchSize: 8, learningRate: 0.5, seed: 1, cacheFrozenOutputs: false });
       const after = snapshot();
       let changed = 0;
       for (const [key, bytes] of before) {
@@ -257,34 +267,14 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
   });
 
   test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {
-    await writeClassFolders(path.join(work, 'cache'), ['a', 'b'], 10, { size: 32 });
-    const samples = ['a', 'b'].flatMap((c, label) => fs.readdirSync(path.join(work, 'cache', c)).map((f) => ({ file: path.join(work, 'cache', c, f), label })));
-    const { split } = ImageSplit.load(samples, [32, 32], 'memory');
+    const split = await tinySplit('cache', 10);
     const runBoth = async (cacheFrozenOutputs: boolean) => {
       const classifier = randomClassifier(11);
       const records: EpochRecord[] = [];
       for (const phase of ['feature_extraction', 'fine_tune'] as const) {
         setPhaseTrainable(classifier, phase, 100);
         const before = tf.memory().numTensors;
-        const optimizer = createOptimizer({ name: 'sgd', learning_rate: 0.1 });
-        await runPhase(
-          {
-            model: classifier.model,
-            objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
-            train: split,
-            validation: split,
-            batchSize: 6,
-            seed: 2,
-            augment: (images: Tensor4D) => images.clone(),
-            onEpochEnd: async (record) => void records.push(record),
-            shouldStop: () => false,
-            progress: false,
-            cacheFrozenOutputs,
-            log: () => {},
-          },
-          { phase, startEpoch: 0, endEpoch: 3, phaseStartEpoch: 0, optimizer, learningRateAt: () => 0.1 },
-        );
-        optimizer.dispose();
+        await trainPhase(classifier, phase, split, { epochs: 3, batchSize: 6, learningRate: 0.1, seed: 2, cacheFrozenOutputs, onEpochEnd: (record) => records.push(record) });
         assert.equal(tf.memory().numTensors, before, `${phase} (cache ${cacheFrozenOutputs}) left tensors behind`);
       }
       return records;

@@ -47,8 +47,9 @@ export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, optio
 
 /**
  * The fused depthwise kernel exists on CPU only as oneDNN's; its registration carries the
- * label MklNameChangeOp, so the op is asked for by that label. Where oneDNN is off
- * (TF_ENABLE_ONEDNN_OPTS=0) it is missing, and depthwise + BiasAdd + Relu6 run instead.
+ * label MklNameChangeOp, so the op is asked for by that label. It is there in the x86 wheels
+ * (even with TF_ENABLE_ONEDNN_OPTS=0); on a build without it, depthwise + BiasAdd + Relu6
+ * run instead.
  */
 let fusedDepthwiseAvailable: boolean | undefined;
 
@@ -60,11 +61,16 @@ function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, opt
   ) as Tensor4D;
 }
 
-function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
+export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   return tf.tidy(() => {
     const y = tf.depthwiseConv2d(x, filter, options.strides, options.padding === 'SAME' ? 'same' : 'valid').add(bias) as Tensor4D;
     return options.relu6 ? (runOp('Relu6', [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D) : y;
   });
+}
+
+/** Whether depthwise convs run as one kernel (undefined until the first one ran). */
+export function depthwiseRunsFused(): boolean | undefined {
+  return fusedDepthwiseAvailable;
 }
 
 /** Depthwise conv, filter [h, w, in, multiplier], bias [in * multiplier]. */
