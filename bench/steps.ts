@@ -4,7 +4,6 @@
  *
  *   npx tsx bench/steps.ts [--steps 3] [--size 224] [--batch 32] [--cases a,b]
  */
-import type { Tensor } from '@tensorflow/tfjs-node';
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
 import { FoldedInference, StagedModel } from '../src/models/graph.ts';
 import { tf } from '../src/tf.ts';

@@ -6,6 +6,7 @@ import { chromium, type Browser } from 'playwright-core';
 import { runTlx } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
+import { mlflowState, runDirOf, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 // Debian's chromium; .ci/run installs it, so this only skips on a machine without it.
@@ -30,14 +31,11 @@ after(async () => {
 });
 
 test('the dashboard lists the run in its experiment and opens its val_accuracy chart', { skip: !fs.existsSync(chromiumPath) && 'chromium is not installed' }, async () => {
-  fs.writeFileSync(
-    path.join(work, 'ui.yaml'),
-    'name: dashboard\ndataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\ntrain: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 0 } }\ntracking: { mlflow: { experiment: tlx-dashboard } }\n',
-  );
-  const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'run', 'ui.yaml'], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+  const file = writeExperiment(work, 'dashboard', `${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 0 } }\ntracking: { mlflow: { experiment: tlx-dashboard } }\n`);
+  const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'run', file], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
   assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-  const dir = (JSON.parse(result.stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
-  const state = (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { experiment_id: string; run_id: string }> }).servers[server.url];
+  const dir = runDirOf(result.stdout);
+  const state = mlflowState(dir, server.url);
   const page = await browser.newPage();
   await page.goto(`${server.url}/#/experiments/${state.experiment_id}/runs`);
   await page.getByText(path.basename(dir)).first().waitFor({ timeout: 60_000 });

@@ -6,6 +6,7 @@ import type { RunSummary } from '../src/run.ts';
 import type { TfliteRecord } from '../src/export/tflite.ts';
 import { runTlx } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
+import { runDirOf } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 /**
@@ -37,7 +38,7 @@ export:
   );
   const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work, timeout: 600_000 });
   assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
-  return (JSON.parse(result.stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
+  return runDirOf(result.stdout);
 }
 
 function record(dir: string, mode: string): TfliteRecord {

@@ -236,7 +236,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const steps = compileGraph(classifier.model).steps;
     const fused = steps.filter((step) => step.kind === 'conv_bn');
     assert.equal(fused.length, 52, '35 convs + 17 depthwise convs, each followed by BatchNorm');
-    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.relu6).length, 35, 'all but the 17 linear projections');
+    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.options.relu6).length, 35, 'all but the 17 linear projections');
     assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.depthwise).length, 17);
   });
 

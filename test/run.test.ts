@@ -6,16 +6,14 @@ import { execa } from 'execa';
 import type { RunMeta, RunSummary } from '../src/run.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
-import { readMetrics, waitForEpoch } from './helpers/runs.ts';
+import { readMetrics, runDirOf, waitForEpoch, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const work = tempDir('tlx-run-');
 const runsDir = path.join(work, 'runs');
 
 function experiment(name: string, body: string): string {
-  const file = path.join(work, `${name}.yaml`);
-  fs.writeFileSync(file, `name: ${name}\nseed: 5\n${body}`);
-  return file;
+  return writeExperiment(work, name, `seed: 5\n${body}`);
 }
 
 const tinyData = `dataset:
@@ -31,12 +29,6 @@ model:
   weights: none
   dropout: 0.2
 `;
-
-function runDirOf(stdout: string): string {
-  const line = stdout.split('\n').find((l) => l.startsWith('{'));
-  assert.ok(line, `no result line in: ${stdout}`);
-  return (JSON.parse(line) as { dir: string }).dir;
-}
 
 
 before(async () => {

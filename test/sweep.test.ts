@@ -9,20 +9,18 @@ import { LocalScheduler } from '../src/sweep/scheduler.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
+import { mlflowState, runDirOf, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const work = tempDir('tlx-sweep-');
 const runsDir = path.join(work, 'runs');
 
 function experiment(name: string, grid: string): string {
-  const file = path.join(work, `${name}.yaml`);
-  fs.writeFileSync(
-    file,
-    `name: ${name}
-seed: 2
-dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }
-model: { alpha: 0.35, weights: none }
-train:
+  return writeExperiment(
+    work,
+    name,
+    `seed: 2
+${tinyDataAndModel}train:
   feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.001 } }
   fine_tune: { epochs: 1, optimizer: { name: rmsprop, learning_rate: 0.0001 } }
 sweep:
@@ -30,7 +28,6 @@ sweep:
 ${grid}
 `,
   );
-  return file;
 }
 
 interface StatusLine {
@@ -137,7 +134,7 @@ describe('tlx sweep', () => {
     // The same trial run on its own, with the same seed.
     const alone = await runTlx(['--runs-dir', path.join(work, 'alone'), 'run', file, '--set', 'train.fine_tune.fine_tune_at=140'], { cwd: work });
     assert.equal(alone.exitCode, 0, alone.stderr.slice(-2000));
-    const aloneDir = (JSON.parse(alone.stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
+    const aloneDir = runDirOf(alone.stdout);
     const shared = fs.readFileSync(path.join(follower.run_dir!, 'checkpoints', 'feature_extraction', 'weights.bin'));
     const independent = fs.readFileSync(path.join(aloneDir, 'checkpoints', 'feature_extraction', 'weights.bin'));
     assert.ok(shared.equals(independent), 'the shared checkpoint is bit for bit the independent run\'s state');
@@ -151,8 +148,7 @@ describe('tlx sweep', () => {
     const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as Record<string, { run_id: string }>;
     const parentRunId = parent[server.url].run_id;
     for (const trial of [leader, follower]) {
-      const childState = JSON.parse(fs.readFileSync(path.join(trial.run_dir!, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> };
-      const child = await readRunWithMlflow(server.url, childState.servers[server.url].run_id, []);
+      const child = await readRunWithMlflow(server.url, mlflowState(trial.run_dir!, server.url).run_id, []);
       assert.equal(child.tags['mlflow.parentRunId'], parentRunId);
     }
     const remoteParent = await readRunWithMlflow(server.url, parentRunId, ['best_val_accuracy']);

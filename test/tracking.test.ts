@@ -9,7 +9,7 @@ import { batchLimits, chunkBatch, sanitizeKey } from '../src/track/mlflow-client
 import { flattenParams } from '../src/track/sync.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
-import { readMetrics } from './helpers/runs.ts';
+import { mlflowState, readMetrics, runDirOf, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { faultyProxy, readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
 import { tempDir } from './helpers/tmp.ts';
 
@@ -19,35 +19,23 @@ const metricKeys = ['loss', 'accuracy', 'val_loss', 'val_accuracy'];
 let server: MlflowServer;
 
 function experiment(name: string, epochs = 2): string {
-  const file = path.join(work, `${name}.yaml`);
-  fs.writeFileSync(
-    file,
-    `name: ${name}
-seed: 1
-dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }
-model: { alpha: 0.35, weights: none }
-train:
+  return writeExperiment(
+    work,
+    name,
+    `seed: 1
+${tinyDataAndModel}train:
   feature_extraction: { epochs: ${epochs} }
   fine_tune: { epochs: 1 }
 tracking:
   mlflow: { experiment: tlx-tests }
 `,
   );
-  return file;
 }
 
-
-function mlflowRunId(dir: string, uri: string): string {
-  return (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> }).servers[uri].run_id;
-}
-
-function runDirOf(stdout: string): string {
-  return (JSON.parse(stdout.split('\n').find((l) => l.startsWith('{'))!) as { dir: string }).dir;
-}
 
 /** Every local metric point is on the server exactly once, with its step and value. */
 async function assertExactlySynced(dir: string, uri: string): Promise<void> {
-  const remote = await readRunWithMlflow(uri, mlflowRunId(dir, uri), metricKeys);
+  const remote = await readRunWithMlflow(uri, mlflowState(dir, uri).run_id, metricKeys);
   const local = readMetrics(dir);
   for (const key of metricKeys) {
     const expected = local.filter((r) => typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number)).map((r) => [r.epoch, r[key as keyof EpochRecord]]);
@@ -95,7 +83,7 @@ describe('every run in MLflow', () => {
     const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('live')], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url, MLFLOW_TRACKING_TOKEN: 'secret-token-123' } });
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
     const dir = runDirOf(result.stdout);
-    const remote = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    const remote = await readRunWithMlflow(server.url, mlflowState(dir, server.url).run_id, metricKeys);
     assert.equal(remote.name, path.basename(dir));
     assert.equal(remote.params['train.fine_tune.fine_tune_at'], '100');
     assert.equal(remote.params['dataset.image_size'], '[32,32]');
@@ -114,12 +102,12 @@ describe('every run in MLflow', () => {
 
   test('sync twice changes nothing', async () => {
     const dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-live-'))!;
-    const before = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    const before = await readRunWithMlflow(server.url, mlflowState(dir, server.url).run_id, metricKeys);
     for (let i = 0; i < 2; i++) {
       const result = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
       assert.equal(result.exitCode, 0, result.stderr);
     }
-    const after = await readRunWithMlflow(server.url, mlflowRunId(dir, server.url), metricKeys);
+    const after = await readRunWithMlflow(server.url, mlflowState(dir, server.url).run_id, metricKeys);
     assert.deepEqual(after, before);
   });
 

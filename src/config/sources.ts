@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import path from 'node:path';
 import YAML, { LineCounter, isMap, isPair, isScalar, isSeq, type Document, type Node } from 'yaml';
 import type { Location, Problem } from '../errors.ts';
 

@@ -1,4 +1,4 @@
-import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
+import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { runOp, type OpAttr } from '../native-ops.ts';
 import { tf } from '../tf.ts';
 

@@ -1,6 +1,6 @@
 import type { LayersModel, SymbolicTensor, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { tf } from '../tf.ts';
-import { fusedConv2d, fusedDepthwiseConv2d } from './fused-kernels.ts';
+import { fusedConv2d, fusedDepthwiseConv2d, type FusedConvOptions } from './fused-kernels.ts';
 import { InferenceBatchNormalization, ReLU6, SeededDropout } from './layers.ts';
 
 /**
@@ -34,7 +34,7 @@ interface ContainerLike {
 
 export type Step =
   | { kind: 'layer'; layers: [Layer]; inputs: TensorId[]; output: TensorId }
-  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; relu6: boolean; depthwise: boolean; inputs: [TensorId]; output: TensorId };
+  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; depthwise: boolean; options: FusedConvOptions; inputs: [TensorId]; output: TensorId };
 
 export interface CompiledGraph {
   input: TensorId;
@@ -108,8 +108,6 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
   const readers = new Map<TensorId, number>();
   for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
   readers.set(output, (readers.get(output) ?? 0) + 1);
-  const producedBy = new Map<TensorId, number>();
-  steps.forEach((step, index) => producedBy.set(step.output, index));
   const consumer = (id: TensorId): number | undefined => {
     if (readers.get(id) !== 1 || id === output) return undefined;
     const index = steps.findIndex((step) => step.inputs.includes(id));
@@ -130,13 +128,15 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
     const reluIndex = consumer(steps[bnIndex].output);
     const relu = reluIndex !== undefined && steps[reluIndex].layers[0] instanceof ReLU6 ? reluIndex : undefined;
     if (relu !== undefined) merged.add(relu);
+    const config = conv.getConfig();
+    const strides = [config.strides].flat() as number[];
     result.push({
       kind: 'conv_bn',
       layers: [conv, bn, ...(relu !== undefined ? [steps[relu].layers[0]] : [])],
       conv,
       batchNorm: bn,
-      relu6: relu !== undefined,
       depthwise: className(conv) === 'DepthwiseConv2D',
+      options: { strides: [strides[0], strides[1] ?? strides[0]], padding: config.padding === 'same' ? 'SAME' : 'VALID', relu6: relu !== undefined },
       inputs: [step.inputs[0]],
       output: steps[relu ?? bnIndex].output,
     });
@@ -203,8 +203,7 @@ export function foldWeights(steps: readonly Step[]): FoldedWeights {
       step,
       tf.tidy(() => {
         const { scale, offset } = step.batchNorm.scaleAndOffset();
-        const kernel = step.conv.getWeights()[0] as Tensor4D;
-        const convBias = step.conv.getWeights()[1] as Tensor1D | undefined;
+        const [kernel, convBias] = step.conv.getWeights() as [Tensor4D, Tensor1D | undefined];
         // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
         const filter = (step.depthwise ? kernel.mul(scale.reshape([1, 1, -1, 1])) : kernel.mul(scale)) as Tensor4D;
         const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
@@ -221,10 +220,7 @@ export function disposeFolded(folded: FoldedWeights): void {
 }
 
 function runConvBn(step: Extract<Step, { kind: 'conv_bn' }>, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
-  const config = step.conv.getConfig();
-  const strides = [config.strides].flat() as number[];
-  const options = { strides: [strides[0], strides[1] ?? strides[0]] as [number, number], padding: config.padding === 'same' ? ('SAME' as const) : ('VALID' as const), relu6: step.relu6 };
-  return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, options) : fusedConv2d(x, weights.filter, weights.bias, options);
+  return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options) : fusedConv2d(x, weights.filter, weights.bias, step.options);
 }
 
 function applyLayer(layer: Layer, inputs: Tensor[], training: boolean): Tensor {
@@ -264,6 +260,18 @@ export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, 
 }
 
 /**
+ * Runs steps off the tape from the images, with folded weights where they exist; returns
+ * the requested tensors (the images themselves as a copy, so the caller owns every result).
+ */
+function runFrozen(graph: CompiledGraph, steps: readonly Step[], folded: FoldedWeights, images: Tensor, outputs: readonly TensorId[], keep: ReadonlySet<TensorId>): Tensor[] {
+  return tf.tidy(() => {
+    const values = new Map<TensorId, Tensor>([[graph.input, images]]);
+    runSteps(steps, values, { training: false, folded, keep });
+    return outputs.map((id) => (id === graph.input ? images.clone() : values.get(id)!));
+  });
+}
+
+/**
  * One phase's view of a model: the frozen stage with its weights folded once (they do not
  * change during the phase), and the trainable stage.
  */
@@ -272,11 +280,13 @@ export class StagedModel {
   readonly split: GraphSplit;
   readonly variables: Variable[];
   private readonly folded: FoldedWeights;
+  private readonly kept: ReadonlySet<TensorId>;
 
   constructor(readonly model: LayersModel) {
     this.graph = compileGraph(model);
     this.split = splitGraph(this.graph);
     this.folded = foldWeights(this.split.frozen);
+    this.kept = new Set([...this.split.frontier, this.graph.input]);
     this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
   }
 
@@ -287,12 +297,7 @@ export class StagedModel {
 
   /** images -> the frontier tensors, outside any tape (the caller disposes them). */
   frozen(images: Tensor): Tensor[] {
-    return tf.tidy(() => {
-      const values = new Map<TensorId, Tensor>([[this.graph.input, images]]);
-      const keep = new Set([...this.split.frontier, this.graph.input]);
-      runSteps(this.split.frozen, values, { training: false, folded: this.folded, keep });
-      return this.split.frontier.map((id) => (id === this.graph.input ? images.clone() : values.get(id)!));
-    });
+    return runFrozen(this.graph, this.split.frozen, this.folded, images, this.split.frontier, this.kept);
   }
 
   /** The frontier tensors -> logits, through the trainable layers (taped inside minimize). */
@@ -317,18 +322,16 @@ export class StagedModel {
 export class FoldedInference {
   private readonly graph: CompiledGraph;
   private readonly folded: FoldedWeights;
+  private readonly kept: ReadonlySet<TensorId>;
 
   constructor(model: LayersModel) {
     this.graph = compileGraph(model);
     this.folded = foldWeights(this.graph.steps);
+    this.kept = new Set([this.graph.input]);
   }
 
   logits(images: Tensor): Tensor {
-    return tf.tidy(() => {
-      const values = new Map<TensorId, Tensor>([[this.graph.input, images]]);
-      runSteps(this.graph.steps, values, { training: false, folded: this.folded, keep: new Set([this.graph.input]) });
-      return values.get(this.graph.output)!;
-    });
+    return runFrozen(this.graph, this.graph.steps, this.folded, images, [this.graph.output], this.kept)[0];
   }
 
   dispose(): void {

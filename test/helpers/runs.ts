@@ -23,3 +23,25 @@ export async function waitForEpoch(runsDir: string, fragment: string, epoch: num
   }
   return dir;
 }
+
+/** The small data and model most CLI tests train: 32 px class folders under data/, alpha 0.35, random weights. */
+export const tinyDataAndModel = 'dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n';
+
+/** Writes <dir>/<name>.yaml as `name: <name>` followed by body; returns its path. */
+export function writeExperiment(dir: string, name: string, body: string): string {
+  const file = path.join(dir, `${name}.yaml`);
+  fs.writeFileSync(file, `name: ${name}\n${body}`);
+  return file;
+}
+
+/** The run folder from `tlx run`'s JSON result line. */
+export function runDirOf(stdout: string): string {
+  const line = stdout.split('\n').find((l) => l.startsWith('{'));
+  if (!line) throw new Error(`no result line in: ${stdout}`);
+  return (JSON.parse(line) as { dir: string }).dir;
+}
+
+/** What a run folder's mlflow.json records for one tracking server. */
+export function mlflowState(dir: string, uri: string): { experiment_id: string; run_id: string } {
+  return (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { experiment_id: string; run_id: string }> }).servers[uri];
+}
