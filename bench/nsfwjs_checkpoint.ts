@@ -7,9 +7,9 @@
  */
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
 import { assignWeights, readNsfwjsMobileNetV2 } from '../src/models/weights.ts';
-import { saveCheckpoint } from '../src/train/checkpoint.ts';
+import { writeCheckpoint } from '../src/run-folder/checkpoints.ts';
 
 const [out, size] = process.argv.slice(2);
 const base = mobileNetV2({ alpha: 1.0, inputShape: [Number(size), Number(size), 3] });
 assignWeights(base, await readNsfwjsMobileNetV2(), { requireAll: true, what: 'nsfwjs' });
-await saveCheckpoint(out, base, undefined, { epoch: 0, phase: 'pretrained' });
+await writeCheckpoint(out, base, undefined, { epoch: 0, phase: 'pretrained' });

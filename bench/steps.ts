@@ -6,7 +6,7 @@
  */
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
 import { FoldedInference, StagedModel } from '../src/models/graph.ts';
-import { tf } from '../src/tf.ts';
+import { tf } from '../src/tfjs/tf.ts';
 import { trainStepForBench } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 

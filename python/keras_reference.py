@@ -34,15 +34,10 @@ def layers(alpha: float, height: int, width: int) -> list:
 
 def features(weights_dir, alpha, height, width, input_file, output_file):
     import numpy as np
-    from tlx_export import read_named_weights
+    from tlx_checkpoint import assign_by_path, read_named_weights
 
     base = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False, weights=None)
-    named = read_named_weights(weights_dir)
-    for layer in base.layers:
-        for variable in layer.weights:
-            short = variable.path.split("/")[-1]
-            key = f"{layer.name}/depthwise_kernel" if short == "kernel" and layer.name.endswith("depthwise") else f"{layer.name}/{short}"
-            variable.assign(named[key])
+    assign_by_path(base.layers, read_named_weights(weights_dir))
     x = np.fromfile(input_file, dtype="<f4").reshape(-1, height, width, 3)
     np.asarray(base(x, training=False), dtype="<f4").tofile(output_file)
 

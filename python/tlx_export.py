@@ -1,50 +1,35 @@
-"""TFLite export and verification for tlx, run by src/export/bridge.ts.
-
-    python tlx_export.py request.json
+"""TFLite export and verification for tlx (the `export` operation of tlx_worker.py).
 
 The request names the trained weights (tlx's named checkpoint), the classifier spec,
-the quantization mode, raw uint8 images (representative set and test split, resized
-exactly as in training) and tlx's own probabilities on the test split. This script:
+the quantization mode, raw uint8 images (representative set and evaluation split,
+resized exactly as in training) and tlx's own probabilities on that split. This:
 
-1. rebuilds the classifier in Keras: raw RGB pixels in [0, 255] -> x / 127.5 - 1 ->
-   keras.applications.MobileNetV2 (same alpha and input) -> global average pooling ->
-   dense -> probabilities, one per label ([1, n]; two classes: [1 - p, p]);
+1. rebuilds the classifier in Keras: raw RGB pixels in [0, 255] -> the base's own
+   preprocessing -> keras.applications base (same alpha and input) -> global average
+   pooling -> dense -> probabilities, one per label ([1, n]; two classes: [1 - p, p]);
 2. sets every weight by name from tlx's checkpoint and checks Keras's outputs against
-   tlx's on the test images;
+   tlx's on the evaluation images;
 3. converts with TensorFlow's own TFLiteConverter (none, dynamic, float16, int8);
-4. loads the .tflite with the LiteRT interpreter and measures it on the test split.
+4. embeds TFLite metadata (labels, normalization, names) and labels.txt (tlx_metadata.py);
+5. writes the file into the request's staging folder (tlx moves it into place);
+6. measures it with the LiteRT interpreter, reads the metadata back, and runs the split
+   through MediaPipe Tasks' ImageClassifier, the same C++ task graph Android uses.
 
-The report (JSON) is written to the path in the request. Exit code 0 even when a check
-fails (the report says which); non-zero only when the script itself cannot run.
+The report says which checks failed; an exception only when the export cannot run.
 """
 
-import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+import keras
+from ai_edge_litert.interpreter import Interpreter
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-
-def read_named_weights(checkpoint_dir):
-    with open(os.path.join(checkpoint_dir, "checkpoint.json")) as f:
-        meta = json.load(f)
-    raw = np.fromfile(os.path.join(checkpoint_dir, "weights.bin"), dtype="<f4")
-    weights, offset = {}, 0
-    for spec in meta["weights"]:
-        if spec.get("dtype", "float32") != "float32":
-            raise ValueError(f"unsupported dtype {spec['dtype']} for {spec['name']}")
-        size = int(np.prod(spec["shape"])) if spec["shape"] else 1
-        weights[spec["name"]] = raw[offset : offset + size].reshape(spec["shape"])
-        offset += size
-    return weights
+import tlx_metadata
+from tlx_checkpoint import assign_by_path, read_named_weights
+from tlx_images import decode_resized_files
 
 
 def build_classifier(spec):
@@ -64,23 +49,7 @@ def build_classifier(spec):
 
 
 def assign_weights(model, base, named):
-    used = set()
-    layers = list(base.layers) + [layer for layer in model.layers if layer is not base]
-    for layer in layers:
-        for variable in layer.weights:
-            short = variable.path.split("/")[-1]
-            candidates = [f"{layer.name}/{short}"]
-            if short == "kernel" and layer.name.endswith("depthwise"):
-                candidates.insert(0, f"{layer.name}/depthwise_kernel")
-            key = next((c for c in candidates if c in named), None)
-            if key is None:
-                raise KeyError(f"no tlx weight for Keras variable {layer.name}/{short}")
-            value = named[key]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"layer {layer.name}: {key} has shape {value.shape}, Keras expects {tuple(variable.shape)}")
-            variable.assign(value)
-            used.add(key)
-    return len(used)
+    return assign_by_path(list(base.layers) + [layer for layer in model.layers if layer is not base], named)
 
 
 def load_images(path, count, height, width):
@@ -136,8 +105,8 @@ def dequantize_output(values, detail):
     return (values.astype(np.float32) - zero_point) * scale
 
 
-def run_tflite(path, images):
-    interpreter = Interpreter(model_path=path, num_threads=1)
+def run_tflite(model_path, images):
+    interpreter = Interpreter(model_path=model_path, num_threads=1)
     interpreter.allocate_tensors()
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
@@ -148,80 +117,126 @@ def run_tflite(path, images):
         interpreter.invoke()
         latencies.append((time.perf_counter() - started) * 1000.0)
         probabilities.append(dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail)[0])
-    return interpreter, np.array(probabilities), latencies
+    return interpreter, np.array(probabilities).reshape(len(images), -1), latencies
 
 
-def nearest_resized(files, height, width):
-    """Android's Bitmap.createScaledBitmap(bitmap, w, h, filter=false): nearest neighbour."""
-    images = []
-    for file in files:
-        decoded = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
-        resized = tf.image.resize(decoded, (height, width), method="nearest")
-        images.append(tf.cast(resized, tf.uint8).numpy())
-    return np.stack(images)
+def run_mediapipe(model_path, images):
+    """Top categories from MediaPipe Tasks' ImageClassifier: [(index, name, score)] per image."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model_path), max_results=1)
+    results = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for image in images:
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            top = result.classifications[0].categories[0]
+            results.append((top.index, top.category_name, float(top.score)))
+    return results
 
 
-def main(request_path):
-    with open(request_path) as f:
-        request = json.load(f)
+def check(report, name, ok, problem):
+    report["checks"][name] = bool(ok)
+    if not ok:
+        report["problems"].append(problem)
+
+
+def verify_metadata(report, model_bytes, labels, float_input):
+    meta = tlx_metadata.read(model_bytes)
+    report["metadata"] = meta
+    check(report, "metadata_present", meta is not None, "the model carries no TFLite metadata")
+    if meta is None:
+        return
+    check(report, "metadata_labels", meta["labels"] == labels, f"the labels embedded in the model ({meta['labels']}) differ from labels.txt ({labels})")
+    check(report, "metadata_labels_stored", not any(f["compressed"] for f in meta["packed_files"].values()), "an associated file is compressed; MediaPipe reads only stored entries")
+    expected = {"mean": [0.0], "std": [1.0]} if float_input else None
+    check(report, "metadata_normalization", meta["normalization"] == expected, f"normalization options {meta['normalization']}, expected {expected}")
+    check(report, "metadata_tensor_names", meta["input_name"] == "image" and meta["output_name"] == "probability", "tensor metadata names are not image/probability")
+
+
+def export(request):
     spec = request["classifier"]
     height, width = spec["imageSize"]
-    report = {"mode": request["quantization"], "io_type": request.get("io_type", "uint8"), "checks": {}, "problems": []}
+    mode, io_type = request["quantization"], request.get("io_type", "uint8")
+    labels = request["labels"]
+    report = {"mode": mode, "io_type": io_type, "checks": {}, "problems": [], "seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        report["seconds"][name] = round(now - clock, 3)
+        clock = now
 
     model, base = build_classifier(spec)
-    named = read_named_weights(request["weights_dir"])
-    report["weights_assigned"] = assign_weights(model, base, named)
+    report["weights_assigned"] = assign_weights(model, base, read_named_weights(request["weights_dir"]))
+    lap("rebuild")
 
-    test = load_images(request["test_images"], request["test_count"], height, width)
-    labels = np.fromfile(request["test_labels"], dtype="<i4")
-    reference = np.fromfile(request["reference_probabilities"], dtype="<f4").reshape(request["test_count"], -1)
-    keras_probabilities = model.predict(test.astype(np.float32), batch_size=32, verbose=0)
-    report["keras_vs_tlx_max_abs_diff"] = float(np.max(np.abs(keras_probabilities - reference))) if len(test) else 0.0
-    report["checks"]["keras_matches_tlx"] = report["keras_vs_tlx_max_abs_diff"] < 1e-4
-    if not report["checks"]["keras_matches_tlx"]:
-        report["problems"].append(f"the rebuilt Keras model differs from tlx's by {report['keras_vs_tlx_max_abs_diff']:.2e} (expected < 1e-4)")
+    count = request["test_count"]
+    test = load_images(request["test_images"], count, height, width)
+    truth = np.fromfile(request["test_labels"], dtype="<i4")
+    reference = np.fromfile(request["reference_probabilities"], dtype="<f4").reshape(count, -1)
+    keras_probabilities = model.predict(test.astype(np.float32), batch_size=32, verbose=0) if count else np.zeros((0, len(labels)))
+    report["keras_vs_tlx_max_abs_diff"] = float(np.max(np.abs(keras_probabilities - reference))) if count else 0.0
+    check(report, "keras_matches_tlx", report["keras_vs_tlx_max_abs_diff"] < 1e-4, f"the rebuilt Keras model differs from tlx's by {report['keras_vs_tlx_max_abs_diff']:.2e} (expected < 1e-4)")
+    lap("keras_check")
 
     representative = load_images(request["representative_images"], request["representative_count"], height, width)
-    flatbuffer = convert(model, request["quantization"], request.get("io_type", "uint8"), representative)
-    output = request["output"]
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(output), suffix=".tflite.tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(flatbuffer)
+    flatbuffer = convert(model, mode, io_type, representative)
+    lap("convert")
+    float_input = not (mode == "int8")
+    model_bytes = tlx_metadata.embed(flatbuffer, request["metadata"], labels, float_input)
+    output = os.path.join(request["output_dir"], "model.tflite")
+    temp = f"{output}.tmp-{os.getpid()}-py"
+    with open(temp, "wb") as f:
+        f.write(model_bytes)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(temp, output)
-    report["bytes"] = os.path.getsize(output)
+    report["bytes"] = len(model_bytes)
+    lap("metadata")
 
     interpreter, probabilities, latencies = run_tflite(output, test)
     input_detail = describe_tensor(interpreter.get_input_details()[0])
     output_detail = describe_tensor(interpreter.get_output_details()[0])
     report["input"], report["output"] = input_detail, output_detail
-    label_count = len([line for line in open(request["labels_file"]).read().split("\n") if line.strip()])
-    report["labels_count"] = label_count
-    report["checks"]["output_shape_matches_labels"] = output_detail["shape"] == [1, label_count]
-    if not report["checks"]["output_shape_matches_labels"]:
-        report["problems"].append(f"output shape {output_detail['shape']} does not match labels.txt ({label_count} labels): expected [1, {label_count}]")
-    expected_input = [1, height, width, 3]
-    report["checks"]["input_shape"] = input_detail["shape"] == expected_input
-    if not report["checks"]["input_shape"]:
-        report["problems"].append(f"input shape {input_detail['shape']}, expected {expected_input}")
+    report["labels_count"] = len(labels)
+    check(report, "output_shape_matches_labels", output_detail["shape"] == [1, len(labels)], f"output shape {output_detail['shape']} does not match labels.txt ({len(labels)} labels): expected [1, {len(labels)}]")
+    check(report, "input_shape", input_detail["shape"] == [1, height, width, 3], f"input shape {input_detail['shape']}, expected {[1, height, width, 3]}")
+    verify_metadata(report, model_bytes, labels, float_input)
 
-    if len(test):
+    if count:
         top1 = probabilities.argmax(axis=1)
-        report["accuracy"] = float(np.mean(top1 == labels))
-        report["reference_accuracy"] = float(np.mean(reference.argmax(axis=1) == labels))
+        report["accuracy"] = float(np.mean(top1 == truth))
+        report["reference_accuracy"] = float(np.mean(reference.argmax(axis=1) == truth))
         report["agreement_with_trained_model"] = float(np.mean(top1 == reference.argmax(axis=1)))
         report["max_abs_diff_vs_trained_model"] = float(np.max(np.abs(probabilities - reference)))
         report["median_latency_ms"] = float(statistics.median(latencies))
-        if request["quantization"] == "none":
-            report["checks"]["float_matches_trained_model"] = report["max_abs_diff_vs_trained_model"] < 1e-4
-            if not report["checks"]["float_matches_trained_model"]:
-                report["problems"].append(f"float32 TFLite outputs differ from the trained model by {report['max_abs_diff_vs_trained_model']:.2e} (expected < 1e-4)")
-        files = request.get("test_files") or []
-        if files:
-            _, nearest_probabilities, _ = run_tflite(output, nearest_resized(files, height, width))
-            report["accuracy_nearest_resize"] = float(np.mean(nearest_probabilities.argmax(axis=1) == labels))
-    with open(request["report"], "w") as f:
-        json.dump(report, f, indent=2)
+        if mode == "none":
+            check(report, "float_matches_trained_model", report["max_abs_diff_vs_trained_model"] < 1e-4, f"float32 TFLite outputs differ from the trained model by {report['max_abs_diff_vs_trained_model']:.2e} (expected < 1e-4)")
+    lap("interpreter")
+    files = request.get("test_files") or []
+    if count and files:
+        nearest = decode_resized_files(files, height, width, "nearest", request.get("max_image_pixels"))
+        _, nearest_probabilities, _ = run_tflite(output, nearest)
+        report["accuracy_nearest_resize"] = float(np.mean(nearest_probabilities.argmax(axis=1) == truth))
+    lap("nearest_resize")
 
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+    if count and request.get("mediapipe", True):
+        if io_type == "int8" and mode == "int8":
+            report["mediapipe"] = {"skipped": "MediaPipe Tasks reads uint8 or float32 inputs and outputs, not int8"}
+        else:
+            results = run_mediapipe(output, test)
+            names = [name for _, name, _ in results]
+            indices = np.array([index for index, _, _ in results])
+            agreement = float(np.mean(indices == probabilities.argmax(axis=1)))
+            report["mediapipe"] = {
+                "accuracy": float(np.mean(indices == truth)),
+                "agreement_with_tflite": agreement,
+                "named_results": sum(1 for name in names if name),
+                "images": len(results),
+            }
+            check(report, "mediapipe_category_names", all(name == labels[index] for index, name, _ in results), "MediaPipe's ImageClassifier returned results without the model's category names")
+            check(report, "mediapipe_agrees", agreement >= 0.97, f"MediaPipe's top-1 agrees with the .tflite on {agreement:.1%} of images (expected >= 97%)")
+    lap("mediapipe")
+    return report

@@ -1,13 +1,19 @@
 import { Command, CommanderError, Option } from 'commander';
-import { ConfigError, UserError, errorMessage } from './errors.ts';
-import { createLogger, type LogOptions, type Logger } from './log.ts';
-import { version } from './version.ts';
+import { ConfigError, InterruptedError, UserError, errorMessage } from './core/errors.ts';
+import { createLogger, type LogOptions, type Logger } from './core/log.ts';
+import { Terminal } from './ui/terminal.ts';
+import { version } from './core/project.ts';
+import { redactText } from './core/redact.ts';
 
-/** Exit codes (DESIGN.md): 0 success, 2 invalid config or input, 1 anything else. */
+/**
+ * Exit codes: 0 success; 2 invalid config or input, or a run/sweep already in use (a clear
+ * message, no stack trace); 130 stopped by Ctrl-C (resumable); 1 anything else.
+ */
 export const exitCodes = { ok: 0, failure: 1, invalidInput: 2, interrupted: 130 } as const;
 
 interface GlobalOptions extends LogOptions {
   runsDir: string;
+  cacheDir?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -20,8 +26,26 @@ function globals(command: Command): GlobalOptions {
   return command.optsWithGlobals<GlobalOptions>();
 }
 
+/** What every command gets: the logger and the terminal (bars, result blocks), set up from the global flags. */
+export interface Session {
+  log: Logger;
+  terminal: Terminal;
+  /** Results as JSON for scripts: --json, or stdout is not a terminal. */
+  json: boolean;
+  /** --json itself (tlx sweep prints its table to a pipe too, as it always has, and JSON only when asked). */
+  jsonFlag: boolean;
+}
+
+function session(command: Command): Session {
+  const options = globals(command);
+  const terminal = new Terminal();
+  const human = terminal.interactive && !options.json;
+  const log = createLogger({ ...options, human: human ? (line) => terminal.printLine(line) : undefined, style: terminal.style });
+  return { log, terminal, json: Boolean(options.json) || !terminal.humanOutput, jsonFlag: Boolean(options.json) };
+}
+
 function logger(command: Command): Logger {
-  return createLogger(globals(command));
+  return session(command).log;
 }
 
 function print(line: string): void {
@@ -32,10 +56,11 @@ export function buildProgram(): Command {
   const program = new Command('tlx')
     .description('Transfer learning for image classifiers, declared in one YAML file and shipped to a phone as TFLite.')
     .version(version)
-    .option('--json', 'logs as JSON lines (the default when stderr is not a terminal)')
-    .option('-q, --quiet', 'only warnings and errors')
-    .option('-v, --verbose', 'debug logs and stack traces')
+    .option('--json', 'results and logs as JSON (the default when stdout / stderr is not a terminal)')
+    .option('-q, --quiet', 'only warnings, errors and the result')
+    .option('-v, --verbose', 'log fields, debug lines and stack traces')
     .option('--runs-dir <dir>', 'where run folders are written', process.env.TLX_RUNS_DIR ?? 'runs')
+    .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
     .showSuggestionAfterError(true)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
@@ -70,7 +95,7 @@ export function buildProgram(): Command {
     .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
     .action(async (file: string, options: { set: string[]; out?: string; cacheDir?: string }, command: Command) => {
       const { dataCommand } = await import('./commands/data.ts');
-      await dataCommand({ file, overrides: options.set, out: options.out, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, json: Boolean(globals(command).json), log: logger(command) });
+      await dataCommand({ file, overrides: options.set, out: options.out, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   program
@@ -83,7 +108,7 @@ export function buildProgram(): Command {
     .action(async (file: string | undefined, options: { set: string[]; resume?: string; cacheDir?: string }, command: Command) => {
       if (!file && !options.resume) throw new UserError('run: expected an experiment file, or --resume runs/<run-id>');
       const { runCommand } = await import('./commands/run.ts');
-      await runCommand({ file, overrides: options.set, resume: options.resume, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, log: logger(command) });
+      await runCommand({ file, overrides: options.set, resume: options.resume, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   program
@@ -94,22 +119,53 @@ export function buildProgram(): Command {
     .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
     .action(async (runDir: string, options: { quantization?: string; cacheDir?: string }, command: Command) => {
       const { convertCommand } = await import('./commands/convert.ts');
-      await convertCommand({ runDir, quantization: options.quantization, cacheDir: options.cacheDir, log: logger(command) });
+      await convertCommand({ runDir, quantization: options.quantization, cacheDir: options.cacheDir, ...session(command) });
     });
 
   program
     .command('sweep')
-    .description('run an experiment over a grid of values and name the best trial')
+    .description('run an experiment over a grid of values and name the best trial; `sweep status <id> --queue URL` shows a queued one')
     .argument('[experiment]', 'experiment YAML file with a sweep: block, or use --grid')
+    .argument('[sweep-id]', 'with `status`: the sweep to show')
     .addOption(setOption())
     .option('--grid <key=v1,v2,...>', 'a swept key and its values (repeatable)', collect, [])
     .option('--resume <sweep-id>', 'continue a sweep: finished trials are skipped')
     .option('--max-trials <n>', 'run at most n trials', (v) => Number.parseInt(v, 10))
     .option('--parallel <n>', 'trials run at once (TensorFlow already uses every core)', (v) => Number.parseInt(v, 10), 1)
+    .option('--queue <redis-url>', 'run the trials on `tlx worker` processes through this Redis (BullMQ)')
+    .option('--artifacts <dir>', 'with --queue: the folder every worker shares for run and sweep folders (default: the runs dir)')
+    .option('--wait', 'with --queue: follow the sweep to its end and write its results')
     .option('--cache-dir <dir>', 'download/extraction cache')
-    .action(async (file: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; cacheDir?: string }, command: Command) => {
+    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; cacheDir?: string; queue?: string; artifacts?: string; wait?: boolean }, command: Command) => {
+      if (file === 'status') {
+        if (!sweepId) throw new UserError('sweep status: expected a sweep id');
+        const { sweepStatusCommand } = await import('./commands/sweep.ts');
+        await sweepStatusCommand({ sweepId, queue: options.queue, artifacts: options.artifacts, runsDir: globals(command).runsDir, ...session(command) });
+        return;
+      }
       const { sweepCommand } = await import('./commands/sweep.ts');
-      await sweepCommand({ file, ...options, runsDir: globals(command).runsDir, log: logger(command) });
+      await sweepCommand({ file, ...options, runsDir: globals(command).runsDir, ...session(command) });
+    });
+
+  program
+    .command('worker')
+    .description('run queued sweep trials (from `tlx sweep --queue`) until stopped; Ctrl-C finishes the current trial')
+    .requiredOption('--queue <redis-url>', 'the Redis the sweeps are queued on, e.g. redis://host:6379')
+    .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
+    .option('--cache-dir <dir>', 'download/extraction cache of this machine')
+    .action(async (options: { queue: string; concurrency: number; cacheDir?: string }, command: Command) => {
+      const { workerCommand } = await import('./commands/worker.ts');
+      await workerCommand({ ...options, log: logger(command) });
+    });
+
+  program
+    .command('__trial', { hidden: true })
+    .argument('<request>')
+    .argument('<result>')
+    .option('--cache-dir <dir>')
+    .action(async (request: string, result: string, options: { cacheDir?: string }, command: Command) => {
+      const { trialCommand } = await import('./commands/trial.ts');
+      await trialCommand({ request, result, cacheDir: options.cacheDir ?? globals(command).cacheDir, log: logger(command) });
     });
 
   program
@@ -122,16 +178,18 @@ export function buildProgram(): Command {
     .option('--out <file>', 'write the table for a folder as .csv or .json')
     .action(async (model: string, images: string[], options: { topK: number; resize: 'bilinear' | 'nearest'; out?: string }, command: Command) => {
       const { predictCommand } = await import('./commands/predict.ts');
-      await predictCommand({ model, images, ...options, json: Boolean(globals(command).json), log: logger(command) });
+      await predictCommand({ model, images, ...options, ...session(command) });
     });
 
   program
     .command('ui')
     .description('start a local MLflow dashboard over every local run (127.0.0.1)')
     .option('--port <n>', 'port', (v) => Number.parseInt(v, 10), 5000)
-    .action(async (options: { port: number }, command: Command) => {
+    .option('--experiment <name>', 'open this experiment (default: the newest run\'s)')
+    .option('--open', 'open the page in a browser')
+    .action(async (options: { port: number; experiment?: string; open?: boolean }, command: Command) => {
       const { uiCommand } = await import('./commands/ui.ts');
-      await uiCommand({ port: options.port, runsDir: globals(command).runsDir, log: logger(command) });
+      await uiCommand({ port: options.port, experiment: options.experiment, open: Boolean(options.open), runsDir: globals(command).runsDir, log: logger(command) });
     });
 
   program
@@ -142,6 +200,26 @@ export function buildProgram(): Command {
     .action(async (runDirs: string[], options: { trackingUri?: string }, command: Command) => {
       const { syncCommand } = await import('./commands/sync.ts');
       await syncCommand({ runDirs, trackingUri: options.trackingUri, runsDir: globals(command).runsDir, log: logger(command) });
+    });
+
+  program
+    .command('runs')
+    .description('list the runs under the runs folder, newest first (from the run folders; no server)')
+    .option('--status <status>', 'only runs with this status (FINISHED, FAILED, KILLED, RUNNING)')
+    .option('--name <text>', 'only runs whose experiment name contains this')
+    .option('-n, --limit <n>', 'at most this many', (v) => Number.parseInt(v, 10))
+    .action(async (options: { status?: string; name?: string; limit?: number }, command: Command) => {
+      const { runsCommand } = await import('./commands/runs.ts');
+      await runsCommand({ ...options, runsDir: globals(command).runsDir, ...session(command) });
+    });
+
+  program
+    .command('show')
+    .description("a run's summary: status, metrics, per-class table, export, where its files are")
+    .argument('<run>', 'run folder, run id, or the end of one')
+    .action(async (run: string, _options: unknown, command: Command) => {
+      const { showCommand } = await import('./commands/runs.ts');
+      await showCommand({ run, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   return program;
@@ -160,15 +238,15 @@ export async function main(argv: readonly string[]): Promise<number> {
       return benign.includes(error.code) ? exitCodes.ok : exitCodes.invalidInput;
     }
     const verbose = process.argv.includes('--verbose') || process.argv.includes('-v') || argv.includes('--verbose');
-    if (error instanceof Error && error.name === 'InterruptedRun') {
-      process.stderr.write(`tlx: ${error.message}\n`);
+    if (error instanceof InterruptedError) {
+      process.stderr.write(`tlx: ${redactText(error.message)}\n`);
       return exitCodes.interrupted;
     }
     if (error instanceof UserError) {
-      process.stderr.write(`tlx: ${error.message}\n`);
+      process.stderr.write(`tlx: ${redactText(error.message)}\n`);
       return exitCodes.invalidInput;
     }
-    process.stderr.write(`tlx: ${verbose && error instanceof Error && error.stack ? error.stack : errorMessage(error)}\n`);
+    process.stderr.write(`tlx: ${redactText(verbose && error instanceof Error && error.stack ? error.stack : errorMessage(error))}\n`);
     if (!verbose) process.stderr.write('(run with --verbose for the stack trace)\n');
     return exitCodes.failure;
   }

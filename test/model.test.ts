@@ -5,16 +5,16 @@ import { describe, test } from 'node:test';
 import type { LayersModel, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { execa } from 'execa';
 import { ImageSplit } from '../src/data/images.ts';
-import { venvPython } from '../src/export/bridge.ts';
+import { venvPython } from '../src/export/python.ts';
 import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
 import { compileGraph, FoldedInference, StagedModel } from '../src/models/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
 import { namedVariables } from '../src/models/variables.ts';
 import { assignWeights, imagenetWeightsUrl, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
-import { projectRoot } from '../src/version.ts';
-import { tf } from '../src/tf.ts';
-import { saveCheckpoint } from '../src/train/checkpoint.ts';
-import { runPhase, type EpochRecord } from '../src/train/engine.ts';
+import { projectRoot } from '../src/core/project.ts';
+import { tf } from '../src/tfjs/tf.ts';
+import { writeCheckpoint } from '../src/run-folder/checkpoints.ts';
+import { fitPhase, type EpochRecord } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { tempDir } from './helpers/tmp.ts';
@@ -37,7 +37,7 @@ async function kerasReference(args: string[]): Promise<string> {
  */
 async function parityWithKeras(base: LayersModel, alpha: number, height: number, width: number): Promise<number> {
   const dir = fs.mkdtempSync(path.join(work, 'parity-'));
-  await saveCheckpoint(path.join(dir, 'weights'), base, undefined, { epoch: 0, phase: 'test' });
+  await writeCheckpoint(path.join(dir, 'weights'), base, undefined, { epoch: 0, phase: 'test' });
   const x = tf.randomUniform([2, height, width, 3], -1, 1, 'float32', 5);
   fs.writeFileSync(path.join(dir, 'x.f32'), Buffer.from((x.dataSync() as Float32Array).buffer));
   await kerasReference(['features', path.join(dir, 'weights'), String(alpha), String(height), String(width), path.join(dir, 'x.f32'), path.join(dir, 'y.f32')]);
@@ -110,7 +110,7 @@ describe('weight loaders', () => {
     const file = path.join(work, 'random_0.35_96_no_top.h5');
     await kerasReference(['h5', '0.35', '96', file, '3']);
     const weights = await readKerasH5(file);
-    assert.equal(weights.get('block_1_depthwise/depthwise_kernel')?.shape.join('x'), '3x3x96x1'.replace('96', '48'));
+    assert.equal(weights.get('block_1_depthwise/kernel')?.shape.join('x'), '3x3x96x1'.replace('96', '48'));
     const base = mobileNetV2({ alpha: 0.35, inputShape: [96, 96, 3] });
     const { assigned } = assignWeights(base, weights, { requireAll: true, what: 'h5' });
     assert.equal(assigned, 260);
@@ -163,24 +163,25 @@ async function tinySplit(name: string, perClass: number): Promise<ImageSplit> {
 /** One phase of SGD on a split (training and validation alike), as tlx runs it. */
 async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; onEpochEnd?: (record: EpochRecord) => void }): Promise<void> {
   const optimizer = createOptimizer({ name: 'sgd', learning_rate: options.learningRate });
-  await runPhase(
-    {
-      model: classifier.model,
-      objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
-      train: split,
-      validation: split,
-      batchSize: options.batchSize,
-      seed: options.seed,
-      augment: (images: Tensor4D) => images.clone(),
-      onEpochEnd: async (record) => options.onEpochEnd?.(record),
-      shouldStop: () => false,
-      progress: false,
-      cacheFrozenOutputs: options.cacheFrozenOutputs,
-      log: () => {},
-    },
-    { phase, startEpoch: 0, endEpoch: options.epochs, phaseStartEpoch: 0, optimizer, learningRateAt: () => options.learningRate },
-  );
-  optimizer.dispose();
+  try {
+    await fitPhase(
+      {
+        model: classifier.model,
+        objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
+        train: split,
+        validation: split,
+        batchSize: options.batchSize,
+        seed: options.seed,
+        augment: (images: Tensor4D) => images.clone(),
+        cacheFrozenOutputs: options.cacheFrozenOutputs,
+        log: () => {},
+      },
+      { phase, first: 1, last: options.epochs, resumeAfter: 0, optimizer, learningRateAt: () => options.learningRate },
+      [{ onEpochEnd: (record) => options.onEpochEnd?.(record) }],
+    );
+  } finally {
+    optimizer.dispose();
+  }
 }
 
 describe('freezing as Keras does', () => {

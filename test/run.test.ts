@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import type { RunMeta, RunSummary } from '../src/run.ts';
+import type { RunJson as RunMeta, RunSummary } from '../src/run-folder/records.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readMetrics, runDirOf, waitForEpoch, writeExperiment } from './helpers/runs.ts';
@@ -125,7 +125,8 @@ describe('tlx run', () => {
     assert.equal(result.exitCode, 130);
     assert.ok(dir);
     assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as RunMeta).status, 'KILLED');
-    assert.ok(fs.existsSync(path.join(dir, 'checkpoints', 'interrupted', 'checkpoint.json')));
+    assert.ok(fs.existsSync(path.join(dir, 'checkpoints', 'last', 'checkpoint.json')), 'the last completed epoch is checkpointed');
+    assert.ok(!fs.existsSync(path.join(dir, 'checkpoints', 'interrupted')), 'no half-epoch checkpoint: resume starts the interrupted epoch again');
     const epochs = readMetrics(dir).map((m) => m.epoch);
     assert.ok(epochs.length < 22);
     const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });

@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag } from '../src/sweep/grid.ts';
-import { bestTrial, resultsCsv, type TrialRow } from '../src/sweep/results.ts';
-import { LocalScheduler } from '../src/sweep/scheduler.ts';
+import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag } from '../src/sweep/plan.ts';
+import { bestTrial, resultsCsv, type TrialRow } from '../src/sweep/report.ts';
+import { LocalScheduler } from '../src/sweep/schedule.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
@@ -145,8 +145,8 @@ describe('tlx sweep', () => {
       'and the trial ends where the independent run ends',
     );
 
-    const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as Record<string, { run_id: string }>;
-    const parentRunId = parent[server.url].run_id;
+    const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> };
+    const parentRunId = parent.servers[server.url].run_id;
     for (const trial of [leader, follower]) {
       const child = await readRunWithMlflow(server.url, mlflowState(trial.run_dir!, server.url).run_id, []);
       assert.equal(child.tags['mlflow.parentRunId'], parentRunId);

@@ -1,46 +1,36 @@
-import fs from 'node:fs';
-import YAML from 'yaml';
-import type { ResolvedExperiment } from '../config/resolved.ts';
-import { prepareDataset } from '../data/dataset.ts';
-import { UserError } from '../errors.ts';
-import type { Logger } from '../log.ts';
-import { buildClassifier, type ClassifierSpec } from '../models/classifier.ts';
-import { exportStage, type RunMeta, type RunSummary } from '../run.ts';
-import { loadCheckpoint } from '../train/checkpoint.ts';
-import { evaluate } from '../train/engine.ts';
-import { RunFolder } from '../track/run-store.ts';
-
-type Quantization = NonNullable<ResolvedExperiment['export']['tflite']>['quantization'];
+import { listenForInterrupt } from '../core/interrupt.ts';
+import type { Logger } from '../core/log.ts';
+import { exportFinishedRun } from '../run/export-finished.ts';
+import type { Quantization } from '../run/export-stage.ts';
+import { RunFolder } from '../run-folder/run-folder.ts';
+import type { Terminal } from '../ui/terminal.ts';
+import { exportBlock } from './blocks.ts';
 
 export interface ConvertOptions {
   runDir: string;
   quantization?: string;
   cacheDir?: string;
   log: Logger;
+  terminal: Terminal;
+  json: boolean;
 }
 
-/** `tlx convert`: export a finished run again (another quantization mode), no retraining. */
+/**
+ * `tlx convert`: export a finished run again (another quantization mode), no retraining.
+ * The new file is made in a staging folder and moved into place only once verified, so a
+ * failed conversion never replaces a verified export.
+ */
 export async function convertCommand(options: ConvertOptions): Promise<void> {
   const folder = RunFolder.open(options.runDir);
-  if (!folder.exists('model/classifier.json') || !folder.exists('summary.json')) throw new UserError(`${options.runDir}: the run has no trained model yet (finish or resume it first)`);
-  const config = YAML.parse(fs.readFileSync(folder.file('config.yaml'), 'utf8')) as ResolvedExperiment;
-  const meta = folder.readJson<RunMeta>('run.json');
-  const spec = folder.readJson<ClassifierSpec>('model/classifier.json');
-  const dataset = await prepareDataset(config, { baseDir: meta.base_dir, cacheDir: options.cacheDir, log: options.log });
-  const classifier = buildClassifier(spec);
-  await loadCheckpoint(folder.file('model', 'named'), classifier.model);
-  const split = dataset.splits.test.length > 0 ? 'test' : 'validation';
-  const objective = { head: classifier.head, classCount: dataset.classNames.length, labelSmoothing: 0 };
-  const evaluation = { name: split, ...evaluate(classifier.model, objective, dataset.splits[split], config.dataset.batch_size) };
-  const quantization = options.quantization as Quantization | undefined;
-  const record = await exportStage({ folder, config, dataset, classifier, evaluation, log: options.log, quantization });
-  const summary = folder.readJson<RunSummary>('summary.json');
-  const configured = config.export.tflite?.quantization ?? 'int8';
-  const mode = quantization ?? configured;
-  const exports = (summary.export ?? {}) as Record<string, unknown>;
-  if (mode === configured) exports.tflite = record;
-  else exports.tflite_modes = { ...((exports.tflite_modes as Record<string, unknown>) ?? {}), [mode]: { ...record, path: `tflite-${mode}/${record.path}` } };
-  folder.writeJson('summary.json', { ...summary, export: exports });
-  process.stdout.write(`${JSON.stringify({ run_id: folder.id, quantization: mode, status: record.status, bytes: record.bytes, accuracy: record.accuracy, median_latency_ms: record.median_latency_ms })}\n`);
-  if (record.status !== 'verified') throw new Error(`export ${mode} failed verification: ${record.problems.join('; ')}`);
+  folder.lock();
+  const interrupt = listenForInterrupt(options.log, 'stopping the conversion');
+  try {
+    const record = await exportFinishedRun(folder, { mode: options.quantization as Quantization | undefined, cacheDir: options.cacheDir, log: options.log, interrupt });
+    if (options.json) options.terminal.print(JSON.stringify({ run_id: folder.id, quantization: record.quantization, status: record.status, bytes: record.bytes, accuracy: record.accuracy, median_latency_ms: record.median_latency_ms }));
+    else options.terminal.print(exportBlock(folder, record, options.terminal.outputStyle));
+    if (record.status !== 'verified') throw new Error(`export ${record.quantization} failed verification: ${record.problems.join('; ')} (the previous export, if any, is unchanged)`);
+  } finally {
+    interrupt.release();
+    folder.unlock();
+  }
 }

@@ -1,9 +1,10 @@
 import path from 'node:path';
 import { loadExperiment } from '../config/load.ts';
+import type { Logger } from '../core/log.ts';
 import { prepareDataset, splitCounts } from '../data/dataset.ts';
 import { writeAugmentationPreview, writeSampleGrid } from '../data/pictures.ts';
-import type { Logger } from '../log.ts';
-import { newRunId } from '../track/run-store.ts';
+import { newRunId } from '../run-folder/run-folder.ts';
+import type { Terminal } from '../ui/terminal.ts';
 
 export interface DataCommandOptions {
   file: string;
@@ -13,6 +14,7 @@ export interface DataCommandOptions {
   runsDir: string;
   json: boolean;
   log: Logger;
+  terminal: Terminal;
 }
 
 /** `tlx data`: everything `run` does with the data, and the pictures, without a model. */
@@ -23,9 +25,9 @@ export async function dataCommand(options: DataCommandOptions): Promise<void> {
   const pictures = { samples: path.join(out, 'samples.png'), augmentation: path.join(out, 'augmentation.png') };
   await writeSampleGrid(dataset.splits.train, dataset.classNames, config.seed, pictures.samples);
   await writeAugmentationPreview(dataset.splits.train, config.augmentation, config.seed, pictures.augmentation);
-  const result = { classes: dataset.classNames, counts: splitCounts(dataset), skipped: dataset.skipped, storage: dataset.storage, root: dataset.source.root, pictures };
+  const result = { classes: dataset.classNames, counts: splitCounts(dataset), skipped: dataset.skipped, storage: dataset.storage, root: dataset.source.root, digest: dataset.digest, pictures };
   if (options.json) {
-    process.stdout.write(`${JSON.stringify(result)}\n`);
+    options.terminal.print(JSON.stringify(result));
     return;
   }
   const lines = [
@@ -34,5 +36,5 @@ export async function dataCommand(options: DataCommandOptions): Promise<void> {
     `skipped ${result.skipped.length} file(s)${result.skipped.length ? `: ${result.skipped.slice(0, 5).map((s) => `${s.file} (${s.reason})`).join('; ')}${result.skipped.length > 5 ? '; ...' : ''}` : ''}`,
     `pictures: ${pictures.samples}, ${pictures.augmentation}`,
   ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  options.terminal.print(lines.join('\n'));
 }

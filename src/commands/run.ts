@@ -1,6 +1,10 @@
 import { loadExperiment } from '../config/load.ts';
-import type { Logger } from '../log.ts';
-import { executeRun } from '../run.ts';
+import { listenForInterrupt } from '../core/interrupt.ts';
+import type { Logger } from '../core/log.ts';
+import { executeRun } from '../run/run.ts';
+import { TerminalRunProgress } from '../run/terminal-progress.ts';
+import type { Terminal } from '../ui/terminal.ts';
+import { runBlock } from './blocks.ts';
 
 export interface RunCommandOptions {
   file?: string;
@@ -9,36 +13,32 @@ export interface RunCommandOptions {
   cacheDir?: string;
   runsDir: string;
   log: Logger;
+  terminal: Terminal;
+  json: boolean;
 }
 
-/** Ctrl-C once: finish the current batch, save, mark the run KILLED. Twice: exit now. */
-function interruptFlag(log: Logger): { stop: () => boolean; release: () => void } {
-  let requested = false;
-  const onSignal = () => {
-    if (requested) process.exit(130);
-    requested = true;
-    log.warn('interrupt: stopping after the current batch (Ctrl-C again to quit at once)');
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  return {
-    stop: () => requested,
-    release: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    },
-  };
-}
-
+/**
+ * `tlx run`: train an experiment (or continue one); Ctrl-C stops after the batch, resumable.
+ * Ends with the run's block for a person, or one JSON line for scripts.
+ */
 export async function runCommand(options: RunCommandOptions): Promise<void> {
-  const experiment = options.file ? loadExperiment(options.file, { overrides: options.overrides }) : undefined;
-  const interrupt = interruptFlag(options.log);
+  const start = options.file ? { experiment: loadExperiment(options.file, { overrides: options.overrides }) } : { resume: options.resume! };
+  const interrupt = listenForInterrupt(options.log);
+  const { terminal } = options;
   try {
-    const { folder, summary } = await executeRun(experiment, { runsDir: options.runsDir, cacheDir: options.cacheDir, log: options.log, resume: options.resume, shouldStop: interrupt.stop });
+    const { folder, summary } = await executeRun(start, {
+      runsDir: options.runsDir,
+      cacheDir: options.cacheDir,
+      log: options.log,
+      interrupt,
+      progress: terminal.interactive ? (config) => new TerminalRunProgress(terminal, config) : undefined,
+    });
+    if (!options.json) {
+      terminal.print(runBlock(folder, summary, terminal.outputStyle));
+      return;
+    }
     const final = summary.metrics.final;
-    process.stdout.write(
-      `${JSON.stringify({ run_id: summary.run_id, dir: folder.dir, status: summary.status, val_accuracy: final?.val_accuracy, test_accuracy: final?.test_accuracy, ...(summary.export ? { export: summary.export } : {}) })}\n`,
-    );
+    terminal.print(JSON.stringify({ run_id: summary.run_id, dir: folder.dir, status: summary.status, val_accuracy: final?.val_accuracy, test_accuracy: final?.test_accuracy, ...(summary.export ? { export: summary.export } : {}) }));
   } finally {
     interrupt.release();
   }

@@ -95,6 +95,18 @@ export interface Dataset {
    * What to do with files that are not decodable images: skip them (counted and recorded) or fail.
    */
   on_bad_file?: 'skip' | 'fail';
+  /**
+   * Refuse a dataset download larger than this many bytes (20 GiB by default), before the disk fills: by Content-Length when the server sends it, else counted while streaming.
+   */
+  max_download_bytes?: number;
+  /**
+   * Refuse an archive whose unpacked size is over this many bytes (20 GiB by default).
+   */
+  max_extracted_bytes?: number;
+  /**
+   * Images whose header announces more pixels (width x height) than this are not decoded: skipped and recorded, or refused with on_bad_file: fail.
+   */
+  max_image_pixels?: number;
 }
 /**
  * One augmentation step: an object with exactly one key naming the Keras preprocessing layer.
@@ -275,6 +287,27 @@ export interface Export {
      * Largest accepted test-accuracy drop of the .tflite against the trained model (0.02 = 2 points).
      */
     max_accuracy_drop?: number;
+    /**
+     * TFLite metadata embedded in the model (read by MediaPipe Tasks and the TFLite Task Library). Labels, normalization and the version (tlx version + run id) are always embedded; these fields are optional.
+     */
+    metadata?: {
+      /**
+       * Model name (default: the experiment's name).
+       */
+      name?: string;
+      /**
+       * What the model does (default: the base, the classes and the image size).
+       */
+      description?: string;
+      /**
+       * Author, embedded as is.
+       */
+      author?: string;
+      /**
+       * License of the model, embedded as is.
+       */
+      license?: string;
+    };
   };
 }
 export interface Tracking {
@@ -287,6 +320,10 @@ export interface Tracking {
      * MLflow server URL; MLFLOW_TRACKING_URI is used when unset.
      */
     tracking_uri?: string;
+    /**
+     * Register each run's exported TFLite model as a new version of this Model Registry model (with its test accuracy, quantization and size as tags); a sweep registers only its best trial.
+     */
+    register_model?: string;
   };
 }
 /**
@@ -307,4 +344,8 @@ export interface Sweep {
   };
   metric?: 'val_accuracy' | 'val_loss' | 'test_accuracy' | 'test_loss' | 'tflite_accuracy';
   goal?: 'max' | 'min';
+  /**
+   * Which trials export TFLite (when the experiment exports): all of them, only the best one (after every trial finished; the results say which), or none.
+   */
+  export?: 'all' | 'best' | 'none';
 }

@@ -1,8 +1,8 @@
 import path from 'node:path';
 import YAML from 'yaml';
-import { sha256Hex } from '../hash.ts';
-import { ConfigError, type Location, type Problem } from '../errors.ts';
-import { baseModels } from '../models/registry.ts';
+import { ConfigError, type Location, type Problem } from '../core/errors.ts';
+import { canonicalJson, sha256Hex } from '../core/hash.ts';
+import { baseLayerCount } from './bases.ts';
 import { explainSchemaErrors } from './messages.ts';
 import { applyOverride, mergeConfigs, parseOverride, type Override } from './overrides.ts';
 import type { ResolvedExperiment } from './resolved.ts';
@@ -113,11 +113,11 @@ function locate(keyPath: string[], atKey: boolean, chain: YamlSource[], override
   return locationAt(best.source, best.offset);
 }
 
-/** Rules that involve several keys or facts about the base model: not expressible in the schema. */
 function byPosition(a: Problem, b: Problem): number {
   return a.location.file.localeCompare(b.location.file) || (a.location.line ?? 0) - (b.location.line ?? 0) || (a.location.column ?? 0) - (b.location.column ?? 0);
 }
 
+/** Rules that involve several keys or facts about the base model: not expressible in the schema. */
 function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; message: string; atValue?: boolean }[] {
   const found: { keyPath: string[]; message: string; atValue?: boolean }[] = [];
   const { dataset } = config;
@@ -133,7 +133,7 @@ function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; me
   if (dataset.train_dir === undefined && dataset.validation_split === undefined) {
     found.push({ keyPath: ['dataset'], message: 'expected train_dir + validation_dir, or validation_split to split one folder' });
   }
-  const layerCount = baseModels[config.model.base].layerCount;
+  const layerCount = baseLayerCount(config.model);
   if (config.train.fine_tune.fine_tune_at > layerCount) {
     found.push({
       keyPath: ['train', 'fine_tune', 'fine_tune_at'],
@@ -144,13 +144,6 @@ function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; me
   return found;
 }
 
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as PlainObject).sort(([a], [b]) => a.localeCompare(b))) : v,
-  );
-}
-
-export { sha256Hex };
 
 /**
  * Loads an experiment file: parses YAML, follows `extends`, applies `--set`, fills the

@@ -1,7 +1,7 @@
 import YAML from 'yaml';
-import type { Problem } from '../errors.ts';
+import type { Problem } from '../core/errors.ts';
 import { schemaAtPath } from './schema.ts';
-import { isPlainObject, type PlainObject } from './sources.ts';
+import { forbiddenKeyMessage, forbiddenKeys, isPlainObject, type PlainObject } from './sources.ts';
 
 /** One `--set key.path=value` flag, parsed. */
 export interface Override {
@@ -37,6 +37,11 @@ export function parseOverride(flag: string, problems: Problem[]): Override | und
     return undefined;
   }
   const keyPath = rawKey.split('.');
+  const forbidden = keyPath.find((key) => forbiddenKeys.has(key));
+  if (forbidden) {
+    problems.push({ location, keyPath: rawKey, message: forbiddenKeyMessage(forbidden) });
+    return undefined;
+  }
   if (expectsOnlyStrings(keyPath)) return { flag, keyPath, value: rawValue };
   const doc = YAML.parseDocument(rawValue, { prettyErrors: false });
   if (doc.errors.length > 0) {

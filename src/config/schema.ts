@@ -76,3 +76,16 @@ export function schemaAtPath(keyPath: readonly string[]): SchemaNode | undefined
 export function allowedKeys(keyPath: readonly string[]): string[] {
   return Object.keys(schemaAtPath(keyPath)?.properties ?? {});
 }
+
+/**
+ * The schema's defaults for an object at a key path (e.g. export.tflite when an experiment
+ * did not ask for an export but `tlx convert` makes one): defaults live only in the schema.
+ */
+export function schemaDefaults<T>(keyPath: readonly string[]): T {
+  const node = schemaAtPath(keyPath);
+  if (!node) throw new Error(`no schema node at ${keyPath.join('.')}`);
+  const validate = new Ajv({ useDefaults: true, strict: false, allowUnionTypes: true }).compile({ ...node, definitions: experimentSchema.definitions });
+  const value = {};
+  validate(value);
+  return value as T;
+}

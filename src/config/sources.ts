@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import YAML, { LineCounter, isMap, isPair, isScalar, isSeq, type Document, type Node } from 'yaml';
-import type { Location, Problem } from '../errors.ts';
+import type { Location, Problem } from '../core/errors.ts';
 
 /** One parsed experiment file, kept with its YAML tree so errors can point at lines. */
 export interface YamlSource {
@@ -13,6 +13,38 @@ export interface YamlSource {
 }
 
 export type PlainObject = Record<string, unknown>;
+
+/** Keys that would reach Object.prototype when a config is merged or overridden: refused wherever keys come from users. */
+export const forbiddenKeys: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
+export function forbiddenKeyMessage(key: string): string {
+  return `the key "${key}" is not allowed (it could change JavaScript's object prototype)`;
+}
+
+/** An experiment file larger than this is refused before it is parsed. */
+export const maxExperimentFileBytes = 1024 * 1024;
+
+/** Every mapping key in the document that is a forbidden key, with its position. */
+function forbiddenKeyProblems(source: YamlSource): Problem[] {
+  const problems: Problem[] = [];
+  const visit = (node: Node | null | undefined, keyPath: string[]) => {
+    if (isMap(node)) {
+      for (const item of node.items) {
+        if (!isPair(item)) continue;
+        const key = isScalar(item.key) ? String(item.key.value) : '';
+        if (forbiddenKeys.has(key)) {
+          problems.push({ location: locationAt(source, (item.key as Node).range?.[0] ?? 0), keyPath: [...keyPath, key].join('.'), message: forbiddenKeyMessage(key) });
+          continue;
+        }
+        visit(item.value as Node, [...keyPath, key]);
+      }
+    } else if (isSeq(node)) {
+      node.items.forEach((item, index) => visit(item as Node, [...keyPath, String(index)]));
+    }
+  };
+  visit(source.doc.contents, []);
+  return problems;
+}
 
 export function isPlainObject(value: unknown): value is PlainObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -27,6 +59,11 @@ export function locationAt(source: YamlSource, offset: number): Location {
 export function parseYamlFile(file: string, displayName: string, problems: Problem[]): YamlSource | undefined {
   let text: string;
   try {
+    const size = fs.statSync(file).size;
+    if (size > maxExperimentFileBytes) {
+      problems.push({ location: { file: displayName }, keyPath: '', message: `${size} bytes; an experiment file may be at most ${maxExperimentFileBytes} bytes (1 MiB)` });
+      return undefined;
+    }
     text = fs.readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
@@ -47,7 +84,19 @@ export function parseYamlFile(file: string, displayName: string, problems: Probl
     }
     return undefined;
   }
-  const value: unknown = doc.toJS({ maxAliasCount: 100 });
+  const forbidden = forbiddenKeyProblems(source);
+  if (forbidden.length > 0) {
+    problems.push(...forbidden);
+    return undefined;
+  }
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (error) {
+    // The yaml library refuses documents whose aliases expand too far (a "billion laughs").
+    problems.push({ location: { file: displayName }, keyPath: '', message: `cannot read the YAML: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` });
+    return undefined;
+  }
   if (!isPlainObject(value)) {
     const found = value === null || value === undefined ? 'an empty document' : Array.isArray(value) ? 'a list' : `a ${typeof value}`;
     problems.push({ location: { file: displayName, line: 1, column: 1 }, keyPath: '', message: `found ${found}, expected a mapping of keys (name:, dataset:, ...)` });

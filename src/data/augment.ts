@@ -1,8 +1,8 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import type { AugmentationOp, FillMode, Interpolation } from '../config/resolved.ts';
-import { runOp } from '../native-ops.ts';
-import type { Random } from '../random.ts';
-import { tf } from '../tf.ts';
+import { runOp } from '../tfjs/native-ops.ts';
+import type { Random } from '../core/random.ts';
+import { tf } from '../tfjs/tf.ts';
 
 /**
  * Augmentation with the semantics of Keras 3's preprocessing layers (RandomFlip,

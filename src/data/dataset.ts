@@ -1,12 +1,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ResolvedExperiment } from '../config/resolved.ts';
-import { UserError } from '../errors.ts';
-import { silentLogger, type Logger } from '../log.ts';
-import { resolveCacheDir } from './cache.ts';
-import { downloadToCache, fileNameOf } from './download.ts';
+import { UserError } from '../core/errors.ts';
+import { sha256Hex } from '../core/hash.ts';
+import { silentLogger, type Logger } from '../core/log.ts';
+import { redactedMark, redactUrl } from '../core/redact.ts';
+import { resolveCacheDir } from '../net/cache-dir.ts';
+import { defaultMaxBytes, downloadToCache, fileNameOf } from '../net/download.ts';
 import { archiveKindOf, extractArchive, type ExtractLimits } from './extract.ts';
-import { ImageSplit, type ImageSize, type StorageMode } from './images.ts';
+import { defaultMaxImagePixels, ImageSplit, type ImageSize, type StorageMode } from './images.ts';
 import { planSplits, type DataPlan, type Scans, type SplitName } from './plan.ts';
 import { scanClassFolders, type SkippedFile } from './scan.ts';
 
@@ -17,12 +19,18 @@ export interface PrepareOptions {
   log?: Logger;
   /** Keep decoded images in memory up to this many bytes (default 4 GiB, $TLX_MEMORY_BUDGET_MB). */
   memoryBudgetBytes?: number;
-  extractLimits?: ExtractLimits;
+  extractLimits?: Partial<ExtractLimits>;
+  /**
+   * The archive a run already used (dataset.json): a resumed run whose stored URL had its
+   * secrets removed finds the extracted archive in the cache by this checksum.
+   */
+  knownArchiveSha256?: string;
 }
 
 export interface DatasetSource {
   /** The folder the class folders were read from. */
   root: string;
+  /** The URL with credentials and query removed (what may be written and logged). */
   url?: string;
   archiveSha256?: string;
   fromCache?: boolean;
@@ -36,30 +44,46 @@ export interface PreparedDataset {
   imageSize: ImageSize;
   storage: StorageMode;
   source: DatasetSource;
+  /** sha256 of the archive, or of the sorted file list with sizes for a folder. */
+  digest: string;
+  /** Bytes of decoded pixels held in memory. */
+  memoryBytes: number;
 }
 
 export function splitCounts(dataset: PreparedDataset): Record<SplitName, number> {
   return { train: dataset.splits.train.length, validation: dataset.splits.validation.length, test: dataset.splits.test.length };
 }
 
+function extractedDirFor(cacheDir: string, archiveSha256: string): string {
+  return path.join(cacheDir, 'extracted', archiveSha256.slice(0, 32));
+}
+
 /** Downloads (cached) and extracts (cached) a dataset.url; returns the dataset folder. */
-async function fetchDataset(config: ResolvedExperiment['dataset'], cacheDir: string, log: Logger, limits?: ExtractLimits): Promise<DatasetSource> {
+async function fetchDataset(config: ResolvedExperiment['dataset'], cacheDir: string, log: Logger, options: PrepareOptions): Promise<DatasetSource> {
   const url = config.url!;
+  const safeUrl = redactUrl(url);
+  if (url.includes(redactedMark)) {
+    // A stored config (resume, convert): its URL lost its secrets; the cache still has the data.
+    const known = options.knownArchiveSha256 ?? config.sha256;
+    if (known && fs.existsSync(extractedDirFor(cacheDir, known))) return { root: extractedDirFor(cacheDir, known), url: safeUrl, archiveSha256: known, fromCache: true };
+    throw new UserError(`dataset.url: ${safeUrl}: the run stored this URL without its credentials and the archive is no longer in the cache (${cacheDir}); run the experiment file again`);
+  }
   const kind = archiveKindOf(fileNameOf(url));
-  if (!kind) throw new UserError(`dataset.url: ${url}: expected a .zip, .tar, .tar.gz or .tgz archive`);
-  const downloaded = await downloadToCache(url, { cacheDir, sha256: config.sha256, log });
-  const extracted = path.join(cacheDir, 'extracted', downloaded.sha256.slice(0, 32));
+  if (!kind) throw new UserError(`dataset.url: ${safeUrl}: expected a .zip, .tar, .tar.gz or .tgz archive`);
+  const downloaded = await downloadToCache(url, { cacheDir, sha256: config.sha256, maxBytes: config.max_download_bytes ?? defaultMaxBytes, what: 'dataset.url', log });
+  const extracted = extractedDirFor(cacheDir, downloaded.sha256);
   if (!fs.existsSync(extracted)) {
     log.info({ archive: downloaded.file }, 'extracting');
-    await extractArchive(downloaded.file, kind, extracted, limits);
+    await extractArchive(downloaded.file, kind, extracted, { maxEntries: options.extractLimits?.maxEntries ?? 500_000, maxBytes: options.extractLimits?.maxBytes ?? config.max_extracted_bytes ?? defaultMaxBytes });
   }
-  return { root: extracted, url, archiveSha256: downloaded.sha256, fromCache: downloaded.fromCache };
+  return { root: extracted, url: safeUrl, archiveSha256: downloaded.sha256, fromCache: downloaded.fromCache };
 }
 
 /** The dataset folder: `subdir`, else the archive's single top-level folder, else the root. */
 function datasetRoot(root: string, subdir: string | undefined, fromArchive: boolean): string {
   if (subdir) {
-    const inner = path.join(root, subdir);
+    const inner = path.resolve(root, subdir);
+    if (!inner.startsWith(path.resolve(root) + path.sep) && inner !== path.resolve(root)) throw new UserError(`dataset.subdir: ${subdir} leaves the dataset folder`);
     if (!fs.existsSync(inner)) throw new UserError(`dataset.subdir: ${subdir} not found in ${root}`);
     return inner;
   }
@@ -77,6 +101,15 @@ export function scanDataset(config: ResolvedExperiment['dataset'], root: string)
     };
   }
   return { root, all: scanClassFolders(root, 'dataset') };
+}
+
+/** The digest of a folder dataset: sha256 over its planned files (relative path and size), sorted. */
+function folderDigest(plan: DataPlan, root: string): string {
+  const lines = Object.values(plan.splits)
+    .flat()
+    .map((sample) => `${path.relative(root, sample.file)}\t${fs.statSync(sample.file).size}`)
+    .sort();
+  return sha256Hex(lines.join('\n'));
 }
 
 function memoryBudget(options: PrepareOptions): number {
@@ -97,9 +130,7 @@ function formatBytes(bytes: number): string {
 export async function prepareDataset(config: ResolvedExperiment, options: PrepareOptions): Promise<PreparedDataset> {
   const log = options.log ?? silentLogger;
   const cacheDir = resolveCacheDir(options.cacheDir);
-  const source: DatasetSource = config.dataset.url
-    ? await fetchDataset(config.dataset, cacheDir, log, options.extractLimits)
-    : { root: path.resolve(options.baseDir, config.dataset.path!) };
+  const source: DatasetSource = config.dataset.url ? await fetchDataset(config.dataset, cacheDir, log, options) : { root: path.resolve(options.baseDir, config.dataset.path!) };
   source.root = datasetRoot(source.root, config.dataset.subdir, Boolean(config.dataset.url));
   const plan: DataPlan = planSplits(scanDataset(config.dataset, source.root), config.dataset, config.seed);
   const imageSize = config.dataset.image_size as ImageSize;
@@ -114,8 +145,9 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   );
   const skipped = [...plan.skipped];
   const splits = {} as Record<SplitName, ImageSplit>;
+  const maxPixels = config.dataset.max_image_pixels ?? defaultMaxImagePixels;
   for (const name of ['train', 'validation', 'test'] as const) {
-    const { split, bad } = ImageSplit.load(plan.splits[name], imageSize, storage);
+    const { split, bad } = ImageSplit.load(plan.splits[name], imageSize, storage, maxPixels);
     splits[name] = split;
     skipped.push(...bad.map((b) => ({ ...b, file: path.relative(source.root, b.file) })));
   }
@@ -128,5 +160,7 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   for (const name of ['train', 'validation'] as const) {
     if (splits[name].length === 0) throw new UserError(`dataset: no usable images in the ${name} split`);
   }
-  return { classNames: plan.classNames, splits, skipped, imageSize, storage, source };
+  const digest = source.archiveSha256 ?? folderDigest(plan, source.root);
+  const memoryBytes = storage === 'memory' ? Object.values(splits).reduce((sum, split) => sum + split.length * split.bytesPerImage, 0) : 0;
+  return { classNames: plan.classNames, splits, skipped, imageSize, storage, source, digest, memoryBytes };
 }

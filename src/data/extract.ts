@@ -3,7 +3,9 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
 import yauzl from 'yauzl';
-import { UserError } from '../errors.ts';
+import { UserError } from '../core/errors.ts';
+import { removeDeadTemps, tempPathFor } from '../core/files.ts';
+import { defaultMaxBytes } from '../net/download.ts';
 
 export interface ExtractLimits {
   /** Refuse archives with more entries than this. */
@@ -12,7 +14,7 @@ export interface ExtractLimits {
   maxBytes: number;
 }
 
-export const defaultLimits: ExtractLimits = { maxEntries: 500_000, maxBytes: 50 * 1024 ** 3 };
+export const defaultLimits: ExtractLimits = { maxEntries: 500_000, maxBytes: defaultMaxBytes };
 
 export type ArchiveKind = 'zip' | 'tar' | 'tar.gz';
 
@@ -31,12 +33,18 @@ interface EntryInfo {
   linkTarget?: string;
 }
 
-/** Where an entry would land, or a reason to refuse it: ../, absolute paths, links pointing out. */
-export function unsafeEntryReason(entry: EntryInfo): string | undefined {
+/**
+ * A reason to refuse an entry: ../, absolute paths, links pointing out, special files.
+ * Zip symlinks are refused outright: names are checked as text, and later entries written
+ * through links made by earlier ones (x -> ., x/a -> .., ...) could land anywhere; a dataset
+ * needs no links. (node-tar refuses such chains itself for tar archives.)
+ */
+export function unsafeEntryReason(entry: EntryInfo, format: 'zip' | 'tar' = 'tar'): string | undefined {
   const name = entry.name.replace(/\\/g, '/');
   if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) return 'absolute path';
   const resolved = path.posix.normalize(name);
   if (resolved === '..' || resolved.startsWith('../')) return 'path leaves the extraction folder';
+  if (entry.kind === 'symlink' && format === 'zip') return `symlink (to ${entry.linkTarget ?? '?'}); datasets need no links, so zip archives with links are refused`;
   if (entry.kind === 'symlink') {
     const target = (entry.linkTarget ?? '').replace(/\\/g, '/');
     if (target.startsWith('/')) return `symlink to absolute path ${target}`;
@@ -47,17 +55,17 @@ export function unsafeEntryReason(entry: EntryInfo): string | undefined {
   return undefined;
 }
 
-function checkAll(entries: EntryInfo[], archive: string, limits: ExtractLimits): void {
+function checkAll(entries: EntryInfo[], archive: string, limits: ExtractLimits, format: 'zip' | 'tar'): void {
   if (entries.length > limits.maxEntries) {
     throw new UserError(`refusing to extract ${archive}: ${entries.length} entries, more than the limit of ${limits.maxEntries}`);
   }
   let total = 0;
   for (const entry of entries) {
-    const reason = unsafeEntryReason(entry);
+    const reason = unsafeEntryReason(entry, format);
     if (reason) throw new UserError(`refusing to extract ${archive}: entry "${entry.name}": ${reason}`);
     total += entry.size;
     if (total > limits.maxBytes) {
-      throw new UserError(`refusing to extract ${archive}: unpacked size over the limit of ${limits.maxBytes} bytes`);
+      throw new UserError(`refusing to extract ${archive}: unpacked size over the limit of ${limits.maxBytes} bytes (dataset.max_extracted_bytes)`);
     }
   }
 }
@@ -123,18 +131,16 @@ async function extractZip(file: string, into: string, limits: ExtractLimits): Pr
       const kind = zipEntryKind(entry);
       infos.push({ name: entry.fileName, kind, size: entry.uncompressedSize, linkTarget: kind === 'symlink' ? await streamToString(await openEntry(zip, entry)) : undefined });
     }
-    checkAll(infos, path.basename(file), limits);
+    checkAll(infos, path.basename(file), limits, 'zip');
     for (const [i, entry] of entries.entries()) {
       const info = infos[i];
       const target = path.join(into, path.posix.normalize(info.name.replace(/\\/g, '/')));
       if (info.kind === 'directory') {
         fs.mkdirSync(target, { recursive: true });
-      } else if (info.kind === 'symlink') {
-        fs.mkdirSync(path.dirname(target), { recursive: true });
-        fs.symlinkSync(info.linkTarget ?? '', target);
       } else {
         fs.mkdirSync(path.dirname(target), { recursive: true });
-        await pipeline(await openEntry(zip, entry), fs.createWriteStream(target));
+        // 'wx': never through an existing file or link, never over one.
+        await pipeline(await openEntry(zip, entry), fs.createWriteStream(target, { flags: 'wx' }));
       }
     }
   } finally {
@@ -151,7 +157,7 @@ async function extractTar(file: string, into: string, limits: ExtractLimits): Pr
       infos.push({ name: entry.path, kind, size: entry.size ?? 0, linkTarget: entry.linkpath });
     },
   });
-  checkAll(infos, path.basename(file), limits);
+  checkAll(infos, path.basename(file), limits, 'tar');
   await tar.x({ file, cwd: into, strict: true, preserveOwner: false });
 }
 
@@ -161,12 +167,19 @@ async function extractTar(file: string, into: string, limits: ExtractLimits): Pr
  * folder only ever holds a complete extraction. Nothing is written outside it.
  */
 export async function extractArchive(file: string, kind: ArchiveKind, into: string, limits: ExtractLimits = defaultLimits): Promise<void> {
-  const temp = `${into}.tmp-${process.pid}-${Date.now()}`;
+  removeDeadTemps(path.dirname(into));
+  const temp = tempPathFor(into);
   fs.mkdirSync(temp, { recursive: true });
   try {
     if (kind === 'zip') await extractZip(file, temp, limits);
     else await extractTar(file, temp, limits);
-    fs.renameSync(temp, into);
+    try {
+      fs.renameSync(temp, into);
+    } catch (error) {
+      // Another process finished the same extraction first: use theirs.
+      if (!['ENOTEMPTY', 'EEXIST'].includes((error as NodeJS.ErrnoException).code ?? '')) throw error;
+      fs.rmSync(temp, { recursive: true, force: true });
+    }
   } catch (error) {
     fs.rmSync(temp, { recursive: true, force: true });
     if (error instanceof UserError) throw error;

@@ -1,31 +1,54 @@
 import fs from 'node:fs';
 import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
-import { tf } from '../tf.ts';
+import { imageSize } from 'image-size';
+import { tf } from '../tfjs/tf.ts';
 import type { Sample } from './plan.ts';
 import type { SkippedFile } from './scan.ts';
 
 export type ImageSize = [height: number, width: number];
 
-/**
- * Decodes JPEG, PNG, GIF (first frame) or BMP natively, as RGB (grayscale and RGBA are
- * converted), and resizes it bilinearly with half-pixel centres, as tf.image.resize and
- * Keras's image_dataset_from_directory do. Returns float32 pixels in [0, 255].
- */
-export function decodeResized(bytes: Uint8Array, [height, width]: ImageSize): Tensor3D {
-  return tf.tidy(() => {
-    const decoded = tf.node.decodeImage(bytes, 3, 'int32', false) as Tensor3D;
-    if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded.toFloat();
-    return tf.image.resizeBilinear(decoded.toFloat(), [height, width], false, true);
-  });
+/** Forty megapixels: the default largest image tlx decodes (dataset.max_image_pixels). */
+export const defaultMaxImagePixels = 40_000_000;
+
+/** An image whose header announces more pixels than allowed: refused before decoding. */
+export class ImageTooLargeError extends Error {
+  override name = 'ImageTooLargeError';
 }
 
-/** Pixels rounded to uint8 (0..255) for keeping in memory: 1 byte per value instead of 4. */
-export function toBytes(image: Tensor3D): Uint8Array {
-  const rounded = tf.tidy(() => image.round().clipByValue(0, 255).toInt());
+/**
+ * Width and height from the file's header (PNG, JPEG, GIF, BMP), before anything is decoded:
+ * a 100 KB PNG can announce 23000x23000 pixels and take 14 GB to decode.
+ */
+export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width: number; height: number } {
+  let dims: { width?: number; height?: number };
+  try {
+    dims = imageSize(bytes);
+  } catch (error) {
+    throw new Error(`unreadable image header (${error instanceof Error ? error.message : String(error)})`);
+  }
+  const width = dims.width ?? 0;
+  const height = dims.height ?? 0;
+  if (width * height > maxPixels) throw new ImageTooLargeError(`${width}x${height} pixels, over dataset.max_image_pixels (${maxPixels})`);
+  return { width, height };
+}
+
+/**
+ * Decodes JPEG, PNG, GIF (first frame) or BMP natively, as RGB (grayscale and RGBA are
+ * converted), resizes it bilinearly with half-pixel centres, as tf.image.resize and Keras's
+ * image_dataset_from_directory do, and rounds to uint8. Every image tlx trains on, evaluates
+ * or exports goes through this one function, in memory and streamed alike.
+ */
+export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, maxPixels = defaultMaxImagePixels): Uint8Array {
+  checkImageHeader(bytes, maxPixels);
+  const rounded = tf.tidy(() => {
+    const decoded = tf.node.decodeImage(bytes, 3, 'int32', false) as Tensor3D;
+    if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded;
+    return tf.image.resizeBilinear(decoded.toFloat(), [height, width], false, true).round().clipByValue(0, 255).toInt();
+  });
   // Int32Array -> Uint8Array copy in native code; a per-value JS callback is ~25x slower.
-  const bytes = new Uint8Array(rounded.dataSync() as Int32Array);
+  const result = new Uint8Array(rounded.dataSync() as Int32Array);
   rounded.dispose();
-  return bytes;
+  return result;
 }
 
 /** A batch as the model takes it: float32 pixels in [0, 255] and integer labels. */
@@ -40,9 +63,9 @@ export interface Batch {
 export type StorageMode = 'memory' | 'stream';
 
 /**
- * One split's images at the training size. In memory mode every image is decoded and
- * resized once and kept as uint8 (H x W x 3 bytes each); in stream mode batches are
- * decoded from disk when asked for, for datasets larger than the memory budget.
+ * One split's images at the training size, as uint8 (H x W x 3 bytes each). In memory mode
+ * every image is decoded once and kept; in stream mode batches are decoded from disk when
+ * asked for, for datasets larger than the memory budget. Both give the same bytes.
  */
 export class ImageSplit {
   readonly labels: Int32Array;
@@ -52,6 +75,7 @@ export class ImageSplit {
     readonly samples: Sample[],
     readonly size: ImageSize,
     readonly mode: StorageMode,
+    private readonly maxPixels: number,
   ) {
     this.labels = Int32Array.from(samples.map((s) => s.label));
   }
@@ -65,30 +89,35 @@ export class ImageSplit {
   }
 
   /**
-   * Checks (and in memory mode keeps) every image. Files that cannot be decoded are
-   * dropped from the split and returned, so the caller can record or refuse them.
+   * Checks (and in memory mode keeps) every image. Files that cannot be decoded or are too
+   * large are dropped from the split and returned, so the caller can record or refuse them.
    */
-  static load(samples: Sample[], size: ImageSize, mode: StorageMode): { split: ImageSplit; bad: SkippedFile[] } {
+  static load(samples: Sample[], size: ImageSize, mode: StorageMode, maxPixels = defaultMaxImagePixels): { split: ImageSplit; bad: SkippedFile[] } {
     const bad: SkippedFile[] = [];
     const good: Sample[] = [];
     const perImage = size[0] * size[1] * 3;
     // One buffer for the whole split, written in place: no second copy at the end.
     const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
     for (const sample of samples) {
-      let image: Tensor3D | undefined;
       try {
-        image = decodeResized(fs.readFileSync(sample.file), size);
-        pixels?.set(toBytes(image), good.length * perImage);
+        const bytes = fs.readFileSync(sample.file);
+        if (pixels) pixels.set(decodeToBytes(bytes, size, maxPixels), good.length * perImage);
+        else checkImageHeader(bytes, maxPixels);
         good.push(sample);
       } catch (error) {
-        bad.push({ file: sample.file, reason: `cannot decode: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` });
-      } finally {
-        image?.dispose();
+        const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+        bad.push({ file: sample.file, reason: error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}` });
       }
     }
-    const split = new ImageSplit(good, size, mode);
+    const split = new ImageSplit(good, size, mode, maxPixels);
     split.pixels = pixels && bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
     return { split, bad };
+  }
+
+  /** Uint8 pixels of one image (for pictures and calibration data). */
+  imageBytes(index: number): Uint8Array {
+    if (this.pixels) return this.pixels.subarray(index * this.bytesPerImage, (index + 1) * this.bytesPerImage);
+    return decodeToBytes(fs.readFileSync(this.samples[index].file), this.size, this.maxPixels);
   }
 
   /** Float32 pixels of some images, [n, H, W, 3] in [0, 255]. */
@@ -96,25 +125,8 @@ export class ImageSplit {
     const [height, width] = this.size;
     const perImage = this.bytesPerImage;
     const values = new Float32Array(indices.length * perImage);
-    if (this.pixels) {
-      indices.forEach((index, i) => values.set(this.pixels!.subarray(index * perImage, (index + 1) * perImage), i * perImage));
-    } else {
-      indices.forEach((index, i) => {
-        const image = decodeResized(fs.readFileSync(this.samples[index].file), this.size);
-        values.set(image.dataSync(), i * perImage);
-        image.dispose();
-      });
-    }
+    indices.forEach((index, i) => values.set(this.imageBytes(index), i * perImage));
     return tf.tensor4d(values, [indices.length, height, width, 3], 'float32');
-  }
-
-  /** Uint8 pixels of one image (for pictures and calibration data). */
-  imageBytes(index: number): Uint8Array {
-    if (this.pixels) return this.pixels.slice(index * this.bytesPerImage, (index + 1) * this.bytesPerImage);
-    const image = decodeResized(fs.readFileSync(this.samples[index].file), this.size);
-    const bytes = toBytes(image);
-    image.dispose();
-    return bytes;
   }
 
   /**
@@ -127,9 +139,5 @@ export class ImageSplit {
       const indices = sequence.slice(start, start + batchSize);
       yield { images: this.images(indices), labels: tf.tensor1d(indices.map((i) => this.labels[i]), 'int32'), indices };
     }
-  }
-
-  batchCount(batchSize: number): number {
-    return Math.ceil(this.length / batchSize);
   }
 }

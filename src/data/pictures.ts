@@ -2,8 +2,8 @@ import type { Tensor3D } from '@tensorflow/tfjs-node';
 import type { TopLevelSpec } from 'vega-lite';
 import type { AugmentationOp } from '../config/resolved.ts';
 import { writeChartPng } from '../plots/render.ts';
-import { Random } from '../random.ts';
-import { tf } from '../tf.ts';
+import { Random } from '../core/random.ts';
+import { tf } from '../tfjs/tf.ts';
 import { augmentBatch } from './augment.ts';
 import type { ImageSplit } from './images.ts';
 

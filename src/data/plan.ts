@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Dataset as DatasetConfig } from '../config/resolved.ts';
-import { UserError } from '../errors.ts';
-import { Random } from '../random.ts';
+import { UserError } from '../core/errors.ts';
+import { Random } from '../core/random.ts';
 import type { ClassFolderScan, SkippedFile } from './scan.ts';
 
 export interface Sample {

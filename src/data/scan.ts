@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { UserError } from '../errors.ts';
+import { UserError } from '../core/errors.ts';
 
 /** Extensions tf.keras.utils.image_dataset_from_directory reads. */
 export const imageExtensions = ['.bmp', '.gif', '.jpeg', '.jpg', '.png'];
@@ -17,6 +17,15 @@ export interface ClassFolderScan {
   filesByClass: string[][];
   /** Files with other extensions: not images, recorded rather than silently dropped. */
   skipped: SkippedFile[];
+}
+
+/** Why a folder name cannot be a class name (it would change labels.txt's lines or escape a path), if it cannot. */
+export function unsafeClassNameReason(name: string): string | undefined {
+  if (/[\n\r]/.test(name)) return 'contains a line break';
+  if (/[\u0000-\u001f\u007f]/.test(name)) return 'contains a control character';
+  if (/[\\/]/.test(name)) return 'contains a path separator';
+  if (name.trim() !== name) return 'starts or ends with white space';
+  return undefined;
 }
 
 function walk(dir: string, relative: string, out: string[]): void {
@@ -41,6 +50,10 @@ export function scanClassFolders(root: string, what: string): ClassFolderScan {
     .filter((entry) => entry.isDirectory() && !entry.name.startsWith('.') && entry.name !== '__MACOSX')
     .map((entry) => entry.name)
     .sort();
+  const bad = classNames.filter((name) => unsafeClassNameReason(name) !== undefined);
+  if (bad.length > 0) {
+    throw new UserError(`${what}: class folder names become lines of labels.txt and category names in the model; refused: ${bad.map((name) => `${JSON.stringify(name)} (${unsafeClassNameReason(name)})`).join(', ')}`);
+  }
   if (classNames.length === 0) throw new UserError(`${what}: no class folders in ${root}; expected one sub-folder of images per class`);
   if (classNames.length === 1) throw new UserError(`${what}: only one class folder (${classNames[0]}) in ${root}; a classifier needs at least two`);
   const skipped: SkippedFile[] = [];

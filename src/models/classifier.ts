@@ -1,8 +1,11 @@
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-node';
-import { tf } from '../tf.ts';
+import type { BaseModelName } from '../config/bases.ts';
+import { tf } from '../tfjs/tf.ts';
 import { SeededDropout } from './layers.ts';
 import { mobileNetV2 } from './mobilenet_v2.ts';
-import { baseModels, type BaseModelName } from './registry.ts';
+
+/** MobileNetV2 expects pixels in [-1, 1]: x / 127.5 - 1, applied by the classifier's first layer. */
+const pixelScale = { scale: 1 / 127.5, offset: -1 };
 
 /**
  * The tutorial's model: raw RGB pixels in [0, 255] -> the base's own preprocessing
@@ -33,6 +36,14 @@ export interface Classifier {
   spec: ClassifierSpec;
 }
 
+const knownBases: readonly BaseModelName[] = ['mobilenet_v2'];
+
+/** A ClassifierSpec read back from a run folder (model/classifier.json). */
+export function classifierSpecOf(json: { base: string; alpha: number; imageSize: [number, number]; classCount: number; dropout: number; seed: number }): ClassifierSpec {
+  if (!knownBases.includes(json.base as BaseModelName)) throw new Error(`model/classifier.json: unknown base ${json.base}; expected one of ${knownBases.join(', ')}`);
+  return { base: json.base as BaseModelName, alpha: json.alpha, imageSize: json.imageSize, classCount: json.classCount, dropout: json.dropout, seed: json.seed };
+}
+
 export function headKindFor(classCount: number): HeadKind {
   return classCount === 2 ? 'binary_logit' : 'softmax_logits';
 }
@@ -42,7 +53,7 @@ export function buildClassifier(spec: ClassifierSpec): Classifier {
   const base = mobileNetV2({ alpha: spec.alpha, inputShape: [height, width, 3], inputName: 'input_layer', seed: spec.seed });
   const head = headKindFor(spec.classCount);
   const units = head === 'binary_logit' ? 1 : spec.classCount;
-  const { scale, offset } = baseModels[spec.base].pixelScale;
+  const { scale, offset } = pixelScale;
   const inputs = tf.input({ shape: [height, width, 3], name: 'image' });
   let x = tf.layers.rescaling({ scale, offset, name: 'preprocess' }).apply(inputs) as SymbolicTensor;
   x = base.apply(x) as SymbolicTensor;

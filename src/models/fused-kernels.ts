@@ -1,6 +1,6 @@
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { runOp, type OpAttr } from '../native-ops.ts';
-import { tf } from '../tf.ts';
+import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { tf } from '../tfjs/tf.ts';
 
 /**
  * Convolution + bias (+ ReLU6) as one native kernel, the way TensorFlow's graph optimizer

@@ -1,5 +1,6 @@
-import type { LayersModel, SymbolicTensor, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
-import { tf } from '../tf.ts';
+import type { LayersModel, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
+import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts';
+import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedConvOptions } from './fused-kernels.ts';
 import { InferenceBatchNormalization, ReLU6, SeededDropout } from './layers.ts';
 
@@ -20,18 +21,6 @@ import { InferenceBatchNormalization, ReLU6, SeededDropout } from './layers.ts';
 type Layer = LayersModel['layers'][number];
 type TensorId = number;
 
-interface NodeLike {
-  outboundLayer: Layer;
-  inputTensors: SymbolicTensor[];
-  outputTensors: SymbolicTensor[];
-}
-
-interface ContainerLike {
-  inputs: SymbolicTensor[];
-  outputs: SymbolicTensor[];
-  nodesByDepth: Record<string, NodeLike[]>;
-}
-
 export type Step =
   | { kind: 'layer'; layers: [Layer]; inputs: TensorId[]; output: TensorId }
   | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; depthwise: boolean; options: FusedConvOptions; inputs: [TensorId]; output: TensorId };
@@ -44,18 +33,6 @@ export interface CompiledGraph {
   shapes: Map<TensorId, number[]>;
 }
 
-function isContainer(layer: Layer): boolean {
-  return 'nodesByDepth' in layer && Array.isArray((layer as unknown as ContainerLike).outputs);
-}
-
-/** Nodes of a container in the order its own executor runs them: deepest first. */
-function nodesInOrder(container: ContainerLike): NodeLike[] {
-  return Object.keys(container.nodesByDepth)
-    .map(Number)
-    .sort((a, b) => b - a)
-    .flatMap((depth) => container.nodesByDepth[String(depth)]);
-}
-
 function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: TensorId; shapes: Map<TensorId, number[]> } {
   // A nested model's inner inputs and outputs are the outer tensors under other ids.
   const alias = new Map<TensorId, TensorId>();
@@ -66,24 +43,24 @@ function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: 
   };
   const steps: Step[] = [];
   const shapes = new Map<TensorId, number[]>();
-  const visit = (container: ContainerLike) => {
-    for (const node of nodesInOrder(container)) {
-      const layer = node.outboundLayer;
+  const visit = (container: GraphContainer) => {
+    for (const node of container.nodes) {
+      const layer = node.layer;
       if (layer.getClassName() === 'InputLayer') continue; // its tensor is the container's input
       if (isContainer(layer)) {
-        const inner = layer as unknown as ContainerLike;
-        inner.inputs.forEach((tensor, i) => alias.set(tensor.id, node.inputTensors[i].id));
+        const inner = graphOf(layer);
+        inner.inputs.forEach((tensor, i) => alias.set(tensor.id, node.inputs[i].id));
         visit(inner);
-        inner.outputs.forEach((tensor, i) => alias.set(node.outputTensors[i].id, tensor.id));
+        inner.outputs.forEach((tensor, i) => alias.set(node.outputs[i].id, tensor.id));
         continue;
       }
-      if (node.outputTensors.length !== 1) throw new Error(`layer ${layer.name} has ${node.outputTensors.length} outputs; tlx's graph runner expects one`);
-      const output = node.outputTensors[0];
+      if (node.outputs.length !== 1) throw new Error(`layer ${layer.name} has ${node.outputs.length} outputs; tlx's graph runner expects one`);
+      const output = node.outputs[0];
       shapes.set(output.id, output.shape.slice(1) as number[]);
-      steps.push({ kind: 'layer', layers: [layer], inputs: node.inputTensors.map((tensor) => resolve(tensor.id)), output: output.id });
+      steps.push({ kind: 'layer', layers: [layer], inputs: node.inputs.map((tensor) => resolve(tensor.id)), output: output.id });
     }
   };
-  const container = model as unknown as ContainerLike;
+  const container = graphOf(model);
   visit(container);
   const input = container.inputs[0];
   shapes.set(input.id, input.shape.slice(1) as number[]);
@@ -223,8 +200,8 @@ function runConvBn(step: Extract<Step, { kind: 'conv_bn' }>, x: Tensor4D, weight
   return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options) : fusedConv2d(x, weights.filter, weights.bias, step.options);
 }
 
-function applyLayer(layer: Layer, inputs: Tensor[], training: boolean): Tensor {
-  return layer.apply(inputs.length === 1 ? inputs[0] : inputs, { training }) as Tensor;
+function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
+  return layer.apply(inputs.length === 1 ? inputs[0] : inputs, seed === undefined ? { training } : { training, seed }) as Tensor;
 }
 
 /**
@@ -233,7 +210,7 @@ function applyLayer(layer: Layer, inputs: Tensor[], training: boolean): Tensor {
  * later step no longer needs are disposed unless listed in `keep` (off the tape only:
  * this keeps an inference pass's peak memory to a few activations).
  */
-export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, options: { training: boolean; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> }): void {
+export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, options: { training: boolean; seed?: number; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> }): void {
   const lastUse = new Map<TensorId, number>();
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   steps.forEach((step, index) => {
@@ -247,7 +224,7 @@ export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, 
     if (step.kind === 'conv_bn' && weights) {
       output = runConvBn(step, inputs[0] as Tensor4D, weights);
     } else {
-      output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, options.training)], inputs)[0];
+      output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)], inputs)[0];
     }
     values.set(step.output, output);
     for (const id of step.inputs) {
@@ -300,12 +277,15 @@ export class StagedModel {
     return runFrozen(this.graph, this.split.frozen, this.folded, images, this.split.frontier, this.kept);
   }
 
-  /** The frontier tensors -> logits, through the trainable layers (taped inside minimize). */
-  trainable(frontier: Tensor[], training: boolean): Tensor {
+  /**
+   * The frontier tensors -> logits, through the trainable layers (taped inside minimize).
+   * `seed` draws the step's dropout masks when training.
+   */
+  trainable(frontier: Tensor[], training: boolean, seed?: number): Tensor {
     if (this.split.trainable.length === 0) return frontier[0].clone();
     return tf.tidy(() => {
       const values = new Map<TensorId, Tensor>(this.split.frontier.map((id, i) => [id, frontier[i]]));
-      runSteps(this.split.trainable, values, { training });
+      runSteps(this.split.trainable, values, { training, seed });
       return values.get(this.graph.output)!;
     });
   }

@@ -1,7 +1,6 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
-import { runOp, runOpMulti } from '../native-ops.ts';
-import { nextStepSeed } from '../random.ts';
-import { tf } from '../tf.ts';
+import { runOp, runOpMulti } from '../tfjs/native-ops.ts';
+import { tf } from '../tfjs/tf.ts';
 
 type Kwargs = Record<string, unknown>;
 type LayerArgs = ConstructorParameters<typeof tf.layers.Layer>[0];
@@ -71,7 +70,6 @@ export const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
 
 export interface BatchNormArgs extends NonNullable<LayerArgs> {
   epsilon?: number;
-  momentum?: number;
 }
 
 /**
@@ -83,7 +81,6 @@ export interface BatchNormArgs extends NonNullable<LayerArgs> {
 export class InferenceBatchNormalization extends tf.layers.Layer {
   static className = 'TlxInferenceBatchNormalization';
   readonly epsilon: number;
-  readonly momentum: number;
   private gamma!: LayerVariable;
   private beta!: LayerVariable;
   private movingMean!: LayerVariable;
@@ -92,7 +89,6 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
   constructor(args: BatchNormArgs = {}) {
     super(args);
     this.epsilon = args.epsilon ?? 1e-3;
-    this.momentum = args.momentum ?? 0.999;
   }
 
   override build(inputShape: Shape | Shape[]): void {
@@ -128,7 +124,7 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
   }
 
   override getConfig() {
-    return { ...super.getConfig(), epsilon: this.epsilon, momentum: this.momentum };
+    return { ...super.getConfig(), epsilon: this.epsilon };
   }
 }
 
@@ -145,7 +141,11 @@ export interface SeededDropoutArgs extends NonNullable<LayerArgs> {
   rate: number;
 }
 
-/** Keras's Dropout (inverted: kept units scaled by 1 / (1 - rate)), masks from the step seed. */
+/**
+ * Keras's Dropout (inverted: kept units scaled by 1 / (1 - rate)). The mask is drawn from
+ * the seed the training loop passes with each step (`seed` in the call's kwargs), so a
+ * resumed or shared run draws exactly the masks an uninterrupted run draws.
+ */
 export class SeededDropout extends tf.layers.Layer {
   static className = 'TlxSeededDropout';
   readonly rate: number;
@@ -159,7 +159,7 @@ export class SeededDropout extends tf.layers.Layer {
     const x = single(inputs);
     if (!kwargs.training || this.rate === 0) return x;
     return tf.tidy(() => {
-      const seed = nextStepSeed();
+      const seed = typeof kwargs.seed === 'number' ? kwargs.seed : undefined;
       const keep = tf.randomUniform(x.shape, 0, 1, 'float32', seed).greaterEqual(this.rate);
       return x.mul(keep.toFloat()).div(1 - this.rate);
     });

@@ -1,5 +1,5 @@
 import type { SymbolicTensor } from '@tensorflow/tfjs-node';
-import { tf } from '../tf.ts';
+import { tf } from '../tfjs/tf.ts';
 import { InferenceBatchNormalization, ReLU6 } from './layers.ts';
 
 /**
@@ -40,7 +40,7 @@ export function correctPad(height: number, width: number): [[number, number], [n
   ];
 }
 
-const bnArgs = { epsilon: 1e-3, momentum: 0.999 };
+const bnArgs = { epsilon: 1e-3 };
 
 /** The one place where layer names are made: block_{id}_expand, ..., expanded_conv_ for block 0. */
 function blockPrefix(blockId: number): string {

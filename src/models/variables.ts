@@ -4,9 +4,20 @@ type Layer = LayersModel['layers'][number];
 type LayerVariable = Layer['weights'][number];
 
 /**
- * Every variable of a model under a stable key, "<layer>/<weight>", walking nested models
- * (the base inside the classifier). tfjs's own variable names get _1, _2 suffixes when
- * several models live in one process, so they cannot key checkpoints or weight files.
+ * The key of a weight everywhere tlx stores or loads one: Keras 3's variable path,
+ * "<layer>/<variable>". The one naming difference between tfjs, Keras 2 files and Keras 3
+ * is resolved here: a depthwise kernel is `depthwise_kernel` in tfjs and Keras 2 .h5 files,
+ * `kernel` in Keras 3. Checkpoints use these keys, so python/ assigns them by path as is.
+ */
+export function weightKey(layer: string, variable: string): string {
+  const short = variable.split('/').pop()!.replace(/:\d+$/, '');
+  return `${layer}/${short === 'depthwise_kernel' ? 'kernel' : short}`;
+}
+
+/**
+ * Every variable of a model under its key, walking nested models (the base inside the
+ * classifier). tfjs's own variable names get _1, _2 suffixes when several models live in
+ * one process, so they cannot key checkpoints or weight files.
  */
 export function namedVariables(model: LayersModel): [key: string, variable: LayerVariable][] {
   const entries: [string, LayerVariable][] = [];
@@ -17,7 +28,7 @@ export function namedVariables(model: LayersModel): [key: string, variable: Laye
         visit(nested);
         continue;
       }
-      for (const variable of layer.weights) entries.push([`${layer.name}/${variable.originalName.split('/').pop()}`, variable]);
+      for (const variable of layer.weights) entries.push([weightKey(layer.name, variable.originalName), variable]);
     }
   };
   visit(model.layers);

@@ -2,13 +2,14 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { LayersModel, Tensor } from '@tensorflow/tfjs-node';
-import type { WeightsManifestEntry } from '@tensorflow/tfjs-core/dist/io/types.js';
-import { UserError } from '../errors.ts';
-import { resolveCacheDir } from '../data/cache.ts';
-import { downloadToCache } from '../data/download.ts';
-import { silentLogger, type Logger } from '../log.ts';
-import { tf } from '../tf.ts';
-import { namedVariables } from './variables.ts';
+import type { WeightsManifestEntry } from '../tfjs/internals.ts';
+import { UserError } from '../core/errors.ts';
+import { silentLogger, type Logger } from '../core/log.ts';
+import { redactUrl } from '../core/redact.ts';
+import { resolveCacheDir } from '../net/cache-dir.ts';
+import { downloadToCache } from '../net/download.ts';
+import { tf } from '../tfjs/tf.ts';
+import { namedVariables, weightKey } from './variables.ts';
 
 /**
  * Pretrained weights by layer and weight name, from wherever they come: Keras .h5 files
@@ -22,13 +23,8 @@ export interface NamedWeight {
   values: Float32Array;
 }
 
-/** "<layer>/<weight>", weight names normalised (Keras 2 "depthwise_kernel:0" -> "depthwise_kernel"). */
+/** Weights by key (models/variables.ts weightKey): "<layer>/<variable>", as Keras 3 names them. */
 export type WeightMap = Map<string, NamedWeight>;
-
-export function weightKey(layer: string, weight: string): string {
-  const short = weight.split('/').pop()!.replace(/:\d+$/, '');
-  return `${layer}/${short === 'kernel' && layer.endsWith('depthwise') ? 'depthwise_kernel' : short}`;
-}
 
 const kerasApplicationsUrl = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/';
 const kerasResolutions = [96, 128, 160, 192, 224];
@@ -107,16 +103,51 @@ async function decodeManifest(manifest: ManifestGroup[], readShard: (name: strin
   return weights;
 }
 
-/** A tfjs model.json (layers model) and its shards beside it. */
-export async function readTfjsModelJson(file: string): Promise<WeightMap> {
+function readManifest(file: string, shown: string): ManifestGroup[] {
   let json: { weightsManifest?: ManifestGroup[] };
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof json;
   } catch (error) {
-    throw new UserError(`model.weights: ${file}: not a readable model.json (${error instanceof Error ? error.message : String(error)})`);
+    throw new UserError(`model.weights: ${shown}: not a readable model.json (${error instanceof Error ? error.message : String(error)})`);
   }
-  if (!Array.isArray(json.weightsManifest)) throw new UserError(`model.weights: ${file} has no weightsManifest; expected a tfjs model.json`);
-  return decodeManifest(json.weightsManifest, async (name) => new Uint8Array(fs.readFileSync(path.join(path.dirname(file), name))));
+  if (!Array.isArray(json.weightsManifest)) throw new UserError(`model.weights: ${shown} has no weightsManifest; expected a tfjs model.json`);
+  return json.weightsManifest;
+}
+
+function refuseShard(shown: string, shard: string): UserError {
+  return new UserError(`model.weights: ${shown}: weight shard path ${JSON.stringify(shard)} leaves the model.json's folder; shards must sit beside it`);
+}
+
+/** A shard path of a model.json resolved inside its folder, or refused. */
+export function shardPathInside(folder: string, shard: string, shown: string): string {
+  const resolved = path.resolve(folder, shard);
+  if (path.isAbsolute(shard) || !resolved.startsWith(path.resolve(folder) + path.sep)) throw refuseShard(shown, shard);
+  return resolved;
+}
+
+/** A shard URL of a remote model.json resolved under its URL's folder, or refused. */
+export function shardUrlInside(modelUrl: string, shard: string, shown: string): string {
+  const folder = new URL('.', modelUrl);
+  const resolved = new URL(shard, modelUrl);
+  if (/^[a-z][\w+.-]*:/i.test(shard) || resolved.origin !== folder.origin || !resolved.pathname.startsWith(folder.pathname)) throw refuseShard(shown, shard);
+  return resolved.toString();
+}
+
+/** A tfjs model.json (layers model) and its shards beside it. */
+export async function readTfjsModelJson(file: string): Promise<WeightMap> {
+  const folder = path.dirname(file);
+  return decodeManifest(readManifest(file, file), async (name) => new Uint8Array(fs.readFileSync(shardPathInside(folder, name, file))));
+}
+
+/** A remote tfjs model.json: it and its shards are downloaded into the cache. */
+async function readRemoteTfjsModelJson(url: string, options: LoadWeightsOptions): Promise<WeightMap> {
+  const cacheDir = resolveCacheDir(options.cacheDir);
+  const shown = redactUrl(url);
+  const manifest = await downloadToCache(url, { cacheDir, log: options.log, what: 'model.weights' });
+  return decodeManifest(readManifest(manifest.file, shown), async (name) => {
+    const shard = await downloadToCache(shardUrlInside(url, name, shown), { cacheDir, log: options.log, what: 'model.weights' });
+    return new Uint8Array(fs.readFileSync(shard.file));
+  });
 }
 
 /** The MobileNetV2 (alpha 1.0, Keras names) that the nsfwjs npm package ships as JS modules. */
@@ -155,7 +186,7 @@ export interface LoadWeightsOptions {
 
 async function localOrDownloaded(spec: string, options: LoadWeightsOptions): Promise<string> {
   if (/^https?:\/\//.test(spec) || spec.startsWith('file:')) {
-    return (await downloadToCache(spec, { cacheDir: resolveCacheDir(options.cacheDir), log: options.log })).file;
+    return (await downloadToCache(spec, { cacheDir: resolveCacheDir(options.cacheDir), log: options.log, what: 'model.weights' })).file;
   }
   const file = path.resolve(options.baseDir, spec);
   if (!fs.existsSync(file)) throw new UserError(`model.weights: ${spec}: file not found`);
@@ -173,14 +204,16 @@ export async function loadPretrainedWeights(spec: string, options: LoadWeightsOp
   if (spec === 'imagenet') {
     const { url, resolution, exact } = imagenetWeightsUrl(options.alpha, ...options.imageSize);
     if (!exact) log.warn({ imageSize: options.imageSize, resolution }, `no Keras ImageNet weights for this input size; using the ${resolution}x${resolution} file (conv weights work at any size)`);
-    const file = (await downloadToCache(url, { cacheDir: resolveCacheDir(options.cacheDir), log })).file;
+    const file = (await downloadToCache(url, { cacheDir: resolveCacheDir(options.cacheDir), log, what: 'model.weights' })).file;
     return { weights: await readKerasH5(file), source: { spec, file: url } };
   }
   if (spec.startsWith('npm:')) throw new UserError(`model.weights: ${spec}: unknown package; expected npm:nsfwjs`);
+  if (/^https?:\/\//.test(spec) && new URL(spec).pathname.toLowerCase().endsWith('.json')) return { weights: await readRemoteTfjsModelJson(spec, options), source: { spec: redactUrl(spec), file: redactUrl(spec) } };
   const file = await localOrDownloaded(spec, options);
   const lower = file.toLowerCase();
-  if (lower.endsWith('.h5') || lower.endsWith('.hdf5')) return { weights: await readKerasH5(file), source: { spec, file } };
-  if (lower.endsWith('.json')) return { weights: await readTfjsModelJson(file), source: { spec, file } };
+  const source = { spec: redactUrl(spec), file: /^[a-z]+:/.test(spec) ? redactUrl(spec) : file };
+  if (lower.endsWith('.h5') || lower.endsWith('.hdf5')) return { weights: await readKerasH5(file), source };
+  if (lower.endsWith('.json')) return { weights: await readTfjsModelJson(file), source };
   throw new UserError(`model.weights: ${spec}: expected imagenet, none, npm:nsfwjs, or a .h5 / model.json path or URL`);
 }
 
@@ -193,7 +226,7 @@ export function assignWeights(model: LayersModel, weights: WeightMap, options: {
   let assigned = 0;
   for (const [name, variable] of namedVariables(model)) {
     const layerName = name.slice(0, name.lastIndexOf('/'));
-    const key = weightKey(layerName, name.slice(name.lastIndexOf('/') + 1));
+    const key = name;
     const found = weights.get(key);
     if (!found) {
       missing.push(key);

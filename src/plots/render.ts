@@ -1,9 +1,8 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { Resvg } from '@resvg/resvg-js';
 import * as vega from 'vega';
 import * as vegaLite from 'vega-lite';
 import type { TopLevelSpec } from 'vega-lite';
+import { writeFileAtomic } from '../core/files.ts';
 
 /**
  * Charts are Vega-Lite specs rendered to SVG by Vega, then to PNG by resvg: a charting
@@ -28,11 +27,7 @@ export function svgToPng(svg: string, scale = 2): Buffer {
   return Buffer.from(resvg.render().asPng());
 }
 
-/** Renders a chart to a PNG file, written to a temp path first and then renamed. */
+/** Renders a chart to a PNG file, written whole (temp, fsync, rename). */
 export async function writeChartPng(spec: TopLevelSpec, file: string): Promise<void> {
-  const png = svgToPng(await renderVegaLiteSvg(spec));
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const temp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(temp, png);
-  fs.renameSync(temp, file);
+  writeFileAtomic(file, svgToPng(await renderVegaLiteSvg(spec)));
 }

@@ -1,11 +1,17 @@
 import fs from 'node:fs';
-import { backoffMs as backoffDelay, retryAfterMs, retryableStatus, sleep } from '../http-retry.ts';
+import { redactText, redactUrl } from '../core/redact.ts';
+import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from '../net/retry.ts';
 
 /**
  * A small typed client for MLflow's documented REST API (/api/2.0/mlflow/...) and its
  * artifact proxy, on Node's fetch. No npm package fits: `mlflow-client` does not exist,
  * `mlflow` (npm) predates MLflow 2 and has no artifact upload, `mlflow-js` needs Node 22,
  * and `mlflow-tracing` only does GenAI traces.
+ *
+ * Credentials come from MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD, or the
+ * user-info of the tracking URI; they go into the Authorization header and never into a
+ * message. Connection errors, 408, 429 and 5xx are retried with backoff; 401, 403, 404
+ * and an unknown host are not (another attempt cannot succeed).
  */
 
 export interface MlflowMetric {
@@ -36,6 +42,15 @@ export class MlflowError extends Error {
   ) {
     super(message);
   }
+
+  /** The server refused this request for good: sending it again cannot succeed (400, 409, 413, ...). */
+  get refused(): boolean {
+    return this.status !== undefined && this.status >= 400 && this.status < 500 && !retryableStatus.has(this.status) && !this.authProblem && this.status !== 404;
+  }
+
+  get authProblem(): boolean {
+    return this.status === 401 || this.status === 403;
+  }
 }
 
 export interface ClientOptions {
@@ -44,6 +59,8 @@ export interface ClientOptions {
   retries?: number;
   backoffMs?: number;
   timeoutMs?: number;
+  /** No request (and no retry) goes on past this time (ms since 1970): a bounded sync. */
+  deadline?: number;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -55,14 +72,13 @@ export function sanitizeKey(key: string): string {
   return key.replace(/[^\w\-. /]/g, '_').slice(0, 250);
 }
 
-function authHeader(env: NodeJS.ProcessEnv): string | undefined {
+function authHeader(env: NodeJS.ProcessEnv, url: URL): string | undefined {
   if (env.MLFLOW_TRACKING_TOKEN) return `Bearer ${env.MLFLOW_TRACKING_TOKEN}`;
-  if (env.MLFLOW_TRACKING_USERNAME && env.MLFLOW_TRACKING_PASSWORD) {
-    return `Basic ${Buffer.from(`${env.MLFLOW_TRACKING_USERNAME}:${env.MLFLOW_TRACKING_PASSWORD}`).toString('base64')}`;
-  }
+  const username = env.MLFLOW_TRACKING_USERNAME ?? decodeURIComponent(url.username);
+  const password = env.MLFLOW_TRACKING_PASSWORD ?? decodeURIComponent(url.password);
+  if (username && password) return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
   return undefined;
 }
-
 
 /** Splits a batch into requests within MLflow's per-request limits. */
 export function chunkBatch(metrics: MlflowMetric[], params: MlflowParam[], tags: MlflowTag[]): { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] {
@@ -77,19 +93,56 @@ export function chunkBatch(metrics: MlflowMetric[], params: MlflowParam[], tags:
   return requests;
 }
 
+export interface RunInfo {
+  info: { status: string; experiment_id: string; run_name?: string; run_id: string };
+  data: { metrics?: MlflowMetric[]; params?: MlflowParam[]; tags?: MlflowTag[] };
+  inputs?: { dataset_inputs?: { dataset: { name: string; digest: string }; tags?: MlflowTag[] }[] };
+  outputs?: { model_outputs?: { model_id: string; step: number }[] };
+}
+
+export interface DatasetInput {
+  dataset: { name: string; digest: string; source_type: string; source: string; schema?: string; profile?: string };
+  tags: MlflowTag[];
+}
+
+export interface LoggedModel {
+  info: { model_id: string; experiment_id: string; name: string; artifact_uri: string; status: string; source_run_id?: string; tags?: MlflowTag[] };
+}
+
+export interface ModelVersion {
+  name: string;
+  version: string;
+  source: string;
+  run_id?: string;
+  model_id?: string;
+  tags?: MlflowTag[];
+}
+
 export class MlflowClient {
   readonly baseUrl: string;
+  /** The server as it may be shown: no credentials. */
+  readonly displayUrl: string;
   private readonly auth?: string;
   private readonly retries: number;
   private readonly backoffMs: number;
   private readonly timeoutMs: number;
+  private readonly deadline?: number;
 
   constructor(options: ClientOptions) {
-    this.baseUrl = options.trackingUri.replace(/\/+$/, '');
-    this.auth = authHeader(options.env ?? process.env);
+    const url = new URL(options.trackingUri.replace(/\/+$/, ''));
+    this.auth = authHeader(options.env ?? process.env, url);
+    url.username = '';
+    url.password = '';
+    this.baseUrl = url.toString().replace(/\/+$/, '');
+    this.displayUrl = redactUrl(this.baseUrl);
     this.retries = options.retries ?? 4;
     this.backoffMs = options.backoffMs ?? 250;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.deadline = options.deadline;
+  }
+
+  private timeLeft(): number {
+    return this.deadline === undefined ? this.timeoutMs : Math.min(this.timeoutMs, this.deadline - Date.now());
   }
 
   private async request<T>(method: string, path: string, body?: unknown, raw?: Buffer): Promise<T> {
@@ -97,39 +150,47 @@ export class MlflowClient {
     const headers: Record<string, string> = { ...(this.auth ? { Authorization: this.auth } : {}) };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (raw) headers['Content-Type'] = 'application/octet-stream';
+    const where = `${method} ${path.split('?')[0]}`;
     for (let attempt = 0; ; attempt++) {
+      const left = this.timeLeft();
+      if (left <= 0) throw new MlflowError(`${where}: no time left to reach ${this.displayUrl} (tracking waits at most a second per epoch)`);
       let response: Response;
       try {
-        response = await fetch(url, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)), signal: AbortSignal.timeout(this.timeoutMs) });
+        response = await fetch(url, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)), signal: AbortSignal.timeout(left) });
       } catch (error) {
-        if (attempt >= this.retries) throw new MlflowError(`${method} ${path}: cannot reach ${this.baseUrl} (${error instanceof Error ? (error.cause as Error | undefined)?.message ?? error.message : String(error)})`);
+        const reason = redactText(error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error));
+        if (isPermanentNetworkError(error)) throw new MlflowError(`${where}: cannot resolve the host of ${this.displayUrl} (${reason})`);
+        if (attempt >= this.retries || this.timeLeft() <= 0) throw new MlflowError(`${where}: cannot reach ${this.displayUrl} (${reason})`);
         await this.sleep(attempt);
         continue;
       }
-      if (response.ok) {
-        const text = await response.text();
-        return (text ? JSON.parse(text) : {}) as T;
-      }
       const text = await response.text();
-      if (retryableStatus.has(response.status) && attempt < this.retries) {
+      if (response.ok) return (text ? JSON.parse(text) : {}) as T;
+      if (retryableStatus.has(response.status) && attempt < this.retries && this.timeLeft() > 0) {
         await this.sleep(attempt, retryAfterMs(response.headers.get('retry-after')));
         continue;
       }
       let errorCode: string | undefined;
-      let message = text.slice(0, 500);
+      let message = text.slice(0, 300).replace(/\s+/g, ' ');
       try {
         const parsed = JSON.parse(text) as { error_code?: string; message?: string };
         errorCode = parsed.error_code;
         message = parsed.message?.split('\n')[0] ?? message;
       } catch {
-        // not JSON: keep the text
+        // not JSON (a proxy's page): keep the text
       }
-      throw new MlflowError(`${method} ${path}: HTTP ${response.status}${errorCode ? ` ${errorCode}` : ''}: ${message}`, response.status, errorCode);
+      const hint = response.status === 401 || response.status === 403 ? ' (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)' : '';
+      throw new MlflowError(`${where}: HTTP ${response.status}${errorCode ? ` ${errorCode}` : ''}: ${redactText(message)}${hint}`, response.status, errorCode);
     }
   }
 
   private sleep(attempt: number, override?: number): Promise<void> {
-    return sleep(override ?? backoffDelay(this.backoffMs, attempt));
+    const delay = override ?? backoffDelay(this.backoffMs, attempt);
+    return sleep(this.deadline === undefined ? delay : Math.max(0, Math.min(delay, this.deadline - Date.now())));
+  }
+
+  private static missing(error: unknown): boolean {
+    return error instanceof MlflowError && (error.errorCode === 'RESOURCE_DOES_NOT_EXIST' || error.status === 404);
   }
 
   async getExperimentByName(name: string): Promise<string | undefined> {
@@ -137,7 +198,7 @@ export class MlflowClient {
       const result = await this.request<{ experiment: { experiment_id: string } }>('GET', `/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(name)}`);
       return result.experiment.experiment_id;
     } catch (error) {
-      if (error instanceof MlflowError && error.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+      if (MlflowClient.missing(error)) return undefined;
       throw error;
     }
   }
@@ -146,16 +207,12 @@ export class MlflowClient {
     await this.request('POST', '/api/2.0/mlflow/experiments/set-experiment-tag', { experiment_id: experimentId, key, value });
   }
 
-  /**
-   * The experiment's id, created when missing (a concurrent creation is fine). A created
-   * experiment is tagged as model training, so MLflow 3's UI opens it on its runs table.
-   */
-  async ensureExperiment(name: string): Promise<string> {
+  /** The experiment's id, created when missing (a concurrent creation is fine). */
+  async ensureExperiment(name: string, tags: MlflowTag[] = []): Promise<string> {
     const existing = await this.getExperimentByName(name);
     if (existing) return existing;
     try {
-      const created = (await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name, tags: [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }] })).experiment_id;
-      return created;
+      return (await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name, tags })).experiment_id;
     } catch (error) {
       if (error instanceof MlflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS') {
         const id = await this.getExperimentByName(name);
@@ -170,17 +227,23 @@ export class MlflowClient {
     return result.run.info.run_id;
   }
 
-  async getRun(runId: string): Promise<{ info: { status: string; experiment_id: string }; data: { metrics?: MlflowMetric[]; params?: MlflowParam[]; tags?: MlflowTag[] } } | undefined> {
+  async getRun(runId: string): Promise<RunInfo | undefined> {
     try {
-      return (await this.request<{ run: never }>('GET', `/api/2.0/mlflow/runs/get?run_id=${encodeURIComponent(runId)}`)).run;
+      return (await this.request<{ run: RunInfo }>('GET', `/api/2.0/mlflow/runs/get?run_id=${encodeURIComponent(runId)}`)).run;
     } catch (error) {
-      if (error instanceof MlflowError && error.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+      if (MlflowClient.missing(error)) return undefined;
       throw error;
     }
   }
 
-  async updateRun(runId: string, status: RunStatusName, endTime?: number): Promise<void> {
-    await this.request('POST', '/api/2.0/mlflow/runs/update', { run_id: runId, status, ...(endTime ? { end_time: endTime } : {}) });
+  /** Runs of an experiment carrying a tag value (tlx.run_id): finds a run whose creation a crash did not record. */
+  async findRunsByTag(experimentId: string, key: string, value: string): Promise<RunInfo[]> {
+    const filter = `tags.\`${key}\` = '${value.replace(/'/g, "\\'")}'`;
+    return (await this.request<{ runs?: RunInfo[] }>('POST', '/api/2.0/mlflow/runs/search', { experiment_ids: [experimentId], filter, max_results: 10 })).runs ?? [];
+  }
+
+  async updateRun(runId: string, status: RunStatusName, endTime?: number, runName?: string): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/update', { run_id: runId, status, ...(endTime ? { end_time: endTime } : {}), ...(runName ? { run_name: runName } : {}) });
   }
 
   async logBatch(runId: string, metrics: MlflowMetric[], params: MlflowParam[] = [], tags: MlflowTag[] = []): Promise<void> {
@@ -194,9 +257,60 @@ export class MlflowClient {
     }
   }
 
-  /** Uploads one file through the tracking server's artifact proxy. */
-  async logArtifact(experimentId: string, runId: string, artifactPath: string, file: string): Promise<void> {
+  async logInputs(runId: string, datasets: DatasetInput[]): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/log-inputs', { run_id: runId, datasets });
+  }
+
+  /** Uploads one file through the tracking server's artifact proxy, under a run or a logged model. */
+  async uploadArtifact(artifactRoot: string, artifactPath: string, file: string): Promise<void> {
     const encoded = artifactPath.split('/').map(encodeURIComponent).join('/');
-    await this.request('PUT', `/api/2.0/mlflow-artifacts/artifacts/${experimentId}/${runId}/artifacts/${encoded}`, undefined, fs.readFileSync(file));
+    await this.request('PUT', `/api/2.0/mlflow-artifacts/artifacts/${artifactRoot}/${encoded}`, undefined, fs.readFileSync(file));
+  }
+
+  async logArtifact(experimentId: string, runId: string, artifactPath: string, file: string): Promise<void> {
+    await this.uploadArtifact(`${experimentId}/${runId}/artifacts`, artifactPath, file);
+  }
+
+  async createLoggedModel(experimentId: string, name: string, sourceRunId: string, params: MlflowParam[], tags: MlflowTag[]): Promise<LoggedModel> {
+    return (await this.request<{ model: LoggedModel }>('POST', '/api/2.0/mlflow/logged-models', { experiment_id: experimentId, name, model_type: 'tflite', source_run_id: sourceRunId, params, tags })).model;
+  }
+
+  async getLoggedModel(modelId: string): Promise<LoggedModel | undefined> {
+    try {
+      return (await this.request<{ model: LoggedModel }>('GET', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`)).model;
+    } catch (error) {
+      if (MlflowClient.missing(error)) return undefined;
+      throw error;
+    }
+  }
+
+  /** Logged models of an experiment whose tags include all of these. */
+  async findLoggedModels(experimentId: string, tags: MlflowTag[]): Promise<LoggedModel[]> {
+    const result = await this.request<{ models?: LoggedModel[] }>('POST', '/api/2.0/mlflow/logged-models/search', { experiment_ids: [experimentId], max_results: 100 });
+    return (result.models ?? []).filter((model) => tags.every((tag) => model.info.tags?.some((t) => t.key === tag.key && t.value === tag.value)));
+  }
+
+  async finalizeLoggedModel(modelId: string): Promise<void> {
+    await this.request('PATCH', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`, { model_id: modelId, status: 'LOGGED_MODEL_READY' });
+  }
+
+  async logOutputs(runId: string, models: { model_id: string; step: number }[]): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/outputs', { run_id: runId, models });
+  }
+
+  async ensureRegisteredModel(name: string): Promise<void> {
+    try {
+      await this.request('POST', '/api/2.0/mlflow/registered-models/create', { name });
+    } catch (error) {
+      if (!(error instanceof MlflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS')) throw error;
+    }
+  }
+
+  async createModelVersion(name: string, source: string, runId: string, modelId: string, tags: MlflowTag[]): Promise<ModelVersion> {
+    return (await this.request<{ model_version: ModelVersion }>('POST', '/api/2.0/mlflow/model-versions/create', { name, source, run_id: runId, model_id: modelId, tags })).model_version;
+  }
+
+  async searchModelVersions(filter: string): Promise<ModelVersion[]> {
+    return (await this.request<{ model_versions?: ModelVersion[] }>('GET', `/api/2.0/mlflow/model-versions/search?filter=${encodeURIComponent(filter)}&max_results=200`)).model_versions ?? [];
   }
 }

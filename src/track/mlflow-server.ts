@@ -1,18 +1,22 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { execa, type ResultPromise } from 'execa';
-import { projectRoot } from '../version.ts';
+import readline from 'node:readline';
+import { minimalEnv, spawnChild, stopGroup } from '../core/child.ts';
+import { projectRoot } from '../core/project.ts';
 
 /**
  * A real MLflow tracking server from the project's .venv: SQLite backend, local artifact
  * store served through the server's artifact proxy, bound to 127.0.0.1. Used by `tlx ui`
- * and by the tests.
+ * and by the tests. It runs in its own process group (mlflow starts uvicorn workers), and
+ * stop() ends the whole group, so nothing keeps the port or the database afterwards.
  */
 
 export interface MlflowServer {
   url: string;
   port: number;
+  /** Process group id (the server's pid). */
+  pid?: number;
   stop(): Promise<void>;
 }
 
@@ -22,6 +26,9 @@ export interface ServerOptions {
   port?: number;
   startTimeoutMs?: number;
   onOutput?: (line: string) => void;
+  /** Extra arguments to `mlflow server` (e.g. --app-name basic-auth). */
+  extraArgs?: string[];
+  env?: Record<string, string>;
 }
 
 export async function freePort(): Promise<number> {
@@ -55,21 +62,32 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
   const port = options.port ?? (await freePort());
   const url = `http://127.0.0.1:${port}`;
   if (await healthy(url)) throw new Error(`port ${port} is already in use by another server`);
-  const child: ResultPromise = execa(
+  const child = spawnChild(
     executable,
-    ['server', '--host', '127.0.0.1', '--port', String(port), '--workers', '1', '--backend-store-uri', `sqlite:///${path.resolve(options.dataDir, 'mlflow.db')}`, '--artifacts-destination', path.resolve(options.dataDir, 'artifacts')],
-    { reject: false, stdin: 'ignore', env: { MLFLOW_DISABLE_TELEMETRY: 'true', DO_NOT_TRACK: 'true' }, cleanup: true, detached: false },
+    [
+      'server',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--workers',
+      '1',
+      '--backend-store-uri',
+      `sqlite:///${path.resolve(options.dataDir, 'mlflow.db')}`,
+      '--artifacts-destination',
+      path.resolve(options.dataDir, 'artifacts'),
+      ...(options.extraArgs ?? []),
+    ],
+    { env: minimalEnv({ MLFLOW_DISABLE_TELEMETRY: 'true', DO_NOT_TRACK: 'true', ...options.env }), buffer: false, cwd: options.dataDir },
   );
   const output: string[] = [];
-  const collect = (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n').filter(Boolean)) {
+  for (const stream of [child.stdout!, child.stderr!]) {
+    readline.createInterface({ input: stream }).on('line', (line) => {
       output.push(line);
       if (output.length > 50) output.shift();
       options.onOutput?.(line);
-    }
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
+    });
+  }
   let exited = false;
   void child.then(() => {
     exited = true;
@@ -77,7 +95,7 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
   const deadline = Date.now() + (options.startTimeoutMs ?? 90_000);
   while (!(await healthy(url))) {
     if (exited || Date.now() > deadline) {
-      child.kill('SIGKILL');
+      await stopGroup(child, 1000);
       throw new Error(`mlflow server did not start on ${url}:\n${output.slice(-15).join('\n')}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 250));
@@ -85,12 +103,10 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
   return {
     url,
     port,
+    pid: child.pid,
     async stop() {
       if (exited) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await child;
-      clearTimeout(timer);
+      await stopGroup(child);
     },
   };
 }

@@ -1,57 +1,27 @@
-import fs from 'node:fs';
 import path from 'node:path';
-import YAML from 'yaml';
-import { errorMessage } from '../errors.ts';
-import { silentLogger, type Logger } from '../log.ts';
-import { MlflowClient, type MlflowMetric, type MlflowParam, type MlflowTag, type RunStatusName } from './mlflow-client.ts';
-import { RunFolder } from './run-store.ts';
+import { CorruptFileError } from '../core/files.ts';
+import { canonicalJson, sha256Hex } from '../core/hash.ts';
+import { silentLogger, type Logger } from '../core/log.ts';
+import { redactText, redactUrl } from '../core/redact.ts';
+import type { ResolvedExperiment } from '../config/resolved.ts';
+import type { DatasetJson, EpochRecord, MlflowJson, Refusal, RunJson, RunSummary, ServerState } from '../run-folder/records.ts';
+import { shortRunName, type RunFolder } from '../run-folder/run-folder.ts';
+import { MlflowClient, MlflowError, type DatasetInput, type MlflowMetric, type MlflowParam, type MlflowTag, type RunStatusName } from './mlflow-client.ts';
 
 /**
  * Pushes a local run folder (the source of truth) to an MLflow server, idempotently:
- * what was already sent is remembered per server in the folder's mlflow.json, metric
- * points carry the timestamp they were recorded with (so a resend is the same point,
- * which MLflow stores once), artifacts are re-uploaded only when they changed. Live
+ * what was sent is remembered per server in the folder's mlflow.json; metric points carry
+ * the timestamp they were recorded with (a resend is the same point, which MLflow stores
+ * once); artifacts are uploaded again only when they changed; the MLflow run, its dataset
+ * inputs, its logged model and its registered model version are each created once. Live
  * logging during a run and `tlx sync` afterwards are the same operation.
+ *
+ * Each kind (params, dataset, metrics, artifacts, model, status) goes on its own: a
+ * request the server refuses for good (a 4xx: a changed param, a proxy's 413) is recorded
+ * in mlflow.json with the reason and the rest still goes out, the run's status included.
  */
 
-interface ServerState {
-  experiment_id: string;
-  run_id: string;
-  params_logged: boolean;
-  metric_lines: number;
-  artifacts: Record<string, string>;
-  status?: string;
-  synced: boolean;
-  last_error?: string;
-  updated: string;
-}
-
-interface MlflowFile {
-  servers: Record<string, ServerState>;
-  /** Servers that failed before a run could even be created there. */
-  pending?: Record<string, { synced: false; last_error: string; updated: string }>;
-}
-
-interface EpochLine {
-  epoch: number;
-  phase: string;
-  time?: number;
-  [metric: string]: unknown;
-}
-
 export const phaseCodes: Record<string, number> = { initial: 0, feature_extraction: 1, fine_tune: 2 };
-
-/** The URI without credentials: what may be written to disk and logs. */
-export function redactUri(uri: string): string {
-  try {
-    const url = new URL(uri);
-    url.username = '';
-    url.password = '';
-    return url.toString().replace(/\/$/, '');
-  } catch {
-    return uri;
-  }
-}
 
 /** The resolved config as dotted keys: train.fine_tune.fine_tune_at = 100. */
 export function flattenParams(value: unknown, prefix = ''): MlflowParam[] {
@@ -62,73 +32,62 @@ export function flattenParams(value: unknown, prefix = ''): MlflowParam[] {
   return [{ key: prefix, value: Array.isArray(value) ? JSON.stringify(value) : String(value) }];
 }
 
-export function epochMetrics(line: EpochLine): MlflowMetric[] {
+export function epochMetrics(line: EpochRecord): MlflowMetric[] {
   const timestamp = line.time ?? 0;
   const metrics: MlflowMetric[] = [{ key: 'phase', value: phaseCodes[line.phase] ?? -1, timestamp, step: line.epoch }];
-  for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate', 'seconds']) {
+  for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate', 'seconds'] as const) {
     const value = line[key];
     if (typeof value === 'number' && Number.isFinite(value)) metrics.push({ key: key === 'seconds' ? 'epoch_seconds' : key, value, timestamp, step: line.epoch });
   }
   return metrics;
 }
 
-interface SummaryLike {
-  finished_at?: number;
-  metrics?: { final?: Record<string, number>; best_val_accuracy?: number };
-  phases?: Record<string, { last_epoch: number } | undefined>;
-  export?: { tflite?: ExportLike; tflite_modes?: Record<string, ExportLike> };
-}
-
-interface ExportLike {
-  bytes?: number;
-  accuracy?: number;
-  median_latency_ms?: number;
-  accuracy_nearest_resize?: number;
-  quantization?: string;
-  status?: string;
-}
-
-export function finalMetrics(summary: SummaryLike, lastEpoch: number): MlflowMetric[] {
+export function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetric[] {
   const timestamp = summary.finished_at ?? 0;
   const metrics: MlflowMetric[] = [];
   const add = (key: string, value: number | undefined) => {
     if (typeof value === 'number' && Number.isFinite(value)) metrics.push({ key, value, timestamp, step: lastEpoch });
   };
-  const final = summary.metrics?.final ?? {};
-  add('test_loss', final.test_loss);
-  add('test_accuracy', final.test_accuracy);
-  add('final_val_loss', final.val_loss);
-  add('final_val_accuracy', final.val_accuracy);
+  const final = summary.metrics?.final;
+  add('test_loss', final?.test_loss);
+  add('test_accuracy', final?.test_accuracy);
+  add('final_val_loss', final?.val_loss);
+  add('final_val_accuracy', final?.val_accuracy);
   add('best_val_accuracy', summary.metrics?.best_val_accuracy);
-  const exports: [string, ExportLike][] = [];
-  if (summary.export?.tflite) exports.push([summary.export.tflite.quantization ?? 'tflite', summary.export.tflite]);
-  for (const [mode, record] of Object.entries(summary.export?.tflite_modes ?? {})) exports.push([mode, record]);
-  for (const [mode, record] of exports) {
+  const exports = [...(summary.export?.tflite ? [summary.export.tflite] : []), ...Object.values(summary.export?.tflite_modes ?? {})];
+  for (const record of exports) {
+    const mode = record.quantization;
     add(`tflite_${mode}_bytes`, record.bytes);
     add(`tflite_${mode}_accuracy`, record.accuracy);
     add(`tflite_${mode}_accuracy_nearest_resize`, record.accuracy_nearest_resize);
     add(`tflite_${mode}_latency_ms`, record.median_latency_ms);
-    add(`tflite_${mode}_verified`, record.status === 'verified' ? 1 : record.status ? 0 : undefined);
+    add(`tflite_${mode}_mediapipe_accuracy`, (record.mediapipe as { accuracy?: number } | undefined)?.accuracy);
+    add(`tflite_${mode}_verified`, record.status === 'verified' ? 1 : 0);
   }
   return metrics;
 }
 
-/** Files of the run that go to MLflow as artifacts, relative to the run folder. */
-export function artifactFiles(folder: RunFolder): string[] {
-  const files: string[] = [];
-  const top = ['config.yaml', 'metrics.jsonl', 'summary.json', 'labels.txt', 'model.tflite', 'model-card.json', 'model-card.md', 'dataset.json'];
-  for (const name of top) if (folder.exists(name)) files.push(name);
-  for (const dir of fs.existsSync(folder.dir) ? fs.readdirSync(folder.dir) : []) {
-    if (dir === 'plots' || dir.startsWith('tflite-')) {
-      for (const name of fs.readdirSync(folder.file(dir))) if (!name.includes('.tmp-')) files.push(`${dir}/${name}`);
-    }
+/** What a person sees in MLflow's runs table: the experiment's name and a short id, or a trial's swept values. */
+export function runNameOf(folder: RunFolder, run: RunJson): string {
+  if (run.trial && Object.keys(run.trial).length > 0) {
+    return Object.entries(run.trial)
+      .map(([key, value]) => `${key.split('.').pop()}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
+      .join(' ');
   }
-  return files;
+  return shortRunName(folder.id);
 }
 
-function fingerprint(file: string): string {
-  const stat = fs.statSync(file);
-  return `${stat.size}:${Math.round(stat.mtimeMs)}`;
+/** The run's data as MLflow dataset inputs, one per split context (the runs table's Dataset column). */
+export function datasetInputs(dataset: DatasetJson): DatasetInput[] {
+  const name = dataset.name ?? path.basename(dataset.url ?? dataset.root);
+  const source = dataset.url ? { source_type: 'http', source: JSON.stringify({ url: dataset.url }) } : { source_type: 'local', source: JSON.stringify({ uri: dataset.root }) };
+  const schema = JSON.stringify({ mlflow_colspec: [{ type: 'binary', name: 'image' }, { type: 'string', name: 'label' }] });
+  return (['train', 'validation', 'test'] as const)
+    .filter((split) => dataset.counts[split] > 0)
+    .map((split) => ({
+      dataset: { name, digest: (dataset.digest ?? dataset.archive_sha256 ?? 'unknown').slice(0, 36), ...source, schema, profile: JSON.stringify({ num_rows: dataset.counts[split], classes: dataset.classes }) },
+      tags: [{ key: 'mlflow.data.context', value: split === 'train' ? 'training' : split }],
+    }));
 }
 
 export interface SyncOptions {
@@ -138,136 +97,281 @@ export interface SyncOptions {
   parentRunId?: string;
   log?: Logger;
   retries?: number;
-  /** Upload artifacts (only once the run has ended, by default). */
+  timeoutMs?: number;
+  /** Bound the whole sync (live logging: training waits at most a second per epoch). */
+  deadline?: number;
+  /** Upload artifacts and the logged model (default: once the run has ended). */
   artifacts?: boolean;
+  /** Register the exported model (tracking.mlflow.register_model); a sweep registers only its best trial. */
+  register?: boolean;
+  /** Check that the server still has the run before sending (off for repeated live updates). */
+  verifyRun?: boolean;
 }
 
 export interface SyncResult {
   runId: string;
   experimentId: string;
   complete: boolean;
+  refused: Refusal[];
 }
 
-function readState(folder: RunFolder, uri: string): ServerState | undefined {
-  if (!folder.exists('mlflow.json')) return undefined;
-  return folder.readJson<MlflowFile>('mlflow.json').servers[uri];
+function ended(status: string): boolean {
+  return ['FINISHED', 'FAILED', 'KILLED'].includes(status);
 }
 
-function writeState(folder: RunFolder, uri: string, state: ServerState): void {
-  const file: MlflowFile = folder.exists('mlflow.json') ? folder.readJson<MlflowFile>('mlflow.json') : { servers: {} };
-  file.servers[uri] = state;
-  folder.writeJson('mlflow.json', file);
+/** The tracking URI a run logs to: the config's, else $MLFLOW_TRACKING_URI. */
+export function trackingUriFor(config: ResolvedExperiment): string | undefined {
+  return config.tracking.mlflow?.tracking_uri ?? (process.env.MLFLOW_TRACKING_URI || undefined);
 }
 
-/** Marks a run as not synced to this server (after a failure), keeping what was sent. */
-export function markNotSynced(folder: RunFolder, trackingUri: string, error: string): void {
-  const uri = redactUri(trackingUri);
-  const state = readState(folder, uri);
-  const updated = new Date().toISOString();
-  if (state) {
-    writeState(folder, uri, { ...state, synced: false, last_error: error, updated });
-    return;
+class ServerSync {
+  readonly refusals: Refusal[] = [];
+  state: ServerState;
+
+  constructor(
+    private readonly folder: RunFolder,
+    private readonly mlflow: MlflowJson,
+    private readonly uri: string,
+    initial: ServerState,
+  ) {
+    this.state = initial;
   }
-  const file: MlflowFile = folder.exists('mlflow.json') ? folder.readJson<MlflowFile>('mlflow.json') : { servers: {} };
-  folder.writeJson('mlflow.json', { ...file, pending: { ...file.pending, [uri]: { synced: false, last_error: error, updated } } });
+
+  save(patch: Partial<ServerState>): void {
+    this.state = { ...this.state, ...patch, updated: new Date().toISOString() };
+    this.mlflow.servers[this.uri] = this.state;
+    delete this.mlflow.pending[this.uri];
+    this.folder.writeMlflow(this.mlflow);
+  }
+
+  private refusedBefore(kind: string, item: string): boolean {
+    return this.state.refused.some((r) => r.kind === kind && r.item === item);
+  }
+
+  /** Runs a request; a refusal for good is recorded (once) and reported as false. */
+  async attempt(kind: string, item: string, send: () => Promise<void>): Promise<boolean> {
+    if (this.refusedBefore(kind, item)) return false;
+    try {
+      await send();
+      return true;
+    } catch (error) {
+      if (!(error instanceof MlflowError && error.refused)) throw error;
+      const refusal: Refusal = { kind, item, status: error.status, message: redactText(error.message), at: new Date().toISOString() };
+      this.refusals.push(refusal);
+      this.save({ refused: [...this.state.refused, refusal] });
+      return false;
+    }
+  }
 }
 
-interface RunJson {
-  status: string;
-  created: string;
-  updated: string;
-  config_sha256: string;
-  tlx_version: string;
-  experiment_file?: string;
-  tags?: Record<string, string>;
+async function createOrFindRun(client: MlflowClient, folder: RunFolder, run: RunJson, config: ResolvedExperiment, options: SyncOptions, log: Logger): Promise<{ experimentId: string; runId: string }> {
+  const experimentName = options.experimentName ?? config.tracking.mlflow?.experiment ?? config.name;
+  const experimentId = await client.ensureExperiment(experimentName, [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }]);
+  // A crash between creating the run and recording it left a run with our id: adopt it.
+  const existing = (await client.findRunsByTag(experimentId, 'tlx.run_id', folder.id))[0];
+  if (existing) return { experimentId, runId: existing.info.run_id };
+  const dataset = folder.readDataset();
+  const tags: MlflowTag[] = [
+    { key: 'mlflow.runName', value: runNameOf(folder, run) },
+    { key: 'mlflow.source.name', value: run.experiment_file ? path.basename(run.experiment_file) : 'tlx' },
+    { key: 'mlflow.source.type', value: 'LOCAL' },
+    { key: 'tlx.run_id', value: folder.id },
+    { key: 'tlx.config_sha256', value: run.config_sha256 },
+    { key: 'tlx.version', value: run.tlx_version },
+    // Local paths are tags, never params: they are facts about this machine, not the experiment.
+    { key: 'tlx.run_dir', value: folder.dir },
+    ...(dataset ? [{ key: 'tlx.data_root', value: dataset.root }] : []),
+    ...Object.entries(run.tags ?? {}).map(([key, value]) => ({ key, value })),
+    ...(options.parentRunId ? [{ key: 'mlflow.parentRunId', value: options.parentRunId }] : []),
+  ];
+  const runId = await client.createRun(experimentId, runNameOf(folder, run), Date.parse(run.created), tags);
+  log.info({ mlflow_run: runId, experiment: experimentName, server: client.displayUrl }, 'MLflow run created');
+  return { experimentId, runId };
+}
+
+/** Params: the resolved config and the data facts; on a refusal, each param alone (the rest still arrives). */
+async function syncParams(sync: ServerSync, client: MlflowClient, config: ResolvedExperiment, dataset: DatasetJson | undefined, runId: string): Promise<void> {
+  const params = [...flattenParams(config), ...(dataset ? flattenParams({ class_count: dataset.class_count, classes: dataset.classes, counts: dataset.counts, storage: dataset.storage, skipped: dataset.skipped, digest: dataset.digest }, 'data') : [])];
+  const hash = sha256Hex(canonicalJson(params));
+  if (sync.state.params_sent === hash) return;
+  const sentAll = await sync.attempt('params', 'batch', () => client.logBatch(runId, [], params));
+  if (!sentAll) {
+    sync.state.refused = sync.state.refused.filter((r) => !(r.kind === 'params' && r.item === 'batch'));
+    for (const param of params) await sync.attempt('param', `${param.key}=${param.value.slice(0, 60)}`, () => client.logBatch(runId, [], [param]));
+  }
+  sync.save({ params_sent: hash });
+}
+
+async function syncDataset(sync: ServerSync, client: MlflowClient, dataset: DatasetJson | undefined, runId: string): Promise<void> {
+  if (!dataset?.digest || sync.state.dataset_input === dataset.digest) return;
+  await sync.attempt('dataset', dataset.digest, () => client.logInputs(runId, datasetInputs(dataset)));
+  sync.save({ dataset_input: dataset.digest });
+}
+
+async function syncMetrics(sync: ServerSync, client: MlflowClient, folder: RunFolder, runId: string): Promise<EpochRecord[]> {
+  const records = folder.readMetrics().records;
+  if (records.length > sync.state.metric_lines) {
+    const fresh = records.slice(sync.state.metric_lines);
+    await sync.attempt('metrics', `epochs ${fresh[0].epoch}..${fresh.at(-1)!.epoch}`, () => client.logBatch(runId, fresh.flatMap(epochMetrics)));
+    sync.save({ metric_lines: records.length });
+  }
+  if (folder.hasSummary()) {
+    const final = finalMetrics(folder.readSummary(), records.at(-1)?.epoch ?? 0);
+    const hash = sha256Hex(canonicalJson(final));
+    if (final.length > 0 && sync.state.final_metrics_sent !== hash) {
+      await sync.attempt('metrics', 'final', () => client.logBatch(runId, final));
+      sync.save({ final_metrics_sent: hash });
+    }
+  }
+  return records;
+}
+
+async function syncArtifacts(sync: ServerSync, client: MlflowClient, folder: RunFolder, experimentId: string, runId: string): Promise<void> {
+  for (const file of folder.artifactFiles()) {
+    const print = folder.fingerprint(file);
+    if (sync.state.artifacts[file] === print) continue;
+    if (await sync.attempt('artifact', `${file}@${print}`, () => client.logArtifact(experimentId, runId, file, folder.pathOf(file)))) {
+      sync.save({ artifacts: { ...sync.state.artifacts, [file]: print } });
+    }
+  }
+}
+
+/** The exported TFLite file as an MLflow 3 logged model of the run (with labels and card), and a registry version when asked. */
+async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFolder, config: ResolvedExperiment, experimentId: string, runId: string, lastEpoch: number, register: boolean): Promise<void> {
+  if (!folder.hasSummary()) return;
+  const summary = folder.readSummary();
+  const tflite = summary.export?.tflite;
+  if (!tflite || tflite.status !== 'verified') return;
+  const source = folder.fingerprint('model.tflite');
+  let logged = sync.state.logged_model;
+  if (!logged || logged.source !== source || !logged.finalized) {
+    const tags = [
+      { key: 'tlx.run_id', value: folder.id },
+      { key: 'tlx.source', value: source },
+    ];
+    const found = (await client.findLoggedModels(experimentId, tags))[0];
+    const model = found ?? (await client.createLoggedModel(experimentId, `${config.name}-tflite-${tflite.quantization}`, runId, [{ key: 'quantization', value: tflite.quantization }, { key: 'io_type', value: tflite.io_type }, { key: 'bytes', value: String(tflite.bytes) }], [...tags, { key: 'tlx.format', value: 'tflite' }]));
+    const root = model.info.artifact_uri.replace(/^mlflow-artifacts:\/+/, '');
+    let uploaded = true;
+    for (const file of ['model.tflite', 'labels.txt', 'model-card.md', 'model-card.json']) {
+      uploaded = (await sync.attempt('model', `${file}@${folder.fingerprint(file)}`, () => client.uploadArtifact(root, file, folder.pathOf(file)))) && uploaded;
+    }
+    if (!uploaded) return;
+    if (model.info.status !== 'LOGGED_MODEL_READY') await client.finalizeLoggedModel(model.info.model_id);
+    await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
+    logged = { model_id: model.info.model_id, source, finalized: true };
+    sync.save({ logged_model: logged });
+  }
+  const name = config.tracking.mlflow?.register_model;
+  if (!register || !name || sync.state.model_version?.source === logged.model_id) return;
+  await sync.attempt('registry', `${name}@${logged.model_id}`, async () => {
+    await client.ensureRegisteredModel(name);
+    // A version created before a crash kept us from recording it: adopt it instead of making a second.
+    const existing = (await client.searchModelVersions(`name='${name.replace(/'/g, "\\'")}' and run_id='${runId}'`)).find((v) => v.model_id === logged!.model_id || v.source === `models:/${logged!.model_id}`);
+    const version =
+      existing ??
+      (await client.createModelVersion(name, `models:/${logged!.model_id}`, runId, logged!.model_id, [
+        { key: 'test_accuracy', value: String(summary.metrics.final?.test_accuracy ?? '') },
+        { key: 'tflite_accuracy', value: String(tflite.accuracy ?? '') },
+        { key: 'quantization', value: tflite.quantization },
+        { key: 'bytes', value: String(tflite.bytes) },
+        { key: 'tlx.run_id', value: folder.id },
+      ]));
+    sync.save({ model_version: { name, version: String(version.version), source: logged!.model_id } });
+  });
 }
 
 export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<SyncResult> {
   const log = options.log ?? silentLogger;
-  const uri = redactUri(options.trackingUri);
-  const client = new MlflowClient({ trackingUri: options.trackingUri, retries: options.retries });
-  const meta = folder.readJson<RunJson>('run.json');
-  const config = YAML.parse(fs.readFileSync(folder.file('config.yaml'), 'utf8')) as { name: string; tracking?: { mlflow?: { experiment?: string } } } & Record<string, unknown>;
-  let state = readState(folder, uri);
-  const save = (patch: Partial<ServerState>) => {
-    state = { ...state!, ...patch, updated: new Date().toISOString() };
-    writeState(folder, uri, state);
-  };
-  if (state && !(await client.getRun(state.run_id))) state = undefined; // the server lost it: start over
+  const uri = redactUrl(options.trackingUri);
+  const client = new MlflowClient({ trackingUri: options.trackingUri, retries: options.retries, timeoutMs: options.timeoutMs, deadline: options.deadline });
+  const run = folder.readRun();
+  const config = folder.readConfig();
+  let mlflow: MlflowJson;
+  try {
+    mlflow = folder.readMlflow();
+  } catch (error) {
+    if (!(error instanceof CorruptFileError)) throw error;
+    // A power cut can leave it empty; the run on the server is found again by its tlx.run_id tag.
+    log.warn({ error: error.message }, 'mlflow.json is unreadable; starting its record again (nothing on the server is duplicated)');
+    mlflow = { servers: {}, pending: {} };
+  }
+  let state: ServerState | undefined = mlflow.servers[uri];
+  if (state && options.verifyRun !== false && !(await client.getRun(state.run_id))) state = undefined; // the server lost it: start over
   if (!state) {
-    const experimentName = options.experimentName ?? config.tracking?.mlflow?.experiment ?? config.name;
-    const experimentId = await client.ensureExperiment(experimentName);
-    const tags: MlflowTag[] = [
-      { key: 'mlflow.runName', value: folder.id },
-      { key: 'mlflow.source.name', value: meta.experiment_file ? path.basename(meta.experiment_file) : 'tlx' },
-      { key: 'mlflow.source.type', value: 'LOCAL' },
-      { key: 'tlx.config_sha256', value: meta.config_sha256 },
-      { key: 'tlx.version', value: meta.tlx_version },
-      { key: 'tlx.run_dir', value: folder.dir },
-      ...Object.entries(meta.tags ?? {}).map(([key, value]) => ({ key, value })),
-      ...(options.parentRunId ? [{ key: 'mlflow.parentRunId', value: options.parentRunId }] : []),
-    ];
-    const runId = await client.createRun(experimentId, folder.id, Date.parse(meta.created), tags);
-    state = { experiment_id: experimentId, run_id: runId, params_logged: false, metric_lines: 0, artifacts: {}, synced: false, updated: new Date().toISOString() };
-    writeState(folder, uri, state);
-    log.info({ mlflow_run: runId, experiment: experimentName, server: uri }, 'MLflow run created');
+    const created = await createOrFindRun(client, folder, run, config, options, log);
+    state = { experiment_id: created.experimentId, run_id: created.runId, metric_lines: 0, artifacts: {}, synced: false, refused: [], updated: new Date().toISOString() };
   }
-  const { run_id: runId, experiment_id: experimentId } = state;
-  if (!state.params_logged && folder.exists('dataset.json')) {
-    const dataset = folder.readJson<Record<string, unknown>>('dataset.json');
-    const params = [...flattenParams(config), ...flattenParams(dataset, 'data')];
-    await client.logBatch(runId, [], params);
-    save({ params_logged: true });
+  const sync = new ServerSync(folder, mlflow, uri, state);
+  sync.save({});
+  const { run_id: runId, experiment_id: experimentId } = sync.state;
+  const dataset = folder.readDataset();
+  await syncParams(sync, client, config, dataset, runId);
+  await syncDataset(sync, client, dataset, runId);
+  const records = await syncMetrics(sync, client, folder, runId);
+  const done = ended(run.status);
+  if (options.artifacts ?? done) {
+    await syncArtifacts(sync, client, folder, experimentId, runId);
+    if (done) await syncModel(sync, client, folder, config, experimentId, runId, records.at(-1)?.epoch ?? 0, options.register ?? true);
   }
-  const lines = folder.readJsonLines<EpochLine>('metrics.jsonl');
-  if (lines.length > state.metric_lines) {
-    await client.logBatch(runId, lines.slice(state.metric_lines).flatMap(epochMetrics));
-    save({ metric_lines: lines.length });
+  const status: RunStatusName = done ? (run.status as RunStatusName) : 'RUNNING';
+  if (sync.state.status !== status) {
+    await sync.attempt('status', status, () => client.updateRun(runId, status, done ? Date.parse(run.ended ?? run.updated) : undefined, runNameOf(folder, run)));
+    sync.save({ status });
   }
-  const ended = ['FINISHED', 'FAILED', 'KILLED'].includes(meta.status);
-  if (folder.exists('summary.json')) {
-    // Sent on every sync: `tlx convert` may add export modes later, and a resent point is stored once.
-    await client.logBatch(runId, finalMetrics(folder.readJson<SummaryLike>('summary.json'), lines.at(-1)?.epoch ?? 0));
-  }
-  if (options.artifacts ?? ended) {
-    const uploaded = { ...state.artifacts };
-    for (const file of artifactFiles(folder)) {
-      const print = fingerprint(folder.file(file));
-      if (uploaded[file] === print) continue;
-      await client.logArtifact(experimentId, runId, file, folder.file(file));
-      uploaded[file] = print;
-      save({ artifacts: uploaded });
-    }
-  }
-  if (ended && state.status !== meta.status) {
-    await client.updateRun(runId, meta.status as RunStatusName, Date.parse(meta.updated));
-    save({ status: meta.status });
-  } else if (!ended && state.status !== 'RUNNING') {
-    await client.updateRun(runId, 'RUNNING');
-    save({ status: 'RUNNING' });
-  }
-  const complete = ended && folder.readJsonLines('metrics.jsonl').length === state.metric_lines;
-  save({ synced: complete, last_error: undefined });
-  return { runId, experimentId, complete };
+  const complete = done && records.length === sync.state.metric_lines;
+  sync.save({ synced: complete, last_error: undefined });
+  return { runId, experimentId, complete, refused: sync.refusals };
 }
 
-/** Live logging for a run in progress: failures become one warning and a "not synced" mark. */
-export class LiveTracker {
-  private warned = false;
-  constructor(
-    private readonly folder: RunFolder,
-    private readonly options: SyncOptions,
-  ) {}
+/** Marks a run as not synced to this server after a failure, keeping what was sent. Never throws. */
+export function markNotSynced(folder: RunFolder, trackingUri: string, error: string, log: Logger): void {
+  try {
+    const uri = redactUrl(trackingUri);
+    const mlflow = folder.readMlflow();
+    const updated = new Date().toISOString();
+    const message = redactText(error);
+    if (mlflow.servers[uri]) mlflow.servers[uri] = { ...mlflow.servers[uri], synced: false, last_error: message, updated };
+    else mlflow.pending[uri] = { synced: false, last_error: message, updated };
+    folder.writeMlflow(mlflow);
+  } catch (problem) {
+    log.warn({ error: redactText(problem instanceof Error ? problem.message : String(problem)) }, 'could not record the MLflow sync state');
+  }
+}
 
-  async update(): Promise<void> {
+export interface FolderSyncResult {
+  dir: string;
+  runId?: string;
+  complete: boolean;
+  refused: Refusal[];
+  skipped?: string;
+  error?: string;
+}
+
+/**
+ * Syncs several run folders, each under its lock: a run that another process holds (it is
+ * training, and its own tracker syncs it) is skipped with the reason.
+ */
+export async function syncFolders(folders: RunFolder[], trackingUri: string, log: Logger): Promise<FolderSyncResult[]> {
+  const results: FolderSyncResult[] = [];
+  for (const folder of folders) {
     try {
-      await syncRun(this.folder, { ...this.options, retries: this.options.retries ?? 1 });
+      folder.lock();
     } catch (error) {
-      markNotSynced(this.folder, this.options.trackingUri, errorMessage(error));
-      if (!this.warned) {
-        this.warned = true;
-        this.options.log?.warn({ error: errorMessage(error) }, `MLflow logging failed; the run carries on and is marked not synced (run \`tlx sync ${this.folder.dir}\` later)`);
-      }
+      results.push({ dir: folder.dir, complete: false, refused: [], skipped: error instanceof Error ? error.message : String(error) });
+      continue;
+    }
+    try {
+      const result = await syncRun(folder, { trackingUri, log });
+      results.push({ dir: folder.dir, runId: result.runId, complete: result.complete, refused: result.refused });
+    } catch (error) {
+      const message = redactText(error instanceof Error ? error.message : String(error));
+      markNotSynced(folder, trackingUri, message, log);
+      log.error({ run: folder.id, error: message }, 'sync failed');
+      results.push({ dir: folder.dir, complete: false, refused: [], error: message });
+    } finally {
+      folder.unlock();
     }
   }
+  return results;
 }

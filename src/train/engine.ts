@@ -1,17 +1,17 @@
 import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import cliProgress from 'cli-progress';
-import type { EarlyStopping } from '../config/resolved.ts';
+import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import { FoldedInference, StagedModel } from '../models/graph.ts';
-import { Random, setStepSeed } from '../random.ts';
-import { tf } from '../tf.ts';
+import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
 
 /**
- * The training engine: epochs over batches for any Keras-like model and head. It knows
- * nothing of MobileNetV2 or of files; the caller wires checkpoints and records through
- * onEpochEnd, and stops it through shouldStop.
+ * The training engine: the epochs of one phase over batches, for any Keras-like model and
+ * head. It knows nothing of MobileNetV2 or of files. Everything that reacts to training
+ * (checkpoints, early stopping, live tracking, progress, Ctrl-C) is a callback, as in
+ * Keras's callbacks/: the engine emits onPhaseBegin, onBatchEnd, onEpochEnd and onPhaseEnd,
+ * and a callback stops the phase through `control`.
  */
 
 export interface EpochMetrics {
@@ -27,7 +27,7 @@ export interface EpochRecord extends EpochMetrics {
   phase: string;
   learning_rate: number;
   seconds: number;
-  /** When the epoch ended (ms since the epoch): the timestamp of its metric points everywhere. */
+  /** When the epoch ended (ms since 1970): the timestamp of its metric points everywhere. */
   time: number;
 }
 
@@ -40,19 +40,22 @@ export interface Evaluation {
   probabilities: Float32Array;
 }
 
-export interface PhaseRun {
+/** The epochs of a phase: numbered `first..last`, continuing after epoch `resumeAfter`. */
+export interface PhaseSpan {
   phase: string;
-  /** Epoch numbers this phase covers: (firstEpoch .. lastEpoch], continuing a resumed run. */
-  startEpoch: number;
-  endEpoch: number;
-  /** First epoch of the phase (for the schedule), before any resume. */
-  phaseStartEpoch: number;
-  optimizer: TfOptimizer;
-  learningRateAt: (epochInPhase: number) => number;
-  earlyStopping?: EarlyStopping;
+  first: number;
+  last: number;
+  /** The last epoch already trained: first - 1 for a fresh phase, later when resuming. */
+  resumeAfter: number;
 }
 
-export interface TrainInputs {
+export interface PhaseSettings extends PhaseSpan {
+  optimizer: TfOptimizer;
+  /** Learning rate of an epoch, 0-based within the phase. */
+  learningRateAt: (epochInPhase: number) => number;
+}
+
+export interface FitInputs {
   model: LayersModel;
   objective: Objective;
   train: ImageSplit;
@@ -61,12 +64,6 @@ export interface TrainInputs {
   seed: number;
   /** Augments a training batch (returns a new tensor); identity when there is no augmentation. */
   augment: (images: Tensor4D, random: Random) => Tensor4D;
-  /** Called after each epoch, after validation: checkpoint and record here. */
-  onEpochEnd: (record: EpochRecord) => Promise<void>;
-  /** Polled after every batch (Ctrl-C). */
-  shouldStop: () => boolean;
-  /** Show a bar per epoch on a terminal. */
-  progress: boolean;
   /**
    * The input is the same every epoch (no augmentation): compute the frozen stage's outputs
    * once per phase and train the rest on them (within FROZEN_CACHE_BUDGET_BYTES).
@@ -75,12 +72,34 @@ export interface TrainInputs {
   log: (message: string, fields?: Record<string, unknown>) => void;
 }
 
-export interface PhaseOutcome {
-  stoppedEarly: boolean;
-  interrupted: boolean;
-  /** The epoch whose weights the model holds at the end (best one when restored). */
-  epochs: EpochRecord[];
-  restoredEpoch?: number;
+/** How a callback stops the phase (Keras's model.stop_training). */
+export interface TrainingControl {
+  stop(reason: 'early_stopping' | 'interrupted'): void;
+  readonly stopReason?: 'early_stopping' | 'interrupted';
+}
+
+export interface BatchProgress {
+  phase: string;
+  epoch: number;
+  batch: number;
+  batches: number;
+  loss: number;
+  accuracy: number;
+}
+
+export interface PhaseEnd extends PhaseSpan {
+  /** The last epoch trained and recorded. */
+  lastTrained: number;
+  /** All epochs ran, or a callback ended the phase early on purpose; false when interrupted. */
+  complete: boolean;
+  stopReason?: 'early_stopping' | 'interrupted';
+}
+
+export interface Callback {
+  onPhaseBegin?(span: PhaseSpan): void | Promise<void>;
+  onBatchEnd?(progress: BatchProgress, control: TrainingControl): void;
+  onEpochEnd?(record: EpochRecord, control: TrainingControl): void | Promise<void>;
+  onPhaseEnd?(end: PhaseEnd): void | Promise<void>;
 }
 
 /**
@@ -215,24 +234,17 @@ export function epochOrder(seed: number, epoch: number, length: number): number[
   return new Random(seed, 'shuffle', epoch).permutation(length);
 }
 
-function snapshot(model: LayersModel): Tensor[] {
-  return model.weights.map((weight) => weight.read().clone());
-}
-
-function restore(model: LayersModel, values: Tensor[]): void {
-  model.weights.forEach((weight, i) => weight.write(values[i]));
-}
-
-function improved(monitor: string, current: number, best: number, minDelta: number): boolean {
-  return monitor.endsWith('loss') ? current < best - minDelta : current > best + minDelta;
+/** The dropout seed of one step: fixed by seed, epoch and batch. */
+export function stepSeed(seed: number, epoch: number, batchIndex: number): number {
+  return new Random(seed, 'dropout', epoch, batchIndex).opSeed();
 }
 
 /** One optimizer step: the trainable stage on a batch's frontier, under the tape. */
-function trainStep(staged: StagedModel, objective: Objective, frontier: Tensor[], labels: Tensor1D, optimizer: TfOptimizer): { loss: Scalar; predicted: Tensor } {
+function trainStep(staged: StagedModel, objective: Objective, frontier: Tensor[], labels: Tensor1D, optimizer: TfOptimizer, seed: number): { loss: Scalar; predicted: Tensor } {
   let predicted: Tensor | undefined;
   const loss = optimizer.minimize(
     () => {
-      const logits = staged.trainable(frontier, true);
+      const logits = staged.trainable(frontier, true, seed);
       predicted = tf.keep(predictedClasses(objective.head, logits));
       return batchLoss(objective, logits, labels);
     },
@@ -242,20 +254,23 @@ function trainStep(staged: StagedModel, objective: Objective, frontier: Tensor[]
   return { loss, predicted: predicted! };
 }
 
-async function trainEpoch(inputs: TrainInputs, staged: StagedModel, train: FrontierSource, optimizer: TfOptimizer, epoch: number): Promise<{ loss: number; accuracy: number; batches: number; interrupted: boolean }> {
+class Control implements TrainingControl {
+  stopReason?: 'early_stopping' | 'interrupted';
+  stop(reason: 'early_stopping' | 'interrupted'): void {
+    // An interrupt outranks early stopping: the phase did not finish as planned.
+    if (this.stopReason !== 'interrupted') this.stopReason = reason;
+  }
+}
+
+async function trainEpoch(inputs: FitInputs, staged: StagedModel, train: FrontierSource, phase: PhaseSettings, epoch: number, callbacks: readonly Callback[], control: Control): Promise<{ loss: number; accuracy: number; interrupted: boolean }> {
   const { objective, batchSize } = inputs;
-  const bar = inputs.progress
-    ? new cliProgress.SingleBar({ format: `epoch ${epoch} [{bar}] {value}/{total} batches | loss {loss} | acc {acc} | ETA {eta_formatted}`, stream: process.stderr, hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic)
-    : undefined;
-  bar?.start(Math.ceil(train.length / batchSize), 0, { loss: '-', acc: '-' });
+  const batches = Math.ceil(train.length / batchSize);
   let lossSum = 0;
   let correct = 0;
   let seen = 0;
   let batchIndex = 0;
-  let interrupted = false;
   for (const batch of train.batches(batchSize, epochOrder(inputs.seed, epoch, train.length), epoch)) {
-    setStepSeed(Math.floor(new Random(inputs.seed, 'dropout', epoch, batchIndex).next() * 2147483646) + 1);
-    const { loss, predicted } = trainStep(staged, objective, batch.frontier, batch.labels, optimizer);
+    const { loss, predicted } = trainStep(staged, objective, batch.frontier, batch.labels, phase.optimizer, stepSeed(inputs.seed, epoch, batchIndex));
     const n = batch.indices.length;
     lossSum += loss.dataSync()[0] * n;
     const predictedValues = predicted.dataSync();
@@ -263,39 +278,39 @@ async function trainEpoch(inputs: TrainInputs, staged: StagedModel, train: Front
     seen += n;
     tf.dispose([loss, predicted, ...batch.frontier, batch.labels]);
     batchIndex++;
-    bar?.update(batchIndex, { loss: (lossSum / seen).toFixed(4), acc: (correct / seen).toFixed(4) });
+    const progress = { phase: phase.phase, epoch, batch: batchIndex, batches, loss: lossSum / seen, accuracy: correct / seen };
+    for (const callback of callbacks) callback.onBatchEnd?.(progress, control);
     // Let signal handlers (Ctrl-C) and timers run between batches.
     await new Promise((resolve) => setImmediate(resolve));
-    if (inputs.shouldStop()) {
-      interrupted = true;
-      break;
-    }
+    if (control.stopReason === 'interrupted') return { loss: Number.NaN, accuracy: Number.NaN, interrupted: true };
   }
-  bar?.stop();
-  setStepSeed(undefined);
-  return { loss: lossSum / Math.max(1, seen), accuracy: correct / Math.max(1, seen), batches: batchIndex, interrupted };
+  return { loss: lossSum / Math.max(1, seen), accuracy: correct / Math.max(1, seen), interrupted: false };
 }
 
-/** One optimizer step on one batch, as trainEpoch does it (for the benchmarks). */
+/** One optimizer step on one batch, as an epoch does it (for the benchmarks). */
 export function trainStepForBench(staged: StagedModel, objective: Objective, images: Tensor4D, labels: Tensor1D, optimizer: TfOptimizer): number {
   const frontier = staged.frozen(images);
-  const { loss, predicted } = trainStep(staged, objective, frontier, labels, optimizer);
+  const { loss, predicted } = trainStep(staged, objective, frontier, labels, optimizer, 1);
   const value = loss.dataSync()[0];
   tf.dispose([loss, predicted, ...frontier]);
   return value;
 }
 
-/** Runs the epochs of one phase; the model's trainable flags must already be set. */
-export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<PhaseOutcome> {
-  const outcome: PhaseOutcome = { stoppedEarly: false, interrupted: false, epochs: [] };
-  const stopping = phase.earlyStopping;
-  let best: { value: number; epoch: number; weights?: Tensor[] } | undefined;
-  let sinceBest = 0;
+/**
+ * Trains epochs resumeAfter+1 .. last of a phase; the model's trainable flags must already
+ * be set. Callbacks run in order at each event.
+ */
+export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callbacks: readonly Callback[]): Promise<PhaseEnd> {
+  const span: PhaseSpan = { phase: phase.phase, first: phase.first, last: phase.last, resumeAfter: phase.resumeAfter };
+  const control = new Control();
+  let lastTrained = phase.resumeAfter;
+  for (const callback of callbacks) await callback.onPhaseBegin?.(span);
   const staged = new StagedModel(inputs.model);
+  const remaining = phase.last - phase.resumeAfter;
   const cacheStarted = performance.now();
   const cacheBytes = staged.frontierBytesPerSample() * (inputs.train.length + inputs.validation.length);
-  const caching = inputs.cacheFrozenOutputs && phase.endEpoch > phase.startEpoch && cacheBytes <= FROZEN_CACHE_BUDGET_BYTES;
-  if (inputs.cacheFrozenOutputs && !caching && phase.endEpoch > phase.startEpoch) {
+  const caching = inputs.cacheFrozenOutputs && remaining > 0 && cacheBytes <= FROZEN_CACHE_BUDGET_BYTES;
+  if (inputs.cacheFrozenOutputs && !caching && remaining > 0) {
     inputs.log(`${phase.phase}: not caching the frozen layers' outputs (${(cacheBytes / 1024 ** 2).toFixed(0)} MB over the ${(FROZEN_CACHE_BUDGET_BYTES / 1024 ** 2).toFixed(0)} MB budget); recomputing them every epoch`);
   }
   const caches = caching ? [cacheFrozenOutputs(staged, inputs.train, inputs.batchSize), cacheFrozenOutputs(staged, inputs.validation, inputs.batchSize)] : undefined;
@@ -303,54 +318,33 @@ export async function runPhase(inputs: TrainInputs, phase: PhaseRun): Promise<Ph
   // Computing the cache is part of the first epoch's cost.
   let carrySeconds = caches ? (performance.now() - cacheStarted) / 1000 : 0;
   try {
-  for (let epoch = phase.startEpoch + 1; epoch <= phase.endEpoch; epoch++) {
-    const started = performance.now();
-    const learningRate = phase.learningRateAt(epoch - phase.phaseStartEpoch - 1);
-    setLearningRate(phase.optimizer, learningRate);
-    const trained = await trainEpoch(inputs, staged, trainSource, phase.optimizer, epoch);
-    if (trained.interrupted) {
-      outcome.interrupted = true;
-      break;
+    for (let epoch = phase.resumeAfter + 1; epoch <= phase.last && !control.stopReason; epoch++) {
+      const started = performance.now();
+      const learningRate = phase.learningRateAt(epoch - phase.first);
+      setLearningRate(phase.optimizer, learningRate);
+      const trained = await trainEpoch(inputs, staged, trainSource, phase, epoch, callbacks, control);
+      if (trained.interrupted) break;
+      const validation = caches ? evaluateCached(staged, inputs.objective, caches[1].source, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+      const record: EpochRecord = {
+        epoch,
+        phase: phase.phase,
+        loss: trained.loss,
+        accuracy: trained.accuracy,
+        val_loss: validation.loss,
+        val_accuracy: validation.accuracy,
+        learning_rate: learningRate,
+        seconds: (performance.now() - started) / 1000 + carrySeconds,
+        time: Date.now(),
+      };
+      carrySeconds = 0;
+      lastTrained = epoch;
+      for (const callback of callbacks) await callback.onEpochEnd?.(record, control);
     }
-    const validation = caches ? evaluateCached(staged, inputs.objective, caches[1].source, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
-    const record: EpochRecord = {
-      epoch,
-      phase: phase.phase,
-      loss: trained.loss,
-      accuracy: trained.accuracy,
-      val_loss: validation.loss,
-      val_accuracy: validation.accuracy,
-      learning_rate: learningRate,
-      seconds: (performance.now() - started) / 1000 + carrySeconds,
-      time: Date.now(),
-    };
-    carrySeconds = 0;
-    outcome.epochs.push(record);
-    inputs.log(`epoch ${epoch} (${phase.phase}): loss ${record.loss.toFixed(4)} acc ${record.accuracy.toFixed(4)} val_loss ${record.val_loss.toFixed(4)} val_acc ${record.val_accuracy.toFixed(4)} (${record.seconds.toFixed(1)} s)`, { ...record });
-    await inputs.onEpochEnd(record);
-    if (stopping) {
-      const value = record[stopping.monitor];
-      if (!best || improved(stopping.monitor, value, best.value, stopping.min_delta)) {
-        if (best?.weights) tf.dispose(best.weights);
-        best = { value, epoch, weights: stopping.restore_best_weights ? snapshot(inputs.model) : undefined };
-        sinceBest = 0;
-      } else if (++sinceBest > stopping.patience) {
-        outcome.stoppedEarly = true;
-        inputs.log(`early stopping in ${phase.phase} at epoch ${epoch}: ${stopping.monitor} has not improved since epoch ${best.epoch}`);
-        break;
-      }
-    }
-  }
   } finally {
     caches?.forEach((cache) => cache.dispose());
     staged.dispose();
   }
-  if (best?.weights) {
-    if (outcome.stoppedEarly && best.epoch !== outcome.epochs.at(-1)?.epoch) {
-      restore(inputs.model, best.weights);
-      outcome.restoredEpoch = best.epoch;
-    }
-    tf.dispose(best.weights);
-  }
-  return outcome;
+  const end: PhaseEnd = { ...span, lastTrained, complete: control.stopReason !== 'interrupted', stopReason: control.stopReason };
+  for (const callback of callbacks) await callback.onPhaseEnd?.(end);
+  return end;
 }

@@ -1,6 +1,6 @@
 import type { Scalar, Tensor, Tensor1D } from '@tensorflow/tfjs-node';
 import type { HeadKind } from '../models/classifier.ts';
-import { tf } from '../tf.ts';
+import { tf } from '../tfjs/tf.ts';
 
 /**
  * Loss and accuracy of a head, as Keras computes them: BinaryCrossentropy(from_logits)

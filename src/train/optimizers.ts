@@ -1,6 +1,7 @@
 import type { Optimizer as TfOptimizer } from '@tensorflow/tfjs-node';
 import type { Optimizer as OptimizerConfig, Schedule } from '../config/resolved.ts';
-import { tf } from '../tf.ts';
+import { setOptimizerLearningRate } from '../tfjs/internals.ts';
+import { tf } from '../tfjs/tf.ts';
 
 /** Keras's default epsilon for Adam and RMSprop. */
 const kerasEpsilon = 1e-7;
@@ -17,7 +18,14 @@ export function createOptimizer(config: OptimizerConfig): TfOptimizer {
   }
 }
 
-/** Learning rate of an epoch of a phase (0-based within the phase). */
+/**
+ * Learning rate of an epoch of a phase (0-based within the phase), set once per epoch.
+ * Warm-up rises linearly to the base rate, reaching base x (e + 1) / (warmup + 1) at epoch e;
+ * cosine then decays from the base rate to min_learning_rate over the remaining epochs.
+ * This is keras.optimizers.schedules.CosineDecay(initial_learning_rate=0,
+ * warmup_target=base, warmup_steps=warmup + 1, decay_steps=epochs - warmup,
+ * alpha=min/base) evaluated at step e + 1 (one step per epoch); the tests compare with it.
+ */
 export function learningRateAt(base: number, schedule: Schedule, epochInPhase: number, phaseEpochs: number): number {
   const warmup = Math.min(schedule.warmup_epochs, phaseEpochs);
   if (epochInPhase < warmup) return (base * (epochInPhase + 1)) / (warmup + 1);
@@ -27,7 +35,6 @@ export function learningRateAt(base: number, schedule: Schedule, epochInPhase: n
   return schedule.min_learning_rate + 0.5 * (base - schedule.min_learning_rate) * (1 + Math.cos(Math.PI * progress));
 }
 
-/** tfjs optimizers read their learning rate field on every step; the schedule sets it per epoch. */
 export function setLearningRate(optimizer: TfOptimizer, learningRate: number): void {
-  (optimizer as unknown as { learningRate: number }).learningRate = learningRate;
+  setOptimizerLearningRate(optimizer, learningRate);
 }

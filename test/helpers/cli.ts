@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { execa } from 'execa';
-import { projectRoot } from '../../src/version.ts';
+import { projectRoot } from '../../src/core/project.ts';
 
 export const tlxBin = path.join(projectRoot, 'bin', 'tlx.mjs');
 

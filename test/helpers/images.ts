@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Tensor3D } from '@tensorflow/tfjs-node';
-import { tf } from '../../src/tf.ts';
+import { tf } from '../../src/tfjs/tf.ts';
 
 /**
  * Small learnable images for tests: each class has its own colour and stripe direction,

@@ -1,7 +1,7 @@
 import { execa } from 'execa';
 import path from 'node:path';
-import { venvPython } from '../../src/export/bridge.ts';
-import { projectRoot } from '../../src/version.ts';
+import { venvPython } from '../../src/export/python.ts';
+import { projectRoot } from '../../src/core/project.ts';
 
 /** Runs Python from the project's .venv (real TensorFlow/Keras) with a script given inline. */
 export async function python(code: string, args: string[] = [], input?: string): Promise<string> {

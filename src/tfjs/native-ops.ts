@@ -1,5 +1,5 @@
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { tf } from './tf.ts';
+import { nativeBackend } from './internals.ts';
 
 /**
  * TensorFlow ops that tfjs has no kernel for (or whose tfjs gradient is slow), run by
@@ -17,31 +17,8 @@ export type OpAttr =
   | { name: string; kind: 'type'; value: DType | DType[] }
   | { name: string; kind: 'shape'; value: number[] };
 
-interface NativeBinding {
-  TF_ATTR_STRING: number;
-  TF_ATTR_INT: number;
-  TF_ATTR_FLOAT: number;
-  TF_ATTR_BOOL: number;
-  TF_ATTR_TYPE: number;
-  TF_ATTR_SHAPE: number;
-  TF_FLOAT: number;
-  TF_INT32: number;
-  TF_BOOL: number;
-  TF_UINT8: number;
-}
-
-interface NativeBackend {
-  binding: NativeBinding;
-  executeSingleOutput(name: string, attrs: unknown[], inputs: Tensor[]): Tensor;
-  executeMultipleOutputs(name: string, attrs: unknown[], inputs: Tensor[], count: number): Tensor[];
-}
-
-function backend(): NativeBackend {
-  return tf.backend() as unknown as NativeBackend;
-}
-
 function toBindingAttrs(attrs: readonly OpAttr[]): unknown[] {
-  const b = backend().binding;
+  const b = nativeBackend().binding;
   const dtypes = { float32: b.TF_FLOAT, int32: b.TF_INT32, bool: b.TF_BOOL, uint8: b.TF_UINT8 };
   return attrs.map((attr) => {
     switch (attr.kind) {
@@ -62,9 +39,9 @@ function toBindingAttrs(attrs: readonly OpAttr[]): unknown[] {
 }
 
 export function runOp(name: string, attrs: readonly OpAttr[], inputs: Tensor[]): Tensor {
-  return backend().executeSingleOutput(name, toBindingAttrs(attrs), inputs);
+  return nativeBackend().executeSingleOutput(name, toBindingAttrs(attrs), inputs);
 }
 
 export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tensor[], outputs: number): Tensor[] {
-  return backend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
+  return nativeBackend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
 }

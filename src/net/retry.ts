@@ -20,3 +20,14 @@ export function backoffMs(baseMs: number, attempt: number): number {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Network errors that another attempt cannot fix: the host name does not resolve. */
+export function isPermanentNetworkError(error: unknown): boolean {
+  const code = (error as { code?: string; cause?: { code?: string } })?.cause?.code ?? (error as { code?: string })?.code;
+  return code === 'ENOTFOUND';
+}
+
+/** HTTP statuses another attempt cannot fix: authentication, permission, missing. */
+export function isAuthOrMissing(status: number): boolean {
+  return status === 401 || status === 403 || status === 404;
+}

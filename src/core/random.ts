@@ -2,9 +2,9 @@ import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 
 /**
- * Seeded randomness for everything tlx draws (splits, shuffles, augmentation), so the
- * same seed and config give the same run. Streams are derived from the seed and a
- * purpose label, so adding draws in one place does not shift another.
+ * Seeded randomness for everything tlx draws (splits, shuffles, augmentation, dropout
+ * masks), so the same seed and config give the same run. Streams are derived from the
+ * seed and a purpose label, so adding draws in one place does not shift another.
  */
 export class Random {
   private readonly generator;
@@ -21,6 +21,11 @@ export class Random {
   /** Uniform in [low, high). */
   uniform(low: number, high: number): number {
     return low + (high - low) * this.next();
+  }
+
+  /** A seed for a TensorFlow random op, in [1, 2^31 - 1). */
+  opSeed(): number {
+    return Math.floor(this.next() * 2147483646) + 1;
   }
 
   /** A Fisher-Yates shuffled copy. */
@@ -47,21 +52,4 @@ function mixSeed(seed: number, stream: (string | number)[]): number {
     hash = Math.imul(hash, 0x01000193);
   }
   return hash | 0;
-}
-
-/**
- * The per-step seed of random layers (dropout), set by the training loop before each step
- * from (seed, epoch, batch): a resumed or shared run draws exactly the masks an
- * uninterrupted run draws. Each random op in the step takes the next derived seed.
- */
-let stepSeed: number | undefined;
-let stepDraws = 0;
-
-export function setStepSeed(seed: number | undefined): void {
-  stepSeed = seed;
-  stepDraws = 0;
-}
-
-export function nextStepSeed(): number | undefined {
-  return stepSeed === undefined ? undefined : (stepSeed + 7919 * stepDraws++) % 2147483647;
 }

@@ -1,5 +1,6 @@
 import type { TopLevelSpec } from 'vega-lite';
-import type { GridValue } from './grid.ts';
+import { csvTable } from '../core/csv.ts';
+import type { GridValue } from './plan.ts';
 
 /** A sweep's answer: one row per trial, the best one, a table, CSV and a plot (pure). */
 
@@ -19,6 +20,8 @@ export interface TrialRow {
   tflite_bytes?: number;
   minutes?: number;
   shared_feature_extraction?: boolean;
+  /** This trial's model was exported (all trials, or only the best with sweep.export: best). */
+  exported?: boolean;
   error?: string;
 }
 
@@ -66,8 +69,10 @@ function columns(rows: TrialRow[]): { header: string; value: (row: TrialRow) => 
 
 export function resultsCsv(rows: TrialRow[]): string {
   const cols = columns(rows);
-  const quote = (v: string) => (/[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
-  return `${cols.map((c) => c.header).join(',')}\n${rows.map((r) => cols.map((c) => quote(c.value(r))).join(',')).join('\n')}\n`;
+  return csvTable(
+    cols.map((c) => c.header),
+    rows.map((r) => cols.map((c) => c.value(r))),
+  );
 }
 
 /** The terminal table: aligned columns, the best trial marked with *. */

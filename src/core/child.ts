@@ -1,0 +1,66 @@
+import { execa, type Options, type ResultPromise } from 'execa';
+
+/**
+ * Child processes (Python, trial workers, servers) that never outlive or surprise tlx:
+ *
+ * - each runs in its own process group, so a terminal's Ctrl-C reaches tlx only, and tlx
+ *   decides what the child does (finish, checkpoint, or be stopped);
+ * - stdin stays an open pipe that tlx's own children watch: when tlx dies, even by SIGKILL,
+ *   the pipe closes and they exit instead of writing into a run that moved on;
+ * - the environment is what the child needs, not every secret of the parent's.
+ */
+
+const passedThrough = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'TEMP', 'TMP', 'SYSTEMROOT'];
+
+/** The parent's environment minus everything but locale, paths and user: add what the child needs. */
+export function minimalEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of passedThrough) if (process.env[key] !== undefined) env[key] = process.env[key]!;
+  for (const [key, value] of Object.entries(extra)) if (value !== undefined) env[key] = value;
+  return env;
+}
+
+export interface ChildOptions {
+  env: Record<string, string>;
+  cwd?: string;
+  timeoutMs?: number;
+  /** Keep stdin open as the parent-liveness pipe (tlx's own children read it); otherwise ignore. */
+  watchParent?: boolean;
+  /** Keep stdout/stderr in memory for the result (default); false for long-lived children read as streams. */
+  buffer?: boolean;
+}
+
+export function spawnChild(file: string, args: readonly string[], options: ChildOptions): ResultPromise<Options> {
+  return execa(file, args, {
+    env: options.env,
+    extendEnv: false,
+    cwd: options.cwd,
+    reject: false,
+    detached: true,
+    cleanup: true,
+    stdin: options.watchParent ? 'pipe' : 'ignore',
+    buffer: options.buffer ?? true,
+    ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}),
+  }) as ResultPromise<Options>;
+}
+
+/** Sends a signal to a child's whole process group (servers spawn workers of their own). */
+export function signalGroup(child: { pid?: number }, signal: NodeJS.Signals): void {
+  if (!child.pid) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+  }
+}
+
+/** Stops a child's process group: SIGTERM, then SIGKILL after `graceMs`. */
+export async function stopGroup(child: ResultPromise<Options>, graceMs = 10_000): Promise<void> {
+  signalGroup(child, 'SIGTERM');
+  const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), graceMs);
+  try {
+    await child;
+  } finally {
+    clearTimeout(timer);
+  }
+}

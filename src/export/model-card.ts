@@ -1,0 +1,74 @@
+import type { TfliteRecord } from '../run-folder/records.ts';
+import type { ClassifierDescription, TensorDescription } from './tflite.ts';
+
+/** The model card (markdown) of an export: what the file takes and gives, how well it did, how an app uses it. */
+
+/** Which preprocessing the model carries inside, per base. */
+export function preprocessingNote(base: string): string {
+  const inside = base === 'mobilenet_v2' ? 'scales them to [-1, 1] (x / 127.5 - 1)' : 'rescales them as its Keras base does';
+  return `Input: raw RGB pixels 0..255 at the training size, resized bilinearly (as in training). The model ${inside} inside; do not normalise in the app.`;
+}
+
+/** Markdown-escapes text from users (class names, license): no table breaks, no markup. */
+export function escapeMarkdown(text: string): string {
+  return text.replace(/[\\`*_{}[\]()#+\-.!|<>~]/g, (c) => `\\${c}`).replace(/[\r\n]+/g, ' ');
+}
+
+function pct(value?: number): string {
+  return value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
+}
+
+function quantization(t: TensorDescription): string {
+  return t.dtype === 'float32' ? 'none (float32)' : `scale ${t.quantization.scale}, zero point ${t.quantization.zero_point}`;
+}
+
+export function modelCardMarkdown(record: TfliteRecord, classifier: ClassifierDescription, metadata: { name: string; version: string; author?: string; license?: string }): string {
+  const outputArray = record.output.dtype === 'float32' ? 'FloatArray' : 'ByteArray';
+  const mediapipe = record.mediapipe as { accuracy?: number; agreement_with_tflite?: number; skipped?: string } | undefined;
+  const int8Io = record.quantization === 'int8' && record.io_type === 'int8';
+  const labels = record.labels.map(escapeMarkdown).join(', ');
+  return `# Model card: ${escapeMarkdown(metadata.name)}
+
+| | |
+|---|---|
+| status | ${record.status}${record.problems.length ? ` (${escapeMarkdown(record.problems.join('; '))})` : ''} |
+| version | ${escapeMarkdown(metadata.version)} |
+${metadata.author ? `| author | ${escapeMarkdown(metadata.author)} |\n` : ''}${metadata.license ? `| license | ${escapeMarkdown(metadata.license)} |\n` : ''}| base | ${classifier.base} alpha ${classifier.alpha}, ${classifier.imageSize[0]}x${classifier.imageSize[1]} |
+| quantization | ${record.quantization}${record.quantization === 'int8' ? ` (input/output ${record.io_type})` : ''} |
+| size | ${record.bytes} bytes |
+| input | shape [${record.input.shape.join(', ')}], ${record.input.dtype}, quantization: ${quantization(record.input)} |
+| pixel preprocessing | ${record.preprocessing} |
+| output | shape [${record.output.shape.join(', ')}], ${record.output.dtype}, quantization: ${quantization(record.output)}: one probability per category |
+| labels | ${labels} (embedded in the model as TFLite metadata, and in labels.txt) |
+| accuracy (${record.evaluated_on} split, run through the .tflite) | ${pct(record.accuracy)} (trained model: ${pct(record.trained_model_accuracy)}) |
+| accuracy in MediaPipe Tasks' ImageClassifier | ${mediapipe?.skipped ? escapeMarkdown(mediapipe.skipped) : `${pct(mediapipe?.accuracy)} (top-1 agrees with the .tflite on ${pct(mediapipe?.agreement_with_tflite)})`} |
+| accuracy with nearest-neighbour resize (Android createScaledBitmap filter=false) | ${pct(record.accuracy_nearest_resize)} |
+| agreement with the trained model (top-1) | ${pct(record.agreement_with_trained_model)} |
+| median latency per image (1 thread, this machine) | ${record.median_latency_ms?.toFixed(2) ?? 'n/a'} ms |
+
+${
+  int8Io
+    ? `This file has int8 input and output: MediaPipe Tasks and the TFLite Task Library read only uint8 or float32, so use the raw interpreter below (or export with io_type: uint8, the default).`
+    : `## Android: MediaPipe Tasks reads the labels and the output size from the model
+
+\`\`\`kotlin
+val classifier = ImageClassifier.createFromOptions(context,
+    ImageClassifier.ImageClassifierOptions.builder()
+        .setBaseOptions(BaseOptions.builder().setModelAssetPath("model.tflite").build())
+        .setMaxResults(3)
+        .build())
+val result = classifier.classify(BitmapImageBuilder(bitmap).build())
+val top = result.classificationResult().classifications()[0].categories()[0]
+Log.i("tlx", "\${top.categoryName()} \${top.score()}")   // no labels array, no output size
+\`\`\``
+}
+
+## Fallback: the raw TFLite interpreter (size the output from labels.txt, never by hand)
+
+\`\`\`kotlin
+val labels = context.assets.open("labels.txt").bufferedReader().readLines().filter { it.isNotBlank() }
+val output = Array(1) { ${outputArray}(labels.size) }   // [1, ${record.labels.length}]
+interpreter.run(input, output)
+\`\`\`
+`;
+}

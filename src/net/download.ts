@@ -1,0 +1,254 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { once } from 'node:events';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { UserError, errorMessage } from '../core/errors.ts';
+import { fsyncFile, removeDeadTemps, writeFileAtomic } from '../core/files.ts';
+import { sha256Hex, sha256OfFile } from '../core/hash.ts';
+import { FolderLock } from '../core/lock.ts';
+import { silentLogger, type Logger } from '../core/log.ts';
+import { redactText, redactUrl } from '../core/redact.ts';
+import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from './retry.ts';
+
+/**
+ * The download cache shared by datasets and weight files: a URL is fetched once into
+ * `<cache>/downloads/<key>/`, resumed with Range after a cut, capped in size, checked
+ * against a sha256 when one is given, and recorded with its sha256 on first download,
+ * which is verified on every later use (a cached file that changed is fetched again).
+ * One process at a time fills an entry (a lock per entry; others wait and then use it).
+ */
+
+export interface DownloadOptions {
+  cacheDir: string;
+  /** Expected sha256 (lower-case hex); a mismatch discards the file. */
+  sha256?: string;
+  /** Refuse a download larger than this (Content-Length when given, else counted while streaming). */
+  maxBytes?: number;
+  /** Abort a request that receives no bytes for this long. */
+  idleTimeoutMs?: number;
+  /** Attempts after the first one, on connection errors, timeouts, truncation, 408, 429 and 5xx. */
+  retries?: number;
+  /** First backoff delay; doubles each retry, with jitter. */
+  backoffMs?: number;
+  /** Told of the bytes received so far (and the total, when the server says it): a progress display. */
+  onProgress?: (received: number, total: number | undefined) => void;
+  /** How long to wait for another process filling the same entry. */
+  waitForOtherMs?: number;
+  /** What the URL is for, in error messages (dataset.url, model.weights). */
+  what?: string;
+  log?: Logger;
+}
+
+export interface Downloaded {
+  file: string;
+  sha256: string;
+  bytes: number;
+  fromCache: boolean;
+}
+
+/** Twenty GiB: the default cap of a download and of an extraction. */
+export const defaultMaxBytes = 20 * 1024 ** 3;
+
+class RetryableError extends Error {
+  constructor(
+    message: string,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** The file name a URL points at, made safe for the cache. */
+export function fileNameOf(url: string): string {
+  const name = decodeURIComponent(new URL(url).pathname.split('/').pop() || 'download');
+  return name.replace(/[^\w.-]+/g, '_') || 'download';
+}
+
+/** Cache entry of a URL: keyed by URL and expected checksum, so a new checksum is a new entry. */
+export function cacheEntryOf(url: string, cacheDir: string, sha256?: string): string {
+  const key = sha256Hex(`${url}\n${sha256 ?? ''}`).slice(0, 20);
+  return path.join(cacheDir, 'downloads', key, fileNameOf(url));
+}
+
+function formatBytes(bytes: number): string {
+  return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(1)} GiB` : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function tooLarge(what: string, url: string, bytes: number, maxBytes: number, known: boolean): UserError {
+  return new UserError(
+    `${what}: ${redactUrl(url)} is ${known ? '' : 'over '}${formatBytes(bytes)}, over the limit of ${formatBytes(maxBytes)} (dataset.max_download_bytes); nothing was kept`,
+  );
+}
+
+interface AttemptSettings {
+  idleTimeoutMs: number;
+  onProgress?: (received: number, total: number | undefined) => void;
+  maxBytes: number;
+  what: string;
+}
+
+/** One HTTP attempt: appends to the partial file when the server honours Range. */
+async function attempt(url: string, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
+  const have = fs.existsSync(partFile) ? fs.statSync(partFile).size : 0;
+  const controller = new AbortController();
+  let idle = setTimeout(() => controller.abort(new Error(`no data for ${settings.idleTimeoutMs} ms`)), settings.idleTimeoutMs);
+  const touch = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => controller.abort(new Error(`no data for ${settings.idleTimeoutMs} ms`)), settings.idleTimeoutMs);
+  };
+  let response: Response;
+  try {
+    response = await fetch(url, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, signal: controller.signal, redirect: 'follow' });
+  } catch (error) {
+    clearTimeout(idle);
+    const reason = redactText(errorMessage((error as { cause?: unknown }).cause ?? error));
+    if (isPermanentNetworkError(error)) throw new UserError(`download of ${redactUrl(url)} failed: cannot resolve the host (${reason})`);
+    throw new RetryableError(`cannot connect: ${reason}`);
+  }
+  if (response.status === 416 && have > 0) {
+    clearTimeout(idle);
+    fs.rmSync(partFile, { force: true });
+    throw new RetryableError('server refused to resume (416); restarting');
+  }
+  if (retryableStatus.has(response.status)) {
+    clearTimeout(idle);
+    await response.body?.cancel();
+    throw new RetryableError(`HTTP ${response.status}`, retryAfterMs(response.headers.get('retry-after')));
+  }
+  if (!response.ok || !response.body) {
+    clearTimeout(idle);
+    await response.body?.cancel();
+    throw new UserError(`download of ${redactUrl(url)} failed: HTTP ${response.status} ${response.statusText}`);
+  }
+  const resumed = response.status === 206 && have > 0;
+  if (have > 0 && !resumed) log.info({ url: redactUrl(url) }, 'server does not resume; restarting the download');
+  const start = resumed ? have : 0;
+  const length = Number(response.headers.get('content-length') ?? NaN);
+  const total = Number.isFinite(length) ? start + length : undefined;
+  if (total !== undefined && total > settings.maxBytes) {
+    clearTimeout(idle);
+    await response.body.cancel();
+    fs.rmSync(partFile, { force: true });
+    throw tooLarge(settings.what, url, total, settings.maxBytes, true);
+  }
+  let received = start;
+  let over = false;
+  const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
+  const out = fs.createWriteStream(partFile, { flags: resumed ? 'a' : 'w' });
+  try {
+    for await (const chunk of body) {
+      received += (chunk as Buffer).length;
+      if (received > settings.maxBytes) {
+        over = true;
+        break;
+      }
+      touch();
+      settings.onProgress?.(received, total);
+      if (!out.write(chunk)) await once(out, 'drain');
+    }
+  } catch (error) {
+    throw new RetryableError(`transfer interrupted after ${received} bytes: ${redactText(errorMessage(controller.signal.reason ?? error))}`);
+  } finally {
+    clearTimeout(idle);
+    // Flush what arrived, even after an error: the next attempt resumes from it.
+    await new Promise<void>((resolve) => out.end(() => resolve()));
+    if (over) {
+      controller.abort();
+      fs.rmSync(partFile, { force: true });
+    }
+  }
+  if (over) throw tooLarge(settings.what, url, received, settings.maxBytes, false);
+  if (total !== undefined && received !== total) throw new RetryableError(`truncated body: got ${received} of ${total} bytes`);
+}
+
+async function copyLocal(url: string, partFile: string, settings: AttemptSettings): Promise<void> {
+  const source = fileURLToPath(url);
+  if (!fs.existsSync(source)) throw new UserError(`${settings.what}: ${url}: file not found`);
+  const bytes = fs.statSync(source).size;
+  if (bytes > settings.maxBytes) throw tooLarge(settings.what, url, bytes, settings.maxBytes, true);
+  await pipeline(fs.createReadStream(source), fs.createWriteStream(partFile));
+}
+
+/** The cached file, if present and still the bytes recorded when it was downloaded. */
+async function verifiedCacheHit(file: string, checksumFile: string, log: Logger, url: string): Promise<Downloaded | undefined> {
+  if (!fs.existsSync(file) || !fs.existsSync(checksumFile)) return undefined;
+  const recorded = fs.readFileSync(checksumFile, 'utf8').trim();
+  const actual = await sha256OfFile(file);
+  if (actual !== recorded) {
+    log.warn({ url: redactUrl(url), file }, 'the cached download no longer matches the sha256 recorded when it was downloaded; fetching it again');
+    fs.rmSync(file, { force: true });
+    fs.rmSync(checksumFile, { force: true });
+    return undefined;
+  }
+  log.info({ url: redactUrl(url), file }, 'found in the download cache');
+  return { file, sha256: recorded, bytes: fs.statSync(file).size, fromCache: true };
+}
+
+/**
+ * Downloads a URL into the cache once. The bytes go to `<name>.part` (kept between
+ * attempts so a retry resumes), are checked against sha256 when given, then renamed:
+ * a file under its final name is always complete and verified.
+ */
+export async function downloadToCache(url: string, options: DownloadOptions): Promise<Downloaded> {
+  const log = options.log ?? silentLogger;
+  const what = options.what ?? 'download';
+  const file = cacheEntryOf(url, options.cacheDir, options.sha256);
+  const entry = path.dirname(file);
+  const checksumFile = `${file}.sha256`;
+  fs.mkdirSync(entry, { recursive: true });
+  const lock = await FolderLock.acquireWhenFree(entry, `download cache entry ${entry}`, {
+    timeoutMs: options.waitForOtherMs ?? 6 * 60 * 60_000,
+    onWait: (owner) => log.info({ url: redactUrl(url), pid: owner?.pid }, 'another process is downloading this file; waiting for it'),
+    onTakeover: (owner, reason) => log.warn({ entry, pid: owner?.pid }, `taking over the download left by a stopped process (${reason})`),
+  });
+  try {
+    removeDeadTemps(entry);
+    const hit = await verifiedCacheHit(file, checksumFile, log, url);
+    if (hit) {
+      if (options.sha256 && hit.sha256 !== options.sha256) throw new UserError(`${what}: the cached download of ${redactUrl(url)} has sha256 ${hit.sha256}, expected ${options.sha256}`);
+      return hit;
+    }
+    const partFile = `${file}.part`;
+    const settings: AttemptSettings = {
+      idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
+      onProgress: options.onProgress,
+      maxBytes: options.maxBytes ?? defaultMaxBytes,
+      what,
+    };
+    const retries = options.retries ?? 4;
+    if (url.startsWith('file:')) {
+      await copyLocal(url, partFile, settings);
+    } else {
+      for (let attemptNo = 0; ; attemptNo++) {
+        try {
+          log.info({ url: redactUrl(url), attempt: attemptNo + 1 }, 'downloading');
+          await attempt(url, partFile, settings, log);
+          break;
+        } catch (error) {
+          if (!(error instanceof RetryableError) || attemptNo >= retries) {
+            if (error instanceof RetryableError) throw new UserError(`download of ${redactUrl(url)} failed after ${attemptNo + 1} attempts: ${error.message}`);
+            throw error;
+          }
+          const delay = error.retryAfterMs ?? backoffDelay(options.backoffMs ?? 500, attemptNo);
+          log.warn({ url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) }, 'download failed; retrying');
+          await sleep(delay);
+        }
+      }
+    }
+    const sha256 = await sha256OfFile(partFile);
+    if (options.sha256 && sha256 !== options.sha256) {
+      fs.rmSync(partFile, { force: true });
+      throw new UserError(`${what}: the download of ${redactUrl(url)} has sha256 ${sha256}, expected ${options.sha256}; the file was discarded`);
+    }
+    fsyncFile(partFile);
+    fs.renameSync(partFile, file);
+    // Recorded last: a file without its checksum is not a cache hit and is fetched again.
+    writeFileAtomic(checksumFile, `${sha256}\n`);
+    return { file, sha256, bytes: fs.statSync(file).size, fromCache: false };
+  } finally {
+    lock.release();
+  }
+}
+

@@ -1,0 +1,206 @@
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import type { LoadedExperiment } from '../config/load.ts';
+import type { ResolvedExperiment } from '../config/resolved.ts';
+import { InterruptedError, UserError, errorMessage } from '../core/errors.ts';
+import { setLogFile, type Logger } from '../core/log.ts';
+import { version } from '../core/project.ts';
+import { redactUrl } from '../core/redact.ts';
+import type { PreparedDataset } from '../data/dataset.ts';
+import type { RunJson, RunStatus, RunSummary } from '../run-folder/records.ts';
+import { RunFolder } from '../run-folder/run-folder.ts';
+import type { Exporter } from '../export/python.ts';
+import { buildModel, prepareData, type RunModel } from './model-stage.ts';
+import { evaluateFinal, evaluateInitial } from './evaluate-stage.ts';
+import { exportStage } from './export-stage.ts';
+import { recordSummary } from './summary.ts';
+import { trainPhases } from './train-stage.ts';
+import type { RunProgress, RunProgressFactory } from './progress.ts';
+import { findResumePoint } from './resume.ts';
+import { startTracking, type RunTracking } from './tracking.ts';
+
+/**
+ * `tlx run` as a straight line of stages; each takes plain values and returns plain
+ * values, and the run folder (the source of truth) is kept up to date as they go:
+ *
+ *   open -> data -> model -> restore or start -> train phases -> evaluate -> export -> record
+ */
+
+export interface RunOptions {
+  runsDir: string;
+  cacheDir?: string;
+  log: Logger;
+  /** Ctrl-C: the run stops after the current batch (or stops its export) and is KILLED. */
+  interrupt?: { readonly requested: boolean };
+  /** MLflow parent run (sweep trials). */
+  parentRunId?: string;
+  /** Data already prepared for this config (a sweep decodes once for all its trials). */
+  prepareData?: (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => Promise<PreparedDataset>;
+  /** A long-lived Python worker to export with (a sweep starts TensorFlow once). */
+  exporter?: Exporter;
+  /** Export TFLite after training (default: when the config asks for it). */
+  export?: boolean;
+  /** Terminal progress (run-level line and per-epoch bar), made once the run's config is known. */
+  progress?: RunProgressFactory;
+  /** The queue job this run belongs to: a lock left by the same job on a dead worker is taken over. */
+  job?: string;
+  /** Register the exported model in MLflow's registry when the config names one (a sweep registers only its best trial). */
+  register?: boolean;
+}
+
+export type RunStart = { experiment: LoadedExperiment; trial?: Record<string, unknown>; runId?: string } | { resume: string };
+
+export interface RunResult {
+  folder: RunFolder;
+  summary: RunSummary;
+}
+
+export interface RunContext {
+  folder: RunFolder;
+  config: ResolvedExperiment;
+  log: Logger;
+  options: RunOptions;
+  tracking?: RunTracking;
+  progress?: RunProgress;
+  started: number;
+  run: RunJson;
+  /** Updates run.json (whole-file write). */
+  setRun(patch: Partial<RunJson>): void;
+}
+
+export class ExportFailedError extends Error {
+  override name = 'ExportFailedError';
+}
+
+/** Starts a new run, or continues one, and returns its summary. */
+export async function executeRun(start: RunStart, options: RunOptions): Promise<RunResult> {
+  const context = openRun(start, options);
+  let stage = 'data';
+  try {
+    const data = await prepareData(context);
+    stage = 'resume';
+    const point = findResumePoint(context.folder, context.log);
+    stage = 'model';
+    const model = await buildModel(context, data, point);
+    try {
+      stage = 'train';
+      await evaluateInitial(context, model, data, point);
+      const phases = await trainPhases(context, model, data, point);
+      stage = 'evaluate';
+      const evaluation = await evaluateFinal(context, model, data);
+      stage = 'export';
+      const exported = await exportStage(context, model, data, evaluation);
+      stage = 'record';
+      const summary = recordSummary(context, { data, model, phases, evaluation, exported });
+      await closeRun(context, summary.status, summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined);
+      if (exported?.status === 'failed') throw new ExportFailedError(`export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`);
+      return { folder: context.folder, summary };
+    } finally {
+      disposeModel(model);
+    }
+  } catch (error) {
+    if (!(error instanceof ExportFailedError)) {
+      const interrupted = error instanceof InterruptedError;
+      await closeRun(context, interrupted ? 'KILLED' : 'FAILED', interrupted ? undefined : { error: errorMessage(error), stage });
+    }
+    throw error;
+  } finally {
+    context.progress?.close();
+    setLogFile(context.log, undefined);
+    context.folder.unlock();
+  }
+}
+
+/** The config as a run folder stores it: URLs without credentials or query strings. */
+export function withoutSecrets(config: ResolvedExperiment): ResolvedExperiment {
+  const copy = structuredClone(config);
+  if (copy.dataset.url) copy.dataset.url = redactUrl(copy.dataset.url);
+  if (copy.tracking.mlflow?.tracking_uri) copy.tracking.mlflow.tracking_uri = redactUrl(copy.tracking.mlflow.tracking_uri);
+  if (copy.model.weights && /^[a-z]+:\/\//i.test(copy.model.weights)) copy.model.weights = redactUrl(copy.model.weights);
+  return copy;
+}
+
+function systemTags(experimentDir: string): Record<string, string> {
+  const tags: Record<string, string> = { 'mlflow.user': os.userInfo().username };
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: experimentDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    if (/^[0-9a-f]{40}$/.test(commit)) tags['mlflow.source.git.commit'] = commit;
+  } catch {
+    // not in a git checkout
+  }
+  return tags;
+}
+
+/** A new run folder with the resolved config and run.json (not yet locked). */
+export function createRunFolder(experiment: LoadedExperiment, runsDir: string, trial?: Record<string, unknown>, runId?: string): RunFolder {
+  const folder = RunFolder.create(runsDir, experiment.config.name, runId);
+  const now = new Date().toISOString();
+  folder.writeConfig(withoutSecrets(experiment.config));
+  folder.writeRun({
+    run_id: folder.id,
+    status: 'RUNNING',
+    experiment_file: experiment.files[0],
+    base_dir: experiment.baseDir,
+    config_sha256: experiment.configSha256,
+    tlx_version: version,
+    created: now,
+    updated: now,
+    tags: systemTags(experiment.baseDir),
+    phase_outcomes: {},
+    ...(trial ? { trial } : {}),
+  });
+  return folder;
+}
+
+/** The folder, locked and cleaned of dead processes' temp files, its run marked RUNNING. */
+function openRun(start: RunStart, options: RunOptions): RunContext {
+  const { log } = options;
+  const folder = 'resume' in start ? RunFolder.open(start.resume) : createRunFolder(start.experiment, options.runsDir, start.trial, start.runId);
+  folder.lock({ job: options.job, onTakeover: (owner, reason) => log.warn({ run: folder.id, pid: owner?.pid, host: owner?.host }, `taking over the lock of run ${folder.id} (${reason})`) });
+  try {
+    for (const removed of folder.removeDeadTemps()) log.info({ removed }, 'removed a temp file left by a stopped process');
+    let run = folder.readRun();
+    if ('resume' in start) {
+      if (run.status === 'FINISHED') throw new UserError(`${start.resume}: the run already finished; nothing to resume`);
+      log.info({ run: folder.id }, 'resuming run');
+    } else {
+      log.info({ run: folder.id, dir: folder.dir }, 'run started');
+    }
+    // A new run keeps its experiment's config in memory, secrets included (a signed dataset
+    // URL, a tracking URI with credentials); config.yaml has them removed.
+    const config = 'resume' in start ? folder.readConfig() : start.experiment.config;
+    const context: RunContext = {
+      folder,
+      config,
+      log,
+      options,
+      started: performance.now(),
+      run,
+      setRun(patch) {
+        run = { ...run, ...patch, updated: new Date().toISOString() };
+        context.run = run;
+        folder.writeRun(run);
+      },
+    };
+    const { error: _error, failed_stage: _stage, ended: _ended, ...fresh } = run;
+    context.run = fresh as RunJson;
+    context.setRun({ status: 'RUNNING' });
+    context.tracking = startTracking(context);
+    context.progress = options.progress?.(config);
+    setLogFile(log, folder.logFile());
+    return context;
+  } catch (error) {
+    folder.unlock();
+    throw error;
+  }
+}
+
+/** run.json's final status, and the tracker's last word (which never throws). */
+async function closeRun(context: RunContext, status: RunStatus, failure?: { error?: string; stage?: string }): Promise<void> {
+  context.setRun({ status, ended: new Date().toISOString(), ...(failure?.error ? { error: failure.error, failed_stage: failure.stage } : {}) });
+  await context.tracking?.finish();
+}
+
+function disposeModel(model: RunModel): void {
+  model.classifier.model.dispose();
+}

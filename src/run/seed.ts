@@ -1,0 +1,40 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { LoadedExperiment } from '../config/load.ts';
+import { UserError } from '../core/errors.ts';
+import { fsyncDir, tempPathFor, writeFileAtomic } from '../core/files.ts';
+import { copyCheckpoint, findCheckpoint, readCheckpointMeta } from '../run-folder/checkpoints.ts';
+import { RunFolder } from '../run-folder/run-folder.ts';
+import { createRunFolder } from './run.ts';
+
+/**
+ * A new run that starts where another run's feature extraction ended: its records of
+ * epochs 0..N, the checkpoint of that moment (marked as a finished phase) and its data
+ * pictures are copied in, so resuming it trains only the fine-tuning phase, exactly as
+ * the run would have continued (sweep trials that differ only after feature extraction).
+ * With a fixed `runId` (queued trials) the folder is assembled under a temp name and renamed
+ * into place, so a retry finds either nothing or a complete seed.
+ */
+export function seedFromFeatureExtraction(experiment: LoadedExperiment, runsDir: string, source: RunFolder, trial?: Record<string, unknown>, runId?: string): RunFolder {
+  const checkpoint = findCheckpoint(source.checkpoint('feature_extraction'));
+  if (!checkpoint) throw new UserError(`${source.dir}: no feature-extraction checkpoint to start from`);
+  const meta = readCheckpointMeta(checkpoint);
+  const folder = createRunFolder(experiment, runsDir, trial, runId ? path.basename(tempPathFor(path.join(runsDir, runId))) : undefined);
+  for (const record of source.readMetrics().records.filter((r) => r.epoch <= meta.epoch)) folder.appendMetric(record);
+  copyCheckpoint(checkpoint, folder.checkpoint('feature_extraction'));
+  copyCheckpoint(checkpoint, folder.checkpoint('last'));
+  const best = findCheckpoint(source.checkpoint('best'));
+  if (best && readCheckpointMeta(best).epoch <= meta.epoch) copyCheckpoint(best, folder.checkpoint('best'));
+  const run = folder.readRun();
+  const sourceRun = source.readRun();
+  folder.writeRun({ ...run, ...(sourceRun.weights ? { weights: sourceRun.weights } : {}), phase_outcomes: meta.outcome ? { [meta.phase]: meta.outcome } : {} });
+  for (const picture of ['samples.png', 'augmentation.png']) {
+    if (source.hasPlot(picture)) writeFileAtomic(folder.plot(picture), fs.readFileSync(source.plot(picture)));
+  }
+  if (!runId) return folder;
+  folder.writeRun({ ...folder.readRun(), run_id: runId });
+  const final = path.join(path.dirname(folder.dir), runId);
+  fs.renameSync(folder.dir, final);
+  fsyncDir(path.dirname(final));
+  return RunFolder.open(final);
+}

@@ -1,0 +1,75 @@
+import { version } from '../core/project.ts';
+import type { PreparedDataset } from '../data/dataset.ts';
+import { splitCounts } from '../data/dataset.ts';
+import type { Phase } from '../models/classifier.ts';
+import type { PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
+import type { FinalEvaluation } from './evaluate-stage.ts';
+import type { RunModel } from './model-stage.ts';
+import type { RunContext } from './run.ts';
+
+export interface SummaryInputs {
+  data: PreparedDataset;
+  model: RunModel;
+  phases: Partial<Record<Phase, PhaseSummary>>;
+  evaluation: FinalEvaluation;
+  exported?: TfliteRecord;
+}
+
+/** record: summary.json, the machine-readable account of the run (DESIGN.md). */
+export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSummary {
+  const { folder, config } = context;
+  const { data, model, phases, evaluation, exported } = inputs;
+  const records = folder.readMetrics().records;
+  const initial = records.find((r) => r.epoch === 0);
+  const trained = records.filter((r) => r.epoch > 0);
+  const exportFailed = exported?.status === 'failed';
+  const summary: RunSummary = {
+    run_id: folder.id,
+    status: exportFailed ? 'FAILED' : 'FINISHED',
+    ...(exportFailed ? { failed_stage: 'export', error: `export failed: ${exported.problems.join('; ')}` } : {}),
+    name: config.name,
+    config_sha256: context.run.config_sha256,
+    tlx_version: version,
+    head: { kind: model.classifier.head, units: model.classifier.units, loss: model.classifier.head === 'binary_logit' ? 'binary_crossentropy_from_logits' : 'categorical_crossentropy_from_logits' },
+    weights: model.weights,
+    dataset: {
+      root: data.source.root,
+      url: data.source.url ?? null,
+      archive_sha256: data.source.archiveSha256,
+      classes: data.classNames,
+      counts: splitCounts(data),
+      storage: data.storage,
+      skipped: { count: data.skipped.length, files: data.skipped },
+    },
+    phases: phases as Record<string, PhaseSummary>,
+    metrics: {
+      initial: initial ? { val_loss: initial.val_loss, val_accuracy: initial.val_accuracy } : undefined,
+      final: {
+        val_loss: evaluation.validation.loss,
+        val_accuracy: evaluation.validation.accuracy,
+        test_loss: evaluation.test?.loss ?? Number.NaN,
+        test_accuracy: evaluation.test?.accuracy ?? Number.NaN,
+      },
+      best_val_accuracy: trained.length > 0 ? Math.max(...trained.map((r) => r.val_accuracy)) : undefined,
+    },
+    test_report: evaluation.report.perClass,
+    confusion_matrix: evaluation.report.confusion,
+    artifacts: {
+      config: 'config.yaml',
+      metrics: 'metrics.jsonl',
+      labels: 'labels.txt',
+      model: 'model/model.json',
+      checkpoint_last: 'checkpoints/last',
+      checkpoint_best: 'checkpoints/best',
+      learning_curves: 'plots/learning_curves.png',
+      confusion_matrix: 'plots/confusion_matrix.png',
+      samples: 'plots/samples.png',
+      augmentation: 'plots/augmentation.png',
+    },
+    seconds: (performance.now() - context.started) / 1000,
+    finished_at: Date.now(),
+    ...(exported ? { export: { tflite: exported } } : {}),
+  };
+  folder.writeSummary(summary);
+  return summary;
+}

@@ -1,0 +1,124 @@
+import type { Tensor } from '@tensorflow/tfjs-node';
+import type { ResolvedExperiment } from '../config/resolved.ts';
+import { InterruptedError } from '../core/errors.ts';
+import type { PreparedDataset } from '../data/dataset.ts';
+import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../models/classifier.ts';
+import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, writeCheckpoint } from '../run-folder/checkpoints.ts';
+import type { PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
+import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
+import { fitPhase, type Callback, type PhaseSpan } from '../train/engine.ts';
+import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
+import { EpochLog, InterruptCallback, RunRecorder, TrackingCallback } from './callbacks.ts';
+import type { RunModel } from './model-stage.ts';
+import { continuesInside, phaseDone, resumeAfter, type ResumePoint } from './resume.ts';
+import type { RunContext } from './run.ts';
+
+/** The two phases of the tutorial, numbered continuously from epoch 1 (0 is before training). */
+export function phaseSpans(config: ResolvedExperiment): (PhaseSpan & { phase: Phase })[] {
+  const fe = config.train.feature_extraction.epochs;
+  const ft = config.train.fine_tune.epochs;
+  return [
+    { phase: 'feature_extraction', first: 1, last: fe, resumeAfter: 0 },
+    { phase: 'fine_tune', first: fe + 1, last: fe + ft, resumeAfter: fe },
+  ];
+}
+
+/** Early stopping for a phase, continuing a saved state when the run resumes inside the phase. */
+function earlyStoppingFor(context: RunContext, model: RunModel, phase: Phase, point: ResumePoint, inside: boolean): EarlyStopping | undefined {
+  const settings = context.config.train[phase].early_stopping;
+  if (!settings) return undefined;
+  const { folder } = context;
+  const callback = new EarlyStopping(settings, model.classifier.model, async (epoch) => {
+    await writeCheckpoint(folder.checkpoint('early_stopping'), model.classifier.model, undefined, { epoch, phase });
+  });
+  const saved = inside ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined) : undefined;
+  if (saved) {
+    let bestWeights: Tensor[] | undefined;
+    const bestDir = findCheckpoint(folder.checkpoint('early_stopping'));
+    if (bestDir && settings.restore_best_weights) {
+      // Read the best epoch's weights through the model, then put the resume point's back.
+      loadCheckpointWeights(bestDir, model.classifier.model);
+      bestWeights = model.classifier.model.weights.map((weight) => weight.read().clone());
+      loadCheckpointWeights(point.checkpoint!.dir, model.classifier.model);
+    }
+    callback.restore(saved, bestWeights);
+  }
+  return callback;
+}
+
+/** train: the phases from the resume point on, with the run's callbacks; returns each phase's summary. */
+export async function trainPhases(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint): Promise<Partial<Record<Phase, PhaseSummary>>> {
+  const { config, folder, log } = context;
+  const { classifier } = model;
+  if (point.checkpoint) {
+    loadCheckpointWeights(point.checkpoint.dir, classifier.model);
+    log.info({ epoch: point.lastEpoch, phase: point.checkpoint.meta.phase }, `continuing from the checkpoint of epoch ${point.lastEpoch}`);
+    const { outcome, phase } = point.checkpoint.meta;
+    if (outcome && !context.run.phase_outcomes[phase]) context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
+  }
+  const summaries: Partial<Record<Phase, PhaseSummary>> = {};
+  for (const span of phaseSpans(config)) {
+    const settings = config.train[span.phase];
+    const trainableVariables = setPhaseTrainable(classifier, span.phase, config.train.fine_tune.fine_tune_at);
+    const summary: PhaseSummary = {
+      epochs: settings.epochs,
+      first_epoch: span.first,
+      last_epoch: span.last,
+      seconds: 0,
+      trainable_layers: trainableBaseLayerCount(classifier),
+      trainable_variables: trainableVariables,
+    };
+    summaries[span.phase] = summary;
+    const after = resumeAfter(span, point);
+    if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
+      await trainPhase(context, model, data, point, { ...span, resumeAfter: after });
+    }
+    const outcome: PhaseOutcome | undefined = context.run.phase_outcomes[span.phase];
+    if (outcome?.stopped_early) summary.stopped_early = true;
+    if (outcome?.restored_best_epoch !== undefined) summary.restored_best_epoch = outcome.restored_best_epoch;
+    summary.seconds = folder.readMetrics().records.filter((r) => r.phase === span.phase).reduce((sum, r) => sum + r.seconds, 0);
+  }
+  return summaries;
+}
+
+async function trainPhase(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, span: PhaseSpan & { phase: Phase }): Promise<void> {
+  const { config, folder, log, options } = context;
+  const settings = config.train[span.phase];
+  const optimizer = createOptimizer(settings.optimizer);
+  try {
+    const inside = continuesInside(span, point);
+    if (inside) await loadOptimizerState(point.checkpoint!.dir, optimizer);
+    const earlyStopping = earlyStoppingFor(context, model, span.phase, point, inside);
+    const recorded = folder.readMetrics().records.filter((r) => r.epoch > 0);
+    const recorder = new RunRecorder(folder, model.classifier.model, optimizer, { bestValAccuracy: Math.max(-1, ...recorded.map((r) => r.val_accuracy)) }, earlyStopping, (phase, outcome) =>
+      context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } }),
+    );
+    const callbacks: Callback[] = [
+      ...(options.interrupt ? [new InterruptCallback(options.interrupt)] : []),
+      ...(earlyStopping ? [earlyStopping] : []),
+      recorder,
+      new EpochLog(log),
+      ...(context.progress ? [context.progress.callback()] : []),
+      ...(context.tracking ? [new TrackingCallback(() => context.tracking!.update())] : []),
+    ];
+    log.info({ phase: span.phase, trainable_variables: model.classifier.model.trainableWeights.length, epochs: `${span.resumeAfter + 1}..${span.last}` }, `phase ${span.phase}: ${model.classifier.model.trainableWeights.length} trainable variables`);
+    const end = await fitPhase(
+      {
+        model: model.classifier.model,
+        objective: model.objective,
+        train: data.splits.train,
+        validation: data.splits.validation,
+        batchSize: config.dataset.batch_size,
+        seed: config.seed,
+        augment: model.augment,
+        cacheFrozenOutputs: config.augmentation.length === 0,
+        log: (message, fields) => log.info(fields ?? {}, message),
+      },
+      { ...span, optimizer, learningRateAt: (epochInPhase) => learningRateAt(settings.optimizer.learning_rate, settings.schedule, epochInPhase, settings.epochs) },
+      callbacks,
+    );
+    if (!end.complete) throw new InterruptedError(`stopped during ${span.phase}; resume with: tlx run --resume ${folder.dir}`);
+  } finally {
+    optimizer.dispose();
+  }
+}
