@@ -4,7 +4,8 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import type { Tensor4D } from '@tensorflow/tfjs-node';
 import { loadExperiment } from '../src/config/load.ts';
-import { augmentBatch, projectiveTransform, rotationTransform, translationTransform, zoomTransform } from '../src/data/augment.ts';
+import { applyOp, augmentBatch, projectiveTransform, rotationTransform, translationTransform, zoomTransform } from '../src/data/augment.ts';
+import type { AugmentationOp } from '../src/config/resolved.ts';
 import { prepareDataset, splitCounts } from '../src/data/dataset.ts';
 import { UserError } from '../src/core/errors.ts';
 import { Random } from '../src/core/random.ts';
@@ -100,11 +101,13 @@ describe('scanning, decoding and splitting', () => {
     const stream = await prepareDataset(loaded.config, { baseDir: loaded.baseDir, memoryBudgetBytes: 1 });
     assert.equal(memory.storage, 'memory');
     assert.equal(stream.storage, 'stream');
-    const [x, y] = [memory.splits.train.images([0, 1, 2]), stream.splits.train.images([0, 1, 2])];
-    // Memory keeps uint8, so pixels are the streamed floats rounded to the nearest integer.
-    const diff = tf.tidy(() => x.sub(y).abs().max().dataSync()[0]);
-    assert.ok(diff <= 0.5 + 1e-3, `max diff ${diff}`);
-    tf.dispose([x, y]);
+    // One rule for both: decoded, resized, rounded once to uint8. Every pixel of every split is identical.
+    for (const name of ['train', 'validation', 'test'] as const) {
+      const indices = Array.from({ length: memory.splits[name].length }, (_, i) => i);
+      const [x, y] = [memory.splits[name].images(indices), stream.splits[name].images(indices)];
+      assert.deepEqual(Buffer.from(x.dataSync().buffer), Buffer.from(y.dataSync().buffer), `${name}: streamed pixels differ from in-memory pixels`);
+      tf.dispose([x, y]);
+    }
   });
 
   test('epochs leak no tensors: numTensors is the same after every epoch', async () => {
@@ -195,8 +198,95 @@ print(json.dumps(out))`,
     assert.ok(maxDiff(projectiveTransform(input(), [translationTransform(-0.2 * 19, 0.1 * size)]), keras.translation) < 1e-4);
   });
 
-  test('a horizontal flip is a mirror along the width', () => {
-    const flipped = augmentBatch(input(), [{ random_flip: 'horizontal' }], { next: () => 0 } as unknown as Random);
-    assert.ok(maxDiff(flipped, keras.flip) < 1e-4);
+});
+
+/** A seeded Random whose every draw is `u`: the same draw for tlx as the patched Keras layer gets. */
+class FixedDraw extends Random {
+  constructor(private readonly u: number) {
+    super(0);
+  }
+
+  override next(): number {
+    return this.u;
+  }
+}
+
+describe('augmentation from the config, drawn and applied as Keras 3 layers do', () => {
+  // Each op as a user writes it in the experiment, and the Keras layer the schema says it is like.
+  const cases: { op: AugmentationOp; keras: string }[] = [
+    { op: { random_flip: 'horizontal' }, keras: 'keras.layers.RandomFlip("horizontal")' },
+    { op: { random_flip: 'vertical' }, keras: 'keras.layers.RandomFlip("vertical")' },
+    { op: { random_flip: 'horizontal_and_vertical' }, keras: 'keras.layers.RandomFlip("horizontal_and_vertical")' },
+    { op: { random_rotation: 0.2 }, keras: 'keras.layers.RandomRotation(0.2)' },
+    { op: { random_rotation: { factor: 0.3, fill_mode: 'constant', interpolation: 'nearest' } }, keras: 'keras.layers.RandomRotation(0.3, fill_mode="constant", interpolation="nearest")' },
+    { op: { random_zoom: 0.2 }, keras: 'keras.layers.RandomZoom(0.2)' },
+    { op: { random_zoom: { height_factor: 0.2, width_factor: 0.1 } }, keras: 'keras.layers.RandomZoom(0.2, 0.1)' },
+    { op: { random_translation: { height_factor: 0.1, width_factor: 0.2 } }, keras: 'keras.layers.RandomTranslation(0.1, 0.2)' },
+    { op: { random_contrast: 0.3 }, keras: 'keras.layers.RandomContrast(0.3)' },
+    { op: { random_brightness: 0.1 }, keras: 'keras.layers.RandomBrightness(0.1, value_range=(0, 255))' },
+  ];
+  // The lowest draw, one inside, and the highest: together they pin the range and the transform.
+  const draws = [0, 0.3, 0.999];
+  const size: [number, number] = [13, 17];
+  let pixels: Float32Array;
+  let keras: number[][][];
+
+  before(async () => {
+    const images = tf.randomUniform([2, ...size, 3], 0, 255, 'float32', 21);
+    pixels = images.dataSync() as Float32Array;
+    images.dispose();
+    const out = await python(
+      `import json, sys
+import numpy as np
+import keras
+spec = json.loads(sys.stdin.read())
+x = np.array(spec["pixels"], dtype="float32").reshape(2, ${size[0]}, ${size[1]}, 3)
+def with_draw(layer, u):
+    # Keras's own layer and code path, with every random.uniform draw fixed at u of its range.
+    backend = layer.backend
+    uniform = backend.random.uniform
+    def fixed(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        return backend.numpy.full(shape, minval + (maxval - minval) * u, dtype="float32")
+    backend.random.uniform = fixed
+    try:
+        return np.asarray(layer(x, training=True)).reshape(-1).tolist()
+    finally:
+        backend.random.uniform = uniform
+print(json.dumps([[with_draw(eval(make), u) for u in spec["draws"]] for make in spec["layers"]]))`,
+      [],
+      JSON.stringify({ pixels: Array.from(pixels), draws, layers: cases.map((c) => c.keras) }),
+    );
+    keras = JSON.parse(out) as number[][][];
+  });
+
+  test('horizontal_and_vertical flips both axes on one draw per image, as Keras does', () => {
+    const i = cases.findIndex((c) => c.op.random_flip === 'horizontal_and_vertical');
+    // The first draw of each image says "flip"; any further draw would say "do not".
+    let calls = 0;
+    const thenNot = new (class extends Random {
+      override next(): number {
+        return calls++ < 2 ? 0 : 0.999;
+      }
+    })(0);
+    const images = tf.tensor4d(pixels, [2, ...size, 3]);
+    const ours = applyOp(images, cases[i].op, thenNot);
+    const values = ours.dataSync();
+    tf.dispose([images, ours]);
+    const max = Math.max(...Array.from(values, (v, k) => Math.abs(v - keras[i][0][k])));
+    assert.ok(max < 1e-4, `both images flipped on both axes, as Keras with draw 0 (max abs diff ${max})`);
+  });
+
+  cases.forEach(({ op, keras: layer }, i) => {
+    test(`${JSON.stringify(op)} equals ${layer} for the same draws (lowest, inside, highest)`, () => {
+      draws.forEach((u, j) => {
+        const images = tf.tensor4d(pixels, [2, ...size, 3]);
+        const ours = applyOp(images, op, new FixedDraw(u));
+        const values = ours.dataSync();
+        let max = 0;
+        for (let k = 0; k < values.length; k++) max = Math.max(max, Math.abs(values[k] - keras[i][j][k]));
+        tf.dispose([images, ours]);
+        assert.ok(max < 1e-4, `draw ${u}: max abs diff ${max}`);
+      });
+    });
   });
 });

@@ -113,7 +113,7 @@ export interface Dataset {
  */
 export interface AugmentationOp {
   /**
-   * Like keras.layers.RandomFlip(mode).
+   * Like keras.layers.RandomFlip(mode): each image is flipped with probability 1/2; horizontal_and_vertical flips both axes together on the same draw, as Keras 3 does.
    */
   random_flip?: 'horizontal' | 'vertical' | 'horizontal_and_vertical';
   /**
@@ -147,7 +147,7 @@ export interface AugmentationOp {
     interpolation?: Interpolation;
   };
   /**
-   * Like keras.layers.RandomContrast(factor): contrast scaled by a random value in [1-factor, 1+factor].
+   * Like keras.layers.RandomContrast(factor): (x - mean) x c + mean per image and channel, with c drawn in [1, 1 + factor] (Keras 3 clips the lower bound of a single factor at 0, so contrast is only raised; its docstring says [1 - factor, 1 + factor]).
    */
   random_contrast?: number;
   /**

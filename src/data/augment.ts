@@ -83,10 +83,12 @@ export function applyOp(images: Tensor4D, op: AugmentationOp, random: Random): T
   const [batch, height, width] = images.shape;
   const each = <T>(draw: () => T): T[] => Array.from({ length: batch }, draw);
   if (op.random_flip !== undefined) {
+    // One draw per image; horizontal_and_vertical flips both axes on it, as Keras 3 does.
+    const flags = each(() => random.next() <= 0.5);
     let result = images;
-    if (op.random_flip !== 'vertical') result = flipWhere(result, each(() => random.next() <= 0.5), 2);
+    if (op.random_flip !== 'vertical') result = flipWhere(result, flags, 2);
     if (op.random_flip !== 'horizontal') {
-      const flipped = flipWhere(result, each(() => random.next() <= 0.5), 1);
+      const flipped = flipWhere(result, flags, 1);
       if (result !== images) result.dispose();
       result = flipped;
     }
@@ -118,8 +120,9 @@ export function applyOp(images: Tensor4D, op: AugmentationOp, random: Random): T
     return projectiveTransform(images, transforms, spec.fill_mode, spec.interpolation);
   }
   if (op.random_contrast !== undefined) {
+    // Keras 3 bounds a single contrast factor to (0, 1) from below: the draw is in [1, 1 + factor].
     const factor = op.random_contrast;
-    const factors = each(() => random.uniform(1 - factor, 1 + factor));
+    const factors = each(() => random.uniform(1, 1 + factor));
     return tf.tidy(() => {
       const mean = images.mean([1, 2], true);
       return clip255(images.sub(mean).mul(tf.tensor4d(factors, [batch, 1, 1, 1])).add(mean));
