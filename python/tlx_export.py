@@ -135,6 +135,17 @@ def run_mediapipe(model_path, images):
     return results
 
 
+def degrade_for_test(model):
+    """Fault injection for the export gate's test, read only here: noise on the weights
+    after the Keras check, so the exported file is measurably worse than the trained model."""
+    std = float(os.environ.get("TLX_TEST_EXPORT_NOISE") or 0)
+    if std <= 0:
+        return
+    rng = np.random.default_rng(0)
+    for variable in model.trainable_weights:
+        variable.assign(variable.numpy() + rng.normal(0.0, std, size=variable.shape).astype("float32"))
+
+
 def check(report, name, ok, problem):
     report["checks"][name] = bool(ok)
     if not ok:
@@ -181,6 +192,7 @@ def export(request):
     check(report, "keras_matches_tlx", report["keras_vs_tlx_max_abs_diff"] < 1e-4, f"the rebuilt Keras model differs from tlx's by {report['keras_vs_tlx_max_abs_diff']:.2e} (expected < 1e-4)")
     lap("keras_check")
 
+    degrade_for_test(model)
     representative = load_images(request["representative_images"], request["representative_count"], height, width)
     flatbuffer = convert(model, mode, io_type, representative)
     lap("convert")

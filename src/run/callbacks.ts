@@ -61,6 +61,7 @@ export class RunRecorder implements Callback {
     };
     // The weights as the phase leaves them (the best epoch's when early stopping restored them).
     await writeCheckpoint(this.folder.checkpoint('last'), this.model, undefined, { epoch: end.lastTrained, phase: end.phase, record: this.lastRecord, phase_complete: true, outcome, callbacks: this.callbackState() });
+    killPoint('phase.complete');
     this.onOutcome?.(end.phase, outcome);
     if (end.phase === 'feature_extraction') copyCheckpoint(this.folder.checkpoint('last'), this.folder.checkpoint('feature_extraction'));
   }
