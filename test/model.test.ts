@@ -184,7 +184,34 @@ async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 
   }
 }
 
+type Snapshot = Map<string, Buffer>;
+
+function snapshotOf(variables: [string, { read(): Tensor }][]): Snapshot {
+  return new Map(variables.map(([key, v]) => [key, Buffer.from((v.read().dataSync() as Float32Array).buffer.slice(0))]));
+}
+
+function isStatistic(key: string): boolean {
+  return key.endsWith('moving_mean') || key.endsWith('moving_variance');
+}
+
+/** The BatchNorm moving statistics whose bytes differ between two snapshots. */
+function movedStatistics(before: Snapshot, after: Snapshot): string[] {
+  return [...before].filter(([key, bytes]) => isStatistic(key) && !bytes.equals(after.get(key)!)).map(([key]) => key);
+}
+
 describe('freezing as Keras does', () => {
+  test('the moving-statistics check catches a BatchNorm that updates them (tfjs-layers\' own, in fit)', async () => {
+    const model = tf.sequential({ layers: [tf.layers.dense({ units: 4, inputShape: [3], name: 'd' }), tf.layers.batchNormalization({ name: 'bn' }), tf.layers.dense({ units: 1, name: 'out' })] });
+    model.compile({ optimizer: 'sgd', loss: 'meanSquaredError' });
+    const variables = namedVariables(model);
+    const before = snapshotOf(variables);
+    const [x, y] = [tf.randomNormal([16, 3], 0, 3, 'float32', 1), tf.randomNormal([16, 1], 0, 1, 'float32', 2)];
+    await model.fit(x, y, { epochs: 1, batchSize: 8, verbose: 0 });
+    assert.deepEqual(movedStatistics(before, snapshotOf(variables)).sort(), ['bn/moving_mean', 'bn/moving_variance']);
+    tf.dispose([x, y]);
+    model.dispose();
+  });
+
   test('after each phase, BatchNorm moving statistics are unchanged and frozen kernels are unchanged bit for bit', async () => {
     const split = await tinySplit('tiny', 12);
     const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 3 });
@@ -195,7 +222,7 @@ describe('freezing as Keras does', () => {
       variable.write(value);
       value.dispose();
     });
-    const snapshot = () => new Map(bases.map(([key, v]) => [key, Buffer.from((v.read().dataSync() as Float32Array).buffer.slice(0))]));
+    const snapshot = () => snapshotOf(bases);
     const fineTuneAt = 100;
     const trainableLayerNames = new Set(classifier.base.layers.slice(fineTuneAt).map((l) => l.name));
     for (const phase of ['feature_extraction', 'fine_tune'] as const) {
@@ -204,11 +231,12 @@ describe('freezing as Keras does', () => {
       await trainPhase(classifier, phase, split, { epochs: 1, batchSize: 8, learningRate: 0.5, seed: 1, cacheFrozenOutputs: false });
       const after = snapshot();
       let changed = 0;
+      assert.deepEqual(movedStatistics(before, after), [], `${phase}: moving statistics moved`);
       for (const [key, bytes] of before) {
         const layer = key.slice(0, key.lastIndexOf('/'));
         const same = bytes.equals(after.get(key)!);
-        if (key.endsWith('moving_mean') || key.endsWith('moving_variance')) assert.ok(same, `${phase}: ${key} moved`);
-        else if (phase === 'feature_extraction' || !trainableLayerNames.has(layer)) assert.ok(same, `${phase}: frozen ${key} changed`);
+        if (isStatistic(key)) continue;
+        if (phase === 'feature_extraction' || !trainableLayerNames.has(layer)) assert.ok(same, `${phase}: frozen ${key} changed`);
         else if (!same) changed++;
       }
       if (phase === 'fine_tune') assert.ok(changed > 20, `fine-tuning changed only ${changed} unfrozen variables`);
@@ -269,24 +297,29 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
 
   test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {
     const split = await tinySplit('cache', 10);
+    const pretrained = await readNsfwjsMobileNetV2();
+    // Pretrained weights and a small learning rate: training that moves smoothly, so the two
+    // paths' last-bit differences (batch composition in oneDNN kernels) stay last-bit.
     const runBoth = async (cacheFrozenOutputs: boolean) => {
-      const classifier = randomClassifier(11);
+      const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 11 });
+      assignWeights(classifier.base, pretrained, { requireAll: true, what: 'nsfwjs' });
       const records: EpochRecord[] = [];
       for (const phase of ['feature_extraction', 'fine_tune'] as const) {
         setPhaseTrainable(classifier, phase, 100);
         const before = tf.memory().numTensors;
-        await trainPhase(classifier, phase, split, { epochs: 3, batchSize: 6, learningRate: 0.1, seed: 2, cacheFrozenOutputs, onEpochEnd: (record) => records.push(record) });
+        await trainPhase(classifier, phase, split, { epochs: 3, batchSize: 6, learningRate: phase === 'fine_tune' ? 0.001 : 0.01, seed: 2, cacheFrozenOutputs, onEpochEnd: (record) => records.push(record) });
         assert.equal(tf.memory().numTensors, before, `${phase} (cache ${cacheFrozenOutputs}) left tensors behind`);
       }
+      classifier.model.dispose();
       return records;
     };
     const cached = await runBoth(true);
     const recomputed = await runBoth(false);
     assert.equal(cached.length, 6);
     cached.forEach((record, i) => {
-      for (const key of ['loss', 'val_loss'] as const) assert.ok(Math.abs(record[key] - recomputed[i][key]) < 1e-5 * Math.max(1, Math.abs(record[key])), `${record.phase} epoch ${record.epoch} ${key}: ${record[key]} vs ${recomputed[i][key]}`);
-      assert.equal(record.val_accuracy, recomputed[i].val_accuracy);
+      for (const key of ['loss', 'val_loss'] as const) assert.ok(Math.abs(record[key] - recomputed[i][key]) <= 1e-4 * Math.abs(record[key]), `${record.phase} epoch ${record.epoch} ${key}: ${record[key]} vs ${recomputed[i][key]}`);
+      assert.ok(Math.abs(record.val_accuracy - recomputed[i].val_accuracy) <= 1 / split.length + 1e-9, `${record.phase} epoch ${record.epoch} val_accuracy`);
     });
-    assert.notEqual(cached[0].val_loss, cached[5].val_loss, 'training moved the model');
+    assert.ok(cached[2].val_loss < cached[0].val_loss && cached[5].val_loss < cached[3].val_loss, `training moved the model smoothly: ${cached.map((r) => r.val_loss.toFixed(4)).join(', ')}`);
   });
 });
