@@ -18,6 +18,7 @@ resized exactly as in training) and tlx's own probabilities on that split. This:
 The report says which checks failed; an exception only when the export cannot run.
 """
 
+import json
 import os
 import statistics
 import time
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 from ai_edge_litert.interpreter import Interpreter
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import tlx_metadata
 from tlx_checkpoint import assign_by_path, read_named_weights
@@ -56,8 +58,34 @@ def load_images(path, count, height, width):
     return np.fromfile(path, dtype=np.uint8).reshape(count, height, width, 3)
 
 
-def convert(model, mode, io_type, representative):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+_prepared = {}
+
+
+def prepare(spec):
+    """The Keras classifier for a spec and its traced inference function, built once per worker:
+    a run asks for it when training starts, so an export only assigns weights and converts."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _prepared:
+        height, width = spec["imageSize"]
+        model, base = build_classifier(spec)
+        single = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="image")])
+        batched = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+        _prepared.clear()
+        _prepared[key] = (model, base, single.get_concrete_function(), batched.get_concrete_function())
+    return _prepared[key]
+
+
+def warm(request):
+    started = time.perf_counter()
+    prepare(request["classifier"])
+    return {"seconds": round(time.perf_counter() - started, 3)}
+
+
+def convert(concrete_function, mode, io_type, representative):
+    # The traced function with the trained weights frozen in: the converter then skips Keras's
+    # SavedModel export, three quarters of its time (19 of 25 s for MobileNetV2).
+    frozen = convert_variables_to_constants_v2(concrete_function)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     if mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif mode == "float16":
@@ -179,7 +207,7 @@ def export(request):
         report["seconds"][name] = round(now - clock, 3)
         clock = now
 
-    model, base = build_classifier(spec)
+    model, base, concrete_function, batched = prepare(spec)
     report["weights_assigned"] = assign_weights(model, base, read_named_weights(request["weights_dir"]))
     lap("rebuild")
 
@@ -187,14 +215,14 @@ def export(request):
     test = load_images(request["test_images"], count, height, width)
     truth = np.fromfile(request["test_labels"], dtype="<i4")
     reference = np.fromfile(request["reference_probabilities"], dtype="<f4").reshape(count, -1)
-    keras_probabilities = model.predict(test.astype(np.float32), batch_size=32, verbose=0) if count else np.zeros((0, len(labels)))
+    keras_probabilities = np.concatenate([np.asarray(batched(tf.constant(test[i : i + 32].astype(np.float32)))) for i in range(0, count, 32)]) if count else np.zeros((0, len(labels)))
     report["keras_vs_tlx_max_abs_diff"] = float(np.max(np.abs(keras_probabilities - reference))) if count else 0.0
     check(report, "keras_matches_tlx", report["keras_vs_tlx_max_abs_diff"] < 1e-4, f"the rebuilt Keras model differs from tlx's by {report['keras_vs_tlx_max_abs_diff']:.2e} (expected < 1e-4)")
     lap("keras_check")
 
-    degrade_for_test(model)
+    degrade_for_test(model)  # before conversion: the frozen graph takes the weights as they are now
     representative = load_images(request["representative_images"], request["representative_count"], height, width)
-    flatbuffer = convert(model, mode, io_type, representative)
+    flatbuffer = convert(concrete_function, mode, io_type, representative)
     lap("convert")
     float_input = not (mode == "int8")
     model_bytes = tlx_metadata.embed(flatbuffer, request["metadata"], labels, float_input)

@@ -42,7 +42,7 @@ def main():
     import tlx_export  # noqa: E402  (imports TensorFlow: once per worker)
     import tlx_predict  # noqa: E402
 
-    operations = {"export": tlx_export.export, "predict": tlx_predict.predict}
+    operations = {"warm": tlx_export.warm, "export": tlx_export.export, "predict": tlx_predict.predict}
     while True:
         with arrived:
             while not requests:

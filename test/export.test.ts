@@ -83,6 +83,14 @@ describe('TFLite export', () => {
         assert.ok(r.accuracy_nearest_resize !== undefined, 'the Android-style nearest resize is measured too');
         if (mode === 'none') assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
         if (mode === 'int8') assert.equal(r.input.quantization.scale, 1, 'raw pixels 0..255 go in as they are');
+        // The labels travel inside the model, and MediaPipe Tasks (Android's task graph) names every result with them.
+        assert.equal(r.labels_embedded, true);
+        const mediapipe = r.mediapipe as { accuracy: number; agreement_with_tflite: number; named_results: number; images: number };
+        assert.equal(mediapipe.named_results, mediapipe.images, 'every MediaPipe result carries a category name');
+        assert.ok(mediapipe.agreement_with_tflite >= 0.97, `MediaPipe agrees with the .tflite on ${mediapipe.agreement_with_tflite}`);
+        const metadata = (card as unknown as { metadata: { name: string; version: string } }).metadata;
+        assert.equal(metadata.name, key);
+        assert.match(metadata.version, new RegExp(`^tlx .+, run ${path.basename(dir)}$`));
       });
     }
 
@@ -111,6 +119,26 @@ describe('TFLite export', () => {
     });
   }
 
+  test('predict names the outputs from the labels inside the model when there is no labels.txt', async () => {
+    const alone = path.join(work, 'alone');
+    fs.mkdirSync(alone);
+    fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(alone, 'model.tflite'));
+    const result = await runTlx(['--json', 'predict', path.join(alone, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const [prediction] = JSON.parse(result.stdout) as { top: { label: string }[] }[];
+    assert.ok(prediction.top.every((t) => ['daisy', 'dandelion', 'roses', 'sunflowers', 'tulips'].includes(t.label)));
+  });
+
+  test('labels.txt that disagrees with the labels inside the model is refused', async () => {
+    const copy = path.join(work, 'renamed');
+    fs.mkdirSync(copy);
+    fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(copy, 'model.tflite'));
+    fs.writeFileSync(path.join(copy, 'labels.txt'), 'daisy\ndandelion\nroses\ntulips\nsunflowers\n');
+    const result = await runTlx(['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    assert.equal(result.exitCode, 2);
+    assert.match(result.stderr, /does not match the labels embedded in/);
+  });
+
   test('a tampered labels.txt fails loudly: output size and labels disagree', async () => {
     const copy = path.join(work, 'tampered');
     fs.mkdirSync(copy);
@@ -119,5 +147,85 @@ describe('TFLite export', () => {
     const result = await runTlx(['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /outputs 5 scores but labels\.txt has 4 labels/);
+  });
+});
+
+describe('an export that fails its checks', () => {
+  let dir: string;
+  const file = () => path.join(work, 'gate.yaml');
+
+  before(async () => {
+    await writeClassFolders(path.join(work, 'gate'), ['cats', 'dogs'], 24, { size: 32 });
+    fs.writeFileSync(
+      file(),
+      `name: gate
+seed: 3
+dataset: { path: gate, validation_split: 0.4, image_size: [32, 32], batch_size: 8, test_fraction_of_validation: 0.5 }
+model: { weights: npm:nsfwjs, dropout: 0.1 }
+train:
+  feature_extraction: { epochs: 4, optimizer: { name: adam, learning_rate: 0.01 } }
+  fine_tune: { epochs: 0 }
+export:
+  tflite: { quantization: float16, max_accuracy_drop: 0.02 }
+`,
+    );
+  });
+
+  test('the accuracy gate fires: the run exits 1 with the reason, keeps its training, and summary.json says export failed', async () => {
+    // A test hook puts noise on the weights between the Keras check and the converter: a truly worse file.
+    const result = await runTlx(['--runs-dir', runsDir, 'run', file()], { cwd: work, timeout: 600_000, env: { TLX_TEST_EXPORT_NOISE: '1.0' } });
+    assert.equal(result.exitCode, 1, result.stderr.slice(-2000));
+    assert.match(result.stderr, /export failed: accuracy drop \d+\.\d points > export\.tflite\.max_accuracy_drop 2\.0/);
+    dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-gate-'))!;
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+    assert.equal(summary.status, 'FAILED');
+    assert.equal(summary.failed_stage, 'export');
+    assert.equal(summary.export?.tflite?.status, 'failed');
+    assert.ok(summary.metrics.final!.test_accuracy > 0.75, 'the trained model is good; only its export is not');
+    assert.ok(fs.existsSync(path.join(dir, 'model', 'classifier.json')), 'the trained model is kept');
+    assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')), 'a failed export is not put where an app would take it');
+    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string; failed_stage: string }).failed_stage, 'export');
+  });
+
+  test('resuming the run exports again without training again', async () => {
+    const before = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8');
+    const result = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    assert.equal(fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8'), before, 'no epoch trained again');
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+    assert.equal(summary.status, 'FINISHED');
+    assert.equal(summary.export?.tflite?.status, 'verified');
+  });
+
+  test('tlx convert never replaces a verified export with a failed one', async () => {
+    const model = fs.readFileSync(path.join(dir, 'model.tflite'));
+    const summary = fs.readFileSync(path.join(dir, 'summary.json'), 'utf8');
+    const result = await runTlx(['convert', dir], { cwd: work, timeout: 600_000, env: { TLX_TEST_EXPORT_NOISE: '1.0' } });
+    assert.equal(result.exitCode, 1);
+    assert.match(result.stderr, /failed verification: accuracy drop/);
+    assert.ok(fs.readFileSync(path.join(dir, 'model.tflite')).equals(model), 'model.tflite is the verified one');
+    assert.equal(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'), summary, 'summary.json still describes it');
+    assert.deepEqual(fs.readdirSync(dir).filter((name) => name.includes('.tmp-')), [], 'no staging folder left behind');
+  });
+
+  test('tlx convert refuses when the dataset\'s classes no longer match the trained labels', async () => {
+    fs.renameSync(path.join(work, 'gate', 'dogs'), path.join(work, 'gate', 'wolves'));
+    try {
+      const result = await runTlx(['convert', dir, '--quantization', 'none'], { cwd: work, timeout: 600_000 });
+      assert.equal(result.exitCode, 2);
+      assert.match(result.stderr, /the dataset's classes now are \[cats, wolves\], but the run was trained on \[cats, dogs\]/);
+    } finally {
+      fs.renameSync(path.join(work, 'gate', 'wolves'), path.join(work, 'gate', 'dogs'));
+    }
+  });
+
+  test('int8 input and output: exported and verified; MediaPipe (uint8/float32 only) is skipped, and the card says why', async () => {
+    const result = await runTlx(['--runs-dir', runsDir, 'run', file(), '--set', 'export.tflite.quantization=int8', '--set', 'export.tflite.io_type=int8', '--set', 'export.tflite.max_accuracy_drop=1', '--set', 'train.feature_extraction.epochs=1'], { cwd: work, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const run = runDirOf(result.stdout);
+    const r = (JSON.parse(fs.readFileSync(path.join(run, 'summary.json'), 'utf8')) as RunSummary).export!.tflite!;
+    assert.equal(r.input.dtype, 'int8');
+    assert.match((r.mediapipe as { skipped: string }).skipped, /uint8 or float32/);
+    assert.match(fs.readFileSync(path.join(run, 'model-card.md'), 'utf8'), /int8 input and output: MediaPipe Tasks and the TFLite Task Library read only uint8 or float32/);
   });
 });

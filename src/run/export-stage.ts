@@ -98,7 +98,7 @@ export async function exportStage(context: RunContext, model: RunModel, data: Pr
       train: data.splits.train,
       measured: evaluation.measured,
       log: context.log,
-      exporter: options.exporter,
+      exporter: context.exporter,
       interrupt: options.interrupt,
     });
   } finally {

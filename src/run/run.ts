@@ -9,10 +9,10 @@ import { redactUrl } from '../core/redact.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import type { RunJson, RunStatus, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
-import type { Exporter } from '../export/python.ts';
+import { PythonWorker, type Exporter } from '../export/python.ts';
 import { buildModel, prepareData, type RunModel } from './model-stage.ts';
 import { evaluateFinal, evaluateInitial } from './evaluate-stage.ts';
-import { exportStage } from './export-stage.ts';
+import { describeClassifier, exportStage } from './export-stage.ts';
 import { recordSummary } from './summary.ts';
 import { trainPhases } from './train-stage.ts';
 import type { RunProgress, RunProgressFactory } from './progress.ts';
@@ -62,6 +62,9 @@ export interface RunContext {
   options: RunOptions;
   tracking?: RunTracking;
   progress?: RunProgress;
+  /** The Python worker this run exports with (the sweep's, or its own, started while it trains). */
+  exporter?: Exporter;
+  ownExporter?: PythonWorker;
   started: number;
   run: RunJson;
   /** Updates run.json (whole-file write). */
@@ -82,6 +85,7 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     const point = findResumePoint(context.folder, context.log);
     stage = 'model';
     const model = await buildModel(context, data, point);
+    warmExporter(context, model);
     try {
       stage = 'train';
       await evaluateInitial(context, model, data, point);
@@ -105,6 +109,7 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     }
     throw error;
   } finally {
+    await context.ownExporter?.close();
     context.progress?.close();
     setLogFile(context.log, undefined);
     context.folder.unlock();
@@ -199,6 +204,17 @@ function openRun(start: RunStart, options: RunOptions): RunContext {
 async function closeRun(context: RunContext, status: RunStatus, failure?: { error?: string; stage?: string }): Promise<void> {
   context.setRun({ status, ended: new Date().toISOString(), ...(failure?.error ? { error: failure.error, failed_stage: failure.stage } : {}) });
   await context.tracking?.finish();
+}
+
+/**
+ * The Python worker that will export the model starts while the model trains: TensorFlow's
+ * import and Keras's rebuild of the classifier happen on the side, off the export's path.
+ */
+function warmExporter(context: RunContext, model: RunModel): void {
+  if (!context.config.export.tflite || context.options.export === false) return;
+  if (!context.options.exporter) context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
+  context.exporter = context.options.exporter ?? context.ownExporter;
+  context.exporter!.call('warm', { classifier: describeClassifier(model.classifier) }).catch((error: unknown) => context.log.debug({ error: String(error) }, 'the export worker could not prepare; the export will say why'));
 }
 
 function disposeModel(model: RunModel): void {
