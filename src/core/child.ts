@@ -54,13 +54,25 @@ export function signalGroup(child: { pid?: number }, signal: NodeJS.Signals): vo
   }
 }
 
-/** Stops a child's process group: SIGTERM, then SIGKILL after `graceMs`. */
+function groupAlive(pid: number): boolean {
+  try {
+    process.kill(-pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Stops a child's whole process group: SIGTERM, then SIGKILL after `graceMs`; returns when
+ * no process of the group is left (a server's workers outlive their parent by a moment).
+ */
 export async function stopGroup(child: ResultPromise<Options>, graceMs = 10_000): Promise<void> {
   signalGroup(child, 'SIGTERM');
-  const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), graceMs);
-  try {
-    await child;
-  } finally {
-    clearTimeout(timer);
+  const deadline = Date.now() + graceMs;
+  await child;
+  while (child.pid && groupAlive(child.pid)) {
+    if (Date.now() > deadline) signalGroup(child, 'SIGKILL');
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }

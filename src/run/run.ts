@@ -46,6 +46,8 @@ export interface RunOptions {
   job?: string;
   /** Register the exported model in MLflow's registry when the config names one (a sweep registers only its best trial). */
   register?: boolean;
+  /** Told the run's folder as soon as it is open (a sweep records it, to resume it after an interruption). */
+  onOpen?: (folder: RunFolder) => void;
 }
 
 export type RunStart = { experiment: LoadedExperiment; trial?: Record<string, unknown>; runId?: string } | { resume: string };
@@ -193,6 +195,7 @@ function openRun(start: RunStart, options: RunOptions): RunContext {
     context.tracking = startTracking(context);
     context.progress = options.progress?.(config);
     setLogFile(log, folder.logFile());
+    options.onOpen?.(folder);
     return context;
   } catch (error) {
     folder.unlock();

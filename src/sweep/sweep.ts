@@ -167,7 +167,11 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
       if (state.status === 'finished') return state;
       const started = performance.now();
       log.info({ trial: job.plan.index, assignments: job.plan.assignments }, `trial ${job.plan.index}: ${describeAssignments(job.plan.assignments)}`);
-      const runOptions = { runsDir: options.runsDir, cacheDir: options.cacheDir, log, prepareData, parentRunId: parent?.runId, interrupt: options.interrupt, progress: options.progress, export: exportsTrials, exporter: exportsTrials ? sharedExporter() : undefined, register: false };
+      const onOpen = (opened: RunFolder) => {
+        state.run_dir = opened.dir;
+        save();
+      };
+      const runOptions = { runsDir: options.runsDir, cacheDir: options.cacheDir, log, prepareData, parentRunId: parent?.runId, interrupt: options.interrupt, progress: options.progress, export: exportsTrials, exporter: exportsTrials ? sharedExporter() : undefined, register: false, onOpen };
       try {
         const leader = leaders.get(job.group);
         let start: Parameters<typeof executeRun>[0];

@@ -41,7 +41,7 @@ export class LiveTracker {
       this.verified = true;
       this.failures = 0;
       this.nextAttemptAt = 0;
-      for (const refusal of result.refused) this.options.log.warn({ kind: refusal.kind, item: refusal.item, status: refusal.status }, `MLflow refused ${refusal.kind} ${refusal.item}: ${refusal.message}`);
+      for (const refusal of result.newlyRefused) this.options.log.warn({ kind: refusal.kind, item: refusal.item, status: refusal.status }, `MLflow refused ${refusal.kind} ${refusal.item}: ${refusal.message}`);
     } catch (error) {
       this.failures++;
       this.nextAttemptAt = Date.now() + Math.min(60_000, 2000 * 2 ** (this.failures - 1));

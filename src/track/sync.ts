@@ -112,7 +112,10 @@ export interface SyncResult {
   runId: string;
   experimentId: string;
   complete: boolean;
+  /** Everything this server refused for good, in this sync or an earlier one. */
   refused: Refusal[];
+  /** What it refused in this sync. */
+  newlyRefused: Refusal[];
 }
 
 function ended(status: string): boolean {
@@ -194,9 +197,11 @@ async function syncParams(sync: ServerSync, client: MlflowClient, config: Resolv
   const params = [...flattenParams(config), ...(dataset ? flattenParams({ class_count: dataset.class_count, classes: dataset.classes, counts: dataset.counts, storage: dataset.storage, skipped: dataset.skipped, digest: dataset.digest }, 'data') : [])];
   const hash = sha256Hex(canonicalJson(params));
   if (sync.state.params_sent === hash) return;
-  const sentAll = await sync.attempt('params', 'batch', () => client.logBatch(runId, [], params));
-  if (!sentAll) {
-    sync.state.refused = sync.state.refused.filter((r) => !(r.kind === 'params' && r.item === 'batch'));
+  try {
+    await client.logBatch(runId, [], params);
+  } catch (error) {
+    if (!(error instanceof MlflowError && error.refused)) throw error;
+    // One refused param refuses its whole batch: send them one by one, so the rest arrives.
     for (const param of params) await sync.attempt('param', `${param.key}=${param.value.slice(0, 60)}`, () => client.logBatch(runId, [], [param]));
   }
   sync.save({ params_sent: hash });
@@ -321,7 +326,7 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
   }
   const complete = done && records.length === sync.state.metric_lines;
   sync.save({ synced: complete, last_error: undefined });
-  return { runId, experimentId, complete, refused: sync.refusals };
+  return { runId, experimentId, complete, refused: sync.state.refused, newlyRefused: sync.refusals };
 }
 
 /** Marks a run as not synced to this server after a failure, keeping what was sent. Never throws. */

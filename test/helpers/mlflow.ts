@@ -66,3 +66,63 @@ export async function faultyProxy(target: string, fail: { pathIncludes: string; 
     stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+export interface ProxiedRequest {
+  method: string;
+  url: string;
+  body: string;
+}
+
+/**
+ * Faults a real server cannot be made to produce on demand, in front of the real MLflow
+ * server: `rule` may answer a request itself (a proxy's 413, a 400 for one param);
+ * everything else is forwarded. Every request is recorded.
+ */
+export async function ruleProxy(target: string, rule: (request: ProxiedRequest) => { status: number; body: string } | undefined): Promise<{ url: string; requests: ProxiedRequest[]; stop: () => Promise<void> }> {
+  const requests: ProxiedRequest[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', async () => {
+      const body = Buffer.concat(chunks);
+      const request = { method: req.method ?? 'GET', url: req.url ?? '/', body: body.toString('latin1') };
+      requests.push(request);
+      const answer = rule(request);
+      if (answer) {
+        res.writeHead(answer.status, { 'Content-Type': 'application/json' }).end(answer.body);
+        return;
+      }
+      const response = await fetch(`${target}${req.url}`, { method: req.method, headers: { 'content-type': req.headers['content-type'] ?? 'application/json' }, body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : body });
+      res.writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await response.arrayBuffer()));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A server that accepts connections and never answers (a dead proxy, a black-holed host): counts connections. */
+export async function hangingServer(): Promise<{ url: string; connections: () => number; stop: () => Promise<void> }> {
+  let connections = 0;
+  const server = http.createServer(() => {
+    // never respond
+  });
+  server.on('connection', () => connections++);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    connections: () => connections,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
