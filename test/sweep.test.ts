@@ -5,7 +5,12 @@ import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag } from '../src/sweep/plan.ts';
 import { bestTrial, resultsCsv, type TrialRow } from '../src/sweep/report.ts';
-import { LocalScheduler } from '../src/sweep/schedule.ts';
+import { LocalScheduler, type TrialScheduler } from '../src/sweep/schedule.ts';
+import type { TrialJob } from '../src/sweep/plan.ts';
+import type { TrialState } from '../src/run-folder/records.ts';
+import { runSweep } from '../src/sweep/sweep.ts';
+import { silentLogger } from '../src/core/log.ts';
+import { tf } from '../src/tfjs/tf.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
@@ -194,5 +199,66 @@ describe('tlx sweep', () => {
     // And the plot is a real PNG.
     const png = fs.readFileSync(path.join(sweepDir, 'plot.png'));
     assert.equal(png.subarray(1, 4).toString(), 'PNG');
+  });
+});
+
+describe('sweeps keep their memory and their plan', () => {
+  test('tensor count and RSS stay flat across trials (classifier, optimizer and data released or shared)', async () => {
+    const file = experiment('memory', '    train.fine_tune.fine_tune_at: [100, 120, 140]\n    model.dropout: [0.2]');
+    const after: { tensors: number; rss: number }[] = [];
+    const scheduler: TrialScheduler<TrialJob, TrialState> = {
+      async runAll(jobs, execute) {
+        const results: TrialState[] = [];
+        for (const job of jobs) {
+          results.push(await execute(job));
+          after.push({ tensors: tf.memory().numTensors, rss: process.memoryUsage().rss });
+        }
+        return results;
+      },
+    };
+    const result = await runSweep({ file, overrides: [], grid: [], parallel: 1, runsDir: path.join(work, 'memory-runs'), log: silentLogger, scheduler });
+    assert.deepEqual(result.rows.map((r) => r.status), ['finished', 'finished', 'finished']);
+    assert.equal(after.length, 3);
+    assert.equal(new Set(after.map((a) => a.tensors)).size, 1, `tensors after each trial: ${after.map((a) => a.tensors).join(', ')}`);
+    const growth = (after[2].rss - after[1].rss) / 1024 ** 2;
+    assert.ok(growth < 100, `RSS grew ${growth.toFixed(0)} MB between the 2nd and the 3rd trial`);
+  });
+
+  test('--resume of a sweep over list values (image_size) uses the stored plan as values, never re-parsed', async () => {
+    const file = experiment('lists', '    dataset.image_size: [[32, 32], [40, 40]]');
+    const first = await runTlx(['--runs-dir', runsDir, 'sweep', file, '--max-trials', '1'], { cwd: work });
+    assert.equal(first.exitCode, 0, first.stderr.slice(-2000));
+    const sweepId = path.basename(sweepDirOf(first.stdout));
+    const plan = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'plan.json'), 'utf8')) as { grid: Record<string, unknown> };
+    assert.deepEqual(plan.grid['dataset.image_size'], [[32, 32], [40, 40]]);
+    const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', '--resume', sweepId], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+    assert.match(resumed.stderr, /1 trial\(s\), 1 already finished/);
+    const rows = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'results.json'), 'utf8')) as { trials: { assignments: Record<string, unknown> }[] };
+    assert.deepEqual(rows.trials.map((t) => t.assignments['dataset.image_size']), [[32, 32]]);
+  });
+
+  test('sweep.export: best exports only the best trial, and the results say which', async () => {
+    const file = writeExperiment(
+      work,
+      'bestexport',
+      `seed: 2
+${tinyDataAndModel}train:
+  feature_extraction: { epochs: 1 }
+  fine_tune: { epochs: 1 }
+export:
+  tflite: { quantization: float16, representative_images: 10, max_accuracy_drop: 1 }
+sweep:
+  export: best
+  grid:
+    train.fine_tune.fine_tune_at: [100, 140]
+`,
+    );
+    const result = await runTlx(['--runs-dir', runsDir, '--json', 'sweep', file], { cwd: work, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const report = JSON.parse(result.stdout) as { best_trial: number; trials: { trial: number; exported?: boolean; run_dir: string }[] };
+    const exported = report.trials.filter((t) => t.exported).map((t) => t.trial);
+    assert.deepEqual(exported, [report.best_trial]);
+    for (const trial of report.trials) assert.equal(fs.existsSync(path.join(trial.run_dir, 'model.tflite')), trial.trial === report.best_trial);
   });
 });

@@ -27,7 +27,10 @@ export type CheckpointInfo = Omit<CheckpointMeta, 'weights' | 'optimizer' | 'pha
 
 export async function writeCheckpoint(target: string, model: LayersModel, optimizer: Optimizer | undefined, info: CheckpointInfo): Promise<void> {
   const weights = await encode(namedVariables(model).map(([name, variable]) => ({ name, tensor: variable.read() })));
-  const optimizerState = await encode(optimizer ? await optimizer.getWeights() : []);
+  const optimizerWeights = optimizer ? await optimizer.getWeights() : [];
+  const optimizerState = await encode(optimizerWeights);
+  // getWeights() returns the optimizer's variables and a new scalar (its iteration count): release the latter.
+  tf.dispose(optimizerWeights.map((w) => w.tensor).filter((tensor) => !(tensor instanceof tf.Variable)));
   const meta: CheckpointMeta = { phase_complete: false, callbacks: {}, ...info, weights: weights.specs as CheckpointMeta['weights'], optimizer: optimizerState.specs as CheckpointMeta['optimizer'] };
   const temp = tempPathFor(target);
   fs.mkdirSync(temp, { recursive: true });
