@@ -21,7 +21,10 @@ export function redactUrl(url: string): string {
   parsed.password = '';
   parsed.search = '';
   parsed.hash = '';
-  return `${parsed.toString()}${query}`;
+  // URL adds a "/" to an empty path; keep the address as it was written.
+  const written = url.split(/[?#]/)[0];
+  const text = parsed.toString();
+  return `${written.endsWith('/') ? text : text.replace(/\/$/, '')}${query}`;
 }
 
 /** Whether a URL carries anything redactUrl would remove. */

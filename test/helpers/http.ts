@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 /** What the server does for one request to a path, in order; the last one repeats. */
-export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } | { kind: 'truncate'; afterBytes: number };
+export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } | { kind: 'truncate'; afterBytes: number } | { kind: 'chunked' };
 
 /**
  * A local HTTP server for download tests (127.0.0.1 only): serves files, honours Range,
@@ -12,7 +12,7 @@ export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } |
 export class TestServer {
   private server = http.createServer((req, res) => this.handle(req, res));
   private routes = new Map<string, { file: string; script: Behaviour[] }>();
-  readonly requests: { path: string; range?: string }[] = [];
+  readonly requests: { path: string; range?: string; query: string }[] = [];
 
   route(urlPath: string, file: string, script: Behaviour[] = [{ kind: 'serve' }]): void {
     this.routes.set(urlPath, { file, script: [...script] });
@@ -29,8 +29,8 @@ export class TestServer {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const urlPath = (req.url ?? '/').split('?')[0];
-    this.requests.push({ path: urlPath, range: req.headers.range });
+    const [urlPath, query = ''] = (req.url ?? '/').split('?');
+    this.requests.push({ path: urlPath, range: req.headers.range, query });
     const route = this.routes.get(urlPath);
     if (!route) {
       res.writeHead(404).end('not found');
@@ -42,6 +42,13 @@ export class TestServer {
       return;
     }
     const data = fs.readFileSync(route.file);
+    if (behaviour.kind === 'chunked') {
+      // No Content-Length: the size is only known by counting what arrives.
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+      for (let offset = 0; offset < data.length; offset += 65536) res.write(data.subarray(offset, offset + 65536));
+      res.end();
+      return;
+    }
     const match = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
     const start = match ? Number(match[1]) : 0;
     const body = data.subarray(start);
