@@ -3,6 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as tar from 'tar';
+import { execa } from 'execa';
+import { projectRoot } from '../src/core/project.ts';
 import { loadExperiment } from '../src/config/load.ts';
 import { prepareDataset, splitCounts } from '../src/data/dataset.ts';
 import { sha256OfFile } from '../src/core/hash.ts';
@@ -158,5 +160,34 @@ describe('safe extraction', () => {
     const zip = path.join(work, 'big.zip');
     await makeZip(zip, [{ name: 'big.txt', text: 'x'.repeat(5000) }]);
     await assert.rejects(extractArchive(zip, 'zip', path.join(work, 'big-out'), { maxEntries: 10, maxBytes: 1000 }), /unpacked size over the limit of 1000 bytes/);
+  });
+});
+
+describe('the download cache shared by processes', () => {
+  test('two processes on a cold cache: one downloads, the other waits and uses it; the file is whole', async () => {
+    server.route('/shared.zip', catsDogsZip, [{ kind: 'slow', chunkDelayMs: 5 }]);
+    const cacheDir = path.join(work, 'cache-shared');
+    const script = path.join(work, 'download.mts');
+    fs.writeFileSync(script, `import { downloadToCache } from ${JSON.stringify(path.join(projectRoot, 'src', 'net', 'download.ts'))};\nconst d = await downloadToCache(process.argv[2], { cacheDir: process.argv[3] });\nprocess.stdout.write(d.sha256);\n`);
+    const run = () => execa(process.execPath, ['--import', 'tsx', script, `${base}/shared.zip`, cacheDir], { cwd: projectRoot, reject: false });
+    const [a, b] = await Promise.all([run(), run()]);
+    assert.equal(a.exitCode, 0, String(a.stderr));
+    assert.equal(b.exitCode, 0, String(b.stderr));
+    const expected = await sha256OfFile(catsDogsZip);
+    assert.equal(a.stdout, expected);
+    assert.equal(b.stdout, expected);
+    assert.equal(server.requests.filter((r) => r.path === '/shared.zip').length, 1, 'downloaded once');
+  });
+
+  test('a cached file that changed since it was downloaded is fetched again (its sha256 was recorded)', async () => {
+    server.route('/changed.zip', catsDogsZip);
+    const cacheDir = path.join(work, 'cache-changed');
+    const first = await downloadToCache(`${base}/changed.zip`, { cacheDir });
+    fs.writeFileSync(first.file, 'corrupted on disk');
+    const second = await downloadToCache(`${base}/changed.zip`, { cacheDir });
+    assert.equal(second.fromCache, false);
+    assert.equal(second.sha256, await sha256OfFile(catsDogsZip));
+    assert.equal(await sha256OfFile(second.file), second.sha256);
+    assert.equal(server.requests.filter((r) => r.path === '/changed.zip').length, 2);
   });
 });

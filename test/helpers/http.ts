@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 /** What the server does for one request to a path, in order; the last one repeats. */
-export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } | { kind: 'truncate'; afterBytes: number } | { kind: 'chunked' };
+export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } | { kind: 'truncate'; afterBytes: number } | { kind: 'chunked' } | { kind: 'slow'; chunkDelayMs: number };
 
 /**
  * A local HTTP server for download tests (127.0.0.1 only): serves files, honours Range,
@@ -42,6 +42,18 @@ export class TestServer {
       return;
     }
     const data = fs.readFileSync(route.file);
+    if (behaviour.kind === 'slow') {
+      res.writeHead(200, { 'Content-Length': data.length, 'Content-Type': 'application/octet-stream' });
+      let offset = 0;
+      const next = () => {
+        if (offset >= data.length) return void res.end();
+        res.write(data.subarray(offset, offset + 16384));
+        offset += 16384;
+        setTimeout(next, behaviour.chunkDelayMs);
+      };
+      next();
+      return;
+    }
     if (behaviour.kind === 'chunked') {
       // No Content-Length: the size is only known by counting what arrives.
       res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
