@@ -13,6 +13,7 @@ import { writeClassFolders } from './helpers/images.ts';
 import { mlflowState, readMetrics, runDirOf, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { faultyProxy, readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
 import { tempDir } from './helpers/tmp.ts';
+import { python } from './helpers/python.ts';
 
 const work = tempDir('tlx-track-');
 const runsDir = path.join(work, 'runs');
@@ -103,13 +104,20 @@ describe('every run in MLflow', () => {
     assert.ok(!result.stderr.includes('secret-token-123'), 'nor to the logs');
   });
 
-  test('sync twice changes nothing', async () => {
-    const dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-live-'))!;
+  test('tlx sync of an untracked run sends all of it; a second sync changes nothing', async () => {
+    const offline = await runTlx(['--runs-dir', runsDir, 'run', experiment('untracked')], { cwd: work, env: { MLFLOW_TRACKING_URI: '' } });
+    assert.equal(offline.exitCode, 0, offline.stderr.slice(-2000));
+    const dir = runDirOf(offline.stdout);
+    assert.ok(!fs.existsSync(path.join(dir, 'mlflow.json')), 'nothing was sent during the run');
+    const first = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+    assert.equal(first.exitCode, 0, first.stderr);
+    // The first sync did the work: every point, the params, the artifacts, the final status.
+    await assertExactlySynced(dir, server.url);
     const before = await readRunWithMlflow(server.url, mlflowState(dir, server.url).run_id, metricKeys);
-    for (let i = 0; i < 2; i++) {
-      const result = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
-      assert.equal(result.exitCode, 0, result.stderr);
-    }
+    assert.equal(before.params['train.fine_tune.fine_tune_at'], '100');
+    assert.ok(before.artifacts.includes('summary.json') && before.artifacts.includes('plots/learning_curves.png'));
+    const second = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+    assert.equal(second.exitCode, 0, second.stderr);
     const after = await readRunWithMlflow(server.url, mlflowState(dir, server.url).run_id, metricKeys);
     assert.deepEqual(after, before);
   });
@@ -183,3 +191,100 @@ function textOfRunFolder(dir: string): string {
     .map((f) => fs.readFileSync(f, 'utf8'))
     .join('\n');
 }
+
+interface ModelViews {
+  inputs: { name: string; digest: string; source_type: string; source: string; context: string }[];
+  models: { model_id: string; name: string; source_run_id: string; status: string; artifacts: string[] }[];
+  versions: { version: string; source: string; run_id: string; tags: Record<string, string> }[];
+  outputs: string[];
+}
+
+/** A run's dataset inputs, the experiment's logged models and a registered model's versions, read with MLflow's client. */
+async function modelViews(uri: string, runId: string, registered: string): Promise<ModelViews> {
+  const out = await python(
+    `import json, sys
+from mlflow.tracking import MlflowClient
+c = MlflowClient(sys.argv[1])
+run = c.get_run(sys.argv[2])
+inputs = [{"name": d.dataset.name, "digest": d.dataset.digest, "source_type": d.dataset.source_type, "source": d.dataset.source, "context": next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")} for d in run.inputs.dataset_inputs]
+models = [{"model_id": m.model_id, "name": m.name, "source_run_id": m.source_run_id, "status": str(m.status), "artifacts": sorted(a.path for a in c.list_logged_model_artifacts(m.model_id))} for m in c.search_logged_models(experiment_ids=[run.info.experiment_id]) if m.source_run_id == sys.argv[2]]
+try:
+    versions = [{"version": v.version, "source": v.source, "run_id": v.run_id, "tags": v.tags} for v in c.search_model_versions(f"name='{sys.argv[3]}'")]
+except Exception:
+    versions = []
+outputs = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+print(json.dumps({"inputs": inputs, "models": models, "versions": versions, "outputs": outputs}))`,
+    [uri, runId, registered],
+  );
+  return JSON.parse(out) as ModelViews;
+}
+
+describe('dataset lineage and the model where models live', () => {
+  const exporting = (name: string) =>
+    writeExperiment(
+      work,
+      name,
+      `seed: 1
+${tinyDataAndModel}train:
+  feature_extraction: { epochs: 1 }
+  fine_tune: { epochs: 1 }
+export:
+  tflite: { quantization: float16, representative_images: 10, max_accuracy_drop: 1 }
+tracking:
+  mlflow: { experiment: tlx-models, register_model: ${name}-classifier }
+`,
+    );
+
+  test('a run logs its data as dataset inputs, its TFLite file as a logged model, and a registry version; two more syncs add none', async () => {
+    const result = await runTlx(['--runs-dir', runsDir, 'run', exporting('registered')], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url }, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const dir = runDirOf(result.stdout);
+    const runId = mlflowState(dir, server.url).run_id;
+    for (let i = 0; i < 2; i++) assert.equal((await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } })).exitCode, 0);
+    const views = await modelViews(server.url, runId, 'registered-classifier');
+    assert.deepEqual(views.inputs.map((i) => i.context).sort(), ['training', 'validation'], 'one input per split (this dataset has no test split)');
+    const dataset = JSON.parse(fs.readFileSync(path.join(dir, 'dataset.json'), 'utf8')) as { digest: string; root: string };
+    for (const input of views.inputs) {
+      assert.equal(input.name, `registered-${input.context === 'training' ? 'train' : input.context}`);
+      assert.equal(input.digest, dataset.digest.slice(0, 36));
+      assert.equal(input.source_type, 'local');
+    }
+    assert.equal(views.models.length, 1, 'one logged model');
+    assert.deepEqual(views.models[0].artifacts, ['labels.txt', 'model-card.json', 'model-card.md', 'model.tflite']);
+    assert.match(views.models[0].status, /READY/);
+    assert.deepEqual(views.outputs, [views.models[0].model_id], 'the logged model is the run\'s output');
+    assert.equal(views.versions.length, 1, 'one registry version');
+    assert.equal(views.versions[0].run_id, runId);
+    assert.equal(views.versions[0].tags.quantization, 'float16');
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as { export: { tflite: { bytes: number } } };
+    assert.equal(views.versions[0].tags.bytes, String(summary.export.tflite.bytes));
+    assert.ok('test_accuracy' in views.versions[0].tags);
+  });
+
+  test('two runs on the same data carry the same dataset digest', async () => {
+    const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('samedata')], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const first = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-registered-'))!;
+    const views = await modelViews(server.url, mlflowState(runDirOf(result.stdout), server.url).run_id, 'none');
+    const digest = (JSON.parse(fs.readFileSync(path.join(first, 'dataset.json'), 'utf8')) as { digest: string }).digest.slice(0, 36);
+    assert.ok(views.inputs.every((i) => i.digest === digest));
+  });
+
+  test('a server away during the run: tlx sync later logs dataset inputs, the model and its version exactly once', async () => {
+    const port = await freePort();
+    const uri = `http://127.0.0.1:${port}`;
+    const result = await runTlx(['--runs-dir', runsDir, 'run', exporting('outage')], { cwd: work, env: { MLFLOW_TRACKING_URI: uri }, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const dir = runDirOf(result.stdout);
+    const late = await startMlflowServer({ dataDir: path.join(work, 'mlflow-outage'), port });
+    try {
+      for (let i = 0; i < 2; i++) assert.equal((await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: uri } })).exitCode, 0);
+      const views = await modelViews(uri, mlflowState(dir, uri).run_id, 'outage-classifier');
+      assert.equal(views.inputs.length, 2);
+      assert.equal(views.models.length, 1);
+      assert.equal(views.versions.length, 1);
+    } finally {
+      await late.stop();
+    }
+  });
+});

@@ -77,7 +77,11 @@ export function runNameOf(folder: RunFolder, run: RunJson): string {
   return shortRunName(folder.id);
 }
 
-/** The run's data as MLflow dataset inputs, one per split context (the runs table's Dataset column). */
+/**
+ * The run's data as MLflow dataset inputs, one per split (the runs table's Dataset column):
+ * MLflow keeps a dataset once per run, so each split is its own dataset (<name>-<split>),
+ * all with the data's digest and with their context tag.
+ */
 export function datasetInputs(dataset: DatasetJson): DatasetInput[] {
   const name = dataset.name ?? path.basename(dataset.url ?? dataset.root);
   const source = dataset.url ? { source_type: 'http', source: JSON.stringify({ url: dataset.url }) } : { source_type: 'local', source: JSON.stringify({ uri: dataset.root }) };
@@ -85,7 +89,7 @@ export function datasetInputs(dataset: DatasetJson): DatasetInput[] {
   return (['train', 'validation', 'test'] as const)
     .filter((split) => dataset.counts[split] > 0)
     .map((split) => ({
-      dataset: { name, digest: (dataset.digest ?? dataset.archive_sha256 ?? 'unknown').slice(0, 36), ...source, schema, profile: JSON.stringify({ num_rows: dataset.counts[split], classes: dataset.classes }) },
+      dataset: { name: `${name}-${split}`, digest: (dataset.digest ?? dataset.archive_sha256 ?? 'unknown').slice(0, 36), ...source, schema, profile: JSON.stringify({ num_rows: dataset.counts[split], classes: dataset.classes }) },
       tags: [{ key: 'mlflow.data.context', value: split === 'train' ? 'training' : split }],
     }));
 }
