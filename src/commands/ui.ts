@@ -1,11 +1,14 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import { redactUrl } from '../core/redact.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
+import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { MlflowClient } from '../track/mlflow-client.ts';
 import { startMlflowServer } from '../track/mlflow-server.ts';
 import { syncFolders } from '../track/sync.ts';
+import { runsPageUrl, sweepViewKey } from '../track/views.ts';
 
 export interface UiOptions {
   port: number;
@@ -16,20 +19,34 @@ export interface UiOptions {
 }
 
 /**
- * The page a trainer wants: the experiment's Training runs table (`#/experiments/<id>/runs`),
- * for the experiment named with --experiment, else the one of the newest local run.
+ * The page a trainer wants: the Training runs table of the experiment named with
+ * --experiment, else of the newest local run, in the UI's model-training mode with tlx's
+ * columns.
  */
-export async function runsPageUrl(serverUrl: string, folders: RunFolder[], experiment?: string): Promise<string> {
-  const client = new MlflowClient({ trackingUri: serverUrl, retries: 2 });
+export async function landingUrl(serverUrl: string, folders: RunFolder[], experiment?: string): Promise<string> {
   if (experiment) {
-    const id = await client.getExperimentByName(experiment);
+    const id = await new MlflowClient({ trackingUri: serverUrl, retries: 2 }).getExperimentByName(experiment);
     if (!id) throw new UserError(`ui: no experiment named "${experiment}" on ${redactUrl(serverUrl)}`);
-    return `${serverUrl}/#/experiments/${id}/runs`;
+    return runsPageUrl(serverUrl, id);
   }
   const key = redactUrl(serverUrl);
   const newest = [...folders].reverse().find((folder) => folder.readMlflow().servers[key]);
   const id = newest?.readMlflow().servers[key]?.experiment_id;
-  return id ? `${serverUrl}/#/experiments/${id}/runs` : `${serverUrl}/#/experiments`;
+  return id ? runsPageUrl(serverUrl, id) : `${serverUrl}/#/experiments`;
+}
+
+/** Each local sweep's view (children unfolded, swept keys and metric as columns) on this server. */
+function sweepUrls(serverUrl: string, runsDir: string): { id: string; url: string }[] {
+  const sweepsDir = path.join(runsDir, 'sweeps');
+  if (!fs.existsSync(sweepsDir)) return [];
+  return fs
+    .readdirSync(sweepsDir)
+    .map((id) => SweepFolder.at(runsDir, id))
+    .filter((sweep) => sweep.exists())
+    .flatMap((sweep) => {
+      const state = sweep.readMlflow().servers[redactUrl(serverUrl)];
+      return state ? [{ id: sweep.id, url: runsPageUrl(serverUrl, state.experiment_id, sweepViewKey(sweep.id)) }] : [];
+    });
 }
 
 /** `tlx ui`: a local MLflow dashboard over runs/.mlflow, every local run synced into it. */
@@ -41,8 +58,9 @@ export async function uiCommand(options: UiOptions): Promise<void> {
     const folders = RunFolder.list(options.runsDir);
     const results = await syncFolders(folders, server.url, options.log);
     options.log.info({ runs: results.length }, `synced ${results.filter((r) => !r.error && !r.skipped).length} local run(s)`);
-    const url = await runsPageUrl(server.url, folders, options.experiment);
+    const url = await landingUrl(server.url, folders, options.experiment);
     process.stdout.write(`MLflow UI: ${url}\n`);
+    for (const sweep of sweepUrls(server.url, options.runsDir)) process.stdout.write(`sweep ${sweep.id}: ${sweep.url}\n`);
     if (options.open) {
       const { default: open } = await import('open');
       await open(url).catch((error: unknown) => options.log.warn({ error: String(error) }, 'could not open a browser; open the link above'));

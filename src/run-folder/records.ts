@@ -31,6 +31,8 @@ export const RunJson = z.object({
   failed_stage: z.string().optional(),
   /** Sweep trial: the swept keys and values (run names in MLflow show them). */
   trial: z.record(z.string(), z.unknown()).optional(),
+  /** Sweep trial: the sweep it belongs to (its MLflow parent run is made from the sweep folder). */
+  sweep: z.object({ id: z.string(), dir: z.string() }).optional(),
   /** MLflow system tags fixed when the run starts (user, git commit). */
   tags: z.record(z.string(), z.string()).default({}),
   /** Where the pretrained weights came from (resumed runs restore theirs from checkpoints). */

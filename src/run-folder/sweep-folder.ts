@@ -19,6 +19,22 @@ export class SweepFolder {
     return new SweepFolder(path.resolve(runsDir, 'sweeps', sweepId));
   }
 
+  static fromDir(dir: string): SweepFolder {
+    return new SweepFolder(path.resolve(dir));
+  }
+
+  exists(): boolean {
+    return fs.existsSync(this.file('plan.json'));
+  }
+
+  /** The best trial and whether any failed, from results.json (undefined before the sweep ended). */
+  readResults(): { best: { metric: string; value?: number; runId?: string }; failed: boolean } | undefined {
+    if (!fs.existsSync(this.file('results.json'))) return undefined;
+    const results = readJsonFile(this.file('results.json')) as { metric: string; best_trial: number | null; best_run: string | null; trials: Record<string, unknown>[] };
+    const best = results.trials.find((t) => t.trial === results.best_trial);
+    return { best: { metric: results.metric, value: best?.[results.metric] as number | undefined, runId: results.best_run ?? undefined }, failed: results.trials.some((t) => t.status === 'failed') };
+  }
+
   static open(runsDir: string, sweepId: string): SweepFolder {
     const folder = SweepFolder.at(runsDir, sweepId);
     if (!fs.existsSync(path.join(folder.dir, 'plan.json'))) throw new UserError(`sweep --resume: no sweep ${sweepId} under ${path.resolve(runsDir, 'sweeps')}`);

@@ -50,7 +50,13 @@ export interface RunOptions {
   onOpen?: (folder: RunFolder) => void;
 }
 
-export type RunStart = { experiment: LoadedExperiment; trial?: Record<string, unknown>; runId?: string } | { resume: string };
+/** A sweep trial's place: its swept values and its sweep. */
+export interface TrialOf {
+  assignments: Record<string, unknown>;
+  sweep: { id: string; dir: string };
+}
+
+export type RunStart = { experiment: LoadedExperiment; trial?: TrialOf; runId?: string } | { resume: string };
 
 export interface RunResult {
   folder: RunFolder;
@@ -139,7 +145,7 @@ function systemTags(experimentDir: string): Record<string, string> {
 }
 
 /** A new run folder with the resolved config and run.json (not yet locked). */
-export function createRunFolder(experiment: LoadedExperiment, runsDir: string, trial?: Record<string, unknown>, runId?: string): RunFolder {
+export function createRunFolder(experiment: LoadedExperiment, runsDir: string, trial?: TrialOf, runId?: string): RunFolder {
   const folder = RunFolder.create(runsDir, experiment.config.name, runId);
   const now = new Date().toISOString();
   folder.writeConfig(withoutSecrets(experiment.config));
@@ -154,7 +160,7 @@ export function createRunFolder(experiment: LoadedExperiment, runsDir: string, t
     updated: now,
     tags: systemTags(experiment.baseDir),
     phase_outcomes: {},
-    ...(trial ? { trial } : {}),
+    ...(trial ? { trial: trial.assignments, sweep: trial.sweep } : {}),
   });
   return folder;
 }

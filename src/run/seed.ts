@@ -5,7 +5,7 @@ import { UserError } from '../core/errors.ts';
 import { fsyncDir, tempPathFor, writeFileAtomic } from '../core/files.ts';
 import { copyCheckpoint, findCheckpoint, readCheckpointMeta } from '../run-folder/checkpoints.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
-import { createRunFolder } from './run.ts';
+import { createRunFolder, type TrialOf } from './run.ts';
 
 /**
  * A new run that starts where another run's feature extraction ended: its records of
@@ -15,7 +15,7 @@ import { createRunFolder } from './run.ts';
  * With a fixed `runId` (queued trials) the folder is assembled under a temp name and renamed
  * into place, so a retry finds either nothing or a complete seed.
  */
-export function seedFromFeatureExtraction(experiment: LoadedExperiment, runsDir: string, source: RunFolder, trial?: Record<string, unknown>, runId?: string): RunFolder {
+export function seedFromFeatureExtraction(experiment: LoadedExperiment, runsDir: string, source: RunFolder, trial?: TrialOf, runId?: string): RunFolder {
   const checkpoint = findCheckpoint(source.checkpoint('feature_extraction'));
   if (!checkpoint) throw new UserError(`${source.dir}: no feature-extraction checkpoint to start from`);
   const meta = readCheckpointMeta(checkpoint);

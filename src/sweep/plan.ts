@@ -163,3 +163,9 @@ export function planSweep(input: PlanInput): SweepPlanned {
     jobs,
   };
 }
+
+/** How a sweep appears in MLflow: its experiment, its name, the swept keys and its metric. */
+export function parentRunOf(planned: SweepPlanned): { experimentName: string; sweepName: string; grid: Grid; metric: string } {
+  const config = planned.base.config;
+  return { experimentName: config.tracking.mlflow?.experiment ?? config.name, sweepName: config.name, grid: planned.grid, metric: planned.metric };
+}

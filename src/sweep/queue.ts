@@ -13,7 +13,7 @@ import { writeChartPng } from '../plots/render.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { trackingUriFor } from '../track/sync.ts';
-import { describeAssignments, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
+import { describeAssignments, parentRunOf, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import type { QueuedTrial } from './trial.ts';
 
@@ -110,7 +110,7 @@ export async function enqueueSweep(planned: SweepPlanned, options: EnqueueOption
   }
   const trackingUri = trackingUriFor(planned.base.config);
   const parent = trackingUri
-    ? await SweepParentRun.open(folder, { trackingUri, experimentName: planned.base.config.tracking.mlflow?.experiment ?? planned.base.config.name, sweepName: planned.base.config.name, grid: planned.grid, log: options.log })
+    ? await SweepParentRun.open(folder, { trackingUri, log: options.log, ...parentRunOf(planned) })
     : undefined;
   const connection = connect(options.queueUrl);
   const queue = new Queue<TrialJobData>(queueName, { connection });
@@ -200,7 +200,7 @@ export async function writeQueuedResults(planned: SweepPlanned, rows: TrialRow[]
   }
   const trackingUri = trackingUriFor(planned.base.config);
   if (trackingUri) {
-    const parent = await SweepParentRun.open(folder, { trackingUri, experimentName: planned.base.config.tracking.mlflow?.experiment ?? planned.base.config.name, sweepName: planned.base.config.name, grid: planned.grid, log: options.log });
+    const parent = await SweepParentRun.open(folder, { trackingUri, log: options.log, ...parentRunOf(planned) });
     await parent?.finish({ metric, value: best ? (best[metric] as number | undefined) : undefined, runId: best?.run_id }, rows.some((r) => r.status === 'failed'));
   }
   return best;

@@ -15,7 +15,7 @@ import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { syncRun, trackingUriFor } from '../track/sync.ts';
-import { describeAssignments, parseGridFlag, planSweep, type Grid, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
+import { describeAssignments, parentRunOf, parseGridFlag, planSweep, type Grid, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import { LocalScheduler, type TrialScheduler } from './schedule.ts';
 
@@ -147,7 +147,7 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
 
     const trackingUri = trackingUriFor(planned.base.config);
     const parent = trackingUri
-      ? await SweepParentRun.open(folder, { trackingUri, experimentName: planned.base.config.tracking.mlflow?.experiment ?? planned.base.config.name, sweepName: planned.base.config.name, grid: planned.grid, log })
+      ? await SweepParentRun.open(folder, { trackingUri, log, ...parentRunOf(planned) })
       : undefined;
     const datasets = new DatasetCache(options.cacheDir, log);
     const prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) => datasets.get(config, baseDir, known);
@@ -162,6 +162,7 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
       if (state.status === 'finished' && state.run_dir) leaders.set(job.group, RunFolder.open(state.run_dir));
     }
 
+    const trialOf = (job: TrialJob) => ({ assignments: job.plan.assignments, sweep: { id: planned.id, dir: folder.dir } });
     const execute = async (job: TrialJob): Promise<TrialState> => {
       const state = states.find((s) => s.trial === job.plan.index)!;
       if (state.status === 'finished') return state;
@@ -178,13 +179,13 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
         if (state.run_dir) {
           start = { resume: state.run_dir };
         } else if (leader && job.experiment.config.train.feature_extraction.epochs > 0) {
-          const seeded = seedFromFeatureExtraction(job.experiment, options.runsDir, leader, job.plan.assignments);
+          const seeded = seedFromFeatureExtraction(job.experiment, options.runsDir, leader, trialOf(job));
           state.run_dir = seeded.dir;
           state.shared_feature_extraction = true;
           log.info({ trial: job.plan.index, from: leader.id }, 'feature extraction shared: starting from its checkpoint');
           start = { resume: seeded.dir };
         } else {
-          start = { experiment: job.experiment, trial: job.plan.assignments };
+          start = { experiment: job.experiment, trial: trialOf(job) };
         }
         state.status = 'running';
         state.error = undefined;

@@ -7,6 +7,7 @@ import type { Logger } from '../core/log.ts';
 import { executeRun, type RunOptions } from '../run/run.ts';
 import { seedFromFeatureExtraction } from '../run/seed.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
+import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import type { GridValue } from './plan.ts';
 import type { TrialRow } from './report.ts';
 
@@ -72,13 +73,14 @@ export async function runQueuedTrial(job: QueuedTrial, options: { log: Logger; i
   if (folder?.hasSummary() && folder.readSummary().status === 'FINISHED') return trialRow(job.trial, job.assignments, folder, 'finished');
   const experiment: LoadedExperiment = { config: job.config, files: job.files, baseDir: job.baseDir, configSha256: job.configSha256 };
   const runOptions: RunOptions = { runsDir: job.runsDir, cacheDir: options.cacheDir, log: options.log, interrupt: options.interrupt, parentRunId: job.parentRunId, export: job.export, register: false, job: job.jobId };
+  const trial = { assignments: job.assignments, sweep: { id: job.sweepId, dir: SweepFolder.at(job.runsDir, job.sweepId).dir } };
   let shared = false;
   if (!folder && job.leaderTrial !== undefined && job.config.train.feature_extraction.epochs > 0) {
     const leader = RunFolder.open(path.join(job.runsDir, trialRunId(job.sweepId, job.leaderTrial)));
-    folder = seedFromFeatureExtraction(experiment, job.runsDir, leader, job.assignments, runId);
+    folder = seedFromFeatureExtraction(experiment, job.runsDir, leader, trial, runId);
     options.log.info({ trial: job.trial, from: leader.id }, 'feature extraction shared: starting from its checkpoint');
     shared = true;
   }
-  const result = folder ? await executeRun({ resume: folder.dir }, runOptions) : await executeRun({ experiment, trial: job.assignments, runId }, runOptions);
+  const result = folder ? await executeRun({ resume: folder.dir }, runOptions) : await executeRun({ experiment, trial, runId }, runOptions);
   return trialRow(job.trial, job.assignments, result.folder, 'finished', { shared_feature_extraction: shared || job.leaderTrial !== undefined });
 }

@@ -6,6 +6,9 @@ import { redactText, redactUrl } from '../core/redact.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import type { DatasetJson, EpochRecord, MlflowJson, Refusal, RunJson, RunSummary, ServerState } from '../run-folder/records.ts';
 import { shortRunName, type RunFolder } from '../run-folder/run-folder.ts';
+import { defaultView, defaultViewKey, saveRunsView } from './views.ts';
+import { SweepParentRun } from './sweep-parent.ts';
+import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { MlflowClient, MlflowError, type DatasetInput, type MlflowMetric, type MlflowParam, type MlflowTag, type RunStatusName } from './mlflow-client.ts';
 
 /**
@@ -174,6 +177,7 @@ class ServerSync {
 async function createOrFindRun(client: MlflowClient, folder: RunFolder, run: RunJson, config: ResolvedExperiment, options: SyncOptions, log: Logger): Promise<{ experimentId: string; runId: string }> {
   const experimentName = options.experimentName ?? config.tracking.mlflow?.experiment ?? config.name;
   const experimentId = await client.ensureExperiment(experimentName, [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }]);
+  await saveRunsView(client, experimentId, defaultViewKey, defaultView);
   // A crash between creating the run and recording it left a run with our id: adopt it.
   const existing = (await client.findRunsByTag(experimentId, 'tlx.run_id', folder.id))[0];
   if (existing) return { experimentId, runId: existing.info.run_id };
@@ -190,6 +194,7 @@ async function createOrFindRun(client: MlflowClient, folder: RunFolder, run: Run
     ...(dataset ? [{ key: 'tlx.data_root', value: dataset.root }] : []),
     ...Object.entries(run.tags ?? {}).map(([key, value]) => ({ key, value })),
     ...(options.parentRunId ? [{ key: 'mlflow.parentRunId', value: options.parentRunId }] : []),
+    ...(run.sweep ? [{ key: 'tlx.sweep_id', value: run.sweep.id }] : []),
   ];
   const runId = await client.createRun(experimentId, runNameOf(folder, run), Date.parse(run.created), tags);
   log.info({ mlflow_run: runId, experiment: experimentName, server: client.displayUrl }, 'MLflow run created');
@@ -363,6 +368,7 @@ export interface FolderSyncResult {
  */
 export async function syncFolders(folders: RunFolder[], trackingUri: string, log: Logger): Promise<FolderSyncResult[]> {
   const results: FolderSyncResult[] = [];
+  const parents = new Map<string, SweepParentRun | undefined>();
   for (const folder of folders) {
     try {
       folder.lock();
@@ -371,7 +377,8 @@ export async function syncFolders(folders: RunFolder[], trackingUri: string, log
       continue;
     }
     try {
-      const result = await syncRun(folder, { trackingUri, log });
+      const parentRunId = await sweepParentFor(folder, trackingUri, parents, log);
+      const result = await syncRun(folder, { trackingUri, log, parentRunId });
       results.push({ dir: folder.dir, runId: result.runId, complete: result.complete, refused: result.refused });
     } catch (error) {
       const message = redactText(error instanceof Error ? error.message : String(error));
@@ -382,5 +389,21 @@ export async function syncFolders(folders: RunFolder[], trackingUri: string, log
       folder.unlock();
     }
   }
+  for (const [dir, parent] of parents) {
+    const outcome = parent ? SweepFolder.fromDir(dir).readResults() : undefined;
+    if (parent && outcome) await parent.finish(outcome.best, outcome.failed);
+  }
   return results;
+}
+
+/** A sweep trial's MLflow parent run on this server (made from its sweep folder), once per sweep. */
+async function sweepParentFor(folder: RunFolder, trackingUri: string, parents: Map<string, SweepParentRun | undefined>, log: Logger): Promise<string | undefined> {
+  const run = folder.readRun();
+  if (!run.sweep) return undefined;
+  if (!parents.has(run.sweep.dir)) {
+    const sweep = SweepFolder.fromDir(run.sweep.dir);
+    const config = folder.readConfig();
+    parents.set(run.sweep.dir, sweep.exists() ? await SweepParentRun.open(sweep, { trackingUri, experimentName: config.tracking.mlflow?.experiment ?? config.name, sweepName: config.name, grid: sweep.readPlan().grid, metric: sweep.readPlan().metric, log }) : undefined);
+  }
+  return parents.get(run.sweep.dir)?.runId;
 }
