@@ -93,10 +93,16 @@ def convert(concrete_function, mode, io_type, representative):
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        calibration = representative.astype(np.float32)
+        # One black and one white pixel: the input's calibrated range is exactly 0..255, so its
+        # quantization is scale 1, zero point 0 and an app's raw camera bytes are what the model
+        # expects (MediaPipe feeds uint8 pixels as they are).
+        calibration[0, 0, 0, :] = 0.0
+        calibration[0, 0, 1, :] = 255.0
 
         def representative_dataset():
-            for image in representative:
-                yield [image[None].astype(np.float32)]
+            for image in calibration:
+                yield [image[None]]
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -34,6 +34,8 @@ export interface Session {
   json: boolean;
   /** --json itself (tlx sweep prints its table to a pipe too, as it always has, and JSON only when asked). */
   jsonFlag: boolean;
+  /** Progress bars: on a terminal, unless --quiet. */
+  progress: boolean;
 }
 
 function session(command: Command): Session {
@@ -41,7 +43,7 @@ function session(command: Command): Session {
   const terminal = new Terminal();
   const human = terminal.interactive && !options.json;
   const log = createLogger({ ...options, human: human ? (line) => terminal.printLine(line) : undefined, style: terminal.style });
-  return { log, terminal, json: Boolean(options.json) || !terminal.humanOutput, jsonFlag: Boolean(options.json) };
+  return { log, terminal, json: Boolean(options.json) || !terminal.humanOutput, jsonFlag: Boolean(options.json), progress: terminal.interactive && !options.quiet };
 }
 
 function logger(command: Command): Logger {

@@ -15,6 +15,7 @@ export interface RunCommandOptions {
   log: Logger;
   terminal: Terminal;
   json: boolean;
+  progress: boolean;
 }
 
 /**
@@ -31,7 +32,7 @@ export async function runCommand(options: RunCommandOptions): Promise<void> {
       cacheDir: options.cacheDir,
       log: options.log,
       interrupt,
-      progress: terminal.interactive ? (config) => new TerminalRunProgress(terminal, config) : undefined,
+      progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined,
     });
     if (!options.json) {
       terminal.print(runBlock(folder, summary, terminal.outputStyle));

@@ -25,6 +25,7 @@ export interface SweepCommandOptions {
   log: Logger;
   terminal: Terminal;
   jsonFlag: boolean;
+  progress: boolean;
 }
 
 function printResults(options: SweepCommandOptions, id: string, dir: string, metric: SweepMetric, rows: TrialRow[], best: TrialRow | undefined): void {
@@ -44,7 +45,7 @@ export async function sweepCommand(options: SweepCommandOptions): Promise<void> 
   const interrupt = listenForInterrupt(options.log, 'stopping the current trial after its batch');
   const { terminal } = options;
   try {
-    const result = await runSweep({ ...options, overrides: options.set, interrupt, progress: terminal.interactive ? (config) => new TerminalRunProgress(terminal, config) : undefined });
+    const result = await runSweep({ ...options, overrides: options.set, interrupt, progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined });
     printResults(options, result.id, result.dir, result.metric, result.rows, result.best);
     if (result.rows.some((r) => r.status === 'failed')) process.exitCode = 1;
   } finally {
