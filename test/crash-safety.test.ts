@@ -57,10 +57,13 @@ after(() => server?.stop());
 describe('one writer per run and per sweep', () => {
   test('a second process on a run that is still alive exits 2 naming the owner; the first finishes with every epoch once', async () => {
     const file = writeExperiment(work, 'owned', `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 40 }\n  fine_tune: { epochs: 1 }\n`);
-    const first = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+    // The first run holds after its third epoch's checkpoint until the second process has been refused.
+    const release = path.join(work, 'release-owned');
+    const first = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false, env: { TLX_TEST_HOLD_AT: 'epoch.checkpointed@3', TLX_TEST_HOLD_UNTIL: release } });
     const dir = await waitForEpoch(runsDir, '-owned-', 1);
     assert.ok(dir);
     const second = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+    fs.writeFileSync(release, '');
     assert.equal(second.exitCode, 2, second.stderr);
     assert.match(second.stderr, new RegExp(`run ${path.basename(dir)} is in use by pid ${first.pid} on host \\S+ since \\d{4}-\\d\\d-\\d\\dT`));
     assert.equal((await first).exitCode, 0);
@@ -82,9 +85,12 @@ describe('one writer per run and per sweep', () => {
 
   test('two identical sweeps at once: the second exits 2, nothing runs twice', async () => {
     const file = writeExperiment(work, 'twice', `${body}sweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
-    const first = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false });
+    // The first sweep holds at its first trial's first checkpoint until the second has been refused.
+    const release = path.join(work, 'release-twice');
+    const first = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false, env: { TLX_TEST_HOLD_AT: 'epoch.checkpointed@1', TLX_TEST_HOLD_UNTIL: release } });
     await waitForStderr(first, /trial 0:/);
     const second = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });
+    fs.writeFileSync(release, '');
     assert.equal(second.exitCode, 2, second.stderr);
     assert.match(second.stderr, /sweep twice-[0-9a-f]+ is in use by pid \d+/);
     assert.equal((await first).exitCode, 0);
