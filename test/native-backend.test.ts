@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, unfusedDepthwise } from '../src/models/fused-kernels.ts';
+import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, unfusedDepthwise, type FusedActivation } from '../src/models/fused-kernels.ts';
 import { runOp } from '../src/tfjs/native-ops.ts';
 import { tf } from '../src/tfjs/tf.ts';
 
@@ -34,19 +34,20 @@ test('TensorFlow ops without a tfjs kernel run by name through the native backen
   tf.dispose([image, shiftRight, outputShape, fill, out]);
 });
 
-test('list attributes reach TensorFlow (binding patch): the fused conv kernels equal conv + bias (+ relu6)', () => {
+test('list attributes reach TensorFlow (binding patch): the fused conv kernels equal conv + bias (+ relu or relu6)', () => {
   const x = tf.randomNormal([2, 7, 7, 6], 0, 3, 'float32', 1) as Tensor4D;
   const filter = tf.randomNormal([3, 3, 6, 4], 0, 1, 'float32', 2) as Tensor4D;
   const bias = tf.randomNormal([4], 0, 1, 'float32', 3) as Tensor1D;
   const depthwiseFilter = tf.randomNormal([3, 3, 6, 1], 0, 1, 'float32', 4) as Tensor4D;
   const depthwiseBias = tf.randomNormal([6], 0, 1, 'float32', 5) as Tensor1D;
   const maxDiff = (a: Tensor4D, b: Tensor4D) => tf.tidy(() => tf.max(tf.abs(a.sub(b))).dataSync()[0]);
-  for (const relu6 of [true, false]) {
+  const activations = { Relu6: (y: Tensor4D) => tf.clipByValue(y, 0, 6), Relu: (y: Tensor4D) => tf.relu(y), none: (y: Tensor4D) => y };
+  for (const [name, activate] of Object.entries(activations)) {
     for (const [strides, padding] of [[1, 'SAME'], [2, 'VALID']] as const) {
-      const options = { strides: [strides, strides] as [number, number], padding, relu6 };
-      const activate = (y: Tensor4D) => (relu6 ? tf.clipByValue(y, 0, 6) : y);
+      const activation = name === 'none' ? undefined : (name as FusedActivation);
+      const options = { strides: [strides, strides] as [number, number], padding, activation };
       const pad = padding === 'SAME' ? 'same' : 'valid';
-      const what = `relu6 ${relu6}, stride ${strides}, ${padding}`;
+      const what = `${name}, stride ${strides}, ${padding}`;
       tf.tidy(() => {
         assert.ok(maxDiff(fusedConv2d(x, filter, bias, options), activate(tf.conv2d(x, filter, strides, pad).add(bias))) < 1e-4, `conv, ${what}`);
         const depthwise = fusedDepthwiseConv2d(x, depthwiseFilter, depthwiseBias, options);

@@ -3,16 +3,19 @@ import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
- * Convolution + bias (+ ReLU6) as one native kernel, the way TensorFlow's graph optimizer
+ * Convolution + bias (+ ReLU or ReLU6) as one native kernel, the way TensorFlow's graph optimizer
  * (grappler's remapper) runs a Keras model once BatchNormalization is folded into the
  * weights: the bias and the clamp are applied as each output tile is written, instead of
  * two more passes over a large activation. Inference only (no gradient).
  */
 
+/** The activation a fused kernel applies after the bias, if any. */
+export type FusedActivation = 'Relu' | 'Relu6';
+
 export interface FusedConvOptions {
   strides: [number, number];
   padding: 'SAME' | 'VALID';
-  relu6: boolean;
+  activation?: FusedActivation;
 }
 
 function commonAttrs(options: FusedConvOptions): OpAttr[] {
@@ -23,7 +26,7 @@ function commonAttrs(options: FusedConvOptions): OpAttr[] {
     { name: 'padding', kind: 'string', value: options.padding },
     { name: 'data_format', kind: 'string', value: 'NHWC' },
     { name: 'dilations', kind: 'int', value: [1, 1, 1, 1] },
-    { name: 'fused_ops', kind: 'string', value: options.relu6 ? ['BiasAdd', 'Relu6'] : ['BiasAdd'] },
+    { name: 'fused_ops', kind: 'string', value: options.activation ? ['BiasAdd', options.activation] : ['BiasAdd'] },
     { name: 'epsilon', kind: 'float', value: 1e-4 },
     { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
   ];
@@ -64,7 +67,7 @@ function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, opt
 export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   return tf.tidy(() => {
     const y = tf.depthwiseConv2d(x, filter, options.strides, options.padding === 'SAME' ? 'same' : 'valid').add(bias) as Tensor4D;
-    return options.relu6 ? (runOp('Relu6', [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D) : y;
+    return options.activation ? (runOp(options.activation, [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D) : y;
   });
 }
 
