@@ -4,10 +4,12 @@
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
  *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep] [--size 224]
+ *                            [--bases mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0]
  *
  * Cases:
- *   steps     one train step (whole model trainable; fine_tune_at 100; frozen base) and
- *             one predict, MobileNetV2 alpha 1.0, batch 32 (bench/steps.ts vs keras_steps.py)
+ *   steps     per base (alpha 1.0, batch 32): one train step with the whole model trainable,
+ *             from the base's example fine_tune_at, with the base frozen, and one predict
+ *             (bench/steps.ts vs keras_steps.py)
  *   fe_epoch  a feature-extraction epoch after the first, no augmentation (tlx caches the
  *             frozen base's outputs; Keras recomputes them)
  *   ft_epoch  the same for a fine-tuning epoch, fine_tune_at 100 (tlx caches the outputs of
@@ -22,16 +24,25 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { writeClassFolders } from '../test/helpers/images.ts';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const python = path.join(root, '.venv', 'bin', 'python');
 const tlx = path.join(root, 'bin', 'tlx.mjs');
-const args = process.argv.slice(2);
-const option = (name: string, fallback: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback);
-const repeats = Number(option('repeats', '3'));
-const cases = option('cases', 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep').split(',');
-const stepSize = option('size', '224');
+const { values: options } = parseArgs({
+  options: {
+    repeats: { type: 'string', default: '3' },
+    cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep' },
+    size: { type: 'string', default: '224' },
+    bases: { type: 'string', default: 'mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0' },
+  },
+});
+const repeats = Number(options.repeats);
+const cases = options.cases.split(',');
+const stepSize = options.size;
+/** Each base's fine_tune_at in the steps case: the tutorial's 100, and the configs/ examples' block starts. */
+const stepFineTuneAt: Record<string, number> = { mobilenet_v2: 100, mobilenet_v3_small: 109, mobilenet_v3_large: 124, efficientnet_b0: 163 };
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-bench-'));
 const env = { TF_CPP_MIN_LOG_LEVEL: '3' };
 
@@ -81,18 +92,22 @@ function experiment(file: string, body: string): string {
 }
 
 async function steps(): Promise<void> {
-  const names = ['whole_model_trainable', 'fine_tune_at_100', 'frozen_base', 'predict'];
-  const t: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
-  const k: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
-  for (let r = 0; r < repeats; r++) {
-    const a = await measured(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'steps.ts'), '--size', stepSize, '--steps', '3'], root);
-    const b = await measured(python, [path.join(root, 'bench', 'keras_steps.py'), '--size', stepSize, '--steps', '3']);
-    for (const n of names) {
-      t[n].push((a.result.seconds as Record<string, number>)[n]);
-      k[n].push((b.result.seconds as Record<string, number>)[n]);
+  const names = ['whole_model_trainable', 'fine_tune_at', 'frozen_base', 'predict'];
+  for (const base of options.bases.split(',')) {
+    const fineTuneAt = String(stepFineTuneAt[base] ?? 100);
+    const baseArgs = ['--base', base, '--fine-tune-at', fineTuneAt, '--size', stepSize, '--steps', '3'];
+    const t: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    const k: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    for (let r = 0; r < repeats; r++) {
+      const a = await measured(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'steps.ts'), ...baseArgs], root);
+      const b = await measured(python, [path.join(root, 'bench', 'keras_steps.py'), ...baseArgs]);
+      for (const n of names) {
+        t[n].push((a.result.seconds as Record<string, number>)[n]);
+        k[n].push((b.result.seconds as Record<string, number>)[n]);
+      }
     }
+    for (const n of names) report(`${base} step ${n === 'fine_tune_at' ? `fine_tune_at ${fineTuneAt}` : n} (${stepSize}px, batch 32)`, t[n], k[n], 's', '<= 1.0x');
   }
-  for (const n of names) report(`step ${n} (${stepSize}px, batch 32)`, t[n], k[n], 's', '<= 1.0x');
 }
 
 /** An epoch after the first without augmentation; fineTuneAt undefined: feature extraction. */

@@ -1,13 +1,14 @@
-"""Keras's side of the step benchmarks (see bench/steps.ts): the tutorial's model,
-MobileNetV2 alpha 1.0, batch 32, one train step or one predict per timing.
+"""Keras's side of the step benchmarks (see bench/steps.ts): the tutorial's model on a
+keras.applications base (alpha 1.0), batch 32, one train step or one predict per timing.
 
-    .venv/bin/python bench/keras_steps.py [--steps 3] [--size 224] [--batch 32] [--cases a,b]
+    .venv/bin/python bench/keras_steps.py [--base mobilenet_v2] [--fine-tune-at 100] [--steps 3] [--size 224] [--batch 32] [--cases a,b]
 """
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -16,17 +17,22 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from tlx_bases import keras_base, rescales_inside  # noqa: E402
+
 parser = argparse.ArgumentParser()
+parser.add_argument("--base", default="mobilenet_v2")
+parser.add_argument("--fine-tune-at", type=int, default=100)
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--size", type=int, default=224)
 parser.add_argument("--batch", type=int, default=32)
-parser.add_argument("--cases", default="whole_model_trainable,fine_tune_at_100,frozen_base,predict")
+parser.add_argument("--cases", default="whole_model_trainable,fine_tune_at,frozen_base,predict")
 args = parser.parse_args()
 
 size, batch = args.size, args.batch
-base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
+base = keras_base(args.base, 1.0, size, size)
 inputs = keras.Input(shape=(size, size, 3))
-x = keras.layers.Rescaling(1.0 / 127.5, offset=-1)(inputs)
+x = inputs if rescales_inside(args.base) else keras.layers.Rescaling(1.0 / 127.5, offset=-1)(inputs)
 x = base(x, training=False)
 x = keras.layers.GlobalAveragePooling2D()(x)
 x = keras.layers.Dropout(0.2)(x)
@@ -52,9 +58,9 @@ for name in args.cases.split(","):
         result[name] = timed(lambda: model.predict_on_batch(images))
         continue
     base.trainable = name != "frozen_base"
-    if name == "fine_tune_at_100":
-        for layer in base.layers[:100]:
+    if name == "fine_tune_at":
+        for layer in base.layers[: args.fine_tune_at]:
             layer.trainable = False
     model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=keras.losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
     result[name] = timed(lambda: model.train_on_batch(images, labels))
-print(json.dumps({"tool": "keras", "size": size, "batch": batch, "steps": args.steps, "seconds": result}))
+print(json.dumps({"tool": "keras", "base": args.base, "size": size, "batch": batch, "steps": args.steps, "seconds": result}))

@@ -1,26 +1,34 @@
 /**
- * tlx's side of the step benchmarks: MobileNetV2 alpha 1.0 at 224x224, batch 32, the same
- * cases as bench/keras_steps.py. Prints one JSON line: seconds per step, per case.
+ * tlx's side of the step benchmarks: a base at 224x224, batch 32, the same cases as
+ * bench/keras_steps.py. Prints one JSON line: seconds per step, per case.
  *
- *   npx tsx bench/steps.ts [--steps 3] [--size 224] [--batch 32] [--cases a,b]
+ *   npx tsx bench/steps.ts [--base mobilenet_v2] [--fine-tune-at 100] [--steps 3] [--size 224] [--batch 32] [--cases a,b]
  */
+import { parseArgs } from 'node:util';
+import { isBaseName } from '../src/config/bases.ts';
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
 import { FoldedInference, StagedModel } from '../src/models/graph.ts';
 import { tf } from '../src/tfjs/tf.ts';
 import { trainStepForBench } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 
-const args = process.argv.slice(2);
-const option = (name: string, fallback: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const steps = Number(option('steps', '3'));
-const size = Number(option('size', '224'));
-const batch = Number(option('batch', '32'));
-const cases = option('cases', 'whole_model_trainable,fine_tune_at_100,frozen_base,predict').split(',');
+const { values: options } = parseArgs({
+  options: {
+    base: { type: 'string', default: 'mobilenet_v2' },
+    'fine-tune-at': { type: 'string', default: '100' },
+    steps: { type: 'string', default: '3' },
+    size: { type: 'string', default: '224' },
+    batch: { type: 'string', default: '32' },
+    cases: { type: 'string', default: 'whole_model_trainable,fine_tune_at,frozen_base,predict' },
+  },
+});
+if (!isBaseName(options.base)) throw new Error(`unknown base ${options.base}`);
+const steps = Number(options.steps);
+const size = Number(options.size);
+const batch = Number(options.batch);
+const fineTuneAt = Number(options['fine-tune-at']);
 
-const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [size, size], classCount: 2, dropout: 0.2, seed: 1 });
+const classifier = buildClassifier({ base: options.base, alpha: 1.0, imageSize: [size, size], classCount: 2, dropout: 0.2, seed: 1 });
 const images = tf.randomUniform([batch, size, size, 3], 0, 255, 'float32', 1);
 const labels = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 2), 'int32');
 const objective = { head: classifier.head, classCount: 2, labelSmoothing: 0 };
@@ -42,7 +50,7 @@ function time(run: () => void): number {
 }
 
 const result: Record<string, number> = {};
-for (const name of cases) {
+for (const name of options.cases.split(',')) {
   if (name === 'predict') {
     // As tlx evaluates and predicts: BatchNorm folded into the convs, fused kernels.
     const folded = new FoldedInference(classifier.model);
@@ -51,7 +59,7 @@ for (const name of cases) {
     continue;
   }
   const phase = name === 'frozen_base' ? 'feature_extraction' : 'fine_tune';
-  setPhaseTrainable(classifier, phase, name === 'whole_model_trainable' ? 0 : 100);
+  setPhaseTrainable(classifier, phase, name === 'whole_model_trainable' ? 0 : fineTuneAt);
   const optimizer = createOptimizer({ name: 'rmsprop', learning_rate: 1e-5 });
   // As tlx trains: the layers below the lowest trainable one folded and off the tape, the rest taped.
   const staged = new StagedModel(classifier.model);
@@ -59,4 +67,4 @@ for (const name of cases) {
   staged.dispose();
   optimizer.dispose();
 }
-process.stdout.write(`${JSON.stringify({ tool: 'tlx', size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);
+process.stdout.write(`${JSON.stringify({ tool: 'tlx', base: options.base, size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);
