@@ -5,7 +5,7 @@ the quantization mode, raw uint8 images (representative set and evaluation split
 resized exactly as in training) and tlx's own probabilities on that split. This:
 
 1. rebuilds the classifier in Keras: raw RGB pixels in [0, 255] -> the base's own
-   preprocessing -> keras.applications base (same alpha and input) -> global average
+   preprocessing -> keras.applications base (tlx_bases.py: same base, alpha and input) -> global average
    pooling -> dense -> probabilities, one per label ([1, n]; two classes: [1 - p, p]);
 2. sets every weight by name from tlx's checkpoint and checks Keras's outputs against
    tlx's on the evaluation images;
@@ -30,15 +30,18 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import tlx_metadata
+from tlx_bases import fold_efficientnet_rescaling, keras_base, rescales_inside
 from tlx_checkpoint import assign_by_path, read_named_weights
 from tlx_images import decode_resized_files
 
 
 def build_classifier(spec):
     height, width = spec["imageSize"]
+    base = keras_base(spec["base"], spec["alpha"], height, width, spec.get("minimalistic", False))
     inputs = keras.Input(shape=(height, width, 3), name="image", dtype="float32")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    base = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=spec["alpha"], include_top=False, weights=None)
+    x = inputs
+    if not rescales_inside(spec["base"]):
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
     logits = keras.layers.Dense(spec["units"], name="predictions")(x)
@@ -51,7 +54,9 @@ def build_classifier(spec):
 
 
 def assign_weights(model, base, named):
-    return assign_by_path(list(base.layers) + [layer for layer in model.layers if layer is not base], named)
+    assigned = assign_by_path(list(base.layers) + [layer for layer in model.layers if layer is not base], named)
+    fold_efficientnet_rescaling(base)
+    return assigned
 
 
 def load_images(path, count, height, width):

@@ -205,6 +205,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('model')
+    .description("a base's layers as Keras lists them (index, name, type, output, parameters), blocks marked: to choose fine_tune_at")
+    .argument('<base>', 'mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0')
+    .option('--alpha <alpha>', 'width multiplier (MobileNets)', Number.parseFloat, 1.0)
+    .option('--minimalistic', "MobileNetV3's minimalistic variant", false)
+    .option('--size <pixels>', 'input height and width (output shapes depend on it)', (v) => Number.parseInt(v, 10), 224)
+    .action(async (base: string, options: { alpha: number; minimalistic: boolean; size: number }, command: Command) => {
+      const { modelCommand } = await import('./commands/model.ts');
+      await modelCommand({ base, ...options, ...session(command) });
+    });
+
+  program
     .command('runs')
     .description('list the runs under the runs folder, newest first (from the run folders; no server)')
     .option('--status <status>', 'only runs with this status (FINISHED, FAILED, KILLED, RUNNING)')

@@ -3,57 +3,26 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import type { LayersModel, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { execa } from 'execa';
 import { ImageSplit } from '../src/data/images.ts';
-import { venvPython } from '../src/export/python.ts';
 import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
-import { compileGraph, FoldedInference, StagedModel } from '../src/models/graph.ts';
+import { compileGraph, StagedModel } from '../src/models/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
 import { namedVariables } from '../src/models/variables.ts';
-import { assignWeights, imagenetWeightsUrl, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
-import { projectRoot } from '../src/core/project.ts';
+import { assignWeights, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
+import { imagenetWeightsFile } from '../src/config/bases.ts';
 import { tf } from '../src/tfjs/tf.ts';
-import { writeCheckpoint } from '../src/run-folder/checkpoints.ts';
 import { fitPhase, type EpochRecord } from '../src/train/engine.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
+import { kerasLayers, kerasReference, parityWithKeras } from './helpers/keras.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const work = tempDir('tlx-model-');
 
-async function kerasReference(args: string[]): Promise<string> {
-  const result = await execa(venvPython(), [path.join(projectRoot, 'python', 'keras_reference.py'), ...args], {
-    env: { TF_CPP_MIN_LOG_LEVEL: '3', PYTHONPATH: path.join(projectRoot, 'python') },
-    reject: false,
-    timeout: 600_000,
-  });
-  if (result.exitCode !== 0) throw new Error(String(result.stderr).split('\n').slice(-10).join('\n'));
-  return String(result.stdout);
-}
+const v2 = { base: 'mobilenet_v2', minimalistic: false } as const;
 
-/**
- * Keras's base on the same weights and inputs as a tlx base; returns the max abs difference
- * over both of tlx's paths: layer by layer, and BatchNorm folded into fused kernels.
- */
-async function parityWithKeras(base: LayersModel, alpha: number, height: number, width: number): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(work, 'parity-'));
-  await writeCheckpoint(path.join(dir, 'weights'), base, undefined, { epoch: 0, phase: 'test' });
-  const x = tf.randomUniform([2, height, width, 3], -1, 1, 'float32', 5);
-  fs.writeFileSync(path.join(dir, 'x.f32'), Buffer.from((x.dataSync() as Float32Array).buffer));
-  await kerasReference(['features', path.join(dir, 'weights'), String(alpha), String(height), String(width), path.join(dir, 'x.f32'), path.join(dir, 'y.f32')]);
-  const theirs = new Float32Array(fs.readFileSync(path.join(dir, 'y.f32')).buffer.slice(0));
-  const layered = base.predict(x) as Tensor;
-  const inference = new FoldedInference(base);
-  const folded = inference.logits(x);
-  inference.dispose();
-  let max = 0;
-  for (const ours of [layered, folded]) {
-    const values = ours.dataSync();
-    assert.equal(values.length, theirs.length);
-    for (let i = 0; i < values.length; i++) max = Math.max(max, Math.abs(values[i] - theirs[i]));
-  }
-  tf.dispose([x, layered, folded]);
-  return max;
+async function parity(base: LayersModel, alpha: number): Promise<number> {
+  return (await parityWithKeras(base, { ...v2, alpha }, work)).maxDiff;
 }
 
 describe('MobileNetV2 as Keras builds it', () => {
@@ -62,7 +31,7 @@ describe('MobileNetV2 as Keras builds it', () => {
     [0.35, 96, 128],
   ] as const) {
     test(`every layer name by index equals Keras's (alpha ${alpha}, ${height}x${width})`, async () => {
-      const reference = JSON.parse(await kerasReference(['layers', String(alpha), String(height), String(width)])) as { name: string; class: string; weights: [string, number[]][] }[];
+      const reference = await kerasLayers({ ...v2, alpha }, height, width);
       const ours = mobileNetV2({ alpha, inputShape: [height, width, 3] });
       assert.equal(ours.layers.length, reference.length);
       assert.equal(ours.layers.length, 154, 'Keras prints 154 layers for the base');
@@ -89,7 +58,7 @@ describe('MobileNetV2 as Keras builds it', () => {
     const { assigned, missing } = assignWeights(base, await readNsfwjsMobileNetV2(), { requireAll: true, what: 'nsfwjs' });
     assert.equal(assigned, 260);
     assert.deepEqual(missing, []);
-    const diff = await parityWithKeras(base, 1.0, 96, 96);
+    const diff = await parity(base, 1.0);
     assert.ok(diff < 1e-4, `max abs diff ${diff}`);
   });
 
@@ -100,7 +69,7 @@ describe('MobileNetV2 as Keras builds it', () => {
       w.write(value);
       value.dispose();
     });
-    const diff = await parityWithKeras(base, 0.5, 32, 48);
+    const diff = await parity(base, 0.5);
     assert.ok(diff < 1e-4, `max abs diff ${diff}`);
   });
 });
@@ -108,7 +77,7 @@ describe('MobileNetV2 as Keras builds it', () => {
 describe('weight loaders', () => {
   test('a legacy Keras .h5 loads by layer and weight name, and matches Keras', async () => {
     const file = path.join(work, 'random_0.35_96_no_top.h5');
-    await kerasReference(['h5', '0.35', '96', file, '3']);
+    await kerasReference(['h5', 'mobilenet_v2', '0.35', '96', '0', file, '3']);
     const weights = await readKerasH5(file);
     assert.equal(weights.get('block_1_depthwise/kernel')?.shape.join('x'), '3x3x96x1'.replace('96', '48'));
     const base = mobileNetV2({ alpha: 0.35, inputShape: [96, 96, 3] });
@@ -143,13 +112,13 @@ describe('weight loaders', () => {
   });
 
   test('imagenet resolves to the Keras application file, nearest resolution otherwise', () => {
-    assert.deepEqual(imagenetWeightsUrl(1.0, 160, 160), {
+    const v2 = { base: 'mobilenet_v2', minimalistic: false } as const;
+    assert.deepEqual(imagenetWeightsFile({ ...v2, alpha: 1.0 }, [160, 160]), {
       url: 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5',
       resolution: 160,
-      exact: true,
     });
-    assert.equal(imagenetWeightsUrl(0.35, 100, 100).url.endsWith('_0.35_96_no_top.h5'), true);
-    assert.equal(imagenetWeightsUrl(1.4, 200, 200).exact, false);
+    assert.equal(imagenetWeightsFile({ ...v2, alpha: 0.35 }, [100, 100])?.url.endsWith('_0.35_96_no_top.h5'), true);
+    assert.equal(imagenetWeightsFile({ ...v2, alpha: 1.4 }, [200, 200])?.resolution, 192);
   });
 });
 
@@ -190,8 +159,9 @@ function snapshotOf(variables: [string, { read(): Tensor }][]): Snapshot {
   return new Map(variables.map(([key, v]) => [key, Buffer.from((v.read().dataSync() as Float32Array).buffer.slice(0))]));
 }
 
+/** BatchNorm's moving statistics and EfficientNet's Normalization statistics: never trained. */
 function isStatistic(key: string): boolean {
-  return key.endsWith('moving_mean') || key.endsWith('moving_variance');
+  return key.endsWith('moving_mean') || key.endsWith('moving_variance') || /^normalization\/(mean|variance|count)$/.test(key);
 }
 
 /** The BatchNorm moving statistics whose bytes differ between two snapshots. */
@@ -212,36 +182,42 @@ describe('freezing as Keras does', () => {
     model.dispose();
   });
 
-  test('after each phase, BatchNorm moving statistics are unchanged and frozen kernels are unchanged bit for bit', async () => {
-    const split = await tinySplit('tiny', 12);
-    const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 3 });
-    const bases = namedVariables(classifier.base);
-    // Non-trivial statistics, so that training-mode BN would visibly move them.
-    bases.forEach(([key, variable], i) => {
-      const value = key.endsWith('moving_variance') ? tf.randomUniform(variable.shape as number[], 0.5, 2, 'float32', i) : tf.randomNormal(variable.shape as number[], 0, 0.1, 'float32', i);
-      variable.write(value);
-      value.dispose();
-    });
-    const snapshot = () => snapshotOf(bases);
-    const fineTuneAt = 100;
-    const trainableLayerNames = new Set(classifier.base.layers.slice(fineTuneAt).map((l) => l.name));
-    for (const phase of ['feature_extraction', 'fine_tune'] as const) {
-      const before = snapshot();
-      setPhaseTrainable(classifier, phase, fineTuneAt);
-      await trainPhase(classifier, phase, split, { epochs: 1, batchSize: 8, learningRate: 0.5, seed: 1, cacheFrozenOutputs: false });
-      const after = snapshot();
-      let changed = 0;
-      assert.deepEqual(movedStatistics(before, after), [], `${phase}: moving statistics moved`);
-      for (const [key, bytes] of before) {
-        const layer = key.slice(0, key.lastIndexOf('/'));
-        const same = bytes.equals(after.get(key)!);
-        if (isStatistic(key)) continue;
-        if (phase === 'feature_extraction' || !trainableLayerNames.has(layer)) assert.ok(same, `${phase}: frozen ${key} changed`);
-        else if (!same) changed++;
+  for (const { base, alpha, fineTuneAt } of [
+    { base: 'mobilenet_v2', alpha: 0.35, fineTuneAt: 100 },
+    { base: 'mobilenet_v3_small', alpha: 0.75, fineTuneAt: 100 },
+    { base: 'mobilenet_v3_large', alpha: 0.75, fineTuneAt: 130 },
+    { base: 'efficientnet_b0', alpha: 1, fineTuneAt: 190 },
+  ] as const) {
+    test(`${base}: after each phase, BatchNorm moving statistics are unchanged and frozen kernels are unchanged bit for bit`, async () => {
+      const split = await tinySplit('tiny', 12);
+      const classifier = buildClassifier({ base, alpha, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 3 });
+      const bases = namedVariables(classifier.base);
+      // Non-trivial statistics, so that training-mode BN would visibly move them.
+      bases.forEach(([key, variable], i) => {
+        const value = key.endsWith('moving_variance') ? tf.randomUniform(variable.shape as number[], 0.5, 2, 'float32', i) : tf.randomNormal(variable.shape as number[], 0, 0.1, 'float32', i);
+        variable.write(value);
+        value.dispose();
+      });
+      const snapshot = () => snapshotOf(bases);
+      const trainableLayerNames = new Set(classifier.base.layers.slice(fineTuneAt).map((l) => l.name));
+      for (const phase of ['feature_extraction', 'fine_tune'] as const) {
+        const before = snapshot();
+        setPhaseTrainable(classifier, phase, fineTuneAt);
+        await trainPhase(classifier, phase, split, { epochs: 1, batchSize: 8, learningRate: 0.5, seed: 1, cacheFrozenOutputs: false });
+        const after = snapshot();
+        let changed = 0;
+        assert.deepEqual(movedStatistics(before, after), [], `${phase}: moving statistics moved`);
+        for (const [key, bytes] of before) {
+          const layer = key.slice(0, key.lastIndexOf('/'));
+          const same = bytes.equals(after.get(key)!);
+          if (isStatistic(key)) continue;
+          if (phase === 'feature_extraction' || !trainableLayerNames.has(layer)) assert.ok(same, `${phase}: frozen ${key} changed`);
+          else if (!same) changed++;
+        }
+        if (phase === 'fine_tune') assert.ok(changed > 20, `fine-tuning changed only ${changed} unfrozen variables`);
       }
-      if (phase === 'fine_tune') assert.ok(changed > 20, `fine-tuning changed only ${changed} unfrozen variables`);
-    }
-  });
+    });
+  }
 });
 
 /** A small classifier with non-trivial BatchNorm statistics and weights. */
@@ -265,7 +241,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const steps = compileGraph(classifier.model).steps;
     const fused = steps.filter((step) => step.kind === 'conv_bn');
     assert.equal(fused.length, 52, '35 convs + 17 depthwise convs, each followed by BatchNorm');
-    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.options.relu6).length, 35, 'all but the 17 linear projections');
+    assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === 'Relu6').length, 35, 'all but the 17 linear projections');
     assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.depthwise).length, 17);
   });
 

@@ -20,7 +20,9 @@ const runsDir = path.join(work, 'runs');
 /** Runs tlx in a pseudo-terminal of 80 columns; returns what the terminal received. */
 async function inTerminal(args: string[], env: Record<string, string> = {}): Promise<{ screen: string; exitCode: number }> {
   const command = [process.execPath, tlxBin, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
-  const result = await execa('script', ['-qfec', `stty cols 80 rows 40; ${command}`, '/dev/null'], { cwd: work, env: { TERM: 'xterm-256color', ...env }, reject: false, timeout: 600_000 });
+  // The screen of a colour terminal, whatever this process's own environment says (CI runners often set NO_COLOR).
+  const screenEnv = { ...process.env, NO_COLOR: undefined, TERM: 'xterm-256color', ...env };
+  const result = await execa('script', ['-qfec', `stty cols 80 rows 40; ${command}`, '/dev/null'], { cwd: work, env: screenEnv, extendEnv: false, reject: false, timeout: 600_000 });
   return { screen: String(result.stdout), exitCode: result.exitCode ?? -1 };
 }
 
@@ -135,6 +137,30 @@ describe('the other commands in a terminal', () => {
     assert.ok(lines.some((l) => /^best: trial \d/.test(l)));
     const data = settled((await inTerminal(['--runs-dir', runsDir, 'data', writeExperiment(work, 'dataview', body)])).screen).join('\n');
     assert.match(data, /classes \(2\): ants, bees\ntrain \d+, validation \d+, test \d+ images \(memory\)/);
+  });
+
+  test('tlx model: every layer with its index within 80 columns, each block marked with the fine_tune_at that starts it; JSON in a pipe', async () => {
+    const screen = await inTerminal(['model', 'mobilenet_v3_small', '--size', '96']);
+    assert.equal(screen.exitCode, 0, screen.screen.slice(-2000));
+    const lines = settled(screen.screen);
+    assert.ok(lines.every((line) => line.length <= 80), lines.find((line) => line.length > 80));
+    assert.match(lines[1], /^157 layers \(fine_tune_at 0\.\.157\), [\d,]+ parameters$/);
+    const rows = lines.filter((line) => /^\s*\d+\s{2}\S/.test(line));
+    assert.equal(rows.length, 157);
+    lines.forEach((line, i) => {
+      const marker = /^── (block \d+|top) · fine_tune_at: (\d+) trains (\d+) layers/.exec(line);
+      if (marker) assert.equal(lines[i + 1].trim().split(/\s+/)[0], marker[2], `${marker[1]} starts at the next row`);
+    });
+    assert.ok(lines.some((line) => line.startsWith('── block 10 · fine_tune_at: 139 ')));
+    const piped = await runTlx(['model', 'efficientnet_b0', '--size', '64'], { cwd: work });
+    const json = JSON.parse(piped.stdout) as { layers: { name: string; type: string }[]; blocks: { block: string; fine_tune_at: number }[]; params: number };
+    assert.equal(json.layers.length, 238);
+    assert.deepEqual(json.layers[3], { ...json.layers[3], name: 'rescaling_1', type: 'Rescaling' });
+    assert.equal(json.params, 4049571, "Keras's EfficientNetB0(include_top=False).count_params()");
+    assert.deepEqual(json.blocks[0], { ...json.blocks[0], block: 'block 1a', fine_tune_at: 8 });
+    const refused = await runTlx(['model', 'resnet50'], { cwd: work });
+    assert.equal(refused.exitCode, 2);
+    assert.match(refused.stderr, /unknown base resnet50; expected one of mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0/);
   });
 });
 

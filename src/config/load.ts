@@ -2,7 +2,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { ConfigError, type Location, type Problem } from '../core/errors.ts';
 import { canonicalJson, sha256Hex } from '../core/hash.ts';
-import { baseLayerCount } from './bases.ts';
+import { baseLayerCount, baseOptionProblems } from './bases.ts';
 import { explainSchemaErrors } from './messages.ts';
 import { applyOverride, mergeConfigs, parseOverride, type Override } from './overrides.ts';
 import type { ResolvedExperiment } from './resolved.ts';
@@ -133,11 +133,12 @@ function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; me
   if (dataset.train_dir === undefined && dataset.validation_split === undefined) {
     found.push({ keyPath: ['dataset'], message: 'expected train_dir + validation_dir, or validation_split to split one folder' });
   }
+  found.push(...baseOptionProblems(config.model));
   const layerCount = baseLayerCount(config.model);
   if (config.train.fine_tune.fine_tune_at > layerCount) {
     found.push({
       keyPath: ['train', 'fine_tune', 'fine_tune_at'],
-      message: `found ${config.train.fine_tune.fine_tune_at}, expected at most ${layerCount} (${config.model.base} has ${layerCount} layers)`,
+      message: `found ${config.train.fine_tune.fine_tune_at}, expected at most ${layerCount} (${config.model.base}${config.model.minimalistic ? ' minimalistic' : ''} has ${layerCount} layers)`,
       atValue: true,
     });
   }

@@ -160,15 +160,19 @@ export interface AugmentationOp {
  */
 export interface Model {
   /**
-   * Pretrained convolutional base (include_top off).
+   * Pretrained convolutional base (include_top off), built layer for layer as keras.applications builds it: MobileNetV2 (154 layers), MobileNetV3Small (157; 103 minimalistic), MobileNetV3Large (187; 139 minimalistic), EfficientNetB0 (238). `tlx model <base>` lists the layers.
    */
-  base: 'mobilenet_v2';
+  base: 'mobilenet_v2' | 'mobilenet_v3_small' | 'mobilenet_v3_large' | 'efficientnet_b0';
   /**
-   * MobileNetV2 width multiplier.
+   * Width multiplier of the MobileNets (Keras's alpha). Keras's ImageNet weights exist for MobileNetV2 at every listed value and for MobileNetV3 at 0.75 and 1.0 (1.0 only when minimalistic). EfficientNet-B0 has none: leave it at 1.0.
    */
   alpha: 0.35 | 0.5 | 0.75 | 1 | 1.3 | 1.4;
   /**
-   * 'imagenet' (Keras application weights, downloaded once), 'none' (random), 'npm:nsfwjs' (the MobileNetV2 shipped inside the nsfwjs npm package, offline), or a path/URL to a Keras .h5 or a tfjs model.json.
+   * MobileNetV3 only: Keras's minimalistic variant (3x3 kernels, ReLU, no squeeze-and-excite), faster on phones, fewer layers.
+   */
+  minimalistic: boolean;
+  /**
+   * 'imagenet' (Keras application weights, downloaded once and checked against Keras's md5 where Keras publishes one), 'none' (random, seeded), 'npm:nsfwjs' (the MobileNetV2 shipped inside the nsfwjs npm package, offline; mobilenet_v2 only), or a path/URL to a Keras .h5 or a tfjs model.json.
    */
   weights: string;
   /**

@@ -7,7 +7,11 @@ export function sha256Hex(text: string | Uint8Array): string {
 }
 
 export async function sha256OfFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
+  return digestOfFile(file, 'sha256');
+}
+
+export async function digestOfFile(file: string, algorithm: 'sha256' | 'md5'): Promise<string> {
+  const hash = createHash(algorithm);
   await pipeline(fs.createReadStream(file), hash);
   return hash.digest('hex');
 }

@@ -1,12 +1,12 @@
+import { preprocessingInside, type BaseModelName } from '../config/bases.ts';
 import type { TfliteRecord } from '../run-folder/records.ts';
 import type { ClassifierDescription, TensorDescription } from './tflite.ts';
 
 /** The model card (markdown) of an export: what the file takes and gives, how well it did, how an app uses it. */
 
 /** Which preprocessing the model carries inside, per base. */
-export function preprocessingNote(base: string): string {
-  const inside = base === 'mobilenet_v2' ? 'scales them to [-1, 1] (x / 127.5 - 1)' : 'rescales them as its Keras base does';
-  return `Input: raw RGB pixels 0..255 at the training size, resized bilinearly (as in training). The model ${inside} inside; do not normalise in the app.`;
+export function preprocessingNote(base: BaseModelName): string {
+  return `Input: raw RGB pixels 0..255 at the training size, resized bilinearly (as in training). The model ${preprocessingInside(base)}; do not normalise in the app.`;
 }
 
 /** Markdown-escapes text from users (class names, license): no table breaks, no markup. */

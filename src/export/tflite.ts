@@ -8,6 +8,7 @@ import type { ImageSplit } from '../data/images.ts';
 import type { TfliteRecord } from '../run-folder/records.ts';
 import { modelCardMarkdown, preprocessingNote } from './model-card.ts';
 import type { CallOptions, Exporter } from './python.ts';
+import type { BaseModelName } from '../config/bases.ts';
 
 /**
  * Export to TFLite with TensorFlow's own converter (python/tlx_export.py), then prove the
@@ -49,8 +50,9 @@ interface ExportReport {
 }
 
 export interface ClassifierDescription {
-  base: string;
+  base: BaseModelName;
   alpha: number;
+  minimalistic: boolean;
   imageSize: [number, number];
   classCount: number;
   head: string;

@@ -1,16 +1,18 @@
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-node';
-import type { BaseModelName } from '../config/bases.ts';
+import { baseRescalesInside, isBaseName, type BaseModelName } from '../config/bases.ts';
 import { tf } from '../tfjs/tf.ts';
+import { buildBase } from './bases.ts';
 import { SeededDropout } from './layers.ts';
-import { mobileNetV2 } from './mobilenet_v2.ts';
 
 /** MobileNetV2 expects pixels in [-1, 1]: x / 127.5 - 1, applied by the classifier's first layer. */
 const pixelScale = { scale: 1 / 127.5, offset: -1 };
 
 /**
  * The tutorial's model: raw RGB pixels in [0, 255] -> the base's own preprocessing
- * (MobileNetV2: x / 127.5 - 1) -> the pretrained base (a nested model, so its layer
- * indices stay Keras's) -> global average pooling -> dropout -> dense.
+ * (MobileNetV2: x / 127.5 - 1 in the classifier's first layer, as the tutorial's
+ * preprocess_input; MobileNetV3 and EfficientNet do it inside the base, as in Keras) ->
+ * the pretrained base (a nested model, so its layer indices stay Keras's) -> global
+ * average pooling -> dropout -> dense.
  * Two classes: one logit (binary cross-entropy from logits, as the tutorial).
  * More: one logit per class (softmax cross-entropy).
  */
@@ -20,6 +22,8 @@ export type HeadKind = 'binary_logit' | 'softmax_logits';
 export interface ClassifierSpec {
   base: BaseModelName;
   alpha: number;
+  /** MobileNetV3's minimalistic variant (default false). */
+  minimalistic?: boolean;
   imageSize: [height: number, width: number];
   classCount: number;
   dropout: number;
@@ -36,12 +40,10 @@ export interface Classifier {
   spec: ClassifierSpec;
 }
 
-const knownBases: readonly BaseModelName[] = ['mobilenet_v2'];
-
-/** A ClassifierSpec read back from a run folder (model/classifier.json). */
-export function classifierSpecOf(json: { base: string; alpha: number; imageSize: [number, number]; classCount: number; dropout: number; seed: number }): ClassifierSpec {
-  if (!knownBases.includes(json.base as BaseModelName)) throw new Error(`model/classifier.json: unknown base ${json.base}; expected one of ${knownBases.join(', ')}`);
-  return { base: json.base as BaseModelName, alpha: json.alpha, imageSize: json.imageSize, classCount: json.classCount, dropout: json.dropout, seed: json.seed };
+/** A ClassifierSpec read back from a run folder (model/classifier.json; older folders have no minimalistic). */
+export function classifierSpecOf(json: { base: string; alpha: number; minimalistic?: boolean; imageSize: [number, number]; classCount: number; dropout: number; seed: number }): ClassifierSpec {
+  if (!isBaseName(json.base)) throw new Error(`model/classifier.json: unknown base ${json.base}`);
+  return { base: json.base, alpha: json.alpha, minimalistic: json.minimalistic ?? false, imageSize: json.imageSize, classCount: json.classCount, dropout: json.dropout, seed: json.seed };
 }
 
 export function headKindFor(classCount: number): HeadKind {
@@ -50,12 +52,12 @@ export function headKindFor(classCount: number): HeadKind {
 
 export function buildClassifier(spec: ClassifierSpec): Classifier {
   const [height, width] = spec.imageSize;
-  const base = mobileNetV2({ alpha: spec.alpha, inputShape: [height, width, 3], inputName: 'input_layer', seed: spec.seed });
+  const base = buildBase(spec.base, { alpha: spec.alpha, minimalistic: spec.minimalistic, inputShape: [height, width, 3], seed: spec.seed });
   const head = headKindFor(spec.classCount);
   const units = head === 'binary_logit' ? 1 : spec.classCount;
-  const { scale, offset } = pixelScale;
   const inputs = tf.input({ shape: [height, width, 3], name: 'image' });
-  let x = tf.layers.rescaling({ scale, offset, name: 'preprocess' }).apply(inputs) as SymbolicTensor;
+  let x = inputs;
+  if (!baseRescalesInside(spec.base)) x = tf.layers.rescaling({ ...pixelScale, name: 'preprocess' }).apply(x) as SymbolicTensor;
   x = base.apply(x) as SymbolicTensor;
   x = tf.layers.globalAveragePooling2d({ name: 'global_average_pooling2d' }).apply(x) as SymbolicTensor;
   x = new SeededDropout({ rate: spec.dropout, name: 'dropout' }).apply(x) as SymbolicTensor;

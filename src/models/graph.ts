@@ -1,15 +1,15 @@
 import type { LayersModel, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts';
 import { tf } from '../tfjs/tf.ts';
-import { fusedConv2d, fusedDepthwiseConv2d, type FusedConvOptions } from './fused-kernels.ts';
-import { InferenceBatchNormalization, ReLU6, SeededDropout } from './layers.ts';
+import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
+import { InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
 
 /**
  * A functional model (nested models flattened) as a list of steps in execution order,
  * which tlx runs in two stages:
  *
  * - the frozen stage: every step that depends on no trainable weight. It runs outside the
- *   gradient tape, with each Conv -> BatchNorm (-> ReLU6) chain folded into one fused
+ *   gradient tape, with each Conv -> BatchNorm (-> ReLU / ReLU6) chain folded into one fused
  *   native kernel (BatchNorm's scale and offset folded into the filter and a bias), as
  *   Keras's compiled graph does. Its outputs can be cached when the input is the same
  *   every epoch (no augmentation).
@@ -47,6 +47,11 @@ function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: 
     for (const node of container.nodes) {
       const layer = node.layer;
       if (layer.getClassName() === 'InputLayer') continue; // its tensor is the container's input
+      if (layer instanceof InferenceDropout) {
+        // Never drops (the base runs in inference mode): its output is its input.
+        alias.set(node.outputs[0].id, node.inputs[0].id);
+        continue;
+      }
       if (isContainer(layer)) {
         const inner = graphOf(layer);
         inner.inputs.forEach((tensor, i) => alias.set(tensor.id, node.inputs[i].id));
@@ -80,7 +85,14 @@ function foldableConv(layer: Layer): boolean {
   return config.dataFormat === 'channelsLast' && dilation.every((d) => d === 1) && (config.activation === 'linear' || config.activation === undefined) && (name === 'Conv2D' || config.depthMultiplier === 1);
 }
 
-/** Merges Conv -> BatchNorm (-> ReLU6) chains whose intermediate tensors nobody else reads. */
+/** The fused kernel's activation for a layer that can join a Conv -> BatchNorm chain. */
+function fusableActivation(layer: Layer): FusedActivation | undefined {
+  if (layer instanceof ReLU6) return 'Relu6';
+  if (layer instanceof ReLU) return 'Relu';
+  return undefined;
+}
+
+/** Merges Conv -> BatchNorm (-> ReLU / ReLU6) chains whose intermediate tensors nobody else reads. */
 function fuseChains(steps: Step[], output: TensorId): Step[] {
   const readers = new Map<TensorId, number>();
   for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
@@ -103,7 +115,8 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
     }
     merged.add(bnIndex);
     const reluIndex = consumer(steps[bnIndex].output);
-    const relu = reluIndex !== undefined && steps[reluIndex].layers[0] instanceof ReLU6 ? reluIndex : undefined;
+    const activation = reluIndex !== undefined ? fusableActivation(steps[reluIndex].layers[0]) : undefined;
+    const relu = activation ? reluIndex : undefined;
     if (relu !== undefined) merged.add(relu);
     const config = conv.getConfig();
     const strides = [config.strides].flat() as number[];
@@ -113,7 +126,7 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
       conv,
       batchNorm: bn,
       depthwise: className(conv) === 'DepthwiseConv2D',
-      options: { strides: [strides[0], strides[1] ?? strides[0]], padding: config.padding === 'same' ? 'SAME' : 'VALID', relu6: relu !== undefined },
+      options: { strides: [strides[0], strides[1] ?? strides[0]], padding: config.padding === 'same' ? 'SAME' : 'VALID', activation },
       inputs: [step.inputs[0]],
       output: steps[relu ?? bnIndex].output,
     });

@@ -137,6 +137,165 @@ export class ReLU6 extends tf.layers.Layer {
   }
 }
 
+/** Keras's ReLU() layer (no upper bound). */
+export class ReLU extends tf.layers.Layer {
+  static className = 'TlxReLU';
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => tf.relu(single(inputs)));
+  }
+}
+
+/**
+ * MobileNetV3's hard sigmoid, relu6(x + 3) / 6. Keras builds it as `ReLU(6.)(x + 3.) * (1 / 6)`,
+ * where the addition and the product are ops, not layers: this one layer stands where
+ * Keras's ReLU layer stands (and takes its name), so layer indices stay Keras's.
+ */
+export class HardSigmoid extends tf.layers.Layer {
+  static className = 'TlxHardSigmoid';
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => relu6(single(inputs).add(3)).mul(1 / 6));
+  }
+}
+
+export type ActivationKind = 'hard_silu' | 'silu';
+
+/** x * relu6(x + 3) / 6, as Keras's TensorFlow backend computes hard_silu (hard_swish). */
+export function hardSilu(x: Tensor): Tensor {
+  return tf.tidy(() => x.mul(relu6(x.add(3))).mul(1 / 6));
+}
+
+/** x * sigmoid(x) (swish). */
+export function silu(x: Tensor): Tensor {
+  return tf.tidy(() => x.mul(tf.sigmoid(x)));
+}
+
+export interface ActivationArgs extends NonNullable<LayerArgs> {
+  activation: ActivationKind;
+}
+
+/** Keras's Activation layer for the activations tfjs-layers lacks or defines otherwise. */
+export class Activation extends tf.layers.Layer {
+  static className = 'TlxActivation';
+  readonly activation: ActivationKind;
+
+  constructor(args: ActivationArgs) {
+    super(args);
+    this.activation = args.activation;
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return this.activation === 'hard_silu' ? hardSilu(single(inputs)) : silu(single(inputs));
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), activation: this.activation };
+  }
+}
+
+export interface GlobalAveragePoolingArgs extends NonNullable<LayerArgs> {
+  keepdims: boolean;
+}
+
+/** Keras's GlobalAveragePooling2D with its keepdims option (tfjs-layers has no keepdims). */
+export class GlobalAveragePooling2D extends tf.layers.Layer {
+  static className = 'TlxGlobalAveragePooling2D';
+  readonly keepdims: boolean;
+
+  constructor(args: GlobalAveragePoolingArgs) {
+    super(args);
+    this.keepdims = args.keepdims;
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as Shape;
+    return this.keepdims ? [shape[0], 1, 1, shape[3]] : [shape[0], shape[3]];
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => tf.mean(single(inputs), [1, 2], this.keepdims));
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), keepdims: this.keepdims };
+  }
+}
+
+export interface ChannelRescalingArgs extends NonNullable<LayerArgs> {
+  scale: number[];
+}
+
+/** Keras's Rescaling with one scale per channel (tfjs-layers' Rescaling takes one number). */
+export class ChannelRescaling extends tf.layers.Layer {
+  static className = 'TlxChannelRescaling';
+  readonly scale: number[];
+
+  constructor(args: ChannelRescalingArgs) {
+    super(args);
+    this.scale = args.scale;
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => single(inputs).mul(tf.tensor1d(this.scale)));
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), scale: this.scale };
+  }
+}
+
+/**
+ * Keras's Normalization layer as the pretrained bases use it: (x - mean) / max(sqrt(variance),
+ * 1e-7) per channel, with mean, variance and count as non-trainable weights (Keras stores
+ * them in its weight files; count only records how many samples adapt() saw).
+ */
+export class Normalization extends tf.layers.Layer {
+  static className = 'TlxNormalization';
+  private mean!: LayerVariable;
+  private variance!: LayerVariable;
+
+  override build(inputShape: Shape | Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as Shape;
+    const channels = shape[shape.length - 1] as number;
+    this.mean = this.addWeight('mean', [channels], 'float32', tf.initializers.zeros(), undefined, false);
+    this.variance = this.addWeight('variance', [channels], 'float32', tf.initializers.ones(), undefined, false);
+    this.addWeight('count', [], 'float32', tf.initializers.zeros(), undefined, false);
+    this.built = true;
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return tf.tidy(() => single(inputs).sub(this.mean.read()).div(tf.maximum(tf.sqrt(this.variance.read()), 1e-7)));
+  }
+}
+
+export interface InferenceDropoutArgs extends NonNullable<LayerArgs> {
+  rate: number;
+}
+
+/**
+ * A Dropout inside a pretrained base (EfficientNet's stochastic depth). The tutorial calls
+ * the base with training=False, so Keras never drops there, in either phase; neither does
+ * tlx. The layer keeps Keras's index, name and rate; the graph runner skips it.
+ */
+export class InferenceDropout extends tf.layers.Layer {
+  static className = 'TlxInferenceDropout';
+  readonly rate: number;
+
+  constructor(args: InferenceDropoutArgs) {
+    super(args);
+    this.rate = args.rate;
+  }
+
+  override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
+    return single(inputs).clone();
+  }
+
+  override getConfig() {
+    return { ...super.getConfig(), rate: this.rate };
+  }
+}
+
 export interface SeededDropoutArgs extends NonNullable<LayerArgs> {
   rate: number;
 }
@@ -173,3 +332,23 @@ export class SeededDropout extends tf.layers.Layer {
 tf.serialization.registerClass(SeededDropout);
 tf.serialization.registerClass(InferenceBatchNormalization);
 tf.serialization.registerClass(ReLU6);
+for (const layer of [ReLU, HardSigmoid, Activation, GlobalAveragePooling2D, ChannelRescaling, Normalization, InferenceDropout]) tf.serialization.registerClass(layer);
+
+/** The Keras class each tlx layer stands for (what `model.summary()` prints). */
+const kerasClassNames: Record<string, string> = {
+  [InferenceBatchNormalization.className]: 'BatchNormalization',
+  [ReLU6.className]: 'ReLU',
+  [ReLU.className]: 'ReLU',
+  [HardSigmoid.className]: 'ReLU',
+  [Activation.className]: 'Activation',
+  [GlobalAveragePooling2D.className]: 'GlobalAveragePooling2D',
+  [ChannelRescaling.className]: 'Rescaling',
+  [Normalization.className]: 'Normalization',
+  [InferenceDropout.className]: 'Dropout',
+  [SeededDropout.className]: 'Dropout',
+};
+
+export function kerasClassName(layer: { getClassName(): string }): string {
+  const name = layer.getClassName();
+  return kerasClassNames[name] ?? name;
+}

@@ -10,6 +10,8 @@ import { resolveCacheDir } from '../net/cache-dir.ts';
 import { downloadToCache } from '../net/download.ts';
 import { tf } from '../tfjs/tf.ts';
 import { namedVariables, weightKey } from './variables.ts';
+import { imagenetWeightsFile, kerasApplicationOf } from '../config/bases.ts';
+import type { ResolvedExperiment } from '../config/resolved.ts';
 
 /**
  * Pretrained weights by layer and weight name, from wherever they come: Keras .h5 files
@@ -26,19 +28,10 @@ export interface NamedWeight {
 /** Weights by key (models/variables.ts weightKey): "<layer>/<variable>", as Keras 3 names them. */
 export type WeightMap = Map<string, NamedWeight>;
 
-const kerasApplicationsUrl = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/';
-const kerasResolutions = [96, 128, 160, 192, 224];
-
-/** The keras.applications file for an alpha and input size; other sizes use the nearest file. */
-export function imagenetWeightsUrl(alpha: number, height: number, width: number): { url: string; resolution: number; exact: boolean } {
-  const size = height === width ? height : Math.max(height, width);
-  const resolution = kerasResolutions.reduce((best, r) => (Math.abs(r - size) < Math.abs(best - size) ? r : best), 224);
-  const alphaText = Number.isInteger(alpha) ? alpha.toFixed(1) : String(alpha);
-  return {
-    url: `${kerasApplicationsUrl}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_${alphaText}_${resolution}_no_top.h5`,
-    resolution,
-    exact: height === width && resolution === height,
-  };
+/** An HDF5 dataset's value as float32: arrays, scalars, and int64 (Normalization's count) as BigInt. */
+function float32Values(value: unknown): Float32Array {
+  if (typeof value === 'number' || typeof value === 'bigint') return Float32Array.of(Number(value));
+  return Float32Array.from(Array.from(value as ArrayLike<number | bigint>, Number));
 }
 
 /** Reads a legacy-layout Keras .h5 (root attribute layer_names; each layer group's weight_names). */
@@ -68,7 +61,7 @@ export async function readKerasH5(file: string): Promise<WeightMap> {
       const weightNames = (group.attrs.weight_names?.value ?? []) as string[];
       for (const name of weightNames) {
         const dataset = group.get(name) as InstanceType<typeof h5wasm.Dataset>;
-        weights.set(weightKey(layer, name), { shape: [...(dataset.shape ?? [])], values: Float32Array.from(dataset.value as ArrayLike<number>) });
+        weights.set(weightKey(layer, name), { shape: [...(dataset.shape ?? [])], values: float32Values(dataset.value) });
       }
     }
     return weights;
@@ -179,7 +172,7 @@ export interface WeightsSource {
 export interface LoadWeightsOptions {
   baseDir: string;
   cacheDir?: string;
-  alpha: number;
+  model: Pick<ResolvedExperiment['model'], 'base' | 'alpha' | 'minimalistic'>;
   imageSize: [number, number];
   log?: Logger;
 }
@@ -198,14 +191,20 @@ export async function loadPretrainedWeights(spec: string, options: LoadWeightsOp
   const log = options.log ?? silentLogger;
   if (spec === 'none') return { source: { spec } };
   if (spec === 'npm:nsfwjs') {
-    if (options.alpha !== 1.0) throw new UserError(`model.weights: npm:nsfwjs is a MobileNetV2 with alpha 1.0; found model.alpha ${options.alpha}`);
+    const { base, alpha } = options.model;
+    if (base !== 'mobilenet_v2' || alpha !== 1.0) throw new UserError(`model.weights: npm:nsfwjs is a MobileNetV2 with alpha 1.0; found base ${base}, alpha ${alpha}`);
     return { weights: await readNsfwjsMobileNetV2(), source: { spec, note: 'nsfwjs MobileNetV2 (alpha 1.0): blocks 0-10 ImageNet, upper blocks tuned for its own task' } };
   }
   if (spec === 'imagenet') {
-    const { url, resolution, exact } = imagenetWeightsUrl(options.alpha, ...options.imageSize);
-    if (!exact) log.warn({ imageSize: options.imageSize, resolution }, `no Keras ImageNet weights for this input size; using the ${resolution}x${resolution} file (conv weights work at any size)`);
-    const file = (await downloadToCache(url, { cacheDir: resolveCacheDir(options.cacheDir), log, what: 'model.weights' })).file;
-    return { weights: await readKerasH5(file), source: { spec, file: url } };
+    const { base, alpha } = options.model;
+    const file = imagenetWeightsFile(options.model, options.imageSize);
+    if (!file) throw new UserError(`model.weights: Keras has no ImageNet weights for ${kerasApplicationOf(base)} at alpha ${alpha}${options.model.minimalistic ? ' (minimalistic)' : ''}`);
+    const [height, width] = options.imageSize;
+    if (file.resolution !== undefined && (height !== width || height !== file.resolution)) {
+      log.warn({ imageSize: options.imageSize, resolution: file.resolution }, `Keras's ImageNet weights for this base were trained at ${file.resolution}x${file.resolution}; using them at ${height}x${width} (conv weights work at any size)`);
+    }
+    const downloaded = await downloadToCache(file.url, { cacheDir: resolveCacheDir(options.cacheDir), md5: file.md5, log, what: 'model.weights' });
+    return { weights: await readKerasH5(downloaded.file), source: { spec, file: file.url } };
   }
   if (spec.startsWith('npm:')) throw new UserError(`model.weights: ${spec}: unknown package; expected npm:nsfwjs`);
   if (/^https?:\/\//.test(spec) && new URL(spec).pathname.toLowerCase().endsWith('.json')) return { weights: await readRemoteTfjsModelJson(spec, options), source: { spec: redactUrl(spec), file: redactUrl(spec) } };
@@ -217,29 +216,88 @@ export async function loadPretrainedWeights(spec: string, options: LoadWeightsOp
   throw new UserError(`model.weights: ${spec}: expected imagenet, none, npm:nsfwjs, or a .h5 / model.json path or URL`);
 }
 
+type Layer = LayersModel['layers'][number];
+type LayerVariable = Layer['weights'][number];
+
+/** The layers of a model that hold weights, nested models walked, in Keras's order. */
+function weightedLayers(model: LayersModel): Layer[] {
+  const found: Layer[] = [];
+  const visit = (layers: Layer[]) => {
+    for (const layer of layers) {
+      const nested = (layer as unknown as { layers?: Layer[] }).layers;
+      if (Array.isArray(nested)) visit(nested);
+      else if (layer.weights.length > 0) found.push(layer);
+    }
+  };
+  visit(model.layers);
+  return found;
+}
+
+/** The file's weights grouped by layer, in the file's order. */
+function layersOfFile(weights: WeightMap): NamedWeight[][] {
+  const groups = new Map<string, NamedWeight[]>();
+  for (const [key, value] of weights) {
+    const layer = key.slice(0, key.lastIndexOf('/'));
+    groups.set(layer, [...(groups.get(layer) ?? []), value]);
+  }
+  return [...groups.values()];
+}
+
 /**
- * Sets every weight of the model's layers from the map, by name. A weight the map has
- * with another shape is an error naming the layer; `requireAll` makes missing ones errors.
+ * Keras's rule for a legacy .h5 whose layer names differ from the model's (files saved by
+ * Keras 2, where MobileNetV3's layers were named expanded_conv/depthwise): the i-th layer
+ * with weights takes the file's i-th, when every shape agrees. Undefined when they do not.
  */
-export function assignWeights(model: LayersModel, weights: WeightMap, options: { requireAll: boolean; what: string }): { assigned: number; missing: string[] } {
+function pairByOrder(model: LayersModel, weights: WeightMap): [LayerVariable, NamedWeight][] | undefined {
+  const layers = weightedLayers(model);
+  const fileLayers = layersOfFile(weights);
+  if (layers.length !== fileLayers.length) return undefined;
+  const pairs: [LayerVariable, NamedWeight][] = [];
+  for (const [i, layer] of layers.entries()) {
+    if (layer.weights.length !== fileLayers[i].length) return undefined;
+    for (const [j, variable] of layer.weights.entries()) {
+      if (fileLayers[i][j].shape.join(',') !== variable.shape.join(',')) return undefined;
+      pairs.push([variable, fileLayers[i][j]]);
+    }
+  }
+  return pairs;
+}
+
+/**
+ * Sets every weight of the model's layers from the map: by name (Keras 3's variable
+ * paths), else, when names are missing but the layers agree in order and shape, by order
+ * as Keras's own load_weights does for such a file. A weight the map has under the right
+ * name with another shape is an error naming the layer; `requireAll` makes missing ones
+ * errors. Nothing is written unless every check passed.
+ */
+export function assignWeights(model: LayersModel, weights: WeightMap, options: { requireAll: boolean; what: string }): { assigned: number; missing: string[]; byOrder: boolean } {
   const missing: string[] = [];
-  let assigned = 0;
-  for (const [name, variable] of namedVariables(model)) {
-    const layerName = name.slice(0, name.lastIndexOf('/'));
-    const key = name;
+  const pairs: [LayerVariable, NamedWeight][] = [];
+  for (const [key, variable] of namedVariables(model)) {
     const found = weights.get(key);
     if (!found) {
       missing.push(key);
       continue;
     }
     if (found.shape.join(',') !== variable.shape.join(',')) {
-      throw new UserError(`${options.what}: layer ${layerName}: weight ${key} has shape [${found.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
+      throw new UserError(`${options.what}: layer ${key.slice(0, key.lastIndexOf('/'))}: weight ${key} has shape [${found.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
     }
+    pairs.push([variable, found]);
+  }
+  let byOrder = false;
+  if (missing.length > 0) {
+    const ordered = pairByOrder(model, weights);
+    if (ordered) {
+      pairs.push(...ordered);
+      missing.length = 0;
+      byOrder = true;
+    }
+  }
+  if (options.requireAll && missing.length > 0) throw new UserError(`${options.what}: no weights for ${missing.length} variable(s), e.g. ${missing.slice(0, 3).join(', ')}`);
+  for (const [variable, found] of pairs) {
     const value = tf.tensor(found.values, found.shape);
     variable.write(value);
     value.dispose();
-    assigned++;
   }
-  if (options.requireAll && missing.length > 0) throw new UserError(`${options.what}: no weights for ${missing.length} variable(s), e.g. ${missing.slice(0, 3).join(', ')}`);
-  return { assigned, missing };
+  return { assigned: pairs.length, missing, byOrder };
 }

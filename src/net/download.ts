@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { UserError, errorMessage } from '../core/errors.ts';
 import { fsyncFile, removeDeadTemps, writeFileAtomic } from '../core/files.ts';
-import { sha256Hex, sha256OfFile } from '../core/hash.ts';
+import { digestOfFile, sha256Hex, sha256OfFile } from '../core/hash.ts';
 import { FolderLock } from '../core/lock.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
@@ -24,6 +24,11 @@ export interface DownloadOptions {
   cacheDir: string;
   /** Expected sha256 (lower-case hex); a mismatch discards the file. */
   sha256?: string;
+  /**
+   * Expected md5, checked once when the file is downloaded (Keras publishes md5 sums of its
+   * application weights); the cache then verifies the file by the sha256 it recorded.
+   */
+  md5?: string;
   /** Refuse a download larger than this (Content-Length when given, else counted while streaming). */
   maxBytes?: number;
   /** Abort a request that receives no bytes for this long. */
@@ -241,6 +246,13 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
     if (options.sha256 && sha256 !== options.sha256) {
       fs.rmSync(partFile, { force: true });
       throw new UserError(`${what}: the download of ${redactUrl(url)} has sha256 ${sha256}, expected ${options.sha256}; the file was discarded`);
+    }
+    if (options.md5) {
+      const md5 = await digestOfFile(partFile, 'md5');
+      if (md5 !== options.md5) {
+        fs.rmSync(partFile, { force: true });
+        throw new UserError(`${what}: the download of ${redactUrl(url)} has md5 ${md5}, expected ${options.md5}; the file was discarded`);
+      }
     }
     fsyncFile(partFile);
     fs.renameSync(partFile, file);

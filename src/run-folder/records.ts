@@ -235,6 +235,7 @@ export const ClassifierJson = z
   .object({
     base: z.string(),
     alpha: z.number(),
+    minimalistic: z.boolean().optional(),
     imageSize: z.tuple([z.number(), z.number()]),
     classCount: z.number().int(),
     dropout: z.number(),

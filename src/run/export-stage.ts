@@ -41,7 +41,7 @@ export function tfliteOptions(config: ResolvedExperiment, mode?: Quantization): 
 
 export function describeClassifier(classifier: Classifier): ClassifierDescription {
   const { spec } = classifier;
-  return { base: spec.base, alpha: spec.alpha, imageSize: spec.imageSize, classCount: spec.classCount, head: classifier.head, units: classifier.units };
+  return { base: spec.base, alpha: spec.alpha, minimalistic: spec.minimalistic ?? false, imageSize: spec.imageSize, classCount: spec.classCount, head: classifier.head, units: classifier.units };
 }
 
 /**

@@ -74,12 +74,12 @@ function objectiveFor(config: ResolvedExperiment, classifier: Classifier, datase
 export async function buildModel(context: RunContext, dataset: PreparedDataset, point: ResumePoint): Promise<RunModel> {
   const { config, log, options, run } = context;
   const imageSize = config.dataset.image_size as [number, number];
-  const classifier = buildClassifier({ base: config.model.base, alpha: config.model.alpha, imageSize, classCount: dataset.classNames.length, dropout: config.model.dropout, seed: config.seed });
+  const classifier = buildClassifier({ base: config.model.base, alpha: config.model.alpha, minimalistic: config.model.minimalistic, imageSize, classCount: dataset.classNames.length, dropout: config.model.dropout, seed: config.seed });
   try {
     // A resumed run's weights come from its checkpoint: the pretrained ones are not needed again.
     const { weights, source } = point.checkpoint
       ? { weights: undefined, source: context.run.weights ?? { spec: redactUrl(config.model.weights) } }
-      : await loadPretrainedWeights(config.model.weights, { baseDir: run.base_dir, cacheDir: options.cacheDir, alpha: config.model.alpha, imageSize, log });
+      : await loadPretrainedWeights(config.model.weights, { baseDir: run.base_dir, cacheDir: options.cacheDir, model: config.model, imageSize, log });
     if (!point.checkpoint) context.setRun({ weights: source });
     if (weights) {
       const { assigned } = assignWeights(classifier.base, weights, { requireAll: true, what: `model.weights (${source.spec})` });
