@@ -67,6 +67,15 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
+  addInspectionCommands(program);
+  addTrainingCommands(program);
+  addSweepCommands(program);
+  addRecordCommands(program);
+  return program;
+}
+
+/** Commands that read an experiment or a base without training: validate, data, model. */
+function addInspectionCommands(program: Command): void {
   program
     .command('validate')
     .description('check experiment files against the schema; prints ok or every problem with file:line:col')
@@ -101,6 +110,21 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('model')
+    .description("a base's layers as Keras lists them (index, name, type, output, parameters), blocks marked: to choose fine_tune_at")
+    .argument('<base>', 'mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0')
+    .option('--alpha <alpha>', 'width multiplier (MobileNets)', Number.parseFloat, 1.0)
+    .option('--minimalistic', "MobileNetV3's minimalistic variant", false)
+    .option('--size <pixels>', 'input height and width (output shapes depend on it)', (v) => Number.parseInt(v, 10), 224)
+    .action(async (base: string, options: { alpha: number; minimalistic: boolean; size: number }, command: Command) => {
+      const { modelCommand } = await import('./commands/model.ts');
+      await modelCommand({ base, ...options, ...session(command) });
+    });
+}
+
+/** Commands that train, export and use a model: run, convert, predict. */
+function addTrainingCommands(program: Command): void {
+  program
     .command('run')
     .description('train an experiment (feature extraction, then fine-tuning), record it, export TFLite')
     .argument('[experiment]', 'experiment YAML file')
@@ -124,6 +148,22 @@ export function buildProgram(): Command {
       await convertCommand({ runDir, quantization: options.quantization, cacheDir: options.cacheDir, ...session(command) });
     });
 
+  program
+    .command('predict')
+    .description('classify images with an exported model.tflite (or a run folder)')
+    .argument('<model>', 'model.tflite or a run folder')
+    .argument('<images...>', 'image files or folders')
+    .option('-k, --top-k <k>', 'labels shown per image', (v) => Number.parseInt(v, 10), 3)
+    .addOption(new Option('--resize <mode>', 'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)').choices(['bilinear', 'nearest']).default('bilinear'))
+    .option('--out <file>', 'write the table for a folder as .csv or .json')
+    .action(async (model: string, images: string[], options: { topK: number; resize: 'bilinear' | 'nearest'; out?: string }, command: Command) => {
+      const { predictCommand } = await import('./commands/predict.ts');
+      await predictCommand({ model, images, ...options, ...session(command) });
+    });
+}
+
+/** Sweeps, locally or on a queue, and the queue's workers. */
+function addSweepCommands(program: Command): void {
   program
     .command('sweep')
     .description('run an experiment over a grid of values and name the best trial; `sweep status <id> --queue URL` shows a queued one')
@@ -169,53 +209,10 @@ export function buildProgram(): Command {
       const { trialCommand } = await import('./commands/trial.ts');
       await trialCommand({ request, result, cacheDir: options.cacheDir ?? globals(command).cacheDir, log: logger(command) });
     });
+}
 
-  program
-    .command('predict')
-    .description('classify images with an exported model.tflite (or a run folder)')
-    .argument('<model>', 'model.tflite or a run folder')
-    .argument('<images...>', 'image files or folders')
-    .option('-k, --top-k <k>', 'labels shown per image', (v) => Number.parseInt(v, 10), 3)
-    .addOption(new Option('--resize <mode>', 'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)').choices(['bilinear', 'nearest']).default('bilinear'))
-    .option('--out <file>', 'write the table for a folder as .csv or .json')
-    .action(async (model: string, images: string[], options: { topK: number; resize: 'bilinear' | 'nearest'; out?: string }, command: Command) => {
-      const { predictCommand } = await import('./commands/predict.ts');
-      await predictCommand({ model, images, ...options, ...session(command) });
-    });
-
-  program
-    .command('ui')
-    .description('start a local MLflow dashboard over every local run (127.0.0.1)')
-    .option('--port <n>', 'port', (v) => Number.parseInt(v, 10), 5000)
-    .option('--experiment <name>', 'open this experiment (default: the newest run\'s)')
-    .option('--open', 'open the page in a browser')
-    .action(async (options: { port: number; experiment?: string; open?: boolean }, command: Command) => {
-      const { uiCommand } = await import('./commands/ui.ts');
-      await uiCommand({ port: options.port, experiment: options.experiment, open: Boolean(options.open), runsDir: globals(command).runsDir, log: logger(command) });
-    });
-
-  program
-    .command('sync')
-    .description('push local runs to $MLFLOW_TRACKING_URI, idempotently')
-    .argument('[run-dirs...]', 'run folders (default: every run under the runs dir)')
-    .option('--tracking-uri <url>', 'MLflow server (default $MLFLOW_TRACKING_URI)')
-    .action(async (runDirs: string[], options: { trackingUri?: string }, command: Command) => {
-      const { syncCommand } = await import('./commands/sync.ts');
-      await syncCommand({ runDirs, trackingUri: options.trackingUri, runsDir: globals(command).runsDir, log: logger(command) });
-    });
-
-  program
-    .command('model')
-    .description("a base's layers as Keras lists them (index, name, type, output, parameters), blocks marked: to choose fine_tune_at")
-    .argument('<base>', 'mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0')
-    .option('--alpha <alpha>', 'width multiplier (MobileNets)', Number.parseFloat, 1.0)
-    .option('--minimalistic', "MobileNetV3's minimalistic variant", false)
-    .option('--size <pixels>', 'input height and width (output shapes depend on it)', (v) => Number.parseInt(v, 10), 224)
-    .action(async (base: string, options: { alpha: number; minimalistic: boolean; size: number }, command: Command) => {
-      const { modelCommand } = await import('./commands/model.ts');
-      await modelCommand({ base, ...options, ...session(command) });
-    });
-
+/** Commands over the records: runs, show, sync to MLflow, the MLflow UI. */
+function addRecordCommands(program: Command): void {
   program
     .command('runs')
     .description('list the runs under the runs folder, newest first (from the run folders; no server)')
@@ -236,7 +233,26 @@ export function buildProgram(): Command {
       await showCommand({ run, runsDir: globals(command).runsDir, ...session(command) });
     });
 
-  return program;
+  program
+    .command('sync')
+    .description('push local runs to $MLFLOW_TRACKING_URI, idempotently')
+    .argument('[run-dirs...]', 'run folders (default: every run under the runs dir)')
+    .option('--tracking-uri <url>', 'MLflow server (default $MLFLOW_TRACKING_URI)')
+    .action(async (runDirs: string[], options: { trackingUri?: string }, command: Command) => {
+      const { syncCommand } = await import('./commands/sync.ts');
+      await syncCommand({ runDirs, trackingUri: options.trackingUri, runsDir: globals(command).runsDir, log: logger(command) });
+    });
+
+  program
+    .command('ui')
+    .description('start a local MLflow dashboard over every local run (127.0.0.1)')
+    .option('--port <n>', 'port', (v) => Number.parseInt(v, 10), 5000)
+    .option('--experiment <name>', 'open this experiment (default: the newest run\'s)')
+    .option('--open', 'open the page in a browser')
+    .action(async (options: { port: number; experiment?: string; open?: boolean }, command: Command) => {
+      const { uiCommand } = await import('./commands/ui.ts');
+      await uiCommand({ port: options.port, experiment: options.experiment, open: Boolean(options.open), runsDir: globals(command).runsDir, log: logger(command) });
+    });
 }
 
 /** Runs the CLI; returns the exit code instead of exiting, so tests can call it. */

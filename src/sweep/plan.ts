@@ -4,6 +4,7 @@ import type { ResolvedExperiment, Sweep } from '../config/resolved.ts';
 import { forbiddenKeyMessage, forbiddenKeys } from '../config/sources.ts';
 import { ConfigError, UserError, errorMessage } from '../core/errors.ts';
 import { canonicalJson, sha256Hex } from '../core/hash.ts';
+import type { SweepPlan } from '../run-folder/records.ts';
 
 /**
  * Pure sweep planning: the grid from the config and --grid flags, expanded into trials,
@@ -168,4 +169,19 @@ export function planSweep(input: PlanInput): SweepPlanned {
 export function parentRunOf(planned: SweepPlanned): { experimentName: string; sweepName: string; grid: Grid; metric: string } {
   const config = planned.base.config;
   return { experimentName: config.tracking.mlflow?.experiment ?? config.name, sweepName: config.name, grid: planned.grid, metric: planned.metric };
+}
+
+/** The plan as the sweep folder stores it (plan.json): what a resume or a worker rebuilds from. */
+export function planRecordOf(planned: SweepPlanned, experimentFile: string): SweepPlan {
+  return {
+    sweep_id: planned.id,
+    experiment_file: experimentFile,
+    overrides: planned.overrides,
+    grid: planned.grid,
+    max_trials: planned.maxTrials ?? null,
+    metric: planned.metric,
+    goal: planned.goal,
+    export: planned.exportPolicy,
+    trials: planned.jobs.map((j) => ({ trial: j.plan.index, assignments: j.plan.assignments, config_sha256: j.configSha256, group: j.group })),
+  };
 }

@@ -13,7 +13,7 @@ import { writeChartPng } from '../plots/render.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { trackingUriFor } from '../track/sync.ts';
-import { describeAssignments, parentRunOf, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
+import { describeAssignments, parentRunOf, planRecordOf, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import type { QueuedTrial } from './trial.ts';
 
@@ -96,17 +96,7 @@ export async function enqueueSweep(planned: SweepPlanned, options: EnqueueOption
   const folder = SweepFolder.at(runsDir, planned.id);
   fs.mkdirSync(folder.dir, { recursive: true });
   if (!fs.existsSync(folder.file('plan.json'))) {
-    folder.writePlan({
-      sweep_id: planned.id,
-      experiment_file: path.resolve(planned.file),
-      overrides: planned.overrides,
-      grid: planned.grid,
-      max_trials: planned.maxTrials ?? null,
-      metric: planned.metric,
-      goal: planned.goal,
-      export: planned.exportPolicy,
-      trials: planned.jobs.map((j) => ({ trial: j.plan.index, assignments: j.plan.assignments, config_sha256: j.configSha256, group: j.group })),
-    });
+    folder.writePlan(planRecordOf(planned, path.resolve(planned.file)));
   }
   const trackingUri = trackingUriFor(planned.base.config);
   const parent = trackingUri

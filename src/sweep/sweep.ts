@@ -8,16 +8,17 @@ import { PythonWorker } from '../export/python.ts';
 import { writeChartPng } from '../plots/render.ts';
 import { exportFinishedRun } from '../run/export-finished.ts';
 import type { RunProgressFactory } from '../run/progress.ts';
-import { executeRun } from '../run/run.ts';
+import { executeRun, type RunOptions, type RunStart } from '../run/run.ts';
 import { seedFromFeatureExtraction } from '../run/seed.ts';
 import type { TrialState } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { syncRun, trackingUriFor } from '../track/sync.ts';
-import { describeAssignments, parentRunOf, parseGridFlag, planSweep, type Grid, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
+import { describeAssignments, parentRunOf, parseGridFlag, planRecordOf, planSweep, type Grid, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import { LocalScheduler, type TrialScheduler } from './schedule.ts';
+import { trialRow } from './trial.ts';
 
 /**
  * `tlx sweep` as plan -> schedule -> report. Every trial is validated first; trials run as
@@ -98,27 +99,10 @@ class DatasetCache {
 
 function rowFor(state: TrialState): TrialRow {
   const folder = state.run_dir ? RunFolder.tryOpen(state.run_dir) : undefined;
-  const summary = folder?.hasSummary() ? folder.readSummary() : undefined;
-  const tflite = summary?.export?.tflite;
-  return {
-    trial: state.trial,
-    assignments: state.assignments as Record<string, GridValue>,
-    status: state.status,
-    run_id: state.run_dir ? path.basename(state.run_dir) : undefined,
-    run_dir: state.run_dir,
-    best_val_accuracy: summary?.metrics.best_val_accuracy,
-    val_accuracy: summary?.metrics.final?.val_accuracy,
-    val_loss: summary?.metrics.final?.val_loss,
-    test_accuracy: summary?.metrics.final?.test_accuracy,
-    test_loss: summary?.metrics.final?.test_loss,
-    tflite_quantization: tflite?.quantization,
-    tflite_accuracy: tflite?.accuracy,
-    tflite_bytes: tflite?.bytes,
-    exported: tflite?.status === 'verified',
-    minutes: state.minutes ?? (summary ? summary.seconds / 60 : undefined),
-    shared_feature_extraction: state.shared_feature_extraction,
-    error: state.error,
-  };
+  const extra: Partial<TrialRow> = { shared_feature_extraction: state.shared_feature_extraction, error: state.error };
+  if (state.run_dir) Object.assign(extra, { run_id: path.basename(state.run_dir), run_dir: state.run_dir });
+  if (state.minutes !== undefined) extra.minutes = state.minutes;
+  return trialRow(state.trial, state.assignments as Record<string, GridValue>, folder, state.status, extra);
 }
 
 export async function runSweep(options: SweepOptions): Promise<SweepResult> {
@@ -126,117 +110,160 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
   const planned = planFor(options);
   const folder = SweepFolder.at(options.runsDir, planned.id);
   folder.lock({ onTakeover: (owner, reason) => log.warn({ sweep: planned.id, pid: owner?.pid }, `taking over the lock of sweep ${planned.id} (${reason})`) });
-  let exporter: PythonWorker | undefined;
+  let trials: TrialRunner | undefined;
   try {
-    folder.writePlan({
-      sweep_id: planned.id,
-      experiment_file: path.resolve(planned.file),
-      overrides: planned.overrides,
-      grid: planned.grid,
-      max_trials: planned.maxTrials ?? null,
-      metric: planned.metric,
-      goal: planned.goal,
-      export: planned.exportPolicy,
-      trials: planned.jobs.map((j) => ({ trial: j.plan.index, assignments: j.plan.assignments, config_sha256: j.configSha256, group: j.group })),
-    });
-    const states = reconcile(folder.readStatus(), planned.jobs);
-    const save = () => folder.writeStatus(states);
-    save();
-    const skipped = states.filter((s) => s.status === 'finished').length;
-    log.info({ sweep: planned.id, trials: planned.jobs.length, skipped, dir: folder.dir }, `sweep ${planned.id}: ${planned.jobs.length} trial(s)${skipped ? `, ${skipped} already finished` : ''}`);
-
+    const states = recordPlan(folder, planned, log);
     const trackingUri = trackingUriFor(planned.base.config);
-    const parent = trackingUri
-      ? await SweepParentRun.open(folder, { trackingUri, log, ...parentRunOf(planned) })
-      : undefined;
-    const datasets = new DatasetCache(options.cacheDir, log);
-    const prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) => datasets.get(config, baseDir, known);
-    const exportsTrials = planned.exportPolicy === 'all' && Boolean(planned.base.config.export.tflite);
-    const sharedExporter = () => (exporter ??= PythonWorker.start((line) => log.debug({ python: line })));
-
-    const groupSizes = new Map<string, number>();
-    for (const job of planned.jobs) groupSizes.set(job.group, (groupSizes.get(job.group) ?? 0) + 1);
-    const leaders = new Map<string, RunFolder>();
-    for (const state of states) {
-      const job = planned.jobs.find((j) => j.plan.index === state.trial)!;
-      if (state.status === 'finished' && state.run_dir) leaders.set(job.group, RunFolder.open(state.run_dir));
-    }
-
-    const trialOf = (job: TrialJob) => ({ assignments: job.plan.assignments, sweep: { id: planned.id, dir: folder.dir } });
-    const execute = async (job: TrialJob): Promise<TrialState> => {
-      const state = states.find((s) => s.trial === job.plan.index)!;
-      if (state.status === 'finished') return state;
-      const started = performance.now();
-      log.info({ trial: job.plan.index, assignments: job.plan.assignments }, `trial ${job.plan.index}: ${describeAssignments(job.plan.assignments)}`);
-      const onOpen = (opened: RunFolder) => {
-        state.run_dir = opened.dir;
-        save();
-      };
-      const runOptions = { runsDir: options.runsDir, cacheDir: options.cacheDir, log, prepareData, parentRunId: parent?.runId, interrupt: options.interrupt, progress: options.progress, export: exportsTrials, exporter: exportsTrials ? sharedExporter() : undefined, register: false, onOpen };
-      try {
-        const leader = leaders.get(job.group);
-        let start: Parameters<typeof executeRun>[0];
-        if (state.run_dir) {
-          start = { resume: state.run_dir };
-        } else if (leader && job.experiment.config.train.feature_extraction.epochs > 0) {
-          const seeded = seedFromFeatureExtraction(job.experiment, options.runsDir, leader, trialOf(job));
-          state.run_dir = seeded.dir;
-          state.shared_feature_extraction = true;
-          log.info({ trial: job.plan.index, from: leader.id }, 'feature extraction shared: starting from its checkpoint');
-          start = { resume: seeded.dir };
-        } else {
-          start = { experiment: job.experiment, trial: trialOf(job) };
-        }
-        state.status = 'running';
-        state.error = undefined;
-        save();
-        const result = await executeRun(start, runOptions);
-        state.run_dir = result.folder.dir;
-        state.status = 'finished';
-        if ((groupSizes.get(job.group) ?? 0) > 1 && !leaders.has(job.group)) leaders.set(job.group, result.folder);
-      } catch (error) {
-        if (error instanceof InterruptedError) {
-          state.status = 'killed';
-        } else {
-          state.status = 'failed';
-          state.error = errorMessage(error).split('\n')[0];
-          log.error({ trial: job.plan.index, error: state.error }, `trial ${job.plan.index} failed; the sweep goes on`);
-        }
-      }
-      state.minutes = (state.minutes ?? 0) + (performance.now() - started) / 60_000;
-      save();
-      return state;
-    };
-
-    // Data-sharing trials run back to back; group leaders first, so every other trial of a group can start from its checkpoint.
-    const order = [...planned.jobs].sort((a, b) => a.group.localeCompare(b.group) || a.plan.index - b.plan.index);
-    const isLeader = (job: TrialJob) => order.find((j) => j.group === job.group) === job;
-    const scheduler = options.scheduler ?? new LocalScheduler<TrialJob, TrialState>(options.parallel, () => Boolean(options.interrupt?.requested));
-    await scheduler.runAll(order.filter(isLeader), execute);
-    await scheduler.runAll(order.filter((j) => !isLeader(j)), execute);
+    const parent = trackingUri ? await SweepParentRun.open(folder, { trackingUri, log, ...parentRunOf(planned) }) : undefined;
+    trials = new TrialRunner(planned, folder, states, options, parent?.runId);
+    await scheduleTrials(planned.jobs, trials, options);
     if (options.interrupt?.requested) throw new InterruptedError(`sweep ${planned.id} stopped; rerun the same command (or tlx sweep --resume ${planned.id}) to continue`);
-
-    const metric = planned.metric as SweepMetric;
-    let rows = states.map(rowFor);
-    const best = bestTrial(rows, metric, planned.goal);
-    if (planned.exportPolicy === 'best' && best?.run_dir && planned.base.config.export.tflite) {
-      await exportBest(best.run_dir, { cacheDir: options.cacheDir, log, prepareData, exporter: sharedExporter(), interrupt: options.interrupt });
-      rows = states.map(rowFor);
-    }
-    const bestRow = rows.find((r) => r.trial === best?.trial);
-    if (bestRow && trackingUri && planned.base.config.tracking.mlflow?.register_model) await registerBest(bestRow, trackingUri, parent?.runId, log);
-    folder.writeResults(resultsCsv(rows), { sweep_id: planned.id, metric, goal: planned.goal, export: planned.exportPolicy, best_trial: bestRow?.trial ?? null, best_run: bestRow?.run_id ?? null, trials: rows });
-    try {
-      await writeChartPng(sweepPlotSpec(rows, metric), folder.plot());
-    } catch (error) {
-      log.warn({ error: errorMessage(error) }, 'could not draw the sweep plot');
-    }
-    await parent?.finish({ metric, value: bestRow ? (bestRow[metric] as number | undefined) : undefined, runId: bestRow?.run_id }, rows.some((r) => r.status === 'failed'));
-    return { dir: folder.dir, id: planned.id, metric, rows, best: bestRow };
+    return await report(planned, folder, trials, { trackingUri, parent, options });
   } finally {
-    await exporter?.close();
+    await trials?.close();
     folder.unlock();
   }
+}
+
+/** Writes the plan and the trial states carried over from an earlier attempt; returns the states. */
+function recordPlan(folder: SweepFolder, planned: SweepPlanned, log: Logger): TrialState[] {
+  folder.writePlan(planRecordOf(planned, path.resolve(planned.file)));
+  const states = reconcile(folder.readStatus(), planned.jobs);
+  folder.writeStatus(states);
+  const skipped = states.filter((s) => s.status === 'finished').length;
+  log.info({ sweep: planned.id, trials: planned.jobs.length, skipped, dir: folder.dir }, `sweep ${planned.id}: ${planned.jobs.length} trial(s)${skipped ? `, ${skipped} already finished` : ''}`);
+  return states;
+}
+
+/** Data-sharing trials run back to back; group leaders first, so every other trial of a group can start from its checkpoint. */
+async function scheduleTrials(jobs: TrialJob[], trials: TrialRunner, options: SweepOptions): Promise<void> {
+  const order = [...jobs].sort((a, b) => a.group.localeCompare(b.group) || a.plan.index - b.plan.index);
+  const isLeader = (job: TrialJob) => order.find((j) => j.group === job.group) === job;
+  const scheduler = options.scheduler ?? new LocalScheduler<TrialJob, TrialState>(options.parallel, () => Boolean(options.interrupt?.requested));
+  const execute = (job: TrialJob) => trials.execute(job);
+  await scheduler.runAll(order.filter(isLeader), execute);
+  await scheduler.runAll(order.filter((j) => !isLeader(j)), execute);
+}
+
+/**
+ * Runs trials as ordinary runs in this process, sharing what a sweep can share: the decoded
+ * data, one Python exporter, and each group's feature-extraction phase (its leader's checkpoint).
+ */
+class TrialRunner {
+  private readonly datasets: DatasetCache;
+  private exporter?: PythonWorker;
+  private readonly leaders = new Map<string, RunFolder>();
+  private readonly groupSizes = new Map<string, number>();
+  private readonly exportsTrials: boolean;
+
+  constructor(
+    private readonly planned: SweepPlanned,
+    private readonly folder: SweepFolder,
+    readonly states: TrialState[],
+    private readonly options: SweepOptions,
+    private readonly parentRunId: string | undefined,
+  ) {
+    this.datasets = new DatasetCache(options.cacheDir, options.log);
+    this.exportsTrials = planned.exportPolicy === 'all' && Boolean(planned.base.config.export.tflite);
+    for (const job of planned.jobs) this.groupSizes.set(job.group, (this.groupSizes.get(job.group) ?? 0) + 1);
+    for (const state of states) {
+      const job = planned.jobs.find((j) => j.plan.index === state.trial)!;
+      if (state.status === 'finished' && state.run_dir) this.leaders.set(job.group, RunFolder.open(state.run_dir));
+    }
+  }
+
+  readonly prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) => this.datasets.get(config, baseDir, known);
+
+  sharedExporter(): PythonWorker {
+    return (this.exporter ??= PythonWorker.start((line) => this.options.log.debug({ python: line })));
+  }
+
+  rows(): TrialRow[] {
+    return this.states.map(rowFor);
+  }
+
+  async close(): Promise<void> {
+    await this.exporter?.close();
+  }
+
+  private save(): void {
+    this.folder.writeStatus(this.states);
+  }
+
+  async execute(job: TrialJob): Promise<TrialState> {
+    const { log } = this.options;
+    const state = this.states.find((s) => s.trial === job.plan.index)!;
+    if (state.status === 'finished') return state;
+    const started = performance.now();
+    log.info({ trial: job.plan.index, assignments: job.plan.assignments }, `trial ${job.plan.index}: ${describeAssignments(job.plan.assignments)}`);
+    try {
+      const start = this.startOf(job, state);
+      state.status = 'running';
+      state.error = undefined;
+      this.save();
+      const result = await executeRun(start, this.runOptions(state));
+      state.run_dir = result.folder.dir;
+      state.status = 'finished';
+      if ((this.groupSizes.get(job.group) ?? 0) > 1 && !this.leaders.has(job.group)) this.leaders.set(job.group, result.folder);
+    } catch (error) {
+      if (error instanceof InterruptedError) {
+        state.status = 'killed';
+      } else {
+        state.status = 'failed';
+        state.error = errorMessage(error).split('\n')[0];
+        log.error({ trial: job.plan.index, error: state.error }, `trial ${job.plan.index} failed; the sweep goes on`);
+      }
+    }
+    state.minutes = (state.minutes ?? 0) + (performance.now() - started) / 60_000;
+    this.save();
+    return state;
+  }
+
+  /** Resume the trial's own folder, start from its group leader's feature extraction, or start afresh. */
+  private startOf(job: TrialJob, state: TrialState): RunStart {
+    if (state.run_dir) return { resume: state.run_dir };
+    const leader = this.leaders.get(job.group);
+    const trial = { assignments: job.plan.assignments, sweep: { id: this.planned.id, dir: this.folder.dir } };
+    if (!leader || job.experiment.config.train.feature_extraction.epochs === 0) return { experiment: job.experiment, trial };
+    const seeded = seedFromFeatureExtraction(job.experiment, this.options.runsDir, leader, trial);
+    state.run_dir = seeded.dir;
+    state.shared_feature_extraction = true;
+    this.options.log.info({ trial: job.plan.index, from: leader.id }, 'feature extraction shared: starting from its checkpoint');
+    return { resume: seeded.dir };
+  }
+
+  private runOptions(state: TrialState): RunOptions {
+    const { runsDir, cacheDir, log, interrupt, progress } = this.options;
+    const onOpen = (opened: RunFolder) => {
+      state.run_dir = opened.dir;
+      this.save();
+    };
+    const exporter = this.exportsTrials ? this.sharedExporter() : undefined;
+    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, register: false, onOpen };
+  }
+}
+
+/** The results: best trial (exported when sweep.export is best, registered when asked), results.csv/json, the plot, the parent run closed. */
+async function report(planned: SweepPlanned, folder: SweepFolder, trials: TrialRunner, context: { trackingUri?: string; parent?: SweepParentRun; options: SweepOptions }): Promise<SweepResult> {
+  const { trackingUri, parent, options } = context;
+  const { log } = options;
+  const metric = planned.metric as SweepMetric;
+  let rows = trials.rows();
+  const best = bestTrial(rows, metric, planned.goal);
+  if (planned.exportPolicy === 'best' && best?.run_dir && planned.base.config.export.tflite) {
+    await exportBest(best.run_dir, { cacheDir: options.cacheDir, log, prepareData: trials.prepareData, exporter: trials.sharedExporter(), interrupt: options.interrupt });
+    rows = trials.rows();
+  }
+  const bestRow = rows.find((r) => r.trial === best?.trial);
+  if (bestRow && trackingUri && planned.base.config.tracking.mlflow?.register_model) await registerBest(bestRow, trackingUri, parent?.runId, log);
+  folder.writeResults(resultsCsv(rows), { sweep_id: planned.id, metric, goal: planned.goal, export: planned.exportPolicy, best_trial: bestRow?.trial ?? null, best_run: bestRow?.run_id ?? null, trials: rows });
+  try {
+    await writeChartPng(sweepPlotSpec(rows, metric), folder.plot());
+  } catch (error) {
+    log.warn({ error: errorMessage(error) }, 'could not draw the sweep plot');
+  }
+  await parent?.finish({ metric, value: bestRow ? (bestRow[metric] as number | undefined) : undefined, runId: bestRow?.run_id }, rows.some((r) => r.status === 'failed'));
+  return { dir: folder.dir, id: planned.id, metric, rows, best: bestRow };
 }
 
 async function exportBest(runDir: string, options: Parameters<typeof exportFinishedRun>[1]): Promise<void> {
