@@ -3,7 +3,7 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,stream,decode,growth] [--size 224]
  *                            [--bases mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0]
  *
  * Cases:
@@ -19,6 +19,9 @@
  *   accuracy  the quickstart (real images, pretrained nsfwjs weights in both) in tlx and in
  *             Keras from the same starting weights: final validation accuracy
  *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
+ *   stream    a feature-extraction epoch streamed from disk vs in memory (tlx only)
+ *   decode    decode + resize throughput, decode threads vs one thread (bench/decode.ts)
+ *   growth    feature extraction on 1k, 4k and 16k streamed images: s per 1k, peak RSS
  */
 import { execa } from 'execa';
 import fs from 'node:fs';
@@ -33,7 +36,7 @@ const tlx = path.join(root, 'bin', 'tlx.mjs');
 const { values: options } = parseArgs({
   options: {
     repeats: { type: 'string', default: '3' },
-    cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep' },
+    cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,stream,decode' },
     size: { type: 'string', default: '224' },
     bases: { type: 'string', default: 'mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0' },
   },
@@ -59,10 +62,10 @@ function jsonLine(stdout: string): Record<string, unknown> {
 }
 
 /** Runs a command under GNU time; returns its JSON result, wall seconds and peak RSS (MB). */
-async function measured(command: string, commandArgs: string[], cwd = work, expectJson = true): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
+async function measured(command: string, commandArgs: string[], cwd = work, expectJson = true, extraEnv: Record<string, string> = {}): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
   const timeFile = path.join(work, `time-${Date.now()}-${Math.random().toString(36).slice(2)}`);
   const started = performance.now();
-  const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], { cwd, env, reject: false, maxBuffer: 1e9 });
+  const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], { cwd, env: { ...env, ...extraEnv }, reject: false, maxBuffer: 1e9 });
   const wall = (performance.now() - started) / 1000;
   if (out.exitCode !== 0) throw new Error(`${command} ${commandArgs.join(' ')} failed:\n${String(out.stderr).slice(-3000)}`);
   const peakMb = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024;
@@ -134,15 +137,24 @@ async function cachedEpoch(fineTuneAt?: number): Promise<void> {
   report(`${what} epoch after the first, no augmentation (320 images, 160px)`, t, k, 's', fineTuneAt === undefined ? '< 0.1x' : '<= 1.0x');
 }
 
+/** The nsfwjs MobileNetV2 weights (tlx's npm:nsfwjs) written for Keras at a size, once. */
+async function nsfwjsWeightsFor(size: number): Promise<string> {
+  const weights = path.join(work, `nsfwjs-${size}`);
+  if (!fs.existsSync(weights)) await execa(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'nsfwjs_checkpoint.ts'), weights, String(size)], { cwd: root, env });
+  return weights;
+}
+
 async function e2e(): Promise<void> {
   const data = await makeData('e2e', 200, 100, 160);
+  // Both start from the same pretrained base, so both can learn the data and an accuracy regression shows.
+  const weights = await nsfwjsWeightsFor(160);
   const file = experiment(
     'e2e.yaml',
     `name: e2e
 seed: 42
 dataset: { path: ${data}, train_dir: train, validation_dir: validation, test_fraction_of_validation: 0.2, image_size: [160, 160], batch_size: 32 }
 augmentation: [ { random_flip: horizontal }, { random_rotation: 0.2 } ]
-model: { weights: none, dropout: 0.2 }
+model: { weights: "npm:nsfwjs", dropout: 0.2 }
 train:
   feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.0001 } }
   fine_tune: { fine_tune_at: 100, epochs: 2, optimizer: { name: rmsprop, learning_rate: 0.00001 } }
@@ -156,7 +168,7 @@ train:
     wall[0].push(a.wall);
     peak[0].push(a.peakMb);
     accuracy[0].push(a.result.val_accuracy as number);
-    const b = await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), data, '160', '2', '2']);
+    const b = await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), data, '160', '2', '2', '--base-weights', weights]);
     wall[1].push(b.wall);
     peak[1].push(b.peakMb);
     accuracy[1].push(b.result.val_accuracy as number);
@@ -168,8 +180,7 @@ train:
 
 async function accuracy(): Promise<void> {
   const data = path.join(root, 'data', 'quickstart', 'fashion5');
-  const weights = path.join(work, 'nsfwjs-96');
-  await execa(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'nsfwjs_checkpoint.ts'), weights, '96'], { cwd: root, env });
+  const weights = await nsfwjsWeightsFor(96);
   // The whole validation folder in both (Keras's take/skip test split reshuffles every pass).
   const file = experiment('accuracy.yaml', `extends: ${path.join(root, 'configs', 'quickstart.yaml')}\ndataset: { test_fraction_of_validation: 0 }\n`);
   // One seed per repeat: the two cannot share random streams (shuffles, draws, dropout,
@@ -204,7 +215,69 @@ async function sweep(): Promise<void> {
   report('sweep of 3 fine_tune_at values vs 3 independent runs (quickstart data, 120/class)', swept, separate, 's', '< 1.0x');
 }
 
-const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep };
+/** Epoch seconds after the first of a run, from its metrics.jsonl. */
+function laterEpochSeconds(dir: string): number[] {
+  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch >= 2).map((m) => m.seconds);
+}
+
+function augmentedExperiment(name: string, data: string, epochs: number): string {
+  return experiment(
+    `${name}.yaml`,
+    `name: ${name}\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [96, 96], batch_size: 32, test_fraction_of_validation: 0 }\naugmentation: [ { random_flip: horizontal } ]\nmodel: { weights: none }\ntrain: { feature_extraction: { epochs: ${epochs} }, fine_tune: { epochs: 0 } }\nexport: { tflite: false }\n`,
+  );
+}
+
+/** A feature-extraction epoch streamed from disk (decoded ahead on threads) vs the same epoch in memory. */
+async function stream(): Promise<void> {
+  const data = await makeData('stream', 1000, 200, 128);
+  const file = augmentedExperiment('stream', data, 3);
+  const streamed: number[] = [];
+  const inMemory: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '0' });
+    const storage = (JSON.parse(fs.readFileSync(path.join(a.result.dir as string, 'dataset.json'), 'utf8')) as { storage: string }).storage;
+    if (storage !== 'stream') throw new Error(`the streamed run was not streamed (${storage})`);
+    streamed.push(median(laterEpochSeconds(a.result.dir as string)));
+    const b = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file]);
+    inMemory.push(median(laterEpochSeconds(b.result.dir as string)));
+  }
+  report('feature-extraction epoch streamed from disk vs in memory (2000 train + 400 val JPEGs, 96px, random_flip)', streamed, inMemory, 's', '<= 1.1x');
+}
+
+/** Decode + resize throughput with the decode threads vs on the calling thread only (bench/decode.ts). */
+async function decode(): Promise<void> {
+  const threaded: number[] = [];
+  const single: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const args = ['--import', 'tsx', path.join(root, 'bench', 'decode.ts'), '--images', '1000'];
+    threaded.push((await measured(process.execPath, args, root)).result.images_per_second as number);
+    single.push((await measured(process.execPath, args, root, true, { TLX_DECODE_THREADS: '0' })).result.images_per_second as number);
+  }
+  report('decode + resize, 1000 JPEGs 320px -> 160px: threads vs one thread', threaded, single, 'images/s', '>= 2x');
+}
+
+/** Feature extraction on 1k, 4k and 16k streamed images: seconds per 1k images and peak RSS. */
+async function growth(): Promise<void> {
+  console.log('\n| images | s per 1k images (epoch) | peak RSS MB |\n|---|---|---|');
+  for (const thousands of [1, 4, 16]) {
+    const data = await makeData(`growth-${thousands}k`, thousands * 500, 100, 96);
+    const file = augmentedExperiment(`growth${thousands}k`, data, 1);
+    const perThousand: number[] = [];
+    const peak: number[] = [];
+    for (let r = 0; r < repeats; r++) {
+      const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-growth'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '0' });
+      const epoch = fs.readFileSync(path.join(a.result.dir as string, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).find((m) => m.epoch === 1)!;
+      perThousand.push(epoch.seconds / thousands);
+      peak.push(a.peakMb);
+    }
+    console.log(`| ${thousands}k | ${median(perThousand).toFixed(2)} | ${median(peak).toFixed(0)} |`);
+    report(`growth ${thousands}k images streamed: s per 1k images`, perThousand, undefined, 's');
+    report(`growth ${thousands}k images streamed: peak RSS`, peak, undefined, 'MB');
+    fs.rmSync(data, { recursive: true, force: true });
+  }
+}
+
+const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep, stream, decode, growth };
 console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
 for (const name of cases) {
   if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);

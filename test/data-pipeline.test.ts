@@ -7,6 +7,8 @@ import { loadExperiment } from '../src/config/load.ts';
 import { applyOp, augmentBatch, projectiveTransform, rotationTransform, translationTransform, zoomTransform } from '../src/data/augment.ts';
 import type { AugmentationOp } from '../src/config/resolved.ts';
 import { prepareDataset, splitCounts } from '../src/data/dataset.ts';
+import { DecodePool } from '../src/data/decode-pool.ts';
+import { decodeToBytes, ImageSplit } from '../src/data/images.ts';
 import { UserError } from '../src/core/errors.ts';
 import { Random } from '../src/core/random.ts';
 import { tf } from '../src/tfjs/tf.ts';
@@ -108,6 +110,39 @@ describe('scanning, decoding and splitting', () => {
       assert.deepEqual(Buffer.from(x.dataSync().buffer), Buffer.from(y.dataSync().buffer), `${name}: streamed pixels differ from in-memory pixels`);
       tf.dispose([x, y]);
     }
+  });
+
+  test('decode threads: a split loaded or streamed through them has the pixels of decoding each file here; a broken file is reported, not fatal', async () => {
+    const dir = path.join(work, 'threaded');
+    await writeClassFolders(dir, ['a', 'b'], 150, { size: 40, format: 'jpg' });
+    fs.writeFileSync(path.join(dir, 'a', '0007.jpg'), 'not a jpeg');
+    const samples = ['a', 'b'].flatMap((name, label) => fs.readdirSync(path.join(dir, name)).sort().map((f) => ({ file: path.join(dir, name, f), label })));
+    const pool = DecodePool.shared();
+    assert.ok(pool.threads > 0);
+    await pool.ready();
+    const files = samples.slice(20, 84).map((s) => s.file);
+    const pending = pool.submit(files, [32, 32], 1e6);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const decoded = pending.wait((file) => decodeToBytes(fs.readFileSync(file), [32, 32]));
+    assert.ok(decoded.decodedHere < files.length, `the threads decoded ${files.length - decoded.decodedHere} of ${files.length}`);
+    files.forEach((file, i) => assert.deepEqual(decoded.pixels.subarray(i * 3072, (i + 1) * 3072), decodeToBytes(fs.readFileSync(file), [32, 32]), file));
+
+    const { split, bad } = ImageSplit.load(samples, [32, 32], 'memory');
+    assert.deepEqual(bad.map((b) => [path.basename(b.file), /^cannot decode: /.test(b.reason)]), [['0007.jpg', true]]);
+    assert.equal(split.length, 299);
+    const good = samples.filter((s) => !s.file.endsWith(`a${path.sep}0007.jpg`));
+    good.forEach((sample, i) => assert.deepEqual(split.imageBytes(i), decodeToBytes(fs.readFileSync(sample.file), [32, 32]), sample.file));
+    // Streamed, in a shuffled order, batch by batch (each decoded ahead while the one before is in use).
+    const streamed = ImageSplit.load(good, [32, 32], 'stream').split;
+    const order = new Random(3, 'order').permutation(good.length);
+    let position = 0;
+    for (const batch of streamed.batches(32, order)) {
+      const pixels = batch.images.dataSync();
+      batch.indices.forEach((index, i) => assert.deepEqual(Float32Array.from(split.imageBytes(index)), pixels.subarray(i * 3072, (i + 1) * 3072), `streamed image ${index}`));
+      position += batch.indices.length;
+      tf.dispose([batch.images, batch.labels]);
+    }
+    assert.equal(position, good.length);
   });
 
   test('epochs leak no tensors: numTensors is the same after every epoch', async () => {

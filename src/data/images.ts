@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
 import { imageSize } from 'image-size';
 import { tf } from '../tfjs/tf.ts';
+import { DecodePool, type PendingDecode } from './decode-pool.ts';
 import type { Sample } from './plan.ts';
 import type { SkippedFile } from './scan.ts';
 
@@ -62,6 +63,12 @@ export interface Batch {
 /** Where a split's decoded pixels live: in memory (decoded once) or re-read from disk per batch. */
 export type StorageMode = 'memory' | 'stream';
 
+/** Images per decode job when a split is loaded into memory. */
+const LOAD_CHUNK = 64;
+
+/** Below this many images a split is decoded on the calling thread only. */
+const POOL_MIN_IMAGES = 256;
+
 /**
  * One split's images at the training size, as uint8 (H x W x 3 bytes each). In memory mode
  * every image is decoded once and kept; in stream mode batches are decoded from disk when
@@ -96,21 +103,50 @@ export class ImageSplit {
     const bad: SkippedFile[] = [];
     const good: Sample[] = [];
     const perImage = size[0] * size[1] * 3;
-    // One buffer for the whole split, written in place: no second copy at the end.
-    const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
-    for (const sample of samples) {
-      try {
-        const bytes = fs.readFileSync(sample.file);
-        if (pixels) pixels.set(decodeToBytes(bytes, size, maxPixels), good.length * perImage);
-        else checkImageHeader(bytes, maxPixels);
-        good.push(sample);
-      } catch (error) {
-        const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
-        bad.push({ file: sample.file, reason: error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}` });
+    const reasonOf = (error: unknown) => {
+      const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+      return error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}`;
+    };
+    if (mode === 'stream') {
+      for (const sample of samples) {
+        try {
+          checkImageHeader(fs.readFileSync(sample.file), maxPixels);
+          good.push(sample);
+        } catch (error) {
+          bad.push({ file: sample.file, reason: reasonOf(error) });
+        }
       }
+      return { split: new ImageSplit(good, size, mode, maxPixels), bad };
     }
+    // One buffer for the whole split, written in place: no second copy at the end.
+    const pixels = new Uint8Array(samples.length * perImage);
+    const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
+    // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
+    const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
+    const chunks: Sample[][] = [];
+    for (let start = 0; start < samples.length; start += LOAD_CHUNK) chunks.push(samples.slice(start, start + LOAD_CHUNK));
+    // Two chunks in flight: the decode threads start the next while this thread copies one.
+    const submit = (chunk: Sample[]) => (pool ?? DecodePool.none).submit(chunk.map((s) => s.file), size, maxPixels);
+    let ahead = chunks.length > 0 ? submit(chunks[0]) : undefined;
+    chunks.forEach((chunk, c) => {
+      const current = ahead!;
+      ahead = c + 1 < chunks.length ? submit(chunks[c + 1]) : undefined;
+      const decoded = current.wait(decodeHere);
+      chunk.forEach((sample, i) => {
+        if (decoded.failed.includes(i)) {
+          try {
+            decodeHere(sample.file);
+          } catch (error) {
+            bad.push({ file: sample.file, reason: reasonOf(error) });
+            return;
+          }
+        }
+        pixels.set(decoded.pixels.subarray(i * perImage, (i + 1) * perImage), good.length * perImage);
+        good.push(sample);
+      });
+    });
     const split = new ImageSplit(good, size, mode, maxPixels);
-    split.pixels = pixels && bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
+    split.pixels = bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
     return { split, bad };
   }
 
@@ -122,22 +158,58 @@ export class ImageSplit {
 
   /** Float32 pixels of some images, [n, H, W, 3] in [0, 255]. */
   images(indices: readonly number[]): Tensor4D {
-    const [height, width] = this.size;
-    const perImage = this.bytesPerImage;
-    const values = new Float32Array(indices.length * perImage);
-    indices.forEach((index, i) => values.set(this.imageBytes(index), i * perImage));
-    return tf.tensor4d(values, [indices.length, height, width, 3], 'float32');
+    if (this.pixels) return this.tensorOf(indices.map((index) => this.imageBytes(index)), indices.length);
+    return this.tensorOf([this.collect(this.decodeAhead(indices))], indices.length);
   }
 
   /**
    * The split in batches. Pass an order (e.g. a seeded permutation per epoch) to shuffle;
-   * the caller disposes each batch's tensors.
+   * the caller disposes each batch's tensors. Streamed, each batch is decoded on the decode
+   * threads while the one before it is in use.
    */
   *batches(batchSize: number, order?: readonly number[]): Generator<Batch> {
     const sequence = order ?? Array.from({ length: this.length }, (_, i) => i);
+    const streamed = !this.pixels;
+    let ahead = streamed && sequence.length > 0 ? this.decodeAhead(sequence.slice(0, batchSize)) : undefined;
     for (let start = 0; start < sequence.length; start += batchSize) {
       const indices = sequence.slice(start, start + batchSize);
-      yield { images: this.images(indices), labels: tf.tensor1d(indices.map((i) => this.labels[i]), 'int32'), indices };
+      let images: Tensor4D;
+      if (ahead) {
+        const current = ahead;
+        const next = sequence.slice(start + batchSize, start + 2 * batchSize);
+        ahead = next.length > 0 ? this.decodeAhead(next) : undefined;
+        images = this.tensorOf([this.collect(current)], indices.length);
+      } else {
+        images = this.images(indices);
+      }
+      yield { images, labels: tf.tensor1d(indices.map((i) => this.labels[i]), 'int32'), indices };
     }
+  }
+
+  /** A decoded batch's pixels; an image that failed is decoded again here, to throw its own error. */
+  private collect(pending: PendingDecode): Uint8Array {
+    const { pixels, failed } = pending.wait((file) => this.decodeFile(file));
+    for (const index of failed) pixels.set(this.decodeFile(pending.job.files[index]), index * this.bytesPerImage);
+    return pixels;
+  }
+
+  private decodeFile(file: string): Uint8Array {
+    return decodeToBytes(fs.readFileSync(file), this.size, this.maxPixels);
+  }
+
+  private decodeAhead(indices: readonly number[]): PendingDecode {
+    return DecodePool.shared().submit(indices.map((index) => this.samples[index].file), this.size, this.maxPixels);
+  }
+
+  /** Float32 [n, H, W, 3] from uint8 pixels, given as consecutive chunks. */
+  private tensorOf(chunks: Uint8Array[], count: number): Tensor4D {
+    const [height, width] = this.size;
+    const values = new Float32Array(count * this.bytesPerImage);
+    let offset = 0;
+    for (const chunk of chunks) {
+      values.set(chunk, offset);
+      offset += chunk.length;
+    }
+    return tf.tensor4d(values, [count, height, width, 3], 'float32');
   }
 }
