@@ -8,7 +8,7 @@ import { connect, queueName } from '../src/sweep/queue.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
-import { noneLeft } from './helpers/process.ts';
+import { noneLeft, waitForStderr } from './helpers/process.ts';
 import { startRedis, type RedisServer } from './helpers/redis.ts';
 import { mlflowState, readMetrics, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
@@ -174,5 +174,21 @@ describe('tlx sweep --queue and tlx worker', () => {
     assert.equal(states[1].attempts, 1, 'one attempt, no retries');
     assert.match(waited.stdout, /failed/);
     await stopWorkers();
+  });
+
+  test('an idle worker stops on SIGTERM within seconds, even while Redis is unreachable', async () => {
+    const lonely = await startRedis(path.join(work, 'redis-lonely'));
+    const worker = execa(process.execPath, [tlxBin, '--runs-dir', artifacts, 'worker', '--queue', lonely.url], { cwd: work, env: workerEnv(), reject: false });
+    await waitForStderr(worker, /worker ready/);
+    await lonely.stop();
+    await waitForStderr(worker, /queue connection problem/);
+    const signalled = Date.now();
+    worker.kill('SIGTERM');
+    const ended = await Promise.race([worker, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 30_000))]);
+    if (ended === 'hung') worker.kill('SIGKILL');
+    assert.notEqual(ended, 'hung', 'the worker was still running 30 s after SIGTERM');
+    assert.equal(worker.exitCode, 0);
+    assert.ok(Date.now() - signalled < 15_000);
+    assert.match(String((await worker).stderr), /worker stopped/);
   });
 });

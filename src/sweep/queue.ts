@@ -274,7 +274,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     }
     return job.data.row;
   };
-  const worker = new Worker<TrialJobData>(queueName, processor, { connection: connect(options.queueUrl), concurrency: options.concurrency, ...timings(), maxStalledCount: 3, autorun: true });
+  const workerConnection = connect(options.queueUrl);
+  const worker = new Worker<TrialJobData>(queueName, processor, { connection: workerConnection, concurrency: options.concurrency, ...timings(), maxStalledCount: 3, autorun: true });
   worker.on('completed', (job) => job.data.step === 'done' && log.info({ job: job.id }, `trial ${job.data.trial.trial}: done`));
   worker.on('failed', (job, error) => job && !(error instanceof DelayedError) && log.warn({ job: job.id, error: redactText(error.message) }, `trial ${job.data.trial.trial}: ${redactText(error.message)}`));
   worker.on('error', (error) => log.warn({ error: redactText(error.message) }, 'queue connection problem; retrying'));
@@ -283,7 +284,11 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   await new Promise<void>((resolve) => {
     const onSignal = () => {
       signals++;
-      if (signals === 1) {
+      if (signals === 1 && active.size === 0) {
+        // Nothing to finish: stop now, even when Redis is unreachable (a graceful close would wait for it).
+        log.warn('worker: stopping (no trial running)');
+        void withinSeconds(worker.close(true), 5).then(resolve);
+      } else if (signals === 1) {
         log.warn('worker: finishing the current trial(s), then stopping (Ctrl-C again to checkpoint them and give them back)');
         void worker.close().then(resolve);
       } else if (signals === 2) {
@@ -295,6 +300,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
   });
-  await queue.close();
+  await withinSeconds(queue.close(), 5);
+  // ioredis reconnects for ever; nothing may keep the process alive once the worker is closed.
   connection.disconnect();
+  workerConnection.disconnect();
+  log.info('worker stopped');
+}
+
+/** Waits for a promise at most this long (closing against an unreachable Redis never ends). */
+async function withinSeconds(promise: Promise<unknown>, seconds: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([promise.catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, seconds * 1000)))]);
+  clearTimeout(timer);
 }
