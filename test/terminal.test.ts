@@ -21,7 +21,8 @@ const runsDir = path.join(work, 'runs');
 async function inTerminal(args: string[], env: Record<string, string> = {}): Promise<{ screen: string; exitCode: number }> {
   const command = [process.execPath, tlxBin, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
   // The screen of a colour terminal, whatever this process's own environment says (CI runners often set NO_COLOR).
-  const screenEnv = { ...process.env, NO_COLOR: undefined, TERM: 'xterm-256color', ...env };
+  const { NO_COLOR: _inherited, ...inherited } = process.env;
+  const screenEnv = { ...inherited, TERM: 'xterm-256color', ...env };
   const result = await execa('script', ['-qfec', `stty cols 80 rows 40; ${command}`, '/dev/null'], { cwd: work, env: screenEnv, extendEnv: false, reject: false, timeout: 600_000 });
   return { screen: String(result.stdout), exitCode: result.exitCode ?? -1 };
 }

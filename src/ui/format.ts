@@ -38,7 +38,8 @@ export interface Style extends HumanStyle {
 }
 
 export function styleFor(enabled: boolean): Style {
-  const paint = (format: Parameters<typeof styleText>[0]) => (text: string) => (enabled ? styleText(format, text) : text);
+  // colorEnabled decides; styleText would otherwise drop colours on its own when CI is set.
+  const paint = (format: Parameters<typeof styleText>[0]) => (text: string) => (enabled ? styleText(format, text, { validateStream: false }) : text);
   return { dim: paint('dim'), yellow: paint('yellow'), red: paint('red'), bold: paint('bold'), green: paint('green') };
 }
 
