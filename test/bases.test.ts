@@ -136,10 +136,10 @@ describe('bases layer for layer as keras.applications builds them', () => {
     base.dispose();
   });
 
-  test('the folded path: every Conv -> BatchNorm is one fused kernel; ReLU joins it, hard-swish and swish follow it', () => {
-    for (const [base, withRelu] of [
-      ['mobilenet_v3_small', 5],
-      ['efficientnet_b0', 0],
+  test('the folded path: every Conv -> BatchNorm is one fused kernel, and the ReLU, hard-swish or swish after it joins it', () => {
+    for (const [base, withRelu, other] of [
+      ['mobilenet_v3_small', 5, 'HardSwish'],
+      ['efficientnet_b0', 0, 'Swish'],
     ] as const) {
       const classifier = buildClassifier({ base, alpha: 1.0, imageSize: [96, 96], classCount: 3, dropout: 0.2, seed: 1 });
       const steps = compileGraph(classifier.model).steps;
@@ -148,6 +148,7 @@ describe('bases layer for layer as keras.applications builds them', () => {
       assert.ok(batchNorms > 30);
       assert.equal(fused.length, batchNorms, `${base}: every BatchNorm folded`);
       assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === 'Relu').length, withRelu, `${base}: ReLU fused`);
+      assert.ok(fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === other).length >= 10, `${base}: ${other} fused`);
       assert.equal(
         steps.some((step) => step.layers.some((layer) => kerasClassName(layer) === 'Dropout' && layer.name !== 'dropout')),
         false,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, unfusedDepthwise, type FusedActivation } from '../src/models/fused-kernels.ts';
+import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, oneDnnConvRunsFused, unfusedDepthwise, type FusedActivation } from '../src/models/fused-kernels.ts';
 import { runOp } from '../src/tfjs/native-ops.ts';
 import { tf } from '../src/tfjs/tf.ts';
 
@@ -34,14 +34,20 @@ test('TensorFlow ops without a tfjs kernel run by name through the native backen
   tf.dispose([image, shiftRight, outputShape, fill, out]);
 });
 
-test('list attributes reach TensorFlow (binding patch): the fused conv kernels equal conv + bias (+ relu or relu6)', () => {
+test('list attributes reach TensorFlow (binding patch): the fused conv kernels equal conv + bias (+ relu, relu6, hard-swish or swish)', () => {
   const x = tf.randomNormal([2, 7, 7, 6], 0, 3, 'float32', 1) as Tensor4D;
   const filter = tf.randomNormal([3, 3, 6, 4], 0, 1, 'float32', 2) as Tensor4D;
   const bias = tf.randomNormal([4], 0, 1, 'float32', 3) as Tensor1D;
   const depthwiseFilter = tf.randomNormal([3, 3, 6, 1], 0, 1, 'float32', 4) as Tensor4D;
   const depthwiseBias = tf.randomNormal([6], 0, 1, 'float32', 5) as Tensor1D;
   const maxDiff = (a: Tensor4D, b: Tensor4D) => tf.tidy(() => tf.max(tf.abs(a.sub(b))).dataSync()[0]);
-  const activations = { Relu6: (y: Tensor4D) => tf.clipByValue(y, 0, 6), Relu: (y: Tensor4D) => tf.relu(y), none: (y: Tensor4D) => y };
+  const activations = {
+    Relu6: (y: Tensor4D) => tf.clipByValue(y, 0, 6),
+    Relu: (y: Tensor4D) => tf.relu(y),
+    HardSwish: (y: Tensor4D) => y.mul(tf.relu6(y.add(3))).div(6) as Tensor4D,
+    Swish: (y: Tensor4D) => y.mul(tf.sigmoid(y)) as Tensor4D,
+    none: (y: Tensor4D) => y,
+  };
   for (const [name, activate] of Object.entries(activations)) {
     for (const [strides, padding] of [[1, 'SAME'], [2, 'VALID']] as const) {
       const activation = name === 'none' ? undefined : (name as FusedActivation);
@@ -58,5 +64,6 @@ test('list attributes reach TensorFlow (binding patch): the fused conv kernels e
     }
   }
   assert.equal(depthwiseRunsFused(), true, 'depthwise ran as one fused kernel');
+  assert.equal(oneDnnConvRunsFused(), true, 'conv with hard-swish/swish ran as oneDNN\'s fused kernel');
   tf.dispose([x, filter, bias, depthwiseFilter, depthwiseBias]);
 });

@@ -3,14 +3,25 @@ import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
- * Convolution + bias (+ ReLU or ReLU6) as one native kernel, the way TensorFlow's graph optimizer
+ * Convolution + bias (+ ReLU, ReLU6, hard-swish or swish) as one native kernel, the way TensorFlow's graph optimizer
  * (grappler's remapper) runs a Keras model once BatchNormalization is folded into the
  * weights: the bias and the clamp are applied as each output tile is written, instead of
  * two more passes over a large activation. Inference only (no gradient).
  */
 
 /** The activation a fused kernel applies after the bias, if any. */
-export type FusedActivation = 'Relu' | 'Relu6';
+export type FusedActivation = 'Relu' | 'Relu6' | 'HardSwish' | 'Swish';
+
+/** oneDNN's names for the activations only its fused kernels take (MobileNetV3's and EfficientNet's). */
+const oneDnnActivation: Partial<Record<FusedActivation, string>> = { HardSwish: '_FusedHardSwish', Swish: '_MklSwish' };
+
+/** The activation as ops of their own (for kernels that cannot fuse it). */
+function activate(y: Tensor4D, activation: FusedActivation | undefined): Tensor4D {
+  if (!activation) return y;
+  if (activation === 'HardSwish') return tf.tidy(() => y.mul(tf.clipByValue(y.add(3), 0, 6)).mul(1 / 6)) as Tensor4D;
+  if (activation === 'Swish') return tf.tidy(() => y.mul(tf.sigmoid(y))) as Tensor4D;
+  return runOp(activation, [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D;
+}
 
 export interface FusedConvOptions {
   strides: [number, number];
@@ -18,7 +29,7 @@ export interface FusedConvOptions {
   activation?: FusedActivation;
 }
 
-function commonAttrs(options: FusedConvOptions): OpAttr[] {
+function commonAttrs(options: FusedConvOptions, fusedOps = options.activation ? ['BiasAdd', oneDnnActivation[options.activation] ?? options.activation] : ['BiasAdd']): OpAttr[] {
   return [
     { name: 'T', kind: 'type', value: 'float32' },
     { name: 'num_args', kind: 'int', value: 1 },
@@ -26,26 +37,46 @@ function commonAttrs(options: FusedConvOptions): OpAttr[] {
     { name: 'padding', kind: 'string', value: options.padding },
     { name: 'data_format', kind: 'string', value: 'NHWC' },
     { name: 'dilations', kind: 'int', value: [1, 1, 1, 1] },
-    { name: 'fused_ops', kind: 'string', value: options.activation ? ['BiasAdd', options.activation] : ['BiasAdd'] },
+    { name: 'fused_ops', kind: 'string', value: fusedOps },
     { name: 'epsilon', kind: 'float', value: 1e-4 },
     { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
   ];
 }
 
-/** _FusedConv2D: filter [h, w, in, out], bias [out]. */
+const conv2dAttrs: OpAttr[] = [
+  { name: 'TArgs', kind: 'type', value: ['float32'] },
+  { name: 'num_host_args', kind: 'int', value: 0 },
+  { name: 'filter_format', kind: 'string', value: 'HWIO' },
+  { name: 'explicit_paddings', kind: 'int', value: [] },
+  { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
+];
+
+/** Whether oneDNN's conv kernel with hard-swish/swish exists here (undefined until first asked). */
+let oneDnnConvAvailable: boolean | undefined;
+
+/**
+ * Conv2D, filter [h, w, in, out], bias [out]: TensorFlow's _FusedConv2D for ReLU/ReLU6;
+ * hard-swish and swish only oneDNN's kernel fuses (as grappler does for Keras), with the
+ * activation as separate ops on a build without it.
+ */
 export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
-  return runOp(
-    '_FusedConv2D',
-    [
-      ...commonAttrs(options),
-      { name: 'TArgs', kind: 'type', value: ['float32'] },
-      { name: 'num_host_args', kind: 'int', value: 0 },
-      { name: 'filter_format', kind: 'string', value: 'HWIO' },
-      { name: 'explicit_paddings', kind: 'int', value: [] },
-      { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
-    ],
-    [x, filter, bias],
-  ) as Tensor4D;
+  if (options.activation && oneDnnActivation[options.activation] && oneDnnConvAvailable !== false) {
+    try {
+      const y = runOp('_MklNativeFusedConv2D', [...commonAttrs(options), ...conv2dAttrs, { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], [x, filter, bias]) as Tensor4D;
+      oneDnnConvAvailable = true;
+      return y;
+    } catch (error) {
+      if (oneDnnConvAvailable) throw error;
+      oneDnnConvAvailable = false;
+    }
+  }
+  if (options.activation && oneDnnActivation[options.activation]) {
+    const y = runOp('_FusedConv2D', [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
+    const activated = activate(y, options.activation);
+    y.dispose();
+    return activated;
+  }
+  return runOp('_FusedConv2D', [...commonAttrs(options), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
 }
 
 /**
@@ -57,18 +88,29 @@ export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, optio
 let fusedDepthwiseAvailable: boolean | undefined;
 
 function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
-  return runOp(
+  // oneDNN's depthwise kernel fuses hard-swish but not swish: swish then runs as its own ops.
+  const fusable = options.activation !== 'Swish';
+  const y = runOp(
     '_MklNativeFusedDepthwiseConv2dNative',
-    [...commonAttrs(options), { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }],
+    [...commonAttrs(fusable ? options : { ...options, activation: undefined }), { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }],
     [x, filter, bias],
   ) as Tensor4D;
+  if (fusable) return y;
+  const activated = activate(y, options.activation);
+  y.dispose();
+  return activated;
 }
 
 export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   return tf.tidy(() => {
     const y = tf.depthwiseConv2d(x, filter, options.strides, options.padding === 'SAME' ? 'same' : 'valid').add(bias) as Tensor4D;
-    return options.activation ? (runOp(options.activation, [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D) : y;
+    return activate(y, options.activation);
   });
+}
+
+/** Whether convs with hard-swish/swish run as one oneDNN kernel (undefined until the first one ran). */
+export function oneDnnConvRunsFused(): boolean | undefined {
+  return oneDnnConvAvailable;
 }
 
 /** Whether depthwise convs run as one kernel (undefined until the first one ran). */

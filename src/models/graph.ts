@@ -2,7 +2,7 @@ import type { LayersModel, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorf
 import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
-import { InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
+import { Activation, InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
 
 /**
  * A functional model (nested models flattened) as a list of steps in execution order,
@@ -89,10 +89,11 @@ function foldableConv(layer: Layer): boolean {
 function fusableActivation(layer: Layer): FusedActivation | undefined {
   if (layer instanceof ReLU6) return 'Relu6';
   if (layer instanceof ReLU) return 'Relu';
+  if (layer instanceof Activation) return layer.activation === 'hard_silu' ? 'HardSwish' : 'Swish';
   return undefined;
 }
 
-/** Merges Conv -> BatchNorm (-> ReLU / ReLU6) chains whose intermediate tensors nobody else reads. */
+/** Merges Conv -> BatchNorm (-> ReLU / ReLU6 / hard-swish / swish) chains whose intermediate tensors nobody else reads. */
 function fuseChains(steps: Step[], output: TensorId): Step[] {
   const readers = new Map<TensorId, number>();
   for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
