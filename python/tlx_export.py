@@ -232,6 +232,8 @@ def export(request):
     lap("keras_check")
 
     degrade_for_test(model)  # before conversion: the frozen graph takes the weights as they are now
+    if os.environ.get("TLX_TEST_EXPORT_FAIL"):
+        check(report, "test_injected_failure", False, "a failure injected by TLX_TEST_EXPORT_FAIL")
     representative = load_images(request["representative_images"], request["representative_count"], height, width)
     flatbuffer = convert(concrete_function, mode, io_type, representative)
     lap("convert")

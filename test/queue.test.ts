@@ -176,6 +176,23 @@ describe('tlx sweep --queue and tlx worker', () => {
     await stopWorkers();
   });
 
+  test("a group leader whose export fails still hands its feature extraction on: the other trials run and the sweep ends", async () => {
+    const file = writeExperiment(work, 'orphans', `seed: 4\n${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 } }\nexport: { tflite: { quantization: float16 } }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
+    const worker = execa(process.execPath, [tlxBin, '--runs-dir', artifacts, 'worker', '--queue', redis.url], { cwd: work, env: { ...workerEnv(), TLX_TEST_EXPORT_FAIL: '1' }, reject: false });
+    workers.push(worker);
+    const waited = await runTlx(['--runs-dir', artifacts, 'sweep', file, '--queue', redis.url, '--wait'], { cwd: work, timeout: 600_000 });
+    assert.equal(waited.timedOut ?? false, false, 'the sweep ended');
+    assert.equal(waited.exitCode, 1, waited.stderr.slice(-2000));
+    const states = (await jobs()).filter((j) => j.id.startsWith('orphans-')).sort((a, b) => a.id.localeCompare(b.id));
+    assert.deepEqual(states.map((j) => [j.state, j.attempts]), [['failed', 1], ['failed', 1]], 'each trial ran once, failing at its export');
+    const dirs = fs.readdirSync(artifacts).filter((d) => d.startsWith('orphans-') && /-trial-\d+$/.test(d)).sort().map((d) => path.join(artifacts, d));
+    assert.equal(dirs.length, 2);
+    const featureExtraction = (dir: string) => readMetrics(dir).filter((r) => r.phase !== 'fine_tune').map((r) => [r.epoch, r.loss, r.val_loss]);
+    assert.deepEqual(featureExtraction(dirs[1]), featureExtraction(dirs[0]), 'the follower started from the leader\'s feature extraction');
+    assert.ok(readMetrics(dirs[1]).some((r) => r.phase === 'fine_tune'), 'and trained its own fine-tuning');
+    await stopWorkers();
+  });
+
   test('an idle worker stops on SIGTERM within seconds, even while Redis is unreachable', async () => {
     const lonely = await startRedis(path.join(work, 'redis-lonely'));
     const worker = execa(process.execPath, [tlxBin, '--runs-dir', artifacts, 'worker', '--queue', lonely.url], { cwd: work, env: workerEnv(), reject: false });

@@ -35,7 +35,7 @@ export function venvPython(): string {
 
 /** What a Python child may see: locale, paths, TensorFlow's log level; no MLflow or cloud secrets. */
 export function pythonEnv(): Record<string, string> {
-  return minimalEnv({ TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2', PYTHONUNBUFFERED: '1', PYTHONPATH: path.join(projectRoot, 'python'), TLX_TEST_KILL_AT: process.env.TLX_TEST_KILL_AT, TLX_TEST_EXPORT_NOISE: process.env.TLX_TEST_EXPORT_NOISE });
+  return minimalEnv({ TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2', PYTHONUNBUFFERED: '1', PYTHONPATH: path.join(projectRoot, 'python'), TLX_TEST_KILL_AT: process.env.TLX_TEST_KILL_AT, TLX_TEST_EXPORT_NOISE: process.env.TLX_TEST_EXPORT_NOISE, TLX_TEST_EXPORT_FAIL: process.env.TLX_TEST_EXPORT_FAIL });
 }
 
 interface Pending {

@@ -10,12 +10,14 @@ import type { Logger } from '../core/log.ts';
 import { projectRoot } from '../core/project.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import { writeChartPng } from '../plots/render.ts';
+import { findCheckpoint } from '../run-folder/checkpoints.ts';
+import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { trackingUriFor } from '../track/sync.ts';
 import { describeAssignments, parentRunOf, planRecordOf, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
-import type { QueuedTrial } from './trial.ts';
+import { trialRunId, type QueuedTrial } from './trial.ts';
 
 /**
  * Sweeps across machines on BullMQ (Redis): the coordinator plans the sweep exactly as a
@@ -232,6 +234,16 @@ async function runTrialChild(trial: QueuedTrial, options: WorkerOptions, active:
   }
 }
 
+/** A failed leader's followers, as jobs of their own (idempotent: the same job ids). */
+async function enqueueOrphans(queue: Queue<TrialJobData>, leader: QueuedTrial, followers: QueuedTrial[]): Promise<void> {
+  const leaderFolder = RunFolder.tryOpen(path.join(leader.runsDir, trialRunId(leader.sweepId, leader.trial)));
+  const shareable = Boolean(leaderFolder && findCheckpoint(leaderFolder.checkpoint('feature_extraction')));
+  for (const follower of followers) {
+    const { leaderTrial: _leader, ...alone } = follower;
+    await queue.add('trial', { trial: shareable ? follower : alone, followers: [] }, { ...jobOptions, jobId: follower.jobId });
+  }
+}
+
 /**
  * `tlx worker`: runs queued trials until stopped. Ctrl-C once: finish the current trials,
  * then exit; twice: stop them at the next batch (checkpointed) and give them back to the
@@ -256,7 +268,13 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       }
       if (outcome.exitCode !== 0 || !outcome.row) {
         const message = outcome.error ?? `the trial process exited with code ${outcome.exitCode}`;
-        if (outcome.exitCode === 2 || /^export failed/.test(message)) throw new UnrecoverableError(message);
+        if (outcome.exitCode === 2 || /^export failed/.test(message)) {
+          // The group's other trials must still run (a sweep waits for every trial): from this
+          // trial's feature extraction when it got that far, as in a local sweep, else on their own.
+          await enqueueOrphans(queue, trial, job.data.followers);
+          throw new UnrecoverableError(message);
+        }
+        if (job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) await enqueueOrphans(queue, trial, job.data.followers);
         throw new Error(message);
       }
       await job.updateData({ ...job.data, row: outcome.row, step: job.data.followers.length ? 'children' : 'done' });
