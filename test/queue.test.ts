@@ -204,8 +204,10 @@ describe('tlx sweep --queue and tlx worker', () => {
     const ended = await Promise.race([worker, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 30_000))]);
     if (ended === 'hung') worker.kill('SIGKILL');
     assert.notEqual(ended, 'hung', 'the worker was still running 30 s after SIGTERM');
-    assert.equal(worker.exitCode, 0);
-    assert.ok(Date.now() - signalled < 15_000);
-    assert.match(String((await worker).stderr), /worker stopped/);
+    const { exitCode, signal, stderr } = await worker;
+    // execa sends SIGKILL 5 s after SIGTERM: a worker held open by a leftover timer shows as signal SIGKILL here.
+    assert.equal(exitCode, 0, `signal ${signal}; stderr: ${String(stderr).slice(-1500)}`);
+    assert.ok(Date.now() - signalled < 4_000, `stopped ${Date.now() - signalled} ms after SIGTERM`);
+    assert.match(String(stderr), /worker stopped/);
   });
 });

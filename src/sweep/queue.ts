@@ -297,15 +297,19 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   worker.on('completed', (job) => job.data.step === 'done' && log.info({ job: job.id }, `trial ${job.data.trial.trial}: done`));
   worker.on('failed', (job, error) => job && !(error instanceof DelayedError) && log.warn({ job: job.id, error: redactText(error.message) }, `trial ${job.data.trial.trial}: ${redactText(error.message)}`));
   worker.on('error', (error) => log.warn({ error: redactText(error.message) }, 'queue connection problem; retrying'));
-  log.info({ queue: redactUrl(options.queueUrl), concurrency: options.concurrency, pid: process.pid }, 'worker ready');
   let signals = 0;
-  await new Promise<void>((resolve) => {
+  let connected = false;
+  const stopped = new Promise<void>((resolve) => {
     const onSignal = () => {
       signals++;
       if (signals === 1 && active.size === 0) {
-        // Nothing to finish: stop now, even when Redis is unreachable (a graceful close would wait for it).
+        // Nothing to finish: stop now, even when Redis is unreachable (a graceful close would
+        // wait for it). Before the first connection, BullMQ's close would drop the listeners
+        // of a connection still being set up, whose failure then ends the process with an
+        // unhandled 'error' event; a job claimed in between goes back to the queue as stalled.
         log.warn('worker: stopping (no trial running)');
-        void withinSeconds(worker.close(true), 5).then(resolve);
+        if (connected) void withinSeconds(worker.close(true), 5).then(resolve);
+        else resolve();
       } else if (signals === 1) {
         log.warn('worker: finishing the current trial(s), then stopping (Ctrl-C again to checkpoint them and give them back)');
         void worker.close().then(resolve);
@@ -318,7 +322,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
   });
-  await withinSeconds(queue.close(), 5);
+  // Ready means connected: both connections have answered, so a stop from here on closes cleanly.
+  void Promise.all([worker.waitUntilReady(), queue.waitUntilReady()]).then(
+    () => {
+      connected = true;
+      if (signals === 0) log.info({ queue: redactUrl(options.queueUrl), concurrency: options.concurrency, pid: process.pid }, 'worker ready');
+    },
+    () => undefined,
+  );
+  await stopped;
+  if (connected) await withinSeconds(queue.close(), 5);
   // ioredis reconnects for ever; nothing may keep the process alive once the worker is closed.
   connection.disconnect();
   workerConnection.disconnect();
