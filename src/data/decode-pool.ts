@@ -97,10 +97,13 @@ export class DecodePool {
     });
   }
 
-  /** Threads: $TLX_DECODE_THREADS, else one per core (the training thread helps too). */
+  /**
+   * Threads: $TLX_DECODE_THREADS, else one per core but one: the calling thread decodes too,
+   * and one more decoder than cores was measured slower (bench/compare.ts decode).
+   */
   static shared(): DecodePool {
-    const configured = Number(process.env.TLX_DECODE_THREADS);
-    return (DecodePool.instance ??= new DecodePool(Number.isInteger(configured) && configured >= 0 ? configured : os.availableParallelism()));
+    const configured = process.env.TLX_DECODE_THREADS?.trim() ? Number(process.env.TLX_DECODE_THREADS) : NaN;
+    return (DecodePool.instance ??= new DecodePool(Number.isInteger(configured) && configured >= 0 ? configured : Math.max(1, os.availableParallelism() - 1)));
   }
 
   static async closeShared(): Promise<void> {

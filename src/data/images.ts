@@ -44,7 +44,9 @@ export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, max
   const rounded = tf.tidy(() => {
     const decoded = tf.node.decodeImage(bytes, 3, 'int32', false) as Tensor3D;
     if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded;
-    return tf.image.resizeBilinear(decoded.toFloat(), [height, width], false, true).round().clipByValue(0, 255).toInt();
+    // ResizeBilinear takes the integers as they are (it computes in float32); its weights are
+    // convex, so the result stays within 0..255 and needs no clipping.
+    return tf.image.resizeBilinear(decoded, [height, width], false, true).round().toInt();
   });
   // Int32Array -> Uint8Array copy in native code; a per-value JS callback is ~25x slower.
   const result = new Uint8Array(rounded.dataSync() as Int32Array);
