@@ -40,6 +40,11 @@ export interface RunOptions {
   exporter?: Exporter;
   /** Export TFLite after training (default: when the config asks for it). */
   export?: boolean;
+  /**
+   * With export false: a worker that will export a model like this one later (a sweep's best
+   * trial), prepared while this run trains, so its TensorFlow import is off the export's path.
+   */
+  warmForLater?: Exporter;
   /** Terminal progress (run-level line and per-epoch bar), made once the run's config is known. */
   progress?: RunProgressFactory;
   /** The queue job this run belongs to: a lock left by the same job on a dead worker is taken over. */
@@ -220,10 +225,13 @@ async function closeRun(context: RunContext, status: RunStatus, failure?: { erro
  * import and Keras's rebuild of the classifier happen on the side, off the export's path.
  */
 function warmExporter(context: RunContext, model: RunModel): void {
-  if (!context.config.export.tflite || context.options.export === false) return;
-  if (!context.options.exporter) context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
-  context.exporter = context.options.exporter ?? context.ownExporter;
-  context.exporter!.call('warm', { classifier: describeClassifier(model.classifier) }).catch((error: unknown) => context.log.debug({ error: String(error) }, 'the export worker could not prepare; the export will say why'));
+  if (!context.config.export.tflite) return;
+  let warming: Exporter | undefined = context.options.warmForLater;
+  if (context.options.export !== false) {
+    if (!context.options.exporter) context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
+    warming = context.exporter = context.options.exporter ?? context.ownExporter;
+  }
+  warming?.call('warm', { classifier: describeClassifier(model.classifier) }).catch((error: unknown) => context.log.debug({ error: String(error) }, 'the export worker could not prepare; the export will say why'));
 }
 
 function disposeModel(model: RunModel): void {

@@ -239,7 +239,10 @@ class TrialRunner {
       this.save();
     };
     const exporter = this.exportsTrials ? this.sharedExporter() : undefined;
-    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, register: false, onOpen };
+    // sweep.export best: the exporter starts with the first trial and is ready when the winner is known.
+    const exportsBest = this.planned.exportPolicy === 'best' && Boolean(this.planned.base.config.export.tflite);
+    const warmForLater = exportsBest ? this.sharedExporter() : undefined;
+    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, warmForLater, register: false, onOpen };
   }
 }
 
