@@ -232,8 +232,14 @@ function laterEpochSeconds(dir: string): number[] {
 function augmentedExperiment(name: string, data: string, epochs: number): string {
   return experiment(
     `${name}.yaml`,
-    `name: ${name}\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [96, 96], batch_size: 32, test_fraction_of_validation: 0 }\naugmentation: [ { random_flip: horizontal } ]\nmodel: { weights: none }\ntrain: { feature_extraction: { epochs: ${epochs} }, fine_tune: { epochs: 0 } }\nexport: { tflite: false }\n`,
+    `name: ${name}\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [96, 96], batch_size: 32, test_fraction_of_validation: 0 }\naugmentation: [ { random_flip: horizontal } ]\nmodel: { weights: none }\ntrain: { feature_extraction: { epochs: ${epochs} }, fine_tune: { epochs: 0 } }\n`,
   );
+}
+
+/** TLX_MEMORY_BUDGET_MB=1 must have made the run stream its data from disk. */
+function assertStreamed(dir: string): void {
+  const storage = (JSON.parse(fs.readFileSync(path.join(dir, 'dataset.json'), 'utf8')) as { storage: string }).storage;
+  if (storage !== 'stream') throw new Error(`the streamed run was not streamed (${storage})`);
 }
 
 /** A feature-extraction epoch streamed from disk (decoded ahead on threads) vs the same epoch in memory. */
@@ -243,9 +249,8 @@ async function stream(): Promise<void> {
   const streamed: number[] = [];
   const inMemory: number[] = [];
   for (let r = 0; r < repeats; r++) {
-    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '0' });
-    const storage = (JSON.parse(fs.readFileSync(path.join(a.result.dir as string, 'dataset.json'), 'utf8')) as { storage: string }).storage;
-    if (storage !== 'stream') throw new Error(`the streamed run was not streamed (${storage})`);
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '1' });
+    assertStreamed(a.result.dir as string);
     streamed.push(median(laterEpochSeconds(a.result.dir as string)));
     const b = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file]);
     inMemory.push(median(laterEpochSeconds(b.result.dir as string)));
@@ -281,7 +286,8 @@ async function growth(): Promise<void> {
     const perThousand: number[] = [];
     const peak: number[] = [];
     for (let r = 0; r < repeats; r++) {
-      const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-growth'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '0' });
+      const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-growth'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '1' });
+      assertStreamed(a.result.dir as string);
       const epoch = fs.readFileSync(path.join(a.result.dir as string, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).find((m) => m.epoch === 1)!;
       perThousand.push(epoch.seconds / thousands);
       peak.push(a.peakMb);
