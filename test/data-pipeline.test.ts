@@ -103,12 +103,21 @@ describe('scanning, decoding and splitting', () => {
     const stream = await prepareDataset(loaded.config, { baseDir: loaded.baseDir, memoryBudgetBytes: 1 });
     assert.equal(memory.storage, 'memory');
     assert.equal(stream.storage, 'stream');
-    // One rule for both: decoded, resized, rounded once to uint8. Every pixel of every split is identical.
+    // One rule for all: decoded, resized, rounded once to uint8. Every pixel of every split is
+    // identical in memory, streamed from the pixel file, and decoded again per batch (no room for the file).
     for (const name of ['train', 'validation', 'test'] as const) {
-      const indices = Array.from({ length: memory.splits[name].length }, (_, i) => i);
-      const [x, y] = [memory.splits[name].images(indices), stream.splits[name].images(indices)];
-      assert.deepEqual(Buffer.from(x.dataSync().buffer), Buffer.from(y.dataSync().buffer), `${name}: streamed pixels differ from in-memory pixels`);
-      tf.dispose([x, y]);
+      const split = memory.splits[name];
+      const perBatch = ImageSplit.load([...split.samples], split.size, 'stream').split;
+      const indices = Array.from({ length: split.length }, (_, i) => i);
+      const [x, y, z] = [split.images(indices), stream.splits[name].images(indices), perBatch.images(indices)];
+      assert.deepEqual(Buffer.from(y.dataSync().buffer), Buffer.from(x.dataSync().buffer), `${name}: pixels streamed from the pixel file differ from in-memory pixels`);
+      assert.deepEqual(Buffer.from(z.dataSync().buffer), Buffer.from(x.dataSync().buffer), `${name}: pixels decoded per batch differ from in-memory pixels`);
+      tf.dispose([x, y, z]);
+      if (split.length === 0) continue;
+      const batch = stream.splits[name].batches(4, [...indices].reverse()).next().value!;
+      const expected = split.images(batch.indices);
+      assert.deepEqual(Buffer.from(batch.images.dataSync().buffer), Buffer.from(expected.dataSync().buffer), `${name}: a shuffled streamed batch differs`);
+      tf.dispose([expected, batch.images, batch.labels]);
     }
   });
 

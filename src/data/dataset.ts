@@ -118,6 +118,13 @@ function memoryBudget(options: PrepareOptions): number {
   return Number.isFinite(mb) && mb > 0 ? mb * 1024 * 1024 : 4 * 1024 ** 3;
 }
 
+/** Free space for a pixel file of `bytes`, keeping 1 GiB spare for everything else. */
+function hasRoomFor(dir: string, bytes: number): boolean {
+  fs.mkdirSync(dir, { recursive: true });
+  const { bavail, bsize } = fs.statfsSync(dir);
+  return bavail * bsize > bytes + 1024 ** 3;
+}
+
 function formatBytes(bytes: number): string {
   return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GiB` : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
 }
@@ -137,17 +144,20 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   const total = plan.splits.train.length + plan.splits.validation.length + plan.splits.test.length;
   const bytes = total * imageSize[0] * imageSize[1] * 3;
   const storage: StorageMode = bytes <= memoryBudget(options) ? 'memory' : 'stream';
+  const pixelDir = storage === 'stream' && hasRoomFor(cacheDir, bytes) ? path.join(cacheDir, 'pixels') : undefined;
   log.info(
-    { images: total, storage, bytes },
+    { images: total, storage, bytes, ...(pixelDir ? { pixel_dir: pixelDir } : {}) },
     storage === 'memory'
       ? `decoding ${total} images once and keeping them in memory (${formatBytes(bytes)} as uint8)`
-      : `${total} images need ${formatBytes(bytes)}, over the memory budget: streaming batches from disk`,
+      : pixelDir
+        ? `${total} images need ${formatBytes(bytes)}, over the memory budget: decoding them once into a pixel file under ${pixelDir} (removed when tlx exits); epochs stream from it`
+        : `${total} images need ${formatBytes(bytes)}, over the memory budget, and the disk under ${cacheDir} has no room for them decoded: decoding each batch again from its files`,
   );
   const skipped = [...plan.skipped];
   const splits = {} as Record<SplitName, ImageSplit>;
   const maxPixels = config.dataset.max_image_pixels ?? defaultMaxImagePixels;
   for (const name of ['train', 'validation', 'test'] as const) {
-    const { split, bad } = ImageSplit.load(plan.splits[name], imageSize, storage, maxPixels);
+    const { split, bad } = ImageSplit.load(plan.splits[name], imageSize, storage, maxPixels, pixelDir);
     splits[name] = split;
     skipped.push(...bad.map((b) => ({ ...b, file: path.relative(source.root, b.file) })));
   }

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
 import { imageSize } from 'image-size';
 import { tf } from '../tfjs/tf.ts';
@@ -45,11 +46,12 @@ export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, max
     const decoded = tf.node.decodeImage(bytes, 3, 'int32', false) as Tensor3D;
     if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded;
     // ResizeBilinear takes the integers as they are (it computes in float32); its weights are
-    // convex, so the result stays within 0..255 and needs no clipping.
-    return tf.image.resizeBilinear(decoded, [height, width], false, true).round().toInt();
+    // convex, so the rounded result stays within 0..255 and needs neither a clip nor a cast.
+    return tf.image.resizeBilinear(decoded, [height, width], false, true).round();
   });
-  // Int32Array -> Uint8Array copy in native code; a per-value JS callback is ~25x slower.
-  const result = new Uint8Array(rounded.dataSync() as Int32Array);
+  // Whole numbers in 0..255 (int32, or float32 after the resize) convert exactly in one native
+  // typed-array copy; a per-value JS callback is ~25x slower.
+  const result = new Uint8Array(rounded.dataSync() as Int32Array | Float32Array);
   rounded.dispose();
   return result;
 }
@@ -62,7 +64,11 @@ export interface Batch {
   indices: number[];
 }
 
-/** Where a split's decoded pixels live: in memory (decoded once) or re-read from disk per batch. */
+/**
+ * Where a split's decoded pixels live: in memory, or streamed from disk (decoded once into a
+ * pixel file when there is room for it, as tf.data's `cache(filename)`; else decoded again
+ * per batch). Either way every image is decoded once at load, so bad files are known up front.
+ */
 export type StorageMode = 'memory' | 'stream';
 
 /** Images per decode job when a split is loaded into memory. */
@@ -79,6 +85,8 @@ const POOL_MIN_IMAGES = 256;
 export class ImageSplit {
   readonly labels: Int32Array;
   private pixels?: Uint8Array;
+  /** Stream mode with a pixel file: its descriptor (the file itself is already unlinked). */
+  private pixelFile?: number;
 
   private constructor(
     readonly samples: Sample[],
@@ -98,10 +106,12 @@ export class ImageSplit {
   }
 
   /**
-   * Checks (and in memory mode keeps) every image. Files that cannot be decoded or are too
-   * large are dropped from the split and returned, so the caller can record or refuse them.
+   * Checks every image and keeps its pixels: in memory, or in stream mode in a pixel file
+   * under `pixelDir` when given (else batches are decoded again when asked for). Files that
+   * cannot be decoded or are too large are dropped from the split and returned, so the
+   * caller can record or refuse them.
    */
-  static load(samples: Sample[], size: ImageSize, mode: StorageMode, maxPixels = defaultMaxImagePixels): { split: ImageSplit; bad: SkippedFile[] } {
+  static load(samples: Sample[], size: ImageSize, mode: StorageMode, maxPixels = defaultMaxImagePixels, pixelDir?: string): { split: ImageSplit; bad: SkippedFile[] } {
     const bad: SkippedFile[] = [];
     const good: Sample[] = [];
     const perImage = size[0] * size[1] * 3;
@@ -109,7 +119,7 @@ export class ImageSplit {
       const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
       return error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}`;
     };
-    if (mode === 'stream') {
+    if (mode === 'stream' && !pixelDir) {
       for (const sample of samples) {
         try {
           checkImageHeader(fs.readFileSync(sample.file), maxPixels);
@@ -120,8 +130,11 @@ export class ImageSplit {
       }
       return { split: new ImageSplit(good, size, mode, maxPixels), bad };
     }
-    // One buffer for the whole split, written in place: no second copy at the end.
-    const pixels = new Uint8Array(samples.length * perImage);
+    // Memory: one buffer for the whole split, written in place. Stream: a file unlinked as
+    // soon as it is open, so the OS frees it when tlx exits, however it exits.
+    const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
+    const pixelFile = pixelDir ? openUnlinkedFile(pixelDir) : undefined;
+    const keep = (bytes: Uint8Array, at: number) => (pixels ? pixels.set(bytes, at * perImage) : fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage));
     const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
     // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
     const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
@@ -143,24 +156,30 @@ export class ImageSplit {
             return;
           }
         }
-        pixels.set(decoded.pixels.subarray(i * perImage, (i + 1) * perImage), good.length * perImage);
+        keep(decoded.pixels.subarray(i * perImage, (i + 1) * perImage), good.length);
         good.push(sample);
       });
     });
     const split = new ImageSplit(good, size, mode, maxPixels);
-    split.pixels = bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
+    if (pixels) split.pixels = bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
+    split.pixelFile = pixelFile;
     return { split, bad };
   }
 
   /** Uint8 pixels of one image (for pictures and calibration data). */
   imageBytes(index: number): Uint8Array {
     if (this.pixels) return this.pixels.subarray(index * this.bytesPerImage, (index + 1) * this.bytesPerImage);
+    if (this.pixelFile !== undefined) {
+      const bytes = new Uint8Array(this.bytesPerImage);
+      fs.readSync(this.pixelFile, bytes, 0, bytes.length, index * bytes.length);
+      return bytes;
+    }
     return decodeToBytes(fs.readFileSync(this.samples[index].file), this.size, this.maxPixels);
   }
 
   /** Float32 pixels of some images, [n, H, W, 3] in [0, 255]. */
   images(indices: readonly number[]): Tensor4D {
-    if (this.pixels) return this.tensorOf(indices.map((index) => this.imageBytes(index)), indices.length);
+    if (this.pixels || this.pixelFile !== undefined) return this.tensorOf(indices.map((index) => this.imageBytes(index)), indices.length);
     return this.tensorOf([this.collect(this.decodeAhead(indices))], indices.length);
   }
 
@@ -171,7 +190,7 @@ export class ImageSplit {
    */
   *batches(batchSize: number, order?: readonly number[]): Generator<Batch> {
     const sequence = order ?? Array.from({ length: this.length }, (_, i) => i);
-    const streamed = !this.pixels;
+    const streamed = !this.pixels && this.pixelFile === undefined;
     let ahead = streamed && sequence.length > 0 ? this.decodeAhead(sequence.slice(0, batchSize)) : undefined;
     for (let start = 0; start < sequence.length; start += batchSize) {
       const indices = sequence.slice(start, start + batchSize);
@@ -214,4 +233,13 @@ export class ImageSplit {
     }
     return tf.tensor4d(values, [count, height, width, 3], 'float32');
   }
+}
+
+/** A new file in `dir`, open for reading and writing and already unlinked (Linux keeps it while open). */
+function openUnlinkedFile(dir: string): number {
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `pixels-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`);
+  const fd = fs.openSync(file, 'wx+');
+  fs.unlinkSync(file);
+  return fd;
 }
