@@ -162,7 +162,10 @@ export class ImageSplit {
     });
     const split = new ImageSplit(good, size, mode, maxPixels);
     if (pixels) split.pixels = bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
-    split.pixelFile = pixelFile;
+    if (pixelFile !== undefined) {
+      split.pixelFile = pixelFile;
+      pixelFiles.register(split, pixelFile);
+    }
     return { split, bad };
   }
 
@@ -234,6 +237,12 @@ export class ImageSplit {
     return tf.tensor4d(values, [count, height, width, 3], 'float32');
   }
 }
+
+/**
+ * Closes a split's pixel file once the split is unreachable, which frees its disk space: a
+ * sweep that moves on to other data (another image_size) need not wait for tlx to exit.
+ */
+const pixelFiles = new FinalizationRegistry<number>((fd) => fs.close(fd, () => undefined));
 
 /** A new file in `dir`, open for reading and writing and already unlinked (Linux keeps it while open). */
 function openUnlinkedFile(dir: string): number {
