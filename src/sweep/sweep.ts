@@ -155,6 +155,7 @@ class TrialRunner {
   private readonly leaders = new Map<string, RunFolder>();
   private readonly groupSizes = new Map<string, number>();
   private readonly exportsTrials: boolean;
+  private readonly exportsBest: boolean;
 
   constructor(
     private readonly planned: SweepPlanned,
@@ -165,6 +166,7 @@ class TrialRunner {
   ) {
     this.datasets = new DatasetCache(options.cacheDir, options.log);
     this.exportsTrials = planned.exportPolicy === 'all' && Boolean(planned.base.config.export.tflite);
+    this.exportsBest = planned.exportPolicy === 'best' && Boolean(planned.base.config.export.tflite);
     for (const job of planned.jobs) this.groupSizes.set(job.group, (this.groupSizes.get(job.group) ?? 0) + 1);
     for (const state of states) {
       const job = planned.jobs.find((j) => j.plan.index === state.trial)!;
@@ -240,8 +242,7 @@ class TrialRunner {
     };
     const exporter = this.exportsTrials ? this.sharedExporter() : undefined;
     // sweep.export best: the exporter starts with the first trial and is ready when the winner is known.
-    const exportsBest = this.planned.exportPolicy === 'best' && Boolean(this.planned.base.config.export.tflite);
-    const warmForLater = exportsBest ? this.sharedExporter() : undefined;
+    const warmForLater = this.exportsBest ? this.sharedExporter() : undefined;
     return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, warmForLater, register: false, onOpen };
   }
 }
