@@ -3,7 +3,7 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,stream,decode,growth] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode,growth] [--size 224]
  *                            [--bases mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0]
  *
  * Cases:
@@ -19,6 +19,8 @@
  *   accuracy  the quickstart (real images, pretrained nsfwjs weights in both) in tlx and in
  *             Keras from the same starting weights: final validation accuracy
  *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
+ *   export    the quickstart's int8 export inside `tlx run`: convert + verify seconds, with
+ *             the default 100 calibration images and with 300 (no Keras)
  *   stream    a feature-extraction epoch streamed from disk vs in memory (tlx only)
  *   decode    decode + resize throughput, decode threads vs one thread (bench/decode.ts)
  *   growth    feature extraction on 1k, 4k and 16k streamed images: s per 1k, peak RSS
@@ -36,7 +38,7 @@ const tlx = path.join(root, 'bin', 'tlx.mjs');
 const { values: options } = parseArgs({
   options: {
     repeats: { type: 'string', default: '3' },
-    cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,stream,decode' },
+    cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode' },
     size: { type: 'string', default: '224' },
     bases: { type: 'string', default: 'mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0' },
   },
@@ -224,6 +226,41 @@ async function sweep(): Promise<void> {
   report('  same sweep with sweep.export: all vs 3 independent runs', all, separate, 's');
 }
 
+type LogRecord = { time: number; msg?: string; seconds?: Record<string, number> };
+
+/** Seconds from the run's final evaluation to its verified .tflite, and the Python side's steps. */
+function exportSeconds(dir: string): { total: number; steps: Record<string, number> } {
+  const records = fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as LogRecord);
+  const final = records.find((r) => r.msg?.startsWith('final:'));
+  const done = records.find((r) => r.msg?.startsWith('TFLite '));
+  const steps = records.find((r) => r.msg === 'export steps')?.seconds;
+  if (!final || !done || !steps) throw new Error(`no export in ${dir}/log.jsonl`);
+  return { total: (done.time - final.time) / 1000, steps };
+}
+
+/**
+ * The quickstart's int8 export inside `tlx run` (TensorFlow imported and the Keras model built
+ * while it trains): convert + verify, from the final evaluation to the verified .tflite, with
+ * the default calibration (100 images) and with the former default of 300.
+ */
+async function exportCase(): Promise<void> {
+  const now: number[] = [];
+  const before: number[] = [];
+  const steps: Record<string, number>[] = [];
+  const quickstart = path.join(root, 'configs', 'quickstart.yaml');
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, [tlx, '--verbose', '--runs-dir', path.join(work, 'runs-export'), 'run', quickstart], root);
+    const measuredNow = exportSeconds(a.result.dir as string);
+    now.push(measuredNow.total);
+    steps.push(measuredNow.steps);
+    const b = await measured(process.execPath, [tlx, '--verbose', '--runs-dir', path.join(work, 'runs-export'), 'run', quickstart, '--set', 'export.tflite.representative_images=300'], root);
+    before.push(exportSeconds(b.result.dir as string).total);
+  }
+  report('quickstart int8 export in tlx run (convert + verify; 100 calibration images) vs 300 (the former default)', now, before, 's', '<= 10 s');
+  const stepNames = Object.keys(steps[0]);
+  console.log(`  steps (median s): ${stepNames.map((n) => `${n} ${median(steps.map((s) => s[n])).toFixed(2)}`).join(', ')}`);
+}
+
 /** Epoch seconds after the first of a run, from its metrics.jsonl. */
 function laterEpochSeconds(dir: string): number[] {
   return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch >= 2).map((m) => m.seconds);
@@ -299,7 +336,7 @@ async function growth(): Promise<void> {
   }
 }
 
-const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep, stream, decode, growth };
+const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep, stream, decode, growth, export: exportCase };
 console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
 for (const name of cases) {
   if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);
