@@ -70,6 +70,35 @@ describe('scanning, decoding and splitting', () => {
     batch.dispose();
   });
 
+  test("every format decodes to the pixels of Keras's own loader (image_dataset_from_directory's), rounded, when shrunk, enlarged or kept", async () => {
+    const dir = path.join(work, 'mixed');
+    const large = classImage(1, 5, 64);
+    fs.writeFileSync(path.join(work, 'large.jpg'), await encodeImage(large, 'jpg'));
+    const grayJpeg = tf.tidy(() => large.mean(2, true).toInt());
+    fs.writeFileSync(path.join(work, 'gray.jpg'), await tf.node.encodeJpeg(grayJpeg as never, 'grayscale'));
+    tf.dispose([large, grayJpeg]);
+    const files = [path.join(work, 'large.jpg'), path.join(work, 'gray.jpg'), ...['a/photo.jpg', 'b/rgba.png', 'c/gray.png', 'a/pic.bmp', 'b/anim.gif'].map((f) => path.join(dir, f))];
+    const sizes: [number, number][] = [[13, 29], [20, 20], [64, 64], [71, 40]];
+    const keras = JSON.parse(
+      await python(
+        `import json, sys
+import numpy as np
+from keras.src.utils.image_dataset_utils import _load_image_tf
+spec = json.load(sys.stdin)
+print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear", "channels_last"))).astype(np.uint8).reshape(-1).tolist() for s in spec["sizes"]] for f in spec["files"]]))`,
+        [],
+        JSON.stringify({ files, sizes }),
+      ),
+    ) as number[][][];
+    files.forEach((file, f) =>
+      sizes.forEach((size, s) => {
+        const ours = decodeToBytes(fs.readFileSync(file), size);
+        const differing = ours.reduce((count, value, i) => count + (value === keras[f][s][i] ? 0 : 1), 0);
+        assert.equal(differing, 0, `${path.basename(file)} at ${size.join('x')}: ${differing} of ${ours.length} values differ from Keras's loader`);
+      }),
+    );
+  });
+
   test('on_bad_file: fail refuses the dataset and names the file', async () => {
     await assert.rejects(prepare(experimentFile(path.join(work, 'mixed'), '', '  on_bad_file: fail\n')), (error: Error) => {
       assert.ok(error instanceof UserError);

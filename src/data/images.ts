@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
 import { imageSize } from 'image-size';
+import { decodeJpegUint8 } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { DecodePool, type PendingDecode } from './decode-pool.ts';
 import type { Sample } from './plan.ts';
@@ -34,6 +35,11 @@ export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width:
   return { width, height };
 }
 
+/** The signature tfjs-node's decodeImage recognises JPEG by. */
+function isJpeg(bytes: Uint8Array): boolean {
+  return bytes.length > 2 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+}
+
 /**
  * Decodes JPEG, PNG, GIF (first frame) or BMP natively, as RGB (grayscale and RGBA are
  * converted), resizes it bilinearly with half-pixel centres, as tf.image.resize and Keras's
@@ -43,8 +49,9 @@ export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width:
 export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, maxPixels = defaultMaxImagePixels): Uint8Array {
   checkImageHeader(bytes, maxPixels);
   const rounded = tf.tidy(() => {
-    const decoded = tf.node.decodeImage(bytes, 3, 'int32', false) as Tensor3D;
-    if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded;
+    // JPEG, the common case, goes to the resize as TensorFlow's uint8 (tfjs would copy it to int32 first).
+    const decoded = (isJpeg(bytes) ? decodeJpegUint8(bytes) : tf.node.decodeImage(bytes, 3, 'int32', false)) as Tensor3D;
+    if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded.toInt();
     // ResizeBilinear takes the integers as they are (it computes in float32); its weights are
     // convex, so the rounded result stays within 0..255 and needs neither a clip nor a cast.
     return tf.image.resizeBilinear(decoded, [height, width], false, true).round();
