@@ -3,8 +3,8 @@ import { nativeBackend } from './internals.ts';
 import { tf } from './tf.ts';
 
 /**
- * TensorFlow ops that tfjs has no kernel for (or whose tfjs gradient is slow), run by
- * name on the native backend: the same kernels Keras uses. List attributes need the
+ * TensorFlow ops that tfjs has no kernel for (or whose tfjs gradient or wrapper is slow), run
+ * by name on the native backend: the same kernels Keras uses. List attributes need the
  * binding patch in patches/ (applied at install).
  */
 type DType = 'float32' | 'int32' | 'bool' | 'uint8';
@@ -47,24 +47,26 @@ export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tenso
   return nativeBackend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
 }
 
+/** The DecodeJpeg attributes tfjs's `tf.node.decodeImage(bytes, 3)` passes. */
+const decodeJpegAttrs: readonly OpAttr[] = [
+  { name: 'channels', kind: 'int', value: 3 },
+  { name: 'ratio', kind: 'int', value: 1 },
+  { name: 'fancy_upscaling', kind: 'bool', value: true },
+  { name: 'try_recover_truncated', kind: 'bool', value: false },
+  { name: 'acceptable_fraction', kind: 'float', value: 1 },
+  { name: 'dct_method', kind: 'string', value: '' },
+];
+
 /**
- * JPEG bytes decoded to RGB with TensorFlow's DecodeJpeg and the attributes tfjs's
- * `tf.node.decodeImage(bytes, 3)` passes, but without its cast to int32 (a full copy of the
- * pixels: a quarter of the decode time at 320x320). The tensor holds TensorFlow uint8, which
- * tfjs labels int32: ops take it as it is, but tfjs cannot read it (`dataSync` fails).
+ * JPEG bytes decoded to RGB as tfjs's `tf.node.decodeImage(bytes, 3)` decodes them, but
+ * without its cast to int32 (a full copy of the pixels: a quarter of the decode time at
+ * 320x320). The tensor holds TensorFlow uint8, which tfjs labels int32: ops take it as it
+ * is, but tfjs cannot read it (`dataSync` fails).
  */
 export function decodeJpegUint8(bytes: Uint8Array): Tensor {
-  const attrs: OpAttr[] = [
-    { name: 'channels', kind: 'int', value: 3 },
-    { name: 'ratio', kind: 'int', value: 1 },
-    { name: 'fancy_upscaling', kind: 'bool', value: true },
-    { name: 'try_recover_truncated', kind: 'bool', value: false },
-    { name: 'acceptable_fraction', kind: 'float', value: 1 },
-    { name: 'dct_method', kind: 'string', value: '' },
-  ];
   const contents = tf.scalar(bytes, 'string');
   try {
-    return runOp('DecodeJpeg', attrs, [contents]);
+    return runOp('DecodeJpeg', decodeJpegAttrs, [contents]);
   } finally {
     contents.dispose();
   }
