@@ -8,10 +8,14 @@ import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/mode
 import { compileGraph, StagedModel } from '../src/models/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
 import { namedVariables } from '../src/models/variables.ts';
+import type { AugmentationOp } from '../src/config/resolved.ts';
+import { Random } from '../src/core/random.ts';
+import { augmentBatch, imageVariants } from '../src/data/augment.ts';
 import { assignWeights, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
 import { imagenetWeightsFile } from '../src/config/bases.ts';
 import { tf } from '../src/tfjs/tf.ts';
-import { fitPhase, type EpochRecord } from '../src/train/engine.ts';
+import { fitPhase, type EpochRecord, type FitInputs } from '../src/train/engine.ts';
+import { FrozenPrefixStore } from '../src/train/frontier.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { kerasLayers, kerasReference, parityWithKeras } from './helpers/keras.ts';
@@ -130,7 +134,8 @@ async function tinySplit(name: string, perClass: number): Promise<ImageSplit> {
 }
 
 /** One phase of SGD on a split (training and validation alike), as tlx runs it. */
-async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; onEpochEnd?: (record: EpochRecord) => void }): Promise<void> {
+async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; augmentation?: AugmentationOp[]; sharedPrefix?: FitInputs['sharedPrefix']; log?: (message: string) => void; onEpochEnd?: (record: EpochRecord) => void }): Promise<void> {
+  const ops = options.augmentation ?? [];
   const optimizer = createOptimizer({ name: 'sgd', learning_rate: options.learningRate });
   try {
     await fitPhase(
@@ -141,9 +146,10 @@ async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 
         validation: split,
         batchSize: options.batchSize,
         seed: options.seed,
-        augment: (images: Tensor4D) => images.clone(),
-        cacheFrozenOutputs: options.cacheFrozenOutputs,
-        log: () => {},
+        augment: (images: Tensor4D, random: Random) => augmentBatch(images, ops, random),
+        variants: options.cacheFrozenOutputs ? imageVariants(ops) : undefined,
+        sharedPrefix: options.sharedPrefix,
+        log: options.log ?? (() => {}),
       },
       { phase, first: 1, last: options.epochs, resumeAfter: 0, optimizer, learningRateAt: () => options.learningRate },
       [{ onEpochEnd: (record) => options.onEpochEnd?.(record) }],
@@ -297,5 +303,47 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       assert.ok(Math.abs(record.val_accuracy - recomputed[i].val_accuracy) <= 1 / split.length + 1e-9, `${record.phase} epoch ${record.epoch} val_accuracy`);
     });
     assert.ok(cached[2].val_loss < cached[0].val_loss && cached[5].val_loss < cached[3].val_loss, `training moved the model smoothly: ${cached.map((r) => r.val_loss.toFixed(4)).join(', ')}`);
+  });
+
+  test('a random flip cached as two variants per image, and a sweep\'s shared frozen prefix, give the metrics of flipping pixels every epoch', async () => {
+    const split = await tinySplit('flip', 10);
+    const pretrained = await readNsfwjsMobileNetV2();
+    const augmentation: AugmentationOp[] = [{ random_flip: 'horizontal' }];
+    const store = new FrozenPrefixStore();
+    const messages: string[] = [];
+    const tensorsAfter: number[] = [];
+    // The fine-tuning phase of a trial at fine_tune_at 100 (feature extraction first, as a sweep's trial starts from it).
+    const train = async (mode: 'recompute' | 'cached' | 'shared') => {
+      const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 11 });
+      assignWeights(classifier.base, pretrained, { requireAll: true, what: 'nsfwjs' });
+      const records: EpochRecord[] = [];
+      for (const phase of ['feature_extraction', 'fine_tune'] as const) {
+        setPhaseTrainable(classifier, phase, 100);
+        const sharedPrefix = mode === 'shared' && phase === 'fine_tune' ? { layers: new Set(classifier.base.layers.slice(0, 80)), store } : undefined;
+        await trainPhase(classifier, phase, split, { epochs: 3, batchSize: 6, learningRate: phase === 'fine_tune' ? 0.001 : 0.01, seed: 2, cacheFrozenOutputs: mode !== 'recompute', augmentation, sharedPrefix, log: (m) => messages.push(m), onEpochEnd: (record) => records.push(record) });
+      }
+      classifier.model.dispose();
+      tensorsAfter.push(tf.memory().numTensors);
+      return records;
+    };
+    const recomputed = await train('recompute');
+    const cached = await train('cached');
+    const sharedFirst = await train('shared');
+    const sharedAgain = await train('shared');
+    assert.ok(messages.some((m) => /feature_extraction: frozen layers' outputs computed for 2 variants of each image \(random_flip:horizontal\)/.test(m)), messages.join('\n'));
+    assert.equal(messages.filter((m) => m.includes('kept for later trials')).length, 1, messages.join('\n'));
+    assert.equal(messages.filter((m) => m.includes('reused from an earlier trial')).length, 1, messages.join('\n'));
+    for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain })) {
+      assert.equal(records.length, 6);
+      records.forEach((record, i) => {
+        for (const key of ['loss', 'val_loss'] as const) assert.ok(Math.abs(record[key] - recomputed[i][key]) <= 1e-4 * Math.abs(record[key]), `${name}: ${record.phase} epoch ${record.epoch} ${key}: ${record[key]} vs ${recomputed[i][key]}`);
+        assert.ok(Math.abs(record.accuracy - recomputed[i].accuracy) <= 1 / split.length + 1e-9, `${name}: ${record.phase} epoch ${record.epoch} accuracy`);
+      });
+    }
+    // The store holds the shared rows between trials, and only them.
+    assert.equal(tensorsAfter[0], tensorsAfter[1], 'the per-phase cache is released');
+    assert.equal(tensorsAfter[2], tensorsAfter[3], 'a trial that reuses the store adds nothing to it');
+    store.dispose();
+    assert.equal(tf.memory().numTensors, tensorsAfter[0], 'disposing the store releases the shared rows');
   });
 });

@@ -135,6 +135,8 @@ describe('tlx sweep', () => {
     assert.equal(leader.status, 'finished');
     assert.equal(follower.status, 'finished');
     assert.match(result.stderr, /feature extraction shared: starting from its checkpoint/);
+    assert.match(result.stderr, /fine_tune: frozen layers' outputs computed once .*kept for later trials/, 'the leader keeps the frozen layers below the smallest fine_tune_at');
+    assert.match(result.stderr, /fine_tune: frozen layers' outputs computed once .*reused from an earlier trial/, 'and the other trial reuses them');
 
     // The same trial run on its own, with the same seed.
     const alone = await runTlx(['--runs-dir', path.join(work, 'alone'), 'run', file, '--set', 'train.fine_tune.fine_tune_at=140'], { cwd: work });

@@ -70,6 +70,17 @@ function flipWhere(images: Tensor4D, flags: boolean[], axis: 1 | 2): Tensor4D {
   });
 }
 
+/** One draw per image; horizontal_and_vertical flips both axes on it, as Keras 3 does. */
+function flipDraws(batch: number, random: Random): boolean[] {
+  return Array.from({ length: batch }, () => random.next() <= 0.5);
+}
+
+/** Every image flipped: what flipWhere gives where every flag is set. */
+function flipAll(images: Tensor4D, mode: NonNullable<AugmentationOp['random_flip']>): Tensor4D {
+  const axes = mode === 'horizontal' ? [2] : mode === 'vertical' ? [1] : [2, 1];
+  return tf.reverse(images, axes);
+}
+
 function clip255(images: Tensor): Tensor4D {
   return tf.clipByValue(images, 0, 255) as Tensor4D;
 }
@@ -83,8 +94,7 @@ export function applyOp(images: Tensor4D, op: AugmentationOp, random: Random): T
   const [batch, height, width] = images.shape;
   const each = <T>(draw: () => T): T[] => Array.from({ length: batch }, draw);
   if (op.random_flip !== undefined) {
-    // One draw per image; horizontal_and_vertical flips both axes on it, as Keras 3 does.
-    const flags = each(() => random.next() <= 0.5);
+    const flags = flipDraws(batch, random);
     let result = images;
     if (op.random_flip !== 'vertical') result = flipWhere(result, flags, 2);
     if (op.random_flip !== 'horizontal') {
@@ -145,4 +155,33 @@ export function augmentBatch(images: Tensor4D, ops: readonly AugmentationOp[], r
     current = next;
   }
   return current === images ? images.clone() : current;
+}
+
+/**
+ * Augmentation that turns each image into one of a few fixed variants (none: the image
+ * itself; a random flip: the image or its mirror). The frozen stage's outputs can then be
+ * computed once per variant and picked per image in every epoch, with the draws
+ * augmentBatch would make, instead of recomputed from augmented pixels.
+ */
+export interface ImageVariants {
+  /** Names the variants (a cache of outputs for one augmentation is not another's). */
+  key: string;
+  count: number;
+  /** Every image of a batch as variant `variant` (1..count-1), as a new tensor. */
+  render(images: Tensor4D, variant: number): Tensor4D;
+  /** The variant augmentBatch gives each image of a batch, from the same random draws. */
+  draw(batch: number, random: Random): number[];
+}
+
+/** The augmentation as fixed variants, when it is one: no ops, or a single random_flip. */
+export function imageVariants(ops: readonly AugmentationOp[]): ImageVariants | undefined {
+  if (ops.length === 0) return { key: 'none', count: 1, render: (images) => images.clone(), draw: (batch) => new Array<number>(batch).fill(0) };
+  const mode = ops.length === 1 ? ops[0].random_flip : undefined;
+  if (mode === undefined) return undefined;
+  return {
+    key: `random_flip:${mode}`,
+    count: 2,
+    render: (images) => flipAll(images, mode),
+    draw: (batch, random) => flipDraws(batch, random).map((flipped) => (flipped ? 1 : 0)),
+  };
 }

@@ -163,13 +163,13 @@ export interface GraphSplit {
   frontier: TensorId[];
 }
 
-/** Splits at the layers' current trainable flags. */
-export function splitGraph(graph: CompiledGraph): GraphSplit {
+/** Splits at the layers' current trainable flags (or at the steps `trains` names). */
+export function splitGraph(graph: CompiledGraph, trains: (step: Step) => boolean = hasTrainableWeights): GraphSplit {
   const live = new Set<TensorId>(); // tensors that depend on a trainable weight or the training flag
   const frozen: Step[] = [];
   const trainable: Step[] = [];
   for (const step of graph.steps) {
-    if (hasTrainableWeights(step) || dependsOnTrainingFlag(step) || step.inputs.some((id) => live.has(id))) {
+    if (trains(step) || dependsOnTrainingFlag(step) || step.inputs.some((id) => live.has(id))) {
       live.add(step.output);
       trainable.push(step);
     } else {
@@ -181,6 +181,15 @@ export function splitGraph(graph: CompiledGraph): GraphSplit {
   for (const step of trainable) for (const id of step.inputs) if (available.has(id)) frontier.add(id);
   if (trainable.length === 0) frontier.add(graph.output);
   return { frozen, trainable, frontier: [...frontier] };
+}
+
+/**
+ * The part of the frozen stage that depends only on `layers`' weights: the split a phase
+ * would have if only these layers were frozen (a sweep's smallest fine_tune_at). It is part
+ * of every such phase's frozen stage, so its outputs can be shared between trials.
+ */
+export function prefixSplit(graph: CompiledGraph, layers: ReadonlySet<Layer>): GraphSplit {
+  return splitGraph(graph, (step) => hasTrainableWeights(step) || step.layers.some((layer) => layer.weights.length > 0 && !layers.has(layer)));
 }
 
 /** Folded filter and bias per conv_bn step, computed from the current weights. */
@@ -281,14 +290,35 @@ export class StagedModel {
     this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
   }
 
-  /** Bytes per sample of the frontier (what caching the frozen stage's outputs costs). */
-  frontierBytesPerSample(): number {
-    return this.split.frontier.reduce((sum, id) => sum + 4 * (this.graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
+  /** Bytes per sample of the frontier (what caching the frozen stage's outputs costs), or of a prefix's. */
+  frontierBytesPerSample(split: GraphSplit = this.split): number {
+    return split.frontier.reduce((sum, id) => sum + 4 * (this.graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
   }
 
   /** images -> the frontier tensors, outside any tape (the caller disposes them). */
   frozen(images: Tensor): Tensor[] {
     return runFrozen(this.graph, this.split.frozen, this.folded, images, this.split.frontier, this.kept);
+  }
+
+  /** images -> a prefix's frontier (a prefixSplit of this model whose steps are all frozen now). */
+  frozenPrefix(prefix: GraphSplit, images: Tensor): Tensor[] {
+    return runFrozen(this.graph, prefix.frozen, this.folded, images, prefix.frontier, new Set([...prefix.frontier, this.graph.input]));
+  }
+
+  /**
+   * A prefix's frontier -> this stage's frontier, through the frozen steps after the prefix:
+   * with frozenPrefix, the same kernels in the same order as frozen(). The inputs stay the
+   * caller's; every result is new.
+   */
+  frozenAfterPrefix(prefix: GraphSplit, inputs: Tensor[]): Tensor[] {
+    const inPrefix = new Set(prefix.frozen);
+    const rest = this.split.frozen.filter((step) => !inPrefix.has(step));
+    const given = new Set(prefix.frontier);
+    return tf.tidy(() => {
+      const values = new Map<TensorId, Tensor>(prefix.frontier.map((id, i) => [id, inputs[i]]));
+      runSteps(rest, values, { training: false, folded: this.folded, keep: new Set([...this.kept, ...given]) });
+      return this.split.frontier.map((id) => (given.has(id) ? values.get(id)!.clone() : values.get(id)!));
+    });
   }
 
   /**

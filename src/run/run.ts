@@ -10,6 +10,7 @@ import type { PreparedDataset } from '../data/dataset.ts';
 import type { RunJson, RunStatus, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { PythonWorker, type Exporter } from '../export/python.ts';
+import type { FrozenPrefixStore } from '../train/frontier.ts';
 import { buildModel, prepareData, type RunModel } from './model-stage.ts';
 import { evaluateFinal, evaluateInitial } from './evaluate-stage.ts';
 import { describeClassifier, exportStage } from './export-stage.ts';
@@ -51,6 +52,11 @@ export interface RunOptions {
   job?: string;
   /** Register the exported model in MLflow's registry when the config names one (a sweep registers only its best trial). */
   register?: boolean;
+  /**
+   * A sweep's store of the frozen layers' outputs its trials share: the base layers below
+   * `fineTuneAt` (the smallest fine_tune_at of the trials that share this one's data).
+   */
+  frozenPrefix?: { store: FrozenPrefixStore; fineTuneAt: number };
   /** Told the run's folder as soon as it is open (a sweep records it, to resume it after an interruption). */
   onOpen?: (folder: RunFolder) => void;
 }

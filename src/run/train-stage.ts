@@ -6,7 +6,8 @@ import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../model
 import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, writeCheckpoint } from '../run-folder/checkpoints.ts';
 import type { PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
-import { fitPhase, type Callback, type PhaseSpan } from '../train/engine.ts';
+import { imageVariants } from '../data/augment.ts';
+import { fitPhase, type Callback, type FitInputs, type PhaseSpan } from '../train/engine.ts';
 import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
 import { EpochLog, InterruptCallback, RunRecorder, TrackingCallback } from './callbacks.ts';
 import type { RunModel } from './model-stage.ts';
@@ -81,6 +82,14 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
   return summaries;
 }
 
+/** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */
+function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['sharedPrefix'] {
+  const shared = context.options.frozenPrefix;
+  if (!shared) return undefined;
+  const below = Math.min(shared.fineTuneAt, context.config.train.fine_tune.fine_tune_at);
+  return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };
+}
+
 async function trainPhase(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, span: PhaseSpan & { phase: Phase }): Promise<void> {
   const { config, folder, log, options } = context;
   const settings = config.train[span.phase];
@@ -111,7 +120,8 @@ async function trainPhase(context: RunContext, model: RunModel, data: PreparedDa
         batchSize: config.dataset.batch_size,
         seed: config.seed,
         augment: model.augment,
-        cacheFrozenOutputs: config.augmentation.length === 0,
+        variants: imageVariants(config.augmentation),
+        sharedPrefix: span.phase === 'fine_tune' ? sharedPrefixOf(context, model) : undefined,
         log: (message, fields) => log.info(fields ?? {}, message),
       },
       { ...span, optimizer, learningRateAt: (epochInPhase) => learningRateAt(settings.optimizer.learning_rate, settings.schedule, epochInPhase, settings.epochs) },

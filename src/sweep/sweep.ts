@@ -10,6 +10,7 @@ import { exportFinishedRun } from '../run/export-finished.ts';
 import type { RunProgressFactory } from '../run/progress.ts';
 import { executeRun, type RunOptions, type RunStart } from '../run/run.ts';
 import { seedFromFeatureExtraction } from '../run/seed.ts';
+import { FrozenPrefixStore } from '../train/frontier.ts';
 import type { TrialState } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
@@ -154,6 +155,9 @@ class TrialRunner {
   private exporter?: PythonWorker;
   private readonly leaders = new Map<string, RunFolder>();
   private readonly groupSizes = new Map<string, number>();
+  /** Per group: the smallest fine_tune_at, below which the trials' frozen layers are the same. */
+  private readonly groupFineTuneAt = new Map<string, number>();
+  private readonly frozenPrefixes = new FrozenPrefixStore();
   private readonly exportsTrials: boolean;
   private readonly exportsBest: boolean;
 
@@ -167,7 +171,11 @@ class TrialRunner {
     this.datasets = new DatasetCache(options.cacheDir, options.log);
     this.exportsTrials = planned.exportPolicy === 'all' && Boolean(planned.base.config.export.tflite);
     this.exportsBest = planned.exportPolicy === 'best' && Boolean(planned.base.config.export.tflite);
-    for (const job of planned.jobs) this.groupSizes.set(job.group, (this.groupSizes.get(job.group) ?? 0) + 1);
+    for (const job of planned.jobs) {
+      this.groupSizes.set(job.group, (this.groupSizes.get(job.group) ?? 0) + 1);
+      const fineTuneAt = job.experiment.config.train.fine_tune.fine_tune_at;
+      this.groupFineTuneAt.set(job.group, Math.min(fineTuneAt, this.groupFineTuneAt.get(job.group) ?? fineTuneAt));
+    }
     for (const state of states) {
       const job = planned.jobs.find((j) => j.plan.index === state.trial)!;
       if (state.status === 'finished' && state.run_dir) this.leaders.set(job.group, RunFolder.open(state.run_dir));
@@ -185,6 +193,7 @@ class TrialRunner {
   }
 
   async close(): Promise<void> {
+    this.frozenPrefixes.dispose();
     await this.exporter?.close();
   }
 
@@ -203,7 +212,7 @@ class TrialRunner {
       state.status = 'running';
       state.error = undefined;
       this.save();
-      const result = await executeRun(start, this.runOptions(state));
+      const result = await executeRun(start, this.runOptions(state, job));
       state.run_dir = result.folder.dir;
       state.status = 'finished';
       if ((this.groupSizes.get(job.group) ?? 0) > 1 && !this.leaders.has(job.group)) this.leaders.set(job.group, result.folder);
@@ -234,7 +243,7 @@ class TrialRunner {
     return { resume: seeded.dir };
   }
 
-  private runOptions(state: TrialState): RunOptions {
+  private runOptions(state: TrialState, job: TrialJob): RunOptions {
     const { runsDir, cacheDir, log, interrupt, progress } = this.options;
     const onOpen = (opened: RunFolder) => {
       state.run_dir = opened.dir;
@@ -243,7 +252,8 @@ class TrialRunner {
     const exporter = this.exportsTrials ? this.sharedExporter() : undefined;
     // sweep.export best: the exporter starts with the first trial and is ready when the winner is known.
     const warmForLater = this.exportsBest ? this.sharedExporter() : undefined;
-    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, warmForLater, register: false, onOpen };
+    const frozenPrefix = (this.groupSizes.get(job.group) ?? 0) > 1 ? { store: this.frozenPrefixes, fineTuneAt: this.groupFineTuneAt.get(job.group)! } : undefined;
+    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: this.parentRunId, interrupt, progress, export: this.exportsTrials, exporter, warmForLater, register: false, onOpen, frozenPrefix };
   }
 }
 

@@ -1,10 +1,14 @@
 import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
-import { FoldedInference, StagedModel } from '../models/graph.ts';
+import type { ImageVariants } from '../data/augment.ts';
+import { FoldedInference, prefixSplit, StagedModel } from '../models/graph.ts';
+import { cacheFrontier, computedFrontier, frontierCacheBytes, type FrontierCache, type FrontierSource, type FrozenPrefixStore } from './frontier.ts';
 import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
+
+type Layer = LayersModel['layers'][number];
 
 /**
  * The training engine: the epochs of one phase over batches, for any Keras-like model and
@@ -65,10 +69,17 @@ export interface FitInputs {
   /** Augments a training batch (returns a new tensor); identity when there is no augmentation. */
   augment: (images: Tensor4D, random: Random) => Tensor4D;
   /**
-   * The input is the same every epoch (no augmentation): compute the frozen stage's outputs
-   * once per phase and train the rest on them (within FROZEN_CACHE_BUDGET_BYTES).
+   * The augmentation as a few fixed variants of each image (none, or a random flip), when it
+   * is one: the frozen stage's outputs are then computed once per phase for every variant
+   * and the rest trains on them (within FROZEN_CACHE_BUDGET_BYTES, and when the epochs
+   * left would compute at least as much). Undefined: recomputed from augmented pixels.
    */
-  cacheFrozenOutputs: boolean;
+  variants?: ImageVariants;
+  /**
+   * Frozen layers every trial of a sweep shares (below its smallest fine_tune_at): their
+   * outputs are computed once and kept in `store` for the next trial's phase.
+   */
+  sharedPrefix?: { layers: ReadonlySet<Layer>; store: FrozenPrefixStore };
   log: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -107,67 +118,6 @@ export interface Callback {
  * the training and validation splits together, the frozen stage is recomputed instead.
  */
 export const FROZEN_CACHE_BUDGET_BYTES = 1024 ** 3;
-
-/** A batch as the trainable stage sees it: the frozen stage's outputs for some samples. */
-interface FrontierBatch {
-  frontier: Tensor[];
-  labels: Tensor1D;
-  indices: number[];
-}
-
-/** A split seen through the frozen stage: computed batch by batch, or cached once. */
-interface FrontierSource {
-  length: number;
-  labels: Int32Array;
-  batches(batchSize: number, order: readonly number[] | undefined, epoch: number): Generator<FrontierBatch>;
-}
-
-function computedFrontier(staged: StagedModel, split: ImageSplit, augment?: (images: Tensor4D, epoch: number, batchIndex: number) => Tensor4D): FrontierSource {
-  return {
-    length: split.length,
-    labels: split.labels,
-    *batches(batchSize, order, epoch) {
-      let batchIndex = 0;
-      for (const batch of split.batches(batchSize, order)) {
-        const frontier = tf.tidy(() => staged.frozen(augment ? augment(batch.images as Tensor4D, epoch, batchIndex) : batch.images));
-        batch.images.dispose();
-        batchIndex++;
-        yield { frontier, labels: batch.labels, indices: batch.indices };
-      }
-    },
-  };
-}
-
-/** A split's frozen-stage outputs, computed once (inference: nothing in that stage trains). */
-export function cacheFrozenOutputs(staged: StagedModel, split: ImageSplit, batchSize: number): { source: FrontierSource; dispose: () => void } {
-  const parts: Tensor[][] = [];
-  for (const batch of split.batches(batchSize)) {
-    parts.push(staged.frozen(batch.images));
-    tf.dispose([batch.images, batch.labels]);
-  }
-  const all = staged.split.frontier.map((_, k) => {
-    const column = parts.map((part) => part[k]);
-    const joined = column.length === 1 ? column[0] : tf.concat(column);
-    if (column.length > 1) tf.dispose(column);
-    return joined;
-  });
-  const source: FrontierSource = {
-    length: split.length,
-    labels: split.labels,
-    *batches(size, order) {
-      const sequence = order ?? Array.from({ length: split.length }, (_, i) => i);
-      for (let start = 0; start < sequence.length; start += size) {
-        const indices = sequence.slice(start, start + size);
-        const frontier = tf.tidy(() => {
-          const rows = tf.tensor1d(indices, 'int32');
-          return all.map((tensor) => tf.gather(tensor, rows));
-        });
-        yield { frontier, labels: tf.tensor1d(indices.map((i) => split.labels[i]), 'int32'), indices };
-      }
-    },
-  };
-  return { source, dispose: () => tf.dispose(all) };
-}
 
 /** Loss, accuracy, predictions and probabilities over batches of logits (disposed here). */
 function score(objective: Objective, split: { length: number; labels: Int32Array }, batches: Iterable<{ logits: Tensor; labels: Tensor1D; indices: number[] }>): Evaluation {
@@ -296,6 +246,26 @@ export function trainStepForBench(staged: StagedModel, objective: Objective, ima
   return value;
 }
 
+/** The phase's frontier cache, when the augmentation allows one, it fits the budget and it saves work. */
+function phaseCache(inputs: FitInputs, staged: StagedModel, phase: string, remaining: number): FrontierCache | undefined {
+  const { variants } = inputs;
+  if (!variants) return undefined;
+  const prefix = inputs.sharedPrefix ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store } : undefined;
+  // Alone, a phase computes every variant once against once per epoch left; a shared prefix pays off over the trials.
+  if (!prefix && remaining < variants.count) return undefined;
+  const bytes = frontierCacheBytes(staged, { ...inputs, variants, prefix });
+  const megabytes = (value: number) => `${(value / 1024 ** 2).toFixed(0)} MB`;
+  if (bytes > FROZEN_CACHE_BUDGET_BYTES) {
+    inputs.log(`${phase}: not caching the frozen layers' outputs (${megabytes(bytes)} over the ${megabytes(FROZEN_CACHE_BUDGET_BYTES)} budget); recomputing them every epoch`);
+    return undefined;
+  }
+  const cache = cacheFrontier(staged, { ...inputs, variants, prefix });
+  const what = variants.count > 1 ? `for ${variants.count} variants of each image (${variants.key})` : 'once';
+  const shared = prefix ? (cache.reusedPrefix ? '; the shared frozen layers\' outputs reused from an earlier trial' : '; the shared frozen layers\' outputs kept for later trials') : '';
+  inputs.log(`${phase}: frozen layers' outputs computed ${what} (${megabytes(bytes)})${shared}`, { reused_prefix: cache.reusedPrefix });
+  return cache;
+}
+
 /**
  * Trains epochs resumeAfter+1 .. last of a phase; the model's trainable flags must already
  * be set. Callbacks run in order at each event.
@@ -308,13 +278,8 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
   const staged = new StagedModel(inputs.model);
   const remaining = phase.last - phase.resumeAfter;
   const cacheStarted = performance.now();
-  const cacheBytes = staged.frontierBytesPerSample() * (inputs.train.length + inputs.validation.length);
-  const caching = inputs.cacheFrozenOutputs && remaining > 0 && cacheBytes <= FROZEN_CACHE_BUDGET_BYTES;
-  if (inputs.cacheFrozenOutputs && !caching && remaining > 0) {
-    inputs.log(`${phase.phase}: not caching the frozen layers' outputs (${(cacheBytes / 1024 ** 2).toFixed(0)} MB over the ${(FROZEN_CACHE_BUDGET_BYTES / 1024 ** 2).toFixed(0)} MB budget); recomputing them every epoch`);
-  }
-  const caches = caching ? [cacheFrozenOutputs(staged, inputs.train, inputs.batchSize), cacheFrozenOutputs(staged, inputs.validation, inputs.batchSize)] : undefined;
-  const trainSource = caches?.[0].source ?? computedFrontier(staged, inputs.train, (images, epoch, batchIndex) => inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)));
+  const caches = remaining > 0 ? phaseCache(inputs, staged, phase.phase, remaining) : undefined;
+  const trainSource = caches?.train ?? computedFrontier(staged, inputs.train, (images, epoch, batchIndex) => inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)));
   // Computing the cache is part of the first epoch's cost.
   let carrySeconds = caches ? (performance.now() - cacheStarted) / 1000 : 0;
   try {
@@ -324,7 +289,7 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
       setLearningRate(phase.optimizer, learningRate);
       const trained = await trainEpoch(inputs, staged, trainSource, phase, epoch, callbacks, control);
       if (trained.interrupted) break;
-      const validation = caches ? evaluateCached(staged, inputs.objective, caches[1].source, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+      const validation = caches ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
       const record: EpochRecord = {
         epoch,
         phase: phase.phase,
@@ -341,7 +306,7 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
       for (const callback of callbacks) await callback.onEpochEnd?.(record, control);
     }
   } finally {
-    caches?.forEach((cache) => cache.dispose());
+    caches?.dispose();
     staged.dispose();
   }
   const end: PhaseEnd = { ...span, lastTrained, complete: control.stopReason !== 'interrupted', stopReason: control.stopReason };
