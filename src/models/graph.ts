@@ -18,7 +18,7 @@ import { Activation, InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6,
  * Inference (evaluation, prediction) is the frozen stage over the whole model.
  */
 
-type Layer = LayersModel['layers'][number];
+export type Layer = LayersModel['layers'][number];
 type TensorId = number;
 
 export type Step =

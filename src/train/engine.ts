@@ -2,13 +2,11 @@ import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, T
 import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import type { ImageVariants } from '../data/augment.ts';
-import { FoldedInference, prefixSplit, StagedModel } from '../models/graph.ts';
+import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../models/graph.ts';
 import { cacheFrontier, computedFrontier, frontierCacheBytes, type FrontierCache, type FrontierSource, type FrozenPrefixStore } from './frontier.ts';
 import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
-
-type Layer = LayersModel['layers'][number];
 
 /**
  * The training engine: the epochs of one phase over batches, for any Keras-like model and

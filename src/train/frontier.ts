@@ -57,13 +57,13 @@ function joinColumns(parts: Tensor[][], columns: number): Tensor[] {
 }
 
 /**
- * `run` on every sample of a split under each variant, as rows [variant * n + i]: in split
+ * `run` on every sample of a split under variants 0..count-1, as rows [variant * n + i]: in split
  * order, in batches of batchSize, one variant after another (the batches an uncached pass
  * over the split would see).
  */
-function rowsOf(split: ImageSplit, batchSize: number, variants: Pick<ImageVariants, 'count' | 'render'>, columns: number, run: (images: Tensor) => Tensor[]): Tensor[] {
+function rowsOf(split: ImageSplit, batchSize: number, variants: ImageVariants, count: number, columns: number, run: (images: Tensor) => Tensor[]): Tensor[] {
   const parts: Tensor[][] = [];
-  for (let variant = 0; variant < variants.count; variant++) {
+  for (let variant = 0; variant < count; variant++) {
     for (const batch of split.batches(batchSize)) {
       const images = variant === 0 ? batch.images : variants.render(batch.images as Tensor4D, variant);
       parts.push(run(images));
@@ -89,8 +89,8 @@ function rowsAfterPrefix(staged: StagedModel, prefix: GraphSplit, prefixRows: Te
   return joinColumns(parts, staged.split.frontier.length);
 }
 
-/** Batches gathered from cached rows; `pick` gives each image's variant (all 0 without augmentation). */
-function rowsSource(rows: Tensor[], split: { length: number; labels: Int32Array }, pick: (epoch: number, batchIndex: number, size: number) => number[]): FrontierSource {
+/** Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are the samples themselves). */
+function rowsSource(rows: Tensor[], split: { length: number; labels: Int32Array }, pick?: (epoch: number, batchIndex: number, size: number) => number[]): FrontierSource {
   return {
     length: split.length,
     labels: split.labels,
@@ -99,9 +99,9 @@ function rowsSource(rows: Tensor[], split: { length: number; labels: Int32Array 
       let batchIndex = 0;
       for (let start = 0; start < sequence.length; start += size) {
         const indices = sequence.slice(start, start + size);
-        const variants = pick(epoch, batchIndex++, indices.length);
+        const variants = pick?.(epoch, batchIndex++, indices.length);
         const frontier = tf.tidy(() => {
-          const index = tf.tensor1d(indices.map((i, k) => variants[k] * split.length + i), 'int32');
+          const index = tf.tensor1d(variants ? indices.map((i, k) => variants[k] * split.length + i) : indices, 'int32');
           return rows.map((tensor) => tf.gather(tensor, index));
         });
         yield { frontier, labels: tf.tensor1d(indices.map((i) => split.labels[i]), 'int32'), indices };
@@ -188,26 +188,25 @@ export function frontierCacheBytes(staged: StagedModel, inputs: Pick<FrontierCac
 export function cacheFrontier(staged: StagedModel, inputs: FrontierCacheInputs): FrontierCache {
   const { train, validation, batchSize, variants, prefix } = inputs;
   const columns = staged.split.frontier.length;
-  const unchanged = { count: 1, render: (images: Tensor4D) => images.clone() };
   let trainRows: Tensor[];
   let validationRows: Tensor[];
   let reusedPrefix = false;
   if (prefix) {
     const prefixColumns = prefix.split.frontier.length;
     const shared = prefix.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
-      train: rowsOf(train, batchSize, variants, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
-      validation: rowsOf(validation, batchSize, unchanged, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
+      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
+      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
     }));
     reusedPrefix = shared.reused;
     trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize);
     validationRows = rowsAfterPrefix(staged, prefix.split, shared.rows.validation, validation.length, batchSize);
   } else {
-    trainRows = rowsOf(train, batchSize, variants, columns, (images) => staged.frozen(images));
-    validationRows = rowsOf(validation, batchSize, unchanged, columns, (images) => staged.frozen(images));
+    trainRows = rowsOf(train, batchSize, variants, variants.count, columns, (images) => staged.frozen(images));
+    validationRows = rowsOf(validation, batchSize, variants, 1, columns, (images) => staged.frozen(images));
   }
   return {
-    train: rowsSource(trainRows, train, (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex))),
-    validation: rowsSource(validationRows, validation, (_epoch, _batchIndex, size) => new Array<number>(size).fill(0)),
+    train: rowsSource(trainRows, train, variants.count > 1 ? (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex)) : undefined),
+    validation: rowsSource(validationRows, validation),
     reusedPrefix,
     dispose: () => tf.dispose([...trainRows, ...validationRows]),
   };
