@@ -14,7 +14,7 @@ import { augmentBatch, imageVariants } from '../src/data/augment.ts';
 import { assignWeights, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
 import { imagenetWeightsFile } from '../src/config/bases.ts';
 import { tf } from '../src/tfjs/tf.ts';
-import { fitPhase, type EpochRecord, type FitInputs } from '../src/train/engine.ts';
+import { evaluate, fitPhase, validationOfCurrentWeights, type EpochRecord, type Evaluation, type FitInputs, type PhaseEnd } from '../src/train/engine.ts';
 import { FrozenPrefixStore } from '../src/train/frontier.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
@@ -134,11 +134,11 @@ async function tinySplit(name: string, perClass: number): Promise<ImageSplit> {
 }
 
 /** One phase of SGD on a split (training and validation alike), as tlx runs it. */
-async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; augmentation?: AugmentationOp[]; sharedPrefix?: FitInputs['sharedPrefix']; log?: (message: string) => void; onEpochEnd?: (record: EpochRecord) => void }): Promise<void> {
+async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 'fine_tune', split: ImageSplit, options: { epochs: number; batchSize: number; learningRate: number; seed: number; cacheFrozenOutputs: boolean; augmentation?: AugmentationOp[]; sharedPrefix?: FitInputs['sharedPrefix']; beforeTraining?: FitInputs['beforeTraining']; log?: (message: string) => void; onEpochEnd?: (record: EpochRecord) => void }): Promise<PhaseEnd> {
   const ops = options.augmentation ?? [];
   const optimizer = createOptimizer({ name: 'sgd', learning_rate: options.learningRate });
   try {
-    await fitPhase(
+    return await fitPhase(
       {
         model: classifier.model,
         objective: { head: classifier.head, classCount: 2, labelSmoothing: 0 },
@@ -149,6 +149,7 @@ async function trainPhase(classifier: Classifier, phase: 'feature_extraction' | 
         augment: (images: Tensor4D, random: Random) => augmentBatch(images, ops, random),
         variants: options.cacheFrozenOutputs ? imageVariants(ops) : undefined,
         sharedPrefix: options.sharedPrefix,
+        beforeTraining: options.beforeTraining,
         log: options.log ?? (() => {}),
       },
       { phase, first: 1, last: options.epochs, resumeAfter: 0, optimizer, learningRateAt: () => options.learningRate },
@@ -345,5 +346,39 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     assert.equal(tensorsAfter[2], tensorsAfter[3], 'a trial that reuses the store adds nothing to it');
     store.dispose();
     assert.equal(tf.memory().numTensors, tensorsAfter[0], 'disposing the store releases the shared rows');
+  });
+  test('epoch 0 and the final validation come from the phases\' own passes: the whole model\'s numbers, reused only while the weights are the ones validated', async () => {
+    const split = await tinySplit('reuse', 10);
+    const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [32, 32], classCount: 2, dropout: 0.2, seed: 11 });
+    assignWeights(classifier.base, await readNsfwjsMobileNetV2(), { requireAll: true, what: 'nsfwjs' });
+    const objective = { head: classifier.head, classCount: 2, labelSmoothing: 0 };
+    const wholeModel = () => evaluate(classifier.model, objective, split, 6);
+    const close = (a: Evaluation, b: Evaluation, what: string) => {
+      assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `${what}: loss ${a.loss} vs ${b.loss}`);
+      assert.deepEqual([...a.predictions], [...b.predictions], `${what}: predictions`);
+    };
+    try {
+      const beforeAnyTraining = wholeModel();
+      let initial: Evaluation | undefined;
+      setPhaseTrainable(classifier, 'feature_extraction', 100);
+      // Feature extraction caches the frozen base's outputs (two flip variants): epoch 0 is answered from them.
+      const options = { epochs: 2, batchSize: 6, seed: 2, cacheFrozenOutputs: true, augmentation: [{ random_flip: 'horizontal' }] as AugmentationOp[] };
+      await trainPhase(classifier, 'feature_extraction', split, { ...options, learningRate: 0.01, beforeTraining: (evaluation) => void (initial = evaluation) });
+      assert.ok(initial, 'beforeTraining was called');
+      close(initial, beforeAnyTraining, 'epoch 0 from the cache vs the whole model before training');
+      setPhaseTrainable(classifier, 'fine_tune', 100);
+      const end = await trainPhase(classifier, 'fine_tune', split, { ...options, learningRate: 0.001 });
+      const reused = validationOfCurrentWeights(classifier.model, end.lastValidation);
+      assert.ok(reused, 'the weights are still the ones the last epoch validated');
+      close(reused, wholeModel(), 'the last epoch\'s validation vs the whole model after training');
+      // A restore (EarlyStopping's restore_best_weights writes every weight) makes it stale.
+      const kernel = classifier.model.trainableWeights.at(-1)!;
+      const restored = tf.tidy(() => kernel.read().mul(0.5));
+      kernel.write(restored);
+      restored.dispose();
+      assert.equal(validationOfCurrentWeights(classifier.model, end.lastValidation), undefined, 'weights written after the validation: recomputed');
+    } finally {
+      classifier.model.dispose();
+    }
   });
 });

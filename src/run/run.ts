@@ -12,7 +12,7 @@ import { RunFolder } from '../run-folder/run-folder.ts';
 import { PythonWorker, type Exporter } from '../export/python.ts';
 import type { FrozenPrefixStore } from '../train/frontier.ts';
 import { buildModel, prepareData, type RunModel } from './model-stage.ts';
-import { evaluateFinal, evaluateInitial } from './evaluate-stage.ts';
+import { evaluateFinal } from './evaluate-stage.ts';
 import { describeClassifier, exportStage } from './export-stage.ts';
 import { recordSummary } from './summary.ts';
 import { trainPhases } from './train-stage.ts';
@@ -107,10 +107,9 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     warmExporter(context, model);
     try {
       stage = 'train';
-      await evaluateInitial(context, model, data, point);
-      const phases = await trainPhases(context, model, data, point);
+      const { summaries: phases, lastValidation } = await trainPhases(context, model, data, point);
       stage = 'evaluate';
-      const evaluation = await evaluateFinal(context, model, data);
+      const evaluation = await evaluateFinal(context, model, data, lastValidation);
       stage = 'export';
       const exported = await exportStage(context, model, data, evaluation);
       stage = 'record';

@@ -7,7 +7,8 @@ import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, writeCheckpo
 import type { PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
-import { fitPhase, type Callback, type FitInputs, type PhaseSpan } from '../train/engine.ts';
+import { fitPhase, type Callback, type Evaluation, type FitInputs, type PhaseSpan, type ValidatedWeights } from '../train/engine.ts';
+import { initialEvaluationDue, recordInitialEvaluation } from './evaluate-stage.ts';
 import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
 import { EpochLog, InterruptCallback, RunRecorder, TrackingCallback } from './callbacks.ts';
 import type { RunModel } from './model-stage.ts';
@@ -47,8 +48,17 @@ function earlyStoppingFor(context: RunContext, model: RunModel, phase: Phase, po
   return callback;
 }
 
-/** train: the phases from the resume point on, with the run's callbacks; returns each phase's summary. */
-export async function trainPhases(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint): Promise<Partial<Record<Phase, PhaseSummary>>> {
+export interface TrainedPhases {
+  summaries: Partial<Record<Phase, PhaseSummary>>;
+  /** The last phase's last validation in this process, and the weights it saw. */
+  lastValidation?: ValidatedWeights;
+}
+
+/**
+ * train: epoch 0 (before training), then the phases from the resume point on, with the
+ * run's callbacks; returns each phase's summary and the last validation.
+ */
+export async function trainPhases(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint): Promise<TrainedPhases> {
   const { config, folder, log } = context;
   const { classifier } = model;
   if (point.checkpoint) {
@@ -58,6 +68,8 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
     if (outcome && !context.run.phase_outcomes[phase]) context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
   }
   const summaries: Partial<Record<Phase, PhaseSummary>> = {};
+  let initialDue = initialEvaluationDue(point);
+  let lastValidation: ValidatedWeights | undefined;
   for (const span of phaseSpans(config)) {
     const settings = config.train[span.phase];
     const trainableVariables = setPhaseTrainable(classifier, span.phase, config.train.fine_tune.fine_tune_at);
@@ -72,14 +84,18 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
     summaries[span.phase] = summary;
     const after = resumeAfter(span, point);
     if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
-      await trainPhase(context, model, data, point, { ...span, resumeAfter: after });
+      // The first phase that trains evaluates epoch 0 through its own frontier.
+      const beforeTraining = initialDue ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation) : undefined;
+      initialDue = false;
+      lastValidation = await trainPhase(context, model, data, point, { ...span, resumeAfter: after }, beforeTraining);
     }
     const outcome: PhaseOutcome | undefined = context.run.phase_outcomes[span.phase];
     if (outcome?.stopped_early) summary.stopped_early = true;
     if (outcome?.restored_best_epoch !== undefined) summary.restored_best_epoch = outcome.restored_best_epoch;
     summary.seconds = folder.readMetrics().records.filter((r) => r.phase === span.phase).reduce((sum, r) => sum + r.seconds, 0);
   }
-  return summaries;
+  if (initialDue) await recordInitialEvaluation(context, model, data, point);
+  return { summaries, lastValidation };
 }
 
 /** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */
@@ -90,7 +106,7 @@ function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['shared
   return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };
 }
 
-async function trainPhase(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, span: PhaseSpan & { phase: Phase }): Promise<void> {
+async function trainPhase(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, span: PhaseSpan & { phase: Phase }, beforeTraining?: FitInputs['beforeTraining']): Promise<ValidatedWeights | undefined> {
   const { config, folder, log, options } = context;
   const settings = config.train[span.phase];
   const optimizer = createOptimizer(settings.optimizer);
@@ -122,12 +138,14 @@ async function trainPhase(context: RunContext, model: RunModel, data: PreparedDa
         augment: model.augment,
         variants: imageVariants(config.augmentation),
         sharedPrefix: span.phase === 'fine_tune' ? sharedPrefixOf(context, model) : undefined,
+        beforeTraining,
         log: (message, fields) => log.info(fields ?? {}, message),
       },
       { ...span, optimizer, learningRateAt: (epochInPhase) => learningRateAt(settings.optimizer.learning_rate, settings.schedule, epochInPhase, settings.epochs) },
       callbacks,
     );
     if (!end.complete) throw new InterruptedError(`stopped during ${span.phase}; resume with: tlx run --resume ${folder.dir}`);
+    return end.lastValidation;
   } finally {
     optimizer.dispose();
   }

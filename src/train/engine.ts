@@ -78,6 +78,12 @@ export interface FitInputs {
    * outputs are computed once and kept in `store` for the next trial's phase.
    */
   sharedPrefix?: { layers: ReadonlySet<Layer>; store: FrozenPrefixStore };
+  /**
+   * Called once before the first epoch with the model on the validation split (Keras's
+   * `evaluate` before `fit`), through the phase's frontier: a cached phase answers from the
+   * outputs it has just computed instead of running the frozen layers again.
+   */
+  beforeTraining?: (validation: Evaluation) => void | Promise<void>;
   log: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -96,9 +102,32 @@ export interface BatchProgress {
   accuracy: number;
 }
 
+/**
+ * The last validation of a phase and the weights it saw. A tfjs variable gets new data on
+ * every assign (an optimizer step, a restore), so the same data ids mean the same weights.
+ */
+export interface ValidatedWeights {
+  evaluation: Evaluation;
+  weights: readonly object[];
+}
+
+/** The identity of a model's current weights (see ValidatedWeights). */
+export function weightsIdentity(model: LayersModel): readonly object[] {
+  return model.weights.map((weight) => weight.read().dataId);
+}
+
+/** The validation a phase ended with, if the model still has the weights it was made with. */
+export function validationOfCurrentWeights(model: LayersModel, validated: ValidatedWeights | undefined): Evaluation | undefined {
+  if (!validated) return undefined;
+  const now = weightsIdentity(model);
+  return now.length === validated.weights.length && now.every((id, i) => id === validated.weights[i]) ? validated.evaluation : undefined;
+}
+
 export interface PhaseEnd extends PhaseSpan {
   /** The last epoch trained and recorded. */
   lastTrained: number;
+  /** That epoch's validation, and the weights it was made with. */
+  lastValidation?: ValidatedWeights;
   /** All epochs ran, or a callback ended the phase early on purpose; false when interrupted. */
   complete: boolean;
   stopReason?: 'early_stopping' | 'interrupted';
@@ -244,6 +273,11 @@ export function trainStepForBench(staged: StagedModel, objective: Objective, ima
   return value;
 }
 
+/** The model on the validation split: from the phase's cache, or through the whole model. */
+function validate(inputs: FitInputs, staged: StagedModel, caches: FrontierCache | undefined): Evaluation {
+  return caches ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+}
+
 /** The phase's frontier cache, when the augmentation allows one, it fits the budget and it saves work. */
 function phaseCache(inputs: FitInputs, staged: StagedModel, phase: string, remaining: number): FrontierCache | undefined {
   const { variants } = inputs;
@@ -280,14 +314,17 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
   const trainSource = caches?.train ?? computedFrontier(staged, inputs.train, (images, epoch, batchIndex) => inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)));
   // Computing the cache is part of the first epoch's cost.
   let carrySeconds = caches ? (performance.now() - cacheStarted) / 1000 : 0;
+  let lastValidation: ValidatedWeights | undefined;
   try {
+    if (inputs.beforeTraining) await inputs.beforeTraining(validate(inputs, staged, caches));
     for (let epoch = phase.resumeAfter + 1; epoch <= phase.last && !control.stopReason; epoch++) {
       const started = performance.now();
       const learningRate = phase.learningRateAt(epoch - phase.first);
       setLearningRate(phase.optimizer, learningRate);
       const trained = await trainEpoch(inputs, staged, trainSource, phase, epoch, callbacks, control);
       if (trained.interrupted) break;
-      const validation = caches ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+      const validation = validate(inputs, staged, caches);
+      lastValidation = { evaluation: validation, weights: weightsIdentity(inputs.model) };
       const record: EpochRecord = {
         epoch,
         phase: phase.phase,
@@ -307,7 +344,7 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
     caches?.dispose();
     staged.dispose();
   }
-  const end: PhaseEnd = { ...span, lastTrained, complete: control.stopReason !== 'interrupted', stopReason: control.stopReason };
+  const end: PhaseEnd = { ...span, lastTrained, lastValidation, complete: control.stopReason !== 'interrupted', stopReason: control.stopReason };
   for (const callback of callbacks) await callback.onPhaseEnd?.(end);
   return end;
 }
