@@ -112,7 +112,7 @@ export interface ValidatedWeights {
 }
 
 /** The identity of a model's current weights (see ValidatedWeights). */
-export function weightsIdentity(model: LayersModel): readonly object[] {
+function weightsIdentity(model: LayersModel): readonly object[] {
   return model.weights.map((weight) => weight.read().dataId);
 }
 
