@@ -278,6 +278,35 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     staged.dispose();
   });
 
+  test('1x1 convs train as matrix products: no Conv2DBackprop kernel at fine_tune_at 100, and the convolution\'s output and gradients', async () => {
+    const classifier = randomClassifier(11);
+    setPhaseTrainable(classifier, 'fine_tune', 100);
+    const staged = new StagedModel(classifier.model);
+    const images = tf.randomUniform([2, 32, 32, 3], 0, 255, 'float32', 5);
+    const frontier = staged.frozen(images);
+    const loss = () => staged.trainable(frontier, true, 1).square().mean() as never;
+    const profile = await tf.profile(() => tf.dispose(Object.values(tf.variableGrads(loss, staged.variables).grads)));
+    const kernels = new Set(profile.kernels.map((kernel) => kernel.name));
+    assert.ok(kernels.has('BatchMatMul'), `expected matrix products among ${[...kernels].join(', ')}`);
+    assert.deepEqual([...kernels].filter((name) => name.startsWith('Conv2DBackprop')), [], 'every trainable conv of MobileNetV2 above 100 is 1x1');
+
+    // One 1x1 conv with a bias: the layer's own convolution against the matrix-product path.
+    const conv = tf.layers.conv2d({ filters: 6, kernelSize: 1, useBias: true, biasInitializer: 'randomNormal', kernelInitializer: tf.initializers.glorotUniform({ seed: 3 }) });
+    const input = tf.input({ shape: [5, 7, 4] });
+    const model = tf.model({ inputs: input, outputs: conv.apply(input) as never });
+    const x = tf.randomNormal([3, 5, 7, 4], 0, 1, 'float32', 9);
+    const variables = conv.weights.map((weight) => weight.read() as never);
+    const viaConv = tf.variableGrads(() => tf.conv2d(x as Tensor4D, conv.getWeights()[0] as Tensor4D, 1, 'same').add(conv.getWeights()[1]).square().sum() as never, variables);
+    const viaStage = tf.variableGrads(() => new StagedModel(model).trainable([x], true).square().sum() as never, variables);
+    assert.ok(Math.abs(viaStage.value.dataSync()[0] - viaConv.value.dataSync()[0]) < 1e-4 * viaConv.value.dataSync()[0], 'output');
+    for (const name of Object.keys(viaConv.grads)) {
+      const difference = viaStage.grads[name].sub(viaConv.grads[name]).abs().max().dataSync()[0];
+      assert.ok(difference < 1e-4 * viaConv.grads[name].abs().max().dataSync()[0], `gradient of ${name}: ${difference}`);
+    }
+    tf.dispose([images, x, ...frontier, viaConv.value, viaStage.value, ...Object.values(viaConv.grads), ...Object.values(viaStage.grads)]);
+    staged.dispose();
+  });
+
   test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {
     const split = await tinySplit('cache', 10);
     const pretrained = await readNsfwjsMobileNetV2();

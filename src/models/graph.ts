@@ -3,6 +3,7 @@ import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts'
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 import { Activation, InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
+import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
 
 /**
  * A functional model (nested models flattened) as a list of steps in execution order,
@@ -224,6 +225,7 @@ function runConvBn(step: Extract<Step, { kind: 'conv_bn' }>, x: Tensor4D, weight
 }
 
 function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
+  if (inputs.length === 1 && isPointwiseConv(layer)) return applyPointwiseConv(layer, inputs[0] as Tensor4D);
   return layer.apply(inputs.length === 1 ? inputs[0] : inputs, seed === undefined ? { training } : { training, seed }) as Tensor;
 }
 
