@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Queue } from 'bullmq';
@@ -24,7 +25,14 @@ const artifacts = path.join(work, 'shared');
 let redis: RedisServer;
 let mlflow: MlflowServer;
 const workers: ResultPromise[] = [];
-const workerEnv = () => ({ TLX_QUEUE_LOCK_MS: '3000', MLFLOW_TRACKING_URI: mlflow.url });
+// Workers' own temp folder, to see what a killed one leaves behind.
+const workerTmp = path.join(work, 'tmp');
+fs.mkdirSync(workerTmp, { recursive: true });
+const workerEnv = () => ({ TLX_QUEUE_LOCK_MS: '3000', MLFLOW_TRACKING_URI: mlflow.url, TMPDIR: workerTmp });
+const trialFoldersOf = (pid: number | undefined) => {
+  const root = path.join(workerTmp, `tlx-trials-${os.userInfo().uid}`);
+  return fs.existsSync(root) ? fs.readdirSync(root).filter((name) => name.includes(`.tmp-${pid}-`)) : [];
+};
 
 function startWorker(): ResultPromise {
   const worker = execa(process.execPath, [tlxBin, '--runs-dir', artifacts, 'worker', '--queue', redis.url], { cwd: work, env: workerEnv(), reject: false });
@@ -135,6 +143,7 @@ describe('tlx sweep --queue and tlx worker', () => {
     await first;
     workers.splice(workers.indexOf(first), 1);
     assert.ok(await noneLeft(`__trial`), 'the trial process died with its worker');
+    assert.equal(trialFoldersOf(first.pid).length, 1, 'the killed worker left its trial folder');
     const epochsAtKill = readMetrics(dir).length;
     startWorker();
     const waited = await runTlx(['--runs-dir', artifacts, 'sweep', file, '--queue', redis.url, '--wait'], { cwd: work, timeout: 600_000 });
@@ -144,6 +153,7 @@ describe('tlx sweep --queue and tlx worker', () => {
     assert.ok(epochsAtKill > 3 && epochsAtKill < 32);
     const log = fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8');
     assert.match(log, /continuing from the checkpoint of epoch \d+/, 'resumed, not restarted');
+    assert.deepEqual(trialFoldersOf(first.pid), [], 'the next worker removed the dead one\'s trial folder');
     const remote = await readRunWithMlflow(mlflow.url, mlflowState(dir, mlflow.url).run_id, ['val_loss']);
     assert.deepEqual(remote.histories.val_loss.map((m) => m.step).sort((a, b) => a - b), epochs, 'each epoch once in MLflow');
     await stopWorkers();

@@ -5,7 +5,7 @@ import { DelayedError, Queue, UnrecoverableError, WaitingChildrenError, Worker, 
 import { Redis } from 'ioredis';
 import { minimalEnv, signalGroup, spawnChild } from '../core/child.ts';
 import { UserError, errorMessage } from '../core/errors.ts';
-import { tempPathFor } from '../core/files.ts';
+import { removeDeadTemps, tempPathFor } from '../core/files.ts';
 import type { Logger } from '../core/log.ts';
 import { projectRoot } from '../core/project.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
@@ -213,9 +213,18 @@ interface ChildResult {
   error?: string;
 }
 
+/**
+ * Where a worker keeps each trial's request and result while the trial runs: a folder of
+ * tlx's own (per user), so that what a SIGKILLed worker left there can be told by its pid
+ * and removed by the next worker, without touching anyone else's temp files.
+ */
+export function trialWorkRoot(): string {
+  return path.join(os.tmpdir(), `tlx-trials-${os.userInfo().uid}`);
+}
+
 /** Runs one trial in a child process (`tlx __trial`); it exits if this worker dies. */
 async function runTrialChild(trial: QueuedTrial, options: WorkerOptions, active: Set<ReturnType<typeof spawnChild>>): Promise<ChildResult> {
-  const work = tempPathFor(path.join(os.tmpdir(), `tlx-trial-${trial.sweepId}-${trial.trial}`));
+  const work = tempPathFor(path.join(trialWorkRoot(), `${trial.sweepId}-${trial.trial}`));
   fs.mkdirSync(work, { recursive: true });
   const request = path.join(work, 'trial.json');
   const result = path.join(work, 'result.json');
@@ -251,6 +260,8 @@ async function enqueueOrphans(queue: Queue<TrialJobData>, leader: QueuedTrial, f
  */
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { log } = options;
+  const leftovers = removeDeadTemps(trialWorkRoot());
+  if (leftovers.length) log.debug({ removed: leftovers }, `removed ${leftovers.length} trial folder(s) of workers that died`);
   const connection = connect(options.queueUrl);
   const queue = new Queue<TrialJobData>(queueName, { connection });
   const active = new Set<ReturnType<typeof spawnChild>>();
