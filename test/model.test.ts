@@ -297,7 +297,8 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const x = tf.randomNormal([3, 5, 7, 4], 0, 1, 'float32', 9);
     const variables = conv.weights.map((weight) => weight.read() as never);
     const viaConv = tf.variableGrads(() => tf.conv2d(x as Tensor4D, conv.getWeights()[0] as Tensor4D, 1, 'same').add(conv.getWeights()[1]).square().sum() as never, variables);
-    const viaStage = tf.variableGrads(() => new StagedModel(model).trainable([x], true).square().sum() as never, variables);
+    const stagedConv = new StagedModel(model);
+    const viaStage = tf.variableGrads(() => stagedConv.trainable([x], true).square().sum() as never, variables);
     assert.ok(Math.abs(viaStage.value.dataSync()[0] - viaConv.value.dataSync()[0]) < 1e-4 * viaConv.value.dataSync()[0], 'output');
     for (const name of Object.keys(viaConv.grads)) {
       const difference = viaStage.grads[name].sub(viaConv.grads[name]).abs().max().dataSync()[0];
@@ -305,6 +306,8 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     }
     tf.dispose([images, x, ...frontier, viaConv.value, viaStage.value, ...Object.values(viaConv.grads), ...Object.values(viaStage.grads)]);
     staged.dispose();
+    stagedConv.dispose();
+    model.dispose();
   });
 
   test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {

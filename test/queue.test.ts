@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Queue } from 'bullmq';
 import { execa, type ResultPromise } from 'execa';
-import { connect, queueName } from '../src/sweep/queue.ts';
+import { connect, queueName, trialWorkRoot } from '../src/sweep/queue.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
@@ -30,7 +29,7 @@ const workerTmp = path.join(work, 'tmp');
 fs.mkdirSync(workerTmp, { recursive: true });
 const workerEnv = () => ({ TLX_QUEUE_LOCK_MS: '3000', MLFLOW_TRACKING_URI: mlflow.url, TMPDIR: workerTmp });
 const trialFoldersOf = (pid: number | undefined) => {
-  const root = path.join(workerTmp, `tlx-trials-${os.userInfo().uid}`);
+  const root = trialWorkRoot(workerTmp);
   return fs.existsSync(root) ? fs.readdirSync(root).filter((name) => name.includes(`.tmp-${pid}-`)) : [];
 };
 

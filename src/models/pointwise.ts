@@ -6,8 +6,9 @@ import type { Layer } from './graph.ts';
  * A 1x1, stride-1 Conv2D is a matrix product over the pixels: [N*H*W, in] x [in, out].
  * Taped as one, its gradients are two more matrix products. TensorFlow's CPU kernels run
  * those about twice as fast as Conv2DBackpropInput / Conv2DBackpropFilter run the same
- * shapes, and 1x1 convs carry most of a MobileNet's or EfficientNet's weights (the steps
- * case of bench/compare.ts). The result is the convolution's, up to the order of float sums.
+ * shapes, and 1x1 convs carry most of a MobileNet's or EfficientNet's weights (measured by
+ * the steps case of bench/compare.ts). The result is the convolution's, up to the order of
+ * float sums.
  */
 
 const pointwise = new WeakMap<Layer, boolean>();

@@ -216,14 +216,16 @@ interface ChildResult {
 /**
  * Where a worker keeps each trial's request and result while the trial runs: a folder of
  * tlx's own (per user), so that what a SIGKILLed worker left there can be told by its pid
- * and removed by the next worker, without touching anyone else's temp files.
+ * and removed before any worker's next trial, without touching anyone else's temp files.
  */
-export function trialWorkRoot(): string {
-  return path.join(os.tmpdir(), `tlx-trials-${os.userInfo().uid}`);
+export function trialWorkRoot(tmpDir = os.tmpdir()): string {
+  return path.join(tmpDir, `tlx-trials-${os.userInfo().uid}`);
 }
 
 /** Runs one trial in a child process (`tlx __trial`); it exits if this worker dies. */
 async function runTrialChild(trial: QueuedTrial, options: WorkerOptions, active: Set<ReturnType<typeof spawnChild>>): Promise<ChildResult> {
+  const leftovers = removeDeadTemps(trialWorkRoot());
+  if (leftovers.length) options.log.debug({ removed: leftovers }, `removed ${leftovers.length} trial folder(s) of workers that died`);
   const work = tempPathFor(path.join(trialWorkRoot(), `${trial.sweepId}-${trial.trial}`));
   fs.mkdirSync(work, { recursive: true });
   const request = path.join(work, 'trial.json');
@@ -260,8 +262,6 @@ async function enqueueOrphans(queue: Queue<TrialJobData>, leader: QueuedTrial, f
  */
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { log } = options;
-  const leftovers = removeDeadTemps(trialWorkRoot());
-  if (leftovers.length) log.debug({ removed: leftovers }, `removed ${leftovers.length} trial folder(s) of workers that died`);
   const connection = connect(options.queueUrl);
   const queue = new Queue<TrialJobData>(queueName, { connection });
   const active = new Set<ReturnType<typeof spawnChild>>();
