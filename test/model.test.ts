@@ -7,12 +7,14 @@ import { ImageSplit } from '../src/data/images.ts';
 import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
 import { compileGraph, StagedModel } from '../src/models/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
+import { isPointwiseConv } from '../src/models/pointwise.ts';
 import { namedVariables } from '../src/models/variables.ts';
 import type { AugmentationOp } from '../src/config/resolved.ts';
 import { Random } from '../src/core/random.ts';
 import { augmentBatch, imageVariants } from '../src/data/augment.ts';
 import { assignWeights, readKerasH5, readNsfwjsMobileNetV2, readTfjsModelJson } from '../src/models/weights.ts';
-import { imagenetWeightsFile } from '../src/config/bases.ts';
+import { imagenetWeightsFile, type BaseModelName } from '../src/config/bases.ts';
+import { nativeBackend } from '../src/tfjs/internals.ts';
 import { tf } from '../src/tfjs/tf.ts';
 import { evaluate, fitPhase, validationOfCurrentWeights, type EpochRecord, type Evaluation, type FitInputs, type PhaseEnd } from '../src/train/engine.ts';
 import { FrozenPrefixStore } from '../src/train/frontier.ts';
@@ -228,8 +230,8 @@ describe('freezing as Keras does', () => {
 });
 
 /** A small classifier with non-trivial BatchNorm statistics and weights. */
-function randomClassifier(seed: number, size = 32): Classifier {
-  const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [size, size], classCount: 2, dropout: 0.2, seed });
+function randomClassifier(seed: number, size = 32, base: BaseModelName = 'mobilenet_v2'): Classifier {
+  const classifier = buildClassifier({ base, alpha: base === 'mobilenet_v2' ? 0.35 : 1.0, imageSize: [size, size], classCount: 2, dropout: 0.2, seed });
   namedVariables(classifier.model).forEach(([key, variable], i) => {
     const value = key.endsWith('moving_variance')
       ? tf.randomUniform(variable.shape as number[], 0.5, 2, 'float32', seed + i)
@@ -309,6 +311,48 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     stagedConv.dispose();
     model.dispose();
   });
+
+  for (const base of ['mobilenet_v2', 'mobilenet_v3_small', 'efficientnet_b0'] as const) {
+    test(`${base}, whole model trainable: each Conv -> BatchNorm chain trains as one fused kernel (no BatchNorm gradient kernel), with the layers' gradients`, () => {
+      const classifier = randomClassifier(13, 32, base);
+      setPhaseTrainable(classifier, 'fine_tune', 0);
+      const staged = new StagedModel(classifier.model);
+      assert.deepEqual(staged.split.frozen.filter((step) => step.kind === 'conv_bn'), [], 'every conv trains, the first one too');
+      const images = tf.randomUniform([2, 32, 32, 3], 0, 255, 'float32', 4);
+      const labels = tf.tensor1d([0, 1], 'float32') as Tensor1D;
+      const loss = (logits: Tensor) => tf.losses.sigmoidCrossEntropy(labels.reshape([-1, 1]), logits);
+      const reference = tf.variableGrads(() => loss(classifier.model.apply(images, { training: false }) as Tensor) as never, staged.variables);
+      // The names of the native kernels the step runs (the backend itself, recorded as it executes them).
+      const backend = nativeBackend();
+      const executed = new Map<string, number>();
+      const record = (name: string) => executed.set(name, (executed.get(name) ?? 0) + 1);
+      const [single, multiple] = [backend.executeSingleOutput, backend.executeMultipleOutputs];
+      backend.executeSingleOutput = (name, ...rest) => (record(name), single.call(backend, name, ...rest));
+      backend.executeMultipleOutputs = (name, ...rest) => (record(name), multiple.call(backend, name, ...rest));
+      const frontier = staged.frozen(images); // the preprocessing layers
+      let ours: ReturnType<typeof tf.variableGrads>;
+      try {
+        ours = tf.variableGrads(() => loss(staged.trainable(frontier, false)) as never, staged.variables);
+      } finally {
+        [backend.executeSingleOutput, backend.executeMultipleOutputs] = [single, multiple];
+      }
+      assert.deepEqual([...executed.keys()].filter((name) => name.startsWith('FusedBatchNorm')), [], `BatchNorm runs as kernels of its own: ${[...executed.keys()].join(', ')}`);
+      // Only convs outside a chain that are no matrix product (EfficientNet's squeeze-excite convs carry their activation) backprop to their input.
+      const unchainedConvs = staged.split.trainable.filter((step) => step.kind === 'layer' && step.layers[0].getClassName() === 'Conv2D' && !isPointwiseConv(step.layers[0])).length;
+      assert.equal(executed.get('Conv2DBackpropInput') ?? 0, unchainedConvs, 'the first conv computes no gradient for the images');
+      assert.ok(executed.has('BiasAddGrad'), 'the folded chains\' bias gradient');
+      const referenceLoss = reference.value.dataSync()[0];
+      assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
+      let worst = 0;
+      for (const [name, gradient] of Object.entries(reference.grads)) {
+        const scale = Math.max(1e-6, gradient.abs().max().dataSync()[0]);
+        worst = Math.max(worst, ours.grads[name].sub(gradient).abs().max().dataSync()[0] / scale);
+      }
+      assert.ok(worst < 1e-3, `largest gradient difference ${worst} (relative to each gradient's largest entry)`);
+      tf.dispose([images, labels, reference.value, ours.value, ...frontier, ...Object.values(reference.grads), ...Object.values(ours.grads)]);
+      staged.dispose();
+    });
+  }
 
   test('caching the frozen stage (no augmentation) gives the metrics of recomputing it, in both phases, and leaks no tensor', async () => {
     const split = await tinySplit('cache', 10);

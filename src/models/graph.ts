@@ -4,6 +4,7 @@ import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 import { Activation, InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
 import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
+import { clampActivation, convBiasClamp } from './taped-conv-bn.ts';
 
 /**
  * A functional model (nested models flattened) as a list of steps in execution order,
@@ -196,6 +197,18 @@ export function prefixSplit(graph: CompiledGraph, layers: ReadonlySet<Layer>): G
 /** Folded filter and bias per conv_bn step, computed from the current weights. */
 export type FoldedWeights = Map<Step, { filter: Tensor4D; bias: Tensor1D }>;
 
+type ConvBnStep = Extract<Step, { kind: 'conv_bn' }>;
+
+/** The chain's BatchNorm folded into its conv's filter and bias, from the weights' variables (so it can be taped). */
+function foldConvBn(step: ConvBnStep): { filter: Tensor4D; bias: Tensor1D } {
+  const { scale, offset } = step.batchNorm.scaleAndOffset();
+  const [kernel, convBias] = step.conv.weights.map((weight) => weight.read()) as [Tensor4D, Tensor1D | undefined];
+  // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
+  const filter = (step.depthwise ? kernel.mul(scale.reshape([1, 1, -1, 1])) : kernel.mul(scale)) as Tensor4D;
+  const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
+  return { filter, bias };
+}
+
 export function foldWeights(steps: readonly Step[]): FoldedWeights {
   const folded: FoldedWeights = new Map();
   for (const step of steps) {
@@ -203,11 +216,7 @@ export function foldWeights(steps: readonly Step[]): FoldedWeights {
     folded.set(
       step,
       tf.tidy(() => {
-        const { scale, offset } = step.batchNorm.scaleAndOffset();
-        const [kernel, convBias] = step.conv.getWeights() as [Tensor4D, Tensor1D | undefined];
-        // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
-        const filter = (step.depthwise ? kernel.mul(scale.reshape([1, 1, -1, 1])) : kernel.mul(scale)) as Tensor4D;
-        const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
+        const { filter, bias } = foldConvBn(step);
         return { filter: tf.keep(filter), bias: tf.keep(bias) };
       }),
     );
@@ -220,8 +229,22 @@ export function disposeFolded(folded: FoldedWeights): void {
   folded.clear();
 }
 
-function runConvBn(step: Extract<Step, { kind: 'conv_bn' }>, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
+function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
   return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options) : fusedConv2d(x, weights.filter, weights.bias, step.options);
+}
+
+/**
+ * A chain whose weights may train: folded on the tape, then one fused op with its own
+ * gradient (taped-conv-bn.ts). An activation other than ReLU / ReLU6 runs as its layer.
+ */
+function runTapedConvBn(step: ConvBnStep, x: Tensor4D, inputGradient: boolean, training: boolean): Tensor {
+  return tf.tidy(() => {
+    const { filter, bias } = foldConvBn(step);
+    const chain = { depthwise: step.depthwise, pointwise: !step.depthwise && isPointwiseConv(step.conv), options: step.options };
+    const y = convBiasClamp(chain, x, filter, bias, inputGradient);
+    const activation = step.layers[2];
+    return activation && !clampActivation(step.options.activation) ? applyLayer(activation, [y], training, undefined) : y;
+  });
 }
 
 function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
@@ -237,6 +260,7 @@ function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: num
  */
 export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, options: { training: boolean; seed?: number; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> }): void {
   const lastUse = new Map<TensorId, number>();
+  const given = new Set(values.keys()); // no step's gradient flows into these
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   steps.forEach((step, index) => {
     const inputs = step.inputs.map((id) => {
@@ -248,6 +272,8 @@ export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, 
     let output: Tensor;
     if (step.kind === 'conv_bn' && weights) {
       output = runConvBn(step, inputs[0] as Tensor4D, weights);
+    } else if (step.kind === 'conv_bn') {
+      output = runTapedConvBn(step, inputs[0] as Tensor4D, !given.has(step.inputs[0]), options.training);
     } else {
       output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)], inputs)[0];
     }

@@ -1,0 +1,118 @@
+import type { Tensor, Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
+import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { tf } from '../tfjs/tf.ts';
+import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
+
+/**
+ * A trainable Conv -> BatchNorm (-> ReLU / ReLU6) chain as one fused kernel on the tape.
+ *
+ * The base's BatchNorm always runs in inference mode, so it is a per-channel affine map and
+ * folds into the conv's filter and bias, on the tape (a few ops on filter-sized tensors,
+ * differentiated as usual back to the kernel, gamma and beta). The convolution + bias +
+ * clamp then runs as one native kernel with its own gradient: the clamp's gradient from the
+ * kernel's output (ReLU6's mask is the same whether read before or after the clamp), the
+ * bias's as one reduction, the filter's and the input's as the conv's backprops. Layer by
+ * layer the same chain costs a BatchNorm pass and its gradient (FusedBatchNormGradV3: the
+ * largest kernel of a whole-model MobileNetV2 step after the matrix products) and a separate
+ * clamp pass. The result is the layers', up to the order of float sums.
+ */
+
+export interface ConvBnChain {
+  depthwise: boolean;
+  /** A Conv2D with a 1x1 kernel and stride 1: a matrix product over the pixels. */
+  pointwise: boolean;
+  options: FusedConvOptions;
+}
+
+const float: OpAttr = { name: 'T', kind: 'type', value: 'float32' };
+
+function convAttrs(options: FusedConvOptions): OpAttr[] {
+  return [
+    float,
+    { name: 'strides', kind: 'int', value: [1, options.strides[0], options.strides[1], 1] },
+    { name: 'padding', kind: 'string', value: options.padding },
+    { name: 'data_format', kind: 'string', value: 'NHWC' },
+    { name: 'dilations', kind: 'int', value: [1, 1, 1, 1] },
+  ];
+}
+
+/** Relu and Relu6 fuse into every kernel here and have a gradient from the output alone. */
+export function clampActivation(activation: FusedActivation | undefined): 'Relu' | 'Relu6' | undefined {
+  return activation === 'Relu' || activation === 'Relu6' ? activation : undefined;
+}
+
+function pointwiseForward(x2d: Tensor2D, filter2d: Tensor2D, bias: Tensor1D, activation: 'Relu' | 'Relu6' | undefined): Tensor2D {
+  return runOp(
+    '_FusedMatMul',
+    [
+      float,
+      { name: 'transpose_a', kind: 'bool', value: false },
+      { name: 'transpose_b', kind: 'bool', value: false },
+      { name: 'num_args', kind: 'int', value: 1 },
+      { name: 'fused_ops', kind: 'string', value: activation ? ['BiasAdd', activation] : ['BiasAdd'] },
+      { name: 'epsilon', kind: 'float', value: 1e-4 },
+      { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
+    ],
+    [x2d, filter2d, bias],
+  ) as Tensor2D;
+}
+
+function forward(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D, bias: Tensor1D, activation: 'Relu' | 'Relu6' | undefined): Tensor4D {
+  const options = { ...chain.options, activation };
+  if (chain.depthwise) return fusedDepthwiseConv2d(x, filter, bias, options);
+  if (!chain.pointwise) return fusedConv2d(x, filter, bias, options);
+  const [batch, height, width, channels] = x.shape;
+  const filters = filter.shape[3];
+  return tf.tidy(() => pointwiseForward(x.reshape([batch * height * width, channels]), filter.reshape([channels, filters]), bias, activation).reshape([batch, height, width, filters]) as Tensor4D);
+}
+
+/** Gradients of the conv + bias for dz (the gradient before the clamp): input (if asked), filter, bias. */
+function backward(chain: ConvBnChain, dz: Tensor4D, x: Tensor4D, filter: Tensor4D, inputGradient: boolean): { dx?: Tensor4D; dFilter: Tensor4D; dBias: Tensor1D } {
+  const dBias = runOp('BiasAddGrad', [float, { name: 'data_format', kind: 'string', value: 'NHWC' }], [dz]) as Tensor1D;
+  if (chain.pointwise) {
+    const [batch, height, width, channels] = x.shape;
+    const filters = filter.shape[3];
+    const dz2d = dz.reshape([batch * height * width, filters]);
+    const dFilter = tf.matMul(x.reshape([batch * height * width, channels]), dz2d, true, false).reshape(filter.shape) as Tensor4D;
+    const dx = inputGradient ? (tf.matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D) : undefined;
+    return { dx, dFilter, dBias };
+  }
+  const attrs = convAttrs(chain.options);
+  const [filterName, inputName] = chain.depthwise ? ['DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput'] : ['Conv2DBackpropFilter', 'Conv2DBackpropInput'];
+  const filterSizes = tf.tensor1d(filter.shape, 'int32');
+  const dFilter = runOp(filterName, attrs, [x, filterSizes, dz]) as Tensor4D;
+  let dx: Tensor4D | undefined;
+  if (inputGradient) {
+    const inputSizes = tf.tensor1d(x.shape, 'int32');
+    dx = runOp(inputName, attrs, [inputSizes, filter, dz]) as Tensor4D;
+  }
+  return { dx, dFilter, dBias };
+}
+
+/**
+ * conv(x, filter) + bias (-> clamp), taped as one op. `inputGradient` false leaves x off the
+ * tape: the chain reads the frozen stage's output (or the images), whose gradient nobody
+ * uses, and the conv's input backprop is the costliest half of its gradient.
+ */
+export function convBiasClamp(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D, bias: Tensor1D, inputGradient: boolean): Tensor4D {
+  const activation = clampActivation(chain.options.activation);
+  const op = tf.customGrad((...args: (Tensor | ((tensors: Tensor[]) => void))[]) => {
+    const save = args[args.length - 1] as (tensors: Tensor[]) => void;
+    const [input, kernel, offset] = (inputGradient ? args.slice(0, 3) : [x, ...args.slice(0, 2)]) as [Tensor4D, Tensor4D, Tensor1D];
+    const y = forward(chain, input, kernel, offset, activation);
+    save([input, kernel, y]);
+    return {
+      value: y,
+      gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => {
+        const [savedInput, savedKernel, output] = saved as [Tensor4D, Tensor4D, Tensor4D];
+        // Its own scope: dz is as large as the activation and must not live until the whole backward pass ends.
+        return tf.tidy(() => {
+          const dz = activation ? (runOp(`${activation}Grad`, [float], [dy as Tensor4D, output]) as Tensor4D) : (dy as Tensor4D);
+          const { dx, dFilter, dBias } = backward(chain, dz, savedInput, savedKernel, inputGradient);
+          return inputGradient ? [dx!, dFilter, dBias] : [dFilter, dBias];
+        });
+      },
+    };
+  });
+  return (inputGradient ? op(x, filter, bias) : op(filter, bias)) as Tensor4D;
+}
