@@ -25,7 +25,7 @@ type TensorId = number;
 
 export type Step =
   | { kind: 'layer'; layers: [Layer]; inputs: TensorId[]; output: TensorId }
-  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; depthwise: boolean; options: FusedConvOptions; inputs: [TensorId]; output: TensorId };
+  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; activation?: Layer; depthwise: boolean; options: FusedConvOptions; inputs: [TensorId]; output: TensorId };
 
 export interface CompiledGraph {
   input: TensorId;
@@ -128,6 +128,7 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
       layers: [conv, bn, ...(relu !== undefined ? [steps[relu].layers[0]] : [])],
       conv,
       batchNorm: bn,
+      activation: relu !== undefined ? steps[relu].layers[0] : undefined,
       depthwise: className(conv) === 'DepthwiseConv2D',
       options: { strides: [strides[0], strides[1] ?? strides[0]], padding: config.padding === 'same' ? 'SAME' : 'VALID', activation },
       inputs: [step.inputs[0]],
@@ -137,13 +138,49 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
   return result;
 }
 
+/** The padding TensorFlow's SAME adds before and after, per spatial axis, for a conv on `size`. */
+function samePadding(size: number[], kernel: number[], strides: number[]): [number, number][] {
+  return [0, 1].map((axis) => {
+    const out = Math.ceil(size[axis] / strides[axis]);
+    const total = Math.max((out - 1) * strides[axis] + kernel[axis] - size[axis], 0);
+    return [Math.floor(total / 2), total - Math.floor(total / 2)];
+  });
+}
+
+/**
+ * Keras pads before a strided conv with a ZeroPadding2D layer and a VALID conv (its
+ * `correct_pad`), which is exactly the padding SAME adds there. A chain that reads such a
+ * padding (and nothing else does) takes it in as SAME: one pass over the activation and
+ * one slice of its gradient fewer.
+ */
+function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: TensorId): Step[] {
+  const readers = new Map<TensorId, number>([[output, 1]]);
+  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const producer = new Map(steps.map((step) => [step.output, step]));
+  const absorbed = new Set<Step>();
+  const result = steps.map((step): Step => {
+    if (step.kind !== 'conv_bn' || step.options.padding !== 'VALID') return step;
+    const padding = producer.get(step.inputs[0]);
+    if (!padding || padding.kind !== 'layer' || className(padding.layers[0]) !== 'ZeroPadding2D' || readers.get(padding.output) !== 1) return step;
+    const config = padding.layers[0].getConfig();
+    const inputShape = shapes.get(padding.inputs[0]);
+    if (config.dataFormat !== 'channelsLast' || !inputShape) return step;
+    const kernel = [step.conv.getConfig().kernelSize].flat() as number[];
+    const same = samePadding(inputShape, [kernel[0], kernel[1] ?? kernel[0]], step.options.strides);
+    if (JSON.stringify(config.padding) !== JSON.stringify(same)) return step;
+    absorbed.add(padding);
+    return { ...step, layers: [padding.layers[0], ...step.layers], inputs: [padding.inputs[0]], options: { ...step.options, padding: 'SAME' } };
+  });
+  return result.filter((step) => !absorbed.has(step));
+}
+
 const compiled = new WeakMap<LayersModel, CompiledGraph>();
 
 export function compileGraph(model: LayersModel): CompiledGraph {
   let graph = compiled.get(model);
   if (!graph) {
     const flat = flatten(model);
-    graph = { ...flat, steps: fuseChains(flat.steps, flat.output) };
+    graph = { ...flat, steps: absorbPadding(fuseChains(flat.steps, flat.output), flat.shapes, flat.output) };
     compiled.set(model, graph);
   }
   return graph;
@@ -242,8 +279,7 @@ function runTapedConvBn(step: ConvBnStep, x: Tensor4D, inputGradient: boolean, t
     const { filter, bias } = foldConvBn(step);
     const chain = { depthwise: step.depthwise, pointwise: !step.depthwise && isPointwiseConv(step.conv), options: step.options };
     const y = convBiasClamp(chain, x, filter, bias, inputGradient);
-    const activation = step.layers[2];
-    return activation && !clampActivation(step.options.activation) ? applyLayer(activation, [y], training, undefined) : y;
+    return step.activation && !clampActivation(step.options.activation) ? applyLayer(step.activation, [y], training, undefined) : y;
   });
 }
 
