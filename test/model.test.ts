@@ -353,6 +353,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       const unchainedConvs = staged.split.trainable.filter((step) => step.kind === 'layer' && step.layers[0].getClassName() === 'Conv2D' && !isPointwiseConv(step.layers[0])).length;
       assert.equal(executed.get('Conv2DBackpropInput') ?? 0, unchainedConvs, 'the first conv computes no gradient for the images');
       assert.ok(executed.has('BiasAddGrad'), 'the folded chains\' bias gradient');
+      assert.ok(executed.has('_MklNativeDepthwiseConv2dNativeBackpropInput') && !executed.has('DepthwiseConv2dNativeBackpropInput'), 'depthwise input gradients from oneDNN\'s kernel (compared with the layers\' below)');
       const referenceLoss = reference.value.dataSync()[0];
       assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
       let worst = 0;

@@ -1,5 +1,5 @@
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { PreferredKernel, runOp, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -51,8 +51,8 @@ const conv2dAttrs: OpAttr[] = [
   { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
 ];
 
-/** Whether oneDNN's conv kernel with hard-swish/swish exists here (undefined until first asked). */
-let oneDnnConvAvailable: boolean | undefined;
+/** oneDNN's conv kernel, the only one that fuses hard-swish and swish. */
+const oneDnnConv = new PreferredKernel();
 
 /**
  * Conv2D, filter [h, w, in, out], bias [out]: TensorFlow's _FusedConv2D for ReLU/ReLU6;
@@ -60,21 +60,16 @@ let oneDnnConvAvailable: boolean | undefined;
  * activation as separate ops on a build without it.
  */
 export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
-  if (options.activation && oneDnnActivation[options.activation] && oneDnnConvAvailable !== false) {
-    try {
-      const y = runOp('_MklNativeFusedConv2D', [...commonAttrs(options), ...conv2dAttrs, { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], [x, filter, bias]) as Tensor4D;
-      oneDnnConvAvailable = true;
-      return y;
-    } catch (error) {
-      if (oneDnnConvAvailable) throw error;
-      oneDnnConvAvailable = false;
-    }
-  }
   if (options.activation && oneDnnActivation[options.activation]) {
-    const y = runOp('_FusedConv2D', [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
-    const activated = activate(y, options.activation);
-    y.dispose();
-    return activated;
+    return oneDnnConv.run(
+      () => runOp('_MklNativeFusedConv2D', [...commonAttrs(options), ...conv2dAttrs, { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], [x, filter, bias]) as Tensor4D,
+      () => {
+        const y = runOp('_FusedConv2D', [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
+        const activated = activate(y, options.activation);
+        y.dispose();
+        return activated;
+      },
+    );
   }
   return runOp('_FusedConv2D', [...commonAttrs(options), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
 }
@@ -85,7 +80,7 @@ export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, optio
  * (even with TF_ENABLE_ONEDNN_OPTS=0); on a build without it, depthwise + BiasAdd + Relu6
  * run instead.
  */
-let fusedDepthwiseAvailable: boolean | undefined;
+const oneDnnDepthwise = new PreferredKernel();
 
 function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   // oneDNN's depthwise kernel fuses hard-swish but not swish: swish then runs as its own ops.
@@ -110,25 +105,18 @@ export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, 
 
 /** Whether convs with hard-swish/swish run as one oneDNN kernel (undefined until the first one ran). */
 export function oneDnnConvRunsFused(): boolean | undefined {
-  return oneDnnConvAvailable;
+  return oneDnnConv.runs;
 }
 
 /** Whether depthwise convs run as one kernel (undefined until the first one ran). */
 export function depthwiseRunsFused(): boolean | undefined {
-  return fusedDepthwiseAvailable;
+  return oneDnnDepthwise.runs;
 }
 
 /** Depthwise conv, filter [h, w, in, multiplier], bias [in * multiplier]. */
 export function fusedDepthwiseConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
-  if (fusedDepthwiseAvailable !== false) {
-    try {
-      const y = nativeFusedDepthwise(x, filter, bias, options);
-      fusedDepthwiseAvailable = true;
-      return y;
-    } catch (error) {
-      if (fusedDepthwiseAvailable) throw error;
-      fusedDepthwiseAvailable = false;
-    }
-  }
-  return unfusedDepthwise(x, filter, bias, options);
+  return oneDnnDepthwise.run(
+    () => nativeFusedDepthwise(x, filter, bias, options),
+    () => unfusedDepthwise(x, filter, bias, options),
+  );
 }

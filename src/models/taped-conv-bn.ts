@@ -1,5 +1,5 @@
 import type { Tensor, Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
-import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { PreferredKernel, runOp, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 
@@ -84,7 +84,7 @@ function backward(chain: ConvBnChain, dz: Tensor4D, x: Tensor4D, filter: Tensor4
   let dx: Tensor4D | undefined;
   if (inputGradient) {
     const inputSizes = tf.tensor1d(x.shape, 'int32');
-    dx = runOp(inputName, attrs, [inputSizes, filter, dz]) as Tensor4D;
+    dx = chain.depthwise ? depthwiseInputGradient(attrs, [inputSizes, filter, dz]) : (runOp(inputName, attrs, [inputSizes, filter, dz]) as Tensor4D);
   }
   return { dx, dFilter, dBias };
 }
@@ -115,4 +115,18 @@ export function convBiasClamp(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D,
     };
   });
   return (inputGradient ? op(x, filter, bias) : op(filter, bias)) as Tensor4D;
+}
+
+/**
+ * oneDNN's kernel for the depthwise input gradient (registered under the label
+ * MklNameChangeOp, as the fused depthwise kernel is): 143 against 190 ms at 112x112x96,
+ * stride 2, batch 32 on an AVX2 CPU (its filter gradient is slower than TensorFlow's).
+ */
+const oneDnnDepthwiseInputGradient = new PreferredKernel();
+
+function depthwiseInputGradient(attrs: OpAttr[], inputs: Tensor[]): Tensor4D {
+  return oneDnnDepthwiseInputGradient.run(
+    () => runOp('_MklNativeDepthwiseConv2dNativeBackpropInput', [...attrs, { name: 'explicit_paddings', kind: 'int', value: [] }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], inputs) as Tensor4D,
+    () => runOp('DepthwiseConv2dNativeBackpropInput', attrs, inputs) as Tensor4D,
+  );
 }

@@ -47,6 +47,34 @@ export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tenso
   return nativeBackend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
 }
 
+/**
+ * A kernel with a fallback: oneDNN's kernels are asked for by their registration label and
+ * may be missing from a build. Whether the preferred one exists is learnt from its first call;
+ * once it has run, an error from it is a real error, not a missing kernel.
+ */
+export class PreferredKernel {
+  private available: boolean | undefined;
+
+  /** Whether the preferred kernel runs here (undefined until the first call). */
+  get runs(): boolean | undefined {
+    return this.available;
+  }
+
+  run<T>(preferred: () => T, fallback: () => T): T {
+    if (this.available !== false) {
+      try {
+        const result = preferred();
+        this.available = true;
+        return result;
+      } catch (error) {
+        if (this.available) throw error;
+        this.available = false;
+      }
+    }
+    return fallback();
+  }
+}
+
 /** The DecodeJpeg attributes tfjs's `tf.node.decodeImage(bytes, 3)` passes. */
 const decodeJpegAttrs: readonly OpAttr[] = [
   { name: 'channels', kind: 'int', value: 3 },
