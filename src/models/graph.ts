@@ -15,7 +15,12 @@ import { clampActivation, convBiasClamp } from './taped-conv-bn.ts';
  *   native kernel (BatchNorm's scale and offset folded into the filter and a bias), as
  *   Keras's compiled graph does. Its outputs can be cached when the input is the same
  *   every epoch (no augmentation).
- * - the trainable stage: the rest, layer by layer, recorded on the tape.
+ * - the trainable stage: the rest, recorded on the tape. Each Conv -> BatchNorm chain is
+ *   folded there too, on the tape, and runs as one fused op with its own gradient
+ *   (taped-conv-bn.ts); the other layers run one by one. Gradients flow to the weights only:
+ *   nothing asks for the gradient of the stage's inputs.
+ *
+ * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding.
  *
  * Inference (evaluation, prediction) is the frozen stage over the whole model.
  */
