@@ -204,13 +204,15 @@ async function accuracy(): Promise<void> {
 /**
  * `tlx sweep` of three fine_tune_at values against three `tlx run`s of the same experiment:
  * with sweep.export best (only the winner is converted and verified) and with all. The
- * export gate is widened to 5 points: on a 96-image test split a 2-point gate is 2 images,
- * and a trial failing it would end the sweep with exit code 1 and no timing.
+ * export gate is widened to 10 points: on a 96-image test split one image is 1.04 points,
+ * a trial failing the gate ends the sweep with exit code 1 and no timing, and the gate's
+ * threshold changes no work. (At 5 points, one trial of the 2026-12-03 run dropped 6.3: 6
+ * images, from a fine-tuning trajectory that float rounding alone had moved.)
  */
 async function sweep(): Promise<void> {
   const quick = experiment(
     'sweep.yaml',
-    `extends: ${path.join(root, 'configs', 'sweep-quickstart.yaml')}\ndataset: { max_images_per_class: 120 }\ntrain: { feature_extraction: { epochs: 3 }, fine_tune: { epochs: 2 } }\nexport: { tflite: { quantization: int8, representative_images: 100, max_accuracy_drop: 0.05 } }\n`,
+    `extends: ${path.join(root, 'configs', 'sweep-quickstart.yaml')}\ndataset: { max_images_per_class: 120 }\ntrain: { feature_extraction: { epochs: 3 }, fine_tune: { epochs: 2 } }\nexport: { tflite: { quantization: int8, representative_images: 100, max_accuracy_drop: 0.1 } }\n`,
   );
   const best: number[] = [];
   const all: number[] = [];
