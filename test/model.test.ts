@@ -253,6 +253,21 @@ function randomClassifier(seed: number, size = 32, base: BaseModelName = 'mobile
   return classifier;
 }
 
+/** Loss within 1e-5 and every gradient within 1e-3 of its largest entry: the same function up to the order of float sums. */
+function assertSameLossAndGradients(reference: ReturnType<typeof tf.variableGrads>, ours: ReturnType<typeof tf.variableGrads>): void {
+  const referenceLoss = reference.value.dataSync()[0];
+  assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
+  const worst = tf.tidy(() => {
+    let largest = 0;
+    for (const [name, gradient] of Object.entries(reference.grads)) {
+      const scale = Math.max(1e-6, gradient.abs().max().dataSync()[0]);
+      largest = Math.max(largest, ours.grads[name].sub(gradient).abs().max().dataSync()[0] / scale);
+    }
+    return largest;
+  });
+  assert.ok(worst < 1e-3, `largest gradient difference ${worst} (relative to each gradient's largest entry)`);
+}
+
 describe('the staged graph runner (BatchNorm folded into fused conv kernels)', () => {
   test('every Conv -> BatchNorm of MobileNetV2 is folded; ReLU6 joins where Keras has one', () => {
     const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 1.0, imageSize: [96, 96], classCount: 5, dropout: 0.2, seed: 1 });
@@ -277,14 +292,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const reference = tf.variableGrads(() => loss(classifier.model.apply(images, { training: false }) as Tensor) as never, staged.variables);
     const frontier = staged.frozen(images);
     const ours = tf.variableGrads(() => loss(staged.trainable(frontier, false)) as never, staged.variables);
-    const referenceLoss = reference.value.dataSync()[0];
-    assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
-    let worst = 0;
-    for (const [name, gradient] of Object.entries(reference.grads)) {
-      const scale = Math.max(1e-6, gradient.abs().max().dataSync()[0]);
-      worst = Math.max(worst, ours.grads[name].sub(gradient).abs().max().dataSync()[0] / scale);
-    }
-    assert.ok(worst < 1e-3, `largest gradient difference ${worst} (relative to each gradient's largest entry)`);
+    assertSameLossAndGradients(reference, ours);
     tf.dispose([images, labels, reference.value, ours.value, ...frontier, ...Object.values(reference.grads), ...Object.values(ours.grads)]);
     staged.dispose();
   });
@@ -354,14 +362,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       assert.equal(executed.get('Conv2DBackpropInput') ?? 0, unchainedConvs, 'the first conv computes no gradient for the images');
       assert.ok(executed.has('BiasAddGrad'), 'the folded chains\' bias gradient');
       assert.ok(executed.has('_MklNativeDepthwiseConv2dNativeBackpropInput') && !executed.has('DepthwiseConv2dNativeBackpropInput'), 'depthwise input gradients from oneDNN\'s kernel (compared with the layers\' below)');
-      const referenceLoss = reference.value.dataSync()[0];
-      assert.ok(Math.abs(ours.value.dataSync()[0] - referenceLoss) < 1e-5 * Math.max(1, Math.abs(referenceLoss)), 'loss');
-      let worst = 0;
-      for (const [name, gradient] of Object.entries(reference.grads)) {
-        const scale = Math.max(1e-6, gradient.abs().max().dataSync()[0]);
-        worst = Math.max(worst, ours.grads[name].sub(gradient).abs().max().dataSync()[0] / scale);
-      }
-      assert.ok(worst < 1e-3, `largest gradient difference ${worst} (relative to each gradient's largest entry)`);
+      assertSameLossAndGradients(reference, ours);
       tf.dispose([images, labels, reference.value, ours.value, ...frontier, ...Object.values(reference.grads), ...Object.values(ours.grads)]);
       staged.dispose();
     });
