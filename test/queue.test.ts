@@ -8,7 +8,7 @@ import { connect, queueName, trialWorkRoot } from '../src/sweep/queue.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
-import { noneLeft, waitForStderr } from './helpers/process.ts';
+import { allEnded, descendantsOf, waitForStderr } from './helpers/process.ts';
 import { startRedis, type RedisServer } from './helpers/redis.ts';
 import { mlflowState, readMetrics, tinyDataAndModel, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
@@ -138,10 +138,12 @@ describe('tlx sweep --queue and tlx worker', () => {
       dir = fs.readdirSync(artifacts).filter((d) => d.startsWith('killed-') && d.endsWith('-trial-0')).map((d) => path.join(artifacts, d))[0] ?? '';
     }
     assert.ok(dir, 'the trial started');
+    const trialProcesses = descendantsOf(first.pid!, '__trial');
+    assert.ok(trialProcesses.length > 0, 'the trial runs in a child process');
     first.kill('SIGKILL');
     await first;
     workers.splice(workers.indexOf(first), 1);
-    assert.ok(await noneLeft(`__trial`), 'the trial process died with its worker');
+    assert.ok(await allEnded(trialProcesses), 'the trial process died with its worker');
     assert.equal(trialFoldersOf(first.pid).length, 1, 'the killed worker left its trial folder');
     const epochsAtKill = readMetrics(dir).length;
     startWorker();

@@ -1,4 +1,5 @@
-import { execa, type ResultPromise } from 'execa';
+import fs from 'node:fs';
+import type { ResultPromise } from 'execa';
 
 /** Resolves when a child's stderr (JSON log lines) has printed a line matching `pattern`. */
 export function waitForStderr(child: ResultPromise, pattern: RegExp, timeoutMs = 240_000): Promise<string> {
@@ -22,22 +23,66 @@ export function waitForStderr(child: ResultPromise, pattern: RegExp, timeoutMs =
   });
 }
 
-/** Pids of processes whose command line contains `text`. */
-export async function processesMatching(text: string): Promise<number[]> {
-  const result = await execa('pgrep', ['-f', text], { reject: false });
-  return String(result.stdout)
-    .split('\n')
-    .filter(Boolean)
-    .map(Number)
-    .filter((pid) => pid !== process.pid);
+/** One process as /proc shows it; `start` (clock ticks after boot) tells a reused pid apart. */
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  start: string;
+  state: string;
+  command: string;
 }
 
-/** Waits until no process matches `text` (true), or the time is up (false). */
-export async function noneLeft(text: string, timeoutMs = 15_000): Promise<boolean> {
+function readProcess(pid: number): ProcessInfo | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name in parentheses may hold spaces and parentheses: fields start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const command = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+    return { pid, state: fields[0], ppid: Number(fields[1]), start: fields[19], command };
+  } catch {
+    return undefined; // it ended while we looked
+  }
+}
+
+function allProcesses(): ProcessInfo[] {
+  return fs
+    .readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .map((name) => readProcess(Number(name)))
+    .filter((p): p is ProcessInfo => p !== undefined);
+}
+
+/**
+ * The processes below `rootPid` (children, their children, ...) whose command line contains
+ * `text`: a test looks only at the processes it started, never at the rest of the machine,
+ * so another tlx running beside the suite cannot make it pass or fail.
+ */
+export function descendantsOf(rootPid: number, text = ''): ProcessInfo[] {
+  const processes = allProcesses();
+  const found: ProcessInfo[] = [];
+  let parents = new Set([rootPid]);
+  while (parents.size > 0) {
+    const children = processes.filter((p) => parents.has(p.ppid));
+    found.push(...children);
+    parents = new Set(children.map((p) => p.pid));
+  }
+  return found.filter((p) => p.command.includes(text));
+}
+
+function stillRunning(process: ProcessInfo): boolean {
+  const now = readProcess(process.pid);
+  return now !== undefined && now.start === process.start && now.state !== 'Z';
+}
+
+/**
+ * Waits until every one of these processes has ended (true), or the time is up (false).
+ * They are matched by pid and start time, so a pid reused by an unrelated process counts as ended.
+ */
+export async function allEnded(processes: ProcessInfo[], timeoutMs = 15_000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if ((await processesMatching(text)).length === 0) return true;
+  for (;;) {
+    if (!processes.some(stillRunning)) return true;
+    if (Date.now() > deadline) return false;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-  return false;
 }
