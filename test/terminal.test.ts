@@ -141,9 +141,11 @@ describe('the other commands in a terminal', () => {
   });
 
   test('tlx model: every layer with its index within 80 columns, each block marked with the fine_tune_at that starts it; JSON in a pipe', async () => {
-    const screen = await inTerminal(['model', 'mobilenet_v3_small', '--size', '96']);
+    // oneDNN on, as TensorFlow turns it on by itself on an AVX-512 CPU: its start-up lines must not reach the screen.
+    const screen = await inTerminal(['model', 'mobilenet_v3_small', '--size', '96'], { TF_ENABLE_ONEDNN_OPTS: '1' });
     assert.equal(screen.exitCode, 0, screen.screen.slice(-2000));
     const lines = settled(screen.screen);
+    assert.match(lines[0], /^MobileNetV3Small, include_top=False/, 'the table starts the screen');
     assert.ok(lines.every((line) => line.length <= 80), lines.find((line) => line.length > 80));
     assert.match(lines[1], /^157 layers \(fine_tune_at 0\.\.157\), [\d,]+ parameters$/);
     const rows = lines.filter((line) => /^\s*\d+\s{2}\S/.test(line));
@@ -153,6 +155,8 @@ describe('the other commands in a terminal', () => {
       if (marker) assert.equal(lines[i + 1].trim().split(/\s+/)[0], marker[2], `${marker[1]} starts at the next row`);
     });
     assert.ok(lines.some((line) => line.startsWith('── block 10 · fine_tune_at: 139 ')));
+    const verbose = await inTerminal(['--verbose', 'model', 'mobilenet_v3_small', '--size', '96'], { TF_ENABLE_ONEDNN_OPTS: '1' });
+    assert.match(verbose.screen, /oneDNN custom operations are on/, '--verbose shows what TensorFlow printed at start-up');
     const piped = await runTlx(['model', 'efficientnet_b0', '--size', '64'], { cwd: work });
     const json = JSON.parse(piped.stdout) as { layers: { name: string; type: string }[]; blocks: { block: string; fine_tune_at: number }[]; params: number };
     assert.equal(json.layers.length, 238);

@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { withStderrCaptured } from './quiet-stderr.ts';
 
 type TensorFlow = typeof import('@tensorflow/tfjs-node');
 
@@ -15,9 +16,12 @@ function loadNative(): TensorFlow {
   let tf: TensorFlow;
   try {
     // require, not import: a failure here must become a clear message, not a crash at module load.
-    tf = createRequire(import.meta.url)('@tensorflow/tfjs-node') as TensorFlow;
+    const load = () => createRequire(import.meta.url)('@tensorflow/tfjs-node') as TensorFlow;
+    // TensorFlow's start-up lines stay off the terminal unless asked for (tlx --verbose).
+    if (process.env.TLX_TENSORFLOW_STARTUP_LOG === 'show') tf = load();
+    else tf = withStderrCaptured(load).value;
   } catch (error) {
-    throw new NativeBackendError(`${repair}\nCause: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
+    throw new NativeBackendError(`${repair}\nCause: ${error instanceof Error ? error.message.split('\n').slice(0, 12).join('\n') : String(error)}`);
   }
   if (tf.getBackend() !== 'tensorflow') {
     throw new NativeBackendError(`${repair}\nCause: the active backend is '${tf.getBackend()}', expected 'tensorflow'.`);
