@@ -3,9 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag } from '../src/sweep/plan.ts';
-import { bestTrial, resultsCsv, type TrialRow } from '../src/sweep/report.ts';
-import { LocalScheduler, type TrialScheduler } from '../src/sweep/schedule.ts';
+import type { TrialScheduler } from '../src/sweep/schedule.ts';
 import type { TrialJob } from '../src/sweep/plan.ts';
 import type { TrialState } from '../src/run-folder/records.ts';
 import { runSweep } from '../src/sweep/sweep.ts';
@@ -54,58 +52,6 @@ function sweepDirOf(stdout: string): string {
 
 before(async () => {
   await writeClassFolders(path.join(work, 'data'), ['ants', 'bees'], 16, { size: 32 });
-});
-
-describe('grid expansion (pure)', () => {
-  test('lists and ranges expand to the grid product, last key fastest', () => {
-    assert.deepEqual(expandRange({ from: 40, to: 150, step: 20 }, 'k'), [40, 60, 80, 100, 120, 140]);
-    assert.deepEqual(expandRange({ from: 0.1, to: 0.3, step: 0.1 }, 'k'), [0.1, 0.2, 0.3]);
-    const trials = expandGrid({ a: [1, 2], b: ['x', 'y', 'z'] });
-    assert.equal(trials.length, 6);
-    assert.deepEqual(trials[1].assignments, { a: 1, b: 'y' });
-    assert.equal(expandGrid({ a: [1, 2, 3] }, 2).length, 2);
-    assert.throws(() => expandGrid({}), /nothing to sweep/);
-  });
-
-  test('--grid flags read values as YAML, and ranges as from:to:step', () => {
-    assert.deepEqual(parseGridFlag('train.fine_tune.fine_tune_at=40,80,100,120'), ['train.fine_tune.fine_tune_at', [40, 80, 100, 120]]);
-    assert.deepEqual(parseGridFlag('train.fine_tune.fine_tune_at=40:100:20'), ['train.fine_tune.fine_tune_at', [40, 60, 80, 100]]);
-    assert.deepEqual(parseGridFlag('model.weights=none,npm:nsfwjs'), ['model.weights', ['none', 'npm:nsfwjs']]);
-    assert.throws(() => parseGridFlag('nokey'), /expected key\.path=v1,v2/);
-    assert.deepEqual(assignmentFlags({ 'dataset.image_size': [64, 64], name: 'x' }), ['dataset.image_size=[64,64]', 'name=x']);
-  });
-
-  test('fine-tuning and export keys do not change the feature-extraction identity; others do', () => {
-    const a = { seed: 1, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 100 } }, export: { tflite: {} } };
-    const b = { seed: 1, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 40 } }, export: {} };
-    const c = { seed: 2, train: { feature_extraction: { epochs: 2 }, fine_tune: { fine_tune_at: 100 } } };
-    assert.deepEqual(featureExtractionIdentity(a), featureExtractionIdentity(b));
-    assert.notDeepEqual(featureExtractionIdentity(a), featureExtractionIdentity(c));
-  });
-
-  test('the best trial follows metric and goal; CSV has one row per trial', () => {
-    const rows: TrialRow[] = [
-      { trial: 0, assignments: { k: 1 }, status: 'finished', val_accuracy: 0.7, val_loss: 0.5 },
-      { trial: 1, assignments: { k: 2 }, status: 'failed', error: 'boom' },
-      { trial: 2, assignments: { k: 3 }, status: 'finished', val_accuracy: 0.8, val_loss: 0.6 },
-    ];
-    assert.equal(bestTrial(rows, 'val_accuracy', 'max')?.trial, 2);
-    assert.equal(bestTrial(rows, 'val_loss', 'min')?.trial, 0);
-    assert.equal(resultsCsv(rows).trim().split('\n').length, 4);
-  });
-
-  test('the local scheduler runs every job, at most `parallel` at once', async () => {
-    let running = 0;
-    let peak = 0;
-    const results = await new LocalScheduler<number, number>(2).runAll([1, 2, 3, 4, 5], async (n) => {
-      peak = Math.max(peak, ++running);
-      await new Promise((r) => setTimeout(r, 20));
-      running--;
-      return n * 10;
-    });
-    assert.deepEqual(results, [10, 20, 30, 40, 50]);
-    assert.equal(peak, 2);
-  });
 });
 
 describe('tlx sweep', () => {

@@ -5,8 +5,6 @@ import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import type { EpochRecord } from '../src/train/engine.ts';
 import { freePort } from '../src/track/mlflow-server.ts';
-import { batchLimits, chunkBatch, sanitizeKey } from '../src/track/mlflow-client.ts';
-import { flattenParams } from '../src/track/sync.ts';
 import { shortRunName } from '../src/run-folder/run-folder.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
@@ -57,28 +55,6 @@ before(async () => {
 });
 
 after(() => server?.stop());
-
-describe('MLflow client (pure parts)', () => {
-  test('log-batch chunks respect MLflow limits', () => {
-    const metrics = Array.from({ length: 2500 }, (_, i) => ({ key: 'm', value: i, timestamp: i, step: i }));
-    const params = Array.from({ length: 150 }, (_, i) => ({ key: `p${i}`, value: 'v' }));
-    const chunks = chunkBatch(metrics, params, []);
-    for (const c of chunks) {
-      assert.ok(c.metrics.length <= batchLimits.metrics && c.params.length <= batchLimits.params);
-      assert.ok(c.metrics.length + c.params.length + c.tags.length <= batchLimits.total);
-    }
-    assert.equal(chunks.reduce((n, c) => n + c.metrics.length, 0), 2500);
-    assert.equal(chunks.reduce((n, c) => n + c.params.length, 0), 150);
-  });
-
-  test('keys follow MLflow rules and the config flattens to dotted params', () => {
-    assert.equal(sanitizeKey('a:b*c'), 'a_b_c');
-    assert.deepEqual(flattenParams({ train: { fine_tune: { fine_tune_at: 100 } }, dataset: { image_size: [160, 160] } }), [
-      { key: 'train.fine_tune.fine_tune_at', value: '100' },
-      { key: 'dataset.image_size', value: '[160,160]' },
-    ]);
-  });
-});
 
 describe('every run in MLflow', () => {
   test('a run logs live to a real server: params, per-epoch metrics, tags, artifacts; MLflow reads them back', async () => {

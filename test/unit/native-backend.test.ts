@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, oneDnnConvRunsFused, unfusedDepthwise, type FusedActivation } from '../src/models/fused-kernels.ts';
-import { runOp } from '../src/tfjs/native-ops.ts';
-import { tf } from '../src/tfjs/tf.ts';
+import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, oneDnnConvRunsFused, unfusedDepthwise, type FusedActivation } from '../../src/models/fused-kernels.ts';
+import { runOp } from '../../src/tfjs/native-ops.ts';
+import { tf } from '../../src/tfjs/tf.ts';
 
 test('the native TensorFlow backend is what runs', () => {
   assert.equal(tf.getBackend(), 'tensorflow');

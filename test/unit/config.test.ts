@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { loadExperiment } from '../src/config/load.ts';
-import { ConfigError } from '../src/core/errors.ts';
-import { projectRoot } from '../src/core/project.ts';
-import { tempDir, writeFiles } from './helpers/tmp.ts';
+import { loadExperiment } from '../../src/config/load.ts';
+import { ConfigError } from '../../src/core/errors.ts';
+import { projectRoot } from '../../src/core/project.ts';
+import { tempDir, writeFiles } from '../helpers/tmp.ts';
 
 const valid = `name: flowers
 dataset:

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 // @ts-expect-error: a plain .mjs build script without type declarations
-import { generateTypes, outputs } from '../scripts/gen-types.mjs';
+import { generateTypes, outputs } from '../../scripts/gen-types.mjs';
 
 test('TypeScript types are derived from the schema and up to date (npm run gen:types)', async () => {
   const generated = (await generateTypes()) as Record<string, string>;

@@ -2,15 +2,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { checkTfjsInternals, graphOf, TfjsInternalsError } from '../src/tfjs/internals.ts';
-import { tf } from '../src/tfjs/tf.ts';
+import { checkTfjsInternals, graphOf, TfjsInternalsError } from '../../src/tfjs/internals.ts';
+import { tf } from '../../src/tfjs/tf.ts';
 
 /**
  * The shape ARCHITECTURE.md draws: folders in layers, imports only pointing down, and every
  * private part of tfjs reached through one adapter that fails loudly when tfjs changes.
  */
 
-const src = path.join(import.meta.dirname, '..', 'src');
+const src = path.join(import.meta.dirname, '..', '..', 'src');
 
 /** Lowest first; a folder may import from its own folder and from any folder listed before it. */
 const layers: string[][] = [
