@@ -1,0 +1,44 @@
+// A node:test reporter that prints, after the run, where the suite's time went: each test
+// file's own wall time (its process, start to end, as the runner reports it) and test count,
+// then the slowest tests. Used beside the spec reporter by `npm test`; with files running
+// concurrently the files' times add up to more than the run's wall time.
+// `TLX_TIMING_JSON=<file>` also writes the numbers as JSON.
+import fs from 'node:fs';
+import path from 'node:path';
+
+const slowestShown = 15;
+
+function seconds(ms) {
+  return (ms / 1000).toFixed(1).padStart(7);
+}
+
+export default async function* timingReporter(source) {
+  const files = new Map();
+  const tests = [];
+  const started = Date.now();
+  const entryOf = (file) => {
+    if (!files.has(file)) files.set(file, { ms: 0, tests: 0, failed: 0 });
+    return files.get(file);
+  };
+  for await (const event of source) {
+    const data = event.data ?? {};
+    if (!data.file) continue;
+    const isFileItself = data.nesting === 0 && data.name === data.file;
+    if (event.type === 'test:complete' && isFileItself) entryOf(data.file).ms = data.details?.duration_ms ?? 0;
+    if ((event.type === 'test:pass' || event.type === 'test:fail') && !isFileItself && data.details?.type !== 'suite') {
+      const entry = entryOf(data.file);
+      entry.tests++;
+      if (event.type === 'test:fail') entry.failed++;
+      tests.push({ file: path.basename(data.file), name: data.name, ms: data.details?.duration_ms ?? 0 });
+    }
+  }
+  const rows = [...files.entries()].map(([file, e]) => ({ file: path.relative(process.cwd(), file), ...e })).sort((a, b) => b.ms - a.ms);
+  tests.sort((a, b) => b.ms - a.ms);
+  const wall = Date.now() - started;
+  let out = `\n# timing: ${rows.length} files, ${tests.length} tests, wall ${(wall / 1000).toFixed(1)} s\n# ${'file'.padEnd(36)} ${'wall s'.padStart(7)} tests\n`;
+  for (const row of rows) out += `# ${row.file.padEnd(36)} ${seconds(row.ms)} ${String(row.tests).padStart(5)}${row.failed ? `  (${row.failed} failed)` : ''}\n`;
+  out += '# slowest tests\n';
+  for (const t of tests.slice(0, slowestShown)) out += `# ${seconds(t.ms)}  ${t.file}: ${t.name.slice(0, 100)}\n`;
+  if (process.env.TLX_TIMING_JSON) fs.writeFileSync(process.env.TLX_TIMING_JSON, JSON.stringify({ wall_ms: wall, files: rows, tests }, null, 1));
+  yield out;
+}
