@@ -205,7 +205,8 @@ describe('MLflow sync', () => {
   test('a server that never answers: at most one probe per epoch, and the run finishes not synced', async () => {
     const hanging = await hangingServer();
     try {
-      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('blackhole')], { cwd: work, env: { MLFLOW_TRACKING_URI: hanging.url }, timeout: 300_000 });
+      // The final sync waits MLflow's request timeout per attempt (30 s by default): 2 s here, the property is the count.
+      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('blackhole')], { cwd: work, env: { MLFLOW_TRACKING_URI: hanging.url, MLFLOW_HTTP_REQUEST_TIMEOUT: '2' }, timeout: 300_000 });
       assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
       const dir = runDirOf(result.stdout);
       // 5 epochs + epoch 0 + the data: at most one bounded probe each, plus the final attempt with its retries.

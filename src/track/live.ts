@@ -32,7 +32,7 @@ export class LiveTracker {
 
   /** The last update when the run ends: everything, with retries. */
   async finish(): Promise<void> {
-    await this.sync({ retries: this.options.retries ?? 2, timeoutMs: 30_000, verifyRun: !this.verified });
+    await this.sync({ retries: this.options.retries ?? 2, verifyRun: !this.verified });
   }
 
   private async sync(overrides: Partial<SyncOptions>): Promise<void> {

@@ -58,6 +58,7 @@ export interface ClientOptions {
   /** Attempts after the first on connection errors, 408, 429 and 5xx. */
   retries?: number;
   backoffMs?: number;
+  /** Per request; default MLFLOW_HTTP_REQUEST_TIMEOUT seconds, else 30 s. */
   timeoutMs?: number;
   /** No request (and no retry) goes on past this time (ms since 1970): a bounded sync. */
   deadline?: number;
@@ -118,6 +119,12 @@ export interface ModelVersion {
   tags?: MlflowTag[];
 }
 
+/** A request's timeout: MLflow's own MLFLOW_HTTP_REQUEST_TIMEOUT (seconds), as its Python client reads it; 30 s by default. */
+function requestTimeoutMs(env: NodeJS.ProcessEnv): number {
+  const seconds = Number(env.MLFLOW_HTTP_REQUEST_TIMEOUT);
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 30_000;
+}
+
 export class MlflowClient {
   readonly baseUrl: string;
   /** The server as it may be shown: no credentials. */
@@ -137,7 +144,7 @@ export class MlflowClient {
     this.displayUrl = redactUrl(this.baseUrl);
     this.retries = options.retries ?? 4;
     this.backoffMs = options.backoffMs ?? 250;
-    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.timeoutMs = options.timeoutMs ?? requestTimeoutMs(options.env ?? process.env);
     this.deadline = options.deadline;
   }
 

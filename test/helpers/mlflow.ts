@@ -1,9 +1,42 @@
+import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { startMlflowServer, type MlflowServer } from '../../src/track/mlflow-server.ts';
+import os from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { sha256Hex } from '../../src/core/hash.ts';
+import { projectRoot } from '../../src/core/project.ts';
+import { mlflowExecutable, startMlflowServer as startServer, type MlflowServer, type ServerOptions } from '../../src/track/mlflow-server.ts';
 import { python } from './python.ts';
 
-export { startMlflowServer, type MlflowServer };
+export type { MlflowServer };
+
+/**
+ * An empty MLflow database with every migration applied, made once per MLflow schema (keyed
+ * by the migrations MLflow ships) and copied for each test server: a server on a fresh file
+ * spends seconds migrating it, and the suite starts a dozen servers.
+ */
+async function migratedDatabase(): Promise<string> {
+  const lib = path.join(projectRoot, '.venv', 'lib');
+  const sitePackages = path.join(lib, fs.readdirSync(lib).find((name) => name.startsWith('python'))!, 'site-packages');
+  const migrations = fs.readdirSync(path.join(sitePackages, 'mlflow', 'store', 'db_migrations', 'versions')).sort();
+  const file = path.join(os.tmpdir(), `tlx-test-mlflow-${sha256Hex(migrations.join('\n')).slice(0, 12)}.db`);
+  if (fs.existsSync(file)) return file;
+  const temp = `${file}.tmp-${process.pid}`;
+  await execa(mlflowExecutable(), ['db', 'upgrade', `sqlite:///${temp}`], { env: { MLFLOW_DISABLE_TELEMETRY: 'true' } });
+  fs.renameSync(temp, file);
+  return file;
+}
+
+/** A real MLflow server for a test, its database started from the migrated copy. */
+export async function startMlflowServer(options: ServerOptions): Promise<MlflowServer> {
+  const database = path.join(options.dataDir, 'mlflow.db');
+  if (!fs.existsSync(database)) {
+    fs.mkdirSync(options.dataDir, { recursive: true });
+    fs.copyFileSync(await migratedDatabase(), database);
+  }
+  return startServer(options);
+}
 
 export interface RemoteRun {
   status: string;
