@@ -7,11 +7,13 @@ import { explainSchemaErrors } from './messages.ts';
 import { applyOverride, mergeConfigs, parseOverride, type Override } from './overrides.ts';
 import type { ResolvedExperiment } from './resolved.ts';
 import { experimentValidator } from './schema.ts';
-import { locationAt, matchPath, parseYamlFile, type PlainObject, type YamlSource } from './sources.ts';
+import { forbiddenKeyMessage, forbiddenKeyPaths, isPlainObject, locationAt, matchPath, parseYamlFile, type PlainObject, type YamlSource } from './sources.ts';
 
 export interface LoadOptions {
   /** `--set key.path=value` flags, applied after `extends` and the file itself. */
   overrides?: readonly string[];
+  /** Sweep grid keys from the command line (`--grid`), added to `sweep.grid` before validation. */
+  grid?: Readonly<Record<string, unknown[]>>;
 }
 
 export interface LoadedExperiment {
@@ -162,26 +164,44 @@ export function loadExperiment(file: string, options: LoadOptions = {}): LoadedE
   rebaseRelativePaths(merged, chain, path.dirname(path.resolve(file)));
   for (const override of overrides) merged = applyOverride(merged, override, problems);
   if (problems.length > 0) throw new ConfigError(problems);
-
-  const validate = experimentValidator();
-  if (!validate(merged)) {
-    for (const error of explainSchemaErrors(validate.errors ?? [])) {
-      problems.push({ location: locate(error.keyPath, error.atKey, chain, overrides), keyPath: error.keyPath.join('.'), message: error.message });
-    }
-    throw new ConfigError(problems.sort(byPosition));
+  if (options.grid && Object.keys(options.grid).length > 0) {
+    const sweep = isPlainObject(merged.sweep) ? merged.sweep : {};
+    merged = { ...merged, sweep: { ...sweep, grid: { ...(isPlainObject(sweep.grid) ? sweep.grid : {}), ...options.grid } } };
   }
-  const { extends: _extends, $schema: _schema, ...rest } = merged;
-  const config = rest as unknown as ResolvedExperiment;
-  for (const problem of crossFieldProblems(config)) {
-    problems.push({ location: locate(problem.keyPath, !problem.atValue, chain, overrides), keyPath: problem.keyPath.join('.'), message: problem.message });
-  }
-  if (problems.length > 0) throw new ConfigError(problems);
+  const config = validateMerged(merged, (keyPath, atKey) => locate(keyPath, atKey, chain, overrides));
   return {
     config,
     files: chain.map((source) => source.file),
     baseDir: path.dirname(path.resolve(file)),
     configSha256: sha256Hex(canonicalJson(config)),
   };
+}
+
+/** Schema, defaults and cross-field rules over a merged config; every problem located by `where`. */
+function validateMerged(merged: PlainObject, where: (keyPath: string[], atKey: boolean) => Location): ResolvedExperiment {
+  const problems: Problem[] = [];
+  const validate = experimentValidator();
+  if (!validate(merged)) {
+    for (const error of explainSchemaErrors(validate.errors ?? [])) problems.push({ location: where(error.keyPath, error.atKey), keyPath: error.keyPath.join('.'), message: error.message });
+    throw new ConfigError(problems.sort(byPosition));
+  }
+  const { extends: _extends, $schema: _schema, ...rest } = merged;
+  const config = rest as unknown as ResolvedExperiment;
+  for (const problem of crossFieldProblems(config)) problems.push({ location: where(problem.keyPath, !problem.atValue), keyPath: problem.keyPath.join('.'), message: problem.message });
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}
+
+/**
+ * A config that arrives as a value rather than a file (a queued job): checked exactly as a
+ * file is, prototype keys first, with `source` in place of file:line:col in every message.
+ */
+export function validateExperimentValue(value: unknown, source: string): ResolvedExperiment {
+  if (!isPlainObject(value)) throw new ConfigError([{ location: { file: source }, keyPath: '', message: `expected a mapping of config keys, found ${Array.isArray(value) ? 'a list' : typeof value}` }]);
+  const forbidden = forbiddenKeyPaths(value);
+  if (forbidden.length > 0) throw new ConfigError(forbidden.map((keyPath) => ({ location: { file: source }, keyPath: keyPath.join('.'), message: forbiddenKeyMessage(keyPath.at(-1)!) })));
+  if ('extends' in value) throw new ConfigError([{ location: { file: source }, keyPath: 'extends', message: 'expected a resolved config (extends is resolved before a config is sent)' }]);
+  return validateMerged(structuredClone(value), () => ({ file: source }));
 }
 
 /** The resolved config as YAML, as a run records it. */

@@ -46,6 +46,13 @@ function forbiddenKeyProblems(source: YamlSource): Problem[] {
   return problems;
 }
 
+/** Key paths of forbidden keys anywhere in a value parsed from JSON (where `__proto__` is an own key). */
+export function forbiddenKeyPaths(value: unknown, keyPath: string[] = []): string[][] {
+  if (Array.isArray(value)) return value.flatMap((item, index) => forbiddenKeyPaths(item, [...keyPath, String(index)]));
+  if (!isPlainObject(value)) return [];
+  return Object.keys(value).flatMap((key) => (forbiddenKeys.has(key) ? [[...keyPath, key]] : forbiddenKeyPaths(value[key], [...keyPath, key])));
+}
+
 export function isPlainObject(value: unknown): value is PlainObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

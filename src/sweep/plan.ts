@@ -133,14 +133,15 @@ export interface PlanInput {
 
 /** Loads and validates every trial before any runs; all invalid trials are reported at once. */
 export function planSweep(input: PlanInput): SweepPlanned {
-  const loaded = loadExperiment(input.file, { overrides: input.overrides });
-  const grid: Grid = { ...gridFromConfig(loaded.config.sweep), ...input.grid };
+  // --grid keys join sweep.grid before validation, so `--set sweep.export=best` needs no grid in the file.
+  const loaded = loadExperiment(input.file, { overrides: input.overrides, grid: input.grid });
+  const grid: Grid = gridFromConfig(loaded.config.sweep);
   const plans = expandGrid(grid, input.maxTrials);
   const problems: string[] = [];
   const jobs: TrialJob[] = [];
   for (const plan of plans) {
     try {
-      const experiment = withoutSweep(loadExperiment(input.file, { overrides: [...input.overrides, ...assignmentFlags(plan.assignments)] }));
+      const experiment = withoutSweep(loadExperiment(input.file, { overrides: [...input.overrides, ...assignmentFlags(plan.assignments)], grid: input.grid }));
       const group = sha256Hex(canonicalJson(featureExtractionIdentity(experiment.config as unknown as Record<string, unknown>))).slice(0, 16);
       jobs.push({ plan, experiment, configSha256: experiment.configSha256, group });
     } catch (error) {
