@@ -45,7 +45,7 @@ export interface ResolvedExperiment {
  */
 export interface Dataset {
   /**
-   * http(s) or file URL of a .zip, .tar, .tar.gz or .tgz archive. Downloaded once into the cache.
+   * http(s) or file URL of a .zip, .tar, .tar.gz or .tgz archive, or mlflow-artifacts:/<path> in the artifact store of $MLFLOW_TRACKING_URI (where a queued sweep puts a local dataset). Downloaded once into the cache.
    */
   url?: string;
   /**

@@ -7,6 +7,7 @@ import { UserError } from '../core/errors.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { redactUrl } from '../core/redact.ts';
 import { resolveCacheDir } from '../net/cache-dir.ts';
+import { artifactScheme } from '../net/mlflow-artifacts.ts';
 import { downloadToCache } from '../net/download.ts';
 import { tf } from '../tfjs/tf.ts';
 import { namedVariables, weightKey } from './variables.ts';
@@ -178,7 +179,7 @@ export interface LoadWeightsOptions {
 }
 
 async function localOrDownloaded(spec: string, options: LoadWeightsOptions): Promise<string> {
-  if (/^https?:\/\//.test(spec) || spec.startsWith('file:')) {
+  if (/^https?:\/\//.test(spec) || spec.startsWith('file:') || spec.startsWith(artifactScheme)) {
     return (await downloadToCache(spec, { cacheDir: resolveCacheDir(options.cacheDir), log: options.log, what: 'model.weights' })).file;
   }
   const file = path.resolve(options.baseDir, spec);

@@ -10,6 +10,7 @@ import { digestOfFile, sha256Hex, sha256OfFile } from '../core/hash.ts';
 import { FolderLock } from '../core/lock.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
+import { artifactScheme, resolveArtifactUri } from './mlflow-artifacts.ts';
 import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from './retry.ts';
 
 /**
@@ -95,7 +96,7 @@ interface AttemptSettings {
 }
 
 /** One HTTP attempt: appends to the partial file when the server honours Range. */
-async function attempt(url: string, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
+async function attempt(url: string, headers: Record<string, string>, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
   const have = fs.existsSync(partFile) ? fs.statSync(partFile).size : 0;
   const controller = new AbortController();
   let idle = setTimeout(() => controller.abort(new Error(`no data for ${settings.idleTimeoutMs} ms`)), settings.idleTimeoutMs);
@@ -105,7 +106,7 @@ async function attempt(url: string, partFile: string, settings: AttemptSettings,
   };
   let response: Response;
   try {
-    response = await fetch(url, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, signal: controller.signal, redirect: 'follow' });
+    response = await fetch(url, { headers: have > 0 ? { ...headers, Range: `bytes=${have}-` } : headers, signal: controller.signal, redirect: 'follow' });
   } catch (error) {
     clearTimeout(idle);
     const reason = redactText(errorMessage((error as { cause?: unknown }).cause ?? error));
@@ -176,6 +177,16 @@ async function copyLocal(url: string, partFile: string, settings: AttemptSetting
   await pipeline(fs.createReadStream(source), fs.createWriteStream(partFile));
 }
 
+/** What to fetch for a URL: itself, or for `mlflow-artifacts:/...` the tracking server's artifact proxy with its credentials. */
+function httpSourceOf(url: string, what: string): { url: string; headers: Record<string, string> } {
+  if (!url.startsWith(artifactScheme)) return { url, headers: {} };
+  try {
+    return resolveArtifactUri(url);
+  } catch (error) {
+    throw new UserError(`${what}: ${errorMessage(error)}`);
+  }
+}
+
 /** The cached file, if present and still the bytes recorded when it was downloaded. */
 async function verifiedCacheHit(file: string, checksumFile: string, log: Logger, url: string): Promise<Downloaded | undefined> {
   if (!fs.existsSync(file) || !fs.existsSync(checksumFile)) return undefined;
@@ -226,10 +237,11 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
     if (url.startsWith('file:')) {
       await copyLocal(url, partFile, settings);
     } else {
+      const source = httpSourceOf(url, what);
       for (let attemptNo = 0; ; attemptNo++) {
         try {
           log.info({ url: redactUrl(url), attempt: attemptNo + 1 }, 'downloading');
-          await attempt(url, partFile, settings, log);
+          await attempt(source.url, source.headers, partFile, settings, log);
           break;
         } catch (error) {
           if (!(error instanceof RetryableError) || attemptNo >= retries) {

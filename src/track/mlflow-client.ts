@@ -1,5 +1,10 @@
 import fs from 'node:fs';
+import nodePath from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { tempPathFor } from '../core/files.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
+import { authHeader } from '../net/mlflow-artifacts.ts';
 import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from '../net/retry.ts';
 
 /**
@@ -73,14 +78,6 @@ export function sanitizeKey(key: string): string {
   return key.replace(/[^\w\-. /]/g, '_').slice(0, 250);
 }
 
-function authHeader(env: NodeJS.ProcessEnv, url: URL): string | undefined {
-  if (env.MLFLOW_TRACKING_TOKEN) return `Bearer ${env.MLFLOW_TRACKING_TOKEN}`;
-  const username = env.MLFLOW_TRACKING_USERNAME ?? decodeURIComponent(url.username);
-  const password = env.MLFLOW_TRACKING_PASSWORD ?? decodeURIComponent(url.password);
-  if (username && password) return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
-  return undefined;
-}
-
 /** Splits a batch into requests within MLflow's per-request limits. */
 export function chunkBatch(metrics: MlflowMetric[], params: MlflowParam[], tags: MlflowTag[]): { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] {
   const requests: { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] = [];
@@ -119,8 +116,15 @@ export interface ModelVersion {
   tags?: MlflowTag[];
 }
 
+/** An artifact upload or download: the whole file, not one API call. */
+const transferTimeoutMs = 30 * 60_000;
+
+function artifactsApi(path: string): string {
+  return `/api/2.0/mlflow-artifacts/artifacts/${path.split('/').map(encodeURIComponent).join('/')}`;
+}
+
 /** A request's timeout: MLflow's own MLFLOW_HTTP_REQUEST_TIMEOUT (seconds), as its Python client reads it; 30 s by default. */
-function requestTimeoutMs(env: NodeJS.ProcessEnv): number {
+function requestTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   const seconds = Number(env.MLFLOW_HTTP_REQUEST_TIMEOUT);
   return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 30_000;
 }
@@ -152,18 +156,28 @@ export class MlflowClient {
     return this.deadline === undefined ? this.timeoutMs : Math.min(this.timeoutMs, this.deadline - Date.now());
   }
 
-  private async request<T>(method: string, path: string, body?: unknown, raw?: Buffer): Promise<T> {
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const response = await this.send(method, path, body === undefined ? {} : { body: () => JSON.stringify(body), contentType: 'application/json' });
+    const text = await response.text();
+    return (text ? JSON.parse(text) : {}) as T;
+  }
+
+  /**
+   * One request with the retry policy; the OK response, its body unread. `body` makes the
+   * request body again for every attempt (a file is streamed anew); `timeoutMs` replaces
+   * the per-request timeout (artifact transfers take longer than API calls).
+   */
+  private async send(method: string, path: string, options: { body?: () => RequestInit['body']; contentType?: string; timeoutMs?: number }): Promise<Response> {
     const url = `${this.baseUrl}${path}`;
-    const headers: Record<string, string> = { ...(this.auth ? { Authorization: this.auth } : {}) };
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    if (raw) headers['Content-Type'] = 'application/octet-stream';
+    const headers: Record<string, string> = { ...(this.auth ? { Authorization: this.auth } : {}), ...(options.contentType ? { 'Content-Type': options.contentType } : {}) };
     const where = `${method} ${path.split('?')[0]}`;
     for (let attempt = 0; ; attempt++) {
-      const left = this.timeLeft();
+      const left = options.timeoutMs ?? this.timeLeft();
       if (left <= 0) throw new MlflowError(`${where}: no time left to reach ${this.displayUrl} (tracking waits at most a second per epoch)`);
       let response: Response;
       try {
-        response = await fetch(url, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)), signal: AbortSignal.timeout(left) });
+        const body = options.body?.();
+        response = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(left), ...(body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
       } catch (error) {
         const reason = redactText(error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error));
         if (isPermanentNetworkError(error)) throw new MlflowError(`${where}: cannot resolve the host of ${this.displayUrl} (${reason})`);
@@ -171,24 +185,28 @@ export class MlflowClient {
         await this.sleep(attempt);
         continue;
       }
+      if (response.ok) return response;
       const text = await response.text();
-      if (response.ok) return (text ? JSON.parse(text) : {}) as T;
       if (retryableStatus.has(response.status) && attempt < this.retries && this.timeLeft() > 0) {
         await this.sleep(attempt, retryAfterMs(response.headers.get('retry-after')));
         continue;
       }
-      let errorCode: string | undefined;
-      let message = text.slice(0, 300).replace(/\s+/g, ' ');
-      try {
-        const parsed = JSON.parse(text) as { error_code?: string; message?: string };
-        errorCode = parsed.error_code;
-        message = parsed.message?.split('\n')[0] ?? message;
-      } catch {
-        // not JSON (a proxy's page): keep the text
-      }
-      const hint = response.status === 401 || response.status === 403 ? ' (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)' : '';
-      throw new MlflowError(`${where}: HTTP ${response.status}${errorCode ? ` ${errorCode}` : ''}: ${redactText(message)}${hint}`, response.status, errorCode);
+      throw MlflowClient.errorOf(where, response.status, text);
     }
+  }
+
+  private static errorOf(where: string, status: number, text: string): MlflowError {
+    let errorCode: string | undefined;
+    let message = text.slice(0, 300).replace(/\s+/g, ' ');
+    try {
+      const parsed = JSON.parse(text) as { error_code?: string; message?: string };
+      errorCode = parsed.error_code;
+      message = parsed.message?.split('\n')[0] ?? message;
+    } catch {
+      // not JSON (a proxy's page): keep the text
+    }
+    const hint = status === 401 || status === 403 ? ' (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)' : '';
+    return new MlflowError(`${where}: HTTP ${status}${errorCode ? ` ${errorCode}` : ''}: ${redactText(message)}${hint}`, status, errorCode);
   }
 
   private sleep(attempt: number, override?: number): Promise<void> {
@@ -270,8 +288,38 @@ export class MlflowClient {
 
   /** Uploads one file through the tracking server's artifact proxy, under a run or a logged model. */
   async uploadArtifact(artifactRoot: string, artifactPath: string, file: string): Promise<void> {
-    const encoded = artifactPath.split('/').map(encodeURIComponent).join('/');
-    await this.request('PUT', `/api/2.0/mlflow-artifacts/artifacts/${artifactRoot}/${encoded}`, undefined, fs.readFileSync(file));
+    await this.putArtifact(`${artifactRoot}/${artifactPath}`, file);
+  }
+
+  /** Streams a file to `path` in the artifact store (the proxy's root: `mlflow-artifacts:/<path>`). */
+  async putArtifact(path: string, file: string): Promise<void> {
+    const response = await this.send('PUT', artifactsApi(path), { body: () => Readable.toWeb(fs.createReadStream(file)) as ReadableStream, contentType: 'application/octet-stream', timeoutMs: transferTimeoutMs });
+    await response.body?.cancel();
+  }
+
+  /** Downloads `path` of the artifact store to `target` (whole or absent); false when the store has no such file. */
+  async getArtifact(path: string, target: string): Promise<boolean> {
+    let response: Response;
+    try {
+      response = await this.send('GET', artifactsApi(path), { timeoutMs: transferTimeoutMs });
+    } catch (error) {
+      if (MlflowClient.missing(error)) return false;
+      throw error;
+    }
+    const temp = tempPathFor(target);
+    fs.mkdirSync(nodePath.dirname(target), { recursive: true });
+    try {
+      await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>), fs.createWriteStream(temp));
+      fs.renameSync(temp, target);
+    } finally {
+      fs.rmSync(temp, { force: true });
+    }
+    return true;
+  }
+
+  /** The files directly under `path` in the artifact store ([] when there is none). */
+  async listArtifacts(path: string): Promise<{ path: string; is_dir: boolean; file_size?: number }[]> {
+    return (await this.request<{ files?: { path: string; is_dir: boolean; file_size?: number }[] }>('GET', `/api/2.0/mlflow-artifacts/artifacts?path=${encodeURIComponent(path)}`)).files ?? [];
   }
 
   async logArtifact(experimentId: string, runId: string, artifactPath: string, file: string): Promise<void> {
