@@ -269,6 +269,8 @@ export const TrialState = z.object({
   shared_feature_extraction: z.boolean().optional(),
   minutes: z.number().optional(),
   error: z.string().optional(),
+  /** A queued trial's row as its worker reported it (its run folder is on the worker). */
+  result: z.record(z.string(), z.unknown()).optional(),
 });
 export type TrialState = z.infer<typeof TrialState>;
 export const TrialStates = z.array(TrialState);

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
 import { UserError } from '../core/errors.ts';
-import { appendLineDurably, CorruptFileError, readJsonFile, readJsonLines, removeDeadTemps, rewriteJsonLines, tempPathFor, truncateTornTail, writeFileAtomic, writeJsonAtomic, installFolder } from '../core/files.ts';
+import { appendLineDurably, CorruptFileError, findInstalled, readJsonFile, readJsonLines, removeDeadTemps, rewriteJsonLines, tempPathFor, truncateTornTail, writeFileAtomic, writeJsonAtomic, installFolder } from '../core/files.ts';
 import { FolderLock, type AcquireOptions } from '../core/lock.ts';
 import { loadExperiment, resolvedConfigYaml } from '../config/load.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
@@ -31,6 +31,9 @@ import { ClassifierJson, DatasetJson, EpochRecord, MlflowJson, RunJson, RunSumma
  */
 
 export type CheckpointName = 'last' | 'best' | 'feature_extraction' | 'early_stopping';
+const checkpointNames: CheckpointName[] = ['last', 'best', 'feature_extraction', 'early_stopping'];
+
+const copyEntryPattern = /^(run\.json|config\.yaml|dataset\.json|labels\.txt|metrics\.jsonl|mlflow\.json|summary\.json|model\.tflite|model-card\.json|model-card\.md|log\.jsonl|plots\/[\w.-]+\.png|checkpoints\/(last|best|feature_extraction|early_stopping)|model|tflite-[a-z0-9]+)$/;
 
 function timestamp(date: Date): string {
   return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, '').replace('T', '-');
@@ -329,6 +332,33 @@ export class RunFolder {
       }
     }
     return files;
+  }
+
+  // ---- a copy elsewhere (a queued trial's, in the artifact store) ----------------------
+
+  /**
+   * What a copy of this run holds to continue it elsewhere, by relative name: each record
+   * file as it is, each folder (a checkpoint, the model, an export mode) as one entry, so a
+   * copy never pairs one epoch's weights with another's optimizer state. The log changes
+   * with every line: it goes with the final copy only.
+   */
+  copyEntries(options: { withLog: boolean }): { name: string; path: string; folder: boolean }[] {
+    const files = ['run.json', 'config.yaml', 'dataset.json', 'labels.txt', 'metrics.jsonl', 'mlflow.json', 'summary.json', 'model.tflite', 'model-card.json', 'model-card.md', ...(options.withLog ? ['log.jsonl'] : [])];
+    const entries = files.filter((name) => this.exists(name)).map((name) => ({ name, path: this.file(name), folder: false }));
+    if (this.exists('plots')) for (const name of fs.readdirSync(this.file('plots')).sort()) if (!name.includes('.tmp-')) entries.push({ name: `plots/${name}`, path: this.file('plots', name), folder: false });
+    for (const name of checkpointNames) {
+      const installed = findInstalled(this.checkpoint(name), (dir) => ['checkpoint.json', 'weights.bin', 'optimizer.bin'].every((file) => fs.existsSync(path.join(dir, file))));
+      if (installed) entries.push({ name: `checkpoints/${name}`, path: installed, folder: true });
+    }
+    for (const name of fs.readdirSync(this.dir).sort()) {
+      if ((name === 'model' || /^tflite-[a-z0-9]+$/.test(name)) && fs.statSync(this.file(name)).isDirectory()) entries.push({ name, path: this.file(name), folder: true });
+    }
+    return entries;
+  }
+
+  /** Whether `name` is an entry of copyEntries (a copy's manifest is checked against this before anything is written). */
+  static isCopyEntry(name: string): boolean {
+    return copyEntryPattern.test(name);
   }
 
   /** Size and mtime of a file: whether an uploaded artifact changed since. */

@@ -59,6 +59,16 @@ export interface RunOptions {
   frozenPrefix?: { store: FrozenPrefixStore; fineTuneAt: number };
   /** Told the run's folder as soon as it is open (a sweep records it, to resume it after an interruption). */
   onOpen?: (folder: RunFolder) => void;
+  /** A copy of the run kept elsewhere (a queued trial's, in the artifact store). */
+  backup?: RunBackup;
+}
+
+/**
+ * A copy of a run folder kept elsewhere: saved after each epoch, before MLflow hears of the
+ * epoch (so a copy never lags what the server has), and once more, whole, when the run ends.
+ */
+export interface RunBackup {
+  save(folder: RunFolder, final: boolean): Promise<void>;
 }
 
 /** A sweep trial's place: its swept values and its sweep. */

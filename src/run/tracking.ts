@@ -1,8 +1,15 @@
+import { errorMessage } from '../core/errors.ts';
+import { redactText } from '../core/redact.ts';
 import { LiveTracker } from '../track/live.ts';
 import { trackingUriFor } from '../track/sync.ts';
 import type { RunContext } from './run.ts';
 
-/** A run's MLflow mirror, when a tracking server is configured: bounded updates, a full final sync. */
+/**
+ * What a run keeps up to date beside its folder: its MLflow mirror, when a tracking server is
+ * configured (bounded updates, a full final sync), and its backup copy, when it has one (a
+ * queued trial). After each epoch the backup goes first: an epoch MLflow has is always in
+ * the backup too, so a run continued from the backup never sends an epoch twice.
+ */
 export interface RunTracking {
   update(): Promise<void>;
   finish(): Promise<void>;
@@ -10,6 +17,26 @@ export interface RunTracking {
 
 export function startTracking(context: RunContext): RunTracking | undefined {
   const trackingUri = trackingUriFor(context.config);
-  if (!trackingUri) return undefined;
-  return new LiveTracker(context.folder, { trackingUri, log: context.log, parentRunId: context.options.parentRunId, register: context.options.register });
+  const live = trackingUri ? new LiveTracker(context.folder, { trackingUri, log: context.log, parentRunId: context.options.parentRunId, register: context.options.register }) : undefined;
+  const { backup } = context.options;
+  if (!live && !backup) return undefined;
+  const backedUp = async (final: boolean): Promise<boolean> => {
+    if (!backup) return true;
+    try {
+      await backup.save(context.folder, final);
+      return true;
+    } catch (error) {
+      context.log.warn({ error: redactText(errorMessage(error)) }, 'could not save the run\'s backup copy; MLflow hears of this epoch with the next one that is saved');
+      return false;
+    }
+  };
+  return {
+    async update() {
+      if (await backedUp(false)) await live?.update();
+    },
+    async finish() {
+      await backedUp(true);
+      await live?.finish();
+    },
+  };
 }
