@@ -174,15 +174,14 @@ function addSweepCommands(program: Command): void {
     .option('--resume <sweep-id>', 'continue a sweep: finished trials are skipped')
     .option('--max-trials <n>', 'run at most n trials', (v) => Number.parseInt(v, 10))
     .option('--parallel <n>', 'trials run at once (TensorFlow already uses every core)', (v) => Number.parseInt(v, 10), 1)
-    .option('--queue <redis-url>', 'run the trials on `tlx worker` processes through this Redis (BullMQ)')
-    .option('--artifacts <dir>', 'with --queue: the folder every worker shares for run and sweep folders (default: the runs dir)')
-    .option('--wait', 'with --queue: follow the sweep to its end and write its results')
+    .option('--queue [redis-url]', 'run the trials on `tlx worker` processes through this Redis (BullMQ); default URL: $TLX_QUEUE_URL')
+    .option('--wait', 'with --queue: follow the sweep to its end, then write its results and bring its best model here')
     .option('--cache-dir <dir>', 'download/extraction cache')
-    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; cacheDir?: string; queue?: string; artifacts?: string; wait?: boolean }, command: Command) => {
+    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; cacheDir?: string; queue?: string | boolean; wait?: boolean }, command: Command) => {
       if (file === 'status') {
         if (!sweepId) throw new UserError('sweep status: expected a sweep id');
         const { sweepStatusCommand } = await import('./commands/sweep.ts');
-        await sweepStatusCommand({ sweepId, queue: options.queue, artifacts: options.artifacts, runsDir: globals(command).runsDir, ...session(command) });
+        await sweepStatusCommand({ sweepId, queue: options.queue, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
         return;
       }
       const { sweepCommand } = await import('./commands/sweep.ts');
@@ -192,12 +191,12 @@ function addSweepCommands(program: Command): void {
   program
     .command('worker')
     .description('run queued sweep trials (from `tlx sweep --queue`) until stopped; Ctrl-C finishes the current trial')
-    .requiredOption('--queue <redis-url>', 'the Redis the sweeps are queued on, e.g. redis://host:6379')
+    .option('--queue [redis-url]', 'the Redis the sweeps are queued on, e.g. rediss://:password@host:6379 (default: $TLX_QUEUE_URL)')
     .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
     .option('--cache-dir <dir>', 'download/extraction cache of this machine')
-    .action(async (options: { queue: string; concurrency: number; cacheDir?: string }, command: Command) => {
+    .action(async (options: { queue?: string | boolean; concurrency: number; cacheDir?: string }, command: Command) => {
       const { workerCommand } = await import('./commands/worker.ts');
-      await workerCommand({ ...options, log: logger(command) });
+      await workerCommand({ ...options, runsDir: globals(command).runsDir, log: logger(command) });
     });
 
   program
@@ -207,7 +206,7 @@ function addSweepCommands(program: Command): void {
     .option('--cache-dir <dir>')
     .action(async (request: string, result: string, options: { cacheDir?: string }, command: Command) => {
       const { trialCommand } = await import('./commands/trial.ts');
-      await trialCommand({ request, result, cacheDir: options.cacheDir ?? globals(command).cacheDir, log: logger(command) });
+      await trialCommand({ request, result, runsDir: globals(command).runsDir, cacheDir: options.cacheDir ?? globals(command).cacheDir, log: logger(command) });
     });
 }
 

@@ -3,9 +3,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import type { TrialScheduler } from '../src/sweep/schedule.ts';
-import type { TrialJob } from '../src/sweep/plan.ts';
-import type { TrialState } from '../src/run-folder/records.ts';
 import { runSweep } from '../src/sweep/sweep.ts';
 import { silentLogger } from '../src/core/log.ts';
 import { tf } from '../src/tfjs/tf.ts';
@@ -154,17 +151,8 @@ describe('sweeps keep their memory and their plan', () => {
   test('tensor count and RSS stay flat across trials (classifier, optimizer and data released or shared)', async () => {
     const file = experiment('memory', '    train.fine_tune.fine_tune_at: [100, 120, 140]\n    model.dropout: [0.2]');
     const after: { tensors: number; rss: number }[] = [];
-    const scheduler: TrialScheduler<TrialJob, TrialState> = {
-      async runAll(jobs, execute) {
-        const results: TrialState[] = [];
-        for (const job of jobs) {
-          results.push(await execute(job));
-          after.push({ tensors: tf.memory().numTensors, rss: process.memoryUsage().rss });
-        }
-        return results;
-      },
-    };
-    const result = await runSweep({ file, overrides: [], grid: [], parallel: 1, runsDir: path.join(work, 'memory-runs'), log: silentLogger, scheduler });
+    const onTrialEnd = () => after.push({ tensors: tf.memory().numTensors, rss: process.memoryUsage().rss });
+    const result = await runSweep({ file, overrides: [], grid: [], parallel: 1, runsDir: path.join(work, 'memory-runs'), log: silentLogger, onTrialEnd });
     assert.deepEqual(result.rows.map((r) => r.status), ['finished', 'finished', 'finished']);
     assert.equal(after.length, 3);
     assert.equal(new Set(after.map((a) => a.tensors)).size, 1, `tensors after each trial: ${after.map((a) => a.tensors).join(', ')}`);

@@ -1,40 +1,27 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import type { LoadedExperiment } from '../config/load.ts';
-import type { ResolvedExperiment } from '../config/resolved.ts';
-import { removeDeadTemps } from '../core/files.ts';
+import { InterruptedError, UserError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { executeRun, type RunOptions } from '../run/run.ts';
+import { ExportFailedError, executeRun, type RunStart, type TrialOf } from '../run/run.ts';
 import { seedFromFeatureExtraction } from '../run/seed.ts';
+import { findCheckpoint } from '../run-folder/checkpoints.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
+import type { MlflowClient } from '../track/mlflow-client.ts';
+import { InvalidJobError, type TrialTask } from './job.ts';
+import { TrialMirror } from './mirror.ts';
 import type { GridValue } from './plan.ts';
 import type { TrialRow } from './report.ts';
 
 /**
- * One queued trial, as a worker runs it: everything it needs travels in the job (the
- * resolved config, never the data), and its run folder has a fixed name in the shared
- * artifacts folder, so a worker that picks the trial up after another died finds the
- * folder and resumes it from its last checkpoint instead of starting again.
+ * One trial, wherever it runs. Local sweeps and workers start a trial the same way
+ * (startOfTrial): resume its own folder, else start from its group leader's
+ * feature-extraction checkpoint (the state it would have reached itself), else afresh.
+ * A queued trial (runQueuedTrial) finds its own folder and its leader's in the artifact
+ * store, and keeps its own there as it runs.
  */
-export interface QueuedTrial {
-  sweepId: string;
-  trial: number;
-  assignments: Record<string, GridValue>;
-  config: ResolvedExperiment;
-  configSha256: string;
-  files: string[];
-  baseDir: string;
-  /** The trial whose feature-extraction checkpoint this one starts from (shared phase). */
-  leaderTrial?: number;
-  /** The shared folder holding the trials' run folders (--artifacts). */
-  runsDir: string;
-  parentRunId?: string;
-  export: boolean;
-  /** The queue job id: a lock this job left on a dead worker is taken over. */
-  jobId: string;
-}
 
+/** A queued trial's run folder name: fixed, so whoever continues the trial finds its copy. */
 export function trialRunId(sweepId: string, trial: number): string {
   return `${sweepId}-trial-${trial}`;
 }
@@ -63,24 +50,98 @@ export function trialRow(trial: number, assignments: Record<string, GridValue>, 
   };
 }
 
-export async function runQueuedTrial(job: QueuedTrial, options: { log: Logger; interrupt?: { readonly requested: boolean }; cacheDir?: string }): Promise<TrialRow> {
-  const runId = trialRunId(job.sweepId, job.trial);
-  const dir = path.join(job.runsDir, runId);
-  removeDeadTemps(job.runsDir);
-  let folder = RunFolder.tryOpen(dir);
-  // A folder without run.json is a creation cut short: nothing in it to keep.
-  if (!folder && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
-  if (folder?.hasSummary() && folder.readSummary().status === 'FINISHED') return trialRow(job.trial, job.assignments, folder, 'finished');
-  const experiment: LoadedExperiment = { config: job.config, files: job.files, baseDir: job.baseDir, configSha256: job.configSha256 };
-  const runOptions: RunOptions = { runsDir: job.runsDir, cacheDir: options.cacheDir, log: options.log, interrupt: options.interrupt, parentRunId: job.parentRunId, export: job.export, register: false, job: job.jobId };
-  const trial = { assignments: job.assignments, sweep: { id: job.sweepId, dir: SweepFolder.at(job.runsDir, job.sweepId).dir } };
-  let shared = false;
-  if (!folder && job.leaderTrial !== undefined && job.config.train.feature_extraction.epochs > 0) {
-    const leader = RunFolder.open(path.join(job.runsDir, trialRunId(job.sweepId, job.leaderTrial)));
-    folder = seedFromFeatureExtraction(experiment, job.runsDir, leader, trial, runId);
-    options.log.info({ trial: job.trial, from: leader.id }, 'feature extraction shared: starting from its checkpoint');
-    shared = true;
+export interface TrialStartInput {
+  experiment: LoadedExperiment;
+  trial: TrialOf;
+  runsDir: string;
+  /** The trial's own folder from an earlier attempt. */
+  own?: RunFolder;
+  /** Its group leader's folder, holding the feature-extraction checkpoint it starts from. */
+  leader?: RunFolder;
+  /** A fixed run id (queued trials). */
+  runId?: string;
+  log: Logger;
+}
+
+/** Resume the trial's own folder, start from its leader's feature extraction, or start afresh. */
+export function startOfTrial(input: TrialStartInput): { start: RunStart; shared: boolean } {
+  const { experiment, trial, runsDir, own, leader, runId, log } = input;
+  if (own) return { start: { resume: own.dir }, shared: false };
+  if (leader && experiment.config.train.feature_extraction.epochs > 0) {
+    if (findCheckpoint(leader.checkpoint('feature_extraction'))) {
+      const seeded = seedFromFeatureExtraction(experiment, runsDir, leader, trial, runId);
+      log.info({ from: leader.id }, 'feature extraction shared: starting from its checkpoint');
+      return { start: { resume: seeded.dir }, shared: true };
+    }
+    log.warn({ from: leader.id }, `${leader.id} has no feature-extraction checkpoint; this trial trains its own`);
   }
-  const result = folder ? await executeRun({ resume: folder.dir }, runOptions) : await executeRun({ experiment, trial, runId }, runOptions);
-  return trialRow(job.trial, job.assignments, result.folder, 'finished', { shared_feature_extraction: shared || job.leaderTrial !== undefined });
+  return { start: { experiment, trial, ...(runId ? { runId } : {}) }, shared: false };
+}
+
+export interface QueuedTrialOptions {
+  /** The worker's own runs folder: everything the trial writes goes here. */
+  runsDir: string;
+  cacheDir?: string;
+  log: Logger;
+  interrupt?: { readonly requested: boolean };
+  /** The worker's tracking server: its artifact store holds the trial's copy. */
+  client: MlflowClient;
+  /** The queue job: a lock the same job left on a dead worker's process is taken over. */
+  jobId: string;
+}
+
+/**
+ * A queued trial on a worker. Its copy in the artifact store, when there is one, is where it
+ * continues (another worker may have run it until it died; an epoch MLflow has is always in
+ * the copy); else its leader's copy gives it the feature extraction to start from; else it
+ * starts afresh. The run keeps its copy up to date as it goes.
+ */
+export async function runQueuedTrial(task: TrialTask, options: QueuedTrialOptions): Promise<TrialRow> {
+  const { runsDir, log } = options;
+  const runId = trialRunId(task.sweepId, task.trial);
+  const mirror = TrialMirror.of(options.client, task.sweepId, task.trial);
+  const own = (await mirror.restore(runsDir, runId)) ?? RunFolder.tryOpen(path.join(runsDir, runId));
+  if (own) log.info({ run: runId, received: mirror.traffic.received }, `trial ${task.trial}: continuing its run from the copy in the artifact store`);
+  const finished = own?.hasSummary() === true && own.readSummary().status === 'FINISHED';
+  if (own && finished) return rowOf(task, own, task.startFrom !== undefined);
+  const leader = own || task.startFrom === undefined ? undefined : await leaderCopy(task, task.startFrom, options);
+  const trial: TrialOf = { assignments: task.assignments, sweep: { id: task.sweepId, dir: SweepFolder.at(runsDir, task.sweepId).dir } };
+  const { start, shared } = startOfTrial({ experiment: task.experiment, trial, runsDir, own, leader, runId, log });
+  const result = await executeRun(start, { runsDir, cacheDir: options.cacheDir, log, interrupt: options.interrupt, parentRunId: task.parentRunId, export: task.exportModel, register: false, job: options.jobId, backup: mirror });
+  log.info({ trial: task.trial, bytes_sent: mirror.traffic.sent, bytes_received: mirror.traffic.received }, `trial ${task.trial}: its copy in the artifact store is complete`);
+  return rowOf(task, result.folder, shared || (own !== undefined && task.startFrom !== undefined));
+}
+
+/**
+ * How a trial failed, as the worker acts on it: `invalid` and `export` fail the job for good
+ * (another attempt gives the same answer), `interrupted` gives it back, `error` is retried.
+ */
+export type TrialFailure = 'invalid' | 'export' | 'interrupted' | 'error';
+
+export function trialFailureOf(error: unknown): TrialFailure {
+  if (error instanceof InterruptedError) return 'interrupted';
+  if (error instanceof ExportFailedError) return 'export';
+  if (error instanceof UserError || error instanceof InvalidJobError) return 'invalid';
+  return 'error';
+}
+
+/** The row a worker reports: no local path (the folder is the worker's, not the coordinator's). */
+function rowOf(task: TrialTask, folder: RunFolder, shared: boolean): TrialRow {
+  const { run_dir: _local, ...row } = trialRow(task.trial, task.assignments, folder, 'finished', { shared_feature_extraction: shared });
+  return row;
+}
+
+/** The leader's run folder on this worker: its own if it ran the leader, else the leader's copy; undefined when neither can be had. */
+async function leaderCopy(task: TrialTask, leaderTrial: number, options: QueuedTrialOptions): Promise<RunFolder | undefined> {
+  const id = trialRunId(task.sweepId, leaderTrial);
+  const local = RunFolder.tryOpen(path.join(options.runsDir, id));
+  if (local?.hasSummary()) return local;
+  try {
+    const copy = await TrialMirror.of(options.client, task.sweepId, leaderTrial).restore(options.runsDir, id);
+    if (!copy) options.log.warn({ leader: id }, `trial ${leaderTrial}'s copy is not in the artifact store; this trial trains its own feature extraction`);
+    return copy;
+  } catch (error) {
+    options.log.warn({ leader: id, error: errorMessage(error) }, `could not get trial ${leaderTrial}'s copy; this trial trains its own feature extraction`);
+    return undefined;
+  }
 }

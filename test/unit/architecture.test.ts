@@ -29,7 +29,7 @@ const layers: string[][] = [
 
 function rankOf(folder: string): number {
   const rank = layers.findIndex((names) => names.includes(folder));
-  assert.ok(rank >= 0, `src/${folder}/ is not placed in the layers of test/architecture.test.ts (and ARCHITECTURE.md)`);
+  assert.ok(rank >= 0, `src/${folder}/ is not placed in the layers of test/unit/architecture.test.ts (and ARCHITECTURE.md)`);
   return rank;
 }
 

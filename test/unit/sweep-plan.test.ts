@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { assignmentFlags, expandGrid, expandRange, featureExtractionIdentity, parseGridFlag, planRecordOf, planSweep } from '../../src/sweep/plan.ts';
-import { LocalScheduler } from '../../src/sweep/schedule.ts';
+import { inParallel } from '../../src/sweep/schedule.ts';
 import { tempDir, writeFiles } from '../helpers/tmp.ts';
 
 /** Sweep planning without running anything: grids, flags, groups, ids, and the local scheduler. */
@@ -34,17 +34,21 @@ describe('grid expansion (pure)', () => {
     assert.notDeepEqual(featureExtractionIdentity(a), featureExtractionIdentity(c));
   });
 
-  test('the local scheduler runs every job, at most `parallel` at once', async () => {
+  test('trials run in order, at most `parallel` at once, and none starts once stopped', async () => {
     let running = 0;
     let peak = 0;
-    const results = await new LocalScheduler<number, number>(2).runAll([1, 2, 3, 4, 5], async (n) => {
+    const done: number[] = [];
+    await inParallel([1, 2, 3, 4, 5], 2, async (n) => {
       peak = Math.max(peak, ++running);
       await new Promise((r) => setTimeout(r, 20));
       running--;
-      return n * 10;
-    });
-    assert.deepEqual(results, [10, 20, 30, 40, 50]);
+      done.push(n * 10);
+    }, () => false);
+    assert.deepEqual(done.sort((a, b) => a - b), [10, 20, 30, 40, 50]);
     assert.equal(peak, 2);
+    const started: number[] = [];
+    await inParallel([1, 2, 3], 1, async (n) => void started.push(n), () => started.length >= 2);
+    assert.deepEqual(started, [1, 2]);
   });
 });
 
@@ -76,6 +80,13 @@ describe('planning a sweep from a file (every trial validated before any runs)',
     const wider = planSweep({ file: experimentFile('ids', 'sweep:\n  grid:\n    seed: [1, 2]\n'), overrides: [], grid: { 'train.fine_tune.fine_tune_at': [100, 120] } });
     assert.equal(wider.jobs.length, 4);
     assert.notEqual(wider.id, a.id);
+  });
+
+  test('--set sweep keys with --grid on a file without a sweep block: the grid is merged before validation', () => {
+    const file = experimentFile('nogrid', '');
+    const planned = planSweep({ file, overrides: ['sweep.export=best'], grid: { 'train.fine_tune.fine_tune_at': [80, 100, 120] } });
+    assert.equal(planned.exportPolicy, 'best');
+    assert.equal(planned.jobs.length, 3);
   });
 
   test('every invalid trial is named at once, and nothing is planned', () => {

@@ -1,0 +1,120 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { UserError, errorMessage } from '../core/errors.ts';
+import { installFolder, tempPathFor, writeJsonAtomic } from '../core/files.ts';
+import { sha256OfFile } from '../core/hash.ts';
+import { extractArchive } from '../data/extract.ts';
+import { packFolder } from '../data/pack.ts';
+import type { RunBackup } from '../run/run.ts';
+import { RunFolder } from '../run-folder/run-folder.ts';
+import type { MlflowClient } from '../track/mlflow-client.ts';
+
+/**
+ * A queued trial's run folder, kept in the tracking server's artifact store under
+ * `tlx/sweeps/<sweep>/trial-<n>/` while it runs (Keras's BackupAndRestore, to a store every
+ * worker reaches): after each epoch what changed (the checkpoint, the records), at the end
+ * everything. A worker that takes over a dead worker's trial continues from it, a follower
+ * starts from its leader's, and the coordinator brings the best trial home from it.
+ *
+ * Each entry is stored under its name (a folder as one tar); `mirror.json`, written last,
+ * names every entry with its sha256, and a restore checks each one against it.
+ */
+
+const Manifest = z.object({
+  entries: z.record(z.string(), z.object({ sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative(), folder: z.boolean() })),
+});
+type Entries = z.infer<typeof Manifest>['entries'];
+
+export class TrialMirror implements RunBackup {
+  private sent: Entries = {};
+  /** Bytes this process sent and received (the cost of sharing nothing but the store). */
+  readonly traffic = { sent: 0, received: 0 };
+
+  constructor(
+    private readonly client: MlflowClient,
+    readonly prefix: string,
+  ) {}
+
+  static of(client: MlflowClient, sweepId: string, trial: number): TrialMirror {
+    return new TrialMirror(client, `tlx/sweeps/${sweepId}/trial-${trial}`);
+  }
+
+  private objectOf(name: string, folder: boolean): string {
+    return `${this.prefix}/${name}${folder ? '.tar' : ''}`;
+  }
+
+  /** Puts every entry that changed since the last save, then the manifest. */
+  async save(folder: RunFolder, final: boolean): Promise<void> {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-mirror-'));
+    try {
+      const entries: Entries = {};
+      for (const [i, entry] of folder.copyEntries({ withLog: final }).entries()) {
+        const file = entry.folder ? path.join(work, `${i}.tar`) : entry.path;
+        const sha256 = entry.folder ? (await packFolder(entry.path, file)).sha256 : await sha256OfFile(file);
+        const bytes = fs.statSync(file).size;
+        entries[entry.name] = { sha256, bytes, folder: entry.folder };
+        if (this.sent[entry.name]?.sha256 === sha256) continue;
+        await this.client.putArtifact(this.objectOf(entry.name, entry.folder), file);
+        this.traffic.sent += bytes;
+      }
+      const manifest = path.join(work, 'mirror.json');
+      writeJsonAtomic(manifest, { entries });
+      await this.client.putArtifact(`${this.prefix}/mirror.json`, manifest);
+      this.sent = entries;
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The mirrored run, assembled as `runsDir/id` (whole or absent: built beside it, then
+   * installed over an older copy); undefined when the store has no mirror of this trial.
+   */
+  async restore(runsDir: string, id: string): Promise<RunFolder | undefined> {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-mirror-'));
+    const target = path.join(runsDir, id);
+    const temp = tempPathFor(target);
+    try {
+      if (!(await this.client.getArtifact(`${this.prefix}/mirror.json`, path.join(work, 'mirror.json')))) return undefined;
+      const entries = this.readManifest(path.join(work, 'mirror.json'));
+      fs.mkdirSync(temp, { recursive: true });
+      for (const [name, entry] of Object.entries(entries)) await this.fetchEntry(name, entry, work, temp);
+      installFolder(temp, target);
+      this.sent = entries;
+      return RunFolder.open(target);
+    } finally {
+      fs.rmSync(temp, { recursive: true, force: true });
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }
+
+  private readManifest(file: string): Entries {
+    let parsed: z.infer<typeof Manifest>;
+    try {
+      parsed = Manifest.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
+    } catch (error) {
+      throw new UserError(`${this.prefix}/mirror.json in the artifact store is not a trial's manifest: ${errorMessage(error).split('\n')[0].slice(0, 200)}`);
+    }
+    const foreign = Object.keys(parsed.entries).find((name) => !RunFolder.isCopyEntry(name));
+    if (foreign) throw new UserError(`${this.prefix}/mirror.json names ${JSON.stringify(foreign.slice(0, 80))}, which is not a file of a run folder`);
+    return parsed.entries;
+  }
+
+  private async fetchEntry(name: string, entry: Entries[string], work: string, into: string): Promise<void> {
+    const downloaded = path.join(work, 'entry');
+    if (!(await this.client.getArtifact(this.objectOf(name, entry.folder), downloaded))) throw new UserError(`${this.prefix}: ${name} is named in mirror.json but missing from the artifact store`);
+    const sha256 = await sha256OfFile(downloaded);
+    if (sha256 !== entry.sha256) throw new UserError(`${this.prefix}: ${name} does not match mirror.json (sha256 ${sha256.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…); it was changed after it was saved`);
+    this.traffic.received += fs.statSync(downloaded).size;
+    const place = path.join(into, ...name.split('/'));
+    fs.mkdirSync(path.dirname(place), { recursive: true });
+    if (entry.folder) {
+      await extractArchive(downloaded, 'tar', place);
+      fs.rmSync(downloaded);
+    } else {
+      fs.renameSync(downloaded, place);
+    }
+  }
+}
