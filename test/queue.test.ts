@@ -192,6 +192,28 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     await stopWorkers();
   });
 
+  test('a trial killed halfway through saving its copy: the next attempt continues from the last whole copy; every epoch once', async () => {
+    const file = experiment('torn', '    train.fine_tune.fine_tune_at: [120]', 'feature_extraction: { epochs: 12 }, fine_tune: { epochs: 1 }');
+    // The trial process dies after putting an object of a copy, before the manifest that names it.
+    const first = startWorker('w1', { TLX_TEST_KILL_AT: 'mirror.object-saved@14' });
+    assert.equal((await sweep([file, '--queue'])).exitCode, 0);
+    await waitForStderr(first, /the trial process was killed \(SIGKILL\)/, 240_000);
+    first.kill('SIGTERM');
+    await first;
+    workers.splice(workers.indexOf(first), 1);
+    const second = startWorker('w2');
+    await waitForStderr(second, /continuing from the checkpoint of epoch \d+/, 120_000);
+    const waited = await sweep([file, '--queue', '--wait']);
+    assert.equal(waited.exitCode, 0, waited.stderr.slice(-2000));
+    const dir = path.join(workerDir('w2'), 'runs', [...trialFolders('torn').keys()][0]);
+    const epochs = readMetrics(dir).map((r) => r.epoch);
+    assert.deepEqual(epochs, Array.from({ length: 14 }, (_, i) => i), 'every epoch once in the folder');
+    const mlflowRun = (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> }).servers[mlflow.url].run_id;
+    const remote = await readRunWithMlflow(mlflow.url, mlflowRun, ['val_loss']);
+    assert.deepEqual(remote.histories.val_loss.map((m) => m.step).sort((a, b) => a - b), epochs, 'each epoch once in MLflow');
+    await stopWorkers();
+  });
+
   test('hostile jobs fail at once with their reason, change nothing outside the worker\'s folders, and the worker then finishes a valid sweep', async () => {
     const valid = { sweepId: 'hostile-0123456789', trial: 0, assignments: {}, exportModel: false, followers: [], config: JSON.parse(JSON.stringify(validConfig())) };
     const sentinel = path.join(work, 'sentinel');

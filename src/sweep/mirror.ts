@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { UserError, errorMessage } from '../core/errors.ts';
+import { killPoint } from '../core/faults.ts';
 import { installFolder, tempPathFor, writeJsonAtomic } from '../core/files.ts';
 import { sha256OfFile } from '../core/hash.ts';
 import { extractArchive } from '../data/extract.ts';
@@ -18,8 +19,10 @@ import type { MlflowClient } from '../track/mlflow-client.ts';
  * everything. A worker that takes over a dead worker's trial continues from it, a follower
  * starts from its leader's, and the coordinator brings the best trial home from it.
  *
- * Each entry is stored under its name (a folder as one tar); `mirror.json`, written last,
- * names every entry with its sha256, and a restore checks each one against it.
+ * Entries are stored under their sha256 (`objects/<sha256>`, a folder as one tar) and never
+ * overwritten; `mirror.json` names each entry's object and is written last, so a worker killed
+ * halfway through a save leaves the previous copy whole. Objects no copy names any more are
+ * removed after the manifest moved on. A restore checks each object against its sha256.
  */
 
 const Manifest = z.object({
@@ -29,6 +32,8 @@ type Entries = z.infer<typeof Manifest>['entries'];
 
 export class TrialMirror implements RunBackup {
   private sent: Entries = {};
+  /** The copy was restored here: the next save also removes objects an earlier writer left unnamed. */
+  private restored = false;
   /** Bytes this process sent and received (the cost of sharing nothing but the store). */
   readonly traffic = { sent: 0, received: 0 };
 
@@ -41,31 +46,52 @@ export class TrialMirror implements RunBackup {
     return new TrialMirror(client, `tlx/sweeps/${sweepId}/trial-${trial}`);
   }
 
-  private objectOf(name: string, folder: boolean): string {
-    return `${this.prefix}/${name}${folder ? '.tar' : ''}`;
+  private objectOf(entry: { sha256: string; folder: boolean }): string {
+    return `${this.prefix}/objects/${entry.sha256}${entry.folder ? '.tar' : ''}`;
   }
 
-  /** Puts every entry that changed since the last save, then the manifest. */
+  /** Puts every entry the store does not hold yet, then the manifest, then drops what no longer counts. */
   async save(folder: RunFolder, final: boolean): Promise<void> {
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-mirror-'));
     try {
       const entries: Entries = {};
+      const stored = new Set(Object.values(this.sent).map((entry) => this.objectOf(entry)));
       for (const [i, entry] of folder.copyEntries({ withLog: final }).entries()) {
         const file = entry.folder ? path.join(work, `${i}.tar`) : entry.path;
         const sha256 = entry.folder ? (await packFolder(entry.path, file)).sha256 : await sha256OfFile(file);
         const bytes = fs.statSync(file).size;
         entries[entry.name] = { sha256, bytes, folder: entry.folder };
-        if (this.sent[entry.name]?.sha256 === sha256) continue;
-        await this.client.putArtifact(this.objectOf(entry.name, entry.folder), file);
+        const object = this.objectOf(entries[entry.name]);
+        if (stored.has(object)) continue;
+        await this.client.putArtifact(object, file);
+        killPoint('mirror.object-saved');
+        stored.add(object);
         this.traffic.sent += bytes;
       }
       const manifest = path.join(work, 'mirror.json');
       writeJsonAtomic(manifest, { entries });
       await this.client.putArtifact(`${this.prefix}/mirror.json`, manifest);
+      await this.dropUnnamed(entries);
       this.sent = entries;
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Removes the objects the new manifest no longer names: those the last one named, and
+   * after a restore every other object (what a worker killed during a save had put).
+   */
+  private async dropUnnamed(entries: Entries): Promise<void> {
+    const kept = new Set(Object.values(entries).map((entry) => this.objectOf(entry)));
+    let candidates = Object.values(this.sent).map((entry) => this.objectOf(entry));
+    if (this.restored) {
+      candidates = (await this.client.listArtifacts(`${this.prefix}/objects`).catch(() => [])).map((file) => (file.path.includes('/') ? file.path : `${this.prefix}/objects/${file.path}`));
+      this.restored = false;
+    }
+    const dropped = [...new Set(candidates)].filter((object) => !kept.has(object));
+    // Best effort: an object left behind takes room, nothing else.
+    await Promise.all(dropped.map((object) => this.client.deleteArtifact(object).catch(() => undefined)));
   }
 
   /**
@@ -83,6 +109,7 @@ export class TrialMirror implements RunBackup {
       for (const [name, entry] of Object.entries(entries)) await this.fetchEntry(name, entry, work, temp);
       installFolder(temp, target);
       this.sent = entries;
+      this.restored = true;
       return RunFolder.open(target);
     } finally {
       fs.rmSync(temp, { recursive: true, force: true });
@@ -104,9 +131,9 @@ export class TrialMirror implements RunBackup {
 
   private async fetchEntry(name: string, entry: Entries[string], work: string, into: string): Promise<void> {
     const downloaded = path.join(work, 'entry');
-    if (!(await this.client.getArtifact(this.objectOf(name, entry.folder), downloaded))) throw new UserError(`${this.prefix}: ${name} is named in mirror.json but missing from the artifact store`);
+    if (!(await this.client.getArtifact(this.objectOf(entry), downloaded))) throw new UserError(`${this.prefix}: ${name} is named in mirror.json but missing from the artifact store`);
     const sha256 = await sha256OfFile(downloaded);
-    if (sha256 !== entry.sha256) throw new UserError(`${this.prefix}: ${name} does not match mirror.json (sha256 ${sha256.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…); it was changed after it was saved`);
+    if (sha256 !== entry.sha256) throw new UserError(`${this.prefix}: ${name} does not match mirror.json (sha256 ${sha256.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…); the copy was changed in the store`);
     this.traffic.received += fs.statSync(downloaded).size;
     const place = path.join(into, ...name.split('/'));
     fs.mkdirSync(path.dirname(place), { recursive: true });

@@ -111,6 +111,8 @@ export interface WorkerOptions {
 
 interface ChildResult {
   exitCode?: number;
+  /** The signal that ended the trial process, when one did (SIGKILL: out of memory, or killed). */
+  signal?: string;
   row?: TrialRow;
   error?: string;
   failure?: TrialFailure;
@@ -163,7 +165,7 @@ async function runTrialChild(jobId: string, data: QueuedJobData, options: Worker
   try {
     const done = await child;
     const reported = fs.existsSync(result) ? (JSON.parse(fs.readFileSync(result, 'utf8')) as Omit<ChildResult, 'exitCode'>) : {};
-    return { exitCode: done.exitCode ?? undefined, ...reported };
+    return { exitCode: done.exitCode ?? undefined, signal: done.signal ?? undefined, ...reported };
   } finally {
     active.delete(child);
     fs.rmSync(work, { recursive: true, force: true });
@@ -211,7 +213,7 @@ async function processJob(job: Job<QueuedJobData | Unreadable>, token: string | 
     await job.moveToDelayed(Date.now() + 1000, token);
     throw new DelayedError();
   }
-  const message = outcome.error ?? `the trial process exited with code ${outcome.exitCode}`;
+  const message = outcome.error ?? (outcome.signal ? `the trial process was killed (${outcome.signal})` : `the trial process exited with code ${outcome.exitCode}`);
   const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
   const final = outcome.failure === 'invalid' || outcome.failure === 'export';
   // The group's other trials still run (a sweep waits for every trial): from this one's

@@ -317,6 +317,11 @@ export class MlflowClient {
     return true;
   }
 
+  /** Removes `path` from the artifact store (a file, or a folder with all it holds). */
+  async deleteArtifact(path: string): Promise<void> {
+    await (await this.send('DELETE', artifactsApi(path), {})).body?.cancel();
+  }
+
   /** The files directly under `path` in the artifact store ([] when there is none). */
   async listArtifacts(path: string): Promise<{ path: string; is_dir: boolean; file_size?: number }[]> {
     return (await this.request<{ files?: { path: string; is_dir: boolean; file_size?: number }[] }>('GET', `/api/2.0/mlflow-artifacts/artifacts?path=${encodeURIComponent(path)}`)).files ?? [];
