@@ -141,7 +141,7 @@ function addTrainingCommands(program: Command): void {
     .command('convert')
     .description('export a finished run to TFLite again, without retraining')
     .argument('<run-dir>', 'run folder, e.g. runs/<run-id>')
-    .addOption(new Option('--quantization <mode>', 'TFLite quantization').choices(['none', 'dynamic', 'float16', 'int8']))
+    .option('--quantization <modes>', 'TFLite quantization: none, dynamic, float16 or int8; several comma-separated (one Python start for all)')
     .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
     .action(async (runDir: string, options: { quantization?: string; cacheDir?: string }, command: Command) => {
       const { convertCommand } = await import('./commands/convert.ts');

@@ -27,6 +27,12 @@ describe('the tlx command line', () => {
     assert.match(result.stderr, /Did you mean validate\?/);
   });
 
+  test('convert: an unknown quantization mode exits 2 naming the modes (several may be given, comma-separated)', async () => {
+    const result = await runTlx(['convert', 'runs/none', '--quantization', 'float16,int4']);
+    assert.equal(result.exitCode, 2);
+    assert.match(result.stderr, /--quantization float16,int4: expected none, dynamic, float16, int8, or several of them comma-separated/);
+  });
+
   test('an unknown flag exits 2 with a suggestion', async () => {
     const result = await runTlx(['validate', '--sett', 'a=1', 'configs/finetune.yaml']);
     assert.equal(result.exitCode, 2);
