@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, test } from 'node:test';
-import type { LayersModel, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
+import { before, describe, test } from 'node:test';
+import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSplit } from '../src/data/images.ts';
 import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
 import { compileGraph, StagedModel } from '../src/models/graph.ts';
@@ -20,24 +20,47 @@ import { evaluate, fitPhase, validationOfCurrentWeights, type EpochRecord, type 
 import { FrozenPrefixStore } from '../src/train/frontier.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
-import { kerasLayers, kerasReference, parityWithKeras } from './helpers/keras.ts';
+import { baseArgs, kerasBatch, parityJob, type KerasLayer, type Parity } from './helpers/keras.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 const work = tempDir('tlx-model-');
 
 const v2 = { base: 'mobilenet_v2', minimalistic: false } as const;
 
-async function parity(base: LayersModel, alpha: number): Promise<number> {
-  return (await parityWithKeras(base, { ...v2, alpha }, work)).maxDiff;
-}
+const layerShapes = [
+  [1.0, 160, 160],
+  [0.35, 96, 128],
+] as const;
+const legacyH5 = path.join(work, 'random_0.35_96_no_top.h5');
+
+/** What the tests below ask Keras, answered by one Python process (TensorFlow starts once). */
+const keras = {
+  layers: [] as KerasLayer[][],
+  nsfwjs: { assigned: 0, missing: [] as string[], parity: undefined as Parity | undefined },
+  rectangular: undefined as Parity | undefined,
+};
+
+before(async () => {
+  const nsfwjsBase = mobileNetV2({ alpha: 1.0, inputShape: [96, 96, 3] });
+  Object.assign(keras.nsfwjs, assignWeights(nsfwjsBase, await readNsfwjsMobileNetV2(), { requireAll: true, what: 'nsfwjs' }));
+  const rectangular = mobileNetV2({ alpha: 0.5, inputShape: [32, 48, 3] });
+  rectangular.weights.forEach((w, i) => {
+    const value = w.name.includes('moving_variance') ? tf.randomUniform(w.shape as number[], 0.5, 1.5, 'float32', i) : tf.randomNormal(w.shape as number[], 0, 0.1, 'float32', i);
+    w.write(value);
+    value.dispose();
+  });
+  const parities = [await parityJob(nsfwjsBase, { ...v2, alpha: 1.0 }, work), await parityJob(rectangular, { ...v2, alpha: 0.5 }, work)];
+  const printed = await kerasBatch([...layerShapes.map(([alpha, height, width]): [string, string[]] => ['layers', baseArgs({ ...v2, alpha }, height, width)]), ...parities.map((p) => p.job), ['h5', ['mobilenet_v2', '0.35', '96', '0', legacyH5, '3']]]);
+  keras.layers = layerShapes.map((_, i) => JSON.parse(printed[i]) as KerasLayer[]);
+  [keras.nsfwjs.parity, keras.rectangular] = parities.map((p) => p.compare());
+  nsfwjsBase.dispose();
+  rectangular.dispose();
+});
 
 describe('MobileNetV2 as Keras builds it', () => {
-  for (const [alpha, height, width] of [
-    [1.0, 160, 160],
-    [0.35, 96, 128],
-  ] as const) {
-    test(`every layer name by index equals Keras's (alpha ${alpha}, ${height}x${width})`, async () => {
-      const reference = await kerasLayers({ ...v2, alpha }, height, width);
+  for (const [i, [alpha, height, width]] of layerShapes.entries()) {
+    test(`every layer name by index equals Keras's (alpha ${alpha}, ${height}x${width})`, () => {
+      const reference = keras.layers[i];
       const ours = mobileNetV2({ alpha, inputShape: [height, width, 3] });
       assert.equal(ours.layers.length, reference.length);
       assert.equal(ours.layers.length, 154, 'Keras prints 154 layers for the base');
@@ -59,32 +82,22 @@ describe('MobileNetV2 as Keras builds it', () => {
     assert.equal(setPhaseTrainable(classifier, 'fine_tune', 0), 158);
   });
 
-  test('with the nsfwjs pretrained weights, outputs equal Keras MobileNetV2 on the same weights within 1e-4', async () => {
-    const base = mobileNetV2({ alpha: 1.0, inputShape: [96, 96, 3] });
-    const { assigned, missing } = assignWeights(base, await readNsfwjsMobileNetV2(), { requireAll: true, what: 'nsfwjs' });
-    assert.equal(assigned, 260);
-    assert.deepEqual(missing, []);
-    const diff = await parity(base, 1.0);
+  test('with the nsfwjs pretrained weights, outputs equal Keras MobileNetV2 on the same weights within 1e-4', () => {
+    assert.equal(keras.nsfwjs.assigned, 260);
+    assert.deepEqual(keras.nsfwjs.missing, []);
+    const diff = keras.nsfwjs.parity!.maxDiff;
     assert.ok(diff < 1e-4, `max abs diff ${diff}`);
   });
 
-  test('a rectangular input from 32 px works and matches Keras (alpha 0.5, 32x48)', async () => {
-    const base = mobileNetV2({ alpha: 0.5, inputShape: [32, 48, 3] });
-    base.weights.forEach((w, i) => {
-      const value = w.name.includes('moving_variance') ? tf.randomUniform(w.shape as number[], 0.5, 1.5, 'float32', i) : tf.randomNormal(w.shape as number[], 0, 0.1, 'float32', i);
-      w.write(value);
-      value.dispose();
-    });
-    const diff = await parity(base, 0.5);
+  test('a rectangular input from 32 px works and matches Keras (alpha 0.5, 32x48)', () => {
+    const diff = keras.rectangular!.maxDiff;
     assert.ok(diff < 1e-4, `max abs diff ${diff}`);
   });
 });
 
 describe('weight loaders', () => {
   test('a legacy Keras .h5 loads by layer and weight name, and matches Keras', async () => {
-    const file = path.join(work, 'random_0.35_96_no_top.h5');
-    await kerasReference(['h5', 'mobilenet_v2', '0.35', '96', '0', file, '3']);
-    const weights = await readKerasH5(file);
+    const weights = await readKerasH5(legacyH5);
     assert.equal(weights.get('block_1_depthwise/kernel')?.shape.join('x'), '3x3x96x1'.replace('96', '48'));
     const base = mobileNetV2({ alpha: 0.35, inputShape: [96, 96, 3] });
     const { assigned } = assignWeights(base, weights, { requireAll: true, what: 'h5' });
@@ -94,7 +107,7 @@ describe('weight loaders', () => {
   });
 
   test('a shape mismatch is an error naming the layer', async () => {
-    const weights = await readKerasH5(path.join(work, 'random_0.35_96_no_top.h5'));
+    const weights = await readKerasH5(legacyH5);
     const base = mobileNetV2({ alpha: 1.0, inputShape: [96, 96, 3] });
     assert.throws(() => assignWeights(base, weights, { requireAll: true, what: 'model.weights (x.h5)' }), /model\.weights \(x\.h5\): layer Conv1: weight Conv1\/kernel has shape \[3, 3, 3, 16\], the model expects \[3, 3, 3, 32\]/);
   });

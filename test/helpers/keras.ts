@@ -40,10 +40,6 @@ export interface KerasLayer {
   params: number;
 }
 
-export async function kerasLayers(variant: BaseVariant, height: number, width = height): Promise<KerasLayer[]> {
-  return JSON.parse(await kerasReference(['layers', ...baseArgs(variant, height, width)])) as KerasLayer[];
-}
-
 export interface Parity {
   /** Max abs difference over tlx's two paths: layer by layer, and BatchNorm folded into fused kernels. */
   maxDiff: number;
@@ -89,11 +85,11 @@ export function compareWithKeras(base: LayersModel, x: Tensor, kerasOutput: stri
 }
 
 /**
- * Keras's base and a tlx base on the same weights and inputs. `weights` is a legacy .h5
- * that Keras loads itself; without it, Keras takes the tlx base's weights by name from a
- * tlx checkpoint.
+ * Keras's base and a tlx base on the same weights and inputs, as a job for kerasBatch and
+ * the comparison to make with what it printed. Without a legacy .h5 (`weights`), Keras takes
+ * the tlx base's weights by name from a tlx checkpoint written here.
  */
-export async function parityWithKeras(base: LayersModel, variant: BaseVariant, work: string, weights?: string): Promise<Parity> {
+export async function parityJob(base: LayersModel, variant: BaseVariant, work: string, weights?: string): Promise<{ job: [string, string[]]; compare: () => Parity }> {
   const [height, width] = base.inputs[0].shape.slice(1, 3) as number[];
   const dir = fs.mkdtempSync(path.join(work, 'parity-'));
   if (!weights) {
@@ -101,8 +97,12 @@ export async function parityWithKeras(base: LayersModel, variant: BaseVariant, w
     await writeCheckpoint(weights, base, undefined, { epoch: 0, phase: 'test' });
   }
   const x = writeParityInput(path.join(dir, 'x.f32'), variant, height, width);
-  await kerasReference(['features', weights, ...baseArgs(variant, height, width), path.join(dir, 'x.f32'), path.join(dir, 'y.f32')]);
-  const parity = compareWithKeras(base, x, path.join(dir, 'y.f32'));
-  x.dispose();
-  return parity;
+  return {
+    job: ['features', [weights, ...baseArgs(variant, height, width), path.join(dir, 'x.f32'), path.join(dir, 'y.f32')]],
+    compare: () => {
+      const parity = compareWithKeras(base, x, path.join(dir, 'y.f32'));
+      x.dispose();
+      return parity;
+    },
+  };
 }
