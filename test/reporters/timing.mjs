@@ -8,6 +8,20 @@ import path from 'node:path';
 
 const slowestShown = 15;
 
+/** Adds this run's file durations to the record (a file not run this time keeps its last one). */
+function recordDurations(file, rows) {
+  let known = {};
+  try {
+    known = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch {
+    // first run on this machine
+  }
+  for (const row of rows) if (row.ms > 0) known[row.file] = Math.round(row.ms);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(known, null, 1));
+  fs.renameSync(`${file}.tmp`, file);
+}
+
 function seconds(ms) {
   return (ms / 1000).toFixed(1).padStart(7);
 }
@@ -40,5 +54,7 @@ export default async function* timingReporter(source) {
   out += '# slowest tests\n';
   for (const t of tests.slice(0, slowestShown)) out += `# ${seconds(t.ms)}  ${t.file}: ${t.name.slice(0, 100)}\n`;
   if (process.env.TLX_TIMING_JSON) fs.writeFileSync(process.env.TLX_TIMING_JSON, JSON.stringify({ wall_ms: wall, files: rows, tests }, null, 1));
+  // scripts/test.mjs starts the slowest files first next time: it reads what this run took.
+  if (process.env.TLX_TEST_DURATIONS) recordDurations(process.env.TLX_TEST_DURATIONS, rows);
   yield out;
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+// `npm test`: every test file under test/, four at a time, the slowest first (as Jest orders
+// them: by the duration each file took in the last run on this machine, else by file size),
+// so that a long file never starts last and holds the suite up alone. The spec reporter
+// shows each test; test/reporters/timing.mjs prints where the time went and records the
+// durations for the next run. Extra arguments go to node --test (e.g. a file to run alone).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const durationsFile = path.join(root, 'node_modules', '.cache', 'tlx', 'test-durations.json');
+const concurrency = process.env.TLX_TEST_CONCURRENCY ?? '4';
+
+function testFiles(dir) {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) return entry.name === 'helpers' || entry.name === 'reporters' ? [] : testFiles(full);
+    return entry.name.endsWith('.test.ts') ? [path.relative(root, full)] : [];
+  });
+}
+
+function lastDurations() {
+  try {
+    return JSON.parse(fs.readFileSync(durationsFile, 'utf8'));
+  } catch {
+    return {};
+  }
+}
+
+const durations = lastDurations();
+// Unknown files are weighed by size: a file never timed counts as ~1 ms per byte, about what the suite's files take.
+const weight = (file) => durations[file] ?? fs.statSync(path.join(root, file)).size;
+const files = process.argv.length > 2 ? process.argv.slice(2) : testFiles(path.join(root, 'test')).sort((a, b) => weight(b) - weight(a));
+
+const result = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/reporters/timing.mjs', '--test-reporter-destination=stdout', ...files],
+  { cwd: root, stdio: 'inherit', env: { ...process.env, TLX_TEST_DURATIONS: durationsFile } },
+);
+process.exit(result.status ?? 1);
