@@ -3,39 +3,30 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import type { RunSummary } from '../src/run-folder/records.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
-import { hangingServer, readRunWithMlflow, ruleProxy, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
-import { allEnded, descendantsOf, waitForStderr } from './helpers/process.ts';
+import { readRunWithMlflow, startMlflowServer, type MlflowServer } from './helpers/mlflow.ts';
+import { waitForStderr } from './helpers/process.ts';
 import { python } from './helpers/python.ts';
-import { mlflowState, readMetrics, runDirOf, tinyDataAndModel, waitForEpoch, writeExperiment } from './helpers/runs.ts';
+import { faultTestBody, mlflowState, readMetrics, runDirOf, runFolderNamed, tinyDataAndModel, waitForEpoch, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 /**
  * Faults, injected with real processes: a second writer, a torn or emptied file, a SIGKILL
- * at every step of writing a checkpoint, a server that refuses or never answers, Ctrl-C and
- * SIGKILL during the Python export. After each, the run folder is whole and a resume ends
- * with exactly the numbers of a run nothing happened to.
+ * at every step of writing a checkpoint. After each, the run folder is whole and a resume
+ * ends with exactly the numbers of a run nothing happened to. (A server that refuses or
+ * never answers: sync-faults.test.ts; Ctrl-C and SIGKILL of processes: processes.test.ts.)
  */
 
 const work = tempDir('tlx-crash-');
 const runsDir = path.join(work, 'runs');
 let server: MlflowServer;
 
-const body = `seed: 9
-${tinyDataAndModel}train:
-  feature_extraction: { epochs: 3, optimizer: { name: adam, learning_rate: 0.001 } }
-  fine_tune: { fine_tune_at: 120, epochs: 2 }
-`;
-
 function experiment(name: string, extra = ''): string {
-  return writeExperiment(work, name, `${body}${extra}`);
+  return writeExperiment(work, name, `${faultTestBody}${extra}`);
 }
 
-function runFolder(fragment: string): string {
-  return fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes(`-${fragment}-`))!;
-}
+const runFolder = (fragment: string) => runFolderNamed(runsDir, fragment);
 
 /** What a run computed, epoch by epoch (not when or how long). */
 function numbersOf(dir: string): unknown[] {
@@ -84,7 +75,7 @@ describe('one writer per run and per sweep', () => {
   });
 
   test('two identical sweeps at once: the second exits 2, nothing runs twice', async () => {
-    const file = writeExperiment(work, 'twice', `${body}sweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
+    const file = writeExperiment(work, 'twice', `${faultTestBody}sweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
     // The first sweep holds at its first trial's first checkpoint until the second has been refused.
     const release = path.join(work, 'release-twice');
     const first = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false, env: { TLX_TEST_HOLD_AT: 'epoch.checkpointed@1', TLX_TEST_HOLD_UNTIL: release } });
@@ -170,131 +161,5 @@ print(len(c.search_runs([e.experiment_id], filter_string="tags.\`tlx.run_id\` = 
     assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
     const leftovers = [...fs.readdirSync(dir), ...fs.readdirSync(path.join(dir, 'checkpoints'))].filter((name) => name.includes('.tmp-'));
     assert.deepEqual(leftovers, []);
-  });
-});
-
-describe('MLflow sync', () => {
-  test('a proxy\'s 413 on one artifact and a 400 on one param: the rest arrives, the run is FINISHED in MLflow, and both refusals are recorded and printed', async () => {
-    const proxy = await ruleProxy(server.url, (request) => {
-      if (request.method === 'PUT' && request.url.endsWith('/artifacts/config.yaml')) return { status: 413, body: '<html>Request Entity Too Large</html>' };
-      if (request.url.includes('log-batch') && request.body.includes('"key":"seed"')) return { status: 400, body: '{"error_code":"INVALID_PARAMETER_VALUE","message":"Changing param values is not allowed"}' };
-      return undefined;
-    });
-    try {
-      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('refused')], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } });
-      assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-      const dir = runDirOf(result.stdout);
-      const state = JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { refused: { kind: string; item: string; status: number }[]; run_id: string }> };
-      const refused = state.servers[proxy.url].refused.map((r) => [r.kind, r.item.split('@')[0], r.status]);
-      assert.deepEqual(refused.sort(), [['artifact', 'config.yaml', 413], ['param', 'seed=9', 400]]);
-      const remote = await readRunWithMlflow(server.url, state.servers[proxy.url].run_id, ['val_loss']);
-      assert.equal(remote.status, 'FINISHED');
-      assert.equal(remote.params['train.fine_tune.fine_tune_at'], '120', 'the other params arrived');
-      assert.equal(remote.params.seed, undefined);
-      assert.ok(remote.artifacts.includes('metrics.jsonl') && !remote.artifacts.includes('config.yaml'));
-      assert.equal(remote.histories.val_loss.length, 6);
-      const sync = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } });
-      assert.equal(sync.exitCode, 0, sync.stderr);
-      const line = JSON.parse(sync.stdout.trim()) as { refused: { kind: string }[] };
-      assert.deepEqual(line.refused.map((r) => r.kind).sort(), ['artifact', 'param'], 'tlx sync says what could not be sent');
-    } finally {
-      await proxy.stop();
-    }
-  });
-
-  test('a server that never answers: at most one probe per epoch, and the run finishes not synced', async () => {
-    const hanging = await hangingServer();
-    try {
-      // The final sync waits MLflow's request timeout per attempt (30 s by default): 2 s here, the property is the count.
-      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('blackhole')], { cwd: work, env: { MLFLOW_TRACKING_URI: hanging.url, MLFLOW_HTTP_REQUEST_TIMEOUT: '2' }, timeout: 300_000 });
-      assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-      const dir = runDirOf(result.stdout);
-      // 5 epochs + epoch 0 + the data: at most one bounded probe each, plus the final attempt with its retries.
-      assert.ok(hanging.connections() <= 12, `${hanging.connections()} connections`);
-      assert.match(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8'), /"synced": false/);
-    } finally {
-      await hanging.stop();
-    }
-  });
-
-  test('final metrics go to a server once, however often the run is synced', async () => {
-    const proxy = await ruleProxy(server.url, () => undefined);
-    try {
-      const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('once')], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } });
-      assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-      for (let i = 0; i < 2; i++) assert.equal((await runTlx(['--runs-dir', runsDir, 'sync', runDirOf(result.stdout)], { cwd: work, env: { MLFLOW_TRACKING_URI: proxy.url } })).exitCode, 0);
-      const finals = proxy.requests.filter((r) => r.url.includes('log-batch') && r.body.includes('"key":"final_val_accuracy"'));
-      assert.equal(finals.length, 1, `final metrics were sent ${finals.length} times`);
-      assert.doesNotMatch(fs.readFileSync(path.join(runDirOf(result.stdout), 'mlflow.json'), 'utf8'), /"pending": \{\s*"/);
-    } finally {
-      await proxy.stop();
-    }
-  });
-});
-
-describe('processes', () => {
-  const exporting = `\nexport:\n  tflite: { quantization: int8, representative_images: 20, max_accuracy_drop: 1 }\n`;
-
-  test('Ctrl-C during the export (the terminal signals the whole group): exit 130, run KILLED, no Python left; resume exports', async () => {
-    const file = experiment('ctrlc-export', exporting);
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false, detached: true });
-    await waitForStderr(child, /converting to TFLite/);
-    const exporters = descendantsOf(child.pid!, 'python/tlx_worker.py');
-    assert.ok(exporters.length > 0, 'the export worker runs');
-    process.kill(-child.pid!, 'SIGINT');
-    const result = await child;
-    assert.equal(result.exitCode, 130, String(result.stderr).slice(-2000));
-    const dir = runFolder('ctrlc-export');
-    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string }).status, 'KILLED');
-    assert.ok(await allEnded(exporters), 'the export worker stopped');
-    assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')));
-    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work, timeout: 600_000 });
-    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
-    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary).export?.tflite?.status, 'verified');
-  });
-
-  test('SIGKILL of tlx during the export: the Python worker exits too and never writes into the run', async () => {
-    const file = experiment('killed-export', exporting);
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
-    await waitForStderr(child, /converting to TFLite/);
-    const exporters = descendantsOf(child.pid!, 'python/tlx_worker.py');
-    assert.ok(exporters.length > 0, 'the worker runs');
-    child.kill('SIGKILL');
-    await child;
-    assert.ok(await allEnded(exporters), 'the worker died with its parent');
-    await new Promise((resolve) => setTimeout(resolve, 3000));
-    const dir = runFolder('killed-export');
-    assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')), 'no late model.tflite');
-  });
-
-  test('stopping an MLflow server stops its whole process group', async () => {
-    const own = await startMlflowServer({ dataDir: path.join(work, 'mlflow-group') });
-    const group = own.pid!;
-    const members = async () => String((await execa('pgrep', ['-g', String(group)], { reject: false })).stdout).trim();
-    assert.notEqual(await members(), '', 'the server and its workers run in their own group');
-    await own.stop();
-    assert.equal(await members(), '', 'nothing of the group is left (port and database are free)');
-  });
-
-  test('Ctrl-C during a sweep: the trial stops after its batch (exit 130); the same command resumes that trial from its checkpoint', async () => {
-    const file = writeExperiment(work, 'stopsweep', `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 12 }\n  fine_tune: { epochs: 1 }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false });
-    const dir = await waitForEpoch(runsDir, '-stopsweep-', 2);
-    child.kill('SIGINT');
-    const stopped = await child;
-    assert.equal(stopped.exitCode, 130, String(stopped.stderr).slice(-2000));
-    assert.ok(dir);
-    const sweeps = fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('stopsweep-'));
-    const status = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweeps[0], 'status.json'), 'utf8')) as { status: string; run_dir?: string }[];
-    assert.equal(status[0].status, 'killed');
-    assert.equal(status[0].run_dir, dir);
-    const epochsBefore = readMetrics(dir).length;
-    const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work, timeout: 600_000 });
-    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
-    const after = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweeps[0], 'status.json'), 'utf8')) as { status: string; run_dir?: string }[];
-    assert.deepEqual(after.map((s) => s.status), ['finished', 'finished']);
-    assert.equal(after[0].run_dir, dir, 'the same folder, resumed');
-    assert.deepEqual(readMetrics(dir).map((m) => m.epoch).slice(0, epochsBefore), Array.from({ length: epochsBefore }, (_, i) => i));
-    assert.equal(fs.readdirSync(runsDir).filter((d) => d.includes('-stopsweep-')).length, 2, 'no new folder for the interrupted trial');
   });
 });

@@ -27,6 +27,18 @@ export async function waitForEpoch(runsDir: string, fragment: string, epoch: num
 /** The small data and model most CLI tests train: 32 px class folders under data/, alpha 0.35, random weights. */
 export const tinyDataAndModel = 'dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n';
 
+/** The small experiment the fault tests train (crash-safety, sync faults, processes): 3 + 2 epochs from seed 9, fine-tuning from layer 120. */
+export const faultTestBody = `seed: 9
+${tinyDataAndModel}train:
+  feature_extraction: { epochs: 3, optimizer: { name: adam, learning_rate: 0.001 } }
+  fine_tune: { fine_tune_at: 120, epochs: 2 }
+`;
+
+/** The run folder under runsDir whose name contains `-<fragment>-`. */
+export function runFolderNamed(runsDir: string, fragment: string): string {
+  return fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes(`-${fragment}-`))!;
+}
+
 /** Writes <dir>/<name>.yaml as `name: <name>` followed by body; returns its path. */
 export function writeExperiment(dir: string, name: string, body: string): string {
   const file = path.join(dir, `${name}.yaml`);

@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { before, describe, test } from 'node:test';
+import { execa } from 'execa';
+import type { RunSummary } from '../src/run-folder/records.ts';
+import { runTlx, tlxBin } from './helpers/cli.ts';
+import { writeClassFolders } from './helpers/images.ts';
+import { startMlflowServer } from './helpers/mlflow.ts';
+import { allEnded, descendantsOf, waitForStderr } from './helpers/process.ts';
+import { faultTestBody, readMetrics, runFolderNamed, tinyDataAndModel, waitForEpoch, writeExperiment } from './helpers/runs.ts';
+import { tempDir } from './helpers/tmp.ts';
+
+/**
+ * tlx's processes under signals: Ctrl-C and SIGKILL during the Python export, an MLflow
+ * server's whole process group stopped, Ctrl-C during a sweep. No child outlives tlx, and
+ * what was interrupted resumes.
+ */
+
+const work = tempDir('tlx-processes-');
+const runsDir = path.join(work, 'runs');
+
+function experiment(name: string, extra = ''): string {
+  return writeExperiment(work, name, `${faultTestBody}${extra}`);
+}
+
+const runFolder = (fragment: string) => runFolderNamed(runsDir, fragment);
+
+before(async () => {
+  await writeClassFolders(path.join(work, 'data'), ['ants', 'bees'], 16, { size: 32 });
+});
+
+describe('processes', () => {
+  const exporting = `\nexport:\n  tflite: { quantization: int8, representative_images: 20, max_accuracy_drop: 1 }\n`;
+
+  test('Ctrl-C during the export (the terminal signals the whole group): exit 130, run KILLED, no Python left; resume exports', async () => {
+    const file = experiment('ctrlc-export', exporting);
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false, detached: true });
+    await waitForStderr(child, /converting to TFLite/);
+    const exporters = descendantsOf(child.pid!, 'python/tlx_worker.py');
+    assert.ok(exporters.length > 0, 'the export worker runs');
+    process.kill(-child.pid!, 'SIGINT');
+    const result = await child;
+    assert.equal(result.exitCode, 130, String(result.stderr).slice(-2000));
+    const dir = runFolder('ctrlc-export');
+    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string }).status, 'KILLED');
+    assert.ok(await allEnded(exporters), 'the export worker stopped');
+    assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')));
+    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work, timeout: 600_000 });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary).export?.tflite?.status, 'verified');
+  });
+
+  test('SIGKILL of tlx during the export: the Python worker exits too and never writes into the run', async () => {
+    const file = experiment('killed-export', exporting);
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+    await waitForStderr(child, /converting to TFLite/);
+    const exporters = descendantsOf(child.pid!, 'python/tlx_worker.py');
+    assert.ok(exporters.length > 0, 'the worker runs');
+    child.kill('SIGKILL');
+    await child;
+    assert.ok(await allEnded(exporters), 'the worker died with its parent');
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const dir = runFolder('killed-export');
+    assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')), 'no late model.tflite');
+  });
+
+  test('stopping an MLflow server stops its whole process group', async () => {
+    const own = await startMlflowServer({ dataDir: path.join(work, 'mlflow-group') });
+    const group = own.pid!;
+    const members = async () => String((await execa('pgrep', ['-g', String(group)], { reject: false })).stdout).trim();
+    assert.notEqual(await members(), '', 'the server and its workers run in their own group');
+    await own.stop();
+    assert.equal(await members(), '', 'nothing of the group is left (port and database are free)');
+  });
+
+  test('Ctrl-C during a sweep: the trial stops after its batch (exit 130); the same command resumes that trial from its checkpoint', async () => {
+    const file = writeExperiment(work, 'stopsweep', `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 12 }\n  fine_tune: { epochs: 1 }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false });
+    const dir = await waitForEpoch(runsDir, '-stopsweep-', 2);
+    child.kill('SIGINT');
+    const stopped = await child;
+    assert.equal(stopped.exitCode, 130, String(stopped.stderr).slice(-2000));
+    assert.ok(dir);
+    const sweeps = fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('stopsweep-'));
+    const status = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweeps[0], 'status.json'), 'utf8')) as { status: string; run_dir?: string }[];
+    assert.equal(status[0].status, 'killed');
+    assert.equal(status[0].run_dir, dir);
+    const epochsBefore = readMetrics(dir).length;
+    const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work, timeout: 600_000 });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+    const after = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweeps[0], 'status.json'), 'utf8')) as { status: string; run_dir?: string }[];
+    assert.deepEqual(after.map((s) => s.status), ['finished', 'finished']);
+    assert.equal(after[0].run_dir, dir, 'the same folder, resumed');
+    assert.deepEqual(readMetrics(dir).map((m) => m.epoch).slice(0, epochsBefore), Array.from({ length: epochsBefore }, (_, i) => i));
+    assert.equal(fs.readdirSync(runsDir).filter((d) => d.includes('-stopsweep-')).length, 2, 'no new folder for the interrupted trial');
+  });
+});
