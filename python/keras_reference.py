@@ -29,6 +29,8 @@ import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# As in tlx_worker.py: Keras's scikit-learn wrappers are never used here; their import is skipped.
+sys.modules.setdefault("sklearn", None)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
