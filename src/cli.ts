@@ -193,8 +193,9 @@ function addSweepCommands(program: Command): void {
     .description('run queued sweep trials (from `tlx sweep --queue`) until stopped; Ctrl-C finishes the current trial')
     .option('--queue [redis-url]', 'the Redis the sweeps are queued on, e.g. rediss://:password@host:6379 (default: $TLX_QUEUE_URL)')
     .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
+    .option('--copy-every <seconds>', 'save a training trial\'s copy in the artifact store at most this often (0: every epoch); MLflow gets its epochs with each save', (v) => Number(v), 30)
     .option('--cache-dir <dir>', 'download/extraction cache of this machine')
-    .action(async (options: { queue?: string | boolean; concurrency: number; cacheDir?: string }, command: Command) => {
+    .action(async (options: { queue?: string | boolean; concurrency: number; copyEvery: number; cacheDir?: string }, command: Command) => {
       const { workerCommand } = await import('./commands/worker.ts');
       await workerCommand({ ...options, runsDir: globals(command).runsDir, log: logger(command) });
     });

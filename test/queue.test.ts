@@ -43,8 +43,9 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     const file = experiment('same', `${grid}\n  export: best`, undefined, best);
     const local = await runTlx(['--runs-dir', path.join(work, 'local'), 'sweep', file], { cwd: submitter, timeout: 600_000 });
     assert.equal(local.exitCode, 0, local.stderr.slice(-2000));
-    startWorker('w1');
-    startWorker('w2');
+    // The workers as users start them: a trial's copy saved at most every 30 s (these trials take a second or two).
+    lab.startWorker('w1', {}, []);
+    lab.startWorker('w2', {}, []);
     const queued = await sweep([file, '--queue', '--wait']);
     assert.equal(queued.exitCode, 0, queued.stderr.slice(-3000));
     assert.match(queued.stderr, /dataset .*data \(24 files, [\d.]+ MiB\): sent to the artifact store as mlflow-artifacts:\/tlx\/datasets\/[0-9a-f]{64}\.tar/);
@@ -54,6 +55,12 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     assert.equal(folders.size, 4, [...folders.keys()].join(', '));
     const localDirs = fs.readdirSync(path.join(work, 'local')).filter((d) => d.includes('-same-')).map((d) => path.join(work, 'local', d));
     assert.deepEqual(trialNumbers([...folders.values()]), trialNumbers(localDirs));
+    for (const dir of folders.values()) {
+      const run = (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> }).servers[lab.mlflow.url]?.run_id;
+      if (!run) continue; // a leader's copy on the other worker: its own MLflow run is the leader's
+      const remote = await readRunWithMlflow(lab.mlflow.url, run, ['val_loss']);
+      assert.deepEqual(remote.histories.val_loss.map((m) => m.step).sort((a, b) => a - b), readMetrics(dir).map((r) => r.epoch), `${path.basename(dir)}: every epoch once in MLflow`);
+    }
     // The same table: each trial's values, status and metrics, and the same best trial, exported here.
     const results = (dir: string) => {
       const id = fs.readdirSync(path.join(dir, 'sweeps')).find((d) => d.startsWith('same-'))!;

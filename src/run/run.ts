@@ -64,11 +64,14 @@ export interface RunOptions {
 }
 
 /**
- * A copy of a run folder kept elsewhere: saved after each epoch, before MLflow hears of the
+ * A copy of a run folder kept elsewhere: saved after an epoch, before MLflow hears of the
  * epoch (so a copy never lags what the server has), and once more, whole, when the run ends.
+ * It may skip a save (too soon after the last one): MLflow then hears of the epoch with the
+ * next one that is saved.
  */
 export interface RunBackup {
-  save(folder: RunFolder, final: boolean): Promise<void>;
+  /** True when saved; false when skipped. */
+  save(folder: RunFolder, final: boolean): Promise<boolean>;
 }
 
 /** A sweep trial's place: its swept values and its sweep. */

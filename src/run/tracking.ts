@@ -7,8 +7,9 @@ import type { RunContext } from './run.ts';
 /**
  * What a run keeps up to date beside its folder: its MLflow mirror, when a tracking server is
  * configured (bounded updates, a full final sync), and its backup copy, when it has one (a
- * queued trial). After each epoch the backup goes first: an epoch MLflow has is always in
- * the backup too, so a run continued from the backup never sends an epoch twice.
+ * queued trial). After an epoch the backup goes first, and MLflow hears of the epoch only when
+ * the backup was saved: an epoch MLflow has is always in the backup too, so a run continued
+ * from the backup never sends an epoch twice.
  */
 export interface RunTracking {
   update(): Promise<void>;
@@ -23,8 +24,7 @@ export function startTracking(context: RunContext): RunTracking | undefined {
   const backedUp = async (final: boolean): Promise<boolean> => {
     if (!backup) return true;
     try {
-      await backup.save(context.folder, final);
-      return true;
+      return await backup.save(context.folder, final);
     } catch (error) {
       context.log.warn({ error: redactText(errorMessage(error)) }, 'could not save the run\'s backup copy; MLflow hears of this epoch with the next one that is saved');
       return false;

@@ -15,8 +15,8 @@ import type { MlflowClient } from '../track/mlflow-client.ts';
 /**
  * A queued trial's run folder, kept in the tracking server's artifact store under
  * `tlx/sweeps/<sweep>/trial-<n>/` while it runs (Keras's BackupAndRestore, to a store every
- * worker reaches): after each epoch what changed (the checkpoint, the records), at the end
- * everything. A worker that takes over a dead worker's trial continues from it, a follower
+ * worker reaches): after an epoch what changed (the checkpoint, the records; at most every
+ * `everySeconds`), at the end everything. A worker that takes over a dead worker's trial continues from it, a follower
  * starts from its leader's, and the coordinator brings the best trial home from it.
  *
  * Entries are stored under their sha256 (`objects/<sha256>`, a folder as one tar) and never
@@ -37,21 +37,30 @@ export class TrialMirror implements RunBackup {
   /** Bytes this process sent and received (the cost of sharing nothing but the store). */
   readonly traffic = { sent: 0, received: 0 };
 
+  private lastSave = 0;
+
   constructor(
     private readonly client: MlflowClient,
     readonly prefix: string,
+    /** While training, a save at most this often (the final save always happens). */
+    private readonly everySeconds = 0,
   ) {}
 
-  static of(client: MlflowClient, sweepId: string, trial: number): TrialMirror {
-    return new TrialMirror(client, `tlx/sweeps/${sweepId}/trial-${trial}`);
+  static of(client: MlflowClient, sweepId: string, trial: number, everySeconds?: number): TrialMirror {
+    return new TrialMirror(client, `tlx/sweeps/${sweepId}/trial-${trial}`, everySeconds);
   }
 
   private objectOf(entry: { sha256: string; folder: boolean }): string {
     return `${this.prefix}/objects/${entry.sha256}${entry.folder ? '.tar' : ''}`;
   }
 
-  /** Puts every entry the store does not hold yet, then the manifest, then drops what no longer counts. */
-  async save(folder: RunFolder, final: boolean): Promise<void> {
+  /**
+   * Puts every entry the store does not hold yet, then the manifest, then drops what no
+   * longer counts; false when it is too soon after the last save (not the final one).
+   */
+  async save(folder: RunFolder, final: boolean): Promise<boolean> {
+    if (!final && performance.now() - this.lastSave < this.everySeconds * 1000) return false;
+    this.lastSave = performance.now();
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-mirror-'));
     try {
       const entries: Entries = {};
@@ -73,6 +82,7 @@ export class TrialMirror implements RunBackup {
       await this.client.putArtifact(`${this.prefix}/mirror.json`, manifest);
       await this.dropUnnamed(entries);
       this.sent = entries;
+      return true;
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }

@@ -106,6 +106,8 @@ export interface WorkerOptions {
   /** The worker's own folders: every trial's run folder, and the download cache. */
   runsDir: string;
   cacheDir?: string;
+  /** Seconds between two saves of a trial's copy while it trains (0: after every epoch). */
+  copyEverySeconds: number;
   log: Logger;
 }
 
@@ -156,7 +158,7 @@ async function runTrialChild(jobId: string, data: QueuedJobData, options: Worker
   fs.mkdirSync(work, { recursive: true });
   const request = path.join(work, 'trial.json');
   const result = path.join(work, 'result.json');
-  writeJsonAtomic(request, { jobId, data });
+  writeJsonAtomic(request, { jobId, data, copyEverySeconds: options.copyEverySeconds });
   const env = { ...minimalEnv(), ...Object.fromEntries(Object.entries(process.env).filter(([key]) => key.startsWith('MLFLOW_') || key.startsWith('TLX_') || key === 'TF_CPP_MIN_LOG_LEVEL')) } as Record<string, string>;
   const args = [path.join(projectRoot, 'bin', 'tlx.mjs'), '--json', '--runs-dir', options.runsDir, ...(options.cacheDir ? ['--cache-dir', options.cacheDir] : []), '__trial', request, result];
   const child = spawnChild(process.execPath, args, { env, watchParent: true, buffer: false });

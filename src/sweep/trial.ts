@@ -88,6 +88,8 @@ export interface QueuedTrialOptions {
   client: MlflowClient;
   /** The queue job: a lock the same job left on a dead worker's process is taken over. */
   jobId: string;
+  /** Seconds between two saves of the trial's copy while it trains (0: after every epoch). */
+  copyEverySeconds?: number;
 }
 
 /**
@@ -99,16 +101,18 @@ export interface QueuedTrialOptions {
 export async function runQueuedTrial(task: TrialTask, options: QueuedTrialOptions): Promise<TrialRow> {
   const { runsDir, log } = options;
   const runId = trialRunId(task.sweepId, task.trial);
-  const mirror = TrialMirror.of(options.client, task.sweepId, task.trial);
+  const mirror = TrialMirror.of(options.client, task.sweepId, task.trial, options.copyEverySeconds);
   const own = (await mirror.restore(runsDir, runId)) ?? RunFolder.tryOpen(path.join(runsDir, runId));
   if (own) log.info({ run: runId, received: mirror.traffic.received }, `trial ${task.trial}: continuing its run from the copy in the artifact store`);
   const finished = own?.hasSummary() === true && own.readSummary().status === 'FINISHED';
   if (own && finished) return rowOf(task, own, task.startFrom !== undefined);
-  const leader = own || task.startFrom === undefined ? undefined : await leaderCopy(task, task.startFrom, options);
+  const leaderMirror = task.startFrom === undefined ? undefined : TrialMirror.of(options.client, task.sweepId, task.startFrom);
+  const leader = own || !leaderMirror ? undefined : await leaderCopy(task, leaderMirror, options);
   const trial: TrialOf = { assignments: task.assignments, sweep: { id: task.sweepId, dir: SweepFolder.at(runsDir, task.sweepId).dir } };
   const { start, shared } = startOfTrial({ experiment: task.experiment, trial, runsDir, own, leader, runId, log });
   const result = await executeRun(start, { runsDir, cacheDir: options.cacheDir, log, interrupt: options.interrupt, parentRunId: task.parentRunId, export: task.exportModel, register: false, job: options.jobId, backup: mirror });
-  log.info({ trial: task.trial, bytes_sent: mirror.traffic.sent, bytes_received: mirror.traffic.received }, `trial ${task.trial}: its copy in the artifact store is complete`);
+  const received = mirror.traffic.received + (leaderMirror?.traffic.received ?? 0);
+  log.info({ trial: task.trial, bytes_sent: mirror.traffic.sent, bytes_received: received }, `trial ${task.trial}: its copy in the artifact store is complete`);
   return rowOf(task, result.folder, shared || (own !== undefined && task.startFrom !== undefined));
 }
 
@@ -132,16 +136,16 @@ function rowOf(task: TrialTask, folder: RunFolder, shared: boolean): TrialRow {
 }
 
 /** The leader's run folder on this worker: its own if it ran the leader, else the leader's copy; undefined when neither can be had. */
-async function leaderCopy(task: TrialTask, leaderTrial: number, options: QueuedTrialOptions): Promise<RunFolder | undefined> {
-  const id = trialRunId(task.sweepId, leaderTrial);
+async function leaderCopy(task: TrialTask, leaderMirror: TrialMirror, options: QueuedTrialOptions): Promise<RunFolder | undefined> {
+  const id = trialRunId(task.sweepId, task.startFrom!);
   const local = RunFolder.tryOpen(path.join(options.runsDir, id));
   if (local?.hasSummary()) return local;
   try {
-    const copy = await TrialMirror.of(options.client, task.sweepId, leaderTrial).restore(options.runsDir, id);
-    if (!copy) options.log.warn({ leader: id }, `trial ${leaderTrial}'s copy is not in the artifact store; this trial trains its own feature extraction`);
+    const copy = await leaderMirror.restore(options.runsDir, id);
+    if (!copy) options.log.warn({ leader: id }, `trial ${task.startFrom}'s copy is not in the artifact store; this trial trains its own feature extraction`);
     return copy;
   } catch (error) {
-    options.log.warn({ leader: id, error: errorMessage(error) }, `could not get trial ${leaderTrial}'s copy; this trial trains its own feature extraction`);
+    options.log.warn({ leader: id, error: errorMessage(error) }, `could not get trial ${task.startFrom}'s copy; this trial trains its own feature extraction`);
     return undefined;
   }
 }
