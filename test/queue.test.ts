@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import { loadExperiment } from '../src/config/load.ts';
 import { queueName, trialWorkRoot } from '../src/sweep/queue.ts';
+import { MlflowClient } from '../src/track/mlflow-client.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { readRunWithMlflow } from './helpers/mlflow.ts';
 import { allEnded, descendantsOf, waitForStderr } from './helpers/process.ts';
@@ -40,7 +41,7 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
   test('two workers that cannot see the submitter run a sweep over its local data: the table of a local sweep, number for number; export: best brings the best model home', async () => {
     const grid = '    train.fine_tune.fine_tune_at: [100, 140]\n    seed: [4, 5]';
     const best = 'export: { tflite: { quantization: float16, representative_images: 8, max_accuracy_drop: 1 } }\n';
-    const file = experiment('same', `${grid}\n  export: best`, undefined, best);
+    const file = lab.experiment('same', `${grid}\n  export: best`, undefined, best, 'experiment: tlx-queue, register_model: queued-classifier');
     const local = await runTlx(['--runs-dir', path.join(work, 'local'), 'sweep', file], { cwd: submitter, timeout: 600_000 });
     assert.equal(local.exitCode, 0, local.stderr.slice(-2000));
     // The workers as users start them: a trial's copy saved at most every 30 s (these trials take a second or two).
@@ -75,6 +76,8 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     assert.ok(fs.existsSync(path.join(bestRow.run_dir as string, 'model.tflite')), 'the best trial\'s model is here');
     assert.ok((bestRow.run_dir as string).startsWith(runsDir));
     assert.equal(queuedResults.trials.filter((t) => t.exported === true).length, 1, 'only the best trial was exported');
+    const versions = await new MlflowClient({ trackingUri: lab.mlflow.url }).searchModelVersions("name='queued-classifier'");
+    assert.equal(versions.length, 1, 'the best trial\'s model is registered, once');
     await stopWorkers();
   });
 

@@ -93,8 +93,8 @@ export class QueueLab {
     return runTlx(['--runs-dir', runsDir, 'sweep', ...args], { cwd: this.submitter, env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, ...env }, timeout: 600_000 });
   }
 
-  experiment(name: string, grid: string, train = 'feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 }', extra = ''): string {
-    return writeExperiment(this.submitter, name, `seed: 4\n${tinyDataAndModel}train: { ${train} }\ntracking: { mlflow: { experiment: tlx-queue } }\n${extra}sweep:\n  grid:\n${grid}\n`);
+  experiment(name: string, grid: string, train = 'feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 }', extra = '', mlflow = 'experiment: tlx-queue'): string {
+    return writeExperiment(this.submitter, name, `seed: 4\n${tinyDataAndModel}train: { ${train} }\ntracking: { mlflow: { ${mlflow} } }\n${extra}sweep:\n  grid:\n${grid}\n`);
   }
 
   /** The run folders of a sweep's trials on the workers (a leader's folder may be on several: its copy). */
