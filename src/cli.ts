@@ -63,6 +63,8 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'log fields, debug lines and stack traces')
     .option('--runs-dir <dir>', 'where run folders are written', process.env.TLX_RUNS_DIR ?? 'runs')
     .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
+    // --runs-dir and --cache-dir are the program's, parsed wherever they appear; each command's help shows them too.
+    .configureHelp({ showGlobalOptions: true })
     .showSuggestionAfterError(true)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
@@ -103,10 +105,9 @@ function addInspectionCommands(program: Command): void {
     .argument('<experiment>', 'experiment YAML file')
     .addOption(setOption())
     .option('--out <dir>', 'folder for the pictures (default: a new folder under the runs dir)')
-    .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
-    .action(async (file: string, options: { set: string[]; out?: string; cacheDir?: string }, command: Command) => {
+    .action(async (file: string, options: { set: string[]; out?: string }, command: Command) => {
       const { dataCommand } = await import('./commands/data.ts');
-      await dataCommand({ file, overrides: options.set, out: options.out, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
+      await dataCommand({ file, overrides: options.set, out: options.out, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   program
@@ -130,11 +131,10 @@ function addTrainingCommands(program: Command): void {
     .argument('[experiment]', 'experiment YAML file')
     .addOption(setOption())
     .option('--resume <run-dir>', 'continue a stopped or killed run from its last completed epoch')
-    .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
-    .action(async (file: string | undefined, options: { set: string[]; resume?: string; cacheDir?: string }, command: Command) => {
+    .action(async (file: string | undefined, options: { set: string[]; resume?: string }, command: Command) => {
       if (!file && !options.resume) throw new UserError('run: expected an experiment file, or --resume runs/<run-id>');
       const { runCommand } = await import('./commands/run.ts');
-      await runCommand({ file, overrides: options.set, resume: options.resume, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
+      await runCommand({ file, overrides: options.set, resume: options.resume, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   program
@@ -142,10 +142,9 @@ function addTrainingCommands(program: Command): void {
     .description('export a finished run to TFLite again, without retraining')
     .argument('<run-dir>', 'run folder, e.g. runs/<run-id>')
     .option('--quantization <modes>', 'TFLite quantization: none, dynamic, float16 or int8; several comma-separated (one Python start for all)')
-    .option('--cache-dir <dir>', 'download/extraction cache (default $TLX_CACHE_DIR or ~/.cache/tlx)')
-    .action(async (runDir: string, options: { quantization?: string; cacheDir?: string }, command: Command) => {
+    .action(async (runDir: string, options: { quantization?: string }, command: Command) => {
       const { convertCommand } = await import('./commands/convert.ts');
-      await convertCommand({ runDir, quantization: options.quantization, cacheDir: options.cacheDir, ...session(command) });
+      await convertCommand({ runDir, quantization: options.quantization, cacheDir: globals(command).cacheDir, ...session(command) });
     });
 
   program
@@ -176,16 +175,15 @@ function addSweepCommands(program: Command): void {
     .option('--parallel <n>', 'trials run at once (TensorFlow already uses every core)', (v) => Number.parseInt(v, 10), 1)
     .option('--queue [redis-url]', 'run the trials on `tlx worker` processes through this Redis (BullMQ); default URL: $TLX_QUEUE_URL')
     .option('--wait', 'with --queue: follow the sweep to its end, then write its results and bring its best model here')
-    .option('--cache-dir <dir>', 'download/extraction cache')
-    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; cacheDir?: string; queue?: string | boolean; wait?: boolean }, command: Command) => {
+    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; queue?: string | boolean; wait?: boolean }, command: Command) => {
       if (file === 'status') {
         if (!sweepId) throw new UserError('sweep status: expected a sweep id');
         const { sweepStatusCommand } = await import('./commands/sweep.ts');
-        await sweepStatusCommand({ sweepId, queue: options.queue, cacheDir: options.cacheDir, runsDir: globals(command).runsDir, ...session(command) });
+        await sweepStatusCommand({ sweepId, queue: options.queue, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
         return;
       }
       const { sweepCommand } = await import('./commands/sweep.ts');
-      await sweepCommand({ file, ...options, runsDir: globals(command).runsDir, ...session(command) });
+      await sweepCommand({ file, ...options, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
     });
 
   program
@@ -194,20 +192,18 @@ function addSweepCommands(program: Command): void {
     .option('--queue [redis-url]', 'the Redis the sweeps are queued on, e.g. rediss://:password@host:6379 (default: $TLX_QUEUE_URL)')
     .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
     .option('--copy-every <seconds>', 'save a training trial\'s copy in the artifact store at most this often (0: every epoch); MLflow gets its epochs with each save', (v) => Number(v), 30)
-    .option('--cache-dir <dir>', 'download/extraction cache of this machine')
-    .action(async (options: { queue?: string | boolean; concurrency: number; copyEvery: number; cacheDir?: string }, command: Command) => {
+    .action(async (options: { queue?: string | boolean; concurrency: number; copyEvery: number }, command: Command) => {
       const { workerCommand } = await import('./commands/worker.ts');
-      await workerCommand({ ...options, runsDir: globals(command).runsDir, log: logger(command) });
+      await workerCommand({ ...options, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, log: logger(command) });
     });
 
   program
     .command('__trial', { hidden: true })
     .argument('<request>')
     .argument('<result>')
-    .option('--cache-dir <dir>')
-    .action(async (request: string, result: string, options: { cacheDir?: string }, command: Command) => {
+    .action(async (request: string, result: string, _options: unknown, command: Command) => {
       const { trialCommand } = await import('./commands/trial.ts');
-      await trialCommand({ request, result, runsDir: globals(command).runsDir, cacheDir: options.cacheDir ?? globals(command).cacheDir, log: logger(command) });
+      await trialCommand({ request, result, runsDir: globals(command).runsDir, cacheDir: globals(command).cacheDir, log: logger(command) });
     });
 }
 

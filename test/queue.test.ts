@@ -76,6 +76,10 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     assert.ok(fs.existsSync(path.join(bestRow.run_dir as string, 'model.tflite')), 'the best trial\'s model is here');
     assert.ok((bestRow.run_dir as string).startsWith(runsDir));
     assert.equal(queuedResults.trials.filter((t) => t.exported === true).length, 1, 'only the best trial was exported');
+    // Each worker fetched the shipped data once, into the cache its --cache-dir names.
+    const cached = (name: string, cache: string) => (fs.existsSync(path.join(workerDir(name), cache, 'downloads')) ? fs.readdirSync(path.join(workerDir(name), cache, 'downloads'), { recursive: true }).map(String).filter((f) => f.endsWith('.tar')) : []);
+    assert.ok(cached('w1', 'cache').length + cached('w2', 'cache').length >= 1, 'the data is in a worker\'s cache');
+    assert.deepEqual([...cached('w1', 'not-the-cache'), ...cached('w2', 'not-the-cache')], []);
     const versions = await new MlflowClient({ trackingUri: lab.mlflow.url }).searchModelVersions("name='queued-classifier'");
     assert.equal(versions.length, 1, 'the best trial\'s model is registered, once');
     await stopWorkers();

@@ -66,10 +66,11 @@ export class QueueLab {
     const hidden = this.hiddenFrom(name);
     for (const folder of hidden) fs.mkdirSync(folder, { recursive: true });
     const mounts = hidden.map((folder) => `mount -t tmpfs tmpfs '${folder}'`);
-    const script = [...mounts, `exec '${process.execPath}' '${tlxBin}' --runs-dir '${path.join(dir, 'runs')}' worker ${args.join(' ')}`].join(' && ');
+    const script = [...mounts, `exec '${process.execPath}' '${tlxBin}' --runs-dir '${path.join(dir, 'runs')}' worker --cache-dir '${path.join(dir, 'cache')}' ${args.join(' ')}`].join(' && ');
     const worker = execa('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
       cwd: dir,
-      env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, TLX_QUEUE_LOCK_MS: '3000', TLX_CACHE_DIR: path.join(dir, 'cache'), TMPDIR: path.join(dir, 'tmp'), ...env },
+      // --cache-dir, not $TLX_CACHE_DIR, says where downloads go (a test looks there).
+      env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, TLX_QUEUE_LOCK_MS: '3000', TLX_CACHE_DIR: path.join(dir, 'not-the-cache'), TMPDIR: path.join(dir, 'tmp'), ...env },
       reject: false,
     });
     this.workers.push(worker);
