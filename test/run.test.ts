@@ -140,11 +140,15 @@ describe('tlx run', () => {
     assert.deepEqual(numbersOf(readMetrics(dir)), numbersOf(readMetrics(runDirOf(whole.stdout))), 'the same numbers as without the kill');
   });
 
-  test('Ctrl-C stops after the current batch, saves, marks the run KILLED; resume finishes it', async () => {
-    const file = experiment('interrupted', `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`);
+  for (const [signal, name] of [
+    ['SIGINT', 'Ctrl-C'],
+    ['SIGHUP', 'SIGHUP (a closed terminal)'],
+  ] as const) {
+  test(`${name} stops after the current batch, saves, marks the run KILLED (exit 130); resume finishes it`, async () => {
+    const file = experiment(`interrupted-${signal}`, `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`);
     const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
-    const dir = await waitForEpoch(runsDir, '-interrupted-', 1);
-    child.kill('SIGINT');
+    const dir = await waitForEpoch(runsDir, `-interrupted-${signal}-`, 1);
+    child.kill(signal);
     const result = await child;
     assert.equal(result.exitCode, 130);
     assert.ok(dir);
@@ -160,6 +164,7 @@ describe('tlx run', () => {
       Array.from({ length: 22 }, (_, i) => i),
     );
   });
+  }
 
   test('an invalid experiment exits 2 with the problem and leaves no run folder', async () => {
     const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0;

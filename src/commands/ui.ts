@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../core/errors.ts';
+import { stopSignals } from '../core/interrupt.ts';
 import type { Logger } from '../core/log.ts';
 import { redactUrl } from '../core/redact.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
@@ -66,8 +67,7 @@ export async function uiCommand(options: UiOptions): Promise<void> {
       await open(url).catch((error: unknown) => options.log.warn({ error: String(error) }, 'could not open a browser; open the link above'));
     }
     await new Promise<void>((resolve) => {
-      process.once('SIGINT', () => resolve());
-      process.once('SIGTERM', () => resolve());
+      for (const signal of stopSignals) process.once(signal, () => resolve());
     });
   } finally {
     await server.stop();

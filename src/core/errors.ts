@@ -44,7 +44,7 @@ export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** A run or sweep stopped on request (Ctrl-C, SIGTERM): resumable, exit code 130. */
+/** A run or sweep stopped on request (Ctrl-C, SIGTERM, SIGHUP): resumable, exit code 130. */
 export class InterruptedError extends Error {
   override name = 'InterruptedError';
 }

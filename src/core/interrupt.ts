@@ -1,9 +1,12 @@
 import type { Logger } from './log.ts';
 
 /**
- * Ctrl-C (or SIGTERM) once: ask the work to stop at the next safe point (after the current
- * batch, or between trials), so the run is saved and resumable. Twice: exit at once.
+ * Ctrl-C (or SIGTERM, or SIGHUP: a closed terminal, a dropped SSH session) once: ask the work
+ * to stop at the next safe point (after the current batch, or between trials), so the run is
+ * saved, KILLED and resumable, and tlx exits 130 whichever signal it was (one code for
+ * "stopped, resume it"). Twice: exit at once.
  */
+export const stopSignals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 export interface Interrupt {
   readonly requested: boolean;
   release(): void;
@@ -16,15 +19,13 @@ export function listenForInterrupt(log: Logger, what = 'stopping after the curre
     requested = true;
     log.warn(`interrupt: ${what} (Ctrl-C again to quit at once)`);
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  for (const signal of stopSignals) process.on(signal, onSignal);
   return {
     get requested() {
       return requested;
     },
     release() {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const signal of stopSignals) process.off(signal, onSignal);
     },
   };
 }

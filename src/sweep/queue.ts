@@ -5,6 +5,7 @@ import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobJson
 import { Redis } from 'ioredis';
 import { minimalEnv, signalGroup, spawnChild } from '../core/child.ts';
 import { UserError, errorMessage } from '../core/errors.ts';
+import { stopSignals } from '../core/interrupt.ts';
 import { removeDeadTemps, tempPathFor, writeJsonAtomic } from '../core/files.ts';
 import type { Logger } from '../core/log.ts';
 import { projectRoot } from '../core/project.ts';
@@ -280,7 +281,7 @@ function stopOnSignals(worker: Worker, state: WorkerState, log: Logger, connecte
         for (const child of state.active) signalGroup(child, 'SIGINT');
       } else process.exit(130);
     };
-    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal);
+    for (const signal of stopSignals) process.on(signal, onSignal);
   });
 }
 
