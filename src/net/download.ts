@@ -177,6 +177,27 @@ async function copyLocal(url: string, partFile: string, settings: AttemptSetting
   await pipeline(fs.createReadStream(source), fs.createWriteStream(partFile));
 }
 
+/** The HTTP download into partFile, attempt after attempt (resumed with Range) until it is whole or cannot be. */
+async function fetchWithRetries(url: string, partFile: string, settings: AttemptSettings, options: DownloadOptions, log: Logger): Promise<void> {
+  const source = httpSourceOf(url, settings.what);
+  const retries = options.retries ?? 4;
+  for (let attemptNo = 0; ; attemptNo++) {
+    try {
+      log.info({ url: redactUrl(url), attempt: attemptNo + 1 }, 'downloading');
+      await attempt(source.url, source.headers, partFile, settings, log);
+      return;
+    } catch (error) {
+      if (!(error instanceof RetryableError) || attemptNo >= retries) {
+        if (error instanceof RetryableError) throw new UserError(`download of ${redactUrl(url)} failed after ${attemptNo + 1} attempts: ${error.message}`);
+        throw error;
+      }
+      const delay = error.retryAfterMs ?? backoffDelay(options.backoffMs ?? 500, attemptNo);
+      log.warn({ url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) }, 'download failed; retrying');
+      await sleep(delay);
+    }
+  }
+}
+
 /** What to fetch for a URL: itself, or for `mlflow-artifacts:/...` the tracking server's artifact proxy with its credentials. */
 function httpSourceOf(url: string, what: string): { url: string; headers: Record<string, string> } {
   if (!url.startsWith(artifactScheme)) return { url, headers: {} };
@@ -233,27 +254,8 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
       maxBytes: options.maxBytes ?? defaultMaxBytes,
       what,
     };
-    const retries = options.retries ?? 4;
-    if (url.startsWith('file:')) {
-      await copyLocal(url, partFile, settings);
-    } else {
-      const source = httpSourceOf(url, what);
-      for (let attemptNo = 0; ; attemptNo++) {
-        try {
-          log.info({ url: redactUrl(url), attempt: attemptNo + 1 }, 'downloading');
-          await attempt(source.url, source.headers, partFile, settings, log);
-          break;
-        } catch (error) {
-          if (!(error instanceof RetryableError) || attemptNo >= retries) {
-            if (error instanceof RetryableError) throw new UserError(`download of ${redactUrl(url)} failed after ${attemptNo + 1} attempts: ${error.message}`);
-            throw error;
-          }
-          const delay = error.retryAfterMs ?? backoffDelay(options.backoffMs ?? 500, attemptNo);
-          log.warn({ url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) }, 'download failed; retrying');
-          await sleep(delay);
-        }
-      }
-    }
+    if (url.startsWith('file:')) await copyLocal(url, partFile, settings);
+    else await fetchWithRetries(url, partFile, settings, options, log);
     const sha256 = await sha256OfFile(partFile);
     if (options.sha256 && sha256 !== options.sha256) {
       fs.rmSync(partFile, { force: true });
