@@ -272,7 +272,9 @@ async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFold
     }
     if (!uploaded) return;
     if (model.info.status !== 'LOGGED_MODEL_READY') await client.finalizeLoggedModel(model.info.model_id);
-    await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
+    // MLflow stores a second identical output as a conflict (HTTP 400): look before logging.
+    const outputs = (await client.getRun(runId))?.outputs?.model_outputs ?? [];
+    if (!outputs.some((output) => output.model_id === model.info.model_id)) await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
     logged = { model_id: model.info.model_id, source, finalized: true };
     sync.save({ logged_model: logged });
   }
@@ -295,6 +297,21 @@ async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFold
   });
 }
 
+/**
+ * What this folder already sent to the server that holds this MLflow run. The URL is only a
+ * hint: `tlx ui` picks a new port each time over the same store, and localhost, 127.0.0.1
+ * or a trailing slash reach one server. MLflow run ids are unique, so a state recorded under
+ * another spelling with the same run id is this server's: adopt it rather than send again.
+ */
+function serverStateFor(mlflow: MlflowJson, run: { experimentId: string; runId: string }): ServerState {
+  // The newest record: an older spelling's stops where that spelling was last used.
+  const known = Object.values(mlflow.servers)
+    .filter((state) => state.run_id === run.runId)
+    .sort((a, b) => b.updated.localeCompare(a.updated))[0];
+  if (known) return { ...known, refused: [...known.refused] };
+  return { experiment_id: run.experimentId, run_id: run.runId, metric_lines: 0, artifacts: {}, synced: false, refused: [], updated: new Date().toISOString() };
+}
+
 export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<SyncResult> {
   const log = options.log ?? silentLogger;
   const uri = redactUrl(options.trackingUri);
@@ -312,10 +329,7 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
   }
   let state: ServerState | undefined = mlflow.servers[uri];
   if (state && options.verifyRun !== false && !(await client.getRun(state.run_id))) state = undefined; // the server lost it: start over
-  if (!state) {
-    const created = await createOrFindRun(client, folder, run, config, options, log);
-    state = { experiment_id: created.experimentId, run_id: created.runId, metric_lines: 0, artifacts: {}, synced: false, refused: [], updated: new Date().toISOString() };
-  }
+  state ??= serverStateFor(mlflow, await createOrFindRun(client, folder, run, config, options, log));
   const sync = new ServerSync(folder, mlflow, uri, state);
   sync.save({});
   const { run_id: runId, experiment_id: experimentId } = sync.state;

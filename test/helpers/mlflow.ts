@@ -7,7 +7,10 @@ import { execa } from 'execa';
 import { sha256Hex } from '../../src/core/hash.ts';
 import { projectRoot } from '../../src/core/project.ts';
 import { mlflowExecutable, startMlflowServer as startServer, type MlflowServer, type ServerOptions } from '../../src/track/mlflow-server.ts';
+import assert from 'node:assert/strict';
+import type { EpochRecord } from '../../src/train/engine.ts';
 import { python } from './python.ts';
+import { mlflowState, readMetrics } from './runs.ts';
 
 export type { MlflowServer };
 
@@ -158,4 +161,49 @@ export async function hangingServer(): Promise<{ url: string; connections: () =>
         server.close(() => resolve());
       }),
   };
+}
+
+export const metricKeys = ['loss', 'accuracy', 'val_loss', 'val_accuracy'];
+
+/** Every local metric point is on the server exactly once, with its step and value. */
+export async function assertExactlySynced(dir: string, uri: string): Promise<void> {
+  const remote = await readRunWithMlflow(uri, mlflowState(dir, uri).run_id, metricKeys);
+  const local = readMetrics(dir);
+  for (const key of metricKeys) {
+    const expected = local.filter((r) => typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number)).map((r) => [r.epoch, r[key as keyof EpochRecord]]);
+    const actual = remote.histories[key].map((m) => [m.step, m.value]).sort((a, b) => (a[0] as number) - (b[0] as number));
+    assert.equal(actual.length, expected.length, `${key}: ${actual.length} points on the server, ${expected.length} local`);
+    actual.forEach(([step, value], i) => {
+      assert.equal(step, expected[i][0]);
+      assert.ok(Math.abs((value as number) - (expected[i][1] as number)) < 1e-9, `${key} at step ${step}`);
+    });
+  }
+  assert.equal(remote.status, 'FINISHED');
+}
+
+export interface ModelViews {
+  inputs: { name: string; digest: string; source_type: string; source: string; context: string }[];
+  models: { model_id: string; name: string; source_run_id: string; status: string; artifacts: string[] }[];
+  versions: { version: string; source: string; run_id: string; tags: Record<string, string> }[];
+  outputs: string[];
+}
+
+/** A run's dataset inputs, the experiment's logged models and a registered model's versions, read with MLflow's client. */
+export async function modelViews(uri: string, runId: string, registered: string): Promise<ModelViews> {
+  const out = await python(
+    `import json, sys
+from mlflow.tracking import MlflowClient
+c = MlflowClient(sys.argv[1])
+run = c.get_run(sys.argv[2])
+inputs = [{"name": d.dataset.name, "digest": d.dataset.digest, "source_type": d.dataset.source_type, "source": d.dataset.source, "context": next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")} for d in run.inputs.dataset_inputs]
+models = [{"model_id": m.model_id, "name": m.name, "source_run_id": m.source_run_id, "status": str(m.status), "artifacts": sorted(a.path for a in c.list_logged_model_artifacts(m.model_id))} for m in c.search_logged_models(experiment_ids=[run.info.experiment_id]) if m.source_run_id == sys.argv[2]]
+try:
+    versions = [{"version": v.version, "source": v.source, "run_id": v.run_id, "tags": v.tags} for v in c.search_model_versions(f"name='{sys.argv[3]}'")]
+except Exception:
+    versions = []
+outputs = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+print(json.dumps({"inputs": inputs, "models": models, "versions": versions, "outputs": outputs}))`,
+    [uri, runId, registered],
+  );
+  return JSON.parse(out) as ModelViews;
 }
