@@ -4,6 +4,7 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import type { RunSummary } from '../src/run-folder/records.ts';
+import { freePort } from '../src/track/mlflow-server.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { startMlflowServer } from './helpers/mlflow.ts';
@@ -12,8 +13,8 @@ import { faultTestBody, readMetrics, runFolderNamed, tinyDataAndModel, waitForEp
 import { tempDir } from './helpers/tmp.ts';
 
 /**
- * tlx's processes under signals: Ctrl-C and SIGKILL during the Python export, an MLflow
- * server's whole process group stopped, Ctrl-C during a sweep. No child outlives tlx, and
+ * tlx's processes under signals: Ctrl-C and SIGKILL during the Python export, SIGKILL of
+ * `tlx ui` (its MLflow server goes too), an MLflow server's whole process group stopped, Ctrl-C during a sweep. No child outlives tlx, and
  * what was interrupted resumes.
  */
 
@@ -59,10 +60,22 @@ describe('processes', () => {
     assert.ok(exporters.length > 0, 'the worker runs');
     child.kill('SIGKILL');
     await child;
-    assert.ok(await allEnded(exporters), 'the worker died with its parent');
+    assert.ok(await allEnded(exporters, 5000), 'the worker died with its parent (within 5 s)');
     await new Promise((resolve) => setTimeout(resolve, 3000));
     const dir = runFolder('killed-export');
     assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')), 'no late model.tflite');
+  });
+
+  test('SIGKILL of tlx ui: its MLflow server and every worker of it are gone within 5 s', async () => {
+    const uiRuns = path.join(work, 'runs-ui');
+    fs.mkdirSync(uiRuns, { recursive: true });
+    const ui = execa(process.execPath, [tlxBin, '--runs-dir', uiRuns, 'ui', '--port', String(await freePort())], { cwd: work, reject: false });
+    await waitForStderr(ui, /synced \d+ local run/, 180_000);
+    const server = descendantsOf(ui.pid!, 'mlflow');
+    assert.ok(server.length > 1, `the MLflow server and its workers run under tlx ui: ${server.map((p) => p.command).join(' | ')}`);
+    ui.kill('SIGKILL');
+    await ui;
+    assert.ok(await allEnded(server, 5000), `left 5 s after the SIGKILL: ${server.map((p) => p.command).join(' | ')}`);
   });
 
   test('stopping an MLflow server stops its whole process group', async () => {

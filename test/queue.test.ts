@@ -102,7 +102,7 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     const killedAt = Date.now();
     await first;
     lab.forget(first);
-    assert.ok(await allEnded(trialProcesses), 'the trial process died with its worker');
+    assert.ok(await allEnded(trialProcesses, 5000), 'the trial process died with its worker (within 5 s)');
     const epochsAtKill = readMetrics(dir).length;
     const second = startWorker('w2');
     const continued = await waitForStderr(second, /continuing from the checkpoint of epoch \d+/, 120_000);

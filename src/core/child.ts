@@ -1,4 +1,6 @@
+import path from 'node:path';
 import { execa, type Options, type ResultPromise } from 'execa';
+import { projectRoot } from './project.ts';
 
 /**
  * Child processes (Python, trial workers, servers) that never outlive or surprise tlx:
@@ -6,7 +8,9 @@ import { execa, type Options, type ResultPromise } from 'execa';
  * - each runs in its own process group, so a terminal's Ctrl-C reaches tlx only, and tlx
  *   decides what the child does (finish, checkpoint, or be stopped);
  * - stdin stays an open pipe that tlx's own children watch: when tlx dies, even by SIGKILL,
- *   the pipe closes and they exit instead of writing into a run that moved on;
+ *   the pipe closes and they exit instead of writing into a run that moved on; a program
+ *   that does not watch it (the MLflow server) runs under `tied-child.mjs`, which does, and
+ *   then stops the program's whole process group;
  * - the environment is what the child needs, not every secret of the parent's.
  */
 
@@ -26,11 +30,16 @@ export interface ChildOptions {
   timeoutMs?: number;
   /** Keep stdin open as the parent-liveness pipe (tlx's own children read it); otherwise ignore. */
   watchParent?: boolean;
+  /** A program that does not read the liveness pipe: run it under a watcher that ends its process group when tlx is gone. */
+  tiedToParent?: boolean;
   /** Keep stdout/stderr in memory for the result (default); false for long-lived children read as streams. */
   buffer?: boolean;
 }
 
+const tiedChildScript = path.join(projectRoot, 'src', 'core', 'tied-child.mjs');
+
 export function spawnChild(file: string, args: readonly string[], options: ChildOptions): ResultPromise<Options> {
+  if (options.tiedToParent) return spawnChild(process.execPath, [tiedChildScript, file, ...args], { ...options, tiedToParent: false, watchParent: true });
   return execa(file, args, {
     env: options.env,
     extendEnv: false,

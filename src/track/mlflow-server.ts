@@ -79,7 +79,7 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
       ...(options.extraArgs ?? []),
     ],
     // Job execution (MLflow's GenAI jobs) starts five more Python processes; tlx uses none of it.
-    { env: minimalEnv({ MLFLOW_DISABLE_TELEMETRY: 'true', DO_NOT_TRACK: 'true', MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false', ...options.env }), buffer: false, cwd: options.dataDir },
+    { env: minimalEnv({ MLFLOW_DISABLE_TELEMETRY: 'true', DO_NOT_TRACK: 'true', MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false', ...options.env }), buffer: false, cwd: options.dataDir, tiedToParent: true },
   );
   const output: string[] = [];
   for (const stream of [child.stdout!, child.stderr!]) {
