@@ -87,6 +87,52 @@ describe('processes', () => {
     assert.equal(await members(), '', 'nothing of the group is left (port and database are free)');
   });
 
+  for (const signal of ['SIGHUP', 'SIGTERM'] as const) {
+    test(`${signal} during a sweep stops it as Ctrl-C does: the trial KILLED with its checkpoint, exit 130`, async () => {
+      const name = `sweep-${signal.toLowerCase()}`;
+      const file = writeExperiment(work, name, `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 12 }\n  fine_tune: { epochs: 1 }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
+      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false });
+      const dir = await waitForEpoch(runsDir, `-${name}-`, 1);
+      child.kill(signal);
+      const stopped = await child;
+      assert.equal(stopped.exitCode, 130, String(stopped.stderr).slice(-2000));
+      assert.ok(dir);
+      assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string }).status, 'KILLED');
+      assert.ok(fs.existsSync(path.join(dir, 'checkpoints', 'last', 'checkpoint.json')), 'resumable from its last epoch');
+      const sweep = fs.readdirSync(path.join(runsDir, 'sweeps')).find((d) => d.startsWith(`${name}-`))!;
+      const status = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweep, 'status.json'), 'utf8')) as { status: string }[];
+      assert.equal(status[0].status, 'killed');
+    });
+
+    test(`${signal} stops tlx ui (its normal end: exit 0) and its MLflow server with it`, async () => {
+      const uiRuns = path.join(work, `runs-ui-${signal}`);
+      fs.mkdirSync(uiRuns, { recursive: true });
+      const ui = execa(process.execPath, [tlxBin, '--runs-dir', uiRuns, 'ui', '--port', String(await freePort())], { cwd: work, reject: false });
+      await waitForStderr(ui, /synced \d+ local run/, 180_000);
+      const server = descendantsOf(ui.pid!, 'mlflow');
+      ui.kill(signal);
+      const { exitCode } = await ui;
+      assert.equal(exitCode, 0);
+      assert.ok(await allEnded(server, 5000), 'the server stopped');
+    });
+
+    test(`${signal} during tlx convert: exit 130, no Python left, the run's export unchanged; nothing half-written`, async () => {
+      const dir = runFolder('ctrlc-export');
+      const filesOf = () => fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => !f.startsWith('log.jsonl')).sort();
+      const before = { files: filesOf(), summary: fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'), model: fs.readFileSync(path.join(dir, 'model.tflite')) };
+      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'convert', dir, '--quantization', 'float16'], { cwd: work, reject: false });
+      await waitForStderr(child, /converting/);
+      const exporters = descendantsOf(child.pid!, 'python/tlx_worker.py');
+      child.kill(signal);
+      const stopped = await child;
+      assert.equal(stopped.exitCode, 130, String(stopped.stderr).slice(-2000));
+      assert.ok(await allEnded(exporters, 5000), 'the export worker stopped');
+      assert.deepEqual(filesOf(), before.files, 'no file added or left behind');
+      assert.equal(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'), before.summary);
+      assert.ok(fs.readFileSync(path.join(dir, 'model.tflite')).equals(before.model));
+    });
+  }
+
   test('Ctrl-C during a sweep: the trial stops after its batch (exit 130); the same command resumes that trial from its checkpoint', async () => {
     const file = writeExperiment(work, 'stopsweep', `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 12 }\n  fine_tune: { epochs: 1 }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
     const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file], { cwd: work, reject: false });

@@ -183,26 +183,28 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     await stopWorkers();
   });
 
-  test('an idle worker stops on SIGTERM within seconds, even while Redis is unreachable; a killed worker\'s trial folder is removed by the next', async () => {
-    const lonely = await startRedis(path.join(work, 'redis-lonely'));
+  for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
+  test(`an idle worker stops on ${signal} within seconds (exit 0: a service's normal end), even while Redis is unreachable; a killed worker's trial folder is removed by the next`, async () => {
+    const lonely = await startRedis(path.join(work, `redis-lonely-${signal}`));
     const worker = execa(process.execPath, [tlxBin, '--runs-dir', path.join(workerDir('w1'), 'runs'), 'worker'], { cwd: workerDir('w1'), env: { TLX_QUEUE_URL: lonely.url, MLFLOW_TRACKING_URI: lab.mlflow.url }, reject: false });
     await waitForStderr(worker, /worker ready/);
     await lonely.stop();
     await waitForStderr(worker, /queue connection problem/);
     const signalled = Date.now();
-    worker.kill('SIGTERM');
+    worker.kill(signal);
     const ended = await Promise.race([worker, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 30_000))]);
     if (ended === 'hung') worker.kill('SIGKILL');
-    assert.notEqual(ended, 'hung', 'the worker was still running 30 s after SIGTERM');
-    const { exitCode, signal, stderr } = await worker;
+    assert.notEqual(ended, 'hung', `the worker was still running 30 s after ${signal}`);
+    const { exitCode, signal: endSignal, stderr } = await worker;
     // execa sends SIGKILL 5 s after SIGTERM: a worker held open by a leftover timer shows as signal SIGKILL here.
-    assert.equal(exitCode, 0, `signal ${signal}; stderr: ${String(stderr).slice(-1500)}`);
-    assert.ok(Date.now() - signalled < 4_000, `stopped ${Date.now() - signalled} ms after SIGTERM`);
+    assert.equal(exitCode, 0, `signal ${endSignal}; stderr: ${String(stderr).slice(-1500)}`);
+    assert.ok(Date.now() - signalled < 4_000, `stopped ${Date.now() - signalled} ms after ${signal}`);
     assert.match(String(stderr), /worker stopped/);
     // What the worker killed in the earlier test left in its own temp folder is gone once a worker ran a trial there.
     const leftovers = fs.existsSync(trialWorkRoot(path.join(workerDir('w1'), 'tmp'))) ? fs.readdirSync(trialWorkRoot(path.join(workerDir('w1'), 'tmp'))) : [];
     assert.deepEqual(leftovers, []);
   });
+  }
 });
 
 /** A resolved config a worker accepts: the tiny experiment's, its data named as the coordinator sends it. */
