@@ -76,6 +76,8 @@ export interface RunListing {
   test_accuracy?: number;
   export?: string;
   dir: string;
+  /** A damaged folder (status DAMAGED): what could not be read, in one line. */
+  problem?: string;
 }
 
 /** What `tlx runs` shows of one run, from its folder only (no server). */
@@ -105,6 +107,7 @@ export function listingOf(folder: RunFolder, run: RunJson, summary: RunSummary |
 
 function startedShort(iso: string): string {
   const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return '';
   const pad = (n: number) => String(n).padStart(2, '0');
   return `${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}`;
 }

@@ -1,5 +1,7 @@
-import { UserError } from '../core/errors.ts';
-import type { RunSummary } from '../run-folder/records.ts';
+import fs from 'node:fs';
+import path from 'node:path';
+import { errorMessage, UserError } from '../core/errors.ts';
+import type { RunJson, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import type { Terminal } from '../ui/terminal.ts';
 import { listingOf, runBlock, runsTable, type RunListing } from './blocks.ts';
@@ -13,17 +15,24 @@ export interface RunsOptions {
   terminal: Terminal;
 }
 
-/** `tlx runs`: the runs under the runs folder, newest first, read from the folders alone. */
-export async function runsCommand(options: RunsOptions): Promise<void> {
-  const listings: RunListing[] = [];
-  for (const folder of RunFolder.list(options.runsDir).reverse()) {
-    try {
-      const run = folder.readRun();
-      listings.push(listingOf(folder, run, folder.hasSummary() ? folder.readSummary() : undefined));
-    } catch {
-      // a folder another version wrote, or a damaged one: not a run this listing can describe
-    }
+/** What is wrong with a run folder that cannot be read, in one line without the folder's own path. */
+function problemOf(folder: RunFolder, error: unknown): string {
+  if (!fs.existsSync(path.join(folder.dir, 'run.json'))) return 'no run.json (the run record is lost)';
+  return (errorMessage(error).split('\n')[0] ?? '').replaceAll(`${folder.dir}${path.sep}`, '');
+}
+
+/** A run's listing, or a DAMAGED one with its problem: a listing hides nothing. */
+function describe(folder: RunFolder): RunListing {
+  try {
+    return listingOf(folder, folder.readRun(), folder.hasSummary() ? folder.readSummary() : undefined);
+  } catch (error) {
+    return { id: folder.id, name: '', status: 'DAMAGED', started: '', dir: folder.dir, problem: problemOf(folder, error) };
   }
+}
+
+/** `tlx runs`: the runs under the runs folder, newest first, read from the folders alone; damaged folders listed as such. */
+export async function runsCommand(options: RunsOptions): Promise<void> {
+  const listings = RunFolder.listAll(options.runsDir).reverse().map(describe);
   const wanted = listings
     .filter((r) => !options.status || r.status === options.status.toUpperCase())
     .filter((r) => !options.name || r.name.includes(options.name))
@@ -32,7 +41,12 @@ export async function runsCommand(options: RunsOptions): Promise<void> {
     options.terminal.print(JSON.stringify(wanted));
     return;
   }
-  options.terminal.print(wanted.length ? runsTable(wanted, options.terminal.outputStyle) : `no runs under ${options.runsDir}`);
+  if (wanted.length === 0) {
+    options.terminal.print(`no runs under ${options.runsDir}`);
+    return;
+  }
+  const damaged = wanted.filter((listing) => listing.problem).map((listing) => `${listing.id}: damaged: ${listing.problem}`);
+  options.terminal.print([runsTable(wanted, options.terminal.outputStyle), ...damaged].join('\n'));
 }
 
 export interface ShowOptions {
@@ -44,10 +58,16 @@ export interface ShowOptions {
 
 /** `tlx show <run>`: a run's summary block (or summary.json with --json). */
 export async function showCommand(options: ShowOptions): Promise<void> {
-  const folder = RunFolder.tryOpen(options.run) ?? RunFolder.list(options.runsDir).find((f) => f.id === options.run || f.id.endsWith(options.run));
+  const folder = RunFolder.tryOpen(options.run) ?? RunFolder.listAll(options.runsDir).find((f) => f.id === options.run || f.id.endsWith(options.run));
   if (!folder) throw new UserError(`show: no run ${options.run} under ${options.runsDir}`);
-  const run = folder.readRun();
-  const summary: RunSummary | undefined = folder.hasSummary() ? folder.readSummary() : undefined;
+  let run: RunJson;
+  let summary: RunSummary | undefined;
+  try {
+    run = folder.readRun();
+    summary = folder.hasSummary() ? folder.readSummary() : undefined;
+  } catch (error) {
+    throw new UserError(`show: run ${folder.id} is damaged: ${problemOf(folder, error)}`);
+  }
   if (options.json || !options.terminal.humanOutput) {
     options.terminal.print(JSON.stringify(summary ?? listingOf(folder, run, undefined)));
     return;

@@ -44,6 +44,9 @@ export function newRunId(name: string, date = new Date()): string {
   return `${timestamp(date)}-${name}-${Math.random().toString(36).slice(2, 6)}`;
 }
 
+/** A run id as newRunId makes it: date-time, then the name and suffix. */
+const runIdShape = /^\d{8}-\d{6}-./;
+
 /** The short, readable part of a run id: the experiment name and its random suffix. */
 export function shortRunName(runId: string): string {
   return runId.replace(/^\d{8}-\d{6}-/, '');
@@ -93,6 +96,22 @@ export class RunFolder {
   /** The run folder at `dir`, or undefined when there is none. */
   static tryOpen(dir: string): RunFolder | undefined {
     return fs.existsSync(path.join(dir, 'run.json')) ? new RunFolder(path.resolve(dir)) : undefined;
+  }
+
+  /**
+   * Every folder under `runsDir` that is or was a run, damaged ones included: a run.json, or a
+   * run id's name (a folder whose run.json was lost). Listings show these rather than hide them.
+   */
+  static listAll(runsDir: string): RunFolder[] {
+    if (!fs.existsSync(runsDir)) return [];
+    return fs
+      .readdirSync(runsDir, { withFileTypes: true })
+      .filter((entry) => entry.isDirectory())
+      .map((entry) => entry.name)
+      .sort()
+      .map((name) => path.resolve(runsDir, name))
+      .filter((dir) => fs.existsSync(path.join(dir, 'run.json')) || runIdShape.test(path.basename(dir)))
+      .map((dir) => new RunFolder(dir));
   }
 
   /** Every run folder directly under `runsDir` (sweeps, data pictures and the MLflow store excluded). */
