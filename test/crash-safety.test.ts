@@ -137,6 +137,35 @@ print(len(c.search_runs([e.experiment_id], filter_string="tags.\`tlx.run_id\` = 
     });
   }
 
+  test('a damaged file of the run at resume (last checkpoint.json, last weights.bin, a middle line of metrics.jsonl): resume passes over it, says which checkpoint it took, and every epoch is recorded once', async () => {
+    const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('damaged')], { cwd: work, env: { TLX_TEST_KILL_AT: 'epoch.recorded@4' } });
+    assert.equal(killed.signal, 'SIGKILL');
+    const original = runFolder('damaged');
+    const damages: [string, (dir: string) => void][] = [
+      ['checkpoint.json', (dir) => fs.writeFileSync(path.join(dir, 'checkpoints', 'last', 'checkpoint.json'), '')],
+      ['weights.bin', (dir) => fs.truncateSync(path.join(dir, 'checkpoints', 'last', 'weights.bin'), 1000)],
+      ['metrics.jsonl', (dir) => {
+        const lines = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n');
+        lines[2] = lines[2].slice(0, 20);
+        fs.writeFileSync(path.join(dir, 'metrics.jsonl'), lines.join('\n'));
+      }],
+    ];
+    for (const [file, damage] of damages) {
+      const dir = `${original}-${file.replace('.', '')}`;
+      fs.cpSync(original, dir, { recursive: true });
+      damage(dir);
+      const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+      assert.equal(resumed.exitCode, 0, `${file}: ${resumed.stderr.slice(-2000)}`);
+      assert.match(resumed.stderr, file === 'metrics.jsonl' ? /not a valid epoch record|training starts again|resuming from the/ : /checkpoint last is damaged/, file);
+      assert.deepEqual(readMetrics(dir).map((r) => r.epoch), [0, 1, 2, 3, 4, 5], `${file}: every epoch once`);
+      assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string }).status, 'FINISHED');
+      // Up to the checkpoint resumed from, the numbers are the reference's (after it, a checkpoint without optimizer state may differ).
+      const from = /resuming from the \w+ checkpoint \(epoch (\d+)\)/.exec(resumed.stderr);
+      const kept = from ? Number(from[1]) + 1 : /starts again from the beginning/.test(resumed.stderr) ? 1 : 5;
+      assert.deepEqual(numbersOf(dir).slice(0, kept), reference.slice(0, kept), `${file}: epochs before ${kept} as in a run nothing happened to`);
+    }
+  });
+
   test('epochs recorded but no checkpoint: resume refuses (exit 2) instead of training them twice', async () => {
     const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('lost')], { cwd: work, env: { TLX_TEST_KILL_AT: 'epoch.recorded@2' } });
     assert.equal(killed.signal, 'SIGKILL');

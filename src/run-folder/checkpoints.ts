@@ -62,9 +62,24 @@ export function readCheckpointMeta(dir: string): CheckpointMeta {
   return parsed.data;
 }
 
+function expectedBytes(specs: ManifestEntry[]): number {
+  return specs.reduce((sum, spec) => sum + 4 * spec.shape.reduce((a: number, b: number) => a * b, 1), 0);
+}
+
+/** The checkpoint's description, once its files are whole (each .bin the size its manifest says); a CorruptFileError naming the file otherwise. */
+export function readIntactCheckpoint(dir: string): CheckpointMeta {
+  const meta = readCheckpointMeta(dir);
+  for (const [name, specs] of [['weights.bin', meta.weights], ['optimizer.bin', meta.optimizer]] as const) {
+    const file = path.join(dir, name);
+    const bytes = fs.statSync(file).size;
+    if (bytes !== expectedBytes(specs as ManifestEntry[])) throw new CorruptFileError(`${file}: ${bytes} bytes, expected ${expectedBytes(specs as ManifestEntry[])} for the variables its checkpoint.json lists`);
+  }
+  return meta;
+}
+
 function decode(file: string, specs: ManifestEntry[]): Record<string, Tensor> {
   const bytes = fs.readFileSync(file);
-  const expected = specs.reduce((sum, spec) => sum + 4 * spec.shape.reduce((a: number, b: number) => a * b, 1), 0);
+  const expected = expectedBytes(specs);
   if (bytes.byteLength !== expected) throw new CorruptFileError(`${file}: ${bytes.byteLength} bytes, expected ${expected} for the variables its checkpoint.json lists`);
   return tf.io.decodeWeights(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength), specs) as Record<string, Tensor>;
 }

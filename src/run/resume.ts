@@ -1,21 +1,28 @@
-import { UserError } from '../core/errors.ts';
+import path from 'node:path';
+import { errorMessage, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { findCheckpoint, readCheckpointMeta } from '../run-folder/checkpoints.ts';
+import { findCheckpoint, readIntactCheckpoint } from '../run-folder/checkpoints.ts';
 import type { CheckpointMeta, EpochRecord } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
 import type { PhaseSpan } from '../train/engine.ts';
 
 /**
  * Resume in one place: what a run folder says was done -> where training starts. Keras's
- * BackupAndRestore plays this role; here the record (metrics.jsonl) and the `last`
- * checkpoint are reconciled so that every epoch is recorded exactly once:
+ * BackupAndRestore plays this role; here the record (metrics.jsonl) and the checkpoints are
+ * reconciled so that every epoch is recorded exactly once:
  *
  * - a torn last line of metrics.jsonl (power cut, full disk) is cut off, with a warning;
+ * - training restarts from the newest intact checkpoint the record reaches: `last`, else the
+ *   phase's (`feature_extraction`), else `best`, as BackupAndRestore restarts an epoch; a
+ *   damaged one is named and passed over, and one beyond a hole in the record (a lost line)
+ *   is passed over too, so the hole's epochs are trained again;
  * - a checkpoint whose metrics line a kill cut off gets the line back from the checkpoint;
- * - epochs recorded after the checkpoint (its successor was lost) are dropped and trained
- *   again (runs are bitwise reproducible, so the same numbers come back);
- * - epochs recorded with no checkpoint at all cannot be resumed without training and
- *   recording them twice: that is refused (exit 2).
+ * - epochs recorded after the checkpoint are dropped and trained again (runs are bitwise
+ *   reproducible, so the same numbers come back);
+ * - when checkpoints exist but none is whole and reached by the record, training starts
+ *   again from the beginning (said in a warning);
+ * - epochs recorded with no checkpoint at all (the folder lost or was stripped of them)
+ *   are refused (exit 2) rather than trained again silently.
  */
 
 export interface ResumePoint {
@@ -28,40 +35,91 @@ export interface ResumePoint {
 
 export const phaseOrder = ['feature_extraction', 'fine_tune'] as const;
 
-export function findResumePoint(folder: RunFolder, log: Logger): ResumePoint {
+/** The checkpoints a run restarts from, by preference: `last` carries the optimizer's and callbacks' state, the others only weights. */
+const fallbackOrder = ['last', 'feature_extraction', 'best'] as const;
+
+interface Candidate {
+  name: (typeof fallbackOrder)[number];
+  dir: string;
+  meta: CheckpointMeta;
+}
+
+/** The run's records, each epoch once, a torn tail cut off; `rewrite` when metrics.jsonl must be written again. */
+function readRecords(folder: RunFolder, log: Logger): { records: EpochRecord[]; rewrite: boolean } {
   const torn = folder.repairMetrics();
-  if (torn > 0) log.warn({ run: folder.id, bytes: torn }, `metrics.jsonl ended with a torn line (${torn} bytes, from a crash or a full disk); it was cut off and its epoch will be trained again`);
+  if (torn > 0) log.warn({ run: folder.id, bytes: torn }, `metrics.jsonl ended with a torn line (${torn} bytes, from a crash or a full disk); it was cut off, and its epoch comes back from its checkpoint or is trained again`);
   const read = folder.readMetrics();
   for (const problem of read.problems) log.warn({ run: folder.id }, problem);
   const seen = new Set<number>();
-  let records = read.records.filter((record) => !seen.has(record.epoch) && seen.add(record.epoch));
-  let rewrite = records.length !== read.records.length || read.problems.length > 0;
+  const records = read.records.filter((record) => !seen.has(record.epoch) && seen.add(record.epoch));
   if (records.length !== read.records.length) log.warn({ run: folder.id }, 'metrics.jsonl recorded some epochs twice; the first record of each is kept');
+  return { records, rewrite: records.length !== read.records.length || read.problems.length > 0 };
+}
 
-  const dir = findCheckpoint(folder.checkpoint('last'));
-  const meta = dir ? readCheckpointMeta(dir) : undefined;
+/** Every whole checkpoint of the run, in fallback order; a damaged one is named in a warning and left out. */
+function intactCheckpoints(folder: RunFolder, log: Logger): { intact: Candidate[]; damaged: string[] } {
+  const intact: Candidate[] = [];
+  const damaged: string[] = [];
+  for (const name of fallbackOrder) {
+    const dir = findCheckpoint(folder.checkpoint(name));
+    if (!dir) continue;
+    try {
+      intact.push({ name, dir, meta: readIntactCheckpoint(dir) });
+    } catch (error) {
+      const reason = errorMessage(error).replaceAll(`${folder.dir}${path.sep}`, '');
+      damaged.push(`checkpoints/${name} (${reason})`);
+      log.warn({ run: folder.id, checkpoint: name }, `checkpoint ${name} is damaged and is passed over: ${reason}`);
+    }
+  }
+  return { intact, damaged };
+}
+
+/** The last epoch up to which the record has no hole (epoch 0, the evaluation before training, aside). */
+function recordedWithoutHole(records: EpochRecord[]): number {
+  const epochs = new Set(records.map((record) => record.epoch));
+  let epoch = 0;
+  while (epochs.has(epoch + 1)) epoch++;
+  return epoch;
+}
+
+export function findResumePoint(folder: RunFolder, log: Logger): ResumePoint {
+  let { records, rewrite } = readRecords(folder, log);
+  const { intact, damaged } = intactCheckpoints(folder, log);
+  // A checkpoint restores its own epoch's line, so it may be one past the record's end, not further.
+  const reach = recordedWithoutHole(records) + 1;
+  const chosen = intact.filter((candidate) => candidate.meta.epoch <= reach).sort((a, b) => b.meta.epoch - a.meta.epoch)[0];
   const trained = records.filter((record) => record.epoch > 0);
-  if (!meta) {
+  if (!chosen) {
+    if (trained.length > 0 && intact.length + damaged.length === 0) {
+      throw new UserError(`${folder.id}: metrics.jsonl records epochs ${trained[0].epoch}..${trained.at(-1)!.epoch} but the run has no checkpoint (checkpoints/last); resuming would train those epochs again and record them twice. Start a new run from its experiment file.`);
+    }
     if (trained.length > 0) {
-      throw new UserError(
-        `${folder.id}: metrics.jsonl records epochs ${trained[0].epoch}..${trained.at(-1)!.epoch} but the run has no checkpoint (checkpoints/last); resuming would train those epochs again and record them twice. Start a new run from its experiment file.`,
-      );
-    }
-  } else {
-    if (meta.record && !records.some((record) => record.epoch === meta.epoch)) {
-      records.push(meta.record);
+      // Checkpoints exist but none is whole and reached by the record: a fault, not a choice; start over.
+      log.warn({ run: folder.id }, `no intact checkpoint at or before epoch ${reach}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}: training starts again from the beginning, and its epochs are recorded once (runs are reproducible: the same numbers come back)`);
+      records = records.filter((record) => record.epoch === 0);
       rewrite = true;
     }
-    const after = records.filter((record) => record.epoch > meta.epoch);
-    if (after.length > 0) {
-      log.warn({ run: folder.id, epochs: after.map((r) => r.epoch) }, `epochs ${after.map((r) => r.epoch).join(', ')} are recorded but their checkpoint was lost; they are trained again`);
-      records = records.filter((record) => record.epoch <= meta.epoch);
-      rewrite = true;
-    }
+    if (rewrite) folder.rewriteMetrics(records);
+    return { records, lastEpoch: 0 };
+  }
+  const { meta, dir, name } = chosen;
+  if (name !== 'last') {
+    const why = intact.some((c) => c.name === 'last') ? `the record has no epoch ${reach} (a lost line), so epochs from there are trained again` : 'the last checkpoint is damaged or missing';
+    log.warn({ run: folder.id, checkpoint: name, epoch: meta.epoch }, `resuming from the ${name} checkpoint (epoch ${meta.epoch}): ${why}; the optimizer's state starts anew`);
+  }
+  if (meta.record && !records.some((record) => record.epoch === meta.epoch)) {
+    records.push(meta.record);
+    rewrite = true;
+  }
+  const after = records.filter((record) => record.epoch > meta.epoch);
+  if (after.length > 0) {
+    log.warn({ run: folder.id, epochs: after.map((r) => r.epoch) }, `epochs ${after.map((r) => r.epoch).join(', ')} are recorded after the checkpoint resumed from; they are trained again`);
+    records = records.filter((record) => record.epoch <= meta.epoch);
+    rewrite = true;
   }
   records.sort((a, b) => a.epoch - b.epoch);
   if (rewrite) folder.rewriteMetrics(records);
-  return { records, lastEpoch: meta?.epoch ?? 0, checkpoint: dir && meta ? { dir, meta } : undefined };
+  return { records, lastEpoch: meta.epoch, checkpoint: { dir, meta } };
 }
 
 /** Whether the resume point is past a phase (all its epochs, or it ended early and was marked complete). */

@@ -91,6 +91,92 @@ describe('the resume point', () => {
   });
 });
 
+describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; records 0-4)', () => {
+  type Name = 'last' | 'feature_extraction' | 'best';
+  async function damagedRun(damage: (folder: RunFolder) => void): Promise<{ point: ResumePoint; folder: RunFolder; warnings: string }> {
+    const folder = folderWith([0, 1, 2, 3, 4]);
+    const at: [Name, number][] = [
+      ['feature_extraction', 2],
+      ['best', 3],
+      ['last', 4],
+    ];
+    for (const [name, epoch] of at) await writeCheckpoint(folder.checkpoint(name), model, undefined, { epoch, phase: record(epoch).phase, record: record(epoch), phase_complete: name === 'feature_extraction' });
+    damage(folder);
+    const warnings: string[] = [];
+    const log = { ...silentLogger, warn: (_fields: unknown, message: string) => warnings.push(message) } as unknown as typeof silentLogger;
+    return { point: findResumePoint(folder, log), folder, warnings: warnings.join('\n') };
+  }
+  const file = (folder: RunFolder, name: Name, part: string) => path.join(folder.checkpoint(name), part);
+  const truncate = (target: string) => fs.truncateSync(target, Math.max(0, fs.statSync(target).size - 4));
+  const grow = (target: string) => fs.appendFileSync(target, Buffer.alloc(4));
+
+  test('all intact: last', async () => {
+    const { point, folder, warnings } = await damagedRun(() => {});
+    assert.equal(point.checkpoint?.dir, folder.checkpoint('last'));
+    assert.equal(point.lastEpoch, 4);
+    assert.equal(warnings, '');
+  });
+
+  for (const [what, damage] of [
+    ['an emptied checkpoint.json', (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), '')],
+    ['a checkpoint.json of another shape', (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), '{"epoch": "four"}')],
+    ['a truncated weights.bin', (folder: RunFolder) => truncate(file(folder, 'last', 'weights.bin'))],
+    ['an optimizer.bin of the wrong size', (folder: RunFolder) => grow(file(folder, 'last', 'optimizer.bin'))],
+    ['a missing weights.bin', (folder: RunFolder) => fs.rmSync(file(folder, 'last', 'weights.bin'))],
+  ] as const) {
+    test(`last with ${what}: best (epoch 3), named; epoch 4 is trained again and recorded once`, async () => {
+      const { point, folder, warnings } = await damagedRun(damage);
+      assert.equal(point.lastEpoch, 3);
+      assert.equal(point.checkpoint?.dir, folder.checkpoint('best'));
+      assert.deepEqual(epochsOf(folder), [0, 1, 2, 3]);
+      assert.match(warnings, /resuming from the best checkpoint \(epoch 3\)/);
+      if (!what.includes('missing')) assert.match(warnings, /checkpoint last is damaged/);
+    });
+  }
+
+  test('last and best damaged: the phase checkpoint (epoch 2)', async () => {
+    const { point, folder, warnings } = await damagedRun((f) => {
+      truncate(file(f, 'last', 'weights.bin'));
+      fs.writeFileSync(file(f, 'best', 'checkpoint.json'), '');
+    });
+    assert.equal(point.checkpoint?.dir, folder.checkpoint('feature_extraction'));
+    assert.deepEqual(epochsOf(folder), [0, 1, 2]);
+    assert.match(warnings, /checkpoint best is damaged/);
+  });
+
+  test('every checkpoint damaged: training starts again from the beginning, said in a warning', async () => {
+    const { point, folder, warnings } = await damagedRun((f) => {
+      for (const name of ['last', 'best', 'feature_extraction'] as const) truncate(file(f, name, 'weights.bin'));
+    });
+    assert.equal(point.checkpoint, undefined);
+    assert.equal(point.lastEpoch, 0);
+    assert.deepEqual(epochsOf(folder), [0]);
+    assert.match(warnings, /training starts again from the beginning/);
+  });
+
+  test('a lost line in the middle of metrics.jsonl (epoch 3): the checkpoint that restores it (best, 3), not last; epoch 4 trained again', async () => {
+    const { point, folder } = await damagedRun((f) => {
+      const metrics = path.join(f.dir, 'metrics.jsonl');
+      const lines = fs.readFileSync(metrics, 'utf8').split('\n');
+      lines[3] = '{"epoch": 3, "pha';
+      fs.writeFileSync(metrics, lines.join('\n'));
+    });
+    assert.equal(point.lastEpoch, 3);
+    assert.deepEqual(epochsOf(folder), [0, 1, 2, 3], 'epoch 3 comes back once, from its checkpoint');
+    assert.equal(folder.readMetrics().records[3].val_accuracy, record(3).val_accuracy);
+  });
+
+  test('lost lines for epochs 2 and 3: the phase checkpoint (2) restores 2; 3 and 4 are trained again', async () => {
+    const { point, folder } = await damagedRun((f) => {
+      const metrics = path.join(f.dir, 'metrics.jsonl');
+      const lines = fs.readFileSync(metrics, 'utf8').split('\n');
+      fs.writeFileSync(metrics, [lines[0], lines[1], 'garbage', 'garbage', lines[4], ''].join('\n'));
+    });
+    assert.equal(point.lastEpoch, 2);
+    assert.deepEqual(epochsOf(folder), [0, 1, 2]);
+  });
+});
+
 describe('phases at the resume point (feature extraction epochs 1-2, fine-tuning 3-4)', () => {
   const featureExtraction = { phase: 'feature_extraction', first: 1, last: 2 };
   const fineTune = { phase: 'fine_tune', first: 3, last: 4 };
