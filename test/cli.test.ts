@@ -55,10 +55,13 @@ describe('the tlx command line', () => {
     assert.doesNotMatch(result.stderr, /^\s+at /m);
   });
 
-  test('data fetches, splits and draws the pictures without a model; --json gives classes, counts and skipped files', async () => {
+  test('data fetches, splits and draws the pictures without a model; --json gives classes, counts and skipped files, each with a reason a person reads', async () => {
     const dir = tempDir();
-    await writeClassFolders(path.join(dir, 'images'), ['cat', 'dog'], 10, { size: 32 });
+    await writeClassFolders(path.join(dir, 'images'), ['cat', 'dog'], 10, { size: 32, format: 'jpg' });
+    const jpeg = fs.readFileSync(path.join(dir, 'images', 'cat', fs.readdirSync(path.join(dir, 'images', 'cat'))[0]));
     writeFiles(dir, {
+      'images/cat/cut.jpg': jpeg.subarray(0, jpeg.length >> 1),
+      'images/cat/notes.jpg': 'a text file with a .jpg name',
       'images/dog/readme.txt': 'not an image',
       'exp.yaml': 'name: peek\ndataset: { path: images, validation_split: 0.5, image_size: [32, 32], batch_size: 4 }\naugmentation: [ { random_flip: horizontal } ]\n',
       'single/only/a.png': 'x',
@@ -69,7 +72,11 @@ describe('the tlx command line', () => {
     const report = JSON.parse(result.stdout) as { classes: string[]; counts: Record<string, number>; skipped: { file: string; reason: string }[] };
     assert.deepEqual(report.classes, ['cat', 'dog']);
     assert.equal(report.counts.train + report.counts.validation + report.counts.test, 20);
-    assert.deepEqual(report.skipped.map((s) => s.file), ['dog/readme.txt']);
+    const reasons = Object.fromEntries(report.skipped.map((s) => [s.file, s.reason]));
+    assert.deepEqual(Object.keys(reasons).sort(), ['cat/cut.jpg', 'cat/notes.jpg', 'dog/readme.txt']);
+    assert.match(reasons['cat/cut.jpg'], /truncated JPEG/);
+    assert.match(reasons['cat/notes.jpg'], /not an image \(no JPEG, PNG, GIF or BMP signature/);
+    assert.doesNotMatch(result.stderr, /JPEG library|TF_Status|Corrupt JPEG/, 'no decoder noise on stderr');
     for (const picture of ['samples.png', 'augmentation.png']) assert.ok(fs.existsSync(path.join(dir, 'pictures', picture)), picture);
     const bad = await runTlx(['data', 'bad.yaml'], { cwd: dir });
     assert.equal(bad.exitCode, 2);

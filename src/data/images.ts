@@ -4,6 +4,7 @@ import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
 import { imageSize } from 'image-size';
 import { decodeJpegUint8 } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
+import { writingTo } from '../core/files.ts';
 import { DecodePool, type PendingDecode } from './decode-pool.ts';
 import type { Sample } from './plan.ts';
 import type { SkippedFile } from './scan.ts';
@@ -18,16 +19,61 @@ export class ImageTooLargeError extends Error {
   override name = 'ImageTooLargeError';
 }
 
+/** An image file that cannot be used, with a reason a person understands (truncated, not an image, another format). */
+export class UnusableImageError extends Error {
+  override name = 'UnusableImageError';
+}
+
+type DecodableFormat = 'JPEG' | 'PNG' | 'GIF' | 'BMP';
+
+/** The format TensorFlow's decoder will see, by the file's signature (its extension does not count). */
+function formatOf(bytes: Uint8Array): DecodableFormat | undefined {
+  const starts = (...signature: number[]) => bytes.length >= signature.length && signature.every((byte, i) => bytes[i] === byte);
+  if (starts(0xff, 0xd8, 0xff)) return 'JPEG';
+  if (starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return 'PNG';
+  if (starts(0x47, 0x49, 0x46, 0x38)) return 'GIF';
+  if (starts(0x42, 0x4d)) return 'BMP';
+  return undefined;
+}
+
+/** Whether `marker` occurs in the file's last `window` bytes (where a whole JPEG's end-of-image or a PNG's IEND is). */
+function endsWithin(bytes: Uint8Array, marker: number[], window: number): boolean {
+  const tail = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).subarray(Math.max(0, bytes.byteLength - window));
+  return tail.includes(Buffer.from(marker));
+}
+
+/**
+ * Refuses, before the decoder sees it, a file that is no image or is cut short: libjpeg
+ * would print its own complaint on stderr and answer only "Invalid TF_Status: 3".
+ */
+function checkWhole(bytes: Uint8Array): DecodableFormat {
+  const format = formatOf(bytes);
+  if (!format) {
+    let other: string | undefined;
+    try {
+      other = imageSize(bytes).type;
+    } catch {
+      // not an image format image-size knows either
+    }
+    throw new UnusableImageError(other ? `unsupported format (${other}); expected JPEG, PNG, GIF or BMP` : 'not an image (no JPEG, PNG, GIF or BMP signature at its start)');
+  }
+  if (format === 'JPEG' && !endsWithin(bytes, [0xff, 0xd9], 65_536)) throw new UnusableImageError('truncated JPEG (no end-of-image marker: the file is cut short)');
+  if (format === 'PNG' && !endsWithin(bytes, [0x49, 0x45, 0x4e, 0x44], 4096)) throw new UnusableImageError('truncated PNG (no IEND chunk: the file is cut short)');
+  return format;
+}
+
 /**
  * Width and height from the file's header (PNG, JPEG, GIF, BMP), before anything is decoded:
- * a 100 KB PNG can announce 23000x23000 pixels and take 14 GB to decode.
+ * a 100 KB PNG can announce 23000x23000 pixels and take 14 GB to decode. A file that is no
+ * image, or is cut short, is refused here with its reason.
  */
 export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width: number; height: number } {
+  const format = checkWhole(bytes);
   let dims: { width?: number; height?: number };
   try {
     dims = imageSize(bytes);
   } catch (error) {
-    throw new Error(`unreadable image header (${error instanceof Error ? error.message : String(error)})`);
+    throw new UnusableImageError(`damaged ${format} header (${error instanceof Error ? error.message : String(error)})`);
   }
   const width = dims.width ?? 0;
   const height = dims.height ?? 0;
@@ -35,9 +81,15 @@ export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width:
   return { width, height };
 }
 
-/** The signature tfjs-node's decodeImage recognises JPEG by. */
-function isJpeg(bytes: Uint8Array): boolean {
-  return bytes.length > 2 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+/** TensorFlow's decoder; its refusal ("Invalid TF_Status: 3") named as damaged data of the format. */
+function decodeWithReason(bytes: Uint8Array): Tensor3D {
+  const format = formatOf(bytes);
+  try {
+    return (format === 'JPEG' ? decodeJpegUint8(bytes) : tf.node.decodeImage(bytes, 3, 'int32', false)) as Tensor3D;
+  } catch (error) {
+    if (/TF_Status/.test(error instanceof Error ? error.message : String(error))) throw new UnusableImageError(`damaged ${format ?? 'image'} data (the decoder refused it)`);
+    throw error;
+  }
 }
 
 /**
@@ -50,7 +102,7 @@ export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, max
   checkImageHeader(bytes, maxPixels);
   const rounded = tf.tidy(() => {
     // JPEG, the common case, goes to the resize as TensorFlow's uint8 (tfjs would copy it to int32 first).
-    const decoded = (isJpeg(bytes) ? decodeJpegUint8(bytes) : tf.node.decodeImage(bytes, 3, 'int32', false)) as Tensor3D;
+    const decoded = decodeWithReason(bytes);
     if (decoded.shape[0] === height && decoded.shape[1] === width) return decoded.toInt();
     // ResizeBilinear takes the integers as they are (it computes in float32); its weights are
     // convex, so the rounded result stays within 0..255 and needs no clip. The cast to int32
@@ -143,7 +195,7 @@ export class ImageSplit {
     // soon as it is open, so the OS frees it when tlx exits, however it exits.
     const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
     const pixelFile = pixelDir ? openUnlinkedFile(pixelDir) : undefined;
-    const keep = (bytes: Uint8Array, at: number) => (pixels ? pixels.set(bytes, at * perImage) : fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage));
+    const keep = (bytes: Uint8Array, at: number) => (pixels ? pixels.set(bytes, at * perImage) : writingTo(pixelDir!, 'decoded pixels (dataset.storage: stream)', () => fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage)));
     const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
     // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
     const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
