@@ -166,6 +166,24 @@ describe('tlx run', () => {
   });
   }
 
+  test('data tlx refuses (one class; a folder of many empty class folders) exits 2 with the problem, quotes at most 5 names, and leaves no run folder', async () => {
+    const oneClass = path.join(work, 'one-class');
+    await writeClassFolders(oneClass, ['only'], 4, { size: 32 });
+    const empties = path.join(work, 'empties');
+    for (let i = 0; i < 40; i++) fs.mkdirSync(path.join(empties, `empty-${String(i).padStart(2, '0')}`), { recursive: true });
+    const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).sort() : [];
+    for (const [data, problem] of [
+      [oneClass, /only one class folder \(only\)/],
+      [empties, /class folder\(s\) with no images in \S+: empty-00, empty-01, empty-02, empty-03, empty-04 and 35 more$/m],
+    ] as const) {
+      const file = experiment(`refused-${path.basename(data)}`, `dataset: { path: ${data}, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n`);
+      const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work });
+      assert.equal(result.exitCode, 2, result.stderr.slice(-1000));
+      assert.match(result.stderr, problem);
+      assert.deepEqual(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).sort() : [], before, 'no run folder left behind');
+    }
+  });
+
   test('an invalid experiment exits 2 with the problem and leaves no run folder', async () => {
     const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0;
     const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('bad', `${tinyData}train:\n  fine_tune: { fine_tune_at: 500 }\n`)], { cwd: work });

@@ -48,3 +48,9 @@ export function errorMessage(error: unknown): string {
 export class InterruptedError extends Error {
   override name = 'InterruptedError';
 }
+
+/** At most `max` names of a list for a message ("a, b, c and 117 more"): a folder's listing never floods a log. */
+export function someOf(names: readonly string[], max = 5, separator = ', '): string {
+  if (names.length <= max) return names.join(separator);
+  return `${names.slice(0, max).join(separator)} and ${names.length - max} more`;
+}

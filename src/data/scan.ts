@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { UserError } from '../core/errors.ts';
+import { someOf, UserError } from '../core/errors.ts';
 
 /** Extensions tf.keras.utils.image_dataset_from_directory reads. */
 export const imageExtensions = ['.bmp', '.gif', '.jpeg', '.jpg', '.png'];
@@ -52,7 +52,7 @@ export function scanClassFolders(root: string, what: string): ClassFolderScan {
     .sort();
   const bad = classNames.filter((name) => unsafeClassNameReason(name) !== undefined);
   if (bad.length > 0) {
-    throw new UserError(`${what}: class folder names become lines of labels.txt and category names in the model; refused: ${bad.map((name) => `${JSON.stringify(name)} (${unsafeClassNameReason(name)})`).join(', ')}`);
+    throw new UserError(`${what}: class folder names become lines of labels.txt and category names in the model; refused: ${someOf(bad.map((name) => `${JSON.stringify(name)} (${unsafeClassNameReason(name)})`))}`);
   }
   if (classNames.length === 0) throw new UserError(`${what}: no class folders in ${root}; expected one sub-folder of images per class`);
   if (classNames.length === 1) throw new UserError(`${what}: only one class folder (${classNames[0]}) in ${root}; a classifier needs at least two`);
@@ -65,6 +65,6 @@ export function scanClassFolders(root: string, what: string): ClassFolderScan {
     return images;
   });
   const empty = classNames.filter((_, i) => filesByClass[i].length === 0);
-  if (empty.length > 0) throw new UserError(`${what}: class folder(s) with no images in ${root}: ${empty.join(', ')}`);
+  if (empty.length > 0) throw new UserError(`${what}: class folder(s) with no images in ${root}: ${someOf(empty)}`);
   return { classNames, filesByClass, skipped };
 }

@@ -144,6 +144,11 @@ export class RunFolder {
     this.folderLock ??= FolderLock.acquire(this.dir, `run ${this.id}`, options);
   }
 
+  /** Deletes the whole folder (a new run refused before it trained anything). */
+  remove(): void {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
   unlock(): void {
     this.folderLock?.release();
     this.folderLock = undefined;

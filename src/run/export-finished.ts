@@ -1,4 +1,4 @@
-import { UserError } from '../core/errors.ts';
+import { someOf, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import { prepareDataset, type PreparedDataset } from '../data/dataset.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
@@ -35,7 +35,9 @@ export async function exportFinishedRun(folder: RunFolder, options: ExportFinish
     ? await options.prepareData(config, run.base_dir, known)
     : await prepareDataset(config, { baseDir: run.base_dir, cacheDir: options.cacheDir, log: options.log, knownArchiveSha256: known });
   if (dataset.classNames.join('\n') !== summary.dataset.classes.join('\n')) {
-    throw new UserError(`${folder.dir}: the dataset's classes now are [${dataset.classNames.join(', ')}], but the run was trained on [${summary.dataset.classes.join(', ')}]; the labels would not match the model`);
+    const added = dataset.classNames.filter((name) => !summary.dataset.classes.includes(name));
+    const missing = summary.dataset.classes.filter((name) => !dataset.classNames.includes(name));
+    throw new UserError(`${folder.dir}: the dataset's ${dataset.classNames.length} classes are not the ${summary.dataset.classes.length} the run was trained on (new: ${someOf(added) || 'none'}; missing: ${someOf(missing) || 'none'}); the labels would not match the model`);
   }
   const classifier = buildClassifier(classifierSpecOf(folder.readClassifier()));
   try {

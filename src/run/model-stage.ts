@@ -1,6 +1,6 @@
 import type { Tensor4D } from '@tensorflow/tfjs-node';
 import type { ResolvedExperiment } from '../config/resolved.ts';
-import { UserError, errorMessage } from '../core/errors.ts';
+import { UserError, errorMessage, someOf } from '../core/errors.ts';
 import { redactUrl } from '../core/redact.ts';
 import type { Random } from '../core/random.ts';
 import { augmentBatch } from '../data/augment.ts';
@@ -64,7 +64,7 @@ function objectiveFor(config: ResolvedExperiment, classifier: Classifier, datase
   if (weights === 'auto') classWeights = balancedClassWeights(dataset.splits.train.labels, classCount);
   else if (typeof weights === 'object') {
     const unknown = Object.keys(weights).filter((name) => !dataset.classNames.includes(name));
-    if (unknown.length) throw new UserError(`train.class_weight: unknown class(es) ${unknown.join(', ')}; classes are ${dataset.classNames.join(', ')}`);
+    if (unknown.length) throw new UserError(`train.class_weight: unknown class(es) ${unknown.join(', ')}; classes are ${someOf(dataset.classNames)}`);
     classWeights = dataset.classNames.map((name) => weights[name] ?? 1);
   }
   return { head: classifier.head, classCount, labelSmoothing: config.train.label_smoothing, classWeights };

@@ -111,6 +111,7 @@ export class ExportFailedError extends Error {
 export async function executeRun(start: RunStart, options: RunOptions): Promise<RunResult> {
   const context = openRun(start, options);
   let stage = 'data';
+  let discard = false;
   try {
     const data = await prepareData(context);
     stage = 'resume';
@@ -134,7 +135,10 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
       disposeModel(model);
     }
   } catch (error) {
-    if (!(error instanceof ExportFailedError)) {
+    // Data tlx refuses (one class, empty class folders, no such folder) is a problem of the
+    // experiment, not a run: a new run leaves no folder behind. Sweep trials keep theirs (the sweep's record points at it).
+    discard = stage === 'data' && error instanceof UserError && !('resume' in start) && !start.trial && !start.runId;
+    if (!discard && !(error instanceof ExportFailedError)) {
       const interrupted = error instanceof InterruptedError;
       await closeRun(context, interrupted ? 'KILLED' : 'FAILED', interrupted ? undefined : { error: errorMessage(error), stage });
     }
@@ -144,6 +148,7 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     context.progress?.close();
     setLogFile(context.log, undefined);
     context.folder.unlock();
+    if (discard) context.folder.remove();
   }
 }
 

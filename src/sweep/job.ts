@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { validateExperimentValue } from '../config/load.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import { forbiddenKeyPaths } from '../config/sources.ts';
-import { ConfigError, errorMessage } from '../core/errors.ts';
+import { ConfigError, errorMessage, someOf } from '../core/errors.ts';
 import { canonicalJson, sha256Hex } from '../core/hash.ts';
 import type { LoadedExperiment } from '../config/load.ts';
 import type { GridValue } from './plan.ts';
@@ -80,7 +80,7 @@ function checkTask(data: QueuedTaskData, where: string, runsDir: string): TrialT
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     const problems = error.problems.map((p) => `${p.keyPath ? `${p.keyPath}: ` : ''}${p.message}`);
-    throw new InvalidJobError(`${where}: invalid config: ${problems.slice(0, 3).join('; ')}${problems.length > 3 ? ` (and ${problems.length - 3} more)` : ''}`);
+    throw new InvalidJobError(`${where}: invalid config: ${someOf(problems, 3, '; ')}`);
   }
   const foreign = foreignPlaces(config);
   if (foreign.length > 0) throw new InvalidJobError(`${where}: ${foreign.join('; ')}`);
