@@ -166,6 +166,23 @@ print(len(c.search_runs([e.experiment_id], filter_string="tags.\`tlx.run_id\` = 
     }
   });
 
+  test('a full disk (a real 1 MiB tmpfs): the run stops naming the file and what it was writing; with room again, resume ends as if nothing happened', async () => {
+    const small = path.join(work, 'small-disk');
+    fs.mkdirSync(small, { recursive: true });
+    const file = experiment('full');
+    // One mount namespace for both commands: the tmpfs lives as long as the shell.
+    const script = `mount -t tmpfs -o size=1M tmpfs "$1" || exit 99
+node "$2" --runs-dir "$1" run "$3"; echo "first exit $?" >&2
+mount -o remount,size=64M "$1" || exit 98
+node "$2" --runs-dir "$1" run --resume "$(ls -d "$1"/*-full-*)"; echo "second exit $?" >&2
+cp -r "$1"/*-full-* "$4"/`;
+    const result = await execa('unshare', ['-m', 'sh', '-c', script, 'sh', small, tlxBin, file, runsDir], { cwd: work, reject: false });
+    assert.match(result.stderr, /first exit 1\b/, result.stderr.slice(-2000));
+    assert.match(result.stderr, /no space left on the device writing the checkpoint last \(epoch \d+\) to \S+-full-\w+\/checkpoints\/last \(ENOSPC\)/);
+    assert.match(result.stderr, /second exit 0\b/, result.stderr.slice(-2000));
+    assert.deepEqual(numbersOf(runFolder('full')), reference);
+  });
+
   test('epochs recorded but no checkpoint: resume refuses (exit 2) instead of training them twice', async () => {
     const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('lost')], { cwd: work, env: { TLX_TEST_KILL_AT: 'epoch.recorded@2' } });
     assert.equal(killed.signal, 'SIGKILL');

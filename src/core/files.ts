@@ -51,6 +51,25 @@ export function fsyncDir(dir: string): void {
   fsyncFile(dir);
 }
 
+/** A write the disk had no room for (or the user's quota), naming the file and what it was. */
+export class DiskFullError extends Error {
+  override name = 'DiskFullError';
+}
+
+/**
+ * Runs a write; a full disk or quota (ENOSPC, EDQUOT) becomes an error that names the file
+ * and what was being written: Node's own message for a write to an open file names neither.
+ */
+export function writingTo<T>(file: string, what: string, write: () => T): T {
+  try {
+    return write();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw error;
+    throw new DiskFullError(`no space left on the device writing ${what} to ${file} (${code}); free some space there and run the command again (a run resumes where it stopped)`);
+  }
+}
+
 /** Writes bytes to a new file and flushes them to disk before returning. */
 function writeDurably(file: string, content: string | Uint8Array): void {
   const fd = fs.openSync(file, 'wx');
@@ -62,12 +81,12 @@ function writeDurably(file: string, content: string | Uint8Array): void {
   }
 }
 
-export function writeFileAtomic(file: string, content: string | Uint8Array): void {
+export function writeFileAtomic(file: string, content: string | Uint8Array, what = path.basename(file)): void {
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true });
   const temp = tempPathFor(file);
   try {
-    writeDurably(temp, content);
+    writingTo(file, what, () => writeDurably(temp, content));
     fs.renameSync(temp, file);
   } catch (error) {
     fs.rmSync(temp, { force: true });
@@ -100,8 +119,10 @@ export function readJsonFile(file: string, what = 'JSON'): unknown {
 export function appendLineDurably(file: string, line: string): void {
   const fd = fs.openSync(file, 'a');
   try {
-    fs.writeSync(fd, `${line}\n`);
-    fs.fsyncSync(fd);
+    writingTo(file, `a line of ${path.basename(file)}`, () => {
+      fs.writeSync(fd, `${line}\n`);
+      fs.fsyncSync(fd);
+    });
   } finally {
     fs.closeSync(fd);
   }

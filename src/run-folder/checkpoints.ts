@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { LayersModel, Optimizer, Tensor } from '@tensorflow/tfjs-node';
 import type { WeightsManifestEntry } from '../tfjs/internals.ts';
 import { killPoint } from '../core/faults.ts';
-import { CorruptFileError, findInstalled, installFolder, readJsonFile, tempPathFor } from '../core/files.ts';
+import { CorruptFileError, findInstalled, installFolder, readJsonFile, tempPathFor, writingTo } from '../core/files.ts';
 import { namedVariables } from '../models/variables.ts';
 import { tf } from '../tfjs/tf.ts';
 import { CheckpointMeta } from './records.ts';
@@ -35,9 +35,10 @@ export async function writeCheckpoint(target: string, model: LayersModel, optimi
   const temp = tempPathFor(target);
   fs.mkdirSync(temp, { recursive: true });
   try {
-    fs.writeFileSync(path.join(temp, 'weights.bin'), weights.data);
-    fs.writeFileSync(path.join(temp, 'optimizer.bin'), optimizerState.data);
-    fs.writeFileSync(path.join(temp, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
+    const what = `the checkpoint ${path.basename(target)} (epoch ${info.epoch})`;
+    writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'weights.bin'), weights.data));
+    writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'optimizer.bin'), optimizerState.data));
+    writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`));
     killPoint('checkpoint.written');
     installFolder(temp, target, 'checkpoint');
   } catch (error) {
