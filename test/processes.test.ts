@@ -87,7 +87,10 @@ describe('processes', () => {
     assert.equal(await members(), '', 'nothing of the group is left (port and database are free)');
   });
 
-  for (const signal of ['SIGHUP', 'SIGTERM'] as const) {
+  // One stop signal per command here (run: SIGINT and SIGHUP in run.test; worker: SIGTERM and SIGHUP in queue.test);
+  // every command listens for the same three (core/interrupt.ts stopSignals).
+  {
+    const signal = 'SIGTERM';
     test(`${signal} during a sweep stops it as Ctrl-C does: the trial KILLED with its checkpoint, exit 130`, async () => {
       const name = `sweep-${signal.toLowerCase()}`;
       const file = writeExperiment(work, name, `seed: 9\n${tinyDataAndModel}train:\n  feature_extraction: { epochs: 12 }\n  fine_tune: { epochs: 1 }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`);
@@ -104,6 +107,9 @@ describe('processes', () => {
       assert.equal(status[0].status, 'killed');
     });
 
+  }
+  {
+    const signal = 'SIGHUP';
     test(`${signal} stops tlx ui (its normal end: exit 0) and its MLflow server with it`, async () => {
       const uiRuns = path.join(work, `runs-ui-${signal}`);
       fs.mkdirSync(uiRuns, { recursive: true });
@@ -116,6 +122,9 @@ describe('processes', () => {
       assert.ok(await allEnded(server, 5000), 'the server stopped');
     });
 
+  }
+  {
+    const signal = 'SIGTERM';
     test(`${signal} during tlx convert: exit 130, no Python left, the run's export unchanged; nothing half-written`, async () => {
       const dir = runFolder('ctrlc-export');
       const filesOf = () => fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => !f.startsWith('log.jsonl')).sort();

@@ -8,7 +8,7 @@ import { runTlx, tlxBin } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { waitForStderr } from './helpers/process.ts';
 import { assertExactlySynced, modelViews, startMlflowServer } from './helpers/mlflow.ts';
-import { mlflowState, runDirOf, tinyDataAndModel, waitForEpoch, writeExperiment } from './helpers/runs.ts';
+import { mlflowState, tinyDataAndModel, waitForEpoch, writeExperiment } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
 /**
@@ -63,28 +63,6 @@ before(async () => {
 });
 
 describe('one server, whatever URL reaches it', () => {
-  test('tlx ui started three times over the same runs (a new port each time): every run synced each time, no error, nothing twice', async () => {
-    const runsDir = path.join(work, 'runs-ui');
-    const result = await runTlx(['--runs-dir', runsDir, 'run', exporting('dashboard', 2)], { cwd: work, env: { MLFLOW_TRACKING_URI: '' }, timeout: 600_000 });
-    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-    const dir = runDirOf(result.stdout);
-    for (let start = 1; start <= 3; start++) {
-      const port = await freePort();
-      const ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(port)], { cwd: work, reject: false });
-      let stderr = '';
-      ui.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      try {
-        await waitForStderr(ui, /synced \d+ local run/, 180_000);
-        assert.match(stderr, /synced 1 local run/, `start ${start}: ${stderr.slice(-1500)}`);
-        assert.doesNotMatch(stderr, /sync failed|HTTP 4\d\d|UNIQUE constraint/, `start ${start}`);
-        if (start === 3) await assertNothingTwice(dir, `http://127.0.0.1:${port}`, 'dashboard-classifier');
-      } finally {
-        ui.kill('SIGINT');
-        await ui;
-      }
-    }
-  });
-
   test('a run logged through one spelling, resumed through another and synced through a third: its new epochs arrive, nothing twice', async () => {
     const runsDir = path.join(work, 'runs-spellings');
     const port = await freePort();
@@ -115,4 +93,25 @@ describe('one server, whatever URL reaches it', () => {
       await server.stop();
     }
   });
+  test('tlx ui started three times over that run (a new port each time, its own store): every run synced each time, no error, nothing twice', async () => {
+    // The run of the test above: exported, registered, its folder under runs-spellings.
+    const runsDir = path.join(work, 'runs-spellings');
+    const dir = fs.readdirSync(runsDir).map((name) => path.join(runsDir, name)).find((name) => name.includes('-spelled-'))!;
+    for (let start = 1; start <= 3; start++) {
+      const port = await freePort();
+      const ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(port)], { cwd: work, reject: false });
+      let stderr = '';
+      ui.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      try {
+        await waitForStderr(ui, /synced \d+ local run/, 180_000);
+        assert.match(stderr, /synced 1 local run/, `start ${start}: ${stderr.slice(-1500)}`);
+        assert.doesNotMatch(stderr, /sync failed|HTTP 4\d\d|UNIQUE constraint/, `start ${start}`);
+        if (start === 3) await assertNothingTwice(dir, `http://127.0.0.1:${port}`, 'spelled-classifier');
+      } finally {
+        ui.kill('SIGINT');
+        await ui;
+      }
+    }
+  });
+
 });
