@@ -95,54 +95,60 @@ interface AttemptSettings {
   what: string;
 }
 
-/** One HTTP attempt: appends to the partial file when the server honours Range. */
-async function attempt(url: string, headers: Record<string, string>, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
-  const have = fs.existsSync(partFile) ? fs.statSync(partFile).size : 0;
-  const controller = new AbortController();
-  let idle = setTimeout(() => controller.abort(new Error(`no data for ${settings.idleTimeoutMs} ms`)), settings.idleTimeoutMs);
-  const touch = () => {
-    clearTimeout(idle);
-    idle = setTimeout(() => controller.abort(new Error(`no data for ${settings.idleTimeoutMs} ms`)), settings.idleTimeoutMs);
-  };
+/** Aborts a transfer that receives nothing for `ms`; every chunk resets the clock. */
+class IdleAbort {
+  readonly controller = new AbortController();
+  private timer: NodeJS.Timeout;
+
+  constructor(private readonly ms: number) {
+    this.timer = this.arm();
+  }
+
+  private arm(): NodeJS.Timeout {
+    return setTimeout(() => this.controller.abort(new Error(`no data for ${this.ms} ms`)), this.ms);
+  }
+
+  touch(): void {
+    clearTimeout(this.timer);
+    this.timer = this.arm();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+}
+
+/** The response to one request, or the reason to retry or give up (its body cancelled). */
+async function openResponse(url: string, headers: Record<string, string>, have: number, partFile: string, signal: AbortSignal): Promise<Response & { body: ReadableStream<Uint8Array> }> {
   let response: Response;
   try {
-    response = await fetch(url, { headers: have > 0 ? { ...headers, Range: `bytes=${have}-` } : headers, signal: controller.signal, redirect: 'follow' });
+    response = await fetch(url, { headers: have > 0 ? { ...headers, Range: `bytes=${have}-` } : headers, signal, redirect: 'follow' });
   } catch (error) {
-    clearTimeout(idle);
     const reason = redactText(errorMessage((error as { cause?: unknown }).cause ?? error));
     if (isPermanentNetworkError(error)) throw new UserError(`download of ${redactUrl(url)} failed: cannot resolve the host (${reason})`);
     throw new RetryableError(`cannot connect: ${reason}`);
   }
   if (response.status === 416 && have > 0) {
-    clearTimeout(idle);
     fs.rmSync(partFile, { force: true });
     throw new RetryableError('server refused to resume (416); restarting');
   }
   if (retryableStatus.has(response.status)) {
-    clearTimeout(idle);
     await response.body?.cancel();
     throw new RetryableError(`HTTP ${response.status}`, retryAfterMs(response.headers.get('retry-after')));
   }
   if (!response.ok || !response.body) {
-    clearTimeout(idle);
     await response.body?.cancel();
     throw new UserError(`download of ${redactUrl(url)} failed: HTTP ${response.status} ${response.statusText}`);
   }
-  const resumed = response.status === 206 && have > 0;
-  if (have > 0 && !resumed) log.info({ url: redactUrl(url) }, 'server does not resume; restarting the download');
-  const start = resumed ? have : 0;
-  const length = Number(response.headers.get('content-length') ?? NaN);
-  const total = Number.isFinite(length) ? start + length : undefined;
-  if (total !== undefined && total > settings.maxBytes) {
-    clearTimeout(idle);
-    await response.body.cancel();
-    fs.rmSync(partFile, { force: true });
-    throw tooLarge(settings.what, url, total, settings.maxBytes, true);
-  }
+  return response as Response & { body: ReadableStream<Uint8Array> };
+}
+
+/** Streams the body into the partial file from `start`; true when it grew over the limit (the file is then removed). */
+async function receiveBody(response: Response & { body: ReadableStream<Uint8Array> }, partFile: string, start: number, total: number | undefined, idle: IdleAbort, settings: AttemptSettings): Promise<{ received: number; over: boolean }> {
   let received = start;
   let over = false;
   const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
-  const out = fs.createWriteStream(partFile, { flags: resumed ? 'a' : 'w' });
+  const out = fs.createWriteStream(partFile, { flags: start > 0 ? 'a' : 'w' });
   try {
     for await (const chunk of body) {
       received += (chunk as Buffer).length;
@@ -150,21 +156,47 @@ async function attempt(url: string, headers: Record<string, string>, partFile: s
         over = true;
         break;
       }
-      touch();
+      idle.touch();
       settings.onProgress?.(received, total);
       if (!out.write(chunk)) await once(out, 'drain');
     }
   } catch (error) {
-    throw new RetryableError(`transfer interrupted after ${received} bytes: ${redactText(errorMessage(controller.signal.reason ?? error))}`);
+    throw new RetryableError(`transfer interrupted after ${received} bytes: ${redactText(errorMessage(idle.controller.signal.reason ?? error))}`);
   } finally {
-    clearTimeout(idle);
+    idle.stop();
     // Flush what arrived, even after an error: the next attempt resumes from it.
     await new Promise<void>((resolve) => out.end(() => resolve()));
     if (over) {
-      controller.abort();
+      idle.controller.abort();
       fs.rmSync(partFile, { force: true });
     }
   }
+  return { received, over };
+}
+
+/** One HTTP attempt: appends to the partial file when the server honours Range. */
+async function attempt(url: string, headers: Record<string, string>, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
+  const have = fs.existsSync(partFile) ? fs.statSync(partFile).size : 0;
+  const idle = new IdleAbort(settings.idleTimeoutMs);
+  let response: Response & { body: ReadableStream<Uint8Array> };
+  try {
+    response = await openResponse(url, headers, have, partFile, idle.controller.signal);
+  } catch (error) {
+    idle.stop();
+    throw error;
+  }
+  const resumed = response.status === 206 && have > 0;
+  if (have > 0 && !resumed) log.info({ url: redactUrl(url) }, 'server does not resume; restarting the download');
+  const start = resumed ? have : 0;
+  const length = Number(response.headers.get('content-length') ?? NaN);
+  const total = Number.isFinite(length) ? start + length : undefined;
+  if (total !== undefined && total > settings.maxBytes) {
+    idle.stop();
+    await response.body.cancel();
+    fs.rmSync(partFile, { force: true });
+    throw tooLarge(settings.what, url, total, settings.maxBytes, true);
+  }
+  const { received, over } = await receiveBody(response, partFile, start, total, idle, settings);
   if (over) throw tooLarge(settings.what, url, received, settings.maxBytes, false);
   if (total !== undefined && received !== total) throw new RetryableError(`truncated body: got ${received} of ${total} bytes`);
 }
