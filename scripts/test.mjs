@@ -37,6 +37,9 @@ const files = process.argv.length > 2 ? process.argv.slice(2) : testFiles(path.j
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/reporters/timing.mjs', '--test-reporter-destination=stdout', ...files],
-  { cwd: root, stdio: 'inherit', env: { ...process.env, TLX_TEST_DURATIONS: durationsFile } },
+  // Four files at a time already fill the cores: each TensorFlow (and oneDNN's OpenMP) runs one
+  // thread, instead of every process spinning a pool per core over the others (measured on 2
+  // cores, four runs at once: 22% less wall, 19% less CPU). Tests never depend on thread counts.
+  { cwd: root, stdio: 'inherit', env: { TF_NUM_INTRAOP_THREADS: '1', TF_NUM_INTEROP_THREADS: '1', OMP_NUM_THREADS: '1', ...process.env, TLX_TEST_DURATIONS: durationsFile } },
 );
 process.exit(result.status ?? 1);
