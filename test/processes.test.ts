@@ -110,16 +110,21 @@ describe('processes', () => {
   }
   {
     const signal = 'SIGHUP';
-    test(`${signal} stops tlx ui (its normal end: exit 0) and its MLflow server with it`, async () => {
+    test(`${signal} stops tlx ui (its normal end: exit 0) and its MLflow server with it, even while it is starting`, async () => {
       const uiRuns = path.join(work, `runs-ui-${signal}`);
       fs.mkdirSync(uiRuns, { recursive: true });
-      const ui = execa(process.execPath, [tlxBin, '--runs-dir', uiRuns, 'ui', '--port', String(await freePort())], { cwd: work, reject: false });
-      await waitForStderr(ui, /synced \d+ local run/, 180_000);
-      const server = descendantsOf(ui.pid!, 'mlflow');
-      ui.kill(signal);
-      const { exitCode } = await ui;
-      assert.equal(exitCode, 0);
-      assert.ok(await allEnded(server, 5000), 'the server stopped');
+      for (const when of [/synced \d+ local run/, /starting the MLflow server/]) {
+        const port = await freePort();
+        const ui = execa(process.execPath, [tlxBin, '--runs-dir', uiRuns, 'ui', '--port', String(port)], { cwd: work, reject: false });
+        await waitForStderr(ui, when, 180_000);
+        const server = descendantsOf(ui.pid!, 'mlflow');
+        ui.kill(signal);
+        const { exitCode, signal: killedBy } = await ui;
+        assert.equal(exitCode, 0, `${signal} at ${when}: ended by ${killedBy}`);
+        assert.ok(await allEnded(server, 5000), 'the server stopped');
+        const answered = await fetch(`http://127.0.0.1:${port}/health`).then(() => true, () => false);
+        assert.equal(answered, false, 'nothing listens on its port any more');
+      }
     });
 
   }

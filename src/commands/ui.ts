@@ -52,6 +52,11 @@ function sweepUrls(serverUrl: string, runsDir: string): { id: string; url: strin
 
 /** `tlx ui`: a local MLflow dashboard over runs/.mlflow, every local run synced into it. */
 export async function uiCommand(options: UiOptions): Promise<void> {
+  // Listening from the start: a stop signal during start-up ends the dashboard once it is up,
+  // rather than killing tlx by the signal's default action.
+  const stopped = new Promise<void>((resolve) => {
+    for (const signal of stopSignals) process.once(signal, () => resolve());
+  });
   const dataDir = path.resolve(options.runsDir, '.mlflow');
   options.log.info({ dataDir }, 'starting the MLflow server');
   const server = await startMlflowServer({ dataDir, port: options.port, onOutput: (line) => options.log.debug({ mlflow: line }) });
@@ -66,9 +71,7 @@ export async function uiCommand(options: UiOptions): Promise<void> {
       const { default: open } = await import('open');
       await open(url).catch((error: unknown) => options.log.warn({ error: String(error) }, 'could not open a browser; open the link above'));
     }
-    await new Promise<void>((resolve) => {
-      for (const signal of stopSignals) process.once(signal, () => resolve());
-    });
+    await stopped;
   } finally {
     await server.stop();
   }
