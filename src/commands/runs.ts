@@ -18,7 +18,7 @@ export interface RunsOptions {
 /** What is wrong with a run folder that cannot be read, in one line without the folder's own path. */
 function problemOf(folder: RunFolder, error: unknown): string {
   if (!fs.existsSync(path.join(folder.dir, 'run.json'))) return 'no run.json (the run record is lost)';
-  return (errorMessage(error).split('\n')[0] ?? '').replaceAll(`${folder.dir}${path.sep}`, '');
+  return folder.withinFolder(errorMessage(error).split('\n')[0] ?? '');
 }
 
 /** A run's listing, or a DAMAGED one with its problem: a listing hides nothing. */

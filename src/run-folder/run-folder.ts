@@ -144,6 +144,11 @@ export class RunFolder {
     this.folderLock ??= FolderLock.acquire(this.dir, `run ${this.id}`, options);
   }
 
+  /** A message about this folder's files with its own path taken out ("checkpoints/last/weights.bin: ..."). */
+  withinFolder(message: string): string {
+    return message.replaceAll(`${this.dir}${path.sep}`, '');
+  }
+
   /** Deletes the whole folder (a new run refused before it trained anything). */
   remove(): void {
     fs.rmSync(this.dir, { recursive: true, force: true });

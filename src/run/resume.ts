@@ -1,4 +1,3 @@
-import path from 'node:path';
 import { errorMessage, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import { findCheckpoint, readIntactCheckpoint } from '../run-folder/checkpoints.ts';
@@ -66,7 +65,7 @@ function intactCheckpoints(folder: RunFolder, log: Logger): { intact: Candidate[
     try {
       intact.push({ name, dir, meta: readIntactCheckpoint(dir) });
     } catch (error) {
-      const reason = errorMessage(error).replaceAll(`${folder.dir}${path.sep}`, '');
+      const reason = folder.withinFolder(errorMessage(error));
       damaged.push(`checkpoints/${name} (${reason})`);
       log.warn({ run: folder.id, checkpoint: name }, `checkpoint ${name} is damaged and is passed over: ${reason}`);
     }
