@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: every test file under test/, four at a time, the slowest first (as Jest orders
-// them: by the duration each file took in the last run on this machine, else by file size),
+// them: by the duration each file took in the last run on this machine, else by the seconds
+// test/durations.json gives it, measured on a 2-core machine, else by file size),
 // so that a long file never starts last and holds the suite up alone. The spec reporter
 // shows each test; test/reporters/timing.mjs prints where the time went and records the
 // durations for the next run. Extra arguments go to node --test (e.g. a file to run alone).
@@ -21,17 +22,19 @@ function testFiles(dir) {
   });
 }
 
-function lastDurations() {
+function readDurations(file) {
   try {
-    return JSON.parse(fs.readFileSync(durationsFile, 'utf8'));
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch {
     return {};
   }
 }
 
-const durations = lastDurations();
-// Unknown files are weighed by size: a file never timed counts as ~1 ms per byte, about what the suite's files take.
-const weight = (file) => durations[file] ?? fs.statSync(path.join(root, file)).size;
+// Milliseconds each file took here last time; else the committed seconds (a fresh clone has no record).
+const durations = readDurations(durationsFile);
+const committedSeconds = readDurations(path.join(root, 'test', 'durations.json'));
+// A file never timed is weighed by size: ~1 ms per byte, about what the suite's files take.
+const weight = (file) => durations[file] ?? (committedSeconds[file] !== undefined ? committedSeconds[file] * 1000 : fs.statSync(path.join(root, file)).size);
 const files = process.argv.length > 2 ? process.argv.slice(2) : testFiles(path.join(root, 'test')).sort((a, b) => weight(b) - weight(a));
 
 const result = spawnSync(

@@ -4,7 +4,7 @@ import readline from 'node:readline';
 import type { Options, ResultPromise } from 'execa';
 import { InterruptedError } from '../core/errors.ts';
 import { minimalEnv, signalGroup, spawnChild } from '../core/child.ts';
-import { projectRoot } from '../core/project.ts';
+import { projectRoot, venvPython } from '../core/project.ts';
 
 /**
  * The bridge to python/ (TensorFlow's TFLite converter, the LiteRT interpreter, MediaPipe):
@@ -27,10 +27,6 @@ export class PythonBridgeError extends Error {
   ) {
     super(message);
   }
-}
-
-export function venvPython(): string {
-  return process.env.TLX_PYTHON ?? path.join(projectRoot, '.venv', 'bin', 'python');
 }
 
 /** What a Python child may see: locale, paths, TensorFlow's log level; no MLflow or cloud secrets. */

@@ -4,7 +4,7 @@ import type { LayersModel, Tensor } from '@tensorflow/tfjs-node';
 import { execa } from 'execa';
 import type { BaseModelName } from '../../src/config/bases.ts';
 import { projectRoot } from '../../src/core/project.ts';
-import { venvPython } from '../../src/export/python.ts';
+import { venvPython } from '../../src/core/project.ts';
 import { FoldedInference } from '../../src/models/graph.ts';
 import { writeCheckpoint } from '../../src/run-folder/checkpoints.ts';
 import { tf } from '../../src/tfjs/tf.ts';

@@ -1,6 +1,6 @@
 import { execa } from 'execa';
 import path from 'node:path';
-import { venvPython } from '../../src/export/python.ts';
+import { venvPython } from '../../src/core/project.ts';
 import { projectRoot } from '../../src/core/project.ts';
 
 /** Runs Python from the project's .venv (real TensorFlow/Keras) with a script given inline. */
