@@ -82,4 +82,36 @@ describe('the tlx command line', () => {
     assert.equal(bad.exitCode, 2);
     assert.match(bad.stderr, /only one class folder \(only\)/);
   });
+
+  test('memory: tlx data prints the estimate; a run that cannot fit is refused before training with the batch size that fits, and leaves no folder', async () => {
+    const dir = tempDir();
+    await writeClassFolders(path.join(dir, 'images'), ['cat', 'dog'], 10, { size: 32, format: 'png' });
+    // The issue's case: 1024 x 1024 images and a batch of 4096 (of 14 training images: a batch of 14).
+    const experiment = (batch: number) => `name: big\ndataset: { path: images, validation_split: 0.3, image_size: [1024, 1024], batch_size: ${batch} }\nmodel: { alpha: 0.35, weights: none }\ntrain:\n  feature_extraction: { epochs: 1 }\n  fine_tune: { epochs: 1 }\n`;
+    writeFiles(dir, { 'big.yaml': experiment(4096) });
+    const budget = { TLX_MEMORY_BUDGET_MB: '2048' };
+    type Memory = { estimated_peak_mb: number; limit_mb: number; limit_source: string; verdict: string; phases: { phase: string; batch: number; peak_mb: number }[] };
+    const data = await runTlx(['--json', 'data', 'big.yaml', '--out', 'pictures'], { cwd: dir, env: budget });
+    assert.equal(data.exitCode, 0, data.stderr);
+    const memory = (JSON.parse(data.stdout) as { memory: Memory }).memory;
+    assert.deepEqual(memory.phases.map((phase) => [phase.phase, phase.batch]), [['feature_extraction', 14], ['fine_tune', 14]]);
+    assert.equal(memory.limit_mb, 2048);
+    assert.equal(memory.limit_source, 'TLX_MEMORY_BUDGET_MB');
+    assert.equal(memory.verdict, 'does not fit');
+    assert.ok(memory.estimated_peak_mb > 2048, `estimate ${memory.estimated_peak_mb} MiB`);
+
+    const run = await runTlx(['--runs-dir', 'runs', 'run', 'big.yaml'], { cwd: dir, env: budget });
+    assert.equal(run.exitCode, 2, run.stderr);
+    const refusal = /memory: about [\d.]+ GiB at its peak \((feature_extraction|fine_tune), [a-z ]+, batch of 14\), \d+% of the 2\.0 GiB this process can use \(TLX_MEMORY_BUDGET_MB\): over it by [\d.]+ [MG]iB; dataset\.batch_size: (\d+) or less fits/.exec(run.stderr);
+    assert.ok(refusal, run.stderr.slice(-1500));
+    assert.deepEqual(fs.existsSync(path.join(dir, 'runs')) ? fs.readdirSync(path.join(dir, 'runs')) : [], [], 'no run folder is left');
+    assert.doesNotMatch(run.stderr, /epoch 1/, 'refused before training');
+
+    // The batch it names fits (less a fifth: each process holds a little more or less than the one that estimated).
+    const fits = Number(refusal[2]);
+    assert.ok(fits >= 1 && fits < 14, `batch ${fits}`);
+    writeFiles(dir, { 'big.yaml': experiment(Math.max(1, Math.floor(fits * 0.8))) });
+    const smaller = await runTlx(['--json', 'data', 'big.yaml', '--out', 'pictures'], { cwd: dir, env: budget });
+    assert.notEqual((JSON.parse(smaller.stdout) as { memory: Memory }).memory.verdict, 'does not fit');
+  });
 });

@@ -11,6 +11,8 @@ import { archiveKindOf, extractArchive, type ExtractLimits } from './extract.ts'
 import { defaultMaxImagePixels, ImageSplit, type ImageSize, type StorageMode } from './images.ts';
 import { planSplits, type DataPlan, type Scans, type SplitName } from './plan.ts';
 import { scanClassFolders, type SkippedFile } from './scan.ts';
+import { formatBytes } from '../core/bytes.ts';
+import { memoryBudgetFromEnv } from '../core/memory.ts';
 
 export interface PrepareOptions {
   /** Folder of the experiment file: dataset.path is relative to it. */
@@ -114,8 +116,7 @@ function folderDigest(plan: DataPlan, root: string): string {
 
 function memoryBudget(options: PrepareOptions): number {
   if (options.memoryBudgetBytes !== undefined) return options.memoryBudgetBytes;
-  const mb = Number(process.env.TLX_MEMORY_BUDGET_MB);
-  return Number.isFinite(mb) && mb > 0 ? mb * 1024 * 1024 : 4 * 1024 ** 3;
+  return memoryBudgetFromEnv() ?? 4 * 1024 ** 3;
 }
 
 /** Free space for a pixel file of `bytes`, keeping 1 GiB spare for everything else. */
@@ -125,9 +126,6 @@ function hasRoomFor(dir: string, bytes: number): boolean {
   return bavail * bsize > bytes + 1024 ** 3;
 }
 
-function formatBytes(bytes: number): string {
-  return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GiB` : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
-}
 
 /**
  * dataset: from the config to decoded splits. Fetches and extracts (cached), scans the

@@ -227,6 +227,11 @@ export function splitGraph(graph: CompiledGraph, trains: (step: Step) => boolean
   return { frozen, trainable, frontier: [...frontier] };
 }
 
+/** Bytes per sample of a split's frontier (what caching the frozen stage's outputs costs). */
+export function frontierBytesPerSample(graph: CompiledGraph, split: GraphSplit): number {
+  return split.frontier.reduce((sum, id) => sum + 4 * (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
+}
+
 /**
  * The part of the frozen stage that depends only on `layers`' weights: the split a phase
  * would have if only these layers were frozen (a sweep's smallest fine_tune_at). It is part
@@ -357,11 +362,6 @@ export class StagedModel {
     this.folded = foldWeights(this.split.frozen);
     this.kept = new Set([...this.split.frontier, this.graph.input]);
     this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
-  }
-
-  /** Bytes per sample of the frontier (what caching the frozen stage's outputs costs), or of a prefix's. */
-  frontierBytesPerSample(split: GraphSplit = this.split): number {
-    return split.frontier.reduce((sum, id) => sum + 4 * (this.graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
   }
 
   /** images -> the frontier tensors, outside any tape (the caller disposes them). */

@@ -12,6 +12,7 @@ import { silentLogger, type Logger } from '../core/log.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import { artifactScheme, resolveArtifactUri } from './mlflow-artifacts.ts';
 import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from './retry.ts';
+import { formatBytes } from '../core/bytes.ts';
 
 /**
  * The download cache shared by datasets and weight files: a URL is fetched once into
@@ -78,9 +79,6 @@ export function cacheEntryOf(url: string, cacheDir: string, sha256?: string): st
   return path.join(cacheDir, 'downloads', key, fileNameOf(url));
 }
 
-function formatBytes(bytes: number): string {
-  return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(1)} GiB` : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
-}
 
 function tooLarge(what: string, url: string, bytes: number, maxBytes: number, known: boolean): UserError {
   return new UserError(

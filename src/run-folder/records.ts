@@ -162,6 +162,11 @@ export const RunSummary = z
     artifacts: z.record(z.string(), z.string()),
     seconds: z.number(),
     finished_at: z.number(),
+    /**
+     * Memory in MiB: the process's RSS when training was estimated (before its first batch),
+     * the peak estimated then, the process's measured peak, and the limit it was held to.
+     */
+    memory: z.object({ resident_mb: z.number(), estimated_peak_mb: z.number(), peak_rss_mb: z.number(), limit_mb: z.number(), limit_source: z.string() }).optional(),
     export: z
       .object({
         tflite: TfliteRecord.optional(),

@@ -11,6 +11,7 @@ import type { RunJson, RunStatus, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { PythonWorker, type Exporter } from '../export/python.ts';
 import type { FrozenPrefixStore } from '../train/frontier.ts';
+import { estimateRunMemory } from './memory-check.ts';
 import { buildModel, prepareData, type RunModel } from './model-stage.ts';
 import { evaluateFinal } from './evaluate-stage.ts';
 import { describeClassifier, exportStage } from './export-stage.ts';
@@ -118,8 +119,10 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     const point = findResumePoint(context.folder, context.log);
     stage = 'model';
     const model = await buildModel(context, data, point);
-    warmExporter(context, model);
     try {
+      stage = 'memory';
+      const memory = estimateRunMemory(context, model, data);
+      warmExporter(context, model);
       stage = 'train';
       const { summaries: phases, lastValidation } = await trainPhases(context, model, data, point);
       stage = 'evaluate';
@@ -127,7 +130,7 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
       stage = 'export';
       const exported = await exportStage(context, model, data, evaluation);
       stage = 'record';
-      const summary = recordSummary(context, { data, model, phases, evaluation, exported });
+      const summary = recordSummary(context, { data, model, phases, evaluation, exported, memory });
       await closeRun(context, summary.status, summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined);
       if (exported?.status === 'failed') throw new ExportFailedError(`export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`);
       return { folder: context.folder, summary };
@@ -135,9 +138,10 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
       disposeModel(model);
     }
   } catch (error) {
-    // Data tlx refuses (one class, empty class folders, no such folder) is a problem of the
-    // experiment, not a run: a new run leaves no folder behind. Sweep trials keep theirs (the sweep's record points at it).
-    discard = stage === 'data' && error instanceof UserError && !('resume' in start) && !start.trial && !start.runId;
+    // Data tlx refuses (one class, empty class folders, no such folder) and training that cannot
+    // fit in memory are problems of the experiment, not runs: a new run leaves no folder behind.
+    // Sweep trials keep theirs (the sweep's record points at it).
+    discard = (stage === 'data' || stage === 'memory') && error instanceof UserError && !('resume' in start) && !start.trial && !start.runId;
     if (!discard && !(error instanceof ExportFailedError)) {
       const interrupted = error instanceof InterruptedError;
       await closeRun(context, interrupted ? 'KILLED' : 'FAILED', interrupted ? undefined : { error: errorMessage(error), stage });

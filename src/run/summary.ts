@@ -5,6 +5,7 @@ import type { Phase } from '../models/classifier.ts';
 import type { PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
 import type { FinalEvaluation } from './evaluate-stage.ts';
 import type { RunModel } from './model-stage.ts';
+import { mebibytes, type TrainingMemory } from './memory-check.ts';
 import type { RunContext } from './run.ts';
 
 export interface SummaryInputs {
@@ -13,12 +14,13 @@ export interface SummaryInputs {
   phases: Partial<Record<Phase, PhaseSummary>>;
   evaluation: FinalEvaluation;
   exported?: TfliteRecord;
+  memory: TrainingMemory;
 }
 
 /** record: summary.json, the machine-readable account of the run (DESIGN.md). */
 export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSummary {
   const { folder, config } = context;
-  const { data, model, phases, evaluation, exported } = inputs;
+  const { data, model, phases, evaluation, exported, memory } = inputs;
   const records = folder.readMetrics().records;
   const initial = records.find((r) => r.epoch === 0);
   const trained = records.filter((r) => r.epoch > 0);
@@ -68,6 +70,14 @@ export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSu
     },
     seconds: (performance.now() - context.started) / 1000,
     finished_at: Date.now(),
+    memory: {
+      resident_mb: mebibytes(memory.resident),
+      estimated_peak_mb: mebibytes(memory.highest?.peak ?? memory.resident),
+      // maxRSS is in KiB: the most this process held at once, training included.
+      peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+      limit_mb: mebibytes(memory.limit.bytes),
+      limit_source: memory.limit.source,
+    },
     ...(exported ? { export: { tflite: exported } } : {}),
   };
   folder.writeSummary(summary);

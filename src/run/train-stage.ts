@@ -99,7 +99,7 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
 }
 
 /** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */
-function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['sharedPrefix'] {
+export function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['sharedPrefix'] {
   const shared = context.options.frozenPrefix;
   if (!shared) return undefined;
   const below = Math.min(shared.fineTuneAt, context.config.train.fine_tune.fine_tune_at);

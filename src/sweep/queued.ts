@@ -19,6 +19,7 @@ import { TrialQueue } from './queue.ts';
 import type { TrialRow } from './report.ts';
 import { ended, leadersAndFollowers, type SchedulerHooks, type TrialScheduler } from './schedule.ts';
 import { trialRunId } from './trial.ts';
+import { formatBytes } from '../core/bytes.ts';
 
 export interface QueuedOptions {
   queueUrl: string;
@@ -184,7 +185,7 @@ class Shipping {
       const packed = await packFolder(folder, archive);
       if (packed.leftOut > 0) this.log.warn({ folder, left_out: packed.leftOut }, `dataset.path: ${packed.leftOut} link(s) or special file(s) in ${folder} are not sent to the workers`);
       const key = `tlx/datasets/${packed.sha256}.tar`;
-      await this.put(key, archive, `dataset ${folder} (${packed.files} files, ${(packed.bytes / 1024 ** 2).toFixed(1)} MiB)`);
+      await this.put(key, archive, `dataset ${folder} (${packed.files} files, ${formatBytes(packed.bytes)})`);
       return { uri: `mlflow-artifacts:/${key}`, sha256: packed.sha256 };
     } finally {
       fs.rmSync(work, { recursive: true, force: true });

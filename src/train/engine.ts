@@ -278,16 +278,27 @@ function validate(inputs: FitInputs, staged: StagedModel, caches: FrontierCache 
   return caches ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
 }
 
-/** The phase's frontier cache, when the augmentation allows one, it fits the budget and it saves work. */
+/**
+ * Whether a phase caches its frontier: the augmentation allows it (`variants`), it saves work
+ * (alone, a phase computes every variant once against once per epoch left; a shared prefix
+ * pays off over the trials) and it fits the budget.
+ */
+export function frontierCacheChoice(options: { variants: ImageVariants | undefined; sharedPrefix: boolean; remainingEpochs: number; bytes: number }): 'cache' | 'recompute' | 'over budget' {
+  if (!options.variants) return 'recompute';
+  if (!options.sharedPrefix && options.remainingEpochs < options.variants.count) return 'recompute';
+  return options.bytes > FROZEN_CACHE_BUDGET_BYTES ? 'over budget' : 'cache';
+}
+
+/** The phase's frontier cache, when frontierCacheChoice makes one. */
 function phaseCache(inputs: FitInputs, staged: StagedModel, phase: string, remaining: number): FrontierCache | undefined {
   const { variants } = inputs;
   if (!variants) return undefined;
   const prefix = inputs.sharedPrefix ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store } : undefined;
-  // Alone, a phase computes every variant once against once per epoch left; a shared prefix pays off over the trials.
-  if (!prefix && remaining < variants.count) return undefined;
   const bytes = frontierCacheBytes(staged, { ...inputs, variants, prefix });
+  const choice = frontierCacheChoice({ variants, sharedPrefix: prefix !== undefined, remainingEpochs: remaining, bytes });
+  if (choice === 'recompute') return undefined;
   const megabytes = (value: number) => `${(value / 1024 ** 2).toFixed(0)} MB`;
-  if (bytes > FROZEN_CACHE_BUDGET_BYTES) {
+  if (choice === 'over budget') {
     inputs.log(`${phase}: not caching the frozen layers' outputs (${megabytes(bytes)} over the ${megabytes(FROZEN_CACHE_BUDGET_BYTES)} budget); recomputing them every epoch`);
     return undefined;
   }

@@ -3,7 +3,7 @@ import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { Random } from '../core/random.ts';
 import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
-import type { GraphSplit, StagedModel } from '../models/graph.ts';
+import { frontierBytesPerSample, type GraphSplit, type StagedModel } from '../models/graph.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -179,9 +179,9 @@ export interface FrontierCache {
 }
 
 /** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too. */
-export function frontierCacheBytes(staged: StagedModel, inputs: Pick<FrontierCacheInputs, 'train' | 'validation' | 'variants'> & { prefix?: { split: GraphSplit } }): number {
+export function frontierCacheBytes(model: Pick<StagedModel, 'graph' | 'split'>, inputs: { train: { length: number }; validation: { length: number }; variants: { count: number }; prefix?: { split: GraphSplit } }): number {
   const samples = inputs.variants.count * inputs.train.length + inputs.validation.length;
-  return samples * (staged.frontierBytesPerSample() + (inputs.prefix ? staged.frontierBytesPerSample(inputs.prefix.split) : 0));
+  return samples * (frontierBytesPerSample(model.graph, model.split) + (inputs.prefix ? frontierBytesPerSample(model.graph, inputs.prefix.split) : 0));
 }
 
 /** The training and validation splits' frontiers, computed once for the phase (inference: nothing in the frozen stage trains). */

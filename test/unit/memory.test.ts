@@ -1,0 +1,95 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { validateExperimentValue } from '../../src/config/load.ts';
+import { memoryLimit } from '../../src/core/memory.ts';
+import { buildClassifier } from '../../src/models/classifier.ts';
+import { estimateTrainingMemory, judgeTrainingMemory, type TrainingMemory } from '../../src/run/memory-check.ts';
+import { largestBatchWithin, peakOf, type PhaseMemory } from '../../src/train/memory.ts';
+
+const mib = 1024 ** 2;
+
+describe('the verdict', () => {
+  // A phase that holds 100 MiB and adds 10 MiB per sample, in a process holding 500 MiB.
+  const memory: PhaseMemory = {
+    held: { foldedWeights: 0, optimizerSlots: 100 * mib, gradients: 0, frontierCache: 0 },
+    moments: [
+      { name: 'frozen pass', fixed: 100 * mib, perSample: 4 * mib },
+      { name: 'training step', fixed: 100 * mib, perSample: 10 * mib },
+    ],
+  };
+  const resident = 500 * mib;
+  const estimateAt = (batch: number, limitMib: number): TrainingMemory => {
+    const peak = peakOf(memory, resident, batch);
+    const phase = { phase: 'fine_tune' as const, batch, memory, peak: peak.bytes, moment: peak.moment.name };
+    return { resident, phases: [phase], highest: phase, limit: { bytes: limitMib * mib, source: 'TLX_MEMORY_BUDGET_MB' } };
+  };
+
+  test('the peak is the largest moment: resident + held + batch x per sample', () => {
+    assert.deepEqual(peakOf(memory, resident, 32), { bytes: (500 + 100 + 320) * mib, moment: memory.moments[1] });
+  });
+
+  test('the largest batch that fits, fits, and one more does not', () => {
+    const largest = largestBatchWithin(memory, resident, 1000 * mib);
+    assert.equal(largest, 40);
+    assert.ok(peakOf(memory, resident, largest).bytes <= 1000 * mib);
+    assert.ok(peakOf(memory, resident, largest + 1).bytes > 1000 * mib);
+    assert.equal(largestBatchWithin(memory, resident, 550 * mib), 0, 'the held bytes alone do not fit');
+  });
+
+  test('fits below 80% of the limit, warns above it, refuses above the limit with the batch that fits', () => {
+    assert.equal(judgeTrainingMemory(estimateAt(32, 2000)).verdict, 'fits');
+    const near = judgeTrainingMemory(estimateAt(32, 1000));
+    assert.equal(near.verdict, 'near the limit');
+    assert.match(near.message, /92% of the 1000\.0 MiB this process can use \(TLX_MEMORY_BUDGET_MB\)/);
+    const over = judgeTrainingMemory(estimateAt(64, 1000));
+    assert.equal(over.verdict, 'does not fit');
+    assert.match(over.message, /about 1\.2 GiB at its peak \(fine_tune, training step, batch of 64\).*over it by 240\.0 MiB; dataset\.batch_size: 40 or less fits/);
+    const none = judgeTrainingMemory(estimateAt(64, 550));
+    assert.match(none.message, /not even a batch of 1 fits: lower dataset\.image_size, raise train\.fine_tune\.fine_tune_at or pick a smaller model\.base/);
+  });
+});
+
+describe('the estimate of a run', () => {
+  const experiment = (train: object, augmentation: object[] = []) =>
+    validateExperimentValue({ name: 'memory', dataset: { path: 'data', validation_split: 0.2, image_size: [64, 64], batch_size: 32 }, augmentation, model: { alpha: 0.35, weights: 'none' }, train }, 'memory.yaml');
+  const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [64, 64], classCount: 3, dropout: 0.2, seed: 1 });
+  const limit = { bytes: 64 * 1024 * mib, source: 'test' };
+
+  test('each phase that trains, at a batch no larger than the training split; fine-tuning keeps more on the tape', () => {
+    const estimate = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1, fine_tune_at: 40 } }, [{ random_flip: 'horizontal' }]), classifier, { train: { length: 20 }, validation: { length: 5 } }, { resident: 0, limit });
+    assert.deepEqual(estimate.phases.map((phase) => [phase.phase, phase.batch]), [['feature_extraction', 20], ['fine_tune', 20]]);
+    const step = (phase: number) => estimate.phases[phase].memory.moments.find((moment) => moment.name === 'training step')!.perSample;
+    assert.ok(step(1) > 10 * step(0), `per sample on the tape: feature extraction ${step(0)} B, fine-tuning from layer 40 ${step(1)} B`);
+    assert.ok(estimate.phases[1].memory.held.optimizerSlots > 100 * estimate.phases[0].memory.held.optimizerSlots, 'feature extraction trains only the head');
+    const skipped = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 0 }, fine_tune: { epochs: 1 } }), classifier, { train: { length: 20 }, validation: { length: 5 } }, { resident: 0, limit });
+    assert.deepEqual(skipped.phases.map((phase) => phase.phase), ['fine_tune']);
+  });
+
+  test('a phase that caches its frozen outputs holds them, and twice while joining them; one that recomputes them holds none', () => {
+    const splits = { train: { length: 200 }, validation: { length: 50 } };
+    const cached = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 3 }, fine_tune: { epochs: 0 } }), classifier, splits, { resident: 0, limit }).phases[0].memory;
+    assert.ok(cached.held.frontierCache > 0);
+    const joining = cached.moments.find((moment) => moment.name === 'joining the cache')!;
+    assert.ok(joining.fixed >= 2 * cached.held.frontierCache);
+    // A random flip needs two variants: one epoch is cheaper without a cache.
+    const recomputed = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }, [{ random_flip: 'horizontal' }]), classifier, splits, { resident: 0, limit }).phases[0].memory;
+    assert.equal(recomputed.held.frontierCache, 0);
+    assert.ok(recomputed.moments.some((moment) => moment.name === 'validation'));
+  });
+
+  test('the limit: TLX_MEMORY_BUDGET_MB when set, else what the machine (or its cgroup) has free beside what the process holds', () => {
+    const saved = process.env.TLX_MEMORY_BUDGET_MB;
+    try {
+      process.env.TLX_MEMORY_BUDGET_MB = '1500';
+      assert.deepEqual(memoryLimit(), { bytes: 1500 * mib, source: 'TLX_MEMORY_BUDGET_MB' });
+      delete process.env.TLX_MEMORY_BUDGET_MB;
+      const own = process.memoryUsage().rss;
+      const machine = memoryLimit(own);
+      assert.ok(machine.bytes > own, `${machine.bytes} B from ${machine.source}`);
+      assert.match(machine.source, /available on this machine|cgroup/);
+    } finally {
+      if (saved === undefined) delete process.env.TLX_MEMORY_BUDGET_MB;
+      else process.env.TLX_MEMORY_BUDGET_MB = saved;
+    }
+  });
+});
