@@ -39,6 +39,29 @@ function splitPointer(pointer: string): string[] {
     .map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'));
 }
 
+/** A list, a mapping or a string of the wrong size. */
+function sizeMessage(error: SchemaError, found: string, keyPath: string[]): string {
+  const parent = error.parentSchema as SchemaNode | undefined;
+  const limit = String((error.params as Record<string, unknown>).limit);
+  switch (error.keyword) {
+    case 'minItems':
+    case 'maxItems': {
+      const exact = parent && (parent as { minItems?: number }).minItems === (parent as { maxItems?: number }).maxItems;
+      const expected = exact ? `exactly ${limit}` : `${error.keyword === 'minItems' ? 'at least' : 'at most'} ${limit}`;
+      return `found ${found}, expected a list of ${expected} items`;
+    }
+    case 'minProperties':
+    case 'maxProperties':
+      return limit === '1' && keyPath[0] === 'augmentation'
+        ? `found ${Object.keys((error.data as object) ?? {}).length} keys, expected exactly one augmentation op per list item (e.g. "- random_flip: horizontal")`
+        : `found ${found}, expected ${error.keyword === 'minProperties' ? 'at least' : 'at most'} ${limit} keys`;
+    case 'minLength':
+      return `found ${found}, expected a non-empty string`;
+    default:
+      return `found a string of ${String((error.data as string).length)} characters, expected at most ${limit}`;
+  }
+}
+
 function explainOne(error: SchemaError): ExplainedError {
   const keyPath = splitPointer(error.instancePath);
   const found = describeValue(error.data);
@@ -71,25 +94,12 @@ function explainOne(error: SchemaError): ExplainedError {
     case 'exclusiveMaximum':
       return { keyPath, atKey: false, message: `found ${found}, expected ${numberKind(parent)} ${String(params.comparison)} ${String(params.limit)}` };
     case 'minItems':
-    case 'maxItems': {
-      const exact = parent && (parent as { minItems?: number }).minItems === (parent as { maxItems?: number }).maxItems;
-      const expected = exact ? `exactly ${String(params.limit)}` : `${error.keyword === 'minItems' ? 'at least' : 'at most'} ${String(params.limit)}`;
-      return { keyPath, atKey: false, message: `found ${found}, expected a list of ${expected} items` };
-    }
+    case 'maxItems':
     case 'minProperties':
     case 'maxProperties':
-      return {
-        keyPath,
-        atKey: false,
-        message:
-          params.limit === 1 && keyPath[0] === 'augmentation'
-            ? `found ${Object.keys((error.data as object) ?? {}).length} keys, expected exactly one augmentation op per list item (e.g. "- random_flip: horizontal")`
-            : `found ${found}, expected ${error.keyword === 'minProperties' ? 'at least' : 'at most'} ${String(params.limit)} keys`,
-      };
     case 'minLength':
-      return { keyPath, atKey: false, message: `found ${found}, expected a non-empty string` };
     case 'maxLength':
-      return { keyPath, atKey: false, message: `found a string of ${String((error.data as string).length)} characters, expected at most ${String(params.limit)}` };
+      return { keyPath, atKey: false, message: sizeMessage(error, found, keyPath) };
     case 'pattern': {
       const description = parent?.description?.split(/(?<=\.)\s/)[0];
       return { keyPath, atKey: false, message: `found ${found}, expected ${description ? `${description.replace(/\.$/, '')} (pattern ${String(params.pattern)})` : `a match of ${String(params.pattern)}`}` };

@@ -22,10 +22,6 @@ export function tempPathFor(target: string): string {
   return `${target}${tempMarker}${process.pid}-${randomSuffix()}`;
 }
 
-export function isTempPath(file: string): boolean {
-  return tempPattern.test(file);
-}
-
 /** Whether a process with this pid exists on this machine (EPERM means it exists, owned by another user). */
 export function isProcessAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;

@@ -27,11 +27,6 @@ export function redactUrl(url: string): string {
   return `${written.endsWith('/') ? text : text.replace(/\/$/, '')}${query}`;
 }
 
-/** Whether a URL carries anything redactUrl would remove. */
-export function hasUrlSecrets(url: string): boolean {
-  return redactUrl(url) !== url;
-}
-
 // Scheme://anything up to whitespace or a closing quote/bracket: URLs inside free text.
 const urlInText = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>`)\]]+/gi;
 

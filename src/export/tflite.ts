@@ -89,49 +89,36 @@ function pct(value?: number): string {
   return value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
 
-export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> {
-  const { outputDir, options, evaluation, log } = inputs;
-  const work = path.join(outputDir, '.inputs');
+/** The converter's inputs as raw files in `work`: representative and test images, test labels, the trained model's probabilities. */
+function writeConverterInputs(work: string, inputs: ExportInputs): Record<string, unknown> {
+  const { evaluation, options } = inputs;
   fs.mkdirSync(work, { recursive: true });
-  const labelsFile = path.join(outputDir, 'labels.txt');
-  writeFileAtomic(labelsFile, `${inputs.classNames.join('\n')}\n`);
   const representative = new Random(inputs.seed, 'representative').permutation(inputs.train.length).slice(0, options.representative_images);
   writeImages(path.join(work, 'representative.u8'), inputs.train, representative);
-  const evalIndices = Array.from({ length: evaluation.split.length }, (_, i) => i);
-  writeImages(path.join(work, 'test.u8'), evaluation.split, evalIndices);
-  fs.writeFileSync(path.join(work, 'test-labels.i32'), Buffer.from(evaluation.split.labels.buffer, evaluation.split.labels.byteOffset, evaluation.split.labels.byteLength));
-  fs.writeFileSync(path.join(work, 'reference.f32'), Buffer.from(evaluation.probabilities.buffer, evaluation.probabilities.byteOffset, evaluation.probabilities.byteLength));
-  log.info({ mode: options.quantization }, `converting to TFLite (${options.quantization}) with TensorFlow's TFLiteConverter`);
-  const report = await inputs.exporter.call<ExportReport>(
-    'export',
-    {
-      classifier: inputs.classifier,
-      weights_dir: inputs.weightsDir,
-      quantization: options.quantization,
-      io_type: options.io_type,
-      representative_images: path.join(work, 'representative.u8'),
-      representative_count: representative.length,
-      test_images: path.join(work, 'test.u8'),
-      test_labels: path.join(work, 'test-labels.i32'),
-      test_count: evalIndices.length,
-      test_files: evaluation.split.samples.map((s) => s.file),
-      reference_probabilities: path.join(work, 'reference.f32'),
-      labels: inputs.classNames,
-      metadata: inputs.metadata,
-      max_image_pixels: inputs.maxImagePixels,
-      output_dir: outputDir,
-    },
-    inputs.call,
-  );
-  fs.rmSync(work, { recursive: true, force: true });
-  log.debug({ seconds: report.seconds }, 'export steps');
+  writeImages(path.join(work, 'test.u8'), evaluation.split, Array.from({ length: evaluation.split.length }, (_, i) => i));
+  const bytesOf = (array: Int32Array | Float32Array) => Buffer.from(array.buffer, array.byteOffset, array.byteLength);
+  fs.writeFileSync(path.join(work, 'test-labels.i32'), bytesOf(evaluation.split.labels));
+  fs.writeFileSync(path.join(work, 'reference.f32'), bytesOf(evaluation.probabilities));
+  return {
+    representative_images: path.join(work, 'representative.u8'),
+    representative_count: representative.length,
+    test_images: path.join(work, 'test.u8'),
+    test_labels: path.join(work, 'test-labels.i32'),
+    test_count: evaluation.split.length,
+    test_files: evaluation.split.samples.map((s) => s.file),
+    reference_probabilities: path.join(work, 'reference.f32'),
+  };
+}
+
+/** The model card's record from the converter's report: verified, or failed with its problems (an accuracy drop over the limit is one). */
+function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord {
+  const { options, evaluation } = inputs;
   const problems = [...report.problems];
   const drop = report.accuracy !== undefined ? evaluation.accuracy - report.accuracy : undefined;
   if (drop !== undefined && drop > options.max_accuracy_drop) {
     problems.push(`accuracy drop ${(drop * 100).toFixed(1)} points > export.tflite.max_accuracy_drop ${(options.max_accuracy_drop * 100).toFixed(1)}`);
   }
-  const mediapipe = report.mediapipe;
-  const record: TfliteRecord = {
+  return {
     status: problems.length === 0 ? 'verified' : 'failed',
     path: 'model.tflite',
     quantization: options.quantization,
@@ -151,14 +138,32 @@ export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> 
     max_abs_diff_vs_trained_model: report.max_abs_diff_vs_trained_model,
     median_latency_ms: report.median_latency_ms,
     accuracy_nearest_resize: report.accuracy_nearest_resize,
-    ...(mediapipe ? { mediapipe } : {}),
+    ...(report.mediapipe ? { mediapipe: report.mediapipe } : {}),
     preprocessing: preprocessingNote(inputs.classifier.base),
     problems,
   };
+}
+
+/**
+ * One TFLite export into `outputDir`: labels.txt, the converter's inputs, TensorFlow's converter and
+ * interpreter in the Python worker, then the model card (JSON and Markdown) from its report.
+ */
+export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> {
+  const { outputDir, options, evaluation, log } = inputs;
+  writeFileAtomic(path.join(outputDir, 'labels.txt'), `${inputs.classNames.join('\n')}\n`);
+  const work = path.join(outputDir, '.inputs');
+  const files = writeConverterInputs(work, inputs);
+  log.info({ mode: options.quantization }, `converting to TFLite (${options.quantization}) with TensorFlow's TFLiteConverter`);
+  const request = { classifier: inputs.classifier, weights_dir: inputs.weightsDir, quantization: options.quantization, io_type: options.io_type, ...files, labels: inputs.classNames, metadata: inputs.metadata, max_image_pixels: inputs.maxImagePixels, output_dir: outputDir };
+  const report = await inputs.exporter.call<ExportReport>('export', request, inputs.call);
+  fs.rmSync(work, { recursive: true, force: true });
+  log.debug({ seconds: report.seconds }, 'export steps');
+  const record = exportRecord(report, inputs);
   writeJsonAtomic(path.join(outputDir, 'model-card.json'), { ...record, classifier: inputs.classifier, metadata: inputs.metadata });
   writeFileAtomic(path.join(outputDir, 'model-card.md'), modelCardMarkdown(record, inputs.classifier, inputs.metadata));
+  const mediapipe = report.mediapipe;
   const line = `TFLite ${options.quantization}: ${record.bytes} bytes, output [${record.output.shape.join(', ')}] ${record.output.dtype}, accuracy ${pct(record.accuracy)} (trained ${pct(evaluation.accuracy)})${mediapipe?.accuracy !== undefined ? `, MediaPipe ${pct(mediapipe.accuracy)}` : ''}, ${record.median_latency_ms?.toFixed(2)} ms/image`;
   if (record.status === 'verified') log.info({ tflite: record.path }, line);
-  else log.error({ problems }, `${line}: export FAILED: ${problems.join('; ')}`);
+  else log.error({ problems: record.problems }, `${line}: export FAILED: ${record.problems.join('; ')}`);
   return record;
 }

@@ -26,8 +26,3 @@ export function isPermanentNetworkError(error: unknown): boolean {
   const code = (error as { code?: string; cause?: { code?: string } })?.cause?.code ?? (error as { code?: string })?.code;
   return code === 'ENOTFOUND';
 }
-
-/** HTTP statuses another attempt cannot fix: authentication, permission, missing. */
-export function isAuthOrMissing(status: number): boolean {
-  return status === 401 || status === 403 || status === 404;
-}

@@ -315,14 +315,6 @@ export class RunFolder {
 
   // ---- exports -----------------------------------------------------------------------
 
-  /**
-   * Where an export mode lives: the configured mode at the top of the run (model.tflite,
-   * labels.txt, model-card.*), others in tflite-<mode>/. Relative to the run folder.
-   */
-  exportPath(mode: string, configured: boolean): string {
-    return configured ? '.' : `tflite-${mode}`;
-  }
-
   /** The files of an export, read back (model card), if it exists. */
   readExportCard(relativeDir: string): TfliteRecord | undefined {
     const file = this.file(relativeDir, 'model-card.json');

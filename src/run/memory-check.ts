@@ -1,5 +1,6 @@
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
+import type { RunSummary } from '../run-folder/records.ts';
 import { formatBytes } from '../core/bytes.ts';
 import { UserError } from '../core/errors.ts';
 import { memoryLimit, type MemoryLimit } from '../core/memory.ts';
@@ -115,6 +116,17 @@ export function estimateRunMemory(context: RunContext, model: RunModel, data: Pr
   if (verdict === 'near the limit') context.log.warn(fields, message);
   else context.log.info(fields, message);
   return estimate;
+}
+
+/** summary.json's `memory`: the estimate beside the process's measured peak (getrusage's maxRSS, in KiB: training included). */
+export function memoryRecord(estimate: TrainingMemory): NonNullable<RunSummary['memory']> {
+  return {
+    resident_mb: mebibytes(estimate.resident),
+    estimated_peak_mb: mebibytes(estimate.highest?.peak ?? estimate.resident),
+    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+    limit_mb: mebibytes(estimate.limit.bytes),
+    limit_source: estimate.limit.source,
+  };
 }
 
 export function mebibytes(bytes: number): number {

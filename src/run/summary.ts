@@ -5,7 +5,7 @@ import type { Phase } from '../models/classifier.ts';
 import type { PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
 import type { FinalEvaluation } from './evaluate-stage.ts';
 import type { RunModel } from './model-stage.ts';
-import { mebibytes, type TrainingMemory } from './memory-check.ts';
+import { memoryRecord, type TrainingMemory } from './memory-check.ts';
 import type { RunContext } from './run.ts';
 
 export interface SummaryInputs {
@@ -70,14 +70,7 @@ export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSu
     },
     seconds: (performance.now() - context.started) / 1000,
     finished_at: Date.now(),
-    memory: {
-      resident_mb: mebibytes(memory.resident),
-      estimated_peak_mb: mebibytes(memory.highest?.peak ?? memory.resident),
-      // maxRSS is in KiB: the most this process held at once, training included.
-      peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-      limit_mb: mebibytes(memory.limit.bytes),
-      limit_source: memory.limit.source,
-    },
+    memory: memoryRecord(memory),
     ...(exported ? { export: { tflite: exported } } : {}),
   };
   folder.writeSummary(summary);
