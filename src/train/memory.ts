@@ -7,8 +7,8 @@ import type { CompiledGraph, GraphSplit, Step } from '../models/graph.ts';
  * the largest of the phase's moments. Pure: graph shapes and sizes in, bytes out.
  *
  * Throughout the phase (float32 bytes): the frozen Conv -> BatchNorm chains folded once (a
- * filter and a bias each), the optimizer's slots (Adam: 2 per trainable weight, RMSprop: 2 or
- * 3, SGD with momentum: 1) and one gradient per trainable weight. Then, at its moments:
+ * filter and a bias each), the optimizer's slots (Adam and RMSprop: 2 per trainable weight, SGD
+ * with momentum: 1) and one gradient per trainable weight. Then, at its moments:
  * - the frozen pass on a batch: the batch as float32 pixels and its augmented copy, and the
  *   tensors alive at the pass's widest step (the runner frees each after its last reader);
  * - the training step: every tensor the trainable stage makes stays on the tape until the
@@ -116,7 +116,8 @@ export function slotsPerWeight(optimizer: PhaseMemoryInputs['optimizer']): numbe
     case 'adam':
       return 2;
     case 'rmsprop':
-      return optimizer.momentum ? 3 : 2;
+      // Mean squares and moments, whatever the momentum (tlx's RMSprop is not centered).
+      return 2;
     case 'sgd':
       return optimizer.momentum ? 1 : 0;
   }

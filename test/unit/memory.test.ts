@@ -4,7 +4,9 @@ import { validateExperimentValue } from '../../src/config/load.ts';
 import { memoryLimit } from '../../src/core/memory.ts';
 import { buildClassifier } from '../../src/models/classifier.ts';
 import { estimateTrainingMemory, judgeTrainingMemory, type TrainingMemory } from '../../src/run/memory-check.ts';
-import { largestBatchWithin, peakOf, type PhaseMemory } from '../../src/train/memory.ts';
+import { largestBatchWithin, peakOf, slotsPerWeight, type PhaseMemory } from '../../src/train/memory.ts';
+import { createOptimizer } from '../../src/train/optimizers.ts';
+import { tf } from '../../src/tfjs/tf.ts';
 
 const mib = 1024 ** 2;
 
@@ -92,4 +94,17 @@ describe('the estimate of a run', () => {
       else process.env.TLX_MEMORY_BUDGET_MB = saved;
     }
   });
+});
+
+test('optimizer slots per weight: as many as tfjs makes', async () => {
+  for (const optimizer of [{ name: 'adam' }, { name: 'rmsprop' }, { name: 'rmsprop', momentum: 0.9 }, { name: 'sgd' }, { name: 'sgd', momentum: 0.9 }] as const) {
+    const created = createOptimizer({ learning_rate: 0.01, ...optimizer });
+    const weight = tf.variable(tf.ones([3]));
+    created.minimize(() => weight.square().sum() as never, false, [weight]);
+    // getWeights() lists the slots and, for some optimizers, the step counter (a scalar).
+    const slots = (await created.getWeights()).filter((named) => named.tensor.size === 3);
+    assert.equal(slots.length, slotsPerWeight(optimizer), JSON.stringify(optimizer));
+    created.dispose();
+    weight.dispose();
+  }
 });
