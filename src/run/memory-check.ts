@@ -9,7 +9,7 @@ import { setPhaseTrainable, type Classifier, type Phase } from '../models/classi
 import { compileGraph, prefixSplit, splitGraph, type Layer } from '../models/graph.ts';
 import { frontierCacheChoice } from '../train/engine.ts';
 import { frontierCacheBytes } from '../train/frontier.ts';
-import { largestBatchWithin, peakOf, phaseMemory, type Moment, type PhaseMemory } from '../train/memory.ts';
+import { largestBatchWithin, peakOf, phaseMemory, weightBytes, type Moment, type PhaseMemory } from '../train/memory.ts';
 import type { RunModel } from './model-stage.ts';
 import type { RunContext } from './run.ts';
 import { sharedPrefixOf } from './train-stage.ts';
@@ -37,10 +37,6 @@ export interface TrainingMemory {
 export interface SplitSizes {
   train: { length: number };
   validation: { length: number };
-}
-
-function weightBytes(weights: readonly { shape: readonly (number | null)[] }[]): number {
-  return weights.reduce((sum, weight) => sum + 4 * weight.shape.reduce((a: number, b) => a * (b ?? 1), 1), 0);
 }
 
 /**
@@ -71,7 +67,7 @@ export function estimateTrainingMemory(config: ResolvedExperiment, classifier: C
 }
 
 /** One line for people: the peak, its phase and moment, and the share of what the process can use. */
-export function describeTrainingMemory(estimate: TrainingMemory): string {
+function describeTrainingMemory(estimate: TrainingMemory): string {
   const { highest, limit } = estimate;
   if (!highest) return 'memory: no phase trains';
   const share = Math.round((100 * highest.peak) / limit.bytes);
@@ -79,7 +75,7 @@ export function describeTrainingMemory(estimate: TrainingMemory): string {
 }
 
 /** Above this share of the memory it can use, a run starts with a warning. */
-export const memoryWarningShare = 0.8;
+const memoryWarningShare = 0.8;
 
 export interface MemoryVerdict {
   verdict: 'fits' | 'near the limit' | 'does not fit';

@@ -63,7 +63,7 @@ function activationOf(step: Step): string | undefined {
  * (four ops), swish x * sigmoid(x) (two), a fused conv's pre-activation one more; BatchNorm
  * alone and dropout (its mask) two; everything else one (ReLU/ReLU6 fuse into the conv).
  */
-export function tensorsPerOutput(step: Step): number {
+function tensorsPerOutput(step: Step): number {
   const activation = activationOf(step);
   const activationOps = activation === 'HardSwish' ? 4 : activation === 'Swish' ? 2 : 0;
   if (step.kind === 'conv_bn') return activationOps > 0 ? 1 + activationOps : 1;
@@ -87,7 +87,7 @@ function convolutionWorkspace(graph: CompiledGraph, step: Step): number {
 }
 
 /** Float32 elements per sample alive at the widest point of running `steps` off the tape, outputs freed after their last reader. */
-export function widestPassElements(graph: CompiledGraph, steps: readonly Step[], inputs: readonly number[], kept: ReadonlySet<number>): number {
+function widestPassElements(graph: CompiledGraph, steps: readonly Step[], inputs: readonly number[], kept: ReadonlySet<number>): number {
   const lastUse = new Map<number, number>();
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   const live = new Map<number, number>(inputs.map((id) => [id, elements(graph, id)]));
@@ -123,13 +123,14 @@ export function slotsPerWeight(optimizer: PhaseMemoryInputs['optimizer']): numbe
   }
 }
 
+/** Float32 bytes of a list of weights. */
+export function weightBytes(weights: readonly { shape: readonly (number | null)[] }[]): number {
+  return weights.reduce((sum, weight) => sum + floatBytes * weight.shape.reduce((a: number, b) => a * (b ?? 1), 1), 0);
+}
+
+/** The frozen chains folded once: a filter shaped as the conv's kernel and a bias per output channel. */
 function foldedWeightBytes(split: GraphSplit): number {
-  return split.frozen.reduce((sum, step) => {
-    if (step.kind !== 'conv_bn') return sum;
-    const filter = step.conv.weights[0].shape.reduce((a: number, b) => a * (b ?? 1), 1);
-    const channels = step.batchNorm.weights[0].shape[0] ?? 0;
-    return sum + floatBytes * (filter + channels);
-  }, 0);
+  return split.frozen.reduce((sum, step) => (step.kind === 'conv_bn' ? sum + weightBytes([step.conv.weights[0]]) + floatBytes * (step.batchNorm.weights[0].shape[0] ?? 0) : sum), 0);
 }
 
 export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
