@@ -3,7 +3,7 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode,growth] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--seeds 1,2,3,4,5] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode,growth] [--size 224]
  *                            [--bases mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0]
  *
  * Cases:
@@ -17,7 +17,8 @@
  *   e2e       the finetune.yaml experiment, scaled down, end to end: wall time, peak RSS,
  *             accuracy (tlx run vs bench/keras_finetune.py)
  *   accuracy  the quickstart (real images, pretrained nsfwjs weights in both) in tlx and in
- *             Keras from the same starting weights: final validation accuracy
+ *             Keras from the same starting weights and recipe, over --seeds (default 1-5):
+ *             final validation accuracy, mean, sd, and the 95% interval of the difference
  *   sweep     `tlx sweep` over three fine_tune_at values vs three `tlx run`s (no Keras)
  *   export    the quickstart's int8 export inside `tlx run`: convert + verify seconds, with
  *             the default 100 calibration images and with 300 (no Keras)
@@ -31,7 +32,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadExperiment } from '../src/config/load.ts';
+import type { ResolvedExperiment } from '../src/config/resolved.ts';
 import { writeClassFolders } from '../test/helpers/images.ts';
+import { spreadOf, verdict, welchInterval } from './seeds.ts';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const python = path.join(root, '.venv', 'bin', 'python');
@@ -39,12 +43,15 @@ const tlx = path.join(root, 'bin', 'tlx.mjs');
 const { values: options } = parseArgs({
   options: {
     repeats: { type: 'string', default: '3' },
+    seeds: { type: 'string', default: '1,2,3,4,5' },
     cases: { type: 'string', default: 'steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode' },
     size: { type: 'string', default: '224' },
     bases: { type: 'string', default: 'mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0' },
   },
 });
 const repeats = Number(options.repeats);
+/** The accuracy case's seeds, one run per side each. */
+const seeds = options.seeds.split(',').map(Number);
 const cases = options.cases.split(',');
 const stepSize = options.size;
 /** Each base's fine_tune_at in the steps case: the tutorial's 100, and the configs/ examples' block starts. */
@@ -181,24 +188,47 @@ train:
   report('  same run: final val accuracy', accuracy[0], accuracy[1], '', 'within 1 point');
 }
 
+/** keras_finetune.py's flags for the recipe of a resolved tlx config (the quickstart's). */
+function kerasRecipe(config: ResolvedExperiment): string[] {
+  const { feature_extraction: fe, fine_tune: ft } = config.train;
+  for (const phase of [fe, ft]) if (phase.schedule.name !== 'constant' || phase.schedule.warmup_epochs > 0) throw new Error('keras_finetune.py has no learning-rate schedules yet');
+  return [
+    ...[String(fe.epochs), String(ft.epochs)],
+    ...['--fe-optimizer', fe.optimizer.name, '--fe-lr', String(fe.optimizer.learning_rate)],
+    ...['--ft-optimizer', ft.optimizer.name, '--ft-lr', String(ft.optimizer.learning_rate), '--fine-tune-at', String(ft.fine_tune_at)],
+    ...['--dropout', String(config.model.dropout), '--label-smoothing', String(config.train.label_smoothing)],
+    ...(config.train.restore_best_weights ? ['--restore-best'] : []),
+  ];
+}
+
+/**
+ * The quickstart's final validation accuracy over `--seeds` in tlx and in Keras (same data,
+ * same starting weights, same recipe), interleaved: each value, mean and standard deviation
+ * per side, and the 95% interval of the difference of means judged against the goal.
+ */
 async function accuracy(): Promise<void> {
   const data = path.join(root, 'data', 'quickstart', 'fashion5');
   const weights = await nsfwjsWeightsFor(96);
   // The whole validation folder in both (Keras's take/skip test split reshuffles every pass).
   const file = experiment('accuracy.yaml', `extends: ${path.join(root, 'configs', 'quickstart.yaml')}\ndataset: { test_fraction_of_validation: 0 }\n`);
+  const config = loadExperiment(file).config;
   // One seed per repeat: the two cannot share random streams (shuffles, draws, dropout,
   // head initialisation), so only accuracy over several seeds compares.
   const t: number[] = [];
   const k: number[] = [];
-  for (let r = 0; r < repeats; r++) {
-    const seed = String(42 + r);
+  for (const seed of seeds) {
     t.push((await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-accuracy'), 'run', file, '--set', `seed=${seed}`])).result.val_accuracy as number);
-    const args = [data, '96', '5', '3', '--flip-only', '--classes', '5', '--base-weights', weights, '--fe-lr', '0.001', '--ft-lr', '0.0001', '--no-test-split', '--seed', seed];
+    const args = [data, '96', ...kerasRecipe(config), '--flip-only', '--classes', '5', '--base-weights', weights, '--no-test-split', '--seed', String(seed)];
     k.push((await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), ...args])).result.val_accuracy as number);
+    console.log(`  seed ${seed}: tlx ${t.at(-1)!.toFixed(3)}, keras ${k.at(-1)!.toFixed(3)}`);
   }
-  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-  report(`quickstart (5 classes, 96px, nsfwjs weights, 5+3 epochs): final val accuracy, median of ${repeats} seeds`, t, k, '', 'within 1 point');
-  console.log(`  mean over seeds: tlx ${mean(t).toFixed(3)}, keras ${mean(k).toFixed(3)}`);
+  report(`quickstart (5 classes, 96px, nsfwjs weights): final val accuracy, median of ${seeds.length} seeds`, t, k, '', 'within 1 point');
+  const [a, b] = [spreadOf(t), spreadOf(k)];
+  const difference = welchInterval(a, b);
+  const points = (v: number) => `${(v * 100).toFixed(1)}`;
+  console.log(`  tlx   mean ${a.mean.toFixed(3)} sd ${a.sd.toFixed(3)} (lowest ${Math.min(...t).toFixed(3)}, spread ${points(Math.max(...t) - Math.min(...t))} points)`);
+  console.log(`  keras mean ${b.mean.toFixed(3)} sd ${b.sd.toFixed(3)} (lowest ${Math.min(...k).toFixed(3)}, spread ${points(Math.max(...k) - Math.min(...k))} points)`);
+  console.log(`  tlx - keras: ${points(difference.difference)} points, 95% interval [${points(difference.low)}, ${points(difference.high)}] (Welch, ${difference.degreesOfFreedom.toFixed(1)} df): ${verdict(difference, 0.01)} (goal: within 1 point)`);
 }
 
 /**

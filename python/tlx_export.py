@@ -264,6 +264,7 @@ def export(request):
     if count:
         top1 = probabilities.argmax(axis=1)
         report["accuracy"] = float(np.mean(top1 == truth))
+        report["predictions"] = [int(i) for i in top1]  # the gate pairs them with the trained model's
         report["reference_accuracy"] = float(np.mean(reference.argmax(axis=1) == truth))
         report["agreement_with_trained_model"] = float(np.mean(top1 == reference.argmax(axis=1)))
         report["max_abs_diff_vs_trained_model"] = float(np.max(np.abs(probabilities - reference)))

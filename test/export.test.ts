@@ -161,7 +161,8 @@ describe('an export that fails its checks', () => {
   const file = () => path.join(work, 'gate.yaml');
 
   before(async () => {
-    await writeClassFolders(path.join(work, 'gate'), ['cats', 'dogs'], 24, { size: 32 });
+    // 80 images a class: 32 test images, enough for the paired gate to see a real drop (5 lost of 32 is p = 0.03).
+    await writeClassFolders(path.join(work, 'gate'), ['cats', 'dogs'], 80, { size: 32 });
     fs.writeFileSync(
       file(),
       `name: gate
@@ -181,7 +182,7 @@ export:
     // A test hook puts noise on the weights between the Keras check and the converter: a truly worse file.
     const result = await runTlx(['--runs-dir', runsDir, 'run', file()], { cwd: work, timeout: 600_000, env: { TLX_TEST_EXPORT_NOISE: '1.0' } });
     assert.equal(result.exitCode, 1, result.stderr.slice(-2000));
-    assert.match(result.stderr, /export failed: accuracy drop \d+\.\d points > export\.tflite\.max_accuracy_drop 2\.0/);
+    assert.match(result.stderr, /export failed: accuracy drop \d+\.\d points > export\.tflite\.max_accuracy_drop 2\.0 points \(\d+ of \d+ images lost, \d+ gained; p = 0\.0\d\d < 0\.05\)/);
     dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-gate-'))!;
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
     assert.equal(summary.status, 'FAILED');
@@ -233,5 +234,44 @@ export:
     assert.equal(r.input.dtype, 'int8');
     assert.match((r.mediapipe as { skipped: string }).skipped, /uint8 or float32/);
     assert.match(fs.readFileSync(path.join(run, 'model-card.md'), 'utf8'), /int8 input and output: MediaPipe Tasks and the TFLite Task Library read only uint8 or float32/);
+  });
+});
+
+describe('train.restore_best_weights', () => {
+  test('the best validation epoch\'s weights are evaluated and exported, and every record says which epoch', async () => {
+    // Feature extraction learns the images; fine-tuning the whole base at a rate far too high then wrecks it,
+    // so the best epoch is one of the first three whatever the CPU's rounding.
+    const file = path.join(work, 'restore.yaml');
+    fs.writeFileSync(
+      file,
+      `name: restore
+seed: 5
+dataset: { path: gate, validation_split: 0.4, image_size: [32, 32], batch_size: 8, test_fraction_of_validation: 0.5 }
+model: { weights: npm:nsfwjs, dropout: 0.1 }
+train:
+  restore_best_weights: true
+  feature_extraction: { epochs: 3, optimizer: { name: adam, learning_rate: 0.01 } }
+  fine_tune: { fine_tune_at: 0, epochs: 2, optimizer: { name: sgd, learning_rate: 10 } }
+export:
+  tflite: { quantization: float16, representative_images: 8, max_accuracy_drop: 1 }
+`,
+    );
+    const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
+    const dir = runDirOf(result.stdout);
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
+    const records = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { epoch: number; val_accuracy: number }).filter((r) => r.epoch > 0);
+    const best = records.reduce((a, b) => (b.val_accuracy > a.val_accuracy ? b : a));
+    assert.deepEqual(summary.final_weights, { epoch: best.epoch, last_epoch: 5, selected_by: 'best_val_accuracy' });
+    assert.ok(best.epoch <= 3, `the wrecked fine-tuning was not the best: epoch ${best.epoch} (${records.map((r) => r.val_accuracy).join(' ')})`);
+    assert.ok(records[records.length - 1].val_accuracy < best.val_accuracy, 'the last epoch is worse than the best');
+    assert.equal(summary.metrics.final!.val_accuracy, best.val_accuracy, "the model evaluated after training is the best epoch's");
+    const exported = summary.export!.tflite!;
+    assert.equal(exported.status, 'verified', exported.problems.join('; '));
+    assert.deepEqual(exported.final_weights, summary.final_weights);
+    assert.equal(exported.trained_model_accuracy, summary.metrics.final!.test_accuracy, 'the file was checked against the restored model');
+    assert.ok(Math.abs(exported.accuracy! - summary.metrics.final!.test_accuracy) <= 1 / 32 + 1e-9, 'the float16 file classifies as the restored model does');
+    assert.match(fs.readFileSync(path.join(dir, 'model-card.md'), 'utf8'), new RegExp(`\\| weights \\| epoch ${best.epoch} of 5 \\(best validation accuracy`));
+    assert.match(result.stderr + result.stdout, new RegExp(`restored the weights of epoch ${best.epoch}`));
   });
 });

@@ -13,13 +13,25 @@ export function mlflowRunUrl(folder: RunFolder): string | undefined {
   return `${server}/#/experiments/${state.experiment_id}/runs/${state.run_id}`;
 }
 
+/** "0.781 (95% CI 0.689-0.852)": an accuracy with its interval, when the record has one. */
+function withInterval(value: number | undefined, interval: [number, number] | undefined, format: (v: number | undefined) => string): string {
+  return interval ? `${format(value)} (95% CI ${format(interval[0])}-${format(interval[1])})` : format(value);
+}
+
+function gateLine(record: TfliteRecord): string {
+  const gate = record.gate;
+  if (!gate) return `drop ${record.accuracy_drop === undefined ? 'n/a' : `${(record.accuracy_drop * 100).toFixed(1)} points`}`;
+  return `drop ${(gate.accuracy_drop * 100).toFixed(1)} points: ${gate.lost} lost, ${gate.gained} gained of ${gate.images}, p ${gate.p_value.toFixed(2)}`;
+}
+
 function exportLines(record: TfliteRecord, style: Style): string[] {
   const mediapipe = record.mediapipe as { accuracy?: number; skipped?: string } | undefined;
   const io = record.quantization === 'int8' ? ` (${record.io_type} in/out)` : '';
   const state = record.status === 'verified' ? style.green('verified') : style.red(`FAILED: ${record.problems.join('; ')}`);
+  const weights = record.final_weights ? `, weights of epoch ${record.final_weights.epoch}${record.final_weights.selected_by === 'best_val_accuracy' ? ' (best val_accuracy)' : ''}` : '';
   return [
-    `${record.quantization}${io}, ${bytes(record.bytes)}, output [${record.output.shape.join(', ')}], ${state}`,
-    `accuracy ${percent(record.accuracy)} (drop ${record.accuracy_drop === undefined ? 'n/a' : `${(record.accuracy_drop * 100).toFixed(1)} points`}), nearest resize ${percent(record.accuracy_nearest_resize)}, MediaPipe ${mediapipe?.skipped ? 'n/a' : percent(mediapipe?.accuracy)}`,
+    `${record.quantization}${io}, ${bytes(record.bytes)}, output [${record.output.shape.join(', ')}]${weights}, ${state}`,
+    `accuracy ${withInterval(record.accuracy, record.accuracy_ci95, (v) => percent(v))} (${gateLine(record)}), nearest resize ${percent(record.accuracy_nearest_resize)}, MediaPipe ${mediapipe?.skipped ? 'n/a' : percent(mediapipe?.accuracy)}`,
   ];
 }
 
@@ -37,7 +49,11 @@ export function runBlock(folder: RunFolder, summary: RunSummary, style: Style): 
   const status = summary.status === 'FINISHED' ? style.green(summary.status) : style.red(summary.status);
   lines.push(`${style.bold(`Run ${folder.id}`)}  ${status} in ${duration(summary.seconds)}`);
   if (summary.error) lines.push(`  ${style.red(summary.error)}`);
-  lines.push(`  test accuracy ${fixed(final?.test_accuracy)}  loss ${fixed(final?.test_loss)}   (validation ${fixed(final?.val_accuracy)} / ${fixed(final?.val_loss)})`);
+  const accuracy = (value: number | undefined) => fixed(value, 3);
+  lines.push(`  test accuracy ${withInterval(final?.test_accuracy, final?.test_accuracy_ci95, accuracy)}  loss ${fixed(final?.test_loss)}`);
+  lines.push(`  validation    ${withInterval(final?.val_accuracy, final?.val_accuracy_ci95, accuracy)}  loss ${fixed(final?.val_loss)}`);
+  const chosen = summary.final_weights;
+  if (chosen?.selected_by === 'best_val_accuracy') lines.push(`  weights       epoch ${chosen.epoch} of ${chosen.last_epoch} (best validation accuracy; train.restore_best_weights)`);
   if (summary.test_report?.length) {
     lines.push('');
     const report = table(

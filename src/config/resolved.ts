@@ -187,6 +187,10 @@ export interface Train {
   feature_extraction: FeatureExtractionPhase;
   fine_tune: FineTunePhase;
   /**
+   * After training, put back the weights of the epoch with the best validation accuracy (the earliest of equal ones), as keras.callbacks.EarlyStopping(monitor='val_accuracy', restore_best_weights=True) over the whole run; the evaluation and the export use them. Selected on validation, never on test.
+   */
+  restore_best_weights: boolean;
+  /**
    * Label smoothing of the cross-entropy loss.
    */
   label_smoothing: number;

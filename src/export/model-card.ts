@@ -18,6 +18,26 @@ function pct(value?: number): string {
   return value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
 
+function pctInterval(value: number | undefined, interval: [number, number] | undefined, images: number | undefined): string {
+  if (!interval) return pct(value);
+  return `${pct(value)} (95% CI ${pct(interval[0])}-${pct(interval[1])}${images !== undefined ? ` on ${images} images` : ''})`;
+}
+
+/** What the gate measured and how small a drop it can see on this many images. */
+function gateRow(record: TfliteRecord): string {
+  const gate = record.gate;
+  if (!gate) return '';
+  const limit = `at most ${(gate.max_accuracy_drop * 100).toFixed(1)} points lost, unless chance explains it (exact McNemar, p >= ${gate.alpha})`;
+  const power = `on ${gate.images} images it notices only a drop of ${(gate.smallest_detectable_drop * 100).toFixed(1)} points or more`;
+  return `| export gate | ${gate.passed ? 'passed' : 'failed'}: ${gate.lost} images lost and ${gate.gained} gained against the trained model (drop ${(gate.accuracy_drop * 100).toFixed(1)} points, p = ${gate.p_value.toFixed(3)}); allowed ${limit}; ${power} |\n`;
+}
+
+function weightsRow(record: TfliteRecord): string {
+  const chosen = record.final_weights;
+  if (!chosen) return '';
+  return `| weights | epoch ${chosen.epoch} of ${chosen.last_epoch}${chosen.selected_by === 'best_val_accuracy' ? ' (best validation accuracy, train.restore_best_weights)' : ' (the last epoch)'} |\n`;
+}
+
 function quantization(t: TensorDescription): string {
   return t.dtype === 'float32' ? 'none (float32)' : `scale ${t.quantization.scale}, zero point ${t.quantization.zero_point}`;
 }
@@ -40,8 +60,8 @@ ${metadata.author ? `| author | ${escapeMarkdown(metadata.author)} |\n` : ''}${m
 | pixel preprocessing | ${record.preprocessing} |
 | output | shape [${record.output.shape.join(', ')}], ${record.output.dtype}, quantization: ${quantization(record.output)}: one probability per category |
 | labels | ${labels} (embedded in the model as TFLite metadata, and in labels.txt) |
-| accuracy (${record.evaluated_on} split, run through the .tflite) | ${pct(record.accuracy)} (trained model: ${pct(record.trained_model_accuracy)}) |
-| accuracy in MediaPipe Tasks' ImageClassifier | ${mediapipe?.skipped ? escapeMarkdown(mediapipe.skipped) : `${pct(mediapipe?.accuracy)} (top-1 agrees with the .tflite on ${pct(mediapipe?.agreement_with_tflite)})`} |
+${weightsRow(record)}| accuracy (${record.evaluated_on} split, run through the .tflite) | ${pctInterval(record.accuracy, record.accuracy_ci95, record.gate?.images)} (trained model: ${pct(record.trained_model_accuracy)}) |
+${gateRow(record)}| accuracy in MediaPipe Tasks' ImageClassifier | ${mediapipe?.skipped ? escapeMarkdown(mediapipe.skipped) : `${pct(mediapipe?.accuracy)} (top-1 agrees with the .tflite on ${pct(mediapipe?.agreement_with_tflite)})`} |
 | accuracy with nearest-neighbour resize (Android createScaledBitmap filter=false) | ${pct(record.accuracy_nearest_resize)} |
 | agreement with the trained model (top-1) | ${pct(record.agreement_with_trained_model)} |
 | median latency per image (1 thread, this machine) | ${record.median_latency_ms?.toFixed(2) ?? 'n/a'} ms |

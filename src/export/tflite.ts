@@ -5,10 +5,12 @@ import { writeFileAtomic, writeJsonAtomic } from '../core/files.ts';
 import type { Logger } from '../core/log.ts';
 import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
-import type { TfliteRecord } from '../run-folder/records.ts';
+import type { FinalWeights, TfliteRecord } from '../run-folder/records.ts';
 import { modelCardMarkdown, preprocessingNote } from './model-card.ts';
 import type { CallOptions, Exporter } from './python.ts';
 import type { BaseModelName } from '../config/bases.ts';
+import { accuracyInterval } from '../core/stats.ts';
+import { gateSentence, judgeExport } from './gate.ts';
 
 /**
  * Export to TFLite with TensorFlow's own converter (python/tlx_export.py), then prove the
@@ -35,6 +37,8 @@ interface ExportReport {
   output: TensorDescription;
   labels_count: number;
   accuracy?: number;
+  /** Top-1 class of the .tflite per evaluation image, in order. */
+  predictions?: number[];
   reference_accuracy?: number;
   agreement_with_trained_model?: number;
   max_abs_diff_vs_trained_model?: number;
@@ -64,11 +68,13 @@ export interface ExportInputs {
   outputDir: string;
   /** tlx's named checkpoint of the trained weights. */
   weightsDir: string;
+  /** Which epoch those weights are from (the card says it). */
+  finalWeights?: FinalWeights;
   classifier: ClassifierDescription;
   classNames: string[];
   train: ImageSplit;
   /** Split the file is measured on (test, or validation when there is no test split). */
-  evaluation: { name: string; split: ImageSplit; probabilities: Float32Array; accuracy: number };
+  evaluation: { name: string; split: ImageSplit; probabilities: Float32Array; predictions: Int32Array; accuracy: number };
   options: TfliteOptions;
   /** Model name, description, version (tlx version + run id), author and license. */
   metadata: { name: string; description: string; version: string; author?: string; license?: string };
@@ -110,14 +116,16 @@ function writeConverterInputs(work: string, inputs: ExportInputs): Record<string
   };
 }
 
-/** The model card's record from the converter's report: verified, or failed with its problems (an accuracy drop over the limit is one). */
+/**
+ * The model card's record from the converter's report: verified, or failed with its problems.
+ * The accuracy gate pairs the file's answers with the trained model's on the same images (gate.ts).
+ */
 function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord {
   const { options, evaluation } = inputs;
   const problems = [...report.problems];
-  const drop = report.accuracy !== undefined ? evaluation.accuracy - report.accuracy : undefined;
-  if (drop !== undefined && drop > options.max_accuracy_drop) {
-    problems.push(`accuracy drop ${(drop * 100).toFixed(1)} points > export.tflite.max_accuracy_drop ${(options.max_accuracy_drop * 100).toFixed(1)}`);
-  }
+  const gate = report.predictions ? judgeExport(evaluation.split.labels, evaluation.predictions, report.predictions, options.max_accuracy_drop) : undefined;
+  if (gate && !gate.passed) problems.push(gateSentence(gate));
+  const images = evaluation.split.length;
   return {
     status: problems.length === 0 ? 'verified' : 'failed',
     path: 'model.tflite',
@@ -132,8 +140,11 @@ function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord 
     model_card: 'model-card.json',
     evaluated_on: evaluation.name,
     accuracy: report.accuracy,
+    ...(report.accuracy !== undefined ? { accuracy_ci95: accuracyInterval(report.accuracy, images) } : {}),
     trained_model_accuracy: evaluation.accuracy,
-    accuracy_drop: drop,
+    accuracy_drop: gate?.accuracy_drop,
+    ...(gate ? { gate } : {}),
+    ...(inputs.finalWeights ? { final_weights: inputs.finalWeights } : {}),
     agreement_with_trained_model: report.agreement_with_trained_model,
     max_abs_diff_vs_trained_model: report.max_abs_diff_vs_trained_model,
     median_latency_ms: report.median_latency_ms,

@@ -86,6 +86,29 @@ export type DatasetJson = z.infer<typeof DatasetJson>;
 const Tensor = z.object({ name: z.string(), shape: z.array(z.number()), dtype: z.string(), quantization: z.object({ scale: z.number(), zero_point: z.number() }) });
 
 /** One exported TFLite model, as summary.json and model-card.json record it. */
+/** Which epoch's weights a run evaluated, saved and exported: its last, or its best by validation accuracy (train.restore_best_weights). */
+export const FinalWeights = z.object({ epoch: z.number().int(), last_epoch: z.number().int(), selected_by: z.enum(['last_epoch', 'best_val_accuracy']) });
+export type FinalWeights = z.infer<typeof FinalWeights>;
+
+/**
+ * The export's paired accuracy gate (export/gate.ts). lost: images the trained model got right
+ * and the file wrong; gained: the reverse; accuracy_drop: (lost - gained) / images; p_value:
+ * exact one-sided McNemar of "the file is no worse"; smallest_detectable_drop: the least drop
+ * the test can notice on this many images (every discordant image lost).
+ */
+export const ExportGate = z.object({
+  images: z.number().int(),
+  lost: z.number().int(),
+  gained: z.number().int(),
+  accuracy_drop: z.number(),
+  p_value: z.number(),
+  max_accuracy_drop: z.number(),
+  alpha: z.number(),
+  smallest_detectable_drop: z.number(),
+  passed: z.boolean(),
+});
+export type ExportGate = z.infer<typeof ExportGate>;
+
 export const TfliteRecord = z
   .object({
     status: z.enum(['verified', 'failed']),
@@ -100,8 +123,14 @@ export const TfliteRecord = z
     model_card: z.string(),
     evaluated_on: z.string(),
     accuracy: z.number().optional(),
+    /** 95% Wilson interval of `accuracy` on the evaluation split. */
+    accuracy_ci95: z.tuple([z.number(), z.number()]).optional(),
     trained_model_accuracy: z.number().optional(),
     accuracy_drop: z.number().optional(),
+    /** The paired accuracy gate (export/gate.ts). */
+    gate: ExportGate.optional(),
+    /** The epoch whose weights are in the file. */
+    final_weights: FinalWeights.optional(),
     agreement_with_trained_model: z.number().optional(),
     max_abs_diff_vs_trained_model: z.number().optional(),
     median_latency_ms: z.number().optional(),
@@ -152,9 +181,20 @@ export const RunSummary = z
       skipped: z.object({ count: z.number(), files: z.array(SkippedFile) }),
     }),
     phases: z.record(z.string(), PhaseSummary),
+    final_weights: FinalWeights.optional(),
     metrics: z.object({
       initial: z.object({ val_loss: nan, val_accuracy: nan }).optional(),
-      final: z.object({ val_loss: nan, val_accuracy: nan, test_loss: nan, test_accuracy: nan }).optional(),
+      final: z
+        .object({
+          val_loss: nan,
+          val_accuracy: nan,
+          test_loss: nan,
+          test_accuracy: nan,
+          /** 95% Wilson intervals of the accuracies, on the split's image count. */
+          val_accuracy_ci95: z.tuple([z.number(), z.number()]).optional(),
+          test_accuracy_ci95: z.tuple([z.number(), z.number()]).optional(),
+        })
+        .optional(),
       best_val_accuracy: z.number().optional(),
     }),
     test_report: z.array(z.object({ class: z.string(), precision: z.number(), recall: z.number(), f1: z.number(), support: z.number() })).optional(),

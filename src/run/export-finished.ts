@@ -46,7 +46,7 @@ export async function exportFinishedRun(folder: RunFolder, options: ExportFinish
     const objective = { head: classifier.head, classCount: dataset.classNames.length, labelSmoothing: 0 };
     const evaluation = evaluate(classifier.model, objective, dataset.splits[name], config.dataset.batch_size);
     const { options: settings, configured } = tfliteOptions(config, options.mode);
-    const record = await exportToFolder({ folder, config, classifier, classNames: dataset.classNames, train: dataset.splits.train, measured: { name, split: dataset.splits[name], evaluation }, log: options.log, mode: options.mode, exporter: options.exporter, interrupt: options.interrupt });
+    const record = await exportToFolder({ folder, config, classifier, classNames: dataset.classNames, train: dataset.splits.train, measured: { name, split: dataset.splits[name], evaluation }, log: options.log, mode: options.mode, exporter: options.exporter, interrupt: options.interrupt, finalWeights: summary.final_weights });
     if (record.status === 'verified') {
       const exports = { ...(summary.export ?? {}) };
       if (configured) exports.tflite = record;

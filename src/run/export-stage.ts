@@ -8,7 +8,7 @@ import { defaultMaxImagePixels } from '../data/images.ts';
 import { PythonWorker, type Exporter } from '../export/python.ts';
 import { exportTflite, type ClassifierDescription, type TfliteOptions } from '../export/tflite.ts';
 import type { Classifier } from '../models/classifier.ts';
-import type { TfliteRecord } from '../run-folder/records.ts';
+import type { FinalWeights, TfliteRecord } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
 import type { Evaluation } from '../train/engine.ts';
 import type { FinalEvaluation } from './evaluate-stage.ts';
@@ -31,6 +31,8 @@ export interface ExportJob {
   mode?: Quantization;
   exporter?: Exporter;
   interrupt?: { readonly requested: boolean };
+  /** Which epoch's weights the run saved (summary.json's final_weights). */
+  finalWeights?: FinalWeights;
 }
 
 /** The export settings of a run: the config's, else the schema's defaults; `mode` replaces the quantization. */
@@ -57,10 +59,11 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
     const record = await exportTflite({
       outputDir: staging,
       weightsDir: folder.modelWeightsDir(),
+      finalWeights: job.finalWeights,
       classifier: describeClassifier(job.classifier),
       classNames: job.classNames,
       train: job.train,
-      evaluation: { name: job.measured.name, split: job.measured.split, probabilities: job.measured.evaluation.probabilities, accuracy: job.measured.evaluation.accuracy },
+      evaluation: { name: job.measured.name, split: job.measured.split, probabilities: job.measured.evaluation.probabilities, predictions: job.measured.evaluation.predictions, accuracy: job.measured.evaluation.accuracy },
       options,
       metadata: {
         name: options.metadata?.name ?? config.name,
@@ -85,7 +88,7 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
 }
 
 /** export: the trained model to a verified TFLite file, when the config asks for one. */
-export async function exportStage(context: RunContext, model: RunModel, data: PreparedDataset, evaluation: FinalEvaluation): Promise<TfliteRecord | undefined> {
+export async function exportStage(context: RunContext, model: RunModel, data: PreparedDataset, evaluation: FinalEvaluation, finalWeights: FinalWeights): Promise<TfliteRecord | undefined> {
   const { config, options } = context;
   if (!config.export.tflite || options.export === false) return undefined;
   context.progress?.stage('exporting TFLite');
@@ -100,6 +103,7 @@ export async function exportStage(context: RunContext, model: RunModel, data: Pr
       log: context.log,
       exporter: context.exporter,
       interrupt: options.interrupt,
+      finalWeights,
     });
   } finally {
     context.progress?.stage(undefined);

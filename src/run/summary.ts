@@ -2,7 +2,8 @@ import { version } from '../core/project.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import { splitCounts } from '../data/dataset.ts';
 import type { Phase } from '../models/classifier.ts';
-import type { PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
+import { accuracyInterval } from '../core/stats.ts';
+import type { EpochRecord, FinalWeights, PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
 import type { FinalEvaluation } from './evaluate-stage.ts';
 import type { RunModel } from './model-stage.ts';
 import { memoryRecord, type TrainingMemory } from './memory-check.ts';
@@ -12,18 +13,40 @@ export interface SummaryInputs {
   data: PreparedDataset;
   model: RunModel;
   phases: Partial<Record<Phase, PhaseSummary>>;
+  finalWeights: FinalWeights;
   evaluation: FinalEvaluation;
   exported?: TfliteRecord;
   memory: TrainingMemory;
 }
 
+function intervalOf<K extends string>(key: K, accuracy: number | undefined, images: number): { [key in K]?: [number, number] } {
+  return accuracy !== undefined && Number.isFinite(accuracy) && images > 0 ? ({ [key]: accuracyInterval(accuracy, images) } as { [key in K]: [number, number] }) : {};
+}
+
+/** The metrics of summary.json: before training, after it (with 95% intervals on the splits' image counts), and the best validation accuracy. */
+function finalMetrics(records: EpochRecord[], data: PreparedDataset, evaluation: FinalEvaluation): RunSummary['metrics'] {
+  const initial = records.find((r) => r.epoch === 0);
+  const trained = records.filter((r) => r.epoch > 0);
+  const { validation, test } = evaluation;
+  return {
+    initial: initial ? { val_loss: initial.val_loss, val_accuracy: initial.val_accuracy } : undefined,
+    final: {
+      val_loss: validation.loss,
+      val_accuracy: validation.accuracy,
+      test_loss: test?.loss ?? Number.NaN,
+      test_accuracy: test?.accuracy ?? Number.NaN,
+      ...intervalOf('val_accuracy_ci95', validation.accuracy, data.splits.validation.length),
+      ...intervalOf('test_accuracy_ci95', test?.accuracy, data.splits.test.length),
+    },
+    best_val_accuracy: trained.length > 0 ? Math.max(...trained.map((r) => r.val_accuracy)) : undefined,
+  };
+}
+
 /** record: summary.json, the machine-readable account of the run (DESIGN.md). */
 export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSummary {
   const { folder, config } = context;
-  const { data, model, phases, evaluation, exported, memory } = inputs;
+  const { data, model, phases, finalWeights, evaluation, exported, memory } = inputs;
   const records = folder.readMetrics().records;
-  const initial = records.find((r) => r.epoch === 0);
-  const trained = records.filter((r) => r.epoch > 0);
   const exportFailed = exported?.status === 'failed';
   const summary: RunSummary = {
     run_id: folder.id,
@@ -44,16 +67,8 @@ export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSu
       skipped: { count: data.skipped.length, files: data.skipped },
     },
     phases: phases as Record<string, PhaseSummary>,
-    metrics: {
-      initial: initial ? { val_loss: initial.val_loss, val_accuracy: initial.val_accuracy } : undefined,
-      final: {
-        val_loss: evaluation.validation.loss,
-        val_accuracy: evaluation.validation.accuracy,
-        test_loss: evaluation.test?.loss ?? Number.NaN,
-        test_accuracy: evaluation.test?.accuracy ?? Number.NaN,
-      },
-      best_val_accuracy: trained.length > 0 ? Math.max(...trained.map((r) => r.val_accuracy)) : undefined,
-    },
+    final_weights: finalWeights,
+    metrics: finalMetrics(records, data, evaluation),
     test_report: evaluation.report.perClass,
     confusion_matrix: evaluation.report.confusion,
     artifacts: {

@@ -3,8 +3,8 @@ import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../models/classifier.ts';
-import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, writeCheckpoint } from '../run-folder/checkpoints.ts';
-import type { PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
+import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, readCheckpointMeta, writeCheckpoint } from '../run-folder/checkpoints.ts';
+import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
 import { fitPhase, type Callback, type Evaluation, type FitInputs, type PhaseSpan, type ValidatedWeights } from '../train/engine.ts';
@@ -96,6 +96,32 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
   }
   if (initialDue) await recordInitialEvaluation(context, model, data, point);
   return { summaries, lastValidation };
+}
+
+/**
+ * train.restore_best_weights: the weights of the epoch with the best validation accuracy (the
+ * `best` checkpoint, the earliest of equal epochs) replace the last epoch's before the model is
+ * evaluated, saved and exported; Keras's EarlyStopping(restore_best_weights=True) over the
+ * whole run. Read from the checkpoint, so a resumed run (e.g. after a failed export) restores
+ * the same epoch. Without the setting, or without a `best` checkpoint, the last epoch's stay.
+ */
+export function restoreBestWeights(context: RunContext, model: RunModel): FinalWeights {
+  const trained = context.folder.readMetrics().records.filter((record) => record.epoch > 0);
+  const last = trained.length > 0 ? Math.max(...trained.map((record) => record.epoch)) : 0;
+  const lastEpoch: FinalWeights = { epoch: last, last_epoch: last, selected_by: 'last_epoch' };
+  if (!context.config.train.restore_best_weights || last === 0) return lastEpoch;
+  const dir = findCheckpoint(context.folder.checkpoint('best'));
+  if (!dir) {
+    context.log.warn('train.restore_best_weights: the run has no best checkpoint; the last epoch\'s weights are kept');
+    return lastEpoch;
+  }
+  const best = readCheckpointMeta(dir).epoch;
+  if (best !== last) {
+    loadCheckpointWeights(dir, model.classifier.model);
+    const record = trained.find((r) => r.epoch === best);
+    context.log.info({ epoch: best }, `restored the weights of epoch ${best} (best val_accuracy${record ? ` ${record.val_accuracy.toFixed(4)}` : ''}; the last epoch was ${last})`);
+  }
+  return { epoch: best, last_epoch: last, selected_by: 'best_val_accuracy' };
 }
 
 /** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */

@@ -54,14 +54,20 @@ export function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetr
   const final = summary.metrics?.final;
   add('test_loss', final?.test_loss);
   add('test_accuracy', final?.test_accuracy);
+  add('test_accuracy_ci95_low', final?.test_accuracy_ci95?.[0]);
+  add('test_accuracy_ci95_high', final?.test_accuracy_ci95?.[1]);
   add('final_val_loss', final?.val_loss);
   add('final_val_accuracy', final?.val_accuracy);
   add('best_val_accuracy', summary.metrics?.best_val_accuracy);
+  add('final_weights_epoch', summary.final_weights?.epoch);
   const exports = [...(summary.export?.tflite ? [summary.export.tflite] : []), ...Object.values(summary.export?.tflite_modes ?? {})];
   for (const record of exports) {
     const mode = record.quantization;
     add(`tflite_${mode}_bytes`, record.bytes);
     add(`tflite_${mode}_accuracy`, record.accuracy);
+    add(`tflite_${mode}_accuracy_ci95_low`, record.accuracy_ci95?.[0]);
+    add(`tflite_${mode}_accuracy_ci95_high`, record.accuracy_ci95?.[1]);
+    add(`tflite_${mode}_gate_p_value`, record.gate?.p_value);
     add(`tflite_${mode}_accuracy_nearest_resize`, record.accuracy_nearest_resize);
     add(`tflite_${mode}_latency_ms`, record.median_latency_ms);
     add(`tflite_${mode}_mediapipe_accuracy`, (record.mediapipe as { accuracy?: number } | undefined)?.accuracy);
