@@ -55,7 +55,12 @@ const seeds = options.seeds.split(',').map(Number);
 const cases = options.cases.split(',');
 const stepSize = options.size;
 /** Each base's fine_tune_at in the steps case: the tutorial's 100, and the configs/ examples' block starts. */
-const stepFineTuneAt: Record<string, number> = { mobilenet_v2: 100, mobilenet_v3_small: 109, mobilenet_v3_large: 124, efficientnet_b0: 163 };
+const stepFineTuneAt: Record<string, number> = {
+  mobilenet_v2: 100,
+  mobilenet_v3_small: 109,
+  mobilenet_v3_large: 124,
+  efficientnet_b0: 163,
+};
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-bench-'));
 const env = { TF_CPP_MIN_LOG_LEVEL: '3' };
 
@@ -66,18 +71,33 @@ function median(values: number[]): number {
 }
 
 function jsonLine(stdout: string): Record<string, unknown> {
-  const line = stdout.split('\n').reverse().find((l) => l.trim().startsWith('{'));
+  const line = stdout
+    .split('\n')
+    .reverse()
+    .find((l) => l.trim().startsWith('{'));
   if (!line) throw new Error(`no JSON result in:\n${stdout.slice(-2000)}`);
   return JSON.parse(line) as Record<string, unknown>;
 }
 
 /** Runs a command under GNU time; returns its JSON result, wall seconds and peak RSS (MB). */
-async function measured(command: string, commandArgs: string[], cwd = work, expectJson = true, extraEnv: Record<string, string> = {}): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
+async function measured(
+  command: string,
+  commandArgs: string[],
+  cwd = work,
+  expectJson = true,
+  extraEnv: Record<string, string> = {},
+): Promise<{ result: Record<string, unknown>; wall: number; peakMb: number; stdout: string }> {
   const timeFile = path.join(work, `time-${Date.now()}-${Math.random().toString(36).slice(2)}`);
   const started = performance.now();
-  const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], { cwd, env: { ...env, ...extraEnv }, reject: false, maxBuffer: 1e9 });
+  const out = await execa('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...commandArgs], {
+    cwd,
+    env: { ...env, ...extraEnv },
+    reject: false,
+    maxBuffer: 1e9,
+  });
   const wall = (performance.now() - started) / 1000;
-  if (out.exitCode !== 0) throw new Error(`${command} ${commandArgs.join(' ')} failed:\n${String(out.stderr).slice(-3000)}`);
+  if (out.exitCode !== 0)
+    throw new Error(`${command} ${commandArgs.join(' ')} failed:\n${String(out.stderr).slice(-3000)}`);
   const peakMb = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024;
   return { result: expectJson ? jsonLine(String(out.stdout)) : {}, wall, peakMb, stdout: String(out.stdout) };
 }
@@ -85,17 +105,40 @@ async function measured(command: string, commandArgs: string[], cwd = work, expe
 type Row = { case: string; tlx: number; keras?: number; unit: string; goal?: string };
 const rows: Row[] = [];
 
-function report(name: string, tlxValues: number[], kerasValues: number[] | undefined, unit: string, goal?: string): void {
-  const row: Row = { case: name, tlx: median(tlxValues), keras: kerasValues ? median(kerasValues) : undefined, unit, goal };
+function report(
+  name: string,
+  tlxValues: number[],
+  kerasValues: number[] | undefined,
+  unit: string,
+  goal?: string,
+): void {
+  const row: Row = {
+    case: name,
+    tlx: median(tlxValues),
+    keras: kerasValues ? median(kerasValues) : undefined,
+    unit,
+    goal,
+  };
   rows.push(row);
   const ratio = row.keras ? ` ratio ${(row.tlx / row.keras).toFixed(2)}x` : '';
-  console.log(`${name}: tlx ${row.tlx.toFixed(3)} ${unit}${row.keras !== undefined ? `, keras ${row.keras.toFixed(3)} ${unit}` : ''}${ratio}  [tlx ${tlxValues.map((v) => v.toFixed(3)).join(' ')}${kerasValues ? ` | keras ${kerasValues.map((v) => v.toFixed(3)).join(' ')}` : ''}]`);
+  console.log(
+    `${name}: tlx ${row.tlx.toFixed(3)} ${unit}${row.keras !== undefined ? `, keras ${row.keras.toFixed(3)} ${unit}` : ''}${ratio}  [tlx ${tlxValues.map((v) => v.toFixed(3)).join(' ')}${kerasValues ? ` | keras ${kerasValues.map((v) => v.toFixed(3)).join(' ')}` : ''}]`,
+  );
 }
 
-async function makeData(name: string, perClassTrain: number, perClassValidation: number, size: number): Promise<string> {
+async function makeData(
+  name: string,
+  perClassTrain: number,
+  perClassValidation: number,
+  size: number,
+): Promise<string> {
   const dir = path.join(work, name);
   await writeClassFolders(path.join(dir, 'train'), ['cats', 'dogs'], perClassTrain, { size, format: 'jpg' });
-  await writeClassFolders(path.join(dir, 'validation'), ['cats', 'dogs'], perClassValidation, { size, format: 'jpg', offset: 10_000 });
+  await writeClassFolders(path.join(dir, 'validation'), ['cats', 'dogs'], perClassValidation, {
+    size,
+    format: 'jpg',
+    offset: 10_000,
+  });
   return dir;
 }
 
@@ -112,21 +155,35 @@ async function steps(): Promise<void> {
     const t: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
     const k: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
     for (let r = 0; r < repeats; r++) {
-      const a = await measured(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'steps.ts'), ...baseArgs], root);
+      const a = await measured(
+        process.execPath,
+        ['--import', 'tsx', path.join(root, 'bench', 'steps.ts'), ...baseArgs],
+        root,
+      );
       const b = await measured(python, [path.join(root, 'bench', 'keras_steps.py'), ...baseArgs]);
       for (const n of names) {
         t[n].push((a.result.seconds as Record<string, number>)[n]);
         k[n].push((b.result.seconds as Record<string, number>)[n]);
       }
     }
-    for (const n of names) report(`${base} step ${n === 'fine_tune_at' ? `fine_tune_at ${fineTuneAt}` : n} (${stepSize}px, batch 32)`, t[n], k[n], 's', '<= 1.0x');
+    for (const n of names)
+      report(
+        `${base} step ${n === 'fine_tune_at' ? `fine_tune_at ${fineTuneAt}` : n} (${stepSize}px, batch 32)`,
+        t[n],
+        k[n],
+        's',
+        '<= 1.0x',
+      );
   }
 }
 
 /** An epoch after the first without augmentation; fineTuneAt undefined: feature extraction. */
 async function cachedEpoch(fineTuneAt?: number): Promise<void> {
   const data = await makeData('epochs', 160, 40, 160);
-  const phases = fineTuneAt === undefined ? 'feature_extraction: { epochs: 4 }, fine_tune: { epochs: 0 }' : `feature_extraction: { epochs: 1 }, fine_tune: { fine_tune_at: ${fineTuneAt}, epochs: 4 }`;
+  const phases =
+    fineTuneAt === undefined
+      ? 'feature_extraction: { epochs: 4 }, fine_tune: { epochs: 0 }'
+      : `feature_extraction: { epochs: 1 }, fine_tune: { fine_tune_at: ${fineTuneAt}, epochs: 4 }`;
   const file = experiment(
     'epochs.yaml',
     `name: epochs\ndataset: { path: ${data}, train_dir: train, validation_dir: validation, image_size: [160, 160], batch_size: 32, test_fraction_of_validation: 0 }\nmodel: { weights: none }\ntrain: { ${phases} }\n`,
@@ -138,19 +195,41 @@ async function cachedEpoch(fineTuneAt?: number): Promise<void> {
   for (let r = 0; r < repeats; r++) {
     const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-epochs'), 'run', file]);
     const dir = a.result.dir as string;
-    const epochs = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch >= firstMeasured);
+    const epochs = fs
+      .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { epoch: number; seconds: number })
+      .filter((m) => m.epoch >= firstMeasured);
     t.push(median(epochs.map((m) => m.seconds)));
-    const b = await measured(python, [path.join(root, 'bench', 'keras_epoch.py'), data, '160', '4', ...(fineTuneAt === undefined ? [] : [String(fineTuneAt)])]);
+    const b = await measured(python, [
+      path.join(root, 'bench', 'keras_epoch.py'),
+      data,
+      '160',
+      '4',
+      ...(fineTuneAt === undefined ? [] : [String(fineTuneAt)]),
+    ]);
     k.push(b.result.median_after_first as number);
   }
   const what = fineTuneAt === undefined ? 'feature-extraction' : `fine-tuning (fine_tune_at ${fineTuneAt})`;
-  report(`${what} epoch after the first, no augmentation (320 images, 160px)`, t, k, 's', fineTuneAt === undefined ? '< 0.1x' : '<= 1.0x');
+  report(
+    `${what} epoch after the first, no augmentation (320 images, 160px)`,
+    t,
+    k,
+    's',
+    fineTuneAt === undefined ? '< 0.1x' : '<= 1.0x',
+  );
 }
 
 /** The nsfwjs MobileNetV2 weights (tlx's npm:nsfwjs) written for Keras at a size, once. */
 async function nsfwjsWeightsFor(size: number): Promise<string> {
   const weights = path.join(work, `nsfwjs-${size}`);
-  if (!fs.existsSync(weights)) await execa(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'nsfwjs_checkpoint.ts'), weights, String(size)], { cwd: root, env });
+  if (!fs.existsSync(weights))
+    await execa(
+      process.execPath,
+      ['--import', 'tsx', path.join(root, 'bench', 'nsfwjs_checkpoint.ts'), weights, String(size)],
+      { cwd: root, env },
+    );
   return weights;
 }
 
@@ -178,12 +257,26 @@ train:
     wall[0].push(a.wall);
     peak[0].push(a.peakMb);
     accuracy[0].push(a.result.val_accuracy as number);
-    const b = await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), data, '160', '2', '2', '--base-weights', weights]);
+    const b = await measured(python, [
+      path.join(root, 'bench', 'keras_finetune.py'),
+      data,
+      '160',
+      '2',
+      '2',
+      '--base-weights',
+      weights,
+    ]);
     wall[1].push(b.wall);
     peak[1].push(b.peakMb);
     accuracy[1].push(b.result.val_accuracy as number);
   }
-  report('finetune.yaml-shaped run end to end (400 train / 200 val images, 160px, 2+2 epochs): wall', wall[0], wall[1], 's', '<= 1.0x');
+  report(
+    'finetune.yaml-shaped run end to end (400 train / 200 val images, 160px, 2+2 epochs): wall',
+    wall[0],
+    wall[1],
+    's',
+    '<= 1.0x',
+  );
   report('  same run: peak RSS', peak[0], peak[1], 'MB', '<= 1.5x');
   report('  same run: final val accuracy', accuracy[0], accuracy[1], '', 'within 1 point');
 }
@@ -191,11 +284,20 @@ train:
 /** keras_finetune.py's flags for the recipe of a resolved tlx config (the quickstart's). */
 function kerasRecipe(config: ResolvedExperiment): string[] {
   const { feature_extraction: fe, fine_tune: ft } = config.train;
-  for (const phase of [fe, ft]) if (phase.schedule.name !== 'constant' || phase.schedule.warmup_epochs > 0) throw new Error('keras_finetune.py has no learning-rate schedules yet');
+  for (const phase of [fe, ft])
+    if (phase.schedule.name !== 'constant' || phase.schedule.warmup_epochs > 0)
+      throw new Error('keras_finetune.py has no learning-rate schedules yet');
   return [
     ...[String(fe.epochs), String(ft.epochs)],
     ...['--fe-optimizer', fe.optimizer.name, '--fe-lr', String(fe.optimizer.learning_rate)],
-    ...['--ft-optimizer', ft.optimizer.name, '--ft-lr', String(ft.optimizer.learning_rate), '--fine-tune-at', String(ft.fine_tune_at)],
+    ...[
+      '--ft-optimizer',
+      ft.optimizer.name,
+      '--ft-lr',
+      String(ft.optimizer.learning_rate),
+      '--fine-tune-at',
+      String(ft.fine_tune_at),
+    ],
     ...['--dropout', String(config.model.dropout), '--label-smoothing', String(config.train.label_smoothing)],
     ...(config.train.restore_best_weights ? ['--restore-best'] : []),
   ];
@@ -210,25 +312,66 @@ async function accuracy(): Promise<void> {
   const data = path.join(root, 'data', 'quickstart', 'fashion5');
   const weights = await nsfwjsWeightsFor(96);
   // The whole validation folder in both (Keras's take/skip test split reshuffles every pass).
-  const file = experiment('accuracy.yaml', `extends: ${path.join(root, 'configs', 'quickstart.yaml')}\ndataset: { test_fraction_of_validation: 0 }\n`);
+  const file = experiment(
+    'accuracy.yaml',
+    `extends: ${path.join(root, 'configs', 'quickstart.yaml')}\ndataset: { test_fraction_of_validation: 0 }\n`,
+  );
   const config = loadExperiment(file).config;
   // One seed per repeat: the two cannot share random streams (shuffles, draws, dropout,
   // head initialisation), so only accuracy over several seeds compares.
   const t: number[] = [];
   const k: number[] = [];
   for (const seed of seeds) {
-    t.push((await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-accuracy'), 'run', file, '--set', `seed=${seed}`])).result.val_accuracy as number);
-    const args = [data, '96', ...kerasRecipe(config), '--flip-only', '--classes', '5', '--base-weights', weights, '--no-test-split', '--seed', String(seed)];
-    k.push((await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), ...args])).result.val_accuracy as number);
+    t.push(
+      (
+        await measured(process.execPath, [
+          tlx,
+          '--runs-dir',
+          path.join(work, 'runs-accuracy'),
+          'run',
+          file,
+          '--set',
+          `seed=${seed}`,
+        ])
+      ).result.val_accuracy as number,
+    );
+    const args = [
+      data,
+      '96',
+      ...kerasRecipe(config),
+      '--flip-only',
+      '--classes',
+      '5',
+      '--base-weights',
+      weights,
+      '--no-test-split',
+      '--seed',
+      String(seed),
+    ];
+    k.push(
+      (await measured(python, [path.join(root, 'bench', 'keras_finetune.py'), ...args])).result.val_accuracy as number,
+    );
     console.log(`  seed ${seed}: tlx ${t.at(-1)!.toFixed(3)}, keras ${k.at(-1)!.toFixed(3)}`);
   }
-  report(`quickstart (5 classes, 96px, nsfwjs weights): final val accuracy, median of ${seeds.length} seeds`, t, k, '', 'within 1 point');
+  report(
+    `quickstart (5 classes, 96px, nsfwjs weights): final val accuracy, median of ${seeds.length} seeds`,
+    t,
+    k,
+    '',
+    'within 1 point',
+  );
   const [a, b] = [spreadOf(t), spreadOf(k)];
   const difference = welchInterval(a, b);
   const points = (v: number) => `${(v * 100).toFixed(1)}`;
-  console.log(`  tlx   mean ${a.mean.toFixed(3)} sd ${a.sd.toFixed(3)} (lowest ${Math.min(...t).toFixed(3)}, spread ${points(Math.max(...t) - Math.min(...t))} points)`);
-  console.log(`  keras mean ${b.mean.toFixed(3)} sd ${b.sd.toFixed(3)} (lowest ${Math.min(...k).toFixed(3)}, spread ${points(Math.max(...k) - Math.min(...k))} points)`);
-  console.log(`  tlx - keras: ${points(difference.difference)} points, 95% interval [${points(difference.low)}, ${points(difference.high)}] (Welch, ${difference.degreesOfFreedom.toFixed(1)} df): ${verdict(difference, 0.01)} (goal: within 1 point)`);
+  console.log(
+    `  tlx   mean ${a.mean.toFixed(3)} sd ${a.sd.toFixed(3)} (lowest ${Math.min(...t).toFixed(3)}, spread ${points(Math.max(...t) - Math.min(...t))} points)`,
+  );
+  console.log(
+    `  keras mean ${b.mean.toFixed(3)} sd ${b.sd.toFixed(3)} (lowest ${Math.min(...k).toFixed(3)}, spread ${points(Math.max(...k) - Math.min(...k))} points)`,
+  );
+  console.log(
+    `  tlx - keras: ${points(difference.difference)} points, 95% interval [${points(difference.low)}, ${points(difference.high)}] (Welch, ${difference.degreesOfFreedom.toFixed(1)} df): ${verdict(difference, 0.01)} (goal: within 1 point)`,
+  );
 }
 
 /**
@@ -249,13 +392,48 @@ async function sweep(): Promise<void> {
   const separate: number[] = [];
   for (let r = 0; r < repeats; r++) {
     const runsDir = path.join(work, `runs-sweep-${r}`);
-    best.push((await measured(process.execPath, [tlx, '--runs-dir', runsDir, 'sweep', quick, '--set', 'sweep.export=best'], work, false)).wall);
-    all.push((await measured(process.execPath, [tlx, '--runs-dir', `${runsDir}-all`, 'sweep', quick, '--set', 'sweep.export=all'], work, false)).wall);
+    best.push(
+      (
+        await measured(
+          process.execPath,
+          [tlx, '--runs-dir', runsDir, 'sweep', quick, '--set', 'sweep.export=best'],
+          work,
+          false,
+        )
+      ).wall,
+    );
+    all.push(
+      (
+        await measured(
+          process.execPath,
+          [tlx, '--runs-dir', `${runsDir}-all`, 'sweep', quick, '--set', 'sweep.export=all'],
+          work,
+          false,
+        )
+      ).wall,
+    );
     let total = 0;
-    for (const at of [80, 100, 120]) total += (await measured(process.execPath, [tlx, '--runs-dir', `${runsDir}-separate`, 'run', quick, '--set', `train.fine_tune.fine_tune_at=${at}`])).wall;
+    for (const at of [80, 100, 120])
+      total += (
+        await measured(process.execPath, [
+          tlx,
+          '--runs-dir',
+          `${runsDir}-separate`,
+          'run',
+          quick,
+          '--set',
+          `train.fine_tune.fine_tune_at=${at}`,
+        ])
+      ).wall;
     separate.push(total);
   }
-  report('sweep of 3 fine_tune_at values (sweep.export: best) vs 3 independent runs (quickstart data, 120/class, 3+2 epochs, int8)', best, separate, 's', '<= 0.6x');
+  report(
+    'sweep of 3 fine_tune_at values (sweep.export: best) vs 3 independent runs (quickstart data, 120/class, 3+2 epochs, int8)',
+    best,
+    separate,
+    's',
+    '<= 0.6x',
+  );
   report('  same sweep with sweep.export: all vs 3 independent runs', all, separate, 's');
 }
 
@@ -263,7 +441,11 @@ type LogRecord = { time: number; msg?: string; seconds?: Record<string, number> 
 
 /** Seconds from the run's final evaluation to its verified .tflite, and the Python side's steps. */
 function exportSeconds(dir: string): { total: number; steps: Record<string, number> } {
-  const records = fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as LogRecord);
+  const records = fs
+    .readFileSync(path.join(dir, 'log.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as LogRecord);
   const final = records.find((r) => r.msg?.startsWith('final:'));
   const done = records.find((r) => r.msg?.startsWith('TFLite '));
   const steps = records.find((r) => r.msg === 'export steps')?.seconds;
@@ -282,21 +464,52 @@ async function exportCase(): Promise<void> {
   const steps: Record<string, number>[] = [];
   const quickstart = path.join(root, 'configs', 'quickstart.yaml');
   for (let r = 0; r < repeats; r++) {
-    const a = await measured(process.execPath, [tlx, '--verbose', '--runs-dir', path.join(work, 'runs-export'), 'run', quickstart], root);
+    const a = await measured(
+      process.execPath,
+      [tlx, '--verbose', '--runs-dir', path.join(work, 'runs-export'), 'run', quickstart],
+      root,
+    );
     const measuredNow = exportSeconds(a.result.dir as string);
     now.push(measuredNow.total);
     steps.push(measuredNow.steps);
-    const b = await measured(process.execPath, [tlx, '--verbose', '--runs-dir', path.join(work, 'runs-export'), 'run', quickstart, '--set', 'export.tflite.representative_images=300'], root);
+    const b = await measured(
+      process.execPath,
+      [
+        tlx,
+        '--verbose',
+        '--runs-dir',
+        path.join(work, 'runs-export'),
+        'run',
+        quickstart,
+        '--set',
+        'export.tflite.representative_images=300',
+      ],
+      root,
+    );
     before.push(exportSeconds(b.result.dir as string).total);
   }
-  report('quickstart int8 export in tlx run (convert + verify; 100 calibration images) vs 300 (the former default)', now, before, 's', '<= 10 s');
+  report(
+    'quickstart int8 export in tlx run (convert + verify; 100 calibration images) vs 300 (the former default)',
+    now,
+    before,
+    's',
+    '<= 10 s',
+  );
   const stepNames = Object.keys(steps[0]);
-  console.log(`  steps (median s): ${stepNames.map((n) => `${n} ${median(steps.map((s) => s[n])).toFixed(2)}`).join(', ')}`);
+  console.log(
+    `  steps (median s): ${stepNames.map((n) => `${n} ${median(steps.map((s) => s[n])).toFixed(2)}`).join(', ')}`,
+  );
 }
 
 /** Epoch seconds after the first of a run, from its metrics.jsonl. */
 function laterEpochSeconds(dir: string): number[] {
-  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).filter((m) => m.epoch >= 2).map((m) => m.seconds);
+  return fs
+    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { epoch: number; seconds: number })
+    .filter((m) => m.epoch >= 2)
+    .map((m) => m.seconds);
 }
 
 /** Random flip as the tutorial's first augmentation; with random rotation no epoch can be cached (every one decodes). */
@@ -321,7 +534,8 @@ function assertStreamed(dir: string): void {
  * nothing, so it would time the cache, not the data pipeline.
  */
 function assertNotCached(dir: string): void {
-  if (fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').includes("frozen layers' outputs computed")) throw new Error(`${dir}: the frozen layers' outputs were cached; the epochs timed would not read the images`);
+  if (fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').includes("frozen layers' outputs computed"))
+    throw new Error(`${dir}: the frozen layers' outputs were cached; the epochs timed would not read the images`);
 }
 
 /** A feature-extraction epoch streamed from disk (decoded ahead on threads) vs the same epoch in memory. */
@@ -331,14 +545,26 @@ async function stream(): Promise<void> {
   const streamed: number[] = [];
   const inMemory: number[] = [];
   for (let r = 0; r < repeats; r++) {
-    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '1' });
+    const a = await measured(
+      process.execPath,
+      [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file],
+      work,
+      true,
+      { TLX_MEMORY_BUDGET_MB: '1' },
+    );
     assertStreamed(a.result.dir as string);
     streamed.push(median(laterEpochSeconds(a.result.dir as string)));
     const b = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-stream'), 'run', file]);
     [a, b].forEach((run) => assertNotCached(run.result.dir as string));
     inMemory.push(median(laterEpochSeconds(b.result.dir as string)));
   }
-  report('feature-extraction epoch streamed from disk vs in memory (2000 train + 400 val JPEGs, 96px, random_flip + random_rotation)', streamed, inMemory, 's', '<= 1.1x');
+  report(
+    'feature-extraction epoch streamed from disk vs in memory (2000 train + 400 val JPEGs, 96px, random_flip + random_rotation)',
+    streamed,
+    inMemory,
+    's',
+    '<= 1.1x',
+  );
 }
 
 /**
@@ -354,9 +580,18 @@ async function decode(): Promise<void> {
   for (let r = 0; r < repeats; r++) {
     threaded.push((await measured(process.execPath, args, root)).result.images_per_second as number);
     before.push((await measured(process.execPath, [...args, '--baseline'], root)).result.images_per_second as number);
-    single.push((await measured(process.execPath, args, root, true, { TLX_DECODE_THREADS: '0' })).result.images_per_second as number);
+    single.push(
+      (await measured(process.execPath, args, root, true, { TLX_DECODE_THREADS: '0' })).result
+        .images_per_second as number,
+    );
   }
-  report('decode + resize, 1000 JPEGs 320px -> 160px: now vs before decode threads', threaded, before, 'images/s', '>= 2x');
+  report(
+    'decode + resize, 1000 JPEGs 320px -> 160px: now vs before decode threads',
+    threaded,
+    before,
+    'images/s',
+    '>= 2x',
+  );
   report('  now vs now on one thread (TLX_DECODE_THREADS=0)', threaded, single, 'images/s');
 }
 
@@ -369,10 +604,21 @@ async function growth(): Promise<void> {
     const perThousand: number[] = [];
     const peak: number[] = [];
     for (let r = 0; r < repeats; r++) {
-      const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-growth'), 'run', file], work, true, { TLX_MEMORY_BUDGET_MB: '1' });
+      const a = await measured(
+        process.execPath,
+        [tlx, '--runs-dir', path.join(work, 'runs-growth'), 'run', file],
+        work,
+        true,
+        { TLX_MEMORY_BUDGET_MB: '1' },
+      );
       assertStreamed(a.result.dir as string);
       assertNotCached(a.result.dir as string);
-      const epoch = fs.readFileSync(path.join(a.result.dir as string, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; seconds: number }).find((m) => m.epoch === 1)!;
+      const epoch = fs
+        .readFileSync(path.join(a.result.dir as string, 'metrics.jsonl'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { epoch: number; seconds: number })
+        .find((m) => m.epoch === 1)!;
       perThousand.push(epoch.seconds / thousands);
       peak.push(a.peakMb);
     }
@@ -383,12 +629,26 @@ async function growth(): Promise<void> {
   }
 }
 
-const table: Record<string, () => Promise<void>> = { steps, fe_epoch: () => cachedEpoch(), ft_epoch: () => cachedEpoch(100), e2e, accuracy, sweep, stream, decode, growth, export: exportCase };
+const table: Record<string, () => Promise<void>> = {
+  steps,
+  fe_epoch: () => cachedEpoch(),
+  ft_epoch: () => cachedEpoch(100),
+  e2e,
+  accuracy,
+  sweep,
+  stream,
+  decode,
+  growth,
+  export: exportCase,
+};
 console.log(`tlx vs Keras, ${os.cpus().length} cores, ${repeats} repeat(s), interleaved; medians`);
 for (const name of cases) {
   if (!table[name]) throw new Error(`unknown case ${name}; expected ${Object.keys(table).join(', ')}`);
   await table[name]();
 }
 console.log('\n| case | tlx | keras (or baseline) | ratio | goal |\n|---|---|---|---|---|');
-for (const r of rows) console.log(`| ${r.case} | ${r.tlx.toFixed(3)} ${r.unit} | ${r.keras?.toFixed(3) ?? ''} ${r.keras !== undefined ? r.unit : ''} | ${r.keras ? `${(r.tlx / r.keras).toFixed(2)}x` : ''} | ${r.goal ?? ''} |`);
+for (const r of rows)
+  console.log(
+    `| ${r.case} | ${r.tlx.toFixed(3)} ${r.unit} | ${r.keras?.toFixed(3) ?? ''} ${r.keras !== undefined ? r.unit : ''} | ${r.keras ? `${(r.tlx / r.keras).toFixed(2)}x` : ''} | ${r.goal ?? ''} |`,
+  );
 fs.rmSync(work, { recursive: true, force: true });

@@ -14,7 +14,8 @@ import { ImageSplit } from '../src/data/images.ts';
 import { classImage, encodeImage } from '../test/helpers/images.ts';
 
 const args = process.argv.slice(2);
-const option = (name: string, fallback: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback);
+const option = (name: string, fallback: string) =>
+  args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : fallback;
 const count = Number(option('images', '1000'));
 const size = Number(option('size', '160'));
 const source = Number(option('source', '320'));
@@ -32,7 +33,18 @@ const baseline = args.includes('--baseline');
 
 /** The former decode: int32 pixels cast to float, resized, rounded, clipped, cast back; one thread. */
 function decodeAsBefore(file: string): Uint8Array {
-  const rounded = tf.tidy(() => tf.image.resizeBilinear((tf.node.decodeImage(fs.readFileSync(file), 3, 'int32', false) as tf.Tensor3D).toFloat(), [size, size], false, true).round().clipByValue(0, 255).toInt());
+  const rounded = tf.tidy(() =>
+    tf.image
+      .resizeBilinear(
+        (tf.node.decodeImage(fs.readFileSync(file), 3, 'int32', false) as tf.Tensor3D).toFloat(),
+        [size, size],
+        false,
+        true,
+      )
+      .round()
+      .clipByValue(0, 255)
+      .toInt(),
+  );
   const bytes = new Uint8Array(rounded.dataSync() as Int32Array);
   rounded.dispose();
   return bytes;
@@ -51,4 +63,6 @@ for (let r = 0; r < 3; r++) {
 }
 fs.rmSync(dir, { recursive: true, force: true });
 runs.sort((a, b) => a - b);
-process.stdout.write(`${JSON.stringify({ tool: 'tlx', images: count, source: `${source}x${source} JPEG`, size, pipeline: baseline ? 'baseline (one thread, former op chain)' : `decode threads: ${process.env.TLX_DECODE_THREADS ?? 'default'}`, images_per_second: runs[1], runs })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ tool: 'tlx', images: count, source: `${source}x${source} JPEG`, size, pipeline: baseline ? 'baseline (one thread, former op chain)' : `decode threads: ${process.env.TLX_DECODE_THREADS ?? 'default'}`, images_per_second: runs[1], runs })}\n`,
+);

@@ -64,17 +64,36 @@ for (const base of options.bases.split(',')) {
       fs.writeFileSync(file, experiment(base, size, batch));
       const runsDir = path.join(work, `runs-${base}-${size}-${batch}`);
       const result = await execa(process.execPath, [tlx, '--runs-dir', runsDir, 'run', file], { reject: false });
-      if (result.exitCode !== 0) throw new Error(`${base} ${size} px batch ${batch}: exit ${result.exitCode}\n${String(result.stderr).slice(-2000)}`);
-      const runDir = path.join(runsDir, fs.readdirSync(runsDir).find((name) => name.includes('memory-'))!);
-      const memory = (JSON.parse(fs.readFileSync(path.join(runDir, 'summary.json'), 'utf8')) as { memory: MemoryRecord }).memory;
-      const row = { base, size, batch, resident: memory.resident_mb, estimate: memory.estimated_peak_mb, peak: memory.peak_rss_mb };
+      if (result.exitCode !== 0)
+        throw new Error(
+          `${base} ${size} px batch ${batch}: exit ${result.exitCode}\n${String(result.stderr).slice(-2000)}`,
+        );
+      const runDir = path.join(
+        runsDir,
+        fs.readdirSync(runsDir).find((name) => name.includes('memory-'))!,
+      );
+      const memory = (
+        JSON.parse(fs.readFileSync(path.join(runDir, 'summary.json'), 'utf8')) as { memory: MemoryRecord }
+      ).memory;
+      const row = {
+        base,
+        size,
+        batch,
+        resident: memory.resident_mb,
+        estimate: memory.estimated_peak_mb,
+        peak: memory.peak_rss_mb,
+      };
       rows.push(row);
       // The growth over what the process held before training is what the model of the phase predicts.
       const growth = `growth estimated ${String(row.estimate - row.resident).padStart(5)} / measured ${String(row.peak - row.resident).padStart(5)} MiB`;
-      console.log(`${base.padEnd(20)} ${String(size).padStart(4)} px  batch ${String(batch).padStart(3)}  resident ${String(row.resident).padStart(5)}  estimate ${String(row.estimate).padStart(5)}  peak RSS ${String(row.peak).padStart(5)} MiB  estimate/peak ${(row.estimate / row.peak).toFixed(2)}  ${growth}`);
+      console.log(
+        `${base.padEnd(20)} ${String(size).padStart(4)} px  batch ${String(batch).padStart(3)}  resident ${String(row.resident).padStart(5)}  estimate ${String(row.estimate).padStart(5)}  peak RSS ${String(row.peak).padStart(5)} MiB  estimate/peak ${(row.estimate / row.peak).toFixed(2)}  ${growth}`,
+      );
     }
   }
 }
 const deviations = rows.map((row) => Math.abs(row.estimate / row.peak - 1));
-console.log(`largest deviation: ${(100 * Math.max(...deviations)).toFixed(1)}% over ${rows.length} runs (goal: within 25%)`);
+console.log(
+  `largest deviation: ${(100 * Math.max(...deviations)).toFixed(1)}% over ${rows.length} runs (goal: within 25%)`,
+);
 fs.rmSync(work, { recursive: true, force: true });

@@ -19,7 +19,10 @@ export interface Spread {
 
 export function spreadOf(values: number[]): Spread {
   const mean = values.reduce((a, b) => a + b, 0) / values.length;
-  const sd = values.length > 1 ? Math.sqrt(values.reduce((sum, v) => sum + (v - mean) ** 2, 0) / (values.length - 1)) : Number.NaN;
+  const sd =
+    values.length > 1
+      ? Math.sqrt(values.reduce((sum, v) => sum + (v - mean) ** 2, 0) / (values.length - 1))
+      : Number.NaN;
   return { values, mean, sd };
 }
 

@@ -28,9 +28,19 @@ const size = Number(options.size);
 const batch = Number(options.batch);
 const fineTuneAt = Number(options['fine-tune-at']);
 
-const classifier = buildClassifier({ base: options.base, alpha: 1.0, imageSize: [size, size], classCount: 2, dropout: 0.2, seed: 1 });
+const classifier = buildClassifier({
+  base: options.base,
+  alpha: 1.0,
+  imageSize: [size, size],
+  classCount: 2,
+  dropout: 0.2,
+  seed: 1,
+});
 const images = tf.randomUniform([batch, size, size, 3], 0, 255, 'float32', 1);
-const labels = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 2), 'int32');
+const labels = tf.tensor1d(
+  Array.from({ length: batch }, (_, i) => i % 2),
+  'int32',
+);
 const objective = { head: classifier.head, classCount: 2, labelSmoothing: 0 };
 
 function median(values: number[]): number {
@@ -67,4 +77,6 @@ for (const name of options.cases.split(',')) {
   staged.dispose();
   optimizer.dispose();
 }
-process.stdout.write(`${JSON.stringify({ tool: 'tlx', base: options.base, size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ tool: 'tlx', base: options.base, size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`,
+);

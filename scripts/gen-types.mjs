@@ -22,7 +22,10 @@ const options = { bannerComment: banner, additionalProperties: false, style: { s
 
 function resolveRef(schema, node) {
   if (!node || typeof node !== 'object' || typeof node.$ref !== 'string') return node;
-  return node.$ref.replace(/^#\//, '').split('/').reduce((value, key) => value[key], schema);
+  return node.$ref
+    .replace(/^#\//, '')
+    .split('/')
+    .reduce((value, key) => value[key], schema);
 }
 
 function hasDefault(schema, node) {

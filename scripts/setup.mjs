@@ -49,7 +49,9 @@ function findSystemPython() {
       // try the next candidate
     }
   }
-  throw new Error('No Python >= 3.10 found (tried $TLX_PYTHON, python3.11, python3). Install Python 3.11 and rerun `npm install`.');
+  throw new Error(
+    'No Python >= 3.10 found (tried $TLX_PYTHON, python3.11, python3). Install Python 3.11 and rerun `npm install`.',
+  );
 }
 
 function ensureVenv() {
@@ -65,12 +67,23 @@ function ensureVenv() {
 }
 
 function tensorflowPackageDir() {
-  const dir = execFileSync(venvPython, ['-c', 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))'], {
-    encoding: 'utf8',
-  }).trim();
-  for (const required of ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2', 'include/tensorflow/c/c_api.h', 'include/tensorflow/c/eager/c_api.h']) {
+  const dir = execFileSync(
+    venvPython,
+    ['-c', 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))'],
+    {
+      encoding: 'utf8',
+    },
+  ).trim();
+  for (const required of [
+    'libtensorflow_cc.so.2',
+    'libtensorflow_framework.so.2',
+    'include/tensorflow/c/c_api.h',
+    'include/tensorflow/c/eager/c_api.h',
+  ]) {
     if (!fs.existsSync(path.join(dir, required))) {
-      throw new Error(`The TensorFlow wheel in ${dir} lacks ${required}; cannot build the tfjs-node binding against it.`);
+      throw new Error(
+        `The TensorFlow wheel in ${dir} lacks ${required}; cannot build the tfjs-node binding against it.`,
+      );
     }
   }
   return dir;
@@ -86,7 +99,9 @@ function findNodeHeaders() {
   for (const dir of candidates) {
     if (dir && fs.existsSync(path.join(dir, 'include', 'node', 'node_api.h'))) return dir;
   }
-  throw new Error('Node.js headers (include/node/node_api.h) not found; on Debian install them with `apt-get install libnode-dev`.');
+  throw new Error(
+    'Node.js headers (include/node/node_api.h) not found; on Debian install them with `apt-get install libnode-dev`.',
+  );
 }
 
 function bindingPath() {
@@ -110,7 +125,12 @@ function ensureTfjsBinding() {
   const tfDir = tensorflowPackageDir();
   const stampFile = path.join(tfjsNode, 'deps', '.tlx-built-against');
   const builtAgainst = `${tfDir}\n${sha256(bindingPatch)}`;
-  if (fs.existsSync(bindingPath()) && fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === builtAgainst && bindingLoads()) {
+  if (
+    fs.existsSync(bindingPath()) &&
+    fs.existsSync(stampFile) &&
+    fs.readFileSync(stampFile, 'utf8') === builtAgainst &&
+    bindingLoads()
+  ) {
     log('tfjs-node binding is built and loads');
     return;
   }
@@ -123,8 +143,10 @@ function ensureTfjsBinding() {
   const cc = path.join(tfDir, 'libtensorflow_cc.so.2');
   const framework = path.join(tfDir, 'libtensorflow_framework.so.2');
   // The wheel's libtensorflow_cc exports the whole C API under the names the binding links to.
-  for (const name of ['libtensorflow.so.2.9.1', 'libtensorflow.so.2', 'libtensorflow.so', 'libtensorflow_cc.so.2']) symlink(cc, path.join(lib, name));
-  for (const name of ['libtensorflow_framework.so.2.9.1', 'libtensorflow_framework.so.2', 'libtensorflow_framework.so']) symlink(framework, path.join(lib, name));
+  for (const name of ['libtensorflow.so.2.9.1', 'libtensorflow.so.2', 'libtensorflow.so', 'libtensorflow_cc.so.2'])
+    symlink(cc, path.join(lib, name));
+  for (const name of ['libtensorflow_framework.so.2.9.1', 'libtensorflow_framework.so.2', 'libtensorflow_framework.so'])
+    symlink(framework, path.join(lib, name));
   // A custom tf-lib entry makes tfjs-node's install script build from source instead of
   // first trying to download a prebuilt addon; the library itself is already staged.
   fs.writeFileSync(path.join(tfjsNode, 'scripts', 'custom-binary.json'), JSON.stringify({ 'tf-lib': `file://${lib}` }));

@@ -36,15 +36,40 @@ function readDurations(file) {
 const durations = readDurations(durationsFile);
 const committedSeconds = readDurations(path.join(root, 'test', 'durations.json'));
 // A file never timed is weighed by size: ~1 ms per byte, about what the suite's files take.
-const weight = (file) => durations[file] ?? (committedSeconds[file] !== undefined ? committedSeconds[file] * 1000 : fs.statSync(path.join(root, file)).size);
-const files = process.argv.length > 2 ? process.argv.slice(2) : testFiles(path.join(root, 'test')).sort((a, b) => weight(b) - weight(a));
+const weight = (file) =>
+  durations[file] ??
+  (committedSeconds[file] !== undefined ? committedSeconds[file] * 1000 : fs.statSync(path.join(root, file)).size);
+const files =
+  process.argv.length > 2
+    ? process.argv.slice(2)
+    : testFiles(path.join(root, 'test')).sort((a, b) => weight(b) - weight(a));
 
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/reporters/timing.mjs', '--test-reporter-destination=stdout', ...files],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    `--test-concurrency=${concurrency}`,
+    '--test-reporter=spec',
+    '--test-reporter-destination=stdout',
+    '--test-reporter=./test/reporters/timing.mjs',
+    '--test-reporter-destination=stdout',
+    ...files,
+  ],
   // Several files at a time already fill the cores: each TensorFlow (and oneDNN's OpenMP) runs one
   // thread, instead of every process spinning a pool per core over the others (measured on 2
   // cores, four runs at once: 22% less wall, 19% less CPU). Tests never depend on thread counts.
-  { cwd: root, stdio: 'inherit', env: { TF_NUM_INTRAOP_THREADS: '1', TF_NUM_INTEROP_THREADS: '1', OMP_NUM_THREADS: '1', ...process.env, TLX_TEST_DURATIONS: durationsFile } },
+  {
+    cwd: root,
+    stdio: 'inherit',
+    env: {
+      TF_NUM_INTRAOP_THREADS: '1',
+      TF_NUM_INTEROP_THREADS: '1',
+      OMP_NUM_THREADS: '1',
+      ...process.env,
+      TLX_TEST_DURATIONS: durationsFile,
+    },
+  },
 );
 process.exit(result.status ?? 1);

@@ -20,7 +20,10 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-const setOption = () => new Option('--set <key.path=value>', 'override a config key (repeatable), e.g. --set train.fine_tune.epochs=5').argParser(collect).default([]);
+const setOption = () =>
+  new Option('--set <key.path=value>', 'override a config key (repeatable), e.g. --set train.fine_tune.epochs=5')
+    .argParser(collect)
+    .default([]);
 
 function globals(command: Command): GlobalOptions {
   return command.optsWithGlobals<GlobalOptions>();
@@ -42,8 +45,18 @@ function session(command: Command): Session {
   const options = globals(command);
   const terminal = new Terminal();
   const human = terminal.interactive && !options.json;
-  const log = createLogger({ ...options, human: human ? (line) => terminal.printLine(line) : undefined, style: terminal.style });
-  return { log, terminal, json: Boolean(options.json) || !terminal.humanOutput, jsonFlag: Boolean(options.json), progress: terminal.interactive && !options.quiet };
+  const log = createLogger({
+    ...options,
+    human: human ? (line) => terminal.printLine(line) : undefined,
+    style: terminal.style,
+  });
+  return {
+    log,
+    terminal,
+    json: Boolean(options.json) || !terminal.humanOutput,
+    jsonFlag: Boolean(options.json),
+    progress: terminal.interactive && !options.quiet,
+  };
 }
 
 function logger(command: Command): Logger {
@@ -101,22 +114,38 @@ function addInspectionCommands(program: Command): void {
 
   program
     .command('data')
-    .description('fetch, extract, scan and split the dataset exactly as `run` would, write the data pictures; no training')
+    .description(
+      'fetch, extract, scan and split the dataset exactly as `run` would, write the data pictures; no training',
+    )
     .argument('<experiment>', 'experiment YAML file')
     .addOption(setOption())
     .option('--out <dir>', 'folder for the pictures (default: a new folder under the runs dir)')
     .action(async (file: string, options: { set: string[]; out?: string }, command: Command) => {
       const { dataCommand } = await import('./commands/data.ts');
-      await dataCommand({ file, overrides: options.set, out: options.out, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
+      await dataCommand({
+        file,
+        overrides: options.set,
+        out: options.out,
+        cacheDir: globals(command).cacheDir,
+        runsDir: globals(command).runsDir,
+        ...session(command),
+      });
     });
 
   program
     .command('model')
-    .description("a base's layers as Keras lists them (index, name, type, output, parameters), blocks marked: to choose fine_tune_at")
+    .description(
+      "a base's layers as Keras lists them (index, name, type, output, parameters), blocks marked: to choose fine_tune_at",
+    )
     .argument('<base>', 'mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0')
     .option('--alpha <alpha>', 'width multiplier (MobileNets)', Number.parseFloat, 1.0)
     .option('--minimalistic', "MobileNetV3's minimalistic variant", false)
-    .option('--size <pixels>', 'input height and width (output shapes depend on it)', (v) => Number.parseInt(v, 10), 224)
+    .option(
+      '--size <pixels>',
+      'input height and width (output shapes depend on it)',
+      (v) => Number.parseInt(v, 10),
+      224,
+    )
     .action(async (base: string, options: { alpha: number; minimalistic: boolean; size: number }, command: Command) => {
       const { modelCommand } = await import('./commands/model.ts');
       await modelCommand({ base, ...options, ...session(command) });
@@ -134,17 +163,32 @@ function addTrainingCommands(program: Command): void {
     .action(async (file: string | undefined, options: { set: string[]; resume?: string }, command: Command) => {
       if (!file && !options.resume) throw new UserError('run: expected an experiment file, or --resume runs/<run-id>');
       const { runCommand } = await import('./commands/run.ts');
-      await runCommand({ file, overrides: options.set, resume: options.resume, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
+      await runCommand({
+        file,
+        overrides: options.set,
+        resume: options.resume,
+        cacheDir: globals(command).cacheDir,
+        runsDir: globals(command).runsDir,
+        ...session(command),
+      });
     });
 
   program
     .command('convert')
     .description('export a finished run to TFLite again, without retraining')
     .argument('<run-dir>', 'run folder, e.g. runs/<run-id>')
-    .option('--quantization <modes>', 'TFLite quantization: none, dynamic, float16 or int8; several comma-separated (one Python start for all)')
+    .option(
+      '--quantization <modes>',
+      'TFLite quantization: none, dynamic, float16 or int8; several comma-separated (one Python start for all)',
+    )
     .action(async (runDir: string, options: { quantization?: string }, command: Command) => {
       const { convertCommand } = await import('./commands/convert.ts');
-      await convertCommand({ runDir, quantization: options.quantization, cacheDir: globals(command).cacheDir, ...session(command) });
+      await convertCommand({
+        runDir,
+        quantization: options.quantization,
+        cacheDir: globals(command).cacheDir,
+        ...session(command),
+      });
     });
 
   program
@@ -153,48 +197,112 @@ function addTrainingCommands(program: Command): void {
     .argument('<model>', 'model.tflite or a run folder')
     .argument('<images...>', 'image files or folders')
     .option('-k, --top-k <k>', 'labels shown per image', (v) => Number.parseInt(v, 10), 3)
-    .addOption(new Option('--resize <mode>', 'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)').choices(['bilinear', 'nearest']).default('bilinear'))
+    .addOption(
+      new Option(
+        '--resize <mode>',
+        'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)',
+      )
+        .choices(['bilinear', 'nearest'])
+        .default('bilinear'),
+    )
     .option('--out <file>', 'write the table for a folder as .csv or .json')
-    .action(async (model: string, images: string[], options: { topK: number; resize: 'bilinear' | 'nearest'; out?: string }, command: Command) => {
-      const { predictCommand } = await import('./commands/predict.ts');
-      await predictCommand({ model, images, ...options, ...session(command) });
-    });
+    .action(
+      async (
+        model: string,
+        images: string[],
+        options: { topK: number; resize: 'bilinear' | 'nearest'; out?: string },
+        command: Command,
+      ) => {
+        const { predictCommand } = await import('./commands/predict.ts');
+        await predictCommand({ model, images, ...options, ...session(command) });
+      },
+    );
 }
 
 /** Sweeps, locally or on a queue, and the queue's workers. */
 function addSweepCommands(program: Command): void {
   program
     .command('sweep')
-    .description('run an experiment over a grid of values and name the best trial; `sweep status <id> --queue URL` shows a queued one')
+    .description(
+      'run an experiment over a grid of values and name the best trial; `sweep status <id> --queue URL` shows a queued one',
+    )
     .argument('[experiment]', 'experiment YAML file with a sweep: block, or use --grid')
     .argument('[sweep-id]', 'with `status`: the sweep to show')
     .addOption(setOption())
     .option('--grid <key=v1,v2,...>', 'a swept key and its values (repeatable)', collect, [])
     .option('--resume <sweep-id>', 'continue a sweep: finished trials are skipped')
     .option('--max-trials <n>', 'run at most n trials', (v) => Number.parseInt(v, 10))
-    .option('--parallel <n>', 'trials run at once (TensorFlow already uses every core)', (v) => Number.parseInt(v, 10), 1)
-    .option('--queue [redis-url]', 'run the trials on `tlx worker` processes through this Redis (BullMQ); default URL: $TLX_QUEUE_URL')
+    .option(
+      '--parallel <n>',
+      'trials run at once (TensorFlow already uses every core)',
+      (v) => Number.parseInt(v, 10),
+      1,
+    )
+    .option(
+      '--queue [redis-url]',
+      'run the trials on `tlx worker` processes through this Redis (BullMQ); default URL: $TLX_QUEUE_URL',
+    )
     .option('--wait', 'with --queue: follow the sweep to its end, then write its results and bring its best model here')
-    .action(async (file: string | undefined, sweepId: string | undefined, options: { set: string[]; grid: string[]; resume?: string; maxTrials?: number; parallel: number; queue?: string | boolean; wait?: boolean }, command: Command) => {
-      if (file === 'status') {
-        if (!sweepId) throw new UserError('sweep status: expected a sweep id');
-        const { sweepStatusCommand } = await import('./commands/sweep.ts');
-        await sweepStatusCommand({ sweepId, queue: options.queue, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
-        return;
-      }
-      const { sweepCommand } = await import('./commands/sweep.ts');
-      await sweepCommand({ file, ...options, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, ...session(command) });
-    });
+    .action(
+      async (
+        file: string | undefined,
+        sweepId: string | undefined,
+        options: {
+          set: string[];
+          grid: string[];
+          resume?: string;
+          maxTrials?: number;
+          parallel: number;
+          queue?: string | boolean;
+          wait?: boolean;
+        },
+        command: Command,
+      ) => {
+        if (file === 'status') {
+          if (!sweepId) throw new UserError('sweep status: expected a sweep id');
+          const { sweepStatusCommand } = await import('./commands/sweep.ts');
+          await sweepStatusCommand({
+            sweepId,
+            queue: options.queue,
+            cacheDir: globals(command).cacheDir,
+            runsDir: globals(command).runsDir,
+            ...session(command),
+          });
+          return;
+        }
+        const { sweepCommand } = await import('./commands/sweep.ts');
+        await sweepCommand({
+          file,
+          ...options,
+          cacheDir: globals(command).cacheDir,
+          runsDir: globals(command).runsDir,
+          ...session(command),
+        });
+      },
+    );
 
   program
     .command('worker')
     .description('run queued sweep trials (from `tlx sweep --queue`) until stopped; Ctrl-C finishes the current trial')
-    .option('--queue [redis-url]', 'the Redis the sweeps are queued on, e.g. rediss://:password@host:6379 (default: $TLX_QUEUE_URL)')
+    .option(
+      '--queue [redis-url]',
+      'the Redis the sweeps are queued on, e.g. rediss://:password@host:6379 (default: $TLX_QUEUE_URL)',
+    )
     .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
-    .option('--copy-every <seconds>', 'save a training trial\'s copy in the artifact store at most this often (0: every epoch); MLflow gets its epochs with each save', (v) => Number(v), 30)
+    .option(
+      '--copy-every <seconds>',
+      "save a training trial's copy in the artifact store at most this often (0: every epoch); MLflow gets its epochs with each save",
+      (v) => Number(v),
+      30,
+    )
     .action(async (options: { queue?: string | boolean; concurrency: number; copyEvery: number }, command: Command) => {
       const { workerCommand } = await import('./commands/worker.ts');
-      await workerCommand({ ...options, cacheDir: globals(command).cacheDir, runsDir: globals(command).runsDir, log: logger(command) });
+      await workerCommand({
+        ...options,
+        cacheDir: globals(command).cacheDir,
+        runsDir: globals(command).runsDir,
+        log: logger(command),
+      });
     });
 
   program
@@ -203,7 +311,13 @@ function addSweepCommands(program: Command): void {
     .argument('<result>')
     .action(async (request: string, result: string, _options: unknown, command: Command) => {
       const { trialCommand } = await import('./commands/trial.ts');
-      await trialCommand({ request, result, runsDir: globals(command).runsDir, cacheDir: globals(command).cacheDir, log: logger(command) });
+      await trialCommand({
+        request,
+        result,
+        runsDir: globals(command).runsDir,
+        cacheDir: globals(command).cacheDir,
+        log: logger(command),
+      });
     });
 }
 
@@ -236,18 +350,29 @@ function addRecordCommands(program: Command): void {
     .option('--tracking-uri <url>', 'MLflow server (default $MLFLOW_TRACKING_URI)')
     .action(async (runDirs: string[], options: { trackingUri?: string }, command: Command) => {
       const { syncCommand } = await import('./commands/sync.ts');
-      await syncCommand({ runDirs, trackingUri: options.trackingUri, runsDir: globals(command).runsDir, log: logger(command) });
+      await syncCommand({
+        runDirs,
+        trackingUri: options.trackingUri,
+        runsDir: globals(command).runsDir,
+        log: logger(command),
+      });
     });
 
   program
     .command('ui')
     .description('start a local MLflow dashboard over every local run (127.0.0.1)')
     .option('--port <n>', 'port', (v) => Number.parseInt(v, 10), 5000)
-    .option('--experiment <name>', 'open this experiment (default: the newest run\'s)')
+    .option('--experiment <name>', "open this experiment (default: the newest run's)")
     .option('--open', 'open the page in a browser')
     .action(async (options: { port: number; experiment?: string; open?: boolean }, command: Command) => {
       const { uiCommand } = await import('./commands/ui.ts');
-      await uiCommand({ port: options.port, experiment: options.experiment, open: Boolean(options.open), runsDir: globals(command).runsDir, log: logger(command) });
+      await uiCommand({
+        port: options.port,
+        experiment: options.experiment,
+        open: Boolean(options.open),
+        runsDir: globals(command).runsDir,
+        log: logger(command),
+      });
     });
 }
 
@@ -260,7 +385,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     return typeof process.exitCode === 'number' && process.exitCode !== 0 ? process.exitCode : exitCodes.ok;
   } catch (error) {
     if (error instanceof CommanderError) {
-      const benign = ['commander.helpDisplayed', 'commander.help', 'commander.version', 'commander.executeSubCommandAsync'];
+      const benign = [
+        'commander.helpDisplayed',
+        'commander.help',
+        'commander.version',
+        'commander.executeSubCommandAsync',
+      ];
       return benign.includes(error.code) ? exitCodes.ok : exitCodes.invalidInput;
     }
     const verbose = process.argv.includes('--verbose') || process.argv.includes('-v') || argv.includes('--verbose');
@@ -272,7 +402,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`tlx: ${redactText(error.message)}\n`);
       return exitCodes.invalidInput;
     }
-    process.stderr.write(`tlx: ${redactText(verbose && error instanceof Error && error.stack ? error.stack : errorMessage(error))}\n`);
+    process.stderr.write(
+      `tlx: ${redactText(verbose && error instanceof Error && error.stack ? error.stack : errorMessage(error))}\n`,
+    );
     if (!verbose) process.stderr.write('(run with --verbose for the stack trace)\n');
     return exitCodes.failure;
   }

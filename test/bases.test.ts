@@ -12,7 +12,14 @@ import type { RunSummary, TfliteRecord } from '../src/run-folder/records.ts';
 import { runTlx } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { baseArgs, compareWithKeras, kerasBatch, writeParityInput, type BaseVariant, type KerasLayer } from './helpers/keras.ts';
+import {
+  baseArgs,
+  compareWithKeras,
+  kerasBatch,
+  writeParityInput,
+  type BaseVariant,
+  type KerasLayer,
+} from './helpers/keras.ts';
 import { runDirOf } from './helpers/runs.ts';
 import { tempDir } from './helpers/tmp.ts';
 
@@ -58,12 +65,24 @@ before(async () => {
     const h5 = path.join(work, `variant-${i}.h5`);
     const x = writeParityInput(path.join(work, `x-${i}.f32`), variant, variant.size);
     const kerasOutput = path.join(work, `y-${i}.f32`);
-    jobs.push(['layers', args], ['h5', [variant.base, String(variant.alpha), String(variant.size), args[4], h5, '7']], ['features', [h5, ...args, path.join(work, `x-${i}.f32`), kerasOutput]], ['trainable', [...args, String(variant.fineTuneAt)]]);
+    jobs.push(
+      ['layers', args],
+      ['h5', [variant.base, String(variant.alpha), String(variant.size), args[4], h5, '7']],
+      ['features', [h5, ...args, path.join(work, `x-${i}.f32`), kerasOutput]],
+      ['trainable', [...args, String(variant.fineTuneAt)]],
+    );
     references.push({ layers: [], h5, x, kerasOutput, trainable: 0 });
   }
   // Keras 2's names on variant 0's architecture, and a file of another base.
   const keras2Args = baseArgs(variants[0], variants[0].size);
-  jobs.push(['h5', [variants[0].base, String(variants[0].alpha), String(variants[0].size), '0', keras2File, '7', 'keras2-names']], ['features', [keras2File, ...keras2Args, path.join(work, 'x-0.f32'), keras2Output]], ['h5', ['mobilenet_v3_small', '1.0', '64', '1', otherBaseFile, '7']]);
+  jobs.push(
+    [
+      'h5',
+      [variants[0].base, String(variants[0].alpha), String(variants[0].size), '0', keras2File, '7', 'keras2-names'],
+    ],
+    ['features', [keras2File, ...keras2Args, path.join(work, 'x-0.f32'), keras2Output]],
+    ['h5', ['mobilenet_v3_small', '1.0', '64', '1', otherBaseFile, '7']],
+  );
   const printed = await kerasBatch(jobs);
   references.forEach((reference, i) => {
     reference.layers = JSON.parse(printed[4 * i]) as KerasLayer[];
@@ -77,7 +96,11 @@ describe('bases layer for layer as keras.applications builds them', () => {
 
     test(`${label(variant)}: every layer's name, Keras class, weight shapes and output shape by index`, () => {
       const reference = references[i].layers;
-      const ours = buildBase(variant.base, { alpha: variant.alpha, minimalistic: variant.minimalistic, inputShape: [size, size, 3] });
+      const ours = buildBase(variant.base, {
+        alpha: variant.alpha,
+        minimalistic: variant.minimalistic,
+        inputShape: [size, size, 3],
+      });
       assert.equal(ours.layers.length, reference.length);
       assert.equal(ours.layers.length, baseLayerCount(variant), 'the range the schema allows for fine_tune_at');
       ours.layers.forEach((layer, index) => {
@@ -97,8 +120,15 @@ describe('bases layer for layer as keras.applications builds them', () => {
 
     test(`${label(variant)}: on a .h5 Keras wrote and loads itself, outputs equal Keras's within 1e-4 (layer by layer and folded)`, async () => {
       const reference = references[i];
-      const base = buildBase(variant.base, { alpha: variant.alpha, minimalistic: variant.minimalistic, inputShape: [size, size, 3] });
-      const { missing, byOrder } = assignWeights(base, await readKerasH5(reference.h5), { requireAll: true, what: 'h5' });
+      const base = buildBase(variant.base, {
+        alpha: variant.alpha,
+        minimalistic: variant.minimalistic,
+        inputShape: [size, size, 3],
+      });
+      const { missing, byOrder } = assignWeights(base, await readKerasH5(reference.h5), {
+        requireAll: true,
+        what: 'h5',
+      });
       assert.deepEqual(missing, []);
       assert.equal(byOrder, false, 'matched by name');
       const { maxDiff, maxAbs } = compareWithKeras(base, reference.x, reference.kerasOutput);
@@ -132,7 +162,10 @@ describe('bases layer for layer as keras.applications builds them', () => {
   test('a .h5 of another base is refused with the first missing weights named', async () => {
     const weights = await readKerasH5(otherBaseFile);
     const base = buildBase('efficientnet_b0', { alpha: 1.0, inputShape: [64, 64, 3] });
-    assert.throws(() => assignWeights(base, weights, { requireAll: true, what: 'model.weights (x.h5)' }), /model\.weights \(x\.h5\): no weights for \d+ variable\(s\), e\.g\. normalization\/mean/);
+    assert.throws(
+      () => assignWeights(base, weights, { requireAll: true, what: 'model.weights (x.h5)' }),
+      /model\.weights \(x\.h5\): no weights for \d+ variable\(s\), e\.g\. normalization\/mean/,
+    );
     base.dispose();
   });
 
@@ -141,16 +174,34 @@ describe('bases layer for layer as keras.applications builds them', () => {
       ['mobilenet_v3_small', 5, 'HardSwish'],
       ['efficientnet_b0', 0, 'Swish'],
     ] as const) {
-      const classifier = buildClassifier({ base, alpha: 1.0, imageSize: [96, 96], classCount: 3, dropout: 0.2, seed: 1 });
+      const classifier = buildClassifier({
+        base,
+        alpha: 1.0,
+        imageSize: [96, 96],
+        classCount: 3,
+        dropout: 0.2,
+        seed: 1,
+      });
       const steps = compileGraph(classifier.model).steps;
       const fused = steps.filter((step) => step.kind === 'conv_bn');
-      const batchNorms = classifier.base.layers.filter((layer) => kerasClassName(layer) === 'BatchNormalization').length;
+      const batchNorms = classifier.base.layers.filter(
+        (layer) => kerasClassName(layer) === 'BatchNormalization',
+      ).length;
       assert.ok(batchNorms > 30);
       assert.equal(fused.length, batchNorms, `${base}: every BatchNorm folded`);
-      assert.equal(fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === 'Relu').length, withRelu, `${base}: ReLU fused`);
-      assert.ok(fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === other).length >= 10, `${base}: ${other} fused`);
       assert.equal(
-        steps.some((step) => step.layers.some((layer) => kerasClassName(layer) === 'Dropout' && layer.name !== 'dropout')),
+        fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === 'Relu').length,
+        withRelu,
+        `${base}: ReLU fused`,
+      );
+      assert.ok(
+        fused.filter((step) => step.kind === 'conv_bn' && step.options.activation === other).length >= 10,
+        `${base}: ${other} fused`,
+      );
+      assert.equal(
+        steps.some((step) =>
+          step.layers.some((layer) => kerasClassName(layer) === 'Dropout' && layer.name !== 'dropout'),
+        ),
         false,
         `${base}: the base's dropouts are not steps`,
       );
@@ -183,11 +234,17 @@ export:
   tflite: { quantization: dynamic, representative_images: 16, max_accuracy_drop: 1 }
 `,
         );
-        const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'run', file], { cwd: work, timeout: 900_000 });
+        const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'run', file], {
+          cwd: work,
+          timeout: 900_000,
+        });
         assert.equal(result.exitCode, 0, `${base}: ${result.stderr.slice(-3000)}`);
         runs[base] = runDirOf(result.stdout);
         const others = modes.filter((m) => m !== 'dynamic').join(',');
-        const converted = await runTlx(['convert', runs[base], '--quantization', others], { cwd: work, timeout: 900_000 });
+        const converted = await runTlx(['convert', runs[base], '--quantization', others], {
+          cwd: work,
+          timeout: 900_000,
+        });
         assert.equal(converted.exitCode, 0, `${base} ${others}: ${converted.stderr.slice(-3000)}`);
       }),
     );
@@ -203,10 +260,19 @@ export:
         assert.deepEqual(record.output.shape, [1, 3]);
         const mediapipe = record.mediapipe as { named_results: number; images: number };
         assert.equal(mediapipe.named_results, mediapipe.images, `${base} ${mode}: MediaPipe names every result`);
-        if (mode === 'none') assert.ok(record.max_abs_diff_vs_trained_model! < 1e-4, `${base}: float32 differs by ${record.max_abs_diff_vs_trained_model}`);
+        if (mode === 'none')
+          assert.ok(
+            record.max_abs_diff_vs_trained_model! < 1e-4,
+            `${base}: float32 differs by ${record.max_abs_diff_vs_trained_model}`,
+          );
       }
       const card = fs.readFileSync(path.join(runs[base], 'model-card.md'), 'utf8');
-      assert.match(card, base === 'efficientnet_b0' ? /normalizes with the ImageNet mean and standard deviation, in EfficientNet-B0's own first layers/ : /in MobileNetV3's own first layer/);
+      assert.match(
+        card,
+        base === 'efficientnet_b0'
+          ? /normalizes with the ImageNet mean and standard deviation, in EfficientNet-B0's own first layers/
+          : /in MobileNetV3's own first layer/,
+      );
     });
   }
 });

@@ -21,7 +21,12 @@ let trained = '';
 /** The files a download cache holds (one per download). */
 function downloads(cache: string): string[] {
   const dir = path.join(cache, 'downloads');
-  return fs.existsSync(dir) ? fs.readdirSync(dir, { recursive: true }).map(String).filter((name) => name.endsWith('.tar')) : [];
+  return fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir, { recursive: true })
+        .map(String)
+        .filter((name) => name.endsWith('.tar'))
+    : [];
 }
 
 before(async () => {
@@ -36,25 +41,46 @@ before(async () => {
 
 describe('--cache-dir after the command', () => {
   test('tlx data', async () => {
-    const result = await runTlx(['data', experiment, '--cache-dir', path.join(work, 'c-data')], { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') } });
+    const result = await runTlx(['data', experiment, '--cache-dir', path.join(work, 'c-data')], {
+      cwd: work,
+      env: { TLX_CACHE_DIR: path.join(work, 'not-here') },
+    });
     assert.equal(result.exitCode, 0, result.stderr.slice(-1500));
     assert.equal(downloads(path.join(work, 'c-data')).length, 1);
     assert.deepEqual(downloads(path.join(work, 'not-here')), []);
   });
 
   test('tlx run, then tlx convert of that run', async () => {
-    const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'run', experiment, '--cache-dir', path.join(work, 'c-run')], { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') } });
+    const result = await runTlx(
+      ['--runs-dir', path.join(work, 'runs'), 'run', experiment, '--cache-dir', path.join(work, 'c-run')],
+      { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') } },
+    );
     assert.equal(result.exitCode, 0, result.stderr.slice(-1500));
     assert.equal(downloads(path.join(work, 'c-run')).length, 1);
     trained = runDirOf(result.stdout);
-    const converted = await runTlx(['convert', trained, '--quantization', 'none', '--cache-dir', path.join(work, 'c-convert')], { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') }, timeout: 600_000 });
+    const converted = await runTlx(
+      ['convert', trained, '--quantization', 'none', '--cache-dir', path.join(work, 'c-convert')],
+      { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') }, timeout: 600_000 },
+    );
     assert.equal(converted.exitCode, 0, converted.stderr.slice(-1500));
     assert.equal(downloads(path.join(work, 'c-convert')).length, 1);
     assert.deepEqual(downloads(path.join(work, 'not-here')), []);
   });
 
   test('tlx sweep', async () => {
-    const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'sweep', experiment, '--grid', 'seed=1,2', '--cache-dir', path.join(work, 'c-sweep')], { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') } });
+    const result = await runTlx(
+      [
+        '--runs-dir',
+        path.join(work, 'runs'),
+        'sweep',
+        experiment,
+        '--grid',
+        'seed=1,2',
+        '--cache-dir',
+        path.join(work, 'c-sweep'),
+      ],
+      { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'not-here') } },
+    );
     assert.equal(result.exitCode, 0, result.stderr.slice(-1500));
     assert.equal(downloads(path.join(work, 'c-sweep')).length, 1);
     assert.deepEqual(downloads(path.join(work, 'not-here')), []);

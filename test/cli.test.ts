@@ -30,7 +30,10 @@ describe('the tlx command line', () => {
   test('convert: an unknown quantization mode exits 2 naming the modes (several may be given, comma-separated)', async () => {
     const result = await runTlx(['convert', 'runs/none', '--quantization', 'float16,int4']);
     assert.equal(result.exitCode, 2);
-    assert.match(result.stderr, /--quantization float16,int4: expected none, dynamic, float16, int8, or several of them comma-separated/);
+    assert.match(
+      result.stderr,
+      /--quantization float16,int4: expected none, dynamic, float16, int8, or several of them comma-separated/,
+    );
   });
 
   test('an unknown flag exits 2 with a suggestion', async () => {
@@ -63,13 +66,18 @@ describe('the tlx command line', () => {
       'images/cat/cut.jpg': jpeg.subarray(0, jpeg.length >> 1),
       'images/cat/notes.jpg': 'a text file with a .jpg name',
       'images/dog/readme.txt': 'not an image',
-      'exp.yaml': 'name: peek\ndataset: { path: images, validation_split: 0.5, image_size: [32, 32], batch_size: 4 }\naugmentation: [ { random_flip: horizontal } ]\n',
+      'exp.yaml':
+        'name: peek\ndataset: { path: images, validation_split: 0.5, image_size: [32, 32], batch_size: 4 }\naugmentation: [ { random_flip: horizontal } ]\n',
       'single/only/a.png': 'x',
       'bad.yaml': 'name: bad\ndataset: { path: single, validation_split: 0.5 }\n',
     });
     const result = await runTlx(['--json', 'data', 'exp.yaml', '--out', 'pictures'], { cwd: dir });
     assert.equal(result.exitCode, 0, result.stderr);
-    const report = JSON.parse(result.stdout) as { classes: string[]; counts: Record<string, number>; skipped: { file: string; reason: string }[] };
+    const report = JSON.parse(result.stdout) as {
+      classes: string[];
+      counts: Record<string, number>;
+      skipped: { file: string; reason: string }[];
+    };
     assert.deepEqual(report.classes, ['cat', 'dog']);
     assert.equal(report.counts.train + report.counts.validation + report.counts.test, 20);
     const reasons = Object.fromEntries(report.skipped.map((s) => [s.file, s.reason]));
@@ -77,7 +85,8 @@ describe('the tlx command line', () => {
     assert.match(reasons['cat/cut.jpg'], /truncated JPEG/);
     assert.match(reasons['cat/notes.jpg'], /not an image \(no JPEG, PNG, GIF or BMP signature/);
     assert.doesNotMatch(result.stderr, /JPEG library|TF_Status|Corrupt JPEG/, 'no decoder noise on stderr');
-    for (const picture of ['samples.png', 'augmentation.png']) assert.ok(fs.existsSync(path.join(dir, 'pictures', picture)), picture);
+    for (const picture of ['samples.png', 'augmentation.png'])
+      assert.ok(fs.existsSync(path.join(dir, 'pictures', picture)), picture);
     const bad = await runTlx(['data', 'bad.yaml'], { cwd: dir });
     assert.equal(bad.exitCode, 2);
     assert.match(bad.stderr, /only one class folder \(only\)/);
@@ -87,14 +96,27 @@ describe('the tlx command line', () => {
     const dir = tempDir();
     await writeClassFolders(path.join(dir, 'images'), ['cat', 'dog'], 10, { size: 32, format: 'png' });
     // The issue's case: 1024 x 1024 images and a batch of 4096 (of 14 training images: a batch of 14).
-    const experiment = (batch: number) => `name: big\ndataset: { path: images, validation_split: 0.3, image_size: [1024, 1024], batch_size: ${batch} }\nmodel: { alpha: 0.35, weights: none }\ntrain:\n  feature_extraction: { epochs: 1 }\n  fine_tune: { epochs: 1 }\n`;
+    const experiment = (batch: number) =>
+      `name: big\ndataset: { path: images, validation_split: 0.3, image_size: [1024, 1024], batch_size: ${batch} }\nmodel: { alpha: 0.35, weights: none }\ntrain:\n  feature_extraction: { epochs: 1 }\n  fine_tune: { epochs: 1 }\n`;
     writeFiles(dir, { 'big.yaml': experiment(4096) });
     const budget = { TLX_MEMORY_BUDGET_MB: '2048' };
-    type Memory = { estimated_peak_mb: number; limit_mb: number; limit_source: string; verdict: string; phases: { phase: string; batch: number; peak_mb: number }[] };
+    type Memory = {
+      estimated_peak_mb: number;
+      limit_mb: number;
+      limit_source: string;
+      verdict: string;
+      phases: { phase: string; batch: number; peak_mb: number }[];
+    };
     const data = await runTlx(['--json', 'data', 'big.yaml', '--out', 'pictures'], { cwd: dir, env: budget });
     assert.equal(data.exitCode, 0, data.stderr);
     const memory = (JSON.parse(data.stdout) as { memory: Memory }).memory;
-    assert.deepEqual(memory.phases.map((phase) => [phase.phase, phase.batch]), [['feature_extraction', 14], ['fine_tune', 14]]);
+    assert.deepEqual(
+      memory.phases.map((phase) => [phase.phase, phase.batch]),
+      [
+        ['feature_extraction', 14],
+        ['fine_tune', 14],
+      ],
+    );
     assert.equal(memory.limit_mb, 2048);
     assert.equal(memory.limit_source, 'TLX_MEMORY_BUDGET_MB');
     assert.equal(memory.verdict, 'does not fit');
@@ -102,9 +124,16 @@ describe('the tlx command line', () => {
 
     const run = await runTlx(['--runs-dir', 'runs', 'run', 'big.yaml'], { cwd: dir, env: budget });
     assert.equal(run.exitCode, 2, run.stderr);
-    const refusal = /memory: about [\d.]+ GiB at its peak \((feature_extraction|fine_tune), [a-z ]+, batch of 14\), \d+% of the 2\.0 GiB this process can use \(TLX_MEMORY_BUDGET_MB\): over it by [\d.]+ [MG]iB; dataset\.batch_size: (\d+) or less fits/.exec(run.stderr);
+    const refusal =
+      /memory: about [\d.]+ GiB at its peak \((feature_extraction|fine_tune), [a-z ]+, batch of 14\), \d+% of the 2\.0 GiB this process can use \(TLX_MEMORY_BUDGET_MB\): over it by [\d.]+ [MG]iB; dataset\.batch_size: (\d+) or less fits/.exec(
+        run.stderr,
+      );
     assert.ok(refusal, run.stderr.slice(-1500));
-    assert.deepEqual(fs.existsSync(path.join(dir, 'runs')) ? fs.readdirSync(path.join(dir, 'runs')) : [], [], 'no run folder is left');
+    assert.deepEqual(
+      fs.existsSync(path.join(dir, 'runs')) ? fs.readdirSync(path.join(dir, 'runs')) : [],
+      [],
+      'no run folder is left',
+    );
     assert.doesNotMatch(run.stderr, /epoch 1/, 'refused before training');
 
     // The batch it names fits (less a fifth: each process holds a little more or less than the one that estimated).

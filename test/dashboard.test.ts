@@ -36,12 +36,39 @@ async function screenshot(page: Page, name: string): Promise<void> {
 
 before(async () => {
   await writeClassFolders(path.join(work, 'data'), ['ants', 'bees'], 12, { size: 32 });
-  const run = await runTlx(['--runs-dir', runsDir, 'run', writeExperiment(work, 'dashboard', `${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 } }\nexport: { tflite: { quantization: float16, representative_images: 10, max_accuracy_drop: 1 } }\ntracking: { mlflow: { experiment: tlx-dashboard, register_model: dashboard-classifier } }\n`)], { cwd: work, timeout: 600_000 });
+  const run = await runTlx(
+    [
+      '--runs-dir',
+      runsDir,
+      'run',
+      writeExperiment(
+        work,
+        'dashboard',
+        `${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 } }\nexport: { tflite: { quantization: float16, representative_images: 10, max_accuracy_drop: 1 } }\ntracking: { mlflow: { experiment: tlx-dashboard, register_model: dashboard-classifier } }\n`,
+      ),
+    ],
+    { cwd: work, timeout: 600_000 },
+  );
   assert.equal(run.exitCode, 0, run.stderr.slice(-2000));
   runName = path.basename(runDirOf(run.stdout)).replace(/^\d{8}-\d{6}-/, '');
-  const sweep = await runTlx(['--runs-dir', runsDir, 'sweep', writeExperiment(work, 'trials', `${tinyDataAndModel}train: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1 } }\ntracking: { mlflow: { experiment: tlx-dashboard } }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`)], { cwd: work });
+  const sweep = await runTlx(
+    [
+      '--runs-dir',
+      runsDir,
+      'sweep',
+      writeExperiment(
+        work,
+        'trials',
+        `${tinyDataAndModel}train: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1 } }\ntracking: { mlflow: { experiment: tlx-dashboard } }\nsweep:\n  grid:\n    train.fine_tune.fine_tune_at: [100, 140]\n`,
+      ),
+    ],
+    { cwd: work },
+  );
   assert.equal(sweep.exitCode, 0, sweep.stderr.slice(-2000));
-  ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(await freePort())], { cwd: work, reject: false });
+  ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(await freePort())], {
+    cwd: work,
+    reject: false,
+  });
   let out = '';
   ui.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
   await waitForStderr(ui, /synced \d+ local run/, 180_000);
@@ -50,7 +77,15 @@ before(async () => {
   sweepView = /^sweep trials-\S+: (\S+)$/m.exec(out)![1];
   browser = await chromium.launch({
     executablePath: chromiumPath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 });
 
@@ -61,7 +96,7 @@ after(async () => {
 });
 
 describe('tlx ui, as a trainer sees it', () => {
-  test('the printed link opens the Training runs table in Model training mode, with the run\'s readable name and its datasets', async () => {
+  test("the printed link opens the Training runs table in Model training mode, with the run's readable name and its datasets", async () => {
     assert.match(landing, /#\/experiments\/\d+\/runs\?workflowType=machine_learning&viewStateShareKey=tlx$/);
     const page = await browser.newPage({ viewport: { width: 2400, height: 1000 } });
     await page.goto(landing);
@@ -69,8 +104,11 @@ describe('tlx ui, as a trainer sees it', () => {
     await page.getByText('dashboard-train', { exact: false }).first().waitFor();
     const body = await page.locator('body').innerText();
     assert.doesNotMatch(body, /Traces 0|No data available/, 'not the GenAI overview');
-    assert.ok(await page.getByRole('radio', { name: 'Model training', checked: true }).count() || /Model training/.test(body));
-    for (const column of ['Dataset', 'Models', 'val_accuracy']) assert.ok(await page.getByText(column, { exact: true }).count(), `column ${column}`);
+    assert.ok(
+      (await page.getByRole('radio', { name: 'Model training', checked: true }).count()) || /Model training/.test(body),
+    );
+    for (const column of ['Dataset', 'Models', 'val_accuracy'])
+      assert.ok(await page.getByText(column, { exact: true }).count(), `column ${column}`);
     await screenshot(page, 'mlflow-runs.png');
     await page.close();
   });
@@ -80,9 +118,15 @@ describe('tlx ui, as a trainer sees it', () => {
     await page.goto(sweepView);
     await page.getByText('trials (sweep)').first().waitFor({ timeout: 60_000 });
     // Unfold the sweep's parent run: its children are the trials.
-    await page.locator('[role="gridcell"]', { has: page.getByText('trials (sweep)') }).locator('button[data-component-id*="runnamecellrenderer"]').first().click();
-    for (const name of ['fine_tune_at=100', 'fine_tune_at=140']) await page.getByText(name, { exact: true }).first().waitFor({ timeout: 30_000 });
-    for (const column of ['train.fine_tune.fine_tune_at', 'val_accuracy']) assert.ok(await page.getByText(column, { exact: true }).count(), `column ${column}`);
+    await page
+      .locator('[role="gridcell"]', { has: page.getByText('trials (sweep)') })
+      .locator('button[data-component-id*="runnamecellrenderer"]')
+      .first()
+      .click();
+    for (const name of ['fine_tune_at=100', 'fine_tune_at=140'])
+      await page.getByText(name, { exact: true }).first().waitFor({ timeout: 30_000 });
+    for (const column of ['train.fine_tune.fine_tune_at', 'val_accuracy'])
+      assert.ok(await page.getByText(column, { exact: true }).count(), `column ${column}`);
     const cells = await page.locator('[role="gridcell"]').allInnerTexts();
     assert.ok(cells.includes('100') && cells.includes('140'), 'the swept values are in the table');
     await screenshot(page, 'mlflow-sweep.png');
@@ -94,7 +138,11 @@ describe('tlx ui, as a trainer sees it', () => {
     const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     await page.goto(`${server}/#/models/dashboard-classifier`);
     await page.getByText('Version 1', { exact: false }).first().waitFor({ timeout: 60_000 });
-    assert.equal(await page.getByText('Version 2', { exact: false }).count(), 0, 'registered once, though tlx ui synced the run again');
+    assert.equal(
+      await page.getByText('Version 2', { exact: false }).count(),
+      0,
+      'registered once, though tlx ui synced the run again',
+    );
     await screenshot(page, 'mlflow-registry.png');
     await page.close();
   });

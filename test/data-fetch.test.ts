@@ -25,12 +25,20 @@ before(async () => {
   // The tutorial's archive, shrunk in pixels but not in count: 1000 + 1000 train, 500 + 500 validation.
   const tree = path.join(work, 'tree', 'cats_and_dogs_filtered');
   await writeClassFolders(path.join(tree, 'train'), ['cats', 'dogs'], 1000, { size: 8, format: 'jpg' });
-  await writeClassFolders(path.join(tree, 'validation'), ['cats', 'dogs'], 500, { size: 8, format: 'jpg', offset: 5000 });
+  await writeClassFolders(path.join(tree, 'validation'), ['cats', 'dogs'], 500, {
+    size: 8,
+    format: 'jpg',
+    offset: 5000,
+  });
   catsDogsZip = path.join(work, 'cats_and_dogs_filtered.zip');
   const entries = [];
   for (const split of ['train', 'validation']) {
     for (const cls of ['cats', 'dogs']) {
-      for (const file of fs.readdirSync(path.join(tree, split, cls))) entries.push({ name: `cats_and_dogs_filtered/${split}/${cls}/${file}`, file: path.join(tree, split, cls, file) });
+      for (const file of fs.readdirSync(path.join(tree, split, cls)))
+        entries.push({
+          name: `cats_and_dogs_filtered/${split}/${cls}/${file}`,
+          file: path.join(tree, split, cls, file),
+        });
     }
   }
   await makeZip(catsDogsZip, entries);
@@ -81,7 +89,10 @@ describe('datasets from a URL', () => {
       assert.match(error.message, /has sha256 [0-9a-f]{64}, expected a{64}; the file was discarded/);
       return true;
     });
-    const leftovers = fs.readdirSync(cacheDir, { recursive: true }).map(String).filter((f) => f.endsWith('.zip') || f.endsWith('.part'));
+    const leftovers = fs
+      .readdirSync(cacheDir, { recursive: true })
+      .map(String)
+      .filter((f) => f.endsWith('.zip') || f.endsWith('.part'));
     assert.deepEqual(leftovers, []);
   });
 
@@ -95,14 +106,20 @@ describe('datasets from a URL', () => {
   test('a 500 then a 200 is retried and succeeds', async () => {
     server.route('/flaky.zip', catsDogsZip, [{ kind: 'status', status: 500 }, { kind: 'serve' }]);
     const before = server.requests.filter((r) => r.path === '/flaky.zip').length;
-    const result = await downloadToCache(`${base}/flaky.zip`, { cacheDir: path.join(work, 'cache-flaky'), backoffMs: 10 });
+    const result = await downloadToCache(`${base}/flaky.zip`, {
+      cacheDir: path.join(work, 'cache-flaky'),
+      backoffMs: 10,
+    });
     assert.equal(server.requests.filter((r) => r.path === '/flaky.zip').length - before, 2);
     assert.equal(result.sha256, await sha256OfFile(catsDogsZip));
   });
 
   test('a truncated body is retried, resuming with a Range request, and the file is whole', async () => {
     server.route('/truncated.zip', catsDogsZip, [{ kind: 'truncate', afterBytes: 10_000 }, { kind: 'serve' }]);
-    const result = await downloadToCache(`${base}/truncated.zip`, { cacheDir: path.join(work, 'cache-truncated'), backoffMs: 10 });
+    const result = await downloadToCache(`${base}/truncated.zip`, {
+      cacheDir: path.join(work, 'cache-truncated'),
+      backoffMs: 10,
+    });
     const seen = server.requests.filter((r) => r.path === '/truncated.zip');
     assert.equal(seen.length, 2);
     const resumedAt = Number(/^bytes=(\d+)-$/.exec(seen[1].range ?? '')?.[1]);
@@ -111,7 +128,10 @@ describe('datasets from a URL', () => {
   });
 
   test('a 404 is not retried and names the URL', async () => {
-    await assert.rejects(downloadToCache(`${base}/missing.zip`, { cacheDir: path.join(work, 'cache-404'), backoffMs: 10 }), /missing\.zip failed: HTTP 404/);
+    await assert.rejects(
+      downloadToCache(`${base}/missing.zip`, { cacheDir: path.join(work, 'cache-404'), backoffMs: 10 }),
+      /missing\.zip failed: HTTP 404/,
+    );
   });
 });
 
@@ -124,7 +144,10 @@ describe('safe extraction', () => {
     ]);
     const target = path.join(work, 'slip-out', 'extracted');
     fs.mkdirSync(path.dirname(target), { recursive: true });
-    await assert.rejects(extractArchive(zip, 'zip', target), /refusing to extract slip\.zip: entry "\.\.\/\.\.\/evil\.txt": path leaves the extraction folder/);
+    await assert.rejects(
+      extractArchive(zip, 'zip', target),
+      /refusing to extract slip\.zip: entry "\.\.\/\.\.\/evil\.txt": path leaves the extraction folder/,
+    );
     assert.equal(fs.existsSync(path.join(work, 'evil.txt')), false);
     assert.equal(fs.existsSync(path.join(work, 'slip-out', 'evil.txt')), false);
     assert.deepEqual(fs.readdirSync(path.dirname(target)), [], 'no partial extraction left behind');
@@ -133,7 +156,10 @@ describe('safe extraction', () => {
   test('a zip entry with an absolute path is refused', async () => {
     const zip = path.join(work, 'absolute.zip');
     await makeZip(zip, [{ name: '/tmp/tlx-absolute-evil.txt', text: 'x' }]);
-    await assert.rejects(extractArchive(zip, 'zip', path.join(work, 'abs-out')), /absolute path|leaves the extraction folder/);
+    await assert.rejects(
+      extractArchive(zip, 'zip', path.join(work, 'abs-out')),
+      /absolute path|leaves the extraction folder/,
+    );
     assert.equal(fs.existsSync('/tmp/tlx-absolute-evil.txt'), false);
   });
 
@@ -151,7 +177,10 @@ describe('safe extraction', () => {
     writeFiles(src, Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`d/f${i}.txt`, 'x'])));
     const archive = path.join(work, 'many.tar.gz');
     await tar.c({ file: archive, cwd: src, gzip: true }, ['d']);
-    await assert.rejects(extractArchive(archive, 'tar.gz', path.join(work, 'many-out'), { maxEntries: 10, maxBytes: 1e9 }), /21 entries, more than the limit of 10/);
+    await assert.rejects(
+      extractArchive(archive, 'tar.gz', path.join(work, 'many-out'), { maxEntries: 10, maxBytes: 1e9 }),
+      /21 entries, more than the limit of 10/,
+    );
     await extractArchive(archive, 'tar.gz', path.join(work, 'many-ok'), { maxEntries: 100, maxBytes: 1e9 });
     assert.equal(fs.readdirSync(path.join(work, 'many-ok', 'd')).length, 20);
   });
@@ -159,7 +188,10 @@ describe('safe extraction', () => {
   test('an archive whose unpacked size is over the limit is refused', async () => {
     const zip = path.join(work, 'big.zip');
     await makeZip(zip, [{ name: 'big.txt', text: 'x'.repeat(5000) }]);
-    await assert.rejects(extractArchive(zip, 'zip', path.join(work, 'big-out'), { maxEntries: 10, maxBytes: 1000 }), /unpacked size over the limit of 1000 bytes/);
+    await assert.rejects(
+      extractArchive(zip, 'zip', path.join(work, 'big-out'), { maxEntries: 10, maxBytes: 1000 }),
+      /unpacked size over the limit of 1000 bytes/,
+    );
   });
 });
 
@@ -168,8 +200,15 @@ describe('the download cache shared by processes', () => {
     server.route('/shared.zip', catsDogsZip, [{ kind: 'slow', chunkDelayMs: 5 }]);
     const cacheDir = path.join(work, 'cache-shared');
     const script = path.join(work, 'download.mts');
-    fs.writeFileSync(script, `import { downloadToCache } from ${JSON.stringify(path.join(projectRoot, 'src', 'net', 'download.ts'))};\nconst d = await downloadToCache(process.argv[2], { cacheDir: process.argv[3] });\nprocess.stdout.write(d.sha256);\n`);
-    const run = () => execa(process.execPath, ['--import', 'tsx', script, `${base}/shared.zip`, cacheDir], { cwd: projectRoot, reject: false });
+    fs.writeFileSync(
+      script,
+      `import { downloadToCache } from ${JSON.stringify(path.join(projectRoot, 'src', 'net', 'download.ts'))};\nconst d = await downloadToCache(process.argv[2], { cacheDir: process.argv[3] });\nprocess.stdout.write(d.sha256);\n`,
+    );
+    const run = () =>
+      execa(process.execPath, ['--import', 'tsx', script, `${base}/shared.zip`, cacheDir], {
+        cwd: projectRoot,
+        reject: false,
+      });
     const [a, b] = await Promise.all([run(), run()]);
     assert.equal(a.exitCode, 0, String(a.stderr));
     assert.equal(b.exitCode, 0, String(b.stderr));

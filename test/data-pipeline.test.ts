@@ -4,7 +4,14 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import type { Tensor4D } from '@tensorflow/tfjs-node';
 import { loadExperiment } from '../src/config/load.ts';
-import { applyOp, augmentBatch, projectiveTransform, rotationTransform, translationTransform, zoomTransform } from '../src/data/augment.ts';
+import {
+  applyOp,
+  augmentBatch,
+  projectiveTransform,
+  rotationTransform,
+  translationTransform,
+  zoomTransform,
+} from '../src/data/augment.ts';
 import type { AugmentationOp } from '../src/config/resolved.ts';
 import { prepareDataset, splitCounts } from '../src/data/dataset.ts';
 import { DecodePool } from '../src/data/decode-pool.ts';
@@ -21,7 +28,10 @@ const work = tempDir('tlx-pipeline-');
 
 function experimentFile(datasetPath: string, extra = '', datasetExtra = ''): string {
   const file = path.join(work, `exp-${Math.random().toString(36).slice(2)}.yaml`);
-  fs.writeFileSync(file, `name: t\nseed: 7\ndataset:\n  path: ${datasetPath}\n  validation_split: 0.25\n  image_size: [32, 32]\n  batch_size: 8\n${datasetExtra}${extra}`);
+  fs.writeFileSync(
+    file,
+    `name: t\nseed: 7\ndataset:\n  path: ${datasetPath}\n  validation_split: 0.25\n  image_size: [32, 32]\n  batch_size: 8\n${datasetExtra}${extra}`,
+  );
   return file;
 }
 
@@ -49,7 +59,11 @@ frames = [Image.new("RGB", (20, 20), c) for c in [(0, 200, 0), (0, 0, 200)]]
 frames[0].save(sys.argv[1] + "/b/anim.gif", save_all=True, append_images=frames[1:])`,
     [path.join(work, 'mixed')],
   );
-  writeFiles(path.join(work, 'mixed'), { 'a/notes.txt': 'not an image', 'b/broken.jpg': 'definitely not a jpeg', '.DS_Store': 'x' });
+  writeFiles(path.join(work, 'mixed'), {
+    'a/notes.txt': 'not an image',
+    'b/broken.jpg': 'definitely not a jpeg',
+    '.DS_Store': 'x',
+  });
 });
 
 describe('scanning, decoding and splitting', () => {
@@ -63,8 +77,13 @@ describe('scanning, decoding and splitting', () => {
     assert.match(skipped['a/notes.txt'], /not an image file type/);
     assert.match(skipped['b/broken.jpg'], /cannot decode/);
     assert.equal(dataset.skipped.length, 2);
-    const all = [...dataset.splits.train.samples, ...dataset.splits.validation.samples, ...dataset.splits.test.samples].map((s) => path.basename(s.file));
-    for (const name of ['photo.jpg', 'rgba.png', 'gray.png', 'pic.bmp', 'anim.gif']) assert.ok(all.includes(name), name);
+    const all = [
+      ...dataset.splits.train.samples,
+      ...dataset.splits.validation.samples,
+      ...dataset.splits.test.samples,
+    ].map((s) => path.basename(s.file));
+    for (const name of ['photo.jpg', 'rgba.png', 'gray.png', 'pic.bmp', 'anim.gif'])
+      assert.ok(all.includes(name), name);
     const batch = dataset.splits.train.images([0]);
     assert.deepEqual(batch.shape, [1, 32, 32, 3]);
     batch.dispose();
@@ -77,8 +96,17 @@ describe('scanning, decoding and splitting', () => {
     const grayJpeg = tf.tidy(() => large.mean(2, true).toInt());
     fs.writeFileSync(path.join(work, 'gray.jpg'), await tf.node.encodeJpeg(grayJpeg as never, 'grayscale'));
     tf.dispose([large, grayJpeg]);
-    const files = [path.join(work, 'large.jpg'), path.join(work, 'gray.jpg'), ...['a/photo.jpg', 'b/rgba.png', 'c/gray.png', 'a/pic.bmp', 'b/anim.gif'].map((f) => path.join(dir, f))];
-    const sizes: [number, number][] = [[13, 29], [20, 20], [64, 64], [71, 40]];
+    const files = [
+      path.join(work, 'large.jpg'),
+      path.join(work, 'gray.jpg'),
+      ...['a/photo.jpg', 'b/rgba.png', 'c/gray.png', 'a/pic.bmp', 'b/anim.gif'].map((f) => path.join(dir, f)),
+    ];
+    const sizes: [number, number][] = [
+      [13, 29],
+      [20, 20],
+      [64, 64],
+      [71, 40],
+    ];
     const keras = JSON.parse(
       await python(
         `import json, sys
@@ -94,23 +122,33 @@ print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear"
       sizes.forEach((size, s) => {
         const ours = decodeToBytes(fs.readFileSync(file), size);
         const differing = ours.reduce((count, value, i) => count + (value === keras[f][s][i] ? 0 : 1), 0);
-        assert.equal(differing, 0, `${path.basename(file)} at ${size.join('x')}: ${differing} of ${ours.length} values differ from Keras's loader`);
+        assert.equal(
+          differing,
+          0,
+          `${path.basename(file)} at ${size.join('x')}: ${differing} of ${ours.length} values differ from Keras's loader`,
+        );
       }),
     );
   });
 
   test('on_bad_file: fail refuses the dataset and names the file', async () => {
-    await assert.rejects(prepare(experimentFile(path.join(work, 'mixed'), '', '  on_bad_file: fail\n')), (error: Error) => {
-      assert.ok(error instanceof UserError);
-      assert.match(error.message, /b\/broken\.jpg \(cannot decode/);
-      return true;
-    });
+    await assert.rejects(
+      prepare(experimentFile(path.join(work, 'mixed'), '', '  on_bad_file: fail\n')),
+      (error: Error) => {
+        assert.ok(error instanceof UserError);
+        assert.match(error.message, /b\/broken\.jpg \(cannot decode/);
+        return true;
+      },
+    );
   });
 
   test('an empty class folder, a single class, and no class folders are clear errors', async () => {
     await writeClassFolders(path.join(work, 'empty'), ['x'], 3);
     fs.mkdirSync(path.join(work, 'empty', 'y'));
-    await assert.rejects(prepare(experimentFile(path.join(work, 'empty'))), /class folder\(s\) with no images in .*empty: y/);
+    await assert.rejects(
+      prepare(experimentFile(path.join(work, 'empty'))),
+      /class folder\(s\) with no images in .*empty: y/,
+    );
     await writeClassFolders(path.join(work, 'single'), ['only'], 3);
     await assert.rejects(prepare(experimentFile(path.join(work, 'single'))), /only one class folder \(only\)/);
     writeFiles(path.join(work, 'flat'), { 'a.png': 'x' });
@@ -139,13 +177,25 @@ print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear"
       const perBatch = ImageSplit.load([...split.samples], split.size, 'stream').split;
       const indices = Array.from({ length: split.length }, (_, i) => i);
       const [x, y, z] = [split.images(indices), stream.splits[name].images(indices), perBatch.images(indices)];
-      assert.deepEqual(Buffer.from(y.dataSync().buffer), Buffer.from(x.dataSync().buffer), `${name}: pixels streamed from the pixel file differ from in-memory pixels`);
-      assert.deepEqual(Buffer.from(z.dataSync().buffer), Buffer.from(x.dataSync().buffer), `${name}: pixels decoded per batch differ from in-memory pixels`);
+      assert.deepEqual(
+        Buffer.from(y.dataSync().buffer),
+        Buffer.from(x.dataSync().buffer),
+        `${name}: pixels streamed from the pixel file differ from in-memory pixels`,
+      );
+      assert.deepEqual(
+        Buffer.from(z.dataSync().buffer),
+        Buffer.from(x.dataSync().buffer),
+        `${name}: pixels decoded per batch differ from in-memory pixels`,
+      );
       tf.dispose([x, y, z]);
       if (split.length === 0) continue;
       const batch = stream.splits[name].batches(4, [...indices].reverse()).next().value!;
       const expected = split.images(batch.indices);
-      assert.deepEqual(Buffer.from(batch.images.dataSync().buffer), Buffer.from(expected.dataSync().buffer), `${name}: a shuffled streamed batch differs`);
+      assert.deepEqual(
+        Buffer.from(batch.images.dataSync().buffer),
+        Buffer.from(expected.dataSync().buffer),
+        `${name}: a shuffled streamed batch differs`,
+      );
       tf.dispose([expected, batch.images, batch.labels]);
     }
   });
@@ -154,7 +204,12 @@ print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear"
     const dir = path.join(work, 'threaded');
     await writeClassFolders(dir, ['a', 'b'], 150, { size: 40, format: 'jpg' });
     fs.writeFileSync(path.join(dir, 'a', '0007.jpg'), 'not a jpeg');
-    const samples = ['a', 'b'].flatMap((name, label) => fs.readdirSync(path.join(dir, name)).sort().map((f) => ({ file: path.join(dir, name, f), label })));
+    const samples = ['a', 'b'].flatMap((name, label) =>
+      fs
+        .readdirSync(path.join(dir, name))
+        .sort()
+        .map((f) => ({ file: path.join(dir, name, f), label })),
+    );
     const pool = DecodePool.shared();
     assert.ok(pool.threads > 0);
     await pool.ready();
@@ -162,21 +217,41 @@ print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear"
     const pending = pool.submit(files, [32, 32], 1e6);
     await new Promise((resolve) => setTimeout(resolve, 300));
     const decoded = pending.wait((file) => decodeToBytes(fs.readFileSync(file), [32, 32]));
-    assert.ok(decoded.decodedHere < files.length, `the threads decoded ${files.length - decoded.decodedHere} of ${files.length}`);
-    files.forEach((file, i) => assert.deepEqual(decoded.pixels.subarray(i * 3072, (i + 1) * 3072), decodeToBytes(fs.readFileSync(file), [32, 32]), file));
+    assert.ok(
+      decoded.decodedHere < files.length,
+      `the threads decoded ${files.length - decoded.decodedHere} of ${files.length}`,
+    );
+    files.forEach((file, i) =>
+      assert.deepEqual(
+        decoded.pixels.subarray(i * 3072, (i + 1) * 3072),
+        decodeToBytes(fs.readFileSync(file), [32, 32]),
+        file,
+      ),
+    );
 
     const { split, bad } = ImageSplit.load(samples, [32, 32], 'memory');
-    assert.deepEqual(bad.map((b) => [path.basename(b.file), /^cannot decode: /.test(b.reason)]), [['0007.jpg', true]]);
+    assert.deepEqual(
+      bad.map((b) => [path.basename(b.file), /^cannot decode: /.test(b.reason)]),
+      [['0007.jpg', true]],
+    );
     assert.equal(split.length, 299);
     const good = samples.filter((s) => !s.file.endsWith(`a${path.sep}0007.jpg`));
-    good.forEach((sample, i) => assert.deepEqual(split.imageBytes(i), decodeToBytes(fs.readFileSync(sample.file), [32, 32]), sample.file));
+    good.forEach((sample, i) =>
+      assert.deepEqual(split.imageBytes(i), decodeToBytes(fs.readFileSync(sample.file), [32, 32]), sample.file),
+    );
     // Streamed, in a shuffled order, batch by batch (each decoded ahead while the one before is in use).
     const streamed = ImageSplit.load(good, [32, 32], 'stream').split;
     const order = new Random(3, 'order').permutation(good.length);
     let position = 0;
     for (const batch of streamed.batches(32, order)) {
       const pixels = batch.images.dataSync();
-      batch.indices.forEach((index, i) => assert.deepEqual(Float32Array.from(split.imageBytes(index)), pixels.subarray(i * 3072, (i + 1) * 3072), `streamed image ${index}`));
+      batch.indices.forEach((index, i) =>
+        assert.deepEqual(
+          Float32Array.from(split.imageBytes(index)),
+          pixels.subarray(i * 3072, (i + 1) * 3072),
+          `streamed image ${index}`,
+        ),
+      );
       position += batch.indices.length;
       tf.dispose([batch.images, batch.labels]);
     }
@@ -184,8 +259,18 @@ print(json.dumps([[np.round(np.asarray(_load_image_tf(f, tuple(s), 3, "bilinear"
   });
 
   test('epochs leak no tensors: numTensors is the same after every epoch', async () => {
-    const dataset = await prepare(experimentFile(path.join(work, 'mixed'), 'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n'));
-    const ops = loadExperiment(experimentFile(path.join(work, 'mixed'), 'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n')).config.augmentation;
+    const dataset = await prepare(
+      experimentFile(
+        path.join(work, 'mixed'),
+        'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n',
+      ),
+    );
+    const ops = loadExperiment(
+      experimentFile(
+        path.join(work, 'mixed'),
+        'augmentation:\n  - random_flip: horizontal_and_vertical\n  - random_rotation: 0.2\n  - random_zoom: 0.1\n  - random_translation: { height_factor: 0.1, width_factor: 0.1 }\n  - random_contrast: 0.2\n  - random_brightness: 0.1\n',
+      ),
+    ).config.augmentation;
     const counts: number[] = [];
     for (let epoch = 1; epoch <= 3; epoch++) {
       let index = 0;
@@ -260,7 +345,12 @@ print(json.dumps(out))`,
   });
 
   test('a rotation by a fixed angle gives the same pixels (constant, nearest)', () => {
-    assert.ok(maxDiff(projectiveTransform(input(), [rotationTransform(-0.3, size, 19)], 'constant', 'nearest'), keras.rotation_nearest_constant) < 1e-4);
+    assert.ok(
+      maxDiff(
+        projectiveTransform(input(), [rotationTransform(-0.3, size, 19)], 'constant', 'nearest'),
+        keras.rotation_nearest_constant,
+      ) < 1e-4,
+    );
   });
 
   test('a zoom by fixed factors gives the same pixels', () => {
@@ -268,9 +358,10 @@ print(json.dumps(out))`,
   });
 
   test('a translation by fixed fractions gives the same pixels', () => {
-    assert.ok(maxDiff(projectiveTransform(input(), [translationTransform(-0.2 * 19, 0.1 * size)]), keras.translation) < 1e-4);
+    assert.ok(
+      maxDiff(projectiveTransform(input(), [translationTransform(-0.2 * 19, 0.1 * size)]), keras.translation) < 1e-4,
+    );
   });
-
 });
 
 /** A seeded Random whose every draw is `u`: the same draw for tlx as the patched Keras layer gets. */
@@ -291,10 +382,16 @@ describe('augmentation from the config, drawn and applied as Keras 3 layers do',
     { op: { random_flip: 'vertical' }, keras: 'keras.layers.RandomFlip("vertical")' },
     { op: { random_flip: 'horizontal_and_vertical' }, keras: 'keras.layers.RandomFlip("horizontal_and_vertical")' },
     { op: { random_rotation: 0.2 }, keras: 'keras.layers.RandomRotation(0.2)' },
-    { op: { random_rotation: { factor: 0.3, fill_mode: 'constant', interpolation: 'nearest' } }, keras: 'keras.layers.RandomRotation(0.3, fill_mode="constant", interpolation="nearest")' },
+    {
+      op: { random_rotation: { factor: 0.3, fill_mode: 'constant', interpolation: 'nearest' } },
+      keras: 'keras.layers.RandomRotation(0.3, fill_mode="constant", interpolation="nearest")',
+    },
     { op: { random_zoom: 0.2 }, keras: 'keras.layers.RandomZoom(0.2)' },
     { op: { random_zoom: { height_factor: 0.2, width_factor: 0.1 } }, keras: 'keras.layers.RandomZoom(0.2, 0.1)' },
-    { op: { random_translation: { height_factor: 0.1, width_factor: 0.2 } }, keras: 'keras.layers.RandomTranslation(0.1, 0.2)' },
+    {
+      op: { random_translation: { height_factor: 0.1, width_factor: 0.2 } },
+      keras: 'keras.layers.RandomTranslation(0.1, 0.2)',
+    },
     { op: { random_contrast: 0.3 }, keras: 'keras.layers.RandomContrast(0.3)' },
     { op: { random_brightness: 0.1 }, keras: 'keras.layers.RandomBrightness(0.1, value_range=(0, 255))' },
   ];

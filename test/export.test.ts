@@ -58,7 +58,10 @@ before(async () => {
       ] as const
     ).map(async ([name, classes]) => {
       trained[name] = await trainModel(name, [...classes]);
-      const result = await runTlx(['convert', trained[name], '--quantization', others], { cwd: work, timeout: 600_000 });
+      const result = await runTlx(['convert', trained[name], '--quantization', others], {
+        cwd: work,
+        timeout: 600_000,
+      });
       assert.equal(result.exitCode, 0, `${others}: ${result.stderr.slice(-3000)}`);
     }),
   );
@@ -84,16 +87,30 @@ describe('TFLite export', () => {
         const card = JSON.parse(fs.readFileSync(path.join(folder, 'model-card.json'), 'utf8')) as TfliteRecord;
         assert.deepEqual(card.output.shape, r.output.shape);
         assert.equal(card.quantization, mode);
-        assert.match(fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'), new RegExp(`Array\\(1\\) \\{ (Float|Byte)Array\\(labels\\.size\\) \\}   // \\[1, ${classes.length}\\]`));
-        assert.ok(r.accuracy !== undefined && r.median_latency_ms !== undefined && r.agreement_with_trained_model !== undefined);
+        assert.match(
+          fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'),
+          new RegExp(`Array\\(1\\) \\{ (Float|Byte)Array\\(labels\\.size\\) \\}   // \\[1, ${classes.length}\\]`),
+        );
+        assert.ok(
+          r.accuracy !== undefined && r.median_latency_ms !== undefined && r.agreement_with_trained_model !== undefined,
+        );
         assert.ok(r.accuracy_nearest_resize !== undefined, 'the Android-style nearest resize is measured too');
-        if (mode === 'none') assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
+        if (mode === 'none')
+          assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
         if (mode === 'int8') assert.equal(r.input.quantization.scale, 1, 'raw pixels 0..255 go in as they are');
         // The labels travel inside the model, and MediaPipe Tasks (Android's task graph) names every result with them.
         assert.equal(r.labels_embedded, true);
-        const mediapipe = r.mediapipe as { accuracy: number; agreement_with_tflite: number; named_results: number; images: number };
+        const mediapipe = r.mediapipe as {
+          accuracy: number;
+          agreement_with_tflite: number;
+          named_results: number;
+          images: number;
+        };
         assert.equal(mediapipe.named_results, mediapipe.images, 'every MediaPipe result carries a category name');
-        assert.ok(mediapipe.agreement_with_tflite >= 0.97, `MediaPipe agrees with the .tflite on ${mediapipe.agreement_with_tflite}`);
+        assert.ok(
+          mediapipe.agreement_with_tflite >= 0.97,
+          `MediaPipe agrees with the .tflite on ${mediapipe.agreement_with_tflite}`,
+        );
         const metadata = (card as unknown as { metadata: { name: string; version: string } }).metadata;
         assert.equal(metadata.name, key);
         assert.match(metadata.version, new RegExp(`^tlx .+, run ${path.basename(dir)}$`));
@@ -111,7 +128,10 @@ describe('TFLite export', () => {
       const images = classes.map((c) => path.join(work, key, c, '0000.png'));
       const result = await runTlx(['--json', 'predict', dir, ...images], { cwd: work });
       assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-      const predictions = JSON.parse(result.stdout) as { file: string; top: { label: string; probability: number }[] }[];
+      const predictions = JSON.parse(result.stdout) as {
+        file: string;
+        top: { label: string; probability: number }[];
+      }[];
       assert.equal(predictions.length, classes.length);
       let correct = 0;
       predictions.forEach((p, i) => {
@@ -119,9 +139,18 @@ describe('TFLite export', () => {
         if (p.top[0].label === classes[i]) correct++;
       });
       assert.ok(correct >= classes.length - 1, `${correct}/${classes.length} right`);
-      const folderRun = await runTlx(['predict', dir, path.join(work, key), '--out', path.join(work, `${key}.csv`), '--resize', 'nearest'], { cwd: work });
+      const folderRun = await runTlx(
+        ['predict', dir, path.join(work, key), '--out', path.join(work, `${key}.csv`), '--resize', 'nearest'],
+        { cwd: work },
+      );
       assert.equal(folderRun.exitCode, 0);
-      assert.equal(fs.readFileSync(path.join(work, `${key}.csv`), 'utf8').trim().split('\n').length, classes.length * 24 + 1);
+      assert.equal(
+        fs
+          .readFileSync(path.join(work, `${key}.csv`), 'utf8')
+          .trim()
+          .split('\n').length,
+        classes.length * 24 + 1,
+      );
     });
   }
 
@@ -129,7 +158,10 @@ describe('TFLite export', () => {
     const alone = path.join(work, 'alone');
     fs.mkdirSync(alone);
     fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(alone, 'model.tflite'));
-    const result = await runTlx(['--json', 'predict', path.join(alone, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    const result = await runTlx(
+      ['--json', 'predict', path.join(alone, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')],
+      { cwd: work },
+    );
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
     const [prediction] = JSON.parse(result.stdout) as { top: { label: string }[] }[];
     assert.ok(prediction.top.every((t) => ['daisy', 'dandelion', 'roses', 'sunflowers', 'tulips'].includes(t.label)));
@@ -140,7 +172,10 @@ describe('TFLite export', () => {
     fs.mkdirSync(copy);
     fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(copy, 'model.tflite'));
     fs.writeFileSync(path.join(copy, 'labels.txt'), 'daisy\ndandelion\nroses\ntulips\nsunflowers\n');
-    const result = await runTlx(['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    const result = await runTlx(
+      ['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')],
+      { cwd: work },
+    );
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /does not match the labels embedded in/);
   });
@@ -150,7 +185,10 @@ describe('TFLite export', () => {
     fs.mkdirSync(copy);
     fs.copyFileSync(path.join(trained.five, 'model.tflite'), path.join(copy, 'model.tflite'));
     fs.writeFileSync(path.join(copy, 'labels.txt'), 'daisy\ndandelion\nroses\nsunflowers\n');
-    const result = await runTlx(['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')], { cwd: work });
+    const result = await runTlx(
+      ['predict', path.join(copy, 'model.tflite'), path.join(work, 'five', 'roses', '0000.png')],
+      { cwd: work },
+    );
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /outputs 5 scores but labels\.txt has 4 labels/);
   });
@@ -180,10 +218,20 @@ export:
 
   test('the accuracy gate fires: the run exits 1 with the reason, keeps its training, and summary.json says export failed', async () => {
     // A test hook puts noise on the weights between the Keras check and the converter: a truly worse file.
-    const result = await runTlx(['--runs-dir', runsDir, 'run', file()], { cwd: work, timeout: 600_000, env: { TLX_TEST_EXPORT_NOISE: '1.0' } });
+    const result = await runTlx(['--runs-dir', runsDir, 'run', file()], {
+      cwd: work,
+      timeout: 600_000,
+      env: { TLX_TEST_EXPORT_NOISE: '1.0' },
+    });
     assert.equal(result.exitCode, 1, result.stderr.slice(-2000));
-    assert.match(result.stderr, /export failed: accuracy drop \d+\.\d points > export\.tflite\.max_accuracy_drop 2\.0 points \(\d+ of \d+ images lost, \d+ gained; p = 0\.0\d\d < 0\.05\)/);
-    dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-gate-'))!;
+    assert.match(
+      result.stderr,
+      /export failed: accuracy drop \d+\.\d points > export\.tflite\.max_accuracy_drop 2\.0 points \(\d+ of \d+ images lost, \d+ gained; p = 0\.0\d\d < 0\.05\)/,
+    );
+    dir = fs
+      .readdirSync(runsDir)
+      .map((d) => path.join(runsDir, d))
+      .find((d) => d.includes('-gate-'))!;
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
     assert.equal(summary.status, 'FAILED');
     assert.equal(summary.failed_stage, 'export');
@@ -191,7 +239,11 @@ export:
     assert.ok(summary.metrics.final!.test_accuracy > 0.75, 'the trained model is good; only its export is not');
     assert.ok(fs.existsSync(path.join(dir, 'model', 'classifier.json')), 'the trained model is kept');
     assert.ok(!fs.existsSync(path.join(dir, 'model.tflite')), 'a failed export is not put where an app would take it');
-    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string; failed_stage: string }).failed_stage, 'export');
+    assert.equal(
+      (JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { status: string; failed_stage: string })
+        .failed_stage,
+      'export',
+    );
   });
 
   test('resuming the run exports again without training again', async () => {
@@ -207,38 +259,68 @@ export:
   test('tlx convert never replaces a verified export with a failed one', async () => {
     const model = fs.readFileSync(path.join(dir, 'model.tflite'));
     const summary = fs.readFileSync(path.join(dir, 'summary.json'), 'utf8');
-    const result = await runTlx(['convert', dir], { cwd: work, timeout: 600_000, env: { TLX_TEST_EXPORT_NOISE: '1.0' } });
+    const result = await runTlx(['convert', dir], {
+      cwd: work,
+      timeout: 600_000,
+      env: { TLX_TEST_EXPORT_NOISE: '1.0' },
+    });
     assert.equal(result.exitCode, 1);
     assert.match(result.stderr, /failed verification: accuracy drop/);
     assert.ok(fs.readFileSync(path.join(dir, 'model.tflite')).equals(model), 'model.tflite is the verified one');
     assert.equal(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'), summary, 'summary.json still describes it');
-    assert.deepEqual(fs.readdirSync(dir).filter((name) => name.includes('.tmp-')), [], 'no staging folder left behind');
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((name) => name.includes('.tmp-')),
+      [],
+      'no staging folder left behind',
+    );
   });
 
-  test('tlx convert refuses when the dataset\'s classes no longer match the trained labels', async () => {
+  test("tlx convert refuses when the dataset's classes no longer match the trained labels", async () => {
     fs.renameSync(path.join(work, 'gate', 'dogs'), path.join(work, 'gate', 'wolves'));
     try {
       const result = await runTlx(['convert', dir, '--quantization', 'none'], { cwd: work, timeout: 600_000 });
       assert.equal(result.exitCode, 2);
-      assert.match(result.stderr, /the dataset's 2 classes are not the 2 the run was trained on \(new: wolves; missing: dogs\)/);
+      assert.match(
+        result.stderr,
+        /the dataset's 2 classes are not the 2 the run was trained on \(new: wolves; missing: dogs\)/,
+      );
     } finally {
       fs.renameSync(path.join(work, 'gate', 'wolves'), path.join(work, 'gate', 'dogs'));
     }
   });
 
   test('int8 input and output: exported and verified; MediaPipe (uint8/float32 only) is skipped, and the card says why', async () => {
-    const result = await runTlx(['--runs-dir', runsDir, 'run', file(), '--set', 'export.tflite.quantization=int8', '--set', 'export.tflite.io_type=int8', '--set', 'export.tflite.max_accuracy_drop=1', '--set', 'train.feature_extraction.epochs=1'], { cwd: work, timeout: 600_000 });
+    const result = await runTlx(
+      [
+        '--runs-dir',
+        runsDir,
+        'run',
+        file(),
+        '--set',
+        'export.tflite.quantization=int8',
+        '--set',
+        'export.tflite.io_type=int8',
+        '--set',
+        'export.tflite.max_accuracy_drop=1',
+        '--set',
+        'train.feature_extraction.epochs=1',
+      ],
+      { cwd: work, timeout: 600_000 },
+    );
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
     const run = runDirOf(result.stdout);
     const r = (JSON.parse(fs.readFileSync(path.join(run, 'summary.json'), 'utf8')) as RunSummary).export!.tflite!;
     assert.equal(r.input.dtype, 'int8');
     assert.match((r.mediapipe as { skipped: string }).skipped, /uint8 or float32/);
-    assert.match(fs.readFileSync(path.join(run, 'model-card.md'), 'utf8'), /int8 input and output: MediaPipe Tasks and the TFLite Task Library read only uint8 or float32/);
+    assert.match(
+      fs.readFileSync(path.join(run, 'model-card.md'), 'utf8'),
+      /int8 input and output: MediaPipe Tasks and the TFLite Task Library read only uint8 or float32/,
+    );
   });
 });
 
 describe('train.restore_best_weights', () => {
-  test('the best validation epoch\'s weights are evaluated and exported, and every record says which epoch', async () => {
+  test("the best validation epoch's weights are evaluated and exported, and every record says which epoch", async () => {
     // Feature extraction learns the images; fine-tuning the whole base at a rate far too high then wrecks it,
     // so the best epoch is one of the first three whatever the CPU's rounding.
     const file = path.join(work, 'restore.yaml');
@@ -260,18 +342,40 @@ export:
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
     const dir = runDirOf(result.stdout);
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
-    const records = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { epoch: number; val_accuracy: number }).filter((r) => r.epoch > 0);
+    const records = fs
+      .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { epoch: number; val_accuracy: number })
+      .filter((r) => r.epoch > 0);
     const best = records.reduce((a, b) => (b.val_accuracy > a.val_accuracy ? b : a));
     assert.deepEqual(summary.final_weights, { epoch: best.epoch, last_epoch: 5, selected_by: 'best_val_accuracy' });
-    assert.ok(best.epoch <= 3, `the wrecked fine-tuning was not the best: epoch ${best.epoch} (${records.map((r) => r.val_accuracy).join(' ')})`);
+    assert.ok(
+      best.epoch <= 3,
+      `the wrecked fine-tuning was not the best: epoch ${best.epoch} (${records.map((r) => r.val_accuracy).join(' ')})`,
+    );
     assert.ok(records[records.length - 1].val_accuracy < best.val_accuracy, 'the last epoch is worse than the best');
-    assert.equal(summary.metrics.final!.val_accuracy, best.val_accuracy, "the model evaluated after training is the best epoch's");
+    assert.equal(
+      summary.metrics.final!.val_accuracy,
+      best.val_accuracy,
+      "the model evaluated after training is the best epoch's",
+    );
     const exported = summary.export!.tflite!;
     assert.equal(exported.status, 'verified', exported.problems.join('; '));
     assert.deepEqual(exported.final_weights, summary.final_weights);
-    assert.equal(exported.trained_model_accuracy, summary.metrics.final!.test_accuracy, 'the file was checked against the restored model');
-    assert.ok(Math.abs(exported.accuracy! - summary.metrics.final!.test_accuracy) <= 1 / 32 + 1e-9, 'the float16 file classifies as the restored model does');
-    assert.match(fs.readFileSync(path.join(dir, 'model-card.md'), 'utf8'), new RegExp(`\\| weights \\| epoch ${best.epoch} of 5 \\(best validation accuracy`));
+    assert.equal(
+      exported.trained_model_accuracy,
+      summary.metrics.final!.test_accuracy,
+      'the file was checked against the restored model',
+    );
+    assert.ok(
+      Math.abs(exported.accuracy! - summary.metrics.final!.test_accuracy) <= 1 / 32 + 1e-9,
+      'the float16 file classifies as the restored model does',
+    );
+    assert.match(
+      fs.readFileSync(path.join(dir, 'model-card.md'), 'utf8'),
+      new RegExp(`\\| weights \\| epoch ${best.epoch} of 5 \\(best validation accuracy`),
+    );
     assert.match(result.stderr + result.stdout, new RegExp(`restored the weights of epoch ${best.epoch}`));
   });
 });

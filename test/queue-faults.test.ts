@@ -17,7 +17,8 @@ const { submitter, runsDir, work } = lab;
 const startWorker = (name: string, env?: Record<string, string>) => lab.startWorker(name, env);
 const stopWorkers = () => lab.stopWorkers();
 const sweep = (args: string[], env?: Record<string, string>, runsDir?: string) => lab.sweep(args, env, runsDir);
-const experiment = (name: string, grid: string, train?: string, extra?: string) => lab.experiment(name, grid, train, extra);
+const experiment = (name: string, grid: string, train?: string, extra?: string) =>
+  lab.experiment(name, grid, train, extra);
 const trialFolders = (sweepName: string) => lab.trialFolders(sweepName);
 const jobs = (prefix: string) => lab.jobs(prefix);
 
@@ -26,7 +27,11 @@ after(() => lab.stop());
 
 describe('tlx sweep --queue under faults of the queue', () => {
   test('the same command again, and a second coordinator, enqueue nothing twice; --set sweep keys join a --grid', async () => {
-    const file = writeExperiment(submitter, 'attach', `seed: 4\n${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 } }\n`);
+    const file = writeExperiment(
+      submitter,
+      'attach',
+      `seed: 4\n${tinyDataAndModel}train: { feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 } }\n`,
+    );
     const args = [file, '--grid', 'train.fine_tune.fine_tune_at=100,120,140', '--set', 'sweep.export=none', '--queue'];
     // A second coordinator on another machine: its own runs folder, the same queue.
     const elsewhere = sweep(args, {}, path.join(work, 'elsewhere'));
@@ -41,20 +46,35 @@ describe('tlx sweep --queue under faults of the queue', () => {
     const waited = await sweep([...args, '--wait']);
     assert.equal(waited.exitCode, 0, waited.stderr.slice(-2000));
     const all = await jobs('attach-');
-    assert.deepEqual(all.map((j) => j.id.replace(/^.*\./, '')), ['trial-0', 'trial-1', 'trial-2'], 'one job per trial');
+    assert.deepEqual(
+      all.map((j) => j.id.replace(/^.*\./, '')),
+      ['trial-0', 'trial-1', 'trial-2'],
+      'one job per trial',
+    );
     assert.ok(all.every((j) => j.state === 'completed'));
-    const status = await runTlx(['--runs-dir', runsDir, '--json', 'sweep', 'status', all[0].id.split('.')[0], '--queue'], { cwd: submitter, env: { TLX_QUEUE_URL: lab.redis.url, MLFLOW_TRACKING_URI: lab.mlflow.url } });
+    const status = await runTlx(
+      ['--runs-dir', runsDir, '--json', 'sweep', 'status', all[0].id.split('.')[0], '--queue'],
+      { cwd: submitter, env: { TLX_QUEUE_URL: lab.redis.url, MLFLOW_TRACKING_URI: lab.mlflow.url } },
+    );
     assert.equal(status.exitCode, 0, status.stderr);
-    assert.deepEqual((JSON.parse(status.stdout) as { trials: { status: string }[] }).trials.map((t) => t.status), ['finished', 'finished', 'finished']);
+    assert.deepEqual(
+      (JSON.parse(status.stdout) as { trials: { status: string }[] }).trials.map((t) => t.status),
+      ['finished', 'finished', 'finished'],
+    );
     await stopWorkers();
   });
 
   test('Redis restarted mid-sweep: no job is lost, the worker reconnects, the sweep finishes', async () => {
-    const file = experiment('restart', '    seed: [4, 5]', 'feature_extraction: { epochs: 8 }, fine_tune: { epochs: 1 }');
+    const file = experiment(
+      'restart',
+      '    seed: [4, 5]',
+      'feature_extraction: { epochs: 8 }, fine_tune: { epochs: 1 }',
+    );
     startWorker('w1');
     const enqueued = await sweep([file, '--queue']);
     assert.equal(enqueued.exitCode, 0, enqueued.stderr);
-    for (let i = 0; i < 600 && trialFolders('restart').size === 0; i++) await new Promise((resolve) => setTimeout(resolve, 200));
+    for (let i = 0; i < 600 && trialFolders('restart').size === 0; i++)
+      await new Promise((resolve) => setTimeout(resolve, 200));
     await lab.redis.restart();
     const waited = await sweep([file, '--queue', '--wait']);
     assert.equal(waited.exitCode, 0, waited.stderr.slice(-2000));
@@ -73,7 +93,10 @@ describe('tlx sweep --queue under faults of the queue', () => {
       const waited = await sweep([file, '--queue', '--wait']);
       assert.equal(waited.exitCode, 1, waited.stderr.slice(-2000));
       const states = await jobs('unfixable-');
-      assert.deepEqual(states.map((j) => j.state), ['completed', 'failed']);
+      assert.deepEqual(
+        states.map((j) => j.state),
+        ['completed', 'failed'],
+      );
       assert.equal(states[1].attempts, 1, 'one attempt, no retries');
       assert.match(states[1].reason ?? '', /missing-weights\.h5 failed: HTTP 404/);
       assert.match(waited.stdout, /failed/);
@@ -83,17 +106,39 @@ describe('tlx sweep --queue under faults of the queue', () => {
     }
   });
 
-  test("a group leader whose export fails still hands its feature extraction on: the other trials run and the sweep ends", async () => {
-    const file = experiment('orphans', '    train.fine_tune.fine_tune_at: [100, 140]', undefined, 'export: { tflite: { quantization: float16 } }\n');
+  test('a group leader whose export fails still hands its feature extraction on: the other trials run and the sweep ends', async () => {
+    const file = experiment(
+      'orphans',
+      '    train.fine_tune.fine_tune_at: [100, 140]',
+      undefined,
+      'export: { tflite: { quantization: float16 } }\n',
+    );
     startWorker('w1', { TLX_TEST_EXPORT_FAIL: '1' });
     const waited = await sweep([file, '--queue', '--wait']);
     assert.equal(waited.exitCode, 1, waited.stderr.slice(-2000));
-    assert.deepEqual((await jobs('orphans-')).map((j) => [j.state, j.attempts]), [['failed', 1], ['failed', 1]], 'each trial ran once, failing at its export');
+    assert.deepEqual(
+      (await jobs('orphans-')).map((j) => [j.state, j.attempts]),
+      [
+        ['failed', 1],
+        ['failed', 1],
+      ],
+      'each trial ran once, failing at its export',
+    );
     const dirs = [...trialFolders('orphans').entries()].sort().map(([, dir]) => dir);
     assert.equal(dirs.length, 2);
-    const featureExtraction = (dir: string) => readMetrics(dir).filter((r) => r.phase !== 'fine_tune').map((r) => [r.epoch, r.loss, r.val_loss]);
-    assert.deepEqual(featureExtraction(dirs[1]), featureExtraction(dirs[0]), "the follower started from the leader's feature extraction");
-    assert.ok(readMetrics(dirs[1]).some((r) => r.phase === 'fine_tune'), 'and trained its own fine-tuning');
+    const featureExtraction = (dir: string) =>
+      readMetrics(dir)
+        .filter((r) => r.phase !== 'fine_tune')
+        .map((r) => [r.epoch, r.loss, r.val_loss]);
+    assert.deepEqual(
+      featureExtraction(dirs[1]),
+      featureExtraction(dirs[0]),
+      "the follower started from the leader's feature extraction",
+    );
+    assert.ok(
+      readMetrics(dirs[1]).some((r) => r.phase === 'fine_tune'),
+      'and trained its own fine-tuning',
+    );
     await stopWorkers();
   });
 });

@@ -34,7 +34,6 @@ model:
   dropout: 0.2
 `;
 
-
 before(async () => {
   await writeClassFolders(path.join(work, 'data'), ['cats', 'dogs'], 30, { size: 32 });
 });
@@ -62,7 +61,9 @@ describe('tlx run', () => {
         [4, 'fine_tune'],
       ],
     );
-    for (const m of metrics.slice(1)) for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) assert.equal(typeof m[key], 'number');
+    for (const m of metrics.slice(1))
+      for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const)
+        assert.equal(typeof m[key], 'number');
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
     assert.equal(summary.status, 'FINISHED');
     assert.equal(summary.run_id, path.basename(dir));
@@ -73,9 +74,23 @@ describe('tlx run', () => {
     assert.equal(summary.phases.fine_tune?.trainable_variables, 56);
     assert.equal(summary.phases.fine_tune?.epochs, 2);
     // Two colour-and-stripe classes (chance: 0.5) from pretrained features: a run that learns gets well above chance.
-    assert.ok(summary.metrics.final && summary.metrics.final.val_accuracy >= 0.8, `final val_accuracy ${summary.metrics.final?.val_accuracy}`);
+    assert.ok(
+      summary.metrics.final && summary.metrics.final.val_accuracy >= 0.8,
+      `final val_accuracy ${summary.metrics.final?.val_accuracy}`,
+    );
     assert.ok(metrics.at(-1)!.val_loss < metrics[0].val_loss, 'validation loss fell from before training');
-    for (const file of ['config.yaml', 'labels.txt', 'run.json', 'model/model.json', 'model/classifier.json', 'checkpoints/last/checkpoint.json', 'plots/learning_curves.png', 'plots/confusion_matrix.png', 'plots/samples.png', 'plots/augmentation.png']) {
+    for (const file of [
+      'config.yaml',
+      'labels.txt',
+      'run.json',
+      'model/model.json',
+      'model/classifier.json',
+      'checkpoints/last/checkpoint.json',
+      'plots/learning_curves.png',
+      'plots/confusion_matrix.png',
+      'plots/samples.png',
+      'plots/augmentation.png',
+    ]) {
       assert.ok(fs.existsSync(path.join(dir, file)), file);
     }
     assert.equal(fs.readFileSync(path.join(dir, 'labels.txt'), 'utf8'), 'cats\ndogs\n');
@@ -117,7 +132,11 @@ describe('tlx run', () => {
     // Runs are bitwise reproducible: the resumed run must end exactly where an uninterrupted one does.
     const whole = await runTlx(['--runs-dir', runsDir, 'run', experiment('unkilled', body)], { cwd: work });
     assert.equal(whole.exitCode, 0, whole.stderr.slice(-2000));
-    assert.deepEqual(numbersOf(readMetrics(dir)), numbersOf(readMetrics(runDirOf(whole.stdout))), 'epoch by epoch, the same numbers');
+    assert.deepEqual(
+      numbersOf(readMetrics(dir)),
+      numbersOf(readMetrics(runDirOf(whole.stdout))),
+      'epoch by epoch, the same numbers',
+    );
   });
 
   test('a phase that stopped early is not entered again on resume', async () => {
@@ -126,67 +145,112 @@ describe('tlx run', () => {
   feature_extraction: { epochs: 5, optimizer: { name: adam, learning_rate: 0.001 }, early_stopping: { monitor: loss, patience: 1, min_delta: 10 } }
   fine_tune: { fine_tune_at: 120, epochs: 2 }
 `;
-    const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('stopped', body)], { cwd: work, env: { TLX_TEST_KILL_AT: 'phase.complete' } });
+    const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('stopped', body)], {
+      cwd: work,
+      env: { TLX_TEST_KILL_AT: 'phase.complete' },
+    });
     assert.equal(killed.signal, 'SIGKILL', 'killed right after feature extraction completed');
-    const dir = fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes('-stopped-'))!;
-    assert.deepEqual(readMetrics(dir).map((m) => m.epoch), [0, 1, 2]);
+    const dir = fs
+      .readdirSync(runsDir)
+      .map((d) => path.join(runsDir, d))
+      .find((d) => d.includes('-stopped-'))!;
+    assert.deepEqual(
+      readMetrics(dir).map((m) => m.epoch),
+      [0, 1, 2],
+    );
     const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
     assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-3000));
-    assert.deepEqual(readMetrics(dir).map((m) => [m.epoch, m.phase]), [[0, 'initial'], [1, 'feature_extraction'], [2, 'feature_extraction'], [6, 'fine_tune'], [7, 'fine_tune']]);
+    assert.deepEqual(
+      readMetrics(dir).map((m) => [m.epoch, m.phase]),
+      [
+        [0, 'initial'],
+        [1, 'feature_extraction'],
+        [2, 'feature_extraction'],
+        [6, 'fine_tune'],
+        [7, 'fine_tune'],
+      ],
+    );
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')) as RunSummary;
     assert.equal(summary.phases.feature_extraction?.stopped_early, true);
     assert.equal(summary.phases.feature_extraction?.restored_best_epoch, 1);
     const whole = await runTlx(['--runs-dir', runsDir, 'run', experiment('unstopped', body)], { cwd: work });
-    assert.deepEqual(numbersOf(readMetrics(dir)), numbersOf(readMetrics(runDirOf(whole.stdout))), 'the same numbers as without the kill');
+    assert.deepEqual(
+      numbersOf(readMetrics(dir)),
+      numbersOf(readMetrics(runDirOf(whole.stdout))),
+      'the same numbers as without the kill',
+    );
   });
 
   for (const [signal, name] of [
     ['SIGINT', 'Ctrl-C'],
     ['SIGHUP', 'SIGHUP (a closed terminal)'],
   ] as const) {
-  test(`${name} stops after the current batch, saves, marks the run KILLED (exit 130); resume finishes it`, async () => {
-    const file = experiment(`interrupted-${signal}`, `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`);
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
-    const dir = await waitForEpoch(runsDir, `-interrupted-${signal}-`, 1);
-    child.kill(signal);
-    const result = await child;
-    assert.equal(result.exitCode, 130);
-    assert.ok(dir);
-    assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as RunMeta).status, 'KILLED');
-    assert.ok(fs.existsSync(path.join(dir, 'checkpoints', 'last', 'checkpoint.json')), 'the last completed epoch is checkpointed');
-    assert.ok(!fs.existsSync(path.join(dir, 'checkpoints', 'interrupted')), 'no half-epoch checkpoint: resume starts the interrupted epoch again');
-    const epochs = readMetrics(dir).map((m) => m.epoch);
-    assert.ok(epochs.length < 22);
-    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
-    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
-    assert.deepEqual(
-      readMetrics(dir).map((m) => m.epoch),
-      Array.from({ length: 22 }, (_, i) => i),
-    );
-  });
+    test(`${name} stops after the current batch, saves, marks the run KILLED (exit 130); resume finishes it`, async () => {
+      const file = experiment(
+        `interrupted-${signal}`,
+        `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`,
+      );
+      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+      const dir = await waitForEpoch(runsDir, `-interrupted-${signal}-`, 1);
+      child.kill(signal);
+      const result = await child;
+      assert.equal(result.exitCode, 130);
+      assert.ok(dir);
+      assert.equal((JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as RunMeta).status, 'KILLED');
+      assert.ok(
+        fs.existsSync(path.join(dir, 'checkpoints', 'last', 'checkpoint.json')),
+        'the last completed epoch is checkpointed',
+      );
+      assert.ok(
+        !fs.existsSync(path.join(dir, 'checkpoints', 'interrupted')),
+        'no half-epoch checkpoint: resume starts the interrupted epoch again',
+      );
+      const epochs = readMetrics(dir).map((m) => m.epoch);
+      assert.ok(epochs.length < 22);
+      const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+      assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+      assert.deepEqual(
+        readMetrics(dir).map((m) => m.epoch),
+        Array.from({ length: 22 }, (_, i) => i),
+      );
+    });
   }
 
   test('data tlx refuses (one class; a folder of many empty class folders) exits 2 with the problem, quotes at most 5 names, and leaves no run folder', async () => {
     const oneClass = path.join(work, 'one-class');
     await writeClassFolders(oneClass, ['only'], 4, { size: 32 });
     const empties = path.join(work, 'empties');
-    for (let i = 0; i < 40; i++) fs.mkdirSync(path.join(empties, `empty-${String(i).padStart(2, '0')}`), { recursive: true });
+    for (let i = 0; i < 40; i++)
+      fs.mkdirSync(path.join(empties, `empty-${String(i).padStart(2, '0')}`), { recursive: true });
     const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).sort() : [];
     for (const [data, problem] of [
       [oneClass, /only one class folder \(only\)/],
-      [empties, /class folder\(s\) with no images in \S+: empty-00, empty-01, empty-02, empty-03, empty-04 and 35 more$/m],
+      [
+        empties,
+        /class folder\(s\) with no images in \S+: empty-00, empty-01, empty-02, empty-03, empty-04 and 35 more$/m,
+      ],
     ] as const) {
-      const file = experiment(`refused-${path.basename(data)}`, `dataset: { path: ${data}, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n`);
+      const file = experiment(
+        `refused-${path.basename(data)}`,
+        `dataset: { path: ${data}, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n`,
+      );
       const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work });
       assert.equal(result.exitCode, 2, result.stderr.slice(-1000));
       assert.match(result.stderr, problem);
-      assert.deepEqual(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).sort() : [], before, 'no run folder left behind');
+      assert.deepEqual(
+        fs.existsSync(runsDir) ? fs.readdirSync(runsDir).sort() : [],
+        before,
+        'no run folder left behind',
+      );
     }
   });
 
   test('an invalid experiment exits 2 with the problem and leaves no run folder', async () => {
     const before = fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0;
-    const result = await runTlx(['--runs-dir', runsDir, 'run', experiment('bad', `${tinyData}train:\n  fine_tune: { fine_tune_at: 500 }\n`)], { cwd: work });
+    const result = await runTlx(
+      ['--runs-dir', runsDir, 'run', experiment('bad', `${tinyData}train:\n  fine_tune: { fine_tune_at: 500 }\n`)],
+      { cwd: work },
+    );
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /bad\.yaml:\d+:\d+: train\.fine_tune\.fine_tune_at: found 500, expected at most 154/);
     assert.equal(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).length : 0, before);

@@ -60,12 +60,22 @@ describe('archives', () => {
   test('a zip whose symlinks chain out of the folder is refused, naming the entry; nothing is written anywhere', async () => {
     const zip = path.join(work, 'chain.zip');
     // x -> ., x/a -> .., x/a/b -> ..: each name looks harmless, but a file written through them lands above.
-    await zipWithLinks(zip, [{ name: 'x', link: '.' }, { name: 'x/a', link: '..' }, { name: 'x/a/b', link: '..' }, { name: 'x/a/b/escaped.txt', text: 'pwned' }]);
+    await zipWithLinks(zip, [
+      { name: 'x', link: '.' },
+      { name: 'x/a', link: '..' },
+      { name: 'x/a/b', link: '..' },
+      { name: 'x/a/b/escaped.txt', text: 'pwned' },
+    ]);
     const out = path.join(work, 'chain-out', 'target');
     fs.mkdirSync(path.dirname(out), { recursive: true });
-    await assert.rejects(extractArchive(zip, 'zip', out), /refusing to extract chain\.zip: entry "x": symlink \(to \.\); datasets need no links/);
+    await assert.rejects(
+      extractArchive(zip, 'zip', out),
+      /refusing to extract chain\.zip: entry "x": symlink \(to \.\); datasets need no links/,
+    );
     assert.deepEqual(fs.readdirSync(path.dirname(out)), []);
-    assert.ok(!fs.existsSync(path.join(work, 'escaped.txt')) && !fs.existsSync(path.join(work, 'chain-out', 'escaped.txt')));
+    assert.ok(
+      !fs.existsSync(path.join(work, 'escaped.txt')) && !fs.existsSync(path.join(work, 'chain-out', 'escaped.txt')),
+    );
   });
 
   test('the same chain in a tar is refused too (node-tar will not write through a link)', async () => {
@@ -95,19 +105,38 @@ with tarfile.open(sys.argv[1], "a") as t:
     http.route('/big.zip', big);
     http.route('/chunked.zip', big, [{ kind: 'chunked' }]);
     const cacheDir = path.join(work, 'cache-cap');
-    await assert.rejects(downloadToCache(`${base}/big.zip`, { cacheDir, maxBytes: 100_000, what: 'dataset.url' }), /dataset\.url: http:\/\/127\.0\.0\.1:\d+\/big\.zip is 0\.3 MiB, over the limit of 0\.1 MiB \(dataset\.max_download_bytes\)/);
-    await assert.rejects(downloadToCache(`${base}/chunked.zip`, { cacheDir, maxBytes: 100_000, what: 'dataset.url' }), /is over 0\.1 MiB, over the limit of 0\.1 MiB/);
-    const kept = fs.readdirSync(cacheDir, { recursive: true }).map(String).filter((f) => f.endsWith('.zip') || f.endsWith('.part'));
+    await assert.rejects(
+      downloadToCache(`${base}/big.zip`, { cacheDir, maxBytes: 100_000, what: 'dataset.url' }),
+      /dataset\.url: http:\/\/127\.0\.0\.1:\d+\/big\.zip is 0\.3 MiB, over the limit of 0\.1 MiB \(dataset\.max_download_bytes\)/,
+    );
+    await assert.rejects(
+      downloadToCache(`${base}/chunked.zip`, { cacheDir, maxBytes: 100_000, what: 'dataset.url' }),
+      /is over 0\.1 MiB, over the limit of 0\.1 MiB/,
+    );
+    const kept = fs
+      .readdirSync(cacheDir, { recursive: true })
+      .map(String)
+      .filter((f) => f.endsWith('.zip') || f.endsWith('.part'));
     assert.deepEqual(kept, [], 'nothing of either download is kept');
   });
 
   test('dataset.max_extracted_bytes caps what an archive may unpack', async () => {
     const zip = path.join(work, 'bomb.zip');
-    await makeZip(zip, [{ name: 'd/a/1.png', text: 'x'.repeat(50_000) }, { name: 'd/b/1.png', text: 'y'.repeat(50_000) }]);
+    await makeZip(zip, [
+      { name: 'd/a/1.png', text: 'x'.repeat(50_000) },
+      { name: 'd/b/1.png', text: 'y'.repeat(50_000) },
+    ]);
     http.route('/bomb.zip', zip);
-    const file = writeExperiment(work, 'bomb', `dataset: { url: ${base}/bomb.zip, validation_split: 0.5, max_extracted_bytes: 60000 }\n`);
+    const file = writeExperiment(
+      work,
+      'bomb',
+      `dataset: { url: ${base}/bomb.zip, validation_split: 0.5, max_extracted_bytes: 60000 }\n`,
+    );
     const loaded = loadExperiment(file);
-    await assert.rejects(prepareDataset(loaded.config, { baseDir: work, cacheDir: path.join(work, 'cache-bomb') }), /unpacked size over the limit of 60000 bytes \(dataset\.max_extracted_bytes\)/);
+    await assert.rejects(
+      prepareDataset(loaded.config, { baseDir: work, cacheDir: path.join(work, 'cache-bomb') }),
+      /unpacked size over the limit of 60000 bytes \(dataset\.max_extracted_bytes\)/,
+    );
   });
 });
 
@@ -129,7 +158,11 @@ open(sys.argv[1], "wb").write(png)`,
   });
 
   test('an image whose header announces more than dataset.max_image_pixels is skipped before decoding, and recorded', async () => {
-    const file = writeExperiment(work, 'huge', `dataset: { path: huge, validation_split: 0.5, image_size: [32, 32] }\n`);
+    const file = writeExperiment(
+      work,
+      'huge',
+      `dataset: { path: huge, validation_split: 0.5, image_size: [32, 32] }\n`,
+    );
     const loaded = loadExperiment(file);
     const dataset = await prepareDataset(loaded.config, { baseDir: work });
     const skipped = dataset.skipped.find((s) => s.file.endsWith('huge.png'));
@@ -138,7 +171,11 @@ open(sys.argv[1], "wb").write(png)`,
   });
 
   test('with on_bad_file: fail, the huge image refuses the dataset (exit 2), naming the file', async () => {
-    const file = writeExperiment(work, 'hugefail', `dataset: { path: huge, validation_split: 0.5, image_size: [32, 32], on_bad_file: fail }\nmodel: { alpha: 0.35, weights: none }\n`);
+    const file = writeExperiment(
+      work,
+      'hugefail',
+      `dataset: { path: huge, validation_split: 0.5, image_size: [32, 32], on_bad_file: fail }\nmodel: { alpha: 0.35, weights: none }\n`,
+    );
     const result = await runTlx(['--runs-dir', path.join(work, 'runs'), 'data', file], { cwd: work });
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /a\/huge\.png \(too large: 23000x23000 pixels/);
@@ -153,7 +190,10 @@ open(sys.argv[1], "wb").write(tf.lite.TFLiteConverter.from_keras_model(m).conver
       [model],
     );
     fs.writeFileSync(path.join(work, 'labels.txt'), 'a\nb\n');
-    const result = await runTlx(['--json', 'predict', model, path.join(root, 'a', 'huge.png'), path.join(root, 'a', '0000.png')], { cwd: work });
+    const result = await runTlx(
+      ['--json', 'predict', model, path.join(root, 'a', 'huge.png'), path.join(root, 'a', '0000.png')],
+      { cwd: work },
+    );
     assert.equal(result.exitCode, 0, result.stderr.slice(-1500));
     const [huge, small] = JSON.parse(result.stdout) as { error?: string; top: unknown[] }[];
     assert.match(huge.error ?? '', /23000x23000 pixels, over the limit of 40000000/);
@@ -168,11 +208,22 @@ describe('secrets', () => {
   let dataZip = '';
 
   before(async () => {
-    server = await startMlflowServer({ dataDir: path.join(work, 'mlflow-auth'), extraArgs: ['--app-name', 'basic-auth'], env: { MLFLOW_FLASK_SERVER_SECRET_KEY: 'tlx-test', MLFLOW_AUTH_ADMIN_PASSWORD: password } });
+    server = await startMlflowServer({
+      dataDir: path.join(work, 'mlflow-auth'),
+      extraArgs: ['--app-name', 'basic-auth'],
+      env: { MLFLOW_FLASK_SERVER_SECRET_KEY: 'tlx-test', MLFLOW_AUTH_ADMIN_PASSWORD: password },
+    });
     const tree = path.join(work, 'signed');
     await writeClassFolders(tree, ['ants', 'bees'], 10, { size: 16 });
     dataZip = path.join(work, 'signed.zip');
-    await makeZip(dataZip, fs.readdirSync(tree, { recursive: true }).map(String).filter((f) => f.endsWith('.png')).map((f) => ({ name: `signed/${f}`, file: path.join(tree, f) })));
+    await makeZip(
+      dataZip,
+      fs
+        .readdirSync(tree, { recursive: true })
+        .map(String)
+        .filter((f) => f.endsWith('.png'))
+        .map((f) => ({ name: `signed/${f}`, file: path.join(tree, f) })),
+    );
     http.route('/bucket/signed.zip', dataZip);
   });
 
@@ -190,12 +241,19 @@ describe('secrets', () => {
   test('a password in MLFLOW_TRACKING_URI and a signed dataset URL never reach stdout, stderr, the run folder or MLflow params', async () => {
     const authed = server.url.replace('http://', `http://admin:${password}@`);
     const url = `${base}/bucket/signed.zip?X-Amz-Signature=${signature}&X-Amz-Expires=60`;
-    const file = writeExperiment(work, 'secret', `seed: 1\ndataset: { url: "${url}", validation_split: 0.4, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\ntrain: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1 } }\n`);
+    const file = writeExperiment(
+      work,
+      'secret',
+      `seed: 1\ndataset: { url: "${url}", validation_split: 0.4, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\ntrain: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1 } }\n`,
+    );
     const runsDir = path.join(work, 'secret-runs');
     const env = { MLFLOW_TRACKING_URI: authed, TLX_CACHE_DIR: path.join(work, 'secret-cache') };
     const result = await runTlx(['--runs-dir', runsDir, 'run', file], { cwd: work, env });
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-    assert.ok(http.requests.some((r) => r.path === '/bucket/signed.zip' && r.query.includes(signature)), 'the signed URL itself was used to download');
+    assert.ok(
+      http.requests.some((r) => r.path === '/bucket/signed.zip' && r.query.includes(signature)),
+      'the signed URL itself was used to download',
+    );
     const dir = runDirOf(result.stdout);
     const sync = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env });
     assert.equal(sync.exitCode, 0, sync.stderr.slice(-2000));
@@ -219,7 +277,11 @@ print(json.dumps({"params": r.data.params, "tags": r.data.tags}))`,
 
   test('the run resumes with its redacted URL: the data comes from the cache by its checksum', async () => {
     const dir = fs.readdirSync(path.join(work, 'secret-runs')).map((d) => path.join(work, 'secret-runs', d))[0];
-    const converted = await runTlx(['convert', dir, '--quantization', 'none'], { cwd: work, env: { TLX_CACHE_DIR: path.join(work, 'secret-cache') }, timeout: 600_000 });
+    const converted = await runTlx(['convert', dir, '--quantization', 'none'], {
+      cwd: work,
+      env: { TLX_CACHE_DIR: path.join(work, 'secret-cache') },
+      timeout: 600_000,
+    });
     assert.equal(converted.exitCode, 0, converted.stderr.slice(-2000));
   });
 
@@ -248,15 +310,26 @@ print(json.dumps({"params": r.data.params, "tags": r.data.tags}))`,
   test('the Python worker gets the environment it needs, not the MLflow credentials', async () => {
     const runsDir = path.join(work, 'env-runs');
     await writeClassFolders(path.join(work, 'envdata'), ['a', 'b'], 8, { size: 32 });
-    const file = writeExperiment(work, 'pyenv', `dataset: { path: envdata, validation_split: 0.5, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\ntrain: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }\nexport: { tflite: { quantization: none, max_accuracy_drop: 1 } }\n`);
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false, env: { MLFLOW_TRACKING_PASSWORD: password, MLFLOW_TRACKING_USERNAME: 'admin', AWS_SECRET_ACCESS_KEY: signature } });
+    const file = writeExperiment(
+      work,
+      'pyenv',
+      `dataset: { path: envdata, validation_split: 0.5, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\ntrain: { feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }\nexport: { tflite: { quantization: none, max_accuracy_drop: 1 } }\n`,
+    );
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], {
+      cwd: work,
+      reject: false,
+      env: { MLFLOW_TRACKING_PASSWORD: password, MLFLOW_TRACKING_USERNAME: 'admin', AWS_SECRET_ACCESS_KEY: signature },
+    });
     await waitForStderr(child, /converting to TFLite/);
     const [worker] = descendantsOf(child.pid!, 'python/tlx_worker.py');
     assert.ok(worker, 'the export worker runs');
     const environment = fs.readFileSync(`/proc/${worker.pid}/environ`, 'utf8');
     await child;
     assert.ok(environment.includes('PATH='), 'it has what it needs');
-    assert.ok(!environment.includes(password) && !environment.includes(signature) && !environment.includes('MLFLOW_'), 'and no secrets');
+    assert.ok(
+      !environment.includes(password) && !environment.includes(signature) && !environment.includes('MLFLOW_'),
+      'and no secrets',
+    );
   });
 
   test('redaction keeps scheme, host and path', () => {
@@ -277,7 +350,11 @@ describe('experiment files and what they point at', () => {
   });
 
   test('__proto__ and constructor as YAML keys are refused with file:line:col', async () => {
-    const file = writeExperiment(work, 'protoyaml', `dataset:\n  path: data\n  validation_split: 0.5\n  __proto__: { polluted: 1 }\nmodel:\n  constructor: x\n`);
+    const file = writeExperiment(
+      work,
+      'protoyaml',
+      `dataset:\n  path: data\n  validation_split: 0.5\n  __proto__: { polluted: 1 }\nmodel:\n  constructor: x\n`,
+    );
     const result = await runTlx(['validate', file], { cwd: work });
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /protoyaml\.yaml:5:3: dataset\.__proto__: the key "__proto__" is not allowed/);
@@ -293,7 +370,12 @@ describe('experiment files and what they point at', () => {
 
   test('a YAML alias bomb exits 2 naming the file; so does a file over 1 MiB', async () => {
     const lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
-    for (let i = 1; i < 9; i++) lines.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`);
+    for (let i = 1; i < 9; i++)
+      lines.push(
+        `${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9)
+          .fill(`*${String.fromCharCode(96 + i)}`)
+          .join(',')}]`,
+      );
     const bomb = path.join(work, 'bomb.yaml');
     fs.writeFileSync(bomb, `name: bomb\n${lines.join('\n')}\n`);
     const result = await runTlx(['validate', bomb], { cwd: work });
@@ -310,11 +392,28 @@ describe('experiment files and what they point at', () => {
     const dir = path.join(work, 'shards', 'model');
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(work, 'shards', 'secret.bin'), Buffer.alloc(16));
-    fs.writeFileSync(path.join(dir, 'model.json'), JSON.stringify({ weightsManifest: [{ paths: ['../secret.bin'], weights: [{ name: 'd/kernel', shape: [4], dtype: 'float32' }] }] }));
-    await assert.rejects(readTfjsModelJson(path.join(dir, 'model.json')), /weight shard path "\.\.\/secret\.bin" leaves the model\.json's folder/);
-    assert.throws(() => shardUrlInside('https://h.example/models/m/model.json', '../../other/x.bin', 'm'), /leaves the model\.json's folder/);
-    assert.throws(() => shardUrlInside('https://h.example/models/m/model.json', 'https://evil.example/x.bin', 'm'), /leaves the model\.json's folder/);
-    assert.equal(shardUrlInside('https://h.example/models/m/model.json', 'group1-shard1of1.bin', 'm'), 'https://h.example/models/m/group1-shard1of1.bin');
+    fs.writeFileSync(
+      path.join(dir, 'model.json'),
+      JSON.stringify({
+        weightsManifest: [{ paths: ['../secret.bin'], weights: [{ name: 'd/kernel', shape: [4], dtype: 'float32' }] }],
+      }),
+    );
+    await assert.rejects(
+      readTfjsModelJson(path.join(dir, 'model.json')),
+      /weight shard path "\.\.\/secret\.bin" leaves the model\.json's folder/,
+    );
+    assert.throws(
+      () => shardUrlInside('https://h.example/models/m/model.json', '../../other/x.bin', 'm'),
+      /leaves the model\.json's folder/,
+    );
+    assert.throws(
+      () => shardUrlInside('https://h.example/models/m/model.json', 'https://evil.example/x.bin', 'm'),
+      /leaves the model\.json's folder/,
+    );
+    assert.equal(
+      shardUrlInside('https://h.example/models/m/model.json', 'group1-shard1of1.bin', 'm'),
+      'https://h.example/models/m/group1-shard1of1.bin',
+    );
   });
 
   test('class folder names that would change labels.txt (a line break, a control character, a backslash) are refused', async () => {
@@ -325,15 +424,22 @@ describe('experiment files and what they point at', () => {
     ]) {
       const root = path.join(work, `names-${reason.replace(/\W/g, '')}`);
       writeFiles(root, { [`${name}/a.png`]: 'x', ['ok/b.png']: 'x' });
-      const loaded = loadExperiment(writeExperiment(work, 'names', `dataset: { path: ${root}, validation_split: 0.5 }\n`));
+      const loaded = loadExperiment(
+        writeExperiment(work, 'names', `dataset: { path: ${root}, validation_split: 0.5 }\n`),
+      );
       await assert.rejects(prepareDataset(loaded.config, { baseDir: work }), new RegExp(`refused: .*\\(${reason}\\)`));
     }
   });
 
   test('class names are escaped in the model card; CSV cells that a spreadsheet would run are neutralised', () => {
     assert.equal(escapeMarkdown('a|b *c* [x](y)'), 'a\\|b \\*c\\* \\[x\\]\\(y\\)');
-    assert.equal(csvTable(['v'], [['=HYPERLINK("x")'], ['+cmd'], ['-cmd'], ['@SUM(A1)'], ['-0.5'], ['+1'], [3]]), "v\n\"'=HYPERLINK(\"\"x\"\")\"\n'+cmd\n'-cmd\n'@SUM(A1)\n-0.5\n+1\n3\n");
-    const csv = resultsCsv([{ trial: 0, assignments: { 'model.weights': '=cmd|/c calc' }, status: 'failed', error: '=1+1' }]);
+    assert.equal(
+      csvTable(['v'], [['=HYPERLINK("x")'], ['+cmd'], ['-cmd'], ['@SUM(A1)'], ['-0.5'], ['+1'], [3]]),
+      'v\n"\'=HYPERLINK(""x"")"\n\'+cmd\n\'-cmd\n\'@SUM(A1)\n-0.5\n+1\n3\n',
+    );
+    const csv = resultsCsv([
+      { trial: 0, assignments: { 'model.weights': '=cmd|/c calc' }, status: 'failed', error: '=1+1' },
+    ]);
     assert.ok(!/(^|,)=/m.test(csv), csv);
   });
 });

@@ -62,40 +62,65 @@ describe('tlx sweep', () => {
     const file = experiment('invalid', '    train.fine_tune.fine_tune_at: [100, 200]');
     const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });
     assert.equal(result.exitCode, 2);
-    assert.match(result.stderr, /trial 1 \(train\.fine_tune\.fine_tune_at=200\): train\.fine_tune\.fine_tune_at: found 200, expected at most 154/);
+    assert.match(
+      result.stderr,
+      /trial 1 \(train\.fine_tune\.fine_tune_at=200\): train\.fine_tune\.fine_tune_at: found 200, expected at most 154/,
+    );
     assert.equal(fs.existsSync(runsDir) ? fs.readdirSync(runsDir).filter((d) => d.includes('invalid')).length : 0, 0);
   });
 
   test('trials share one feature extraction, which is exactly the state an independent run reaches; parent and child runs nest in MLflow', async () => {
     const file = experiment('shared', '    train.fine_tune.fine_tune_at: [100, 140]');
-    const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work, env: { MLFLOW_TRACKING_URI: server.url } });
+    const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], {
+      cwd: work,
+      env: { MLFLOW_TRACKING_URI: server.url },
+    });
     assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
     assert.match(result.stdout, /^\* /m, 'the best trial is marked');
     assert.match(result.stdout, /best: trial \d \(train\.fine_tune\.fine_tune_at=\d+\) val_accuracy/);
     const sweepDir = sweepDirOf(result.stdout);
-    for (const name of ['plan.json', 'status.json', 'results.csv', 'results.json', 'plot.png']) assert.ok(fs.existsSync(path.join(sweepDir, name)), name);
+    for (const name of ['plan.json', 'status.json', 'results.csv', 'results.json', 'plot.png'])
+      assert.ok(fs.existsSync(path.join(sweepDir, name)), name);
     const [leader, follower] = statusOf(sweepDir);
     assert.equal(leader.status, 'finished');
     assert.equal(follower.status, 'finished');
     assert.match(result.stderr, /feature extraction shared: starting from its checkpoint/);
-    assert.match(result.stderr, /fine_tune: frozen layers' outputs computed once .*kept for later trials/, 'the leader keeps the frozen layers below the smallest fine_tune_at');
-    assert.match(result.stderr, /fine_tune: frozen layers' outputs computed once .*reused from an earlier trial/, 'and the other trial reuses them');
+    assert.match(
+      result.stderr,
+      /fine_tune: frozen layers' outputs computed once .*kept for later trials/,
+      'the leader keeps the frozen layers below the smallest fine_tune_at',
+    );
+    assert.match(
+      result.stderr,
+      /fine_tune: frozen layers' outputs computed once .*reused from an earlier trial/,
+      'and the other trial reuses them',
+    );
 
     // The same trial run on its own, with the same seed.
-    const alone = await runTlx(['--runs-dir', path.join(work, 'alone'), 'run', file, '--set', 'train.fine_tune.fine_tune_at=140'], { cwd: work });
+    const alone = await runTlx(
+      ['--runs-dir', path.join(work, 'alone'), 'run', file, '--set', 'train.fine_tune.fine_tune_at=140'],
+      { cwd: work },
+    );
     assert.equal(alone.exitCode, 0, alone.stderr.slice(-2000));
     const aloneDir = runDirOf(alone.stdout);
     const shared = fs.readFileSync(path.join(follower.run_dir!, 'checkpoints', 'feature_extraction', 'weights.bin'));
     const independent = fs.readFileSync(path.join(aloneDir, 'checkpoints', 'feature_extraction', 'weights.bin'));
-    assert.ok(shared.equals(independent), 'the shared checkpoint is bit for bit the independent run\'s state');
-    const metrics = (dir: string) => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { epoch: number; val_loss: number });
+    assert.ok(shared.equals(independent), "the shared checkpoint is bit for bit the independent run's state");
+    const metrics = (dir: string) =>
+      fs
+        .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { epoch: number; val_loss: number });
     assert.deepEqual(
       metrics(follower.run_dir!).map((m) => [m.epoch, m.val_loss]),
       metrics(aloneDir).map((m) => [m.epoch, m.val_loss]),
       'and the trial ends where the independent run ends',
     );
 
-    const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { run_id: string }> };
+    const parent = JSON.parse(fs.readFileSync(path.join(sweepDir, 'mlflow.json'), 'utf8')) as {
+      servers: Record<string, { run_id: string }>;
+    };
     const parentRunId = parent.servers[server.url].run_id;
     for (const trial of [leader, follower]) {
       const child = await readRunWithMlflow(server.url, mlflowState(trial.run_dir!, server.url).run_id, []);
@@ -119,27 +144,41 @@ describe('tlx sweep', () => {
 
   test('a sweep killed during a trial resumes: finished trials are skipped, the rest run', async () => {
     const file = experiment('killed', '    train.fine_tune.fine_tune_at: [100, 120, 140]');
-    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file, '--grid', 'seed=2,3'], { cwd: work, reject: false });
+    const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'sweep', file, '--grid', 'seed=2,3'], {
+      cwd: work,
+      reject: false,
+    });
     const deadline = Date.now() + 240_000;
     let sweepDir: string | undefined;
     while (Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 300));
-      const sweeps = fs.existsSync(path.join(runsDir, 'sweeps')) ? fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('killed-')) : [];
+      const sweeps = fs.existsSync(path.join(runsDir, 'sweeps'))
+        ? fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('killed-'))
+        : [];
       if (sweeps.length === 1) sweepDir = path.join(runsDir, 'sweeps', sweeps[0]);
-      if (sweepDir && fs.existsSync(path.join(sweepDir, 'status.json')) && statusOf(sweepDir).filter((s) => s.status === 'finished').length >= 2) break;
+      if (
+        sweepDir &&
+        fs.existsSync(path.join(sweepDir, 'status.json')) &&
+        statusOf(sweepDir).filter((s) => s.status === 'finished').length >= 2
+      )
+        break;
     }
     child.kill('SIGKILL');
     await child;
     assert.ok(sweepDir);
     const before = statusOf(sweepDir);
     const finishedBefore = before.filter((s) => s.status === 'finished');
-    assert.ok(finishedBefore.length >= 2 && finishedBefore.length < 6, `${finishedBefore.length} finished before the kill`);
+    assert.ok(
+      finishedBefore.length >= 2 && finishedBefore.length < 6,
+      `${finishedBefore.length} finished before the kill`,
+    );
     const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', '--resume', path.basename(sweepDir)], { cwd: work });
     assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-3000));
     const after = statusOf(sweepDir);
     assert.equal(after.length, 6);
     assert.ok(after.every((s) => s.status === 'finished'));
-    for (const done of finishedBefore) assert.equal(after.find((s) => s.trial === done.trial)?.run_dir, done.run_dir, 'finished trials are not rerun');
+    for (const done of finishedBefore)
+      assert.equal(after.find((s) => s.trial === done.trial)?.run_dir, done.run_dir, 'finished trials are not rerun');
     assert.match(resumed.stderr, new RegExp(`${finishedBefore.length} already finished`));
     // And the plot is a real PNG.
     const png = fs.readFileSync(path.join(sweepDir, 'plot.png'));
@@ -152,10 +191,25 @@ describe('sweeps keep their memory and their plan', () => {
     const file = experiment('memory', '    train.fine_tune.fine_tune_at: [100, 120, 140]\n    model.dropout: [0.2]');
     const after: { tensors: number; rss: number }[] = [];
     const onTrialEnd = () => after.push({ tensors: tf.memory().numTensors, rss: process.memoryUsage().rss });
-    const result = await runSweep({ file, overrides: [], grid: [], parallel: 1, runsDir: path.join(work, 'memory-runs'), log: silentLogger, onTrialEnd });
-    assert.deepEqual(result.rows.map((r) => r.status), ['finished', 'finished', 'finished']);
+    const result = await runSweep({
+      file,
+      overrides: [],
+      grid: [],
+      parallel: 1,
+      runsDir: path.join(work, 'memory-runs'),
+      log: silentLogger,
+      onTrialEnd,
+    });
+    assert.deepEqual(
+      result.rows.map((r) => r.status),
+      ['finished', 'finished', 'finished'],
+    );
     assert.equal(after.length, 3);
-    assert.equal(new Set(after.map((a) => a.tensors)).size, 1, `tensors after each trial: ${after.map((a) => a.tensors).join(', ')}`);
+    assert.equal(
+      new Set(after.map((a) => a.tensors)).size,
+      1,
+      `tensors after each trial: ${after.map((a) => a.tensors).join(', ')}`,
+    );
     const growth = (after[2].rss - after[1].rss) / 1024 ** 2;
     assert.ok(growth < 100, `RSS grew ${growth.toFixed(0)} MB between the 2nd and the 3rd trial`);
   });
@@ -165,13 +219,23 @@ describe('sweeps keep their memory and their plan', () => {
     const first = await runTlx(['--runs-dir', runsDir, 'sweep', file, '--max-trials', '1'], { cwd: work });
     assert.equal(first.exitCode, 0, first.stderr.slice(-2000));
     const sweepId = path.basename(sweepDirOf(first.stdout));
-    const plan = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'plan.json'), 'utf8')) as { grid: Record<string, unknown> };
-    assert.deepEqual(plan.grid['dataset.image_size'], [[32, 32], [40, 40]]);
+    const plan = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'plan.json'), 'utf8')) as {
+      grid: Record<string, unknown>;
+    };
+    assert.deepEqual(plan.grid['dataset.image_size'], [
+      [32, 32],
+      [40, 40],
+    ]);
     const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', '--resume', sweepId], { cwd: work });
     assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
     assert.match(resumed.stderr, /1 trial\(s\), 1 already finished/);
-    const rows = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'results.json'), 'utf8')) as { trials: { assignments: Record<string, unknown> }[] };
-    assert.deepEqual(rows.trials.map((t) => t.assignments['dataset.image_size']), [[32, 32]]);
+    const rows = JSON.parse(fs.readFileSync(path.join(runsDir, 'sweeps', sweepId, 'results.json'), 'utf8')) as {
+      trials: { assignments: Record<string, unknown> }[];
+    };
+    assert.deepEqual(
+      rows.trials.map((t) => t.assignments['dataset.image_size']),
+      [[32, 32]],
+    );
   });
 
   test('sweep.export: best exports only the best trial, and the results say which', async () => {
@@ -192,9 +256,13 @@ sweep:
     );
     const result = await runTlx(['--runs-dir', runsDir, '--json', 'sweep', file], { cwd: work, timeout: 600_000 });
     assert.equal(result.exitCode, 0, result.stderr.slice(-2000));
-    const report = JSON.parse(result.stdout) as { best_trial: number; trials: { trial: number; exported?: boolean; run_dir: string }[] };
+    const report = JSON.parse(result.stdout) as {
+      best_trial: number;
+      trials: { trial: number; exported?: boolean; run_dir: string }[];
+    };
     const exported = report.trials.filter((t) => t.exported).map((t) => t.trial);
     assert.deepEqual(exported, [report.best_trial]);
-    for (const trial of report.trials) assert.equal(fs.existsSync(path.join(trial.run_dir, 'model.tflite')), trial.trial === report.best_trial);
+    for (const trial of report.trials)
+      assert.equal(fs.existsSync(path.join(trial.run_dir, 'model.tflite')), trial.trial === report.best_trial);
   });
 });

@@ -69,24 +69,42 @@ describe('one server, whatever URL reaches it', () => {
     const server = await startMlflowServer({ dataDir: path.join(work, 'mlflow-spellings'), port });
     const spellings = [`http://127.0.0.1:${port}`, `http://localhost:${port}/`, `http://localhost:${port}`];
     try {
-      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', exporting('spelled', 4)], { cwd: work, env: { MLFLOW_TRACKING_URI: spellings[0] }, reject: false });
+      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', exporting('spelled', 4)], {
+        cwd: work,
+        env: { MLFLOW_TRACKING_URI: spellings[0] },
+        reject: false,
+      });
       const dir = await waitForEpoch(runsDir, '-spelled-', 1);
       child.kill('SIGINT');
       assert.equal((await child).exitCode, 130);
       assert.ok(dir);
-      const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: spellings[1] }, timeout: 600_000 });
+      const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], {
+        cwd: work,
+        env: { MLFLOW_TRACKING_URI: spellings[1] },
+        timeout: 600_000,
+      });
       assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
       const stored = artifactTimes(path.join(work, 'mlflow-spellings'));
-      const synced = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: spellings[2] } });
+      const synced = await runTlx(['--runs-dir', runsDir, 'sync', dir], {
+        cwd: work,
+        env: { MLFLOW_TRACKING_URI: spellings[2] },
+      });
       assert.equal(synced.exitCode, 0, synced.stderr.slice(-2000));
       assert.doesNotMatch(resumed.stderr + synced.stderr, /refused|HTTP 4\d\d|not synced/);
       const runIds = spellings.map((uri) => mlflowState(dir, uri).run_id);
       assert.equal(new Set(runIds).size, 1, `one MLflow run for every spelling: ${runIds.join(', ')}`);
-      assert.deepEqual(artifactTimes(path.join(work, 'mlflow-spellings')), stored, 'the third spelling sent no artifact again: what the second sent was known');
+      assert.deepEqual(
+        artifactTimes(path.join(work, 'mlflow-spellings')),
+        stored,
+        'the third spelling sent no artifact again: what the second sent was known',
+      );
       await assertNothingTwice(dir, spellings[0], 'spelled-classifier');
       // A lost sync record (a power cut emptied mlflow.json): the server is asked what it has before anything is logged.
       fs.writeFileSync(path.join(dir, 'mlflow.json'), '');
-      const again = await runTlx(['--runs-dir', runsDir, 'sync', dir], { cwd: work, env: { MLFLOW_TRACKING_URI: spellings[0] } });
+      const again = await runTlx(['--runs-dir', runsDir, 'sync', dir], {
+        cwd: work,
+        env: { MLFLOW_TRACKING_URI: spellings[0] },
+      });
       assert.equal(again.exitCode, 0, again.stderr.slice(-2000));
       await assertNothingTwice(dir, spellings[0], 'spelled-classifier');
     } finally {
@@ -96,10 +114,16 @@ describe('one server, whatever URL reaches it', () => {
   test('tlx ui started three times over that run (a new port each time, its own store): every run synced each time, no error, nothing twice', async () => {
     // The run of the test above: exported, registered, its folder under runs-spellings.
     const runsDir = path.join(work, 'runs-spellings');
-    const dir = fs.readdirSync(runsDir).map((name) => path.join(runsDir, name)).find((name) => name.includes('-spelled-'))!;
+    const dir = fs
+      .readdirSync(runsDir)
+      .map((name) => path.join(runsDir, name))
+      .find((name) => name.includes('-spelled-'))!;
     for (let start = 1; start <= 3; start++) {
       const port = await freePort();
-      const ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(port)], { cwd: work, reject: false });
+      const ui = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'ui', '--port', String(port)], {
+        cwd: work,
+        reject: false,
+      });
       let stderr = '';
       ui.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
       try {
@@ -113,5 +137,4 @@ describe('one server, whatever URL reaches it', () => {
       }
     }
   });
-
 });

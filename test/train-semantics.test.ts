@@ -18,12 +18,36 @@ interface StoppingCase {
 }
 
 const stoppingCases: StoppingCase[] = [
-  { name: 'val_loss, patience 3: stops on the 3rd epoch without improvement', config: { monitor: 'val_loss', patience: 3, min_delta: 0, restore_best_weights: true }, values: [1.0, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6] },
-  { name: 'patience 0: stops at the first epoch without improvement, never the first epoch', config: { monitor: 'val_loss', patience: 0, min_delta: 0, restore_best_weights: true }, values: [1.0, 1.2, 0.5] },
-  { name: 'min_delta: small improvements do not count', config: { monitor: 'val_loss', patience: 2, min_delta: 0.1, restore_best_weights: true }, values: [1.0, 0.95, 0.92, 0.5, 0.45] },
-  { name: 'val_accuracy is maximised', config: { monitor: 'val_accuracy', patience: 1, min_delta: 0, restore_best_weights: true }, values: [0.5, 0.7, 0.65, 0.9] },
-  { name: 'no stop: the best weights are still restored at the end', config: { monitor: 'val_loss', patience: 5, min_delta: 0, restore_best_weights: true }, values: [1.0, 0.5, 0.7, 0.8] },
-  { name: 'restore_best_weights off: the last weights stay', config: { monitor: 'loss', patience: 1, min_delta: 0, restore_best_weights: false }, values: [1.0, 0.5, 0.6, 0.7] },
+  {
+    name: 'val_loss, patience 3: stops on the 3rd epoch without improvement',
+    config: { monitor: 'val_loss', patience: 3, min_delta: 0, restore_best_weights: true },
+    values: [1.0, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6],
+  },
+  {
+    name: 'patience 0: stops at the first epoch without improvement, never the first epoch',
+    config: { monitor: 'val_loss', patience: 0, min_delta: 0, restore_best_weights: true },
+    values: [1.0, 1.2, 0.5],
+  },
+  {
+    name: 'min_delta: small improvements do not count',
+    config: { monitor: 'val_loss', patience: 2, min_delta: 0.1, restore_best_weights: true },
+    values: [1.0, 0.95, 0.92, 0.5, 0.45],
+  },
+  {
+    name: 'val_accuracy is maximised',
+    config: { monitor: 'val_accuracy', patience: 1, min_delta: 0, restore_best_weights: true },
+    values: [0.5, 0.7, 0.65, 0.9],
+  },
+  {
+    name: 'no stop: the best weights are still restored at the end',
+    config: { monitor: 'val_loss', patience: 5, min_delta: 0, restore_best_weights: true },
+    values: [1.0, 0.5, 0.7, 0.8],
+  },
+  {
+    name: 'restore_best_weights off: the last weights stay',
+    config: { monitor: 'loss', patience: 1, min_delta: 0, restore_best_weights: false },
+    values: [1.0, 0.5, 0.6, 0.7],
+  },
 ];
 
 /** Keras's EarlyStopping driven by the same values; the model's weight is set to the epoch so restoring shows which. */
@@ -58,7 +82,9 @@ print(json.dumps(results))`,
 }
 
 async function tlxStopping(testCase: StoppingCase): Promise<{ epochs: number; weight: number }> {
-  const model: LayersModel = tf.sequential({ layers: [tf.layers.dense({ units: 1, useBias: false, inputShape: [1] })] });
+  const model: LayersModel = tf.sequential({
+    layers: [tf.layers.dense({ units: 1, useBias: false, inputShape: [1] })],
+  });
   const callback = new EarlyStopping(testCase.config, model);
   let stopped = false;
   const control: TrainingControl = {
@@ -74,11 +100,29 @@ async function tlxStopping(testCase: StoppingCase): Promise<{ epochs: number; we
     model.weights[0].write(weight);
     weight.dispose();
     epochs++;
-    const record = { epoch: first + i, phase: 'fine_tune', loss: value, accuracy: value, val_loss: value, val_accuracy: value, learning_rate: 0, seconds: 0, time: 0 } as EpochRecord;
+    const record = {
+      epoch: first + i,
+      phase: 'fine_tune',
+      loss: value,
+      accuracy: value,
+      val_loss: value,
+      val_accuracy: value,
+      learning_rate: 0,
+      seconds: 0,
+      time: 0,
+    } as EpochRecord;
     await callback.onEpochEnd(record, control);
     if (stopped) break;
   }
-  callback.onPhaseEnd({ phase: 'fine_tune', first, last: testCase.values.length, resumeAfter: 0, lastTrained: first + epochs - 1, complete: true, stopReason: stopped ? 'early_stopping' : undefined });
+  callback.onPhaseEnd({
+    phase: 'fine_tune',
+    first,
+    last: testCase.values.length,
+    resumeAfter: 0,
+    lastTrained: first + epochs - 1,
+    complete: true,
+    stopReason: stopped ? 'early_stopping' : undefined,
+  });
   const weight = model.weights[0].read().dataSync()[0];
   model.dispose();
   return { epochs, weight };
@@ -93,7 +137,11 @@ describe('early stopping is keras.callbacks.EarlyStopping', () => {
   stoppingCases.forEach((testCase, i) => {
     test(testCase.name, async () => {
       const ours = await tlxStopping(testCase);
-      assert.deepEqual(ours, keras[i], `tlx trained ${ours.epochs} epochs and ends with epoch ${ours.weight}'s weights; Keras ${keras[i].epochs} and ${keras[i].weight}`);
+      assert.deepEqual(
+        ours,
+        keras[i],
+        `tlx trained ${ours.epochs} epochs and ends with epoch ${ours.weight}'s weights; Keras ${keras[i].epochs} and ${keras[i].weight}`,
+      );
     });
   });
 });
@@ -122,7 +170,12 @@ print(json.dumps(results))`,
     const keras = JSON.parse(out) as number[][];
     cases.forEach((c, i) => {
       const ours = Array.from({ length: c.epochs }, (_, e) => learningRateAt(c.base, c.schedule, e, c.epochs));
-      ours.forEach((value, e) => assert.ok(Math.abs(value - keras[i][e]) <= 1e-6 * c.base + 1e-12, `case ${i} epoch ${e}: tlx ${value}, Keras ${keras[i][e]}`));
+      ours.forEach((value, e) =>
+        assert.ok(
+          Math.abs(value - keras[i][e]) <= 1e-6 * c.base + 1e-12,
+          `case ${i} epoch ${e}: tlx ${value}, Keras ${keras[i][e]}`,
+        ),
+      );
     });
   });
 });
@@ -138,10 +191,38 @@ describe('losses are Keras losses: label smoothing and class weights', () => {
   ];
   const labels5 = [3, 0, 2, 1];
   const cases = [
-    { head: 'binary_logit' as const, logits: logits2, labels: labels2, classCount: 2, smoothing: 0, weights: undefined },
-    { head: 'binary_logit' as const, logits: logits2, labels: labels2, classCount: 2, smoothing: 0.1, weights: [0.7, 2.5] },
-    { head: 'softmax_logits' as const, logits: logits5, labels: labels5, classCount: 5, smoothing: 0, weights: undefined },
-    { head: 'softmax_logits' as const, logits: logits5, labels: labels5, classCount: 5, smoothing: 0.2, weights: balancedClassWeights(Int32Array.from([0, 0, 1, 2, 2, 2, 3, 4]), 5) },
+    {
+      head: 'binary_logit' as const,
+      logits: logits2,
+      labels: labels2,
+      classCount: 2,
+      smoothing: 0,
+      weights: undefined,
+    },
+    {
+      head: 'binary_logit' as const,
+      logits: logits2,
+      labels: labels2,
+      classCount: 2,
+      smoothing: 0.1,
+      weights: [0.7, 2.5],
+    },
+    {
+      head: 'softmax_logits' as const,
+      logits: logits5,
+      labels: labels5,
+      classCount: 5,
+      smoothing: 0,
+      weights: undefined,
+    },
+    {
+      head: 'softmax_logits' as const,
+      logits: logits5,
+      labels: labels5,
+      classCount: 5,
+      smoothing: 0.2,
+      weights: balancedClassWeights(Int32Array.from([0, 0, 1, 2, 2, 2, 3, 4]), 5),
+    },
   ];
   test('BinaryCrossentropy / CategoricalCrossentropy (from_logits) with label_smoothing, weighted as fit(class_weight=...)', async () => {
     const out = await python(
@@ -166,7 +247,14 @@ print(json.dumps(results))`,
     );
     const keras = JSON.parse(out) as number[];
     cases.forEach((c, i) => {
-      const value = tf.tidy(() => batchLoss({ head: c.head, classCount: c.classCount, labelSmoothing: c.smoothing, classWeights: c.weights }, tf.tensor2d(c.logits), tf.tensor1d(c.labels, 'int32') as Tensor1D).dataSync()[0]);
+      const value = tf.tidy(
+        () =>
+          batchLoss(
+            { head: c.head, classCount: c.classCount, labelSmoothing: c.smoothing, classWeights: c.weights },
+            tf.tensor2d(c.logits),
+            tf.tensor1d(c.labels, 'int32') as Tensor1D,
+          ).dataSync()[0],
+      );
       assert.ok(Math.abs(value - keras[i]) < 1e-5, `case ${i}: tlx ${value}, Keras ${keras[i]}`);
     });
   });

@@ -6,7 +6,7 @@ import { bytes, duration, fixed, percent, table, type Style } from '../ui/format
 /** The blocks a person reads at the end of a command (the --json forms are the records themselves). */
 
 /** The MLflow page of a run, from what its folder says was sent. */
-export function mlflowRunUrl(folder: RunFolder): string | undefined {
+function mlflowRunUrl(folder: RunFolder): string | undefined {
   const servers = Object.entries(folder.readMlflow().servers);
   if (servers.length === 0) return undefined;
   const [server, state] = servers[0];
@@ -14,21 +14,29 @@ export function mlflowRunUrl(folder: RunFolder): string | undefined {
 }
 
 /** "0.781 (95% CI 0.689-0.852)": an accuracy with its interval, when the record has one. */
-function withInterval(value: number | undefined, interval: [number, number] | undefined, format: (v: number | undefined) => string): string {
+function withInterval(
+  value: number | undefined,
+  interval: [number, number] | undefined,
+  format: (v: number | undefined) => string,
+): string {
   return interval ? `${format(value)} (95% CI ${format(interval[0])}-${format(interval[1])})` : format(value);
 }
 
 function gateLine(record: TfliteRecord): string {
   const gate = record.gate;
-  if (!gate) return `drop ${record.accuracy_drop === undefined ? 'n/a' : `${(record.accuracy_drop * 100).toFixed(1)} points`}`;
+  if (!gate)
+    return `drop ${record.accuracy_drop === undefined ? 'n/a' : `${(record.accuracy_drop * 100).toFixed(1)} points`}`;
   return `drop ${(gate.accuracy_drop * 100).toFixed(1)} points: ${gate.lost} lost, ${gate.gained} gained of ${gate.images}, p ${gate.p_value.toFixed(2)}`;
 }
 
 function exportLines(record: TfliteRecord, style: Style): string[] {
   const mediapipe = record.mediapipe as { accuracy?: number; skipped?: string } | undefined;
   const io = record.quantization === 'int8' ? ` (${record.io_type} in/out)` : '';
-  const state = record.status === 'verified' ? style.green('verified') : style.red(`FAILED: ${record.problems.join('; ')}`);
-  const weights = record.final_weights ? `, weights of epoch ${record.final_weights.epoch}${record.final_weights.selected_by === 'best_val_accuracy' ? ' (best val_accuracy)' : ''}` : '';
+  const state =
+    record.status === 'verified' ? style.green('verified') : style.red(`FAILED: ${record.problems.join('; ')}`);
+  const weights = record.final_weights
+    ? `, weights of epoch ${record.final_weights.epoch}${record.final_weights.selected_by === 'best_val_accuracy' ? ' (best val_accuracy)' : ''}`
+    : '';
   return [
     `${record.quantization}${io}, ${bytes(record.bytes)}, output [${record.output.shape.join(', ')}]${weights}, ${state}`,
     `accuracy ${withInterval(record.accuracy, record.accuracy_ci95, (v) => percent(v))} (${gateLine(record)}), nearest resize ${percent(record.accuracy_nearest_resize)}, MediaPipe ${mediapipe?.skipped ? 'n/a' : percent(mediapipe?.accuracy)}`,
@@ -38,7 +46,10 @@ function exportLines(record: TfliteRecord, style: Style): string[] {
 /** One export (tlx convert): the file, how well it did, where it is. */
 export function exportBlock(folder: RunFolder, record: TfliteRecord, style: Style): string {
   const [first, second] = exportLines(record, style);
-  const where = record.status === 'verified' ? folder.pathOf(record.path) : 'not installed (the previous export, if any, is unchanged)';
+  const where =
+    record.status === 'verified'
+      ? folder.pathOf(record.path)
+      : 'not installed (the previous export, if any, is unchanged)';
   return [`${style.bold(`Export of ${folder.id}`)}`, `  ${first}`, `  ${second}`, `  file    ${where}`].join('\n');
 }
 
@@ -50,10 +61,17 @@ export function runBlock(folder: RunFolder, summary: RunSummary, style: Style): 
   lines.push(`${style.bold(`Run ${folder.id}`)}  ${status} in ${duration(summary.seconds)}`);
   if (summary.error) lines.push(`  ${style.red(summary.error)}`);
   const accuracy = (value: number | undefined) => fixed(value, 3);
-  lines.push(`  test accuracy ${withInterval(final?.test_accuracy, final?.test_accuracy_ci95, accuracy)}  loss ${fixed(final?.test_loss)}`);
-  lines.push(`  validation    ${withInterval(final?.val_accuracy, final?.val_accuracy_ci95, accuracy)}  loss ${fixed(final?.val_loss)}`);
+  lines.push(
+    `  test accuracy ${withInterval(final?.test_accuracy, final?.test_accuracy_ci95, accuracy)}  loss ${fixed(final?.test_loss)}`,
+  );
+  lines.push(
+    `  validation    ${withInterval(final?.val_accuracy, final?.val_accuracy_ci95, accuracy)}  loss ${fixed(final?.val_loss)}`,
+  );
   const chosen = summary.final_weights;
-  if (chosen?.selected_by === 'best_val_accuracy') lines.push(`  weights       epoch ${chosen.epoch} of ${chosen.last_epoch} (best validation accuracy; train.restore_best_weights)`);
+  if (chosen?.selected_by === 'best_val_accuracy')
+    lines.push(
+      `  weights       epoch ${chosen.epoch} of ${chosen.last_epoch} (best validation accuracy; train.restore_best_weights)`,
+    );
   if (summary.test_report?.length) {
     lines.push('');
     const report = table(
@@ -76,7 +94,9 @@ export function runBlock(folder: RunFolder, summary: RunSummary, style: Style): 
     lines.push(`  export  ${first}`, `          ${second}`);
   }
   lines.push(`  plots   ${path.join(folder.dir, 'plots')}${path.sep}`);
-  lines.push(`  model   ${tflite?.status === 'verified' ? folder.pathOf('model.tflite') : path.join(folder.dir, 'model', 'model.json')}`);
+  lines.push(
+    `  model   ${tflite?.status === 'verified' ? folder.pathOf('model.tflite') : path.join(folder.dir, 'model', 'model.json')}`,
+  );
   const url = mlflowRunUrl(folder);
   if (url) lines.push(`  mlflow  ${url}`);
   return lines.join('\n');
@@ -116,7 +136,9 @@ export function listingOf(folder: RunFolder, run: RunJson, summary: RunSummary |
     seconds: summary?.seconds ?? (Number.isFinite(end) ? (end - Date.parse(run.created)) / 1000 : undefined),
     best_val_accuracy: summary?.metrics.best_val_accuracy ?? best,
     test_accuracy: summary?.metrics.final?.test_accuracy,
-    export: summary?.export?.tflite ? `${summary.export.tflite.quantization} ${summary.export.tflite.status}` : undefined,
+    export: summary?.export?.tflite
+      ? `${summary.export.tflite.quantization} ${summary.export.tflite.status}`
+      : undefined,
     dir: folder.dir,
   };
 }
@@ -129,7 +151,8 @@ function startedShort(iso: string): string {
 }
 
 export function runsTable(runs: RunListing[], style: Style): string {
-  const statusColor = (status: string) => (status === 'FINISHED' ? style.green(status) : status === 'RUNNING' ? style.yellow(status) : style.red(status));
+  const statusColor = (status: string) =>
+    status === 'FINISHED' ? style.green(status) : status === 'RUNNING' ? style.yellow(status) : style.red(status);
   return table<RunListing>(
     [
       { header: 'run', value: (r) => r.id.replace(/^\d{8}-\d{6}-/, ''), shrink: true },

@@ -27,7 +27,8 @@ function modesOf(flag: string | undefined): (Quantization | undefined)[] {
   if (flag === undefined) return [undefined];
   const asked = flag.split(',').map((mode) => mode.trim());
   const unknown = asked.filter((mode) => !modes.includes(mode as Quantization));
-  if (unknown.length > 0 || asked.length === 0) throw new UserError(`--quantization ${flag}: expected ${modes.join(', ')}, or several of them comma-separated`);
+  if (unknown.length > 0 || asked.length === 0)
+    throw new UserError(`--quantization ${flag}: expected ${modes.join(', ')}, or several of them comma-separated`);
   return [...new Set(asked)] as Quantization[];
 }
 
@@ -44,17 +45,43 @@ export async function convertCommand(options: ConvertOptions): Promise<void> {
   const interrupt = listenForInterrupt(options.log, 'stopping the conversion');
   const exporter = PythonWorker.start((line) => options.log.debug({ python: line }));
   let data: Promise<PreparedDataset> | undefined;
-  const prepareData = (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => (data ??= prepareDataset(config, { baseDir, cacheDir: options.cacheDir, log: options.log, knownArchiveSha256 }));
+  const prepareData = (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) =>
+    (data ??= prepareDataset(config, { baseDir, cacheDir: options.cacheDir, log: options.log, knownArchiveSha256 }));
   const failed: TfliteRecord[] = [];
   try {
     for (const mode of wanted) {
       if (interrupt.requested) break;
-      const record = await exportFinishedRun(folder, { mode, cacheDir: options.cacheDir, log: options.log, interrupt, exporter, prepareData });
-      if (options.json) options.terminal.print(JSON.stringify({ run_id: folder.id, quantization: record.quantization, status: record.status, bytes: record.bytes, accuracy: record.accuracy, median_latency_ms: record.median_latency_ms }));
+      const record = await exportFinishedRun(folder, {
+        mode,
+        cacheDir: options.cacheDir,
+        log: options.log,
+        interrupt,
+        exporter,
+        prepareData,
+      });
+      if (options.json)
+        options.terminal.print(
+          JSON.stringify({
+            run_id: folder.id,
+            quantization: record.quantization,
+            status: record.status,
+            bytes: record.bytes,
+            accuracy: record.accuracy,
+            median_latency_ms: record.median_latency_ms,
+          }),
+        );
       else options.terminal.print(exportBlock(folder, record, options.terminal.outputStyle));
       if (record.status !== 'verified') failed.push(record);
     }
-    if (failed.length > 0) throw new Error(failed.map((record) => `export ${record.quantization} failed verification: ${record.problems.join('; ')} (the previous export, if any, is unchanged)`).join('\n'));
+    if (failed.length > 0)
+      throw new Error(
+        failed
+          .map(
+            (record) =>
+              `export ${record.quantization} failed verification: ${record.problems.join('; ')} (the previous export, if any, is unchanged)`,
+          )
+          .join('\n'),
+      );
   } finally {
     await exporter.close();
     interrupt.release();

@@ -22,7 +22,15 @@ export interface DataCommandOptions {
 
 /** What training this experiment would need, from its model's graph (random weights: the same shapes). */
 function trainingMemoryOf(config: ResolvedExperiment, dataset: PreparedDataset): TrainingMemory {
-  const classifier = buildClassifier({ base: config.model.base, alpha: config.model.alpha, minimalistic: config.model.minimalistic, imageSize: config.dataset.image_size as [number, number], classCount: dataset.classNames.length, dropout: config.model.dropout, seed: config.seed });
+  const classifier = buildClassifier({
+    base: config.model.base,
+    alpha: config.model.alpha,
+    minimalistic: config.model.minimalistic,
+    imageSize: config.dataset.image_size as [number, number],
+    classCount: dataset.classNames.length,
+    dropout: config.model.dropout,
+    seed: config.seed,
+  });
   try {
     return estimateTrainingMemory(config, classifier, dataset.splits);
   } finally {
@@ -45,9 +53,23 @@ export async function dataCommand(options: DataCommandOptions): Promise<void> {
     limit_mb: mebibytes(estimate.limit.bytes),
     limit_source: estimate.limit.source,
     verdict,
-    phases: estimate.phases.map((phase) => ({ phase: phase.phase, batch: phase.batch, peak_mb: mebibytes(phase.peak), moment: phase.moment })),
+    phases: estimate.phases.map((phase) => ({
+      phase: phase.phase,
+      batch: phase.batch,
+      peak_mb: mebibytes(phase.peak),
+      moment: phase.moment,
+    })),
   };
-  const result = { classes: dataset.classNames, counts: splitCounts(dataset), skipped: dataset.skipped, storage: dataset.storage, root: dataset.source.root, digest: dataset.digest, pictures, memory };
+  const result = {
+    classes: dataset.classNames,
+    counts: splitCounts(dataset),
+    skipped: dataset.skipped,
+    storage: dataset.storage,
+    root: dataset.source.root,
+    digest: dataset.digest,
+    pictures,
+    memory,
+  };
   if (options.json) {
     options.terminal.print(JSON.stringify(result));
     return;
@@ -55,7 +77,14 @@ export async function dataCommand(options: DataCommandOptions): Promise<void> {
   const lines = [
     `classes (${result.classes.length}): ${result.classes.join(', ')}`,
     `train ${result.counts.train}, validation ${result.counts.validation}, test ${result.counts.test} images (${dataset.storage})`,
-    `skipped ${result.skipped.length} file(s)${result.skipped.length ? `: ${result.skipped.slice(0, 5).map((s) => `${s.file} (${s.reason})`).join('; ')}${result.skipped.length > 5 ? '; ...' : ''}` : ''}`,
+    `skipped ${result.skipped.length} file(s)${
+      result.skipped.length
+        ? `: ${result.skipped
+            .slice(0, 5)
+            .map((s) => `${s.file} (${s.reason})`)
+            .join('; ')}${result.skipped.length > 5 ? '; ...' : ''}`
+        : ''
+    }`,
     `pictures: ${pictures.samples}, ${pictures.augmentation}`,
     verdict === 'does not fit' ? `${message} (tlx run would refuse it)` : message,
   ];

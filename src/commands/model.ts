@@ -33,7 +33,11 @@ interface BlockStart {
 
 /** The base's layers as Keras lists them, and where each block starts (a good fine_tune_at). */
 function describeBase(base: BaseModelName, options: { alpha: number; minimalistic: boolean; size: number }) {
-  const model = buildBase(base, { alpha: options.alpha, minimalistic: options.minimalistic, inputShape: [options.size, options.size, 3] });
+  const model = buildBase(base, {
+    alpha: options.alpha,
+    minimalistic: options.minimalistic,
+    inputShape: [options.size, options.size, 3],
+  });
   try {
     const blocks = blocksOf(
       base,
@@ -49,7 +53,9 @@ function describeBase(base: BaseModelName, options: { alpha: number; minimalisti
       block: blocks[index],
     }));
     // What fine-tuning from a layer trains: gamma and beta of BatchNorm, kernels and biases (not the moving statistics).
-    const trainableParams = model.layers.map((layer) => layer.trainableWeights.reduce((sum, w) => sum + count(w.shape as number[]), 0));
+    const trainableParams = model.layers.map((layer) =>
+      layer.trainableWeights.reduce((sum, w) => sum + count(w.shape as number[]), 0),
+    );
     const starts: BlockStart[] = rows
       .filter((row, i) => i > 0 && row.block !== rows[i - 1].block)
       .map((row) => ({
@@ -71,15 +77,29 @@ function thousands(value: number): string {
 
 /** `tlx model <base>`: Keras's layer list of a base, block boundaries marked, to choose fine_tune_at. */
 export async function modelCommand(options: ModelCommandOptions): Promise<void> {
-  if (!isBaseName(options.base)) throw new UserError(`model: unknown base ${options.base}; expected one of ${baseNames.join(', ')}`);
+  if (!isBaseName(options.base))
+    throw new UserError(`model: unknown base ${options.base}; expected one of ${baseNames.join(', ')}`);
   const base = options.base;
-  if (options.minimalistic && base !== 'mobilenet_v3_small' && base !== 'mobilenet_v3_large') throw new UserError(`model: --minimalistic is for mobilenet_v3_small and mobilenet_v3_large; found ${base}`);
-  if (!Number.isInteger(options.size) || options.size < 32) throw new UserError(`model: --size ${options.size}: expected an integer >= 32`);
+  if (options.minimalistic && base !== 'mobilenet_v3_small' && base !== 'mobilenet_v3_large')
+    throw new UserError(`model: --minimalistic is for mobilenet_v3_small and mobilenet_v3_large; found ${base}`);
+  if (!Number.isInteger(options.size) || options.size < 32)
+    throw new UserError(`model: --size ${options.size}: expected an integer >= 32`);
   if (!(options.alpha > 0)) throw new UserError(`model: --alpha ${options.alpha}: expected a number > 0`);
   const { rows, starts, totalParams } = describeBase(base, options);
   const layerCount = baseLayerCount({ base, minimalistic: options.minimalistic });
   if (options.json) {
-    options.terminal.print(JSON.stringify({ base, keras: kerasApplicationOf(base), alpha: options.alpha, minimalistic: options.minimalistic, input: [options.size, options.size, 3], layers: rows, blocks: starts, params: totalParams }));
+    options.terminal.print(
+      JSON.stringify({
+        base,
+        keras: kerasApplicationOf(base),
+        alpha: options.alpha,
+        minimalistic: options.minimalistic,
+        input: [options.size, options.size, 3],
+        layers: rows,
+        blocks: starts,
+        params: totalParams,
+      }),
+    );
     return;
   }
   const style = options.terminal.outputStyle;
@@ -96,12 +116,26 @@ export async function modelCommand(options: ModelCommandOptions): Promise<void> 
     rows,
   ).split('\n');
   const byStart = new Map(starts.map((start) => [start.fine_tune_at, start]));
-  const out = [style.bold(title), `${layerCount} layers (fine_tune_at 0..${layerCount}), ${thousands(totalParams)} parameters`, '', lines[0]];
+  const out = [
+    style.bold(title),
+    `${layerCount} layers (fine_tune_at 0..${layerCount}), ${thousands(totalParams)} parameters`,
+    '',
+    lines[0],
+  ];
   rows.forEach((row, i) => {
     const start = byStart.get(row.index);
-    if (start) out.push(style.dim(`── ${start.block} · fine_tune_at: ${start.fine_tune_at} trains ${start.trainable_layers} layers, ${thousands(start.trainable_params)} params ──`));
+    if (start)
+      out.push(
+        style.dim(
+          `── ${start.block} · fine_tune_at: ${start.fine_tune_at} trains ${start.trainable_layers} layers, ${thousands(start.trainable_params)} params ──`,
+        ),
+      );
     out.push(lines[i + 1]);
   });
-  out.push('', `fine_tune_at: N trains layers N..${layerCount - 1} (BatchNorm stays in inference mode).`, "A block's first index keeps whole blocks together.");
+  out.push(
+    '',
+    `fine_tune_at: N trains layers N..${layerCount - 1} (BatchNorm stays in inference mode).`,
+    "A block's first index keeps whole blocks together.",
+  );
   options.terminal.print(out.join('\n'));
 }

@@ -27,14 +27,14 @@ interface PredictReport {
   results: { file: string; probabilities?: number[]; error?: string }[];
 }
 
-export interface Prediction {
+interface Prediction {
   file: string;
   top: { label: string; probability: number }[];
   error?: string;
 }
 
 /** model.tflite from a file or a run folder, and labels.txt beside it when there is one. */
-export function resolveModel(model: string): { tflite: string; labelsFile?: string } {
+function resolveModel(model: string): { tflite: string; labelsFile?: string } {
   const tflite = fs.existsSync(model) && fs.statSync(model).isDirectory() ? path.join(model, 'model.tflite') : model;
   if (!fs.existsSync(tflite)) throw new UserError(`predict: ${tflite}: file not found`);
   const labelsFile = path.join(path.dirname(tflite), 'labels.txt');
@@ -58,15 +58,24 @@ function labelsFor(tflite: string, labelsFile: string | undefined, report: Predi
   const sidecar = labelsFile ? readLabels(labelsFile) : undefined;
   const embedded = report.embedded_labels ?? undefined;
   if (sidecar && sidecar.length !== outputCount) {
-    throw new UserError(`predict: ${tflite} outputs ${outputCount} scores but labels.txt has ${sidecar.length} labels; the files do not belong together`);
+    throw new UserError(
+      `predict: ${tflite} outputs ${outputCount} scores but labels.txt has ${sidecar.length} labels; the files do not belong together`,
+    );
   }
   if (embedded && sidecar && embedded.join('\n') !== sidecar.join('\n')) {
-    throw new UserError(`predict: ${labelsFile} (${sidecar.length} labels: ${sidecar.slice(0, 5).join(', ')}) does not match the labels embedded in ${tflite} (${embedded.length}: ${embedded.slice(0, 5).join(', ')}); the files do not belong together`);
+    throw new UserError(
+      `predict: ${labelsFile} (${sidecar.length} labels: ${sidecar.slice(0, 5).join(', ')}) does not match the labels embedded in ${tflite} (${embedded.length}: ${embedded.slice(0, 5).join(', ')}); the files do not belong together`,
+    );
   }
   const labels = embedded ?? sidecar;
-  if (!labels) throw new UserError(`predict: ${tflite} has no embedded labels (TFLite metadata) and there is no labels.txt beside it`);
+  if (!labels)
+    throw new UserError(
+      `predict: ${tflite} has no embedded labels (TFLite metadata) and there is no labels.txt beside it`,
+    );
   if (outputCount !== labels.length) {
-    throw new UserError(`predict: ${tflite} outputs ${outputCount} scores but ${embedded ? 'its embedded labels have' : 'labels.txt has'} ${labels.length} labels; the files do not belong together`);
+    throw new UserError(
+      `predict: ${tflite} outputs ${outputCount} scores but ${embedded ? 'its embedded labels have' : 'labels.txt has'} ${labels.length} labels; the files do not belong together`,
+    );
   }
   return labels;
 }
@@ -92,9 +101,19 @@ function expandImages(inputs: string[]): { files: string[]; folder: boolean } {
   return { files, folder };
 }
 
-export async function predictImages(model: string, images: string[], resize: 'bilinear' | 'nearest', topK: number, log: Logger): Promise<Prediction[]> {
+async function predictImages(
+  model: string,
+  images: string[],
+  resize: 'bilinear' | 'nearest',
+  topK: number,
+  log: Logger,
+): Promise<Prediction[]> {
   const { tflite, labelsFile } = resolveModel(model);
-  const report = await callPythonOnce<PredictReport>('predict', { model: path.resolve(tflite), images: images.map((f) => path.resolve(f)), resize }, { onStderr: (line) => log.debug({ python: line }) });
+  const report = await callPythonOnce<PredictReport>(
+    'predict',
+    { model: path.resolve(tflite), images: images.map((f) => path.resolve(f)), resize },
+    { onStderr: (line) => log.debug({ python: line }) },
+  );
   const labels = labelsFor(tflite, labelsFile, report);
   return report.results.map((result, i) => ({
     file: images[i],
@@ -108,8 +127,19 @@ export async function predictImages(model: string, images: string[], resize: 'bi
 
 function toCsv(predictions: Prediction[]): string {
   const k = Math.max(...predictions.map((p) => p.top.length));
-  const header = ['file', ...Array.from({ length: k }, (_, i) => [`label_${i + 1}`, `probability_${i + 1}`]).flat(), 'error'];
-  const rows = predictions.map((p) => [p.file, ...Array.from({ length: k }, (_, i) => [p.top[i]?.label ?? '', p.top[i] ? p.top[i].probability.toFixed(6) : '']).flat(), p.error ?? '']);
+  const header = [
+    'file',
+    ...Array.from({ length: k }, (_, i) => [`label_${i + 1}`, `probability_${i + 1}`]).flat(),
+    'error',
+  ];
+  const rows = predictions.map((p) => [
+    p.file,
+    ...Array.from({ length: k }, (_, i) => [
+      p.top[i]?.label ?? '',
+      p.top[i] ? p.top[i].probability.toFixed(6) : '',
+    ]).flat(),
+    p.error ?? '',
+  ]);
   return csvTable(header, rows);
 }
 
@@ -117,7 +147,10 @@ export async function predictCommand(options: PredictOptions): Promise<void> {
   const { files, folder } = expandImages(options.images);
   const predictions = await predictImages(options.model, files, options.resize, options.topK, options.log);
   if (options.out) {
-    writeFileAtomic(options.out, options.out.endsWith('.json') ? `${JSON.stringify(predictions, null, 2)}\n` : toCsv(predictions));
+    writeFileAtomic(
+      options.out,
+      options.out.endsWith('.json') ? `${JSON.stringify(predictions, null, 2)}\n` : toCsv(predictions),
+    );
     options.log.info({ file: options.out, images: predictions.length }, 'predictions written');
   }
   if (options.json) {
@@ -129,6 +162,10 @@ export async function predictCommand(options: PredictOptions): Promise<void> {
     return;
   }
   for (const p of predictions) {
-    options.terminal.print(p.error ? `${p.file}: error: ${p.error}` : `${p.file}: ${p.top.map((t) => `${t.label} ${(t.probability * 100).toFixed(1)}%`).join(', ')}`);
+    options.terminal.print(
+      p.error
+        ? `${p.file}: error: ${p.error}`
+        : `${p.file}: ${p.top.map((t) => `${t.label} ${(t.probability * 100).toFixed(1)}%`).join(', ')}`,
+    );
   }
 }

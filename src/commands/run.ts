@@ -23,7 +23,9 @@ export interface RunCommandOptions {
  * Ends with the run's block for a person, or one JSON line for scripts.
  */
 export async function runCommand(options: RunCommandOptions): Promise<void> {
-  const start = options.file ? { experiment: loadExperiment(options.file, { overrides: options.overrides }) } : { resume: options.resume! };
+  const start = options.file
+    ? { experiment: loadExperiment(options.file, { overrides: options.overrides }) }
+    : { resume: options.resume! };
   const interrupt = listenForInterrupt(options.log);
   const { terminal } = options;
   try {
@@ -39,7 +41,16 @@ export async function runCommand(options: RunCommandOptions): Promise<void> {
       return;
     }
     const final = summary.metrics.final;
-    terminal.print(JSON.stringify({ run_id: summary.run_id, dir: folder.dir, status: summary.status, val_accuracy: final?.val_accuracy, test_accuracy: final?.test_accuracy, ...(summary.export ? { export: summary.export } : {}) }));
+    terminal.print(
+      JSON.stringify({
+        run_id: summary.run_id,
+        dir: folder.dir,
+        status: summary.status,
+        val_accuracy: final?.val_accuracy,
+        test_accuracy: final?.test_accuracy,
+        ...(summary.export ? { export: summary.export } : {}),
+      }),
+    );
   } finally {
     interrupt.release();
   }

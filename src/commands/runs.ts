@@ -26,7 +26,14 @@ function describe(folder: RunFolder): RunListing {
   try {
     return listingOf(folder, folder.readRun(), folder.hasSummary() ? folder.readSummary() : undefined);
   } catch (error) {
-    return { id: folder.id, name: '', status: 'DAMAGED', started: '', dir: folder.dir, problem: problemOf(folder, error) };
+    return {
+      id: folder.id,
+      name: '',
+      status: 'DAMAGED',
+      started: '',
+      dir: folder.dir,
+      problem: problemOf(folder, error),
+    };
   }
 }
 
@@ -45,7 +52,9 @@ export async function runsCommand(options: RunsOptions): Promise<void> {
     options.terminal.print(`no runs under ${options.runsDir}`);
     return;
   }
-  const damaged = wanted.filter((listing) => listing.problem).map((listing) => `${listing.id}: damaged: ${listing.problem}`);
+  const damaged = wanted
+    .filter((listing) => listing.problem)
+    .map((listing) => `${listing.id}: damaged: ${listing.problem}`);
   options.terminal.print([runsTable(wanted, options.terminal.outputStyle), ...damaged].join('\n'));
 }
 
@@ -58,7 +67,9 @@ export interface ShowOptions {
 
 /** `tlx show <run>`: a run's summary block (or summary.json with --json). */
 export async function showCommand(options: ShowOptions): Promise<void> {
-  const folder = RunFolder.tryOpen(options.run) ?? RunFolder.listAll(options.runsDir).find((f) => f.id === options.run || f.id.endsWith(options.run));
+  const folder =
+    RunFolder.tryOpen(options.run) ??
+    RunFolder.listAll(options.runsDir).find((f) => f.id === options.run || f.id.endsWith(options.run));
   if (!folder) throw new UserError(`show: no run ${options.run} under ${options.runsDir}`);
   let run: RunJson;
   let summary: RunSummary | undefined;
@@ -74,7 +85,9 @@ export async function showCommand(options: ShowOptions): Promise<void> {
   }
   if (!summary) {
     const listing = listingOf(folder, run, undefined);
-    options.terminal.print(`Run ${folder.id}  ${run.status}${run.error ? `: ${run.error}` : ''}\n  best val accuracy ${listing.best_val_accuracy?.toFixed(4) ?? 'n/a'} (no summary yet${run.status !== 'FINISHED' ? `; resume with: tlx run --resume ${folder.dir}` : ''})`);
+    options.terminal.print(
+      `Run ${folder.id}  ${run.status}${run.error ? `: ${run.error}` : ''}\n  best val accuracy ${listing.best_val_accuracy?.toFixed(4) ?? 'n/a'} (no summary yet${run.status !== 'FINISHED' ? `; resume with: tlx run --resume ${folder.dir}` : ''})`,
+    );
     return;
   }
   options.terminal.print(runBlock(folder, summary, options.terminal.outputStyle));

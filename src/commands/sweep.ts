@@ -30,12 +30,31 @@ function printResults(options: Pick<SweepCommandOptions, 'terminal' | 'jsonFlag'
   const { terminal } = options;
   const { id, dir, metric, rows, best } = result;
   if (options.jsonFlag) {
-    terminal.print(JSON.stringify({ sweep_id: id, dir, metric, complete: result.complete, best_trial: best?.trial ?? null, best_run: best?.run_id ?? null, best_run_dir: best?.run_dir ?? null, trials: rows }));
+    terminal.print(
+      JSON.stringify({
+        sweep_id: id,
+        dir,
+        metric,
+        complete: result.complete,
+        best_trial: best?.trial ?? null,
+        best_run: best?.run_id ?? null,
+        best_run_dir: best?.run_dir ?? null,
+        trials: rows,
+      }),
+    );
     return;
   }
   terminal.print(resultsTable(rows, best));
-  if (result.complete) terminal.print(best ? `best: trial ${best.trial} (${describeAssignments(best.assignments)}) ${metric} ${(best[metric] as number).toFixed(4)} -> ${best.run_dir}` : `best: none (no trial has ${metric})`);
-  else terminal.print(`${rows.filter((r) => r.status === 'finished' || r.status === 'failed').length} of ${rows.length} trial(s) ended; follow with: tlx sweep status ${id} --queue`);
+  if (result.complete)
+    terminal.print(
+      best
+        ? `best: trial ${best.trial} (${describeAssignments(best.assignments)}) ${metric} ${(best[metric] as number).toFixed(4)} -> ${best.run_dir}`
+        : `best: none (no trial has ${metric})`,
+    );
+  else
+    terminal.print(
+      `${rows.filter((r) => r.status === 'finished' || r.status === 'failed').length} of ${rows.length} trial(s) ended; follow with: tlx sweep status ${id} --queue`,
+    );
   terminal.print(`sweep ${id}: ${dir}`);
 }
 
@@ -45,11 +64,24 @@ function printResults(options: Pick<SweepCommandOptions, 'terminal' | 'jsonFlag'
  * sweep is enqueued (or attached to) and its table so far printed.
  */
 export async function sweepCommand(options: SweepCommandOptions): Promise<void> {
-  const queue = options.queue ? { url: queueUrlOf(options.queue), wait: Boolean(options.wait), enqueue: true } : undefined;
-  const interrupt = listenForInterrupt(options.log, queue ? 'no longer following the sweep (its trials go on on the workers)' : 'stopping the current trial after its batch');
+  const queue = options.queue
+    ? { url: queueUrlOf(options.queue), wait: Boolean(options.wait), enqueue: true }
+    : undefined;
+  const interrupt = listenForInterrupt(
+    options.log,
+    queue
+      ? 'no longer following the sweep (its trials go on on the workers)'
+      : 'stopping the current trial after its batch',
+  );
   const { terminal } = options;
   try {
-    const result = await runSweep({ ...options, overrides: options.set, queue, interrupt, progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined });
+    const result = await runSweep({
+      ...options,
+      overrides: options.set,
+      queue,
+      interrupt,
+      progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined,
+    });
     printResults(options, result);
     if (result.rows.some((r) => r.status === 'failed')) process.exitCode = 1;
   } finally {
@@ -62,9 +94,28 @@ export async function sweepCommand(options: SweepCommandOptions): Promise<void> 
  * trial has ended it also writes the results and brings the best trial's run here (as
  * --wait would); while another process follows the sweep, only the table.
  */
-export async function sweepStatusCommand(options: { sweepId: string; queue?: string | boolean; cacheDir?: string; runsDir: string; log: Logger; terminal: Terminal; jsonFlag: boolean }): Promise<void> {
-  if (!options.queue && !process.env.TLX_QUEUE_URL) throw new UserError('sweep status: expected --queue redis://host:port (or $TLX_QUEUE_URL); a local sweep has its status in runs/sweeps/<id>/status.json');
-  const sweep = { overrides: [], grid: [], parallel: 1, resume: options.sweepId, runsDir: options.runsDir, cacheDir: options.cacheDir, log: options.log };
+export async function sweepStatusCommand(options: {
+  sweepId: string;
+  queue?: string | boolean;
+  cacheDir?: string;
+  runsDir: string;
+  log: Logger;
+  terminal: Terminal;
+  jsonFlag: boolean;
+}): Promise<void> {
+  if (!options.queue && !process.env.TLX_QUEUE_URL)
+    throw new UserError(
+      'sweep status: expected --queue redis://host:port (or $TLX_QUEUE_URL); a local sweep has its status in runs/sweeps/<id>/status.json',
+    );
+  const sweep = {
+    overrides: [],
+    grid: [],
+    parallel: 1,
+    resume: options.sweepId,
+    runsDir: options.runsDir,
+    cacheDir: options.cacheDir,
+    log: options.log,
+  };
   const queue = { url: queueUrlOf(options.queue), wait: false, enqueue: false };
   let result: SweepResult;
   try {

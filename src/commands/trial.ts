@@ -14,17 +14,38 @@ import { MlflowClient } from '../track/mlflow-client.ts';
  * It exits when the worker does (its stdin closes), and stops after the current batch on
  * SIGINT (checkpointed; the worker gives the job back). The result says how it ended.
  */
-export async function trialCommand(options: { request: string; result: string; runsDir: string; cacheDir?: string; log: Logger }): Promise<void> {
+export async function trialCommand(options: {
+  request: string;
+  result: string;
+  runsDir: string;
+  cacheDir?: string;
+  log: Logger;
+}): Promise<void> {
   process.stdin.on('end', () => process.exit(75));
   process.stdin.resume();
-  const request = JSON.parse(fs.readFileSync(options.request, 'utf8')) as { jobId: string; data: unknown; copyEverySeconds?: number };
+  const request = JSON.parse(fs.readFileSync(options.request, 'utf8')) as {
+    jobId: string;
+    data: unknown;
+    copyEverySeconds?: number;
+  };
   const interrupt = listenForInterrupt(options.log);
   try {
     const runsDir = path.resolve(options.runsDir);
     const { task } = checkJob(request.data, request.jobId, runsDir);
     const trackingUri = process.env.MLFLOW_TRACKING_URI;
-    if (!trackingUri) throw new UserError('tlx worker: MLFLOW_TRACKING_URI is not set; a queued trial keeps its copy in the tracking server\'s artifact store');
-    const row = await runQueuedTrial(task, { runsDir, cacheDir: options.cacheDir, log: options.log, interrupt, client: new MlflowClient({ trackingUri }), jobId: request.jobId, copyEverySeconds: request.copyEverySeconds });
+    if (!trackingUri)
+      throw new UserError(
+        "tlx worker: MLFLOW_TRACKING_URI is not set; a queued trial keeps its copy in the tracking server's artifact store",
+      );
+    const row = await runQueuedTrial(task, {
+      runsDir,
+      cacheDir: options.cacheDir,
+      log: options.log,
+      interrupt,
+      client: new MlflowClient({ trackingUri }),
+      jobId: request.jobId,
+      copyEverySeconds: request.copyEverySeconds,
+    });
     writeJsonAtomic(options.result, { row });
   } catch (error) {
     writeJsonAtomic(options.result, { error: errorMessage(error).split('\n')[0], failure: trialFailureOf(error) });

@@ -24,7 +24,7 @@ export interface UiOptions {
  * --experiment, else of the newest local run, in the UI's model-training mode with tlx's
  * columns.
  */
-export async function landingUrl(serverUrl: string, folders: RunFolder[], experiment?: string): Promise<string> {
+async function landingUrl(serverUrl: string, folders: RunFolder[], experiment?: string): Promise<string> {
   if (experiment) {
     const id = await new MlflowClient({ trackingUri: serverUrl, retries: 2 }).getExperimentByName(experiment);
     if (!id) throw new UserError(`ui: no experiment named "${experiment}" on ${redactUrl(serverUrl)}`);
@@ -59,17 +59,27 @@ export async function uiCommand(options: UiOptions): Promise<void> {
   });
   const dataDir = path.resolve(options.runsDir, '.mlflow');
   options.log.info({ dataDir }, 'starting the MLflow server');
-  const server = await startMlflowServer({ dataDir, port: options.port, onOutput: (line) => options.log.debug({ mlflow: line }) });
+  const server = await startMlflowServer({
+    dataDir,
+    port: options.port,
+    onOutput: (line) => options.log.debug({ mlflow: line }),
+  });
   try {
     const folders = RunFolder.list(options.runsDir);
     const results = await syncFolders(folders, server.url, options.log);
-    options.log.info({ runs: results.length }, `synced ${results.filter((r) => !r.error && !r.skipped).length} local run(s)`);
+    options.log.info(
+      { runs: results.length },
+      `synced ${results.filter((r) => !r.error && !r.skipped).length} local run(s)`,
+    );
     const url = await landingUrl(server.url, folders, options.experiment);
     process.stdout.write(`MLflow UI: ${url}\n`);
-    for (const sweep of sweepUrls(server.url, options.runsDir)) process.stdout.write(`sweep ${sweep.id}: ${sweep.url}\n`);
+    for (const sweep of sweepUrls(server.url, options.runsDir))
+      process.stdout.write(`sweep ${sweep.id}: ${sweep.url}\n`);
     if (options.open) {
       const { default: open } = await import('open');
-      await open(url).catch((error: unknown) => options.log.warn({ error: String(error) }, 'could not open a browser; open the link above'));
+      await open(url).catch((error: unknown) =>
+        options.log.warn({ error: String(error) }, 'could not open a browser; open the link above'),
+      );
     }
     await stopped;
   } finally {

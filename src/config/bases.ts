@@ -11,7 +11,12 @@ export type BaseModelName = ResolvedExperiment['model']['base'];
 type ModelKeys = Pick<ResolvedExperiment['model'], 'base' | 'minimalistic'>;
 type WeightKeys = Pick<ResolvedExperiment['model'], 'base' | 'alpha' | 'minimalistic' | 'weights'>;
 
-export const baseNames: readonly BaseModelName[] = ['mobilenet_v2', 'mobilenet_v3_small', 'mobilenet_v3_large', 'efficientnet_b0'];
+export const baseNames: readonly BaseModelName[] = [
+  'mobilenet_v2',
+  'mobilenet_v3_small',
+  'mobilenet_v3_large',
+  'efficientnet_b0',
+];
 
 export function isBaseName(name: string): name is BaseModelName {
   return (baseNames as readonly string[]).includes(name);
@@ -91,11 +96,17 @@ function alphaText(alpha: number): string {
  * patterns (mobilenet_v2.py, mobilenet_v3.py, efficientnet.py); undefined when Keras has no
  * file for these options. MobileNetV2 has one per input size: the nearest is used.
  */
-export function imagenetWeightsFile(model: Omit<WeightKeys, 'weights'>, imageSize: [number, number]): ImagenetWeightsFile | undefined {
+export function imagenetWeightsFile(
+  model: Omit<WeightKeys, 'weights'>,
+  imageSize: [number, number],
+): ImagenetWeightsFile | undefined {
   switch (model.base) {
     case 'mobilenet_v2': {
       const size = Math.max(...imageSize);
-      const resolution = mobileNetV2Resolutions.reduce((best, r) => (Math.abs(r - size) < Math.abs(best - size) ? r : best), 224);
+      const resolution = mobileNetV2Resolutions.reduce(
+        (best, r) => (Math.abs(r - size) < Math.abs(best - size) ? r : best),
+        224,
+      );
       return {
         url: `https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_${alphaText(model.alpha)}_${resolution}_no_top.h5`,
         resolution,
@@ -106,10 +117,17 @@ export function imagenetWeightsFile(model: Omit<WeightKeys, 'weights'>, imageSiz
       const name = `${model.base === 'mobilenet_v3_small' ? 'small' : 'large'}${model.minimalistic ? '_minimalistic' : ''}_224_${alphaText(model.alpha)}_float`;
       const md5 = mobileNetV3Md5[name];
       if (!md5) return undefined;
-      return { url: `https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/weights_mobilenet_v3_${name}_no_top_v2.h5`, md5, resolution: 224 };
+      return {
+        url: `https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/weights_mobilenet_v3_${name}_no_top_v2.h5`,
+        md5,
+        resolution: 224,
+      };
     }
     case 'efficientnet_b0':
-      return { url: 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5', md5: '50bc09e76180e00e4465e1a485ddc09d' };
+      return {
+        url: 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5',
+        md5: '50bc09e76180e00e4465e1a485ddc09d',
+      };
   }
 }
 
@@ -117,14 +135,28 @@ export function imagenetWeightsFile(model: Omit<WeightKeys, 'weights'>, imageSiz
 export function baseOptionProblems(model: WeightKeys): { keyPath: string[]; message: string }[] {
   const problems: { keyPath: string[]; message: string }[] = [];
   const isV3 = model.base === 'mobilenet_v3_small' || model.base === 'mobilenet_v3_large';
-  if (model.minimalistic && !isV3) problems.push({ keyPath: ['model', 'minimalistic'], message: `found true, but ${model.base} has no minimalistic variant (only mobilenet_v3_small and mobilenet_v3_large)` });
-  if (model.base === 'efficientnet_b0' && model.alpha !== 1) problems.push({ keyPath: ['model', 'alpha'], message: `found ${model.alpha}, but efficientnet_b0 has no width multiplier; expected 1.0 or no alpha` });
+  if (model.minimalistic && !isV3)
+    problems.push({
+      keyPath: ['model', 'minimalistic'],
+      message: `found true, but ${model.base} has no minimalistic variant (only mobilenet_v3_small and mobilenet_v3_large)`,
+    });
+  if (model.base === 'efficientnet_b0' && model.alpha !== 1)
+    problems.push({
+      keyPath: ['model', 'alpha'],
+      message: `found ${model.alpha}, but efficientnet_b0 has no width multiplier; expected 1.0 or no alpha`,
+    });
   if (isV3 && model.weights === 'imagenet' && !imagenetWeightsFile(model, [224, 224])) {
     const expected = model.minimalistic ? '1.0 (the only minimalistic ImageNet weights)' : '0.75 or 1.0';
-    problems.push({ keyPath: ['model', 'alpha'], message: `found ${model.alpha}, but Keras has ImageNet weights for ${kerasApplicationOf(model.base)} only at alpha ${expected}; use one of those or weights: none` });
+    problems.push({
+      keyPath: ['model', 'alpha'],
+      message: `found ${model.alpha}, but Keras has ImageNet weights for ${kerasApplicationOf(model.base)} only at alpha ${expected}; use one of those or weights: none`,
+    });
   }
   if (model.weights === 'npm:nsfwjs' && (model.base !== 'mobilenet_v2' || model.alpha !== 1)) {
-    problems.push({ keyPath: ['model', 'weights'], message: `npm:nsfwjs is a MobileNetV2 with alpha 1.0; found base ${model.base}, alpha ${model.alpha}` });
+    problems.push({
+      keyPath: ['model', 'weights'],
+      message: `npm:nsfwjs is a MobileNetV2 with alpha 1.0; found base ${model.base}, alpha ${model.alpha}`,
+    });
   }
   return problems;
 }

@@ -7,7 +7,16 @@ import { explainSchemaErrors } from './messages.ts';
 import { applyOverride, mergeConfigs, parseOverride, type Override } from './overrides.ts';
 import type { ResolvedExperiment } from './resolved.ts';
 import { experimentValidator } from './schema.ts';
-import { forbiddenKeyMessage, forbiddenKeyPaths, isPlainObject, locationAt, matchPath, parseYamlFile, type PlainObject, type YamlSource } from './sources.ts';
+import {
+  forbiddenKeyMessage,
+  forbiddenKeyPaths,
+  isPlainObject,
+  locationAt,
+  matchPath,
+  parseYamlFile,
+  type PlainObject,
+  type YamlSource,
+} from './sources.ts';
 
 export interface LoadOptions {
   /** `--set key.path=value` flags, applied after `extends` and the file itself. */
@@ -49,7 +58,11 @@ function readChain(file: string, displayName: string, problems: Problem[]): Yaml
     }
     const parentFile = path.resolve(path.dirname(source.file), parent);
     if (visited.has(parentFile)) {
-      problems.push({ location, keyPath: 'extends', message: `"${parent}" is already in the chain of extended files (a cycle)` });
+      problems.push({
+        location,
+        keyPath: 'extends',
+        message: `"${parent}" is already in the chain of extended files (a cycle)`,
+      });
       break;
     }
     if (chain.length >= maxExtendsDepth) {
@@ -78,7 +91,13 @@ const pathKeys: [string, string][] = [
 ];
 
 function isRelativeFilePath(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && !path.isAbsolute(value) && !/^[a-z][\w+.-]*:/i.test(value) && !['imagenet', 'none'].includes(value);
+  return (
+    typeof value === 'string' &&
+    value.length > 0 &&
+    !path.isAbsolute(value) &&
+    !/^[a-z][\w+.-]*:/i.test(value) &&
+    !['imagenet', 'none'].includes(value)
+  );
 }
 
 /**
@@ -100,7 +119,10 @@ function rebaseRelativePaths(merged: PlainObject, chain: YamlSource[], baseDir: 
 function locate(keyPath: string[], atKey: boolean, chain: YamlSource[], overrides: Override[]): Location {
   for (const override of [...overrides].reverse()) {
     const shorter = Math.min(override.keyPath.length, keyPath.length);
-    if (override.keyPath.slice(0, shorter).join('.') === keyPath.slice(0, shorter).join('.') && override.keyPath.length <= keyPath.length) {
+    if (
+      override.keyPath.slice(0, shorter).join('.') === keyPath.slice(0, shorter).join('.') &&
+      override.keyPath.length <= keyPath.length
+    ) {
       return { file: `--set ${override.flag}` };
     }
   }
@@ -116,24 +138,36 @@ function locate(keyPath: string[], atKey: boolean, chain: YamlSource[], override
 }
 
 function byPosition(a: Problem, b: Problem): number {
-  return a.location.file.localeCompare(b.location.file) || (a.location.line ?? 0) - (b.location.line ?? 0) || (a.location.column ?? 0) - (b.location.column ?? 0);
+  return (
+    a.location.file.localeCompare(b.location.file) ||
+    (a.location.line ?? 0) - (b.location.line ?? 0) ||
+    (a.location.column ?? 0) - (b.location.column ?? 0)
+  );
 }
 
 /** Rules that involve several keys or facts about the base model: not expressible in the schema. */
 function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; message: string; atValue?: boolean }[] {
   const found: { keyPath: string[]; message: string; atValue?: boolean }[] = [];
   const { dataset } = config;
-  if (dataset.url === undefined && dataset.path === undefined) found.push({ keyPath: ['dataset'], message: 'expected either url: or path:' });
-  if (dataset.url !== undefined && dataset.path !== undefined) found.push({ keyPath: ['dataset', 'path'], message: 'expected either url: or path:, not both' });
+  if (dataset.url === undefined && dataset.path === undefined)
+    found.push({ keyPath: ['dataset'], message: 'expected either url: or path:' });
+  if (dataset.url !== undefined && dataset.path !== undefined)
+    found.push({ keyPath: ['dataset', 'path'], message: 'expected either url: or path:, not both' });
   if ((dataset.train_dir === undefined) !== (dataset.validation_dir === undefined)) {
     const missing = dataset.train_dir === undefined ? 'train_dir' : 'validation_dir';
     found.push({ keyPath: ['dataset'], message: `train_dir and validation_dir go together; missing ${missing}` });
   }
   if (dataset.train_dir !== undefined && dataset.validation_split !== undefined) {
-    found.push({ keyPath: ['dataset', 'validation_split'], message: 'expected either train_dir/validation_dir or validation_split, not both' });
+    found.push({
+      keyPath: ['dataset', 'validation_split'],
+      message: 'expected either train_dir/validation_dir or validation_split, not both',
+    });
   }
   if (dataset.train_dir === undefined && dataset.validation_split === undefined) {
-    found.push({ keyPath: ['dataset'], message: 'expected train_dir + validation_dir, or validation_split to split one folder' });
+    found.push({
+      keyPath: ['dataset'],
+      message: 'expected train_dir + validation_dir, or validation_split to split one folder',
+    });
   }
   found.push(...baseOptionProblems(config.model));
   const layerCount = baseLayerCount(config.model);
@@ -147,7 +181,6 @@ function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; me
   return found;
 }
 
-
 /**
  * Loads an experiment file: parses YAML, follows `extends`, applies `--set`, fills the
  * schema's defaults and validates. Throws a ConfigError listing every problem, each with
@@ -156,7 +189,9 @@ function crossFieldProblems(config: ResolvedExperiment): { keyPath: string[]; me
 export function loadExperiment(file: string, options: LoadOptions = {}): LoadedExperiment {
   const problems: Problem[] = [];
   const chain = readChain(file, file, problems);
-  const overrides = (options.overrides ?? []).map((flag) => parseOverride(flag, problems)).filter((o): o is Override => o !== undefined);
+  const overrides = (options.overrides ?? [])
+    .map((flag) => parseOverride(flag, problems))
+    .filter((o): o is Override => o !== undefined);
   if (problems.length > 0 || chain.length === 0) throw new ConfigError(problems);
 
   let merged: PlainObject = {};
@@ -166,7 +201,10 @@ export function loadExperiment(file: string, options: LoadOptions = {}): LoadedE
   if (problems.length > 0) throw new ConfigError(problems);
   if (options.grid && Object.keys(options.grid).length > 0) {
     const sweep = isPlainObject(merged.sweep) ? merged.sweep : {};
-    merged = { ...merged, sweep: { ...sweep, grid: { ...(isPlainObject(sweep.grid) ? sweep.grid : {}), ...options.grid } } };
+    merged = {
+      ...merged,
+      sweep: { ...sweep, grid: { ...(isPlainObject(sweep.grid) ? sweep.grid : {}), ...options.grid } },
+    };
   }
   const config = validateMerged(merged, (keyPath, atKey) => locate(keyPath, atKey, chain, overrides));
   return {
@@ -178,16 +216,29 @@ export function loadExperiment(file: string, options: LoadOptions = {}): LoadedE
 }
 
 /** Schema, defaults and cross-field rules over a merged config; every problem located by `where`. */
-function validateMerged(merged: PlainObject, where: (keyPath: string[], atKey: boolean) => Location): ResolvedExperiment {
+function validateMerged(
+  merged: PlainObject,
+  where: (keyPath: string[], atKey: boolean) => Location,
+): ResolvedExperiment {
   const problems: Problem[] = [];
   const validate = experimentValidator();
   if (!validate(merged)) {
-    for (const error of explainSchemaErrors(validate.errors ?? [])) problems.push({ location: where(error.keyPath, error.atKey), keyPath: error.keyPath.join('.'), message: error.message });
+    for (const error of explainSchemaErrors(validate.errors ?? []))
+      problems.push({
+        location: where(error.keyPath, error.atKey),
+        keyPath: error.keyPath.join('.'),
+        message: error.message,
+      });
     throw new ConfigError(problems.sort(byPosition));
   }
   const { extends: _extends, $schema: _schema, ...rest } = merged;
   const config = rest as unknown as ResolvedExperiment;
-  for (const problem of crossFieldProblems(config)) problems.push({ location: where(problem.keyPath, !problem.atValue), keyPath: problem.keyPath.join('.'), message: problem.message });
+  for (const problem of crossFieldProblems(config))
+    problems.push({
+      location: where(problem.keyPath, !problem.atValue),
+      keyPath: problem.keyPath.join('.'),
+      message: problem.message,
+    });
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }
@@ -197,10 +248,31 @@ function validateMerged(merged: PlainObject, where: (keyPath: string[], atKey: b
  * file is, prototype keys first, with `source` in place of file:line:col in every message.
  */
 export function validateExperimentValue(value: unknown, source: string): ResolvedExperiment {
-  if (!isPlainObject(value)) throw new ConfigError([{ location: { file: source }, keyPath: '', message: `expected a mapping of config keys, found ${Array.isArray(value) ? 'a list' : typeof value}` }]);
+  if (!isPlainObject(value))
+    throw new ConfigError([
+      {
+        location: { file: source },
+        keyPath: '',
+        message: `expected a mapping of config keys, found ${Array.isArray(value) ? 'a list' : typeof value}`,
+      },
+    ]);
   const forbidden = forbiddenKeyPaths(value);
-  if (forbidden.length > 0) throw new ConfigError(forbidden.map((keyPath) => ({ location: { file: source }, keyPath: keyPath.join('.'), message: forbiddenKeyMessage(keyPath.at(-1)!) })));
-  if ('extends' in value) throw new ConfigError([{ location: { file: source }, keyPath: 'extends', message: 'expected a resolved config (extends is resolved before a config is sent)' }]);
+  if (forbidden.length > 0)
+    throw new ConfigError(
+      forbidden.map((keyPath) => ({
+        location: { file: source },
+        keyPath: keyPath.join('.'),
+        message: forbiddenKeyMessage(keyPath.at(-1)!),
+      })),
+    );
+  if ('extends' in value)
+    throw new ConfigError([
+      {
+        location: { file: source },
+        keyPath: 'extends',
+        message: 'expected a resolved config (extends is resolved before a config is sent)',
+      },
+    ]);
   return validateMerged(structuredClone(value), () => ({ file: source }));
 }
 

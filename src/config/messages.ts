@@ -10,7 +10,7 @@ export interface ExplainedError {
   message: string;
 }
 
-export function describeValue(value: unknown): string {
+function describeValue(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return `a list of ${value.length}`;
   if (typeof value === 'object') return 'a mapping';
@@ -23,7 +23,14 @@ function article(type: string): string {
 }
 
 function expectedType(type: unknown): string {
-  const names: Record<string, string> = { object: 'mapping', array: 'list', integer: 'integer', number: 'number', string: 'string', boolean: 'boolean (true/false)' };
+  const names: Record<string, string> = {
+    object: 'mapping',
+    array: 'list',
+    integer: 'integer',
+    number: 'number',
+    string: 'string',
+    boolean: 'boolean (true/false)',
+  };
   const types = (Array.isArray(type) ? type : [type]).map((t) => names[String(t)] ?? String(t));
   return types.map(article).join(' or ');
 }
@@ -72,7 +79,11 @@ function explainOne(error: SchemaError): ExplainedError {
       const key = String(params.additionalProperty);
       const candidates = allowedKeys(keyPath);
       const guess = didYouMean(key, candidates);
-      const hint = guess ? `did you mean "${guess}"?` : candidates.length ? `expected one of: ${candidates.join(', ')}` : '';
+      const hint = guess
+        ? `did you mean "${guess}"?`
+        : candidates.length
+          ? `expected one of: ${candidates.join(', ')}`
+          : '';
       return { keyPath: [...keyPath, key], atKey: true, message: `unknown key${hint ? `; ${hint}` : ''}` };
     }
     case 'required':
@@ -92,7 +103,11 @@ function explainOne(error: SchemaError): ExplainedError {
     case 'maximum':
     case 'exclusiveMinimum':
     case 'exclusiveMaximum':
-      return { keyPath, atKey: false, message: `found ${found}, expected ${numberKind(parent)} ${String(params.comparison)} ${String(params.limit)}` };
+      return {
+        keyPath,
+        atKey: false,
+        message: `found ${found}, expected ${numberKind(parent)} ${String(params.comparison)} ${String(params.limit)}`,
+      };
     case 'minItems':
     case 'maxItems':
     case 'minProperties':
@@ -102,7 +117,11 @@ function explainOne(error: SchemaError): ExplainedError {
       return { keyPath, atKey: false, message: sizeMessage(error, found, keyPath) };
     case 'pattern': {
       const description = parent?.description?.split(/(?<=\.)\s/)[0];
-      return { keyPath, atKey: false, message: `found ${found}, expected ${description ? `${description.replace(/\.$/, '')} (pattern ${String(params.pattern)})` : `a match of ${String(params.pattern)}`}` };
+      return {
+        keyPath,
+        atKey: false,
+        message: `found ${found}, expected ${description ? `${description.replace(/\.$/, '')} (pattern ${String(params.pattern)})` : `a match of ${String(params.pattern)}`}`,
+      };
     }
     case 'oneOf': {
       const branches = (error.schema as SchemaNode[]) ?? [];

@@ -24,24 +24,34 @@ export interface SchemaNode {
   definitions?: Record<string, SchemaNode>;
 }
 
-export const schemaPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'schemas', 'experiment.schema.json');
+const schemaPath = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '..',
+  '..',
+  'schemas',
+  'experiment.schema.json',
+);
 
-export const experimentSchema: SchemaNode = JSON.parse(fs.readFileSync(schemaPath, 'utf8')) as SchemaNode;
+const experimentSchema: SchemaNode = JSON.parse(fs.readFileSync(schemaPath, 'utf8')) as SchemaNode;
 
 let compiled: ValidateFunction | undefined;
 
 /** ajv validator of experiment files; fills defaults in place (useDefaults). */
 export function experimentValidator(): ValidateFunction {
-  compiled ??= new Ajv({ allErrors: true, useDefaults: true, verbose: true, strict: true, allowUnionTypes: true }).compile(
-    experimentSchema,
-  );
+  compiled ??= new Ajv({
+    allErrors: true,
+    useDefaults: true,
+    verbose: true,
+    strict: true,
+    allowUnionTypes: true,
+  }).compile(experimentSchema);
   return compiled;
 }
 
 export type SchemaError = ErrorObject;
 
 /** Follows $ref and single-element allOf wrappers to the node that describes a value. */
-export function resolveSchema(node: SchemaNode | undefined): SchemaNode | undefined {
+function resolveSchema(node: SchemaNode | undefined): SchemaNode | undefined {
   let current = node;
   for (let guard = 0; current && guard < 10; guard++) {
     if (current.$ref) {
@@ -84,7 +94,10 @@ export function allowedKeys(keyPath: readonly string[]): string[] {
 export function schemaDefaults<T>(keyPath: readonly string[]): T {
   const node = schemaAtPath(keyPath);
   if (!node) throw new Error(`no schema node at ${keyPath.join('.')}`);
-  const validate = new Ajv({ useDefaults: true, strict: false, allowUnionTypes: true }).compile({ ...node, definitions: experimentSchema.definitions });
+  const validate = new Ajv({ useDefaults: true, strict: false, allowUnionTypes: true }).compile({
+    ...node,
+    definitions: experimentSchema.definitions,
+  });
   const value = {};
   validate(value);
   return value as T;

@@ -22,7 +22,7 @@ export function forbiddenKeyMessage(key: string): string {
 }
 
 /** An experiment file larger than this is refused before it is parsed. */
-export const maxExperimentFileBytes = 1024 * 1024;
+const maxExperimentFileBytes = 1024 * 1024;
 
 /** Every mapping key in the document that is a forbidden key, with its position. */
 function forbiddenKeyProblems(source: YamlSource): Problem[] {
@@ -33,7 +33,11 @@ function forbiddenKeyProblems(source: YamlSource): Problem[] {
         if (!isPair(item)) continue;
         const key = isScalar(item.key) ? String(item.key.value) : '';
         if (forbiddenKeys.has(key)) {
-          problems.push({ location: locationAt(source, (item.key as Node).range?.[0] ?? 0), keyPath: [...keyPath, key].join('.'), message: forbiddenKeyMessage(key) });
+          problems.push({
+            location: locationAt(source, (item.key as Node).range?.[0] ?? 0),
+            keyPath: [...keyPath, key].join('.'),
+            message: forbiddenKeyMessage(key),
+          });
           continue;
         }
         visit(item.value as Node, [...keyPath, key]);
@@ -50,7 +54,9 @@ function forbiddenKeyProblems(source: YamlSource): Problem[] {
 export function forbiddenKeyPaths(value: unknown, keyPath: string[] = []): string[][] {
   if (Array.isArray(value)) return value.flatMap((item, index) => forbiddenKeyPaths(item, [...keyPath, String(index)]));
   if (!isPlainObject(value)) return [];
-  return Object.keys(value).flatMap((key) => (forbiddenKeys.has(key) ? [[...keyPath, key]] : forbiddenKeyPaths(value[key], [...keyPath, key])));
+  return Object.keys(value).flatMap((key) =>
+    forbiddenKeys.has(key) ? [[...keyPath, key]] : forbiddenKeyPaths(value[key], [...keyPath, key]),
+  );
 }
 
 export function isPlainObject(value: unknown): value is PlainObject {
@@ -68,13 +74,18 @@ export function parseYamlFile(file: string, displayName: string, problems: Probl
   try {
     const size = fs.statSync(file).size;
     if (size > maxExperimentFileBytes) {
-      problems.push({ location: { file: displayName }, keyPath: '', message: `${size} bytes; an experiment file may be at most ${maxExperimentFileBytes} bytes (1 MiB)` });
+      problems.push({
+        location: { file: displayName },
+        keyPath: '',
+        message: `${size} bytes; an experiment file may be at most ${maxExperimentFileBytes} bytes (1 MiB)`,
+      });
       return undefined;
     }
     text = fs.readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const reason = code === 'ENOENT' ? 'file not found' : code === 'EISDIR' ? 'is a folder, expected a YAML file' : String(error);
+    const reason =
+      code === 'ENOENT' ? 'file not found' : code === 'EISDIR' ? 'is a folder, expected a YAML file' : String(error);
     problems.push({ location: { file: displayName }, keyPath: '', message: reason });
     return undefined;
   }
@@ -101,12 +112,25 @@ export function parseYamlFile(file: string, displayName: string, problems: Probl
     value = doc.toJS({ maxAliasCount: 100 });
   } catch (error) {
     // The yaml library refuses documents whose aliases expand too far (a "billion laughs").
-    problems.push({ location: { file: displayName }, keyPath: '', message: `cannot read the YAML: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` });
+    problems.push({
+      location: { file: displayName },
+      keyPath: '',
+      message: `cannot read the YAML: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`,
+    });
     return undefined;
   }
   if (!isPlainObject(value)) {
-    const found = value === null || value === undefined ? 'an empty document' : Array.isArray(value) ? 'a list' : `a ${typeof value}`;
-    problems.push({ location: { file: displayName, line: 1, column: 1 }, keyPath: '', message: `found ${found}, expected a mapping of keys (name:, dataset:, ...)` });
+    const found =
+      value === null || value === undefined
+        ? 'an empty document'
+        : Array.isArray(value)
+          ? 'a list'
+          : `a ${typeof value}`;
+    problems.push({
+      location: { file: displayName, line: 1, column: 1 },
+      keyPath: '',
+      message: `found ${found}, expected a mapping of keys (name:, dataset:, ...)`,
+    });
     return undefined;
   }
   source.value = value;

@@ -14,7 +14,19 @@ import { projectRoot } from './project.ts';
  * - the environment is what the child needs, not every secret of the parent's.
  */
 
-const passedThrough = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'TEMP', 'TMP', 'SYSTEMROOT'];
+const passedThrough = [
+  'PATH',
+  'HOME',
+  'USER',
+  'LANG',
+  'LC_ALL',
+  'LC_CTYPE',
+  'TZ',
+  'TMPDIR',
+  'TEMP',
+  'TMP',
+  'SYSTEMROOT',
+];
 
 /** The parent's environment minus everything but locale, paths and user: add what the child needs. */
 export function minimalEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
@@ -39,7 +51,12 @@ export interface ChildOptions {
 const tiedChildScript = path.join(projectRoot, 'src', 'core', 'tied-child.mjs');
 
 export function spawnChild(file: string, args: readonly string[], options: ChildOptions): ResultPromise<Options> {
-  if (options.tiedToParent) return spawnChild(process.execPath, [tiedChildScript, file, ...args], { ...options, tiedToParent: false, watchParent: true });
+  if (options.tiedToParent)
+    return spawnChild(process.execPath, [tiedChildScript, file, ...args], {
+      ...options,
+      tiedToParent: false,
+      watchParent: true,
+    });
   return execa(file, args, {
     env: options.env,
     extendEnv: false,

@@ -22,12 +22,12 @@ export interface Problem {
   message: string;
 }
 
-export function formatLocation({ file, line, column }: Location): string {
+function formatLocation({ file, line, column }: Location): string {
   if (line === undefined) return file;
   return column === undefined ? `${file}:${line}` : `${file}:${line}:${column}`;
 }
 
-export function formatProblem(problem: Problem): string {
+function formatProblem(problem: Problem): string {
   const where = formatLocation(problem.location);
   return problem.keyPath ? `${where}: ${problem.keyPath}: ${problem.message}` : `${where}: ${problem.message}`;
 }

@@ -48,7 +48,7 @@ export function fsyncDir(dir: string): void {
 }
 
 /** A write the disk had no room for (or the user's quota), naming the file and what it was. */
-export class DiskFullError extends Error {
+class DiskFullError extends Error {
   override name = 'DiskFullError';
 }
 
@@ -62,7 +62,9 @@ export function writingTo<T>(file: string, what: string, write: () => T): T {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code !== 'ENOSPC' && code !== 'EDQUOT') throw error;
-    throw new DiskFullError(`no space left on the device writing ${what} to ${file} (${code}); free some space there and run the command again (a run resumes where it stopped)`);
+    throw new DiskFullError(
+      `no space left on the device writing ${what} to ${file} (${code}); free some space there and run the command again (a run resumes where it stopped)`,
+    );
   }
 }
 
@@ -103,11 +105,16 @@ export class CorruptFileError extends UserError {
 /** Reads a JSON file; an empty or unparsable file is an error that names it. */
 export function readJsonFile(file: string, what = 'JSON'): unknown {
   const text = fs.readFileSync(file, 'utf8');
-  if (text.trim().length === 0) throw new CorruptFileError(`${file}: the file is empty; expected ${what} (it may have been cut short by a crash or a full disk)`);
+  if (text.trim().length === 0)
+    throw new CorruptFileError(
+      `${file}: the file is empty; expected ${what} (it may have been cut short by a crash or a full disk)`,
+    );
   try {
     return JSON.parse(text) as unknown;
   } catch (error) {
-    throw new CorruptFileError(`${file}: not valid JSON (${error instanceof Error ? error.message : String(error)}); expected ${what}`);
+    throw new CorruptFileError(
+      `${file}: not valid JSON (${error instanceof Error ? error.message : String(error)}); expected ${what}`,
+    );
   }
 }
 
@@ -124,7 +131,7 @@ export function appendLineDurably(file: string, line: string): void {
   }
 }
 
-export interface BadLine {
+interface BadLine {
   line: number;
   text: string;
   reason: string;
@@ -150,7 +157,11 @@ export function readJsonLines<T>(file: string, parse: (value: unknown) => T): Js
     try {
       result.records.push(parse(JSON.parse(line) as unknown));
     } catch (error) {
-      result.bad.push({ line: index + 1, text: line.slice(0, 120), reason: error instanceof Error ? error.message.split('\n')[0] : String(error) });
+      result.bad.push({
+        line: index + 1,
+        text: line.slice(0, 120),
+        reason: error instanceof Error ? error.message.split('\n')[0] : String(error),
+      });
     }
   });
   return result;
@@ -175,7 +186,7 @@ export function rewriteJsonLines(file: string, records: unknown[]): void {
 }
 
 /** Flushes every file of a folder tree, then the folders themselves. */
-export function fsyncTree(dir: string): void {
+function fsyncTree(dir: string): void {
   for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
     const full = path.join(dir, entry.name);
     if (entry.isDirectory()) fsyncTree(full);
@@ -207,7 +218,8 @@ export function installFolder(temp: string, target: string, killPointPrefix?: st
 
 /** The complete version of an installed folder: `target`, else what a crash left in `<target>.previous`. */
 export function findInstalled(target: string, isComplete: (dir: string) => boolean): string | undefined {
-  for (const candidate of [target, `${target}.previous`]) if (fs.existsSync(candidate) && isComplete(candidate)) return candidate;
+  for (const candidate of [target, `${target}.previous`])
+    if (fs.existsSync(candidate) && isComplete(candidate)) return candidate;
   return undefined;
 }
 

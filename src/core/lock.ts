@@ -60,7 +60,8 @@ function staleReason(file: string, owner: LockOwner | undefined, options: Acquir
     return age > 10_000 ? 'unreadable lock file' : undefined;
   }
   if (owner.host === os.hostname() && !isProcessAlive(owner.pid)) return `pid ${owner.pid} is not running`;
-  if (options.job && owner.job === options.job && owner.pid !== process.pid) return `the queue handed job ${options.job} on`;
+  if (options.job && owner.job === options.job && owner.pid !== process.pid)
+    return `the queue handed job ${options.job} on`;
   return undefined;
 }
 
@@ -75,7 +76,13 @@ export class FolderLock {
   /** Takes the lock of `dir`, or throws LockedError ("<what> is in use by pid N on host H since T"). */
   static acquire(dir: string, what: string, options: AcquireOptions = {}): FolderLock {
     const file = path.join(dir, '.lock');
-    const owner: LockOwner = { pid: process.pid, host: os.hostname(), started: new Date().toISOString(), command: process.argv.slice(2).join(' ').slice(0, 200), ...(options.job ? { job: options.job } : {}) };
+    const owner: LockOwner = {
+      pid: process.pid,
+      host: os.hostname(),
+      started: new Date().toISOString(),
+      command: process.argv.slice(2).join(' ').slice(0, 200),
+      ...(options.job ? { job: options.job } : {}),
+    };
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
         const fd = fs.openSync(file, 'wx');
@@ -98,7 +105,12 @@ export class FolderLock {
       }
       const reason = staleReason(file, current, options);
       if (!reason) {
-        throw new LockedError(current ? `${what} is in use by pid ${current.pid} on host ${current.host} since ${current.started}` : `${what} is being locked by another process (${file})`, current);
+        throw new LockedError(
+          current
+            ? `${what} is in use by pid ${current.pid} on host ${current.host} since ${current.started}`
+            : `${what} is being locked by another process (${file})`,
+          current,
+        );
       }
       // Only one of several processes taking over wins this rename; the others retry.
       const aside = `${file}.stale-${process.pid}-${attempt}`;
@@ -117,7 +129,11 @@ export class FolderLock {
    * Waits for the lock of `dir` (a shared cache entry: another process is downloading the
    * same file), up to `timeoutMs`; a stale lock is taken over as in acquire.
    */
-  static async acquireWhenFree(dir: string, what: string, options: AcquireOptions & { timeoutMs: number; onWait?: (owner: LockOwner | undefined) => void }): Promise<FolderLock> {
+  static async acquireWhenFree(
+    dir: string,
+    what: string,
+    options: AcquireOptions & { timeoutMs: number; onWait?: (owner: LockOwner | undefined) => void },
+  ): Promise<FolderLock> {
     const deadline = Date.now() + options.timeoutMs;
     let told = false;
     for (;;) {
@@ -142,7 +158,8 @@ export class FolderLock {
     this.released = true;
     held.delete(this.file);
     const current = readOwner(this.file);
-    if (current && current.pid === this.owner.pid && current.started === this.owner.started) fs.rmSync(this.file, { force: true });
+    if (current && current.pid === this.owner.pid && current.started === this.owner.started)
+      fs.rmSync(this.file, { force: true });
   }
 }
 

@@ -15,22 +15,34 @@ function redactDeep(value: unknown, depth = 0): unknown {
   if (typeof value === 'string') return redactText(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return value.map((item) => redactDeep(item, depth + 1));
-  return Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([key, item]) => [key, redactDeep(item, depth + 1)]));
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>).map(([key, item]) => [key, redactDeep(item, depth + 1)]),
+  );
 }
 
 const redacting: Pick<LoggerOptions, 'hooks' | 'formatters'> = {
   hooks: {
     logMethod(args, method) {
-      method.apply(this, args.map((arg) => (typeof arg === 'string' ? redactText(arg) : arg)) as Parameters<typeof method>);
+      method.apply(
+        this,
+        args.map((arg) => (typeof arg === 'string' ? redactText(arg) : arg)) as Parameters<typeof method>,
+      );
     },
   },
   formatters: { log: (record) => redactDeep(record) as Record<string, unknown> },
 };
 
-const levelNames: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
+const levelNames: Record<number, string> = {
+  10: 'trace',
+  20: 'debug',
+  30: 'info',
+  40: 'warn',
+  50: 'error',
+  60: 'fatal',
+};
 
 /** A number for a person: 4 significant digits at most, integers as they are. */
-export function humanNumber(value: number): string {
+function humanNumber(value: number): string {
   if (!Number.isFinite(value) || Number.isInteger(value)) return String(value);
   return String(Number(value.toPrecision(4)));
 }
@@ -47,16 +59,30 @@ export interface HumanStyle {
   red(text: string): string;
 }
 
-export const plainStyle: HumanStyle = { dim: (t) => t, yellow: (t) => t, red: (t) => t };
+const plainStyle: HumanStyle = { dim: (t) => t, yellow: (t) => t, red: (t) => t };
 
 /** One log record as one line for a person: time, the message, and (verbose) the fields. */
-export function humanLine(record: Record<string, unknown>, verbose: boolean, style: HumanStyle): string {
+function humanLine(record: Record<string, unknown>, verbose: boolean, style: HumanStyle): string {
   const { level, time, msg, ...fields } = record;
   const date = new Date(typeof time === 'number' ? time : Date.now());
   const clock = style.dim(date.toTimeString().slice(0, 8));
   const name = levelNames[level as number] ?? 'info';
-  const tag = name === 'warn' ? style.yellow('warning: ') : name === 'error' || name === 'fatal' ? style.red('error: ') : name === 'debug' ? style.dim('debug: ') : '';
-  const extra = verbose && Object.keys(fields).length > 0 ? ` ${style.dim(Object.entries(fields).map(([key, value]) => `${key}=${humanValue(value)}`).join(' '))}` : '';
+  const tag =
+    name === 'warn'
+      ? style.yellow('warning: ')
+      : name === 'error' || name === 'fatal'
+        ? style.red('error: ')
+        : name === 'debug'
+          ? style.dim('debug: ')
+          : '';
+  const extra =
+    verbose && Object.keys(fields).length > 0
+      ? ` ${style.dim(
+          Object.entries(fields)
+            .map(([key, value]) => `${key}=${humanValue(value)}`)
+            .join(' '),
+        )}`
+      : '';
   return `${clock} ${tag}${typeof msg === 'string' ? msg : ''}${extra}`;
 }
 
@@ -77,9 +103,15 @@ const targets = new WeakMap<Logger, LogTarget>();
  * --json or when stderr is not a terminal. A run's folder also gets its JSON log (log.jsonl).
  * No log line carries a secret of a URL, whoever wrote it.
  */
-export function createLogger(options: LogOptions & { human?: (line: string) => void; style?: HumanStyle } = {}): Logger {
+export function createLogger(
+  options: LogOptions & { human?: (line: string) => void; style?: HumanStyle } = {},
+): Logger {
   const level = options.quiet ? 'warn' : options.verbose ? 'debug' : 'info';
-  const target: LogTarget = { human: options.json ? undefined : options.human, style: options.style ?? plainStyle, verbose: Boolean(options.verbose) };
+  const target: LogTarget = {
+    human: options.json ? undefined : options.human,
+    style: options.style ?? plainStyle,
+    verbose: Boolean(options.verbose),
+  };
   const sink = {
     write(chunk: string) {
       if (target.file) {

@@ -37,8 +37,17 @@ function cgroupDirs(): { limit: string; usage: string }[] {
   const v2 = pathOf(/^0::/);
   const v1 = pathOf(/^\d+:memory:/);
   return [
-    ...(v2 !== undefined ? [{ limit: `/sys/fs/cgroup${v2}/memory.max`, usage: `/sys/fs/cgroup${v2}/memory.current` }] : []),
-    ...(v1 !== undefined ? [{ limit: `/sys/fs/cgroup/memory${v1}/memory.limit_in_bytes`, usage: `/sys/fs/cgroup/memory${v1}/memory.usage_in_bytes` }] : []),
+    ...(v2 !== undefined
+      ? [{ limit: `/sys/fs/cgroup${v2}/memory.max`, usage: `/sys/fs/cgroup${v2}/memory.current` }]
+      : []),
+    ...(v1 !== undefined
+      ? [
+          {
+            limit: `/sys/fs/cgroup/memory${v1}/memory.limit_in_bytes`,
+            usage: `/sys/fs/cgroup/memory${v1}/memory.usage_in_bytes`,
+          },
+        ]
+      : []),
     { limit: '/sys/fs/cgroup/memory.max', usage: '/sys/fs/cgroup/memory.current' },
     { limit: '/sys/fs/cgroup/memory/memory.limit_in_bytes', usage: '/sys/fs/cgroup/memory/memory.usage_in_bytes' },
   ];
@@ -67,5 +76,7 @@ export function memoryLimit(ownBytes = process.memoryUsage().rss): MemoryLimit {
   // os.freemem() is MemAvailable on Linux.
   const machine = { bytes: os.freemem() + ownBytes, source: 'the memory available on this machine' };
   const cgroup = cgroupRoom(ownBytes);
-  return cgroup !== undefined && cgroup < machine.bytes ? { bytes: cgroup, source: "this process's cgroup limit (memory.max)" } : machine;
+  return cgroup !== undefined && cgroup < machine.bytes
+    ? { bytes: cgroup, source: "this process's cgroup limit (memory.max)" }
+    : machine;
 }

@@ -44,7 +44,12 @@ export function translationTransform(dx: number, dy: number): ProjectiveTransfor
 }
 
 /** Applies one projective transform per image with TensorFlow's own kernel. */
-export function projectiveTransform(images: Tensor4D, transforms: ProjectiveTransform[], fillMode: FillMode = 'reflect', interpolation: Interpolation = 'bilinear'): Tensor4D {
+export function projectiveTransform(
+  images: Tensor4D,
+  transforms: ProjectiveTransform[],
+  fillMode: FillMode = 'reflect',
+  interpolation: Interpolation = 'bilinear',
+): Tensor4D {
   return tf.tidy(() => {
     const [, height, width] = images.shape;
     const matrix = tf.tensor2d(transforms, [transforms.length, 8], 'float32');
@@ -65,7 +70,12 @@ export function projectiveTransform(images: Tensor4D, transforms: ProjectiveTran
 /** Flips the images whose flag is set, along width (horizontal) or height (vertical). */
 function flipWhere(images: Tensor4D, flags: boolean[], axis: 1 | 2): Tensor4D {
   return tf.tidy(() => {
-    const mask = tf.tensor4d(flags.map((f) => (f ? 1 : 0)), [flags.length, 1, 1, 1]).cast('bool');
+    const mask = tf
+      .tensor4d(
+        flags.map((f) => (f ? 1 : 0)),
+        [flags.length, 1, 1, 1],
+      )
+      .cast('bool');
     return tf.where(mask.broadcastTo(images.shape), tf.reverse(images, axis), images) as Tensor4D;
   });
 }
@@ -135,7 +145,12 @@ export function applyOp(images: Tensor4D, op: AugmentationOp, random: Random): T
     const factors = each(() => random.uniform(1, 1 + factor));
     return tf.tidy(() => {
       const mean = images.mean([1, 2], true);
-      return clip255(images.sub(mean).mul(tf.tensor4d(factors, [batch, 1, 1, 1])).add(mean));
+      return clip255(
+        images
+          .sub(mean)
+          .mul(tf.tensor4d(factors, [batch, 1, 1, 1]))
+          .add(mean),
+      );
     });
   }
   if (op.random_brightness !== undefined) {
@@ -175,7 +190,13 @@ export interface ImageVariants {
 
 /** The augmentation as fixed variants, when it is one: no ops, or a single random_flip. */
 export function imageVariants(ops: readonly AugmentationOp[]): ImageVariants | undefined {
-  if (ops.length === 0) return { key: 'none', count: 1, render: (images) => images.clone(), draw: (batch) => new Array<number>(batch).fill(0) };
+  if (ops.length === 0)
+    return {
+      key: 'none',
+      count: 1,
+      render: (images) => images.clone(),
+      draw: (batch) => new Array<number>(batch).fill(0),
+    };
   const mode = ops.length === 1 ? ops[0].random_flip : undefined;
   if (mode === undefined) return undefined;
   return {

@@ -29,7 +29,7 @@ export interface PrepareOptions {
   knownArchiveSha256?: string;
 }
 
-export interface DatasetSource {
+interface DatasetSource {
   /** The folder the class folders were read from. */
   root: string;
   /** The URL with credentials and query removed (what may be written and logged). */
@@ -53,7 +53,11 @@ export interface PreparedDataset {
 }
 
 export function splitCounts(dataset: PreparedDataset): Record<SplitName, number> {
-  return { train: dataset.splits.train.length, validation: dataset.splits.validation.length, test: dataset.splits.test.length };
+  return {
+    train: dataset.splits.train.length,
+    validation: dataset.splits.validation.length,
+    test: dataset.splits.test.length,
+  };
 }
 
 function extractedDirFor(cacheDir: string, archiveSha256: string): string {
@@ -61,22 +65,39 @@ function extractedDirFor(cacheDir: string, archiveSha256: string): string {
 }
 
 /** Downloads (cached) and extracts (cached) a dataset.url; returns the dataset folder. */
-async function fetchDataset(config: ResolvedExperiment['dataset'], cacheDir: string, log: Logger, options: PrepareOptions): Promise<DatasetSource> {
+async function fetchDataset(
+  config: ResolvedExperiment['dataset'],
+  cacheDir: string,
+  log: Logger,
+  options: PrepareOptions,
+): Promise<DatasetSource> {
   const url = config.url!;
   const safeUrl = redactUrl(url);
   if (url.includes(redactedMark)) {
     // A stored config (resume, convert): its URL lost its secrets; the cache still has the data.
     const known = options.knownArchiveSha256 ?? config.sha256;
-    if (known && fs.existsSync(extractedDirFor(cacheDir, known))) return { root: extractedDirFor(cacheDir, known), url: safeUrl, archiveSha256: known, fromCache: true };
-    throw new UserError(`dataset.url: ${safeUrl}: the run stored this URL without its credentials and the archive is no longer in the cache (${cacheDir}); run the experiment file again`);
+    if (known && fs.existsSync(extractedDirFor(cacheDir, known)))
+      return { root: extractedDirFor(cacheDir, known), url: safeUrl, archiveSha256: known, fromCache: true };
+    throw new UserError(
+      `dataset.url: ${safeUrl}: the run stored this URL without its credentials and the archive is no longer in the cache (${cacheDir}); run the experiment file again`,
+    );
   }
   const kind = archiveKindOf(fileNameOf(url));
   if (!kind) throw new UserError(`dataset.url: ${safeUrl}: expected a .zip, .tar, .tar.gz or .tgz archive`);
-  const downloaded = await downloadToCache(url, { cacheDir, sha256: config.sha256, maxBytes: config.max_download_bytes ?? defaultMaxBytes, what: 'dataset.url', log });
+  const downloaded = await downloadToCache(url, {
+    cacheDir,
+    sha256: config.sha256,
+    maxBytes: config.max_download_bytes ?? defaultMaxBytes,
+    what: 'dataset.url',
+    log,
+  });
   const extracted = extractedDirFor(cacheDir, downloaded.sha256);
   if (!fs.existsSync(extracted)) {
     log.info({ archive: downloaded.file }, 'extracting');
-    await extractArchive(downloaded.file, kind, extracted, { maxEntries: options.extractLimits?.maxEntries ?? 500_000, maxBytes: options.extractLimits?.maxBytes ?? config.max_extracted_bytes ?? defaultMaxBytes });
+    await extractArchive(downloaded.file, kind, extracted, {
+      maxEntries: options.extractLimits?.maxEntries ?? 500_000,
+      maxBytes: options.extractLimits?.maxBytes ?? config.max_extracted_bytes ?? defaultMaxBytes,
+    });
   }
   return { root: extracted, url: safeUrl, archiveSha256: downloaded.sha256, fromCache: downloaded.fromCache };
 }
@@ -85,16 +106,19 @@ async function fetchDataset(config: ResolvedExperiment['dataset'], cacheDir: str
 function datasetRoot(root: string, subdir: string | undefined, fromArchive: boolean): string {
   if (subdir) {
     const inner = path.resolve(root, subdir);
-    if (!inner.startsWith(path.resolve(root) + path.sep) && inner !== path.resolve(root)) throw new UserError(`dataset.subdir: ${subdir} leaves the dataset folder`);
+    if (!inner.startsWith(path.resolve(root) + path.sep) && inner !== path.resolve(root))
+      throw new UserError(`dataset.subdir: ${subdir} leaves the dataset folder`);
     if (!fs.existsSync(inner)) throw new UserError(`dataset.subdir: ${subdir} not found in ${root}`);
     return inner;
   }
   if (!fromArchive) return root;
-  const top = fs.readdirSync(root, { withFileTypes: true }).filter((e) => !e.name.startsWith('.') && e.name !== '__MACOSX');
+  const top = fs
+    .readdirSync(root, { withFileTypes: true })
+    .filter((e) => !e.name.startsWith('.') && e.name !== '__MACOSX');
   return top.length === 1 && top[0].isDirectory() ? path.join(root, top[0].name) : root;
 }
 
-export function scanDataset(config: ResolvedExperiment['dataset'], root: string): Scans {
+function scanDataset(config: ResolvedExperiment['dataset'], root: string): Scans {
   if (config.train_dir && config.validation_dir) {
     return {
       root,
@@ -126,7 +150,6 @@ function hasRoomFor(dir: string, bytes: number): boolean {
   return bavail * bsize > bytes + 1024 ** 3;
 }
 
-
 /**
  * dataset: from the config to decoded splits. Fetches and extracts (cached), scans the
  * class folders, plans the splits with the seed, then decodes and resizes every image
@@ -135,7 +158,9 @@ function hasRoomFor(dir: string, bytes: number): boolean {
 export async function prepareDataset(config: ResolvedExperiment, options: PrepareOptions): Promise<PreparedDataset> {
   const log = options.log ?? silentLogger;
   const cacheDir = resolveCacheDir(options.cacheDir);
-  const source: DatasetSource = config.dataset.url ? await fetchDataset(config.dataset, cacheDir, log, options) : { root: path.resolve(options.baseDir, config.dataset.path!) };
+  const source: DatasetSource = config.dataset.url
+    ? await fetchDataset(config.dataset, cacheDir, log, options)
+    : { root: path.resolve(options.baseDir, config.dataset.path!) };
   source.root = datasetRoot(source.root, config.dataset.subdir, Boolean(config.dataset.url));
   const plan: DataPlan = planSplits(scanDataset(config.dataset, source.root), config.dataset, config.seed);
   const imageSize = config.dataset.image_size as ImageSize;
@@ -161,14 +186,25 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   }
   if (skipped.length > 0) {
     if (config.dataset.on_bad_file === 'fail') {
-      throw new UserError(`dataset: ${skipped.length} file(s) are not usable images (on_bad_file: fail): ${skipped.slice(0, 5).map((s) => `${s.file} (${s.reason})`).join('; ')}`);
+      throw new UserError(
+        `dataset: ${skipped.length} file(s) are not usable images (on_bad_file: fail): ${skipped
+          .slice(0, 5)
+          .map((s) => `${s.file} (${s.reason})`)
+          .join('; ')}`,
+      );
     }
-    log.warn({ count: skipped.length, first: skipped.slice(0, 5).map((s) => s.file) }, `skipped ${skipped.length} file(s) that are not usable images`);
+    log.warn(
+      { count: skipped.length, first: skipped.slice(0, 5).map((s) => s.file) },
+      `skipped ${skipped.length} file(s) that are not usable images`,
+    );
   }
   for (const name of ['train', 'validation'] as const) {
     if (splits[name].length === 0) throw new UserError(`dataset: no usable images in the ${name} split`);
   }
   const digest = source.archiveSha256 ?? folderDigest(plan, source.root);
-  const memoryBytes = storage === 'memory' ? Object.values(splits).reduce((sum, split) => sum + split.length * split.bytesPerImage, 0) : 0;
+  const memoryBytes =
+    storage === 'memory'
+      ? Object.values(splits).reduce((sum, split) => sum + split.length * split.bytesPerImage, 0)
+      : 0;
   return { classNames: plan.classNames, splits, skipped, imageSize, storage, source, digest, memoryBytes };
 }

@@ -71,7 +71,11 @@ export class PendingDecode {
       finish(job, index, ok);
     }
     const control = new Int32Array(job.control);
-    for (let finished = Atomics.load(control, FINISHED); finished < job.files.length; finished = Atomics.load(control, FINISHED)) {
+    for (
+      let finished = Atomics.load(control, FINISHED);
+      finished < job.files.length;
+      finished = Atomics.load(control, FINISHED)
+    ) {
       Atomics.wait(control, FINISHED, finished, 1000);
     }
     const failed = job.files.map((_, index) => index).filter((index) => Atomics.load(control, STATUS + index) === 2);
@@ -88,7 +92,9 @@ export class DecodePool {
 
   private constructor(threads: number) {
     this.workers = Array.from({ length: threads }, () => {
-      const worker = new Worker(new URL('./decode-thread.mjs', import.meta.url), { env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' } });
+      const worker = new Worker(new URL('./decode-thread.mjs', import.meta.url), {
+        env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' },
+      });
       // Idle threads never keep the process alive; an error there only means this thread decodes more.
       worker.unref();
       worker.on('error', () => undefined);
@@ -103,7 +109,9 @@ export class DecodePool {
    */
   static shared(): DecodePool {
     const configured = process.env.TLX_DECODE_THREADS?.trim() ? Number(process.env.TLX_DECODE_THREADS) : NaN;
-    return (DecodePool.instance ??= new DecodePool(Number.isInteger(configured) && configured >= 0 ? configured : Math.max(1, os.availableParallelism() - 1)));
+    return (DecodePool.instance ??= new DecodePool(
+      Number.isInteger(configured) && configured >= 0 ? configured : Math.max(1, os.availableParallelism() - 1),
+    ));
   }
 
   static async closeShared(): Promise<void> {

@@ -14,7 +14,7 @@ export interface ExtractLimits {
   maxBytes: number;
 }
 
-export const defaultLimits: ExtractLimits = { maxEntries: 500_000, maxBytes: defaultMaxBytes };
+const defaultLimits: ExtractLimits = { maxEntries: 500_000, maxBytes: defaultMaxBytes };
 
 export type ArchiveKind = 'zip' | 'tar' | 'tar.gz';
 
@@ -39,12 +39,13 @@ interface EntryInfo {
  * through links made by earlier ones (x -> ., x/a -> .., ...) could land anywhere; a dataset
  * needs no links. (node-tar refuses such chains itself for tar archives.)
  */
-export function unsafeEntryReason(entry: EntryInfo, format: 'zip' | 'tar' = 'tar'): string | undefined {
+function unsafeEntryReason(entry: EntryInfo, format: 'zip' | 'tar' = 'tar'): string | undefined {
   const name = entry.name.replace(/\\/g, '/');
   if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) return 'absolute path';
   const resolved = path.posix.normalize(name);
   if (resolved === '..' || resolved.startsWith('../')) return 'path leaves the extraction folder';
-  if (entry.kind === 'symlink' && format === 'zip') return `symlink (to ${entry.linkTarget ?? '?'}); datasets need no links, so zip archives with links are refused`;
+  if (entry.kind === 'symlink' && format === 'zip')
+    return `symlink (to ${entry.linkTarget ?? '?'}); datasets need no links, so zip archives with links are refused`;
   if (entry.kind === 'symlink') {
     const target = (entry.linkTarget ?? '').replace(/\\/g, '/');
     if (target.startsWith('/')) return `symlink to absolute path ${target}`;
@@ -57,7 +58,9 @@ export function unsafeEntryReason(entry: EntryInfo, format: 'zip' | 'tar' = 'tar
 
 function checkAll(entries: EntryInfo[], archive: string, limits: ExtractLimits, format: 'zip' | 'tar'): void {
   if (entries.length > limits.maxEntries) {
-    throw new UserError(`refusing to extract ${archive}: ${entries.length} entries, more than the limit of ${limits.maxEntries}`);
+    throw new UserError(
+      `refusing to extract ${archive}: ${entries.length} entries, more than the limit of ${limits.maxEntries}`,
+    );
   }
   let total = 0;
   for (const entry of entries) {
@@ -65,17 +68,24 @@ function checkAll(entries: EntryInfo[], archive: string, limits: ExtractLimits, 
     if (reason) throw new UserError(`refusing to extract ${archive}: entry "${entry.name}": ${reason}`);
     total += entry.size;
     if (total > limits.maxBytes) {
-      throw new UserError(`refusing to extract ${archive}: unpacked size over the limit of ${limits.maxBytes} bytes (dataset.max_extracted_bytes)`);
+      throw new UserError(
+        `refusing to extract ${archive}: unpacked size over the limit of ${limits.maxBytes} bytes (dataset.max_extracted_bytes)`,
+      );
     }
   }
 }
 
 function openZip(file: string): Promise<yauzl.ZipFile> {
   return new Promise((resolve, reject) => {
-    yauzl.open(file, { lazyEntries: true, autoClose: false, strictFileNames: false, validateEntrySizes: true }, (error, zip) => {
-      if (error || !zip) reject(new UserError(`cannot read zip archive ${file}: ${error?.message ?? 'unknown error'}`));
-      else resolve(zip);
-    });
+    yauzl.open(
+      file,
+      { lazyEntries: true, autoClose: false, strictFileNames: false, validateEntrySizes: true },
+      (error, zip) => {
+        if (error || !zip)
+          reject(new UserError(`cannot read zip archive ${file}: ${error?.message ?? 'unknown error'}`));
+        else resolve(zip);
+      },
+    );
   });
 }
 
@@ -102,7 +112,9 @@ async function readZipEntries(zip: yauzl.ZipFile): Promise<yauzl.Entry[]> {
 }
 
 function openEntry(zip: yauzl.ZipFile, entry: yauzl.Entry): Promise<NodeJS.ReadableStream> {
-  return new Promise((resolve, reject) => zip.openReadStream(entry, (error, stream) => (error || !stream ? reject(error) : resolve(stream))));
+  return new Promise((resolve, reject) =>
+    zip.openReadStream(entry, (error, stream) => (error || !stream ? reject(error) : resolve(stream))),
+  );
 }
 
 async function streamToString(stream: NodeJS.ReadableStream): Promise<string> {
@@ -129,7 +141,12 @@ async function extractZip(file: string, into: string, limits: ExtractLimits): Pr
     const infos: EntryInfo[] = [];
     for (const entry of entries) {
       const kind = zipEntryKind(entry);
-      infos.push({ name: entry.fileName, kind, size: entry.uncompressedSize, linkTarget: kind === 'symlink' ? await streamToString(await openEntry(zip, entry)) : undefined });
+      infos.push({
+        name: entry.fileName,
+        kind,
+        size: entry.uncompressedSize,
+        linkTarget: kind === 'symlink' ? await streamToString(await openEntry(zip, entry)) : undefined,
+      });
     }
     checkAll(infos, path.basename(file), limits, 'zip');
     for (const [i, entry] of entries.entries()) {
@@ -153,7 +170,16 @@ async function extractTar(file: string, into: string, limits: ExtractLimits): Pr
   await tar.t({
     file,
     onReadEntry: (entry) => {
-      const kind = entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile' ? 'file' : entry.type === 'Directory' ? 'directory' : entry.type === 'SymbolicLink' ? 'symlink' : /Header|GlobalExtended|Extended/.test(entry.type) ? 'directory' : 'other';
+      const kind =
+        entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile'
+          ? 'file'
+          : entry.type === 'Directory'
+            ? 'directory'
+            : entry.type === 'SymbolicLink'
+              ? 'symlink'
+              : /Header|GlobalExtended|Extended/.test(entry.type)
+                ? 'directory'
+                : 'other';
       infos.push({ name: entry.path, kind, size: entry.size ?? 0, linkTarget: entry.linkpath });
     },
   });
@@ -166,7 +192,12 @@ async function extractTar(file: string, into: string, limits: ExtractLimits): Pr
  * listed and checked, written to a temp folder beside it, then renamed, so the final
  * folder only ever holds a complete extraction. Nothing is written outside it.
  */
-export async function extractArchive(file: string, kind: ArchiveKind, into: string, limits: ExtractLimits = defaultLimits): Promise<void> {
+export async function extractArchive(
+  file: string,
+  kind: ArchiveKind,
+  into: string,
+  limits: ExtractLimits = defaultLimits,
+): Promise<void> {
   removeDeadTemps(path.dirname(into));
   const temp = tempPathFor(into);
   fs.mkdirSync(temp, { recursive: true });
@@ -183,6 +214,8 @@ export async function extractArchive(file: string, kind: ArchiveKind, into: stri
   } catch (error) {
     fs.rmSync(temp, { recursive: true, force: true });
     if (error instanceof UserError) throw error;
-    throw new UserError(`cannot extract ${path.basename(file)}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new UserError(
+      `cannot extract ${path.basename(file)}: ${error instanceof Error ? error.message : String(error)}`,
+    );
   }
 }

@@ -15,7 +15,7 @@ export type ImageSize = [height: number, width: number];
 export const defaultMaxImagePixels = 40_000_000;
 
 /** An image whose header announces more pixels than allowed: refused before decoding. */
-export class ImageTooLargeError extends Error {
+class ImageTooLargeError extends Error {
   override name = 'ImageTooLargeError';
 }
 
@@ -28,7 +28,8 @@ type DecodableFormat = 'JPEG' | 'PNG' | 'GIF' | 'BMP';
 
 /** The format TensorFlow's decoder will see, by the file's signature (its extension does not count). */
 function formatOf(bytes: Uint8Array): DecodableFormat | undefined {
-  const starts = (...signature: number[]) => bytes.length >= signature.length && signature.every((byte, i) => bytes[i] === byte);
+  const starts = (...signature: number[]) =>
+    bytes.length >= signature.length && signature.every((byte, i) => bytes[i] === byte);
   if (starts(0xff, 0xd8, 0xff)) return 'JPEG';
   if (starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return 'PNG';
   if (starts(0x47, 0x49, 0x46, 0x38)) return 'GIF';
@@ -38,7 +39,9 @@ function formatOf(bytes: Uint8Array): DecodableFormat | undefined {
 
 /** Whether `marker` occurs in the file's last `window` bytes (where a whole JPEG's end-of-image or a PNG's IEND is). */
 function endsWithin(bytes: Uint8Array, marker: number[], window: number): boolean {
-  const tail = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).subarray(Math.max(0, bytes.byteLength - window));
+  const tail = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).subarray(
+    Math.max(0, bytes.byteLength - window),
+  );
   return tail.includes(Buffer.from(marker));
 }
 
@@ -55,10 +58,16 @@ function checkWhole(bytes: Uint8Array): DecodableFormat {
     } catch {
       // not an image format image-size knows either
     }
-    throw new UnusableImageError(other ? `unsupported format (${other}); expected JPEG, PNG, GIF or BMP` : 'not an image (no JPEG, PNG, GIF or BMP signature at its start)');
+    throw new UnusableImageError(
+      other
+        ? `unsupported format (${other}); expected JPEG, PNG, GIF or BMP`
+        : 'not an image (no JPEG, PNG, GIF or BMP signature at its start)',
+    );
   }
-  if (format === 'JPEG' && !endsWithin(bytes, [0xff, 0xd9], 65_536)) throw new UnusableImageError('truncated JPEG (no end-of-image marker: the file is cut short)');
-  if (format === 'PNG' && !endsWithin(bytes, [0x49, 0x45, 0x4e, 0x44], 4096)) throw new UnusableImageError('truncated PNG (no IEND chunk: the file is cut short)');
+  if (format === 'JPEG' && !endsWithin(bytes, [0xff, 0xd9], 65_536))
+    throw new UnusableImageError('truncated JPEG (no end-of-image marker: the file is cut short)');
+  if (format === 'PNG' && !endsWithin(bytes, [0x49, 0x45, 0x4e, 0x44], 4096))
+    throw new UnusableImageError('truncated PNG (no IEND chunk: the file is cut short)');
   return format;
 }
 
@@ -73,11 +82,14 @@ export function checkImageHeader(bytes: Uint8Array, maxPixels: number): { width:
   try {
     dims = imageSize(bytes);
   } catch (error) {
-    throw new UnusableImageError(`damaged ${format} header (${error instanceof Error ? error.message : String(error)})`);
+    throw new UnusableImageError(
+      `damaged ${format} header (${error instanceof Error ? error.message : String(error)})`,
+    );
   }
   const width = dims.width ?? 0;
   const height = dims.height ?? 0;
-  if (width * height > maxPixels) throw new ImageTooLargeError(`${width}x${height} pixels, over dataset.max_image_pixels (${maxPixels})`);
+  if (width * height > maxPixels)
+    throw new ImageTooLargeError(`${width}x${height} pixels, over dataset.max_image_pixels (${maxPixels})`);
   return { width, height };
 }
 
@@ -87,7 +99,8 @@ function decodeWithReason(bytes: Uint8Array): Tensor3D {
   try {
     return (format === 'JPEG' ? decodeJpegUint8(bytes) : tf.node.decodeImage(bytes, 3, 'int32', false)) as Tensor3D;
   } catch (error) {
-    if (/TF_Status/.test(error instanceof Error ? error.message : String(error))) throw new UnusableImageError(`damaged ${format ?? 'image'} data (the decoder refused it)`);
+    if (/TF_Status/.test(error instanceof Error ? error.message : String(error)))
+      throw new UnusableImageError(`damaged ${format ?? 'image'} data (the decoder refused it)`);
     throw error;
   }
 }
@@ -98,7 +111,11 @@ function decodeWithReason(bytes: Uint8Array): Tensor3D {
  * image_dataset_from_directory do, and rounds to uint8. Every image tlx trains on, evaluates
  * or exports goes through this one function, in memory and streamed alike.
  */
-export function decodeToBytes(bytes: Uint8Array, [height, width]: ImageSize, maxPixels = defaultMaxImagePixels): Uint8Array {
+export function decodeToBytes(
+  bytes: Uint8Array,
+  [height, width]: ImageSize,
+  maxPixels = defaultMaxImagePixels,
+): Uint8Array {
   checkImageHeader(bytes, maxPixels);
   const rounded = tf.tidy(() => {
     // JPEG, the common case, goes to the resize as TensorFlow's uint8 (tfjs would copy it to int32 first).
@@ -172,7 +189,13 @@ export class ImageSplit {
    * cannot be decoded or are too large are dropped from the split and returned, so the
    * caller can record or refuse them.
    */
-  static load(samples: Sample[], size: ImageSize, mode: StorageMode, maxPixels = defaultMaxImagePixels, pixelDir?: string): { split: ImageSplit; bad: SkippedFile[] } {
+  static load(
+    samples: Sample[],
+    size: ImageSize,
+    mode: StorageMode,
+    maxPixels = defaultMaxImagePixels,
+    pixelDir?: string,
+  ): { split: ImageSplit; bad: SkippedFile[] } {
     const bad: SkippedFile[] = [];
     const good: Sample[] = [];
     const perImage = size[0] * size[1] * 3;
@@ -195,14 +218,25 @@ export class ImageSplit {
     // soon as it is open, so the OS frees it when tlx exits, however it exits.
     const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
     const pixelFile = pixelDir ? openUnlinkedFile(pixelDir) : undefined;
-    const keep = (bytes: Uint8Array, at: number) => (pixels ? pixels.set(bytes, at * perImage) : writingTo(pixelDir!, 'decoded pixels (dataset.storage: stream)', () => fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage)));
+    const keep = (bytes: Uint8Array, at: number) =>
+      pixels
+        ? pixels.set(bytes, at * perImage)
+        : writingTo(pixelDir!, 'decoded pixels (dataset.storage: stream)', () =>
+            fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage),
+          );
     const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
     // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
     const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
     const chunks: Sample[][] = [];
-    for (let start = 0; start < samples.length; start += LOAD_CHUNK) chunks.push(samples.slice(start, start + LOAD_CHUNK));
+    for (let start = 0; start < samples.length; start += LOAD_CHUNK)
+      chunks.push(samples.slice(start, start + LOAD_CHUNK));
     // Two chunks in flight: the decode threads start the next while this thread copies one.
-    const submit = (chunk: Sample[]) => (pool ?? DecodePool.none).submit(chunk.map((s) => s.file), size, maxPixels);
+    const submit = (chunk: Sample[]) =>
+      (pool ?? DecodePool.none).submit(
+        chunk.map((s) => s.file),
+        size,
+        maxPixels,
+      );
     let ahead = chunks.length > 0 ? submit(chunks[0]) : undefined;
     chunks.forEach((chunk, c) => {
       const current = ahead!;
@@ -243,7 +277,11 @@ export class ImageSplit {
 
   /** Float32 pixels of some images, [n, H, W, 3] in [0, 255]. */
   images(indices: readonly number[]): Tensor4D {
-    if (this.pixels || this.pixelFile !== undefined) return this.tensorOf(indices.map((index) => this.imageBytes(index)), indices.length);
+    if (this.pixels || this.pixelFile !== undefined)
+      return this.tensorOf(
+        indices.map((index) => this.imageBytes(index)),
+        indices.length,
+      );
     return this.tensorOf([this.collect(this.decodeAhead(indices))], indices.length);
   }
 
@@ -267,7 +305,14 @@ export class ImageSplit {
       } else {
         images = this.images(indices);
       }
-      yield { images, labels: tf.tensor1d(indices.map((i) => this.labels[i]), 'int32'), indices };
+      yield {
+        images,
+        labels: tf.tensor1d(
+          indices.map((i) => this.labels[i]),
+          'int32',
+        ),
+        indices,
+      };
     }
   }
 
@@ -283,7 +328,11 @@ export class ImageSplit {
   }
 
   private decodeAhead(indices: readonly number[]): PendingDecode {
-    return DecodePool.shared().submit(indices.map((index) => this.samples[index].file), this.size, this.maxPixels);
+    return DecodePool.shared().submit(
+      indices.map((index) => this.samples[index].file),
+      this.size,
+      this.maxPixels,
+    );
   }
 
   /** Float32 [n, H, W, 3] from uint8 pixels, given as consecutive chunks. */

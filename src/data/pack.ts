@@ -10,7 +10,10 @@ import { sha256OfFile } from '../core/hash.ts';
  * machine, so an archive can be stored under its digest and sent once. Links and special
  * files are left out (and counted): extraction refuses them anyway.
  */
-export async function packFolder(dir: string, file: string): Promise<{ sha256: string; bytes: number; files: number; leftOut: number }> {
+export async function packFolder(
+  dir: string,
+  file: string,
+): Promise<{ sha256: string; bytes: number; files: number; leftOut: number }> {
   const { files, leftOut } = regularFiles(dir);
   const temp = tempPathFor(file);
   fs.mkdirSync(path.dirname(file), { recursive: true });

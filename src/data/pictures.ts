@@ -13,7 +13,9 @@ interface Tile {
 }
 
 async function pngDataUrl(pixels: Uint8Array | Float32Array, height: number, width: number): Promise<string> {
-  const image = tf.tidy(() => tf.tensor3d(pixels, [height, width, 3], 'float32').round().clipByValue(0, 255).cast('int32') as Tensor3D);
+  const image = tf.tidy(
+    () => tf.tensor3d(pixels, [height, width, 3], 'float32').round().clipByValue(0, 255).cast('int32') as Tensor3D,
+  );
   const png = await tf.node.encodePng(image);
   image.dispose();
   return `data:image/png;base64,${Buffer.from(png).toString('base64')}`;
@@ -25,7 +27,12 @@ function gridSpec(tiles: Tile[], title: string, tileSize: number): TopLevelSpec 
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: title, fontSize: 16 },
     data: { values: tiles.map((tile, order) => ({ ...tile, order, key: `${order + 1}. ${tile.caption}` })) },
-    facet: { field: 'key', type: 'ordinal', sort: { field: 'order' }, header: { title: null, labelFontSize: 13, labelOrient: 'bottom' } },
+    facet: {
+      field: 'key',
+      type: 'ordinal',
+      sort: { field: 'order' },
+      header: { title: null, labelFontSize: 13, labelOrient: 'bottom' },
+    },
     columns: 3,
     spacing: 8,
     spec: {
@@ -43,16 +50,30 @@ function tileSizeFor(height: number, width: number): number {
 }
 
 /** The tutorial's first figure: nine training images with their class names. */
-export async function writeSampleGrid(split: ImageSplit, classNames: string[], seed: number, file: string): Promise<void> {
+export async function writeSampleGrid(
+  split: ImageSplit,
+  classNames: string[],
+  seed: number,
+  file: string,
+): Promise<void> {
   const [height, width] = split.size;
   const picks = new Random(seed, 'sample_grid').permutation(split.length).slice(0, 9);
   const tiles: Tile[] = [];
-  for (const index of picks) tiles.push({ caption: classNames[split.labels[index]], url: await pngDataUrl(split.imageBytes(index), height, width) });
+  for (const index of picks)
+    tiles.push({
+      caption: classNames[split.labels[index]],
+      url: await pngDataUrl(split.imageBytes(index), height, width),
+    });
   await writeChartPng(gridSpec(tiles, 'Training images', tileSizeFor(height, width)), file);
 }
 
 /** The tutorial's augmentation figure: one training image, nine augmented versions. */
-export async function writeAugmentationPreview(split: ImageSplit, ops: readonly AugmentationOp[], seed: number, file: string): Promise<void> {
+export async function writeAugmentationPreview(
+  split: ImageSplit,
+  ops: readonly AugmentationOp[],
+  seed: number,
+  file: string,
+): Promise<void> {
   const [height, width] = split.size;
   const index = new Random(seed, 'augmentation_preview').permutation(split.length)[0];
   const original = split.images([index]);
@@ -62,7 +83,11 @@ export async function writeAugmentationPreview(split: ImageSplit, ops: readonly 
   tf.dispose([original, batch, augmented]);
   const per = height * width * 3;
   const tiles: Tile[] = [];
-  for (let i = 0; i < 9; i++) tiles.push({ caption: ops.length ? 'augmented' : 'no augmentation', url: await pngDataUrl(pixels.subarray(i * per, (i + 1) * per), height, width) });
+  for (let i = 0; i < 9; i++)
+    tiles.push({
+      caption: ops.length ? 'augmented' : 'no augmentation',
+      url: await pngDataUrl(pixels.subarray(i * per, (i + 1) * per), height, width),
+    });
   const title = ops.length ? `Augmentation: ${ops.map((op) => Object.keys(op)[0]).join(', ')}` : 'Augmentation: none';
   await writeChartPng(gridSpec(tiles, title, tileSizeFor(height, width)), file);
 }

@@ -37,7 +37,12 @@ export function limitPerClass(samples: Sample[], limit: number | undefined, rand
  * first floor(batches x fraction) batches become the test split (1000 images, batch 32:
  * 32 batches, 6 for test = 192 images, 808 left for validation).
  */
-export function carveTestSplit(validation: Sample[], batchSize: number, fraction: number, random: Random): { validation: Sample[]; test: Sample[] } {
+export function carveTestSplit(
+  validation: Sample[],
+  batchSize: number,
+  fraction: number,
+  random: Random,
+): { validation: Sample[]; test: Sample[] } {
   const shuffled = random.shuffle(validation);
   const batches = Math.ceil(shuffled.length / batchSize);
   const testCount = Math.min(shuffled.length, Math.floor(batches * fraction) * batchSize);
@@ -86,7 +91,13 @@ export function planSplits(scans: Scans, config: DatasetConfig, seed: number): D
   train = limitPerClass(train, config.max_images_per_class, new Random(seed, 'limit', 'train'));
   validation = limitPerClass(validation, config.max_images_per_class, new Random(seed, 'limit', 'validation'));
   if (train.length === 0) throw new UserError('dataset: the training split is empty');
-  if (validation.length === 0) throw new UserError('dataset: the validation split is empty (raise validation_split or add validation images)');
-  const carved = carveTestSplit(validation, config.batch_size, config.test_fraction_of_validation, new Random(seed, 'test_split'));
+  if (validation.length === 0)
+    throw new UserError('dataset: the validation split is empty (raise validation_split or add validation images)');
+  const carved = carveTestSplit(
+    validation,
+    config.batch_size,
+    config.test_fraction_of_validation,
+    new Random(seed, 'test_split'),
+  );
   return { classNames, splits: { train, validation: carved.validation, test: carved.test }, skipped };
 }

@@ -20,7 +20,7 @@ export interface ClassFolderScan {
 }
 
 /** Why a folder name cannot be a class name (it would change labels.txt's lines or escape a path), if it cannot. */
-export function unsafeClassNameReason(name: string): string | undefined {
+function unsafeClassNameReason(name: string): string | undefined {
   if (/[\n\r]/.test(name)) return 'contains a line break';
   if (/[\u0000-\u001f\u007f]/.test(name)) return 'contains a control character';
   if (/[\\/]/.test(name)) return 'contains a path separator';
@@ -29,7 +29,9 @@ export function unsafeClassNameReason(name: string): string | undefined {
 }
 
 function walk(dir: string, relative: string, out: string[]): void {
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+  for (const entry of fs
+    .readdirSync(dir, { withFileTypes: true })
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
     if (entry.name.startsWith('.')) continue;
     const rel = path.join(relative, entry.name);
     if (entry.isDirectory()) walk(path.join(dir, entry.name), rel, out);
@@ -52,16 +54,24 @@ export function scanClassFolders(root: string, what: string): ClassFolderScan {
     .sort();
   const bad = classNames.filter((name) => unsafeClassNameReason(name) !== undefined);
   if (bad.length > 0) {
-    throw new UserError(`${what}: class folder names become lines of labels.txt and category names in the model; refused: ${someOf(bad.map((name) => `${JSON.stringify(name)} (${unsafeClassNameReason(name)})`))}`);
+    throw new UserError(
+      `${what}: class folder names become lines of labels.txt and category names in the model; refused: ${someOf(bad.map((name) => `${JSON.stringify(name)} (${unsafeClassNameReason(name)})`))}`,
+    );
   }
-  if (classNames.length === 0) throw new UserError(`${what}: no class folders in ${root}; expected one sub-folder of images per class`);
-  if (classNames.length === 1) throw new UserError(`${what}: only one class folder (${classNames[0]}) in ${root}; a classifier needs at least two`);
+  if (classNames.length === 0)
+    throw new UserError(`${what}: no class folders in ${root}; expected one sub-folder of images per class`);
+  if (classNames.length === 1)
+    throw new UserError(
+      `${what}: only one class folder (${classNames[0]}) in ${root}; a classifier needs at least two`,
+    );
   const skipped: SkippedFile[] = [];
   const filesByClass = classNames.map((className) => {
     const all: string[] = [];
     walk(path.join(root, className), className, all);
     const images = all.filter((file) => imageExtensions.includes(path.extname(file).toLowerCase()));
-    for (const file of all) if (!images.includes(file)) skipped.push({ file, reason: 'not an image file type (expected .jpg, .jpeg, .png, .gif or .bmp)' });
+    for (const file of all)
+      if (!images.includes(file))
+        skipped.push({ file, reason: 'not an image file type (expected .jpg, .jpeg, .png, .gif or .bmp)' });
     return images;
   });
   const empty = classNames.filter((_, i) => filesByClass[i].length === 0);

@@ -10,11 +10,20 @@ import type { ExportGate } from '../run-folder/records.ts';
  */
 
 /** Significance level of the gate's test: a drop this unlikely under "no worse" is believed. */
-export const gateAlpha = 0.05;
+const gateAlpha = 0.05;
 
-export function judgeExport(truth: ArrayLike<number>, trained: ArrayLike<number>, exported: ArrayLike<number>, maxAccuracyDrop: number, alpha = gateAlpha): ExportGate {
+export function judgeExport(
+  truth: ArrayLike<number>,
+  trained: ArrayLike<number>,
+  exported: ArrayLike<number>,
+  maxAccuracyDrop: number,
+  alpha = gateAlpha,
+): ExportGate {
   const images = truth.length;
-  if (trained.length !== images || exported.length !== images) throw new Error(`export gate: ${images} labels, ${trained.length} trained and ${exported.length} exported predictions`);
+  if (trained.length !== images || exported.length !== images)
+    throw new Error(
+      `export gate: ${images} labels, ${trained.length} trained and ${exported.length} exported predictions`,
+    );
   let lost = 0;
   let gained = 0;
   for (let i = 0; i < images; i++) {
@@ -42,6 +51,7 @@ export function judgeExport(truth: ArrayLike<number>, trained: ArrayLike<number>
 export function gateSentence(gate: ExportGate): string {
   const points = (fraction: number) => `${(fraction * 100).toFixed(1)} points`;
   const counts = `${gate.lost} of ${gate.images} images lost, ${gate.gained} gained`;
-  if (!gate.passed) return `accuracy drop ${points(gate.accuracy_drop)} > export.tflite.max_accuracy_drop ${points(gate.max_accuracy_drop)} (${counts}; p = ${gate.p_value.toFixed(3)} < ${gate.alpha})`;
+  if (!gate.passed)
+    return `accuracy drop ${points(gate.accuracy_drop)} > export.tflite.max_accuracy_drop ${points(gate.max_accuracy_drop)} (${counts}; p = ${gate.p_value.toFixed(3)} < ${gate.alpha})`;
   return `accuracy drop ${points(gate.accuracy_drop)} (${counts}; p = ${gate.p_value.toFixed(3)}); on ${gate.images} images the gate notices a drop of ${points(gate.smallest_detectable_drop)} or more`;
 }

@@ -18,7 +18,11 @@ function pct(value?: number): string {
   return value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
 
-function pctInterval(value: number | undefined, interval: [number, number] | undefined, images: number | undefined): string {
+function pctInterval(
+  value: number | undefined,
+  interval: [number, number] | undefined,
+  images: number | undefined,
+): string {
   if (!interval) return pct(value);
   return `${pct(value)} (95% CI ${pct(interval[0])}-${pct(interval[1])}${images !== undefined ? ` on ${images} images` : ''})`;
 }
@@ -39,12 +43,19 @@ function weightsRow(record: TfliteRecord): string {
 }
 
 function quantization(t: TensorDescription): string {
-  return t.dtype === 'float32' ? 'none (float32)' : `scale ${t.quantization.scale}, zero point ${t.quantization.zero_point}`;
+  return t.dtype === 'float32'
+    ? 'none (float32)'
+    : `scale ${t.quantization.scale}, zero point ${t.quantization.zero_point}`;
 }
 
-export function modelCardMarkdown(record: TfliteRecord, classifier: ClassifierDescription, metadata: { name: string; version: string; author?: string; license?: string }): string {
+export function modelCardMarkdown(
+  record: TfliteRecord,
+  classifier: ClassifierDescription,
+  metadata: { name: string; version: string; author?: string; license?: string },
+): string {
   const outputArray = record.output.dtype === 'float32' ? 'FloatArray' : 'ByteArray';
-  const mediapipe = record.mediapipe as { accuracy?: number; agreement_with_tflite?: number; skipped?: string } | undefined;
+  const mediapipe = record.mediapipe as
+    { accuracy?: number; agreement_with_tflite?: number; skipped?: string } | undefined;
   const int8Io = record.quantization === 'int8' && record.io_type === 'int8';
   const labels = record.labels.map(escapeMarkdown).join(', ');
   return `# Model card: ${escapeMarkdown(metadata.name)}

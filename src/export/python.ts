@@ -17,7 +17,7 @@ import { projectRoot, venvPython } from '../core/project.ts';
  * SIGKILLed one. It writes its outputs into a staging folder that only tlx moves into place.
  */
 
-export class PythonBridgeError extends Error {
+class PythonBridgeError extends Error {
   override name = 'PythonBridgeError';
   constructor(
     message: string,
@@ -30,8 +30,15 @@ export class PythonBridgeError extends Error {
 }
 
 /** What a Python child may see: locale, paths, TensorFlow's log level; no MLflow or cloud secrets. */
-export function pythonEnv(): Record<string, string> {
-  return minimalEnv({ TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2', PYTHONUNBUFFERED: '1', PYTHONPATH: path.join(projectRoot, 'python'), TLX_TEST_KILL_AT: process.env.TLX_TEST_KILL_AT, TLX_TEST_EXPORT_NOISE: process.env.TLX_TEST_EXPORT_NOISE, TLX_TEST_EXPORT_FAIL: process.env.TLX_TEST_EXPORT_FAIL });
+function pythonEnv(): Record<string, string> {
+  return minimalEnv({
+    TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2',
+    PYTHONUNBUFFERED: '1',
+    PYTHONPATH: path.join(projectRoot, 'python'),
+    TLX_TEST_KILL_AT: process.env.TLX_TEST_KILL_AT,
+    TLX_TEST_EXPORT_NOISE: process.env.TLX_TEST_EXPORT_NOISE,
+    TLX_TEST_EXPORT_FAIL: process.env.TLX_TEST_EXPORT_FAIL,
+  });
 }
 
 interface Pending {
@@ -60,7 +67,13 @@ export class PythonWorker implements Exporter {
 
   private constructor(onStderr: (line: string) => void) {
     const python = venvPython();
-    if (!fs.existsSync(python)) throw new PythonBridgeError(`the Python environment is missing (${python}); run \`npm install\` (scripts/setup.mjs creates .venv)`, python, undefined, '');
+    if (!fs.existsSync(python))
+      throw new PythonBridgeError(
+        `the Python environment is missing (${python}); run \`npm install\` (scripts/setup.mjs creates .venv)`,
+        python,
+        undefined,
+        '',
+      );
     const script = path.join(projectRoot, 'python', 'tlx_worker.py');
     this.command = `${python} ${script}`;
     this.child = spawnChild(python, [script], { env: pythonEnv(), watchParent: true, buffer: false });
@@ -72,7 +85,12 @@ export class PythonWorker implements Exporter {
     });
     void this.child.then((result) => {
       this.exited = true;
-      const error = new PythonBridgeError(`python/tlx_worker.py exited (code ${result.exitCode ?? result.signal}):\n${this.stderrTail()}`, this.command, result.exitCode, this.stderrTail());
+      const error = new PythonBridgeError(
+        `python/tlx_worker.py exited (code ${result.exitCode ?? result.signal}):\n${this.stderrTail()}`,
+        this.command,
+        result.exitCode,
+        this.stderrTail(),
+      );
       for (const pending of this.pending.values()) pending.reject(error);
       this.pending.clear();
     });
@@ -97,11 +115,20 @@ export class PythonWorker implements Exporter {
     if (!pending) return;
     this.pending.delete(reply.id);
     if (reply.ok) pending.resolve(reply.report);
-    else pending.reject(new PythonBridgeError(`python: ${reply.error}`, this.command, undefined, reply.traceback ?? ''));
+    else
+      pending.reject(new PythonBridgeError(`python: ${reply.error}`, this.command, undefined, reply.traceback ?? ''));
   }
 
   call<Report>(op: string, request: Record<string, unknown>, options: CallOptions = {}): Promise<Report> {
-    if (this.exited) return Promise.reject(new PythonBridgeError(`python/tlx_worker.py is not running:\n${this.stderrTail()}`, this.command, undefined, this.stderrTail()));
+    if (this.exited)
+      return Promise.reject(
+        new PythonBridgeError(
+          `python/tlx_worker.py is not running:\n${this.stderrTail()}`,
+          this.command,
+          undefined,
+          this.stderrTail(),
+        ),
+      );
     const id = this.nextId++;
     return new Promise<Report>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
@@ -124,7 +151,14 @@ export class PythonWorker implements Exporter {
         timer = setTimeout(() => {
           this.pending.delete(id);
           this.kill();
-          reject(new PythonBridgeError(`python ${op} timed out after ${options.timeoutMs} ms`, this.command, undefined, this.stderrTail()));
+          reject(
+            new PythonBridgeError(
+              `python ${op} timed out after ${options.timeoutMs} ms`,
+              this.command,
+              undefined,
+              this.stderrTail(),
+            ),
+          );
         }, options.timeoutMs);
       }
       if (options.interrupt) {
@@ -156,7 +190,11 @@ export class PythonWorker implements Exporter {
 }
 
 /** Runs one operation in a worker started for it. */
-export async function callPythonOnce<Report>(op: string, request: Record<string, unknown>, options: CallOptions & { onStderr?: (line: string) => void } = {}): Promise<Report> {
+export async function callPythonOnce<Report>(
+  op: string,
+  request: Record<string, unknown>,
+  options: CallOptions & { onStderr?: (line: string) => void } = {},
+): Promise<Report> {
   const worker = PythonWorker.start(options.onStderr);
   try {
     return await worker.call<Report>(op, request, options);

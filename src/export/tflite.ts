@@ -50,7 +50,13 @@ interface ExportReport {
   problems: string[];
   seconds: Record<string, number>;
   metadata?: Record<string, unknown> | null;
-  mediapipe?: { accuracy?: number; agreement_with_tflite?: number; named_results?: number; images?: number; skipped?: string };
+  mediapipe?: {
+    accuracy?: number;
+    agreement_with_tflite?: number;
+    named_results?: number;
+    images?: number;
+    skipped?: string;
+  };
 }
 
 export interface ClassifierDescription {
@@ -74,7 +80,13 @@ export interface ExportInputs {
   classNames: string[];
   train: ImageSplit;
   /** Split the file is measured on (test, or validation when there is no test split). */
-  evaluation: { name: string; split: ImageSplit; probabilities: Float32Array; predictions: Int32Array; accuracy: number };
+  evaluation: {
+    name: string;
+    split: ImageSplit;
+    probabilities: Float32Array;
+    predictions: Int32Array;
+    accuracy: number;
+  };
   options: TfliteOptions;
   /** Model name, description, version (tlx version + run id), author and license. */
   metadata: { name: string; description: string; version: string; author?: string; license?: string };
@@ -99,9 +111,15 @@ function pct(value?: number): string {
 function writeConverterInputs(work: string, inputs: ExportInputs): Record<string, unknown> {
   const { evaluation, options } = inputs;
   fs.mkdirSync(work, { recursive: true });
-  const representative = new Random(inputs.seed, 'representative').permutation(inputs.train.length).slice(0, options.representative_images);
+  const representative = new Random(inputs.seed, 'representative')
+    .permutation(inputs.train.length)
+    .slice(0, options.representative_images);
   writeImages(path.join(work, 'representative.u8'), inputs.train, representative);
-  writeImages(path.join(work, 'test.u8'), evaluation.split, Array.from({ length: evaluation.split.length }, (_, i) => i));
+  writeImages(
+    path.join(work, 'test.u8'),
+    evaluation.split,
+    Array.from({ length: evaluation.split.length }, (_, i) => i),
+  );
   const bytesOf = (array: Int32Array | Float32Array) => Buffer.from(array.buffer, array.byteOffset, array.byteLength);
   fs.writeFileSync(path.join(work, 'test-labels.i32'), bytesOf(evaluation.split.labels));
   fs.writeFileSync(path.join(work, 'reference.f32'), bytesOf(evaluation.probabilities));
@@ -123,7 +141,9 @@ function writeConverterInputs(work: string, inputs: ExportInputs): Record<string
 function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord {
   const { options, evaluation } = inputs;
   const problems = [...report.problems];
-  const gate = report.predictions ? judgeExport(evaluation.split.labels, evaluation.predictions, report.predictions, options.max_accuracy_drop) : undefined;
+  const gate = report.predictions
+    ? judgeExport(evaluation.split.labels, evaluation.predictions, report.predictions, options.max_accuracy_drop)
+    : undefined;
   if (gate && !gate.passed) problems.push(gateSentence(gate));
   const images = evaluation.split.length;
   return {
@@ -164,13 +184,30 @@ export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> 
   writeFileAtomic(path.join(outputDir, 'labels.txt'), `${inputs.classNames.join('\n')}\n`);
   const work = path.join(outputDir, '.inputs');
   const files = writeConverterInputs(work, inputs);
-  log.info({ mode: options.quantization }, `converting to TFLite (${options.quantization}) with TensorFlow's TFLiteConverter`);
-  const request = { classifier: inputs.classifier, weights_dir: inputs.weightsDir, quantization: options.quantization, io_type: options.io_type, ...files, labels: inputs.classNames, metadata: inputs.metadata, max_image_pixels: inputs.maxImagePixels, output_dir: outputDir };
+  log.info(
+    { mode: options.quantization },
+    `converting to TFLite (${options.quantization}) with TensorFlow's TFLiteConverter`,
+  );
+  const request = {
+    classifier: inputs.classifier,
+    weights_dir: inputs.weightsDir,
+    quantization: options.quantization,
+    io_type: options.io_type,
+    ...files,
+    labels: inputs.classNames,
+    metadata: inputs.metadata,
+    max_image_pixels: inputs.maxImagePixels,
+    output_dir: outputDir,
+  };
   const report = await inputs.exporter.call<ExportReport>('export', request, inputs.call);
   fs.rmSync(work, { recursive: true, force: true });
   log.debug({ seconds: report.seconds }, 'export steps');
   const record = exportRecord(report, inputs);
-  writeJsonAtomic(path.join(outputDir, 'model-card.json'), { ...record, classifier: inputs.classifier, metadata: inputs.metadata });
+  writeJsonAtomic(path.join(outputDir, 'model-card.json'), {
+    ...record,
+    classifier: inputs.classifier,
+    metadata: inputs.metadata,
+  });
   writeFileAtomic(path.join(outputDir, 'model-card.md'), modelCardMarkdown(record, inputs.classifier, inputs.metadata));
   const mediapipe = report.mediapipe;
   const line = `TFLite ${options.quantization}: ${record.bytes} bytes, output [${record.output.shape.join(', ')}] ${record.output.dtype}, accuracy ${pct(record.accuracy)} (trained ${pct(evaluation.accuracy)})${mediapipe?.accuracy !== undefined ? `, MediaPipe ${pct(mediapipe.accuracy)}` : ''}, ${record.median_latency_ms?.toFixed(2)} ms/image`;

@@ -1,6 +1,17 @@
 import type { SymbolicTensor } from '@tensorflow/tfjs-node';
 import { tf } from '../tfjs/tf.ts';
-import { Activation, ChannelRescaling, GlobalAveragePooling2D, HardSigmoid, InferenceBatchNormalization, InferenceDropout, Normalization, ReLU, ReLU6, type ActivationKind } from './layers.ts';
+import {
+  Activation,
+  ChannelRescaling,
+  GlobalAveragePooling2D,
+  HardSigmoid,
+  InferenceBatchNormalization,
+  InferenceDropout,
+  Normalization,
+  ReLU,
+  ReLU6,
+  type ActivationKind,
+} from './layers.ts';
 
 /**
  * What the pretrained bases are built from: Keras's layers with Keras's names, one call per
@@ -20,7 +31,7 @@ export function makeDivisible(value: number, divisor = 8): number {
  * Keras's imagenet_utils.correct_pad: the zero padding before a stride-2 'valid' conv that
  * keeps TensorFlow's 'same' alignment; one row and column less before on even sizes.
  */
-export function correctPad(height: number, width: number, kernelSize = 3): Padding {
+function correctPad(height: number, width: number, kernelSize = 3): Padding {
   const half = Math.floor(kernelSize / 2);
   return [
     [half - (1 - (height % 2)), half],
@@ -32,7 +43,7 @@ export function correctPad(height: number, width: number, kernelSize = 3): Paddi
  * Kernel initializers for `weights: none`: Keras's kind per base, seeded per kernel in
  * build order, so the same seed and architecture give the same starting weights.
  */
-export type KernelInitializerKind = 'glorot_uniform' | 'efficientnet';
+type KernelInitializerKind = 'glorot_uniform' | 'efficientnet';
 
 export interface BuilderOptions {
   seed?: number;
@@ -48,7 +59,8 @@ export class BaseBuilder {
   private kernelInitializer() {
     const seed = this.options.seed === undefined ? undefined : this.options.seed * 1000 + this.kernelCount++;
     // EfficientNet's CONV_KERNEL_INITIALIZER: VarianceScaling(2.0, fan_out, truncated normal).
-    if (this.options.kernelInitializer === 'efficientnet') return tf.initializers.varianceScaling({ scale: 2.0, mode: 'fanOut', distribution: 'normal', seed });
+    if (this.options.kernelInitializer === 'efficientnet')
+      return tf.initializers.varianceScaling({ scale: 2.0, mode: 'fanOut', distribution: 'normal', seed });
     return seed === undefined ? 'glorotUniform' : tf.initializers.glorotUniform({ seed });
   }
 
@@ -63,14 +75,47 @@ export class BaseBuilder {
     return layer.apply(x) as SymbolicTensor;
   }
 
-  conv(x: SymbolicTensor, args: { filters: number; kernelSize: number; strides?: number; padding?: 'same' | 'valid'; useBias?: boolean; activation?: 'swish' | 'sigmoid'; name: string }): SymbolicTensor {
+  conv(
+    x: SymbolicTensor,
+    args: {
+      filters: number;
+      kernelSize: number;
+      strides?: number;
+      padding?: 'same' | 'valid';
+      useBias?: boolean;
+      activation?: 'swish' | 'sigmoid';
+      name: string;
+    },
+  ): SymbolicTensor {
     const { filters, kernelSize, strides = 1, padding = 'same', useBias = false, activation, name } = args;
-    return this.apply(tf.layers.conv2d({ filters, kernelSize, strides, padding, useBias, activation, name, kernelInitializer: this.kernelInitializer() }), x);
+    return this.apply(
+      tf.layers.conv2d({
+        filters,
+        kernelSize,
+        strides,
+        padding,
+        useBias,
+        activation,
+        name,
+        kernelInitializer: this.kernelInitializer(),
+      }),
+      x,
+    );
   }
 
   depthwise(x: SymbolicTensor, args: { kernelSize: number; strides: number; name: string }): SymbolicTensor {
     const padding = args.strides === 1 ? 'same' : 'valid';
-    return this.apply(tf.layers.depthwiseConv2d({ kernelSize: args.kernelSize, strides: args.strides, padding, useBias: false, name: args.name, depthwiseInitializer: this.kernelInitializer() }), x);
+    return this.apply(
+      tf.layers.depthwiseConv2d({
+        kernelSize: args.kernelSize,
+        strides: args.strides,
+        padding,
+        useBias: false,
+        name: args.name,
+        depthwiseInitializer: this.kernelInitializer(),
+      }),
+      x,
+    );
   }
 
   /** BatchNormalization, always on its moving statistics (the base runs with training=False). */

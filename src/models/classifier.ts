@@ -41,28 +41,55 @@ export interface Classifier {
 }
 
 /** A ClassifierSpec read back from a run folder (model/classifier.json; older folders have no minimalistic). */
-export function classifierSpecOf(json: { base: string; alpha: number; minimalistic?: boolean; imageSize: [number, number]; classCount: number; dropout: number; seed: number }): ClassifierSpec {
+export function classifierSpecOf(json: {
+  base: string;
+  alpha: number;
+  minimalistic?: boolean;
+  imageSize: [number, number];
+  classCount: number;
+  dropout: number;
+  seed: number;
+}): ClassifierSpec {
   if (!isBaseName(json.base)) throw new Error(`model/classifier.json: unknown base ${json.base}`);
-  return { base: json.base, alpha: json.alpha, minimalistic: json.minimalistic ?? false, imageSize: json.imageSize, classCount: json.classCount, dropout: json.dropout, seed: json.seed };
+  return {
+    base: json.base,
+    alpha: json.alpha,
+    minimalistic: json.minimalistic ?? false,
+    imageSize: json.imageSize,
+    classCount: json.classCount,
+    dropout: json.dropout,
+    seed: json.seed,
+  };
 }
 
-export function headKindFor(classCount: number): HeadKind {
+function headKindFor(classCount: number): HeadKind {
   return classCount === 2 ? 'binary_logit' : 'softmax_logits';
 }
 
 export function buildClassifier(spec: ClassifierSpec): Classifier {
   const [height, width] = spec.imageSize;
-  const base = buildBase(spec.base, { alpha: spec.alpha, minimalistic: spec.minimalistic, inputShape: [height, width, 3], seed: spec.seed });
+  const base = buildBase(spec.base, {
+    alpha: spec.alpha,
+    minimalistic: spec.minimalistic,
+    inputShape: [height, width, 3],
+    seed: spec.seed,
+  });
   const head = headKindFor(spec.classCount);
   const units = head === 'binary_logit' ? 1 : spec.classCount;
   const inputs = tf.input({ shape: [height, width, 3], name: 'image' });
   let x = inputs;
-  if (!baseRescalesInside(spec.base)) x = tf.layers.rescaling({ ...pixelScale, name: 'preprocess' }).apply(x) as SymbolicTensor;
+  if (!baseRescalesInside(spec.base))
+    x = tf.layers.rescaling({ ...pixelScale, name: 'preprocess' }).apply(x) as SymbolicTensor;
   x = base.apply(x) as SymbolicTensor;
   x = tf.layers.globalAveragePooling2d({ name: 'global_average_pooling2d' }).apply(x) as SymbolicTensor;
   x = new SeededDropout({ rate: spec.dropout, name: 'dropout' }).apply(x) as SymbolicTensor;
   const outputs = tf.layers
-    .dense({ units, name: 'predictions', kernelInitializer: tf.initializers.glorotUniform({ seed: spec.seed }), biasInitializer: 'zeros' })
+    .dense({
+      units,
+      name: 'predictions',
+      kernelInitializer: tf.initializers.glorotUniform({ seed: spec.seed }),
+      biasInitializer: 'zeros',
+    })
     .apply(x) as SymbolicTensor;
   const model = tf.model({ inputs, outputs, name: 'classifier' });
   return { model, base, head, units, spec };

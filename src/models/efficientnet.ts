@@ -40,7 +40,13 @@ const blocksArgs: BlockArgs[] = [
 
 const dropConnectRate = 0.2;
 
-function block(b: BaseBuilder, inputs: SymbolicTensor, dropRate: number, name: string, args: Omit<BlockArgs, 'repeats'>): SymbolicTensor {
+function block(
+  b: BaseBuilder,
+  inputs: SymbolicTensor,
+  dropRate: number,
+  name: string,
+  args: Omit<BlockArgs, 'repeats'>,
+): SymbolicTensor {
   const { filtersIn, filtersOut, kernelSize, strides, expandRatio, seRatio } = args;
   const filters = filtersIn * expandRatio;
   let x = inputs;
@@ -56,7 +62,13 @@ function block(b: BaseBuilder, inputs: SymbolicTensor, dropRate: number, name: s
 
   let se = b.globalAveragePooling(x, `${name}se_squeeze`, false);
   se = b.reshape(se, [1, 1, filters], `${name}se_reshape`);
-  se = b.conv(se, { filters: Math.max(1, Math.trunc(filtersIn * seRatio)), kernelSize: 1, useBias: true, activation: 'swish', name: `${name}se_reduce` });
+  se = b.conv(se, {
+    filters: Math.max(1, Math.trunc(filtersIn * seRatio)),
+    kernelSize: 1,
+    useBias: true,
+    activation: 'swish',
+    name: `${name}se_reduce`,
+  });
   se = b.conv(se, { filters, kernelSize: 1, useBias: true, activation: 'sigmoid', name: `${name}se_expand` });
   x = b.multiply([x, se], `${name}se_excite`);
 

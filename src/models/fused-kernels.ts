@@ -29,7 +29,10 @@ export interface FusedConvOptions {
   activation?: FusedActivation;
 }
 
-function commonAttrs(options: FusedConvOptions, fusedOps = options.activation ? ['BiasAdd', oneDnnActivation[options.activation] ?? options.activation] : ['BiasAdd']): OpAttr[] {
+function commonAttrs(
+  options: FusedConvOptions,
+  fusedOps = options.activation ? ['BiasAdd', oneDnnActivation[options.activation] ?? options.activation] : ['BiasAdd'],
+): OpAttr[] {
   return [
     { name: 'T', kind: 'type', value: 'float32' },
     { name: 'num_args', kind: 'int', value: 1 },
@@ -62,9 +65,23 @@ const oneDnnConv = new PreferredKernel();
 export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   if (options.activation && oneDnnActivation[options.activation]) {
     return oneDnnConv.run(
-      () => runOp('_MklNativeFusedConv2D', [...commonAttrs(options), ...conv2dAttrs, { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], [x, filter, bias]) as Tensor4D,
+      () =>
+        runOp(
+          '_MklNativeFusedConv2D',
+          [
+            ...commonAttrs(options),
+            ...conv2dAttrs,
+            { name: 'is_filter_const', kind: 'bool', value: false },
+            { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
+          ],
+          [x, filter, bias],
+        ) as Tensor4D,
       () => {
-        const y = runOp('_FusedConv2D', [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
+        const y = runOp(
+          '_FusedConv2D',
+          [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs],
+          [x, filter, bias],
+        ) as Tensor4D;
         const activated = activate(y, options.activation);
         y.dispose();
         return activated;
@@ -87,7 +104,11 @@ function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, opt
   const fusable = options.activation !== 'Swish';
   const y = runOp(
     '_MklNativeFusedDepthwiseConv2dNative',
-    [...commonAttrs(fusable ? options : { ...options, activation: undefined }), { name: 'is_filter_const', kind: 'bool', value: false }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }],
+    [
+      ...commonAttrs(fusable ? options : { ...options, activation: undefined }),
+      { name: 'is_filter_const', kind: 'bool', value: false },
+      { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
+    ],
     [x, filter, bias],
   ) as Tensor4D;
   if (fusable) return y;
@@ -98,7 +119,9 @@ function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, opt
 
 export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   return tf.tidy(() => {
-    const y = tf.depthwiseConv2d(x, filter, options.strides, options.padding === 'SAME' ? 'same' : 'valid').add(bias) as Tensor4D;
+    const y = tf
+      .depthwiseConv2d(x, filter, options.strides, options.padding === 'SAME' ? 'same' : 'valid')
+      .add(bias) as Tensor4D;
     return activate(y, options.activation);
   });
 }
@@ -114,7 +137,12 @@ export function depthwiseRunsFused(): boolean | undefined {
 }
 
 /** Depthwise conv, filter [h, w, in, multiplier], bias [in * multiplier]. */
-export function fusedDepthwiseConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
+export function fusedDepthwiseConv2d(
+  x: Tensor4D,
+  filter: Tensor4D,
+  bias: Tensor1D,
+  options: FusedConvOptions,
+): Tensor4D {
   return oneDnnDepthwise.run(
     () => nativeFusedDepthwise(x, filter, bias, options),
     () => unfusedDepthwise(x, filter, bias, options),

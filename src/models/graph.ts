@@ -30,7 +30,17 @@ type TensorId = number;
 
 export type Step =
   | { kind: 'layer'; layers: [Layer]; inputs: TensorId[]; output: TensorId }
-  | { kind: 'conv_bn'; layers: Layer[]; conv: Layer; batchNorm: InferenceBatchNormalization; activation?: Layer; depthwise: boolean; options: FusedConvOptions; inputs: [TensorId]; output: TensorId };
+  | {
+      kind: 'conv_bn';
+      layers: Layer[];
+      conv: Layer;
+      batchNorm: InferenceBatchNormalization;
+      activation?: Layer;
+      depthwise: boolean;
+      options: FusedConvOptions;
+      inputs: [TensorId];
+      output: TensorId;
+    };
 
 export interface CompiledGraph {
   input: TensorId;
@@ -40,7 +50,12 @@ export interface CompiledGraph {
   shapes: Map<TensorId, number[]>;
 }
 
-function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: TensorId; shapes: Map<TensorId, number[]> } {
+function flatten(model: LayersModel): {
+  steps: Step[];
+  input: TensorId;
+  output: TensorId;
+  shapes: Map<TensorId, number[]>;
+} {
   // A nested model's inner inputs and outputs are the outer tensors under other ids.
   const alias = new Map<TensorId, TensorId>();
   const resolve = (id: TensorId): TensorId => {
@@ -66,10 +81,16 @@ function flatten(model: LayersModel): { steps: Step[]; input: TensorId; output: 
         inner.outputs.forEach((tensor, i) => alias.set(node.outputs[i].id, tensor.id));
         continue;
       }
-      if (node.outputs.length !== 1) throw new Error(`layer ${layer.name} has ${node.outputs.length} outputs; tlx's graph runner expects one`);
+      if (node.outputs.length !== 1)
+        throw new Error(`layer ${layer.name} has ${node.outputs.length} outputs; tlx's graph runner expects one`);
       const output = node.outputs[0];
       shapes.set(output.id, output.shape.slice(1) as number[]);
-      steps.push({ kind: 'layer', layers: [layer], inputs: node.inputs.map((tensor) => resolve(tensor.id)), output: output.id });
+      steps.push({
+        kind: 'layer',
+        layers: [layer],
+        inputs: node.inputs.map((tensor) => resolve(tensor.id)),
+        output: output.id,
+      });
     }
   };
   const container = graphOf(model);
@@ -89,7 +110,12 @@ function foldableConv(layer: Layer): boolean {
   if (name !== 'Conv2D' && name !== 'DepthwiseConv2D') return false;
   const config = layer.getConfig();
   const dilation = [config.dilationRate].flat() as number[];
-  return config.dataFormat === 'channelsLast' && dilation.every((d) => d === 1) && (config.activation === 'linear' || config.activation === undefined) && (name === 'Conv2D' || config.depthMultiplier === 1);
+  return (
+    config.dataFormat === 'channelsLast' &&
+    dilation.every((d) => d === 1) &&
+    (config.activation === 'linear' || config.activation === undefined) &&
+    (name === 'Conv2D' || config.depthMultiplier === 1)
+  );
 }
 
 /** The fused kernel's activation for a layer that can join a Conv -> BatchNorm chain. */
@@ -135,7 +161,11 @@ function fuseChains(steps: Step[], output: TensorId): Step[] {
       batchNorm: bn,
       activation: relu !== undefined ? steps[relu].layers[0] : undefined,
       depthwise: className(conv) === 'DepthwiseConv2D',
-      options: { strides: [strides[0], strides[1] ?? strides[0]], padding: config.padding === 'same' ? 'SAME' : 'VALID', activation },
+      options: {
+        strides: [strides[0], strides[1] ?? strides[0]],
+        padding: config.padding === 'same' ? 'SAME' : 'VALID',
+        activation,
+      },
       inputs: [step.inputs[0]],
       output: steps[relu ?? bnIndex].output,
     });
@@ -166,7 +196,13 @@ function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: T
   const result = steps.map((step): Step => {
     if (step.kind !== 'conv_bn' || step.options.padding !== 'VALID') return step;
     const padding = producer.get(step.inputs[0]);
-    if (!padding || padding.kind !== 'layer' || className(padding.layers[0]) !== 'ZeroPadding2D' || readers.get(padding.output) !== 1) return step;
+    if (
+      !padding ||
+      padding.kind !== 'layer' ||
+      className(padding.layers[0]) !== 'ZeroPadding2D' ||
+      readers.get(padding.output) !== 1
+    )
+      return step;
     const config = padding.layers[0].getConfig();
     const inputShape = shapes.get(padding.inputs[0]);
     if (config.dataFormat !== 'channelsLast' || !inputShape) return step;
@@ -174,7 +210,12 @@ function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: T
     const same = samePadding(inputShape, [kernel[0], kernel[1] ?? kernel[0]], step.options.strides);
     if (JSON.stringify(config.padding) !== JSON.stringify(same)) return step;
     absorbed.add(padding);
-    return { ...step, layers: [padding.layers[0], ...step.layers], inputs: [padding.inputs[0]], options: { ...step.options, padding: 'SAME' } };
+    return {
+      ...step,
+      layers: [padding.layers[0], ...step.layers],
+      inputs: [padding.inputs[0]],
+      options: { ...step.options, padding: 'SAME' },
+    };
   });
   return result.filter((step) => !absorbed.has(step));
 }
@@ -238,7 +279,10 @@ export function frontierBytesPerSample(graph: CompiledGraph, split: GraphSplit):
  * of every such phase's frozen stage, so its outputs can be shared between trials.
  */
 export function prefixSplit(graph: CompiledGraph, layers: ReadonlySet<Layer>): GraphSplit {
-  return splitGraph(graph, (step) => hasTrainableWeights(step) || step.layers.some((layer) => layer.weights.length > 0 && !layers.has(layer)));
+  return splitGraph(
+    graph,
+    (step) => hasTrainableWeights(step) || step.layers.some((layer) => layer.weights.length > 0 && !layers.has(layer)),
+  );
 }
 
 /** Folded filter and bias per conv_bn step, computed from the current weights. */
@@ -256,7 +300,7 @@ function foldConvBn(step: ConvBnStep): { filter: Tensor4D; bias: Tensor1D } {
   return { filter, bias };
 }
 
-export function foldWeights(steps: readonly Step[]): FoldedWeights {
+function foldWeights(steps: readonly Step[]): FoldedWeights {
   const folded: FoldedWeights = new Map();
   for (const step of steps) {
     if (step.kind !== 'conv_bn') continue;
@@ -271,13 +315,15 @@ export function foldWeights(steps: readonly Step[]): FoldedWeights {
   return folded;
 }
 
-export function disposeFolded(folded: FoldedWeights): void {
+function disposeFolded(folded: FoldedWeights): void {
   for (const { filter, bias } of folded.values()) tf.dispose([filter, bias]);
   folded.clear();
 }
 
 function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
-  return step.depthwise ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options) : fusedConv2d(x, weights.filter, weights.bias, step.options);
+  return step.depthwise
+    ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options)
+    : fusedConv2d(x, weights.filter, weights.bias, step.options);
 }
 
 /**
@@ -287,15 +333,24 @@ function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; b
 function runTapedConvBn(step: ConvBnStep, x: Tensor4D, inputGradient: boolean, training: boolean): Tensor {
   return tf.tidy(() => {
     const { filter, bias } = foldConvBn(step);
-    const chain = { depthwise: step.depthwise, pointwise: !step.depthwise && isPointwiseConv(step.conv), options: step.options };
+    const chain = {
+      depthwise: step.depthwise,
+      pointwise: !step.depthwise && isPointwiseConv(step.conv),
+      options: step.options,
+    };
     const y = convBiasClamp(chain, x, filter, bias, inputGradient);
-    return step.activation && !clampActivation(step.options.activation) ? applyLayer(step.activation, [y], training, undefined) : y;
+    return step.activation && !clampActivation(step.options.activation)
+      ? applyLayer(step.activation, [y], training, undefined)
+      : y;
   });
 }
 
 function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
   if (inputs.length === 1 && isPointwiseConv(layer)) return applyPointwiseConv(layer, inputs[0] as Tensor4D);
-  return layer.apply(inputs.length === 1 ? inputs[0] : inputs, seed === undefined ? { training } : { training, seed }) as Tensor;
+  return layer.apply(
+    inputs.length === 1 ? inputs[0] : inputs,
+    seed === undefined ? { training } : { training, seed },
+  ) as Tensor;
 }
 
 /**
@@ -304,7 +359,11 @@ function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: num
  * later step no longer needs are disposed unless listed in `keep` (off the tape only:
  * this keeps an inference pass's peak memory to a few activations).
  */
-export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, options: { training: boolean; seed?: number; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> }): void {
+function runSteps(
+  steps: readonly Step[],
+  values: Map<TensorId, Tensor>,
+  options: { training: boolean; seed?: number; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> },
+): void {
   const lastUse = new Map<TensorId, number>();
   const given = new Set(values.keys()); // no step's gradient flows into these
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
@@ -321,7 +380,10 @@ export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, 
     } else if (step.kind === 'conv_bn') {
       output = runTapedConvBn(step, inputs[0] as Tensor4D, !given.has(step.inputs[0]), options.training);
     } else {
-      output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)], inputs)[0];
+      output = step.layers.reduce(
+        (xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)],
+        inputs,
+      )[0];
     }
     values.set(step.output, output);
     for (const id of step.inputs) {
@@ -337,7 +399,14 @@ export function runSteps(steps: readonly Step[], values: Map<TensorId, Tensor>, 
  * Runs steps off the tape from the images, with folded weights where they exist; returns
  * the requested tensors (the images themselves as a copy, so the caller owns every result).
  */
-function runFrozen(graph: CompiledGraph, steps: readonly Step[], folded: FoldedWeights, images: Tensor, outputs: readonly TensorId[], keep: ReadonlySet<TensorId>): Tensor[] {
+function runFrozen(
+  graph: CompiledGraph,
+  steps: readonly Step[],
+  folded: FoldedWeights,
+  images: Tensor,
+  outputs: readonly TensorId[],
+  keep: ReadonlySet<TensorId>,
+): Tensor[] {
   return tf.tidy(() => {
     const values = new Map<TensorId, Tensor>([[graph.input, images]]);
     runSteps(steps, values, { training: false, folded, keep });
@@ -371,7 +440,14 @@ export class StagedModel {
 
   /** images -> a prefix's frontier (a prefixSplit of this model whose steps are all frozen now). */
   frozenPrefix(prefix: GraphSplit, images: Tensor): Tensor[] {
-    return runFrozen(this.graph, prefix.frozen, this.folded, images, prefix.frontier, new Set([...prefix.frontier, this.graph.input]));
+    return runFrozen(
+      this.graph,
+      prefix.frozen,
+      this.folded,
+      images,
+      prefix.frontier,
+      new Set([...prefix.frontier, this.graph.input]),
+    );
   }
 
   /**

@@ -18,7 +18,14 @@ function single(inputs: Tensor | Tensor[]): Tensor {
  * and its gradient as one FusedBatchNormGradV3: the kernels Keras runs. tfjs-core's own
  * batchNorm gradient is a chain of element-wise ops several times slower.
  */
-export function fusedBatchNormInference(x: Tensor, gamma: Tensor1D, beta: Tensor1D, movingMean: Tensor1D, movingVariance: Tensor1D, epsilon: number): Tensor {
+function fusedBatchNormInference(
+  x: Tensor,
+  gamma: Tensor1D,
+  beta: Tensor1D,
+  movingMean: Tensor1D,
+  movingVariance: Tensor1D,
+  epsilon: number,
+): Tensor {
   const attrs = [
     { name: 'T', kind: 'type', value: 'float32' },
     { name: 'U', kind: 'type', value: 'float32' },
@@ -59,12 +66,14 @@ export function fusedBatchNormInference(x: Tensor, gamma: Tensor1D, beta: Tensor
 }
 
 /** min(max(x, 0), 6) natively, with the single-kernel Relu6Grad as its gradient. */
-export const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const x = args[0] as Tensor;
   (args[1] as GradSave)([x]);
   return {
     value: runOp('Relu6', [{ name: 'T', kind: 'type', value: 'float32' }], [x]),
-    gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => [runOp('Relu6Grad', [{ name: 'T', kind: 'type', value: 'float32' }], [single(dy), saved[0]])],
+    gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => [
+      runOp('Relu6Grad', [{ name: 'T', kind: 'type', value: 'float32' }], [single(dy), saved[0]]),
+    ],
   };
 }) as (x: Tensor) => Tensor;
 
@@ -97,7 +106,14 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
     this.gamma = this.addWeight('gamma', [channels], 'float32', tf.initializers.ones(), undefined, true);
     this.beta = this.addWeight('beta', [channels], 'float32', tf.initializers.zeros(), undefined, true);
     this.movingMean = this.addWeight('moving_mean', [channels], 'float32', tf.initializers.zeros(), undefined, false);
-    this.movingVariance = this.addWeight('moving_variance', [channels], 'float32', tf.initializers.ones(), undefined, false);
+    this.movingVariance = this.addWeight(
+      'moving_variance',
+      [channels],
+      'float32',
+      tf.initializers.ones(),
+      undefined,
+      false,
+    );
     this.built = true;
   }
 
@@ -117,7 +133,9 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
   /** y = x * scale + offset: the per-channel affine map this layer is, for folding into a conv. */
   scaleAndOffset(): { scale: Tensor1D; offset: Tensor1D } {
     return tf.tidy(() => {
-      const scale = (this.gamma.read() as Tensor1D).mul(tf.rsqrt((this.movingVariance.read() as Tensor1D).add(this.epsilon))) as Tensor1D;
+      const scale = (this.gamma.read() as Tensor1D).mul(
+        tf.rsqrt((this.movingVariance.read() as Tensor1D).add(this.epsilon)),
+      ) as Tensor1D;
       const offset = (this.beta.read() as Tensor1D).sub((this.movingMean.read() as Tensor1D).mul(scale)) as Tensor1D;
       return { scale, offset };
     });
@@ -162,12 +180,12 @@ export class HardSigmoid extends tf.layers.Layer {
 export type ActivationKind = 'hard_silu' | 'silu';
 
 /** x * relu6(x + 3) / 6, as Keras's TensorFlow backend computes hard_silu (hard_swish). */
-export function hardSilu(x: Tensor): Tensor {
+function hardSilu(x: Tensor): Tensor {
   return tf.tidy(() => x.mul(relu6(x.add(3))).mul(1 / 6));
 }
 
 /** x * sigmoid(x) (swish). */
-export function silu(x: Tensor): Tensor {
+function silu(x: Tensor): Tensor {
   return tf.tidy(() => x.mul(tf.sigmoid(x)));
 }
 
@@ -265,7 +283,11 @@ export class Normalization extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => single(inputs).sub(this.mean.read()).div(tf.maximum(tf.sqrt(this.variance.read()), 1e-7)));
+    return tf.tidy(() =>
+      single(inputs)
+        .sub(this.mean.read())
+        .div(tf.maximum(tf.sqrt(this.variance.read()), 1e-7)),
+    );
   }
 }
 
@@ -332,7 +354,16 @@ export class SeededDropout extends tf.layers.Layer {
 tf.serialization.registerClass(SeededDropout);
 tf.serialization.registerClass(InferenceBatchNormalization);
 tf.serialization.registerClass(ReLU6);
-for (const layer of [ReLU, HardSigmoid, Activation, GlobalAveragePooling2D, ChannelRescaling, Normalization, InferenceDropout]) tf.serialization.registerClass(layer);
+for (const layer of [
+  ReLU,
+  HardSigmoid,
+  Activation,
+  GlobalAveragePooling2D,
+  ChannelRescaling,
+  Normalization,
+  InferenceDropout,
+])
+  tf.serialization.registerClass(layer);
 
 /** The Keras class each tlx layer stands for (what `model.summary()` prints). */
 const kerasClassNames: Record<string, string> = {

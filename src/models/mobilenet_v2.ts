@@ -16,7 +16,15 @@ function blockPrefix(blockId: number): string {
   return blockId === 0 ? 'expanded_conv_' : `block_${blockId}_`;
 }
 
-function invertedResidualBlock(b: BaseBuilder, inputs: SymbolicTensor, expansion: number, stride: 1 | 2, alpha: number, filters: number, blockId: number): SymbolicTensor {
+function invertedResidualBlock(
+  b: BaseBuilder,
+  inputs: SymbolicTensor,
+  expansion: number,
+  stride: 1 | 2,
+  alpha: number,
+  filters: number,
+  blockId: number,
+): SymbolicTensor {
   const inChannels = inputs.shape[inputs.shape.length - 1] as number;
   const pointwiseFilters = makeDivisible(Math.trunc(filters * alpha));
   const prefix = blockPrefix(blockId);

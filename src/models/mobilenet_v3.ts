@@ -16,16 +16,37 @@ type Activate = (b: BaseBuilder, x: SymbolicTensor) => SymbolicTensor;
 const relu: Activate = (b, x) => b.relu(x);
 const hardSwish: Activate = (b, x) => b.activation(x, 'hard_silu');
 
-function squeezeExcite(b: BaseBuilder, inputs: SymbolicTensor, filters: number, seRatio: number, prefix: string): SymbolicTensor {
+function squeezeExcite(
+  b: BaseBuilder,
+  inputs: SymbolicTensor,
+  filters: number,
+  seRatio: number,
+  prefix: string,
+): SymbolicTensor {
   let x = b.globalAveragePooling(inputs, `${prefix}squeeze_excite_avg_pool`, true);
-  x = b.conv(x, { filters: makeDivisible(filters * seRatio), kernelSize: 1, useBias: true, name: `${prefix}squeeze_excite_conv` });
+  x = b.conv(x, {
+    filters: makeDivisible(filters * seRatio),
+    kernelSize: 1,
+    useBias: true,
+    name: `${prefix}squeeze_excite_conv`,
+  });
   x = b.relu(x, `${prefix}squeeze_excite_relu`);
   x = b.conv(x, { filters, kernelSize: 1, useBias: true, name: `${prefix}squeeze_excite_conv_1` });
   x = b.hardSigmoid(x);
   return b.multiply([inputs, x], `${prefix}squeeze_excite_mul`);
 }
 
-function invertedResidualBlock(b: BaseBuilder, x: SymbolicTensor, expansion: number, filters: number, kernelSize: number, stride: 1 | 2, seRatio: number | undefined, activate: Activate, blockId: number): SymbolicTensor {
+function invertedResidualBlock(
+  b: BaseBuilder,
+  x: SymbolicTensor,
+  expansion: number,
+  filters: number,
+  kernelSize: number,
+  stride: 1 | 2,
+  seRatio: number | undefined,
+  activate: Activate,
+  blockId: number,
+): SymbolicTensor {
   const shortcut = x;
   const inFilters = x.shape[3] as number;
   const prefix = blockId === 0 ? 'expanded_conv_' : `expanded_conv_${blockId}_`;
@@ -45,7 +66,14 @@ function invertedResidualBlock(b: BaseBuilder, x: SymbolicTensor, expansion: num
   return x;
 }
 
-type Stack = (b: BaseBuilder, x: SymbolicTensor, kernel: number, activate: Activate, seRatio: number | undefined, depth: (d: number) => number) => SymbolicTensor;
+type Stack = (
+  b: BaseBuilder,
+  x: SymbolicTensor,
+  kernel: number,
+  activate: Activate,
+  seRatio: number | undefined,
+  depth: (d: number) => number,
+) => SymbolicTensor;
 
 const smallStack: Stack = (b, x, kernel, activate, se, depth) => {
   x = invertedResidualBlock(b, x, 1, depth(16), 3, 2, se, relu, 0);

@@ -21,7 +21,12 @@ export function isPointwiseConv(layer: Layer): boolean {
     if (layer.getClassName() === 'Conv2D') {
       const config = layer.getConfig();
       const ones = (value: unknown) => [value].flat().every((v) => v === 1);
-      known = config.dataFormat === 'channelsLast' && ones(config.kernelSize) && ones(config.strides) && ones(config.dilationRate) && (config.activation === 'linear' || config.activation === undefined);
+      known =
+        config.dataFormat === 'channelsLast' &&
+        ones(config.kernelSize) &&
+        ones(config.strides) &&
+        ones(config.dilationRate) &&
+        (config.activation === 'linear' || config.activation === undefined);
     }
     pointwise.set(layer, known);
   }

@@ -41,7 +41,12 @@ export function clampActivation(activation: FusedActivation | undefined): 'Relu'
   return activation === 'Relu' || activation === 'Relu6' ? activation : undefined;
 }
 
-function pointwiseForward(x2d: Tensor2D, filter2d: Tensor2D, bias: Tensor1D, activation: 'Relu' | 'Relu6' | undefined): Tensor2D {
+function pointwiseForward(
+  x2d: Tensor2D,
+  filter2d: Tensor2D,
+  bias: Tensor1D,
+  activation: 'Relu' | 'Relu6' | undefined,
+): Tensor2D {
   return runOp(
     '_FusedMatMul',
     [
@@ -57,34 +62,62 @@ function pointwiseForward(x2d: Tensor2D, filter2d: Tensor2D, bias: Tensor1D, act
   ) as Tensor2D;
 }
 
-function forward(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D, bias: Tensor1D, activation: 'Relu' | 'Relu6' | undefined): Tensor4D {
+function forward(
+  chain: ConvBnChain,
+  x: Tensor4D,
+  filter: Tensor4D,
+  bias: Tensor1D,
+  activation: 'Relu' | 'Relu6' | undefined,
+): Tensor4D {
   const options = { ...chain.options, activation };
   if (chain.depthwise) return fusedDepthwiseConv2d(x, filter, bias, options);
   if (!chain.pointwise) return fusedConv2d(x, filter, bias, options);
   const [batch, height, width, channels] = x.shape;
   const filters = filter.shape[3];
-  return tf.tidy(() => pointwiseForward(x.reshape([batch * height * width, channels]), filter.reshape([channels, filters]), bias, activation).reshape([batch, height, width, filters]) as Tensor4D);
+  return tf.tidy(
+    () =>
+      pointwiseForward(
+        x.reshape([batch * height * width, channels]),
+        filter.reshape([channels, filters]),
+        bias,
+        activation,
+      ).reshape([batch, height, width, filters]) as Tensor4D,
+  );
 }
 
 /** Gradients of the conv + bias for dz (the gradient before the clamp): input (if asked), filter, bias. */
-function backward(chain: ConvBnChain, dz: Tensor4D, x: Tensor4D, filter: Tensor4D, inputGradient: boolean): { dx?: Tensor4D; dFilter: Tensor4D; dBias: Tensor1D } {
+function backward(
+  chain: ConvBnChain,
+  dz: Tensor4D,
+  x: Tensor4D,
+  filter: Tensor4D,
+  inputGradient: boolean,
+): { dx?: Tensor4D; dFilter: Tensor4D; dBias: Tensor1D } {
   const dBias = runOp('BiasAddGrad', [float, { name: 'data_format', kind: 'string', value: 'NHWC' }], [dz]) as Tensor1D;
   if (chain.pointwise) {
     const [batch, height, width, channels] = x.shape;
     const filters = filter.shape[3];
     const dz2d = dz.reshape([batch * height * width, filters]);
-    const dFilter = tf.matMul(x.reshape([batch * height * width, channels]), dz2d, true, false).reshape(filter.shape) as Tensor4D;
-    const dx = inputGradient ? (tf.matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D) : undefined;
+    const dFilter = tf
+      .matMul(x.reshape([batch * height * width, channels]), dz2d, true, false)
+      .reshape(filter.shape) as Tensor4D;
+    const dx = inputGradient
+      ? (tf.matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D)
+      : undefined;
     return { dx, dFilter, dBias };
   }
   const attrs = convAttrs(chain.options);
-  const [filterName, inputName] = chain.depthwise ? ['DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput'] : ['Conv2DBackpropFilter', 'Conv2DBackpropInput'];
+  const [filterName, inputName] = chain.depthwise
+    ? ['DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput']
+    : ['Conv2DBackpropFilter', 'Conv2DBackpropInput'];
   const filterSizes = tf.tensor1d(filter.shape, 'int32');
   const dFilter = runOp(filterName, attrs, [x, filterSizes, dz]) as Tensor4D;
   let dx: Tensor4D | undefined;
   if (inputGradient) {
     const inputSizes = tf.tensor1d(x.shape, 'int32');
-    dx = chain.depthwise ? depthwiseInputGradient(attrs, [inputSizes, filter, dz]) : (runOp(inputName, attrs, [inputSizes, filter, dz]) as Tensor4D);
+    dx = chain.depthwise
+      ? depthwiseInputGradient(attrs, [inputSizes, filter, dz])
+      : (runOp(inputName, attrs, [inputSizes, filter, dz]) as Tensor4D);
   }
   return { dx, dFilter, dBias };
 }
@@ -94,11 +127,21 @@ function backward(chain: ConvBnChain, dz: Tensor4D, x: Tensor4D, filter: Tensor4
  * tape: the chain reads the frozen stage's output (or the images), whose gradient nobody
  * uses, and the conv's input backprop is the costliest half of its gradient.
  */
-export function convBiasClamp(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D, bias: Tensor1D, inputGradient: boolean): Tensor4D {
+export function convBiasClamp(
+  chain: ConvBnChain,
+  x: Tensor4D,
+  filter: Tensor4D,
+  bias: Tensor1D,
+  inputGradient: boolean,
+): Tensor4D {
   const activation = clampActivation(chain.options.activation);
   const op = tf.customGrad((...args: (Tensor | ((tensors: Tensor[]) => void))[]) => {
     const save = args[args.length - 1] as (tensors: Tensor[]) => void;
-    const [input, kernel, offset] = (inputGradient ? args.slice(0, 3) : [x, ...args.slice(0, 2)]) as [Tensor4D, Tensor4D, Tensor1D];
+    const [input, kernel, offset] = (inputGradient ? args.slice(0, 3) : [x, ...args.slice(0, 2)]) as [
+      Tensor4D,
+      Tensor4D,
+      Tensor1D,
+    ];
     const y = forward(chain, input, kernel, offset, activation);
     save([input, kernel, y]);
     return {
@@ -107,7 +150,9 @@ export function convBiasClamp(chain: ConvBnChain, x: Tensor4D, filter: Tensor4D,
         const [savedInput, savedKernel, output] = saved as [Tensor4D, Tensor4D, Tensor4D];
         // Its own scope: dz is as large as the activation and must not live until the whole backward pass ends.
         return tf.tidy(() => {
-          const dz = activation ? (runOp(`${activation}Grad`, [float], [dy as Tensor4D, output]) as Tensor4D) : (dy as Tensor4D);
+          const dz = activation
+            ? (runOp(`${activation}Grad`, [float], [dy as Tensor4D, output]) as Tensor4D)
+            : (dy as Tensor4D);
           const { dx, dFilter, dBias } = backward(chain, dz, savedInput, savedKernel, inputGradient);
           return inputGradient ? [dx!, dFilter, dBias] : [dFilter, dBias];
         });
@@ -126,7 +171,16 @@ const oneDnnDepthwiseInputGradient = new PreferredKernel();
 
 function depthwiseInputGradient(attrs: OpAttr[], inputs: Tensor[]): Tensor4D {
   return oneDnnDepthwiseInputGradient.run(
-    () => runOp('_MklNativeDepthwiseConv2dNativeBackpropInput', [...attrs, { name: 'explicit_paddings', kind: 'int', value: [] }, { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' }], inputs) as Tensor4D,
+    () =>
+      runOp(
+        '_MklNativeDepthwiseConv2dNativeBackpropInput',
+        [
+          ...attrs,
+          { name: 'explicit_paddings', kind: 'int', value: [] },
+          { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
+        ],
+        inputs,
+      ) as Tensor4D,
     () => runOp('DepthwiseConv2dNativeBackpropInput', attrs, inputs) as Tensor4D,
   );
 }

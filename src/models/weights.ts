@@ -21,7 +21,7 @@ import type { ResolvedExperiment } from '../config/resolved.ts';
  * own architecture description is never trusted.
  */
 
-export interface NamedWeight {
+interface NamedWeight {
   shape: number[];
   values: Float32Array;
 }
@@ -42,7 +42,9 @@ export async function readKerasH5(file: string): Promise<WeightMap> {
   fs.readSync(fd, signature, 0, 8, 0);
   fs.closeSync(fd);
   if (!signature.equals(Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]))) {
-    throw new UserError(`model.weights: ${file} is not a readable HDF5 file (no HDF5 signature); expected a Keras .h5 weights file`);
+    throw new UserError(
+      `model.weights: ${file} is not a readable HDF5 file (no HDF5 signature); expected a Keras .h5 weights file`,
+    );
   }
   const { default: h5wasm } = await import('h5wasm/node');
   await h5wasm.ready;
@@ -50,19 +52,27 @@ export async function readKerasH5(file: string): Promise<WeightMap> {
   try {
     h5 = new h5wasm.File(file, 'r');
   } catch (error) {
-    throw new UserError(`model.weights: ${file} is not a readable HDF5 file (${error instanceof Error ? error.message : String(error)})`);
+    throw new UserError(
+      `model.weights: ${file} is not a readable HDF5 file (${error instanceof Error ? error.message : String(error)})`,
+    );
   }
   try {
     const root = (h5.get('model_weights') as InstanceType<typeof h5wasm.Group> | null) ?? h5;
     const layerNames = root.attrs.layer_names?.value;
-    if (!Array.isArray(layerNames)) throw new UserError(`model.weights: ${file} has no layer_names attribute; expected a Keras (legacy H5) weights file`);
+    if (!Array.isArray(layerNames))
+      throw new UserError(
+        `model.weights: ${file} has no layer_names attribute; expected a Keras (legacy H5) weights file`,
+      );
     const weights: WeightMap = new Map();
     for (const layer of layerNames as string[]) {
       const group = root.get(layer) as InstanceType<typeof h5wasm.Group>;
       const weightNames = (group.attrs.weight_names?.value ?? []) as string[];
       for (const name of weightNames) {
         const dataset = group.get(name) as InstanceType<typeof h5wasm.Dataset>;
-        weights.set(weightKey(layer, name), { shape: [...(dataset.shape ?? [])], values: float32Values(dataset.value) });
+        weights.set(weightKey(layer, name), {
+          shape: [...(dataset.shape ?? [])],
+          values: float32Values(dataset.value),
+        });
       }
     }
     return weights;
@@ -76,7 +86,10 @@ interface ManifestGroup {
   weights: WeightsManifestEntry[];
 }
 
-async function decodeManifest(manifest: ManifestGroup[], readShard: (name: string) => Promise<Uint8Array>): Promise<WeightMap> {
+async function decodeManifest(
+  manifest: ManifestGroup[],
+  readShard: (name: string) => Promise<Uint8Array>,
+): Promise<WeightMap> {
   const weights: WeightMap = new Map();
   for (const group of manifest) {
     const shards = await Promise.all(group.paths.map(readShard));
@@ -90,7 +103,10 @@ async function decodeManifest(manifest: ManifestGroup[], readShard: (name: strin
     const tensors = tf.io.decodeWeights(buffer.buffer, group.weights) as Record<string, Tensor>;
     for (const [name, tensor] of Object.entries(tensors)) {
       const slash = name.lastIndexOf('/');
-      weights.set(weightKey(name.slice(0, slash), name.slice(slash + 1)), { shape: tensor.shape, values: tensor.dataSync() as Float32Array });
+      weights.set(weightKey(name.slice(0, slash), name.slice(slash + 1)), {
+        shape: tensor.shape,
+        values: tensor.dataSync() as Float32Array,
+      });
       tensor.dispose();
     }
   }
@@ -102,18 +118,23 @@ function readManifest(file: string, shown: string): ManifestGroup[] {
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof json;
   } catch (error) {
-    throw new UserError(`model.weights: ${shown}: not a readable model.json (${error instanceof Error ? error.message : String(error)})`);
+    throw new UserError(
+      `model.weights: ${shown}: not a readable model.json (${error instanceof Error ? error.message : String(error)})`,
+    );
   }
-  if (!Array.isArray(json.weightsManifest)) throw new UserError(`model.weights: ${shown} has no weightsManifest; expected a tfjs model.json`);
+  if (!Array.isArray(json.weightsManifest))
+    throw new UserError(`model.weights: ${shown} has no weightsManifest; expected a tfjs model.json`);
   return json.weightsManifest;
 }
 
 function refuseShard(shown: string, shard: string): UserError {
-  return new UserError(`model.weights: ${shown}: weight shard path ${JSON.stringify(shard)} leaves the model.json's folder; shards must sit beside it`);
+  return new UserError(
+    `model.weights: ${shown}: weight shard path ${JSON.stringify(shard)} leaves the model.json's folder; shards must sit beside it`,
+  );
 }
 
 /** A shard path of a model.json resolved inside its folder, or refused. */
-export function shardPathInside(folder: string, shard: string, shown: string): string {
+function shardPathInside(folder: string, shard: string, shown: string): string {
   const resolved = path.resolve(folder, shard);
   if (path.isAbsolute(shard) || !resolved.startsWith(path.resolve(folder) + path.sep)) throw refuseShard(shown, shard);
   return resolved;
@@ -123,14 +144,22 @@ export function shardPathInside(folder: string, shard: string, shown: string): s
 export function shardUrlInside(modelUrl: string, shard: string, shown: string): string {
   const folder = new URL('.', modelUrl);
   const resolved = new URL(shard, modelUrl);
-  if (/^[a-z][\w+.-]*:/i.test(shard) || resolved.origin !== folder.origin || !resolved.pathname.startsWith(folder.pathname)) throw refuseShard(shown, shard);
+  if (
+    /^[a-z][\w+.-]*:/i.test(shard) ||
+    resolved.origin !== folder.origin ||
+    !resolved.pathname.startsWith(folder.pathname)
+  )
+    throw refuseShard(shown, shard);
   return resolved.toString();
 }
 
 /** A tfjs model.json (layers model) and its shards beside it. */
 export async function readTfjsModelJson(file: string): Promise<WeightMap> {
   const folder = path.dirname(file);
-  return decodeManifest(readManifest(file, file), async (name) => new Uint8Array(fs.readFileSync(shardPathInside(folder, name, file))));
+  return decodeManifest(
+    readManifest(file, file),
+    async (name) => new Uint8Array(fs.readFileSync(shardPathInside(folder, name, file))),
+  );
 }
 
 /** A remote tfjs model.json: it and its shards are downloaded into the cache. */
@@ -139,7 +168,11 @@ async function readRemoteTfjsModelJson(url: string, options: LoadWeightsOptions)
   const shown = redactUrl(url);
   const manifest = await downloadToCache(url, { cacheDir, log: options.log, what: 'model.weights' });
   return decodeManifest(readManifest(manifest.file, shown), async (name) => {
-    const shard = await downloadToCache(shardUrlInside(url, name, shown), { cacheDir, log: options.log, what: 'model.weights' });
+    const shard = await downloadToCache(shardUrlInside(url, name, shown), {
+      cacheDir,
+      log: options.log,
+      what: 'model.weights',
+    });
     return new Uint8Array(fs.readFileSync(shard.file));
   });
 }
@@ -180,7 +213,13 @@ export interface LoadWeightsOptions {
 
 async function localOrDownloaded(spec: string, options: LoadWeightsOptions): Promise<string> {
   if (/^https?:\/\//.test(spec) || spec.startsWith('file:') || spec.startsWith(artifactScheme)) {
-    return (await downloadToCache(spec, { cacheDir: resolveCacheDir(options.cacheDir), log: options.log, what: 'model.weights' })).file;
+    return (
+      await downloadToCache(spec, {
+        cacheDir: resolveCacheDir(options.cacheDir),
+        log: options.log,
+        what: 'model.weights',
+      })
+    ).file;
   }
   const file = path.resolve(options.baseDir, spec);
   if (!fs.existsSync(file)) throw new UserError(`model.weights: ${spec}: file not found`);
@@ -188,27 +227,54 @@ async function localOrDownloaded(spec: string, options: LoadWeightsOptions): Pro
 }
 
 /** Resolves `model.weights` to named weights (undefined for `none`). */
-export async function loadPretrainedWeights(spec: string, options: LoadWeightsOptions): Promise<{ weights?: WeightMap; source: WeightsSource }> {
+export async function loadPretrainedWeights(
+  spec: string,
+  options: LoadWeightsOptions,
+): Promise<{ weights?: WeightMap; source: WeightsSource }> {
   const log = options.log ?? silentLogger;
   if (spec === 'none') return { source: { spec } };
   if (spec === 'npm:nsfwjs') {
     const { base, alpha } = options.model;
-    if (base !== 'mobilenet_v2' || alpha !== 1.0) throw new UserError(`model.weights: npm:nsfwjs is a MobileNetV2 with alpha 1.0; found base ${base}, alpha ${alpha}`);
-    return { weights: await readNsfwjsMobileNetV2(), source: { spec, note: 'nsfwjs MobileNetV2 (alpha 1.0): blocks 0-10 ImageNet, upper blocks tuned for its own task' } };
+    if (base !== 'mobilenet_v2' || alpha !== 1.0)
+      throw new UserError(
+        `model.weights: npm:nsfwjs is a MobileNetV2 with alpha 1.0; found base ${base}, alpha ${alpha}`,
+      );
+    return {
+      weights: await readNsfwjsMobileNetV2(),
+      source: {
+        spec,
+        note: 'nsfwjs MobileNetV2 (alpha 1.0): blocks 0-10 ImageNet, upper blocks tuned for its own task',
+      },
+    };
   }
   if (spec === 'imagenet') {
     const { base, alpha } = options.model;
     const file = imagenetWeightsFile(options.model, options.imageSize);
-    if (!file) throw new UserError(`model.weights: Keras has no ImageNet weights for ${kerasApplicationOf(base)} at alpha ${alpha}${options.model.minimalistic ? ' (minimalistic)' : ''}`);
+    if (!file)
+      throw new UserError(
+        `model.weights: Keras has no ImageNet weights for ${kerasApplicationOf(base)} at alpha ${alpha}${options.model.minimalistic ? ' (minimalistic)' : ''}`,
+      );
     const [height, width] = options.imageSize;
     if (file.resolution !== undefined && (height !== width || height !== file.resolution)) {
-      log.warn({ imageSize: options.imageSize, resolution: file.resolution }, `Keras's ImageNet weights for this base were trained at ${file.resolution}x${file.resolution}; using them at ${height}x${width} (conv weights work at any size)`);
+      log.warn(
+        { imageSize: options.imageSize, resolution: file.resolution },
+        `Keras's ImageNet weights for this base were trained at ${file.resolution}x${file.resolution}; using them at ${height}x${width} (conv weights work at any size)`,
+      );
     }
-    const downloaded = await downloadToCache(file.url, { cacheDir: resolveCacheDir(options.cacheDir), md5: file.md5, log, what: 'model.weights' });
+    const downloaded = await downloadToCache(file.url, {
+      cacheDir: resolveCacheDir(options.cacheDir),
+      md5: file.md5,
+      log,
+      what: 'model.weights',
+    });
     return { weights: await readKerasH5(downloaded.file), source: { spec, file: file.url } };
   }
   if (spec.startsWith('npm:')) throw new UserError(`model.weights: ${spec}: unknown package; expected npm:nsfwjs`);
-  if (/^https?:\/\//.test(spec) && new URL(spec).pathname.toLowerCase().endsWith('.json')) return { weights: await readRemoteTfjsModelJson(spec, options), source: { spec: redactUrl(spec), file: redactUrl(spec) } };
+  if (/^https?:\/\//.test(spec) && new URL(spec).pathname.toLowerCase().endsWith('.json'))
+    return {
+      weights: await readRemoteTfjsModelJson(spec, options),
+      source: { spec: redactUrl(spec), file: redactUrl(spec) },
+    };
   const file = await localOrDownloaded(spec, options);
   const lower = file.toLowerCase();
   const source = { spec: redactUrl(spec), file: /^[a-z]+:/.test(spec) ? redactUrl(spec) : file };
@@ -271,7 +337,11 @@ function pairByOrder(model: LayersModel, weights: WeightMap): [LayerVariable, Na
  * name with another shape is an error naming the layer; `requireAll` makes missing ones
  * errors. Nothing is written unless every check passed.
  */
-export function assignWeights(model: LayersModel, weights: WeightMap, options: { requireAll: boolean; what: string }): { assigned: number; missing: string[]; byOrder: boolean } {
+export function assignWeights(
+  model: LayersModel,
+  weights: WeightMap,
+  options: { requireAll: boolean; what: string },
+): { assigned: number; missing: string[]; byOrder: boolean } {
   const missing: string[] = [];
   const pairs: [LayerVariable, NamedWeight][] = [];
   for (const [key, variable] of namedVariables(model)) {
@@ -281,7 +351,9 @@ export function assignWeights(model: LayersModel, weights: WeightMap, options: {
       continue;
     }
     if (found.shape.join(',') !== variable.shape.join(',')) {
-      throw new UserError(`${options.what}: layer ${key.slice(0, key.lastIndexOf('/'))}: weight ${key} has shape [${found.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
+      throw new UserError(
+        `${options.what}: layer ${key.slice(0, key.lastIndexOf('/'))}: weight ${key} has shape [${found.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`,
+      );
     }
     pairs.push([variable, found]);
   }
@@ -294,7 +366,10 @@ export function assignWeights(model: LayersModel, weights: WeightMap, options: {
       byOrder = true;
     }
   }
-  if (options.requireAll && missing.length > 0) throw new UserError(`${options.what}: no weights for ${missing.length} variable(s), e.g. ${missing.slice(0, 3).join(', ')}`);
+  if (options.requireAll && missing.length > 0)
+    throw new UserError(
+      `${options.what}: no weights for ${missing.length} variable(s), e.g. ${missing.slice(0, 3).join(', ')}`,
+    );
   for (const [variable, found] of pairs) {
     const value = tf.tensor(found.values, found.shape);
     variable.write(value);

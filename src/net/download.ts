@@ -74,11 +74,10 @@ export function fileNameOf(url: string): string {
 }
 
 /** Cache entry of a URL: keyed by URL and expected checksum, so a new checksum is a new entry. */
-export function cacheEntryOf(url: string, cacheDir: string, sha256?: string): string {
+function cacheEntryOf(url: string, cacheDir: string, sha256?: string): string {
   const key = sha256Hex(`${url}\n${sha256 ?? ''}`).slice(0, 20);
   return path.join(cacheDir, 'downloads', key, fileNameOf(url));
 }
-
 
 function tooLarge(what: string, url: string, bytes: number, maxBytes: number, known: boolean): UserError {
   return new UserError(
@@ -117,13 +116,24 @@ class IdleAbort {
 }
 
 /** The response to one request, or the reason to retry or give up (its body cancelled). */
-async function openResponse(url: string, headers: Record<string, string>, have: number, partFile: string, signal: AbortSignal): Promise<Response & { body: ReadableStream<Uint8Array> }> {
+async function openResponse(
+  url: string,
+  headers: Record<string, string>,
+  have: number,
+  partFile: string,
+  signal: AbortSignal,
+): Promise<Response & { body: ReadableStream<Uint8Array> }> {
   let response: Response;
   try {
-    response = await fetch(url, { headers: have > 0 ? { ...headers, Range: `bytes=${have}-` } : headers, signal, redirect: 'follow' });
+    response = await fetch(url, {
+      headers: have > 0 ? { ...headers, Range: `bytes=${have}-` } : headers,
+      signal,
+      redirect: 'follow',
+    });
   } catch (error) {
     const reason = redactText(errorMessage((error as { cause?: unknown }).cause ?? error));
-    if (isPermanentNetworkError(error)) throw new UserError(`download of ${redactUrl(url)} failed: cannot resolve the host (${reason})`);
+    if (isPermanentNetworkError(error))
+      throw new UserError(`download of ${redactUrl(url)} failed: cannot resolve the host (${reason})`);
     throw new RetryableError(`cannot connect: ${reason}`);
   }
   if (response.status === 416 && have > 0) {
@@ -142,7 +152,14 @@ async function openResponse(url: string, headers: Record<string, string>, have: 
 }
 
 /** Streams the body into the partial file from `start`; true when it grew over the limit (the file is then removed). */
-async function receiveBody(response: Response & { body: ReadableStream<Uint8Array> }, partFile: string, start: number, total: number | undefined, idle: IdleAbort, settings: AttemptSettings): Promise<{ received: number; over: boolean }> {
+async function receiveBody(
+  response: Response & { body: ReadableStream<Uint8Array> },
+  partFile: string,
+  start: number,
+  total: number | undefined,
+  idle: IdleAbort,
+  settings: AttemptSettings,
+): Promise<{ received: number; over: boolean }> {
   let received = start;
   let over = false;
   const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
@@ -159,7 +176,9 @@ async function receiveBody(response: Response & { body: ReadableStream<Uint8Arra
       if (!out.write(chunk)) await once(out, 'drain');
     }
   } catch (error) {
-    throw new RetryableError(`transfer interrupted after ${received} bytes: ${redactText(errorMessage(idle.controller.signal.reason ?? error))}`);
+    throw new RetryableError(
+      `transfer interrupted after ${received} bytes: ${redactText(errorMessage(idle.controller.signal.reason ?? error))}`,
+    );
   } finally {
     idle.stop();
     // Flush what arrived, even after an error: the next attempt resumes from it.
@@ -173,7 +192,13 @@ async function receiveBody(response: Response & { body: ReadableStream<Uint8Arra
 }
 
 /** One HTTP attempt: appends to the partial file when the server honours Range. */
-async function attempt(url: string, headers: Record<string, string>, partFile: string, settings: AttemptSettings, log: Logger): Promise<void> {
+async function attempt(
+  url: string,
+  headers: Record<string, string>,
+  partFile: string,
+  settings: AttemptSettings,
+  log: Logger,
+): Promise<void> {
   const have = fs.existsSync(partFile) ? fs.statSync(partFile).size : 0;
   const idle = new IdleAbort(settings.idleTimeoutMs);
   let response: Response & { body: ReadableStream<Uint8Array> };
@@ -196,7 +221,8 @@ async function attempt(url: string, headers: Record<string, string>, partFile: s
   }
   const { received, over } = await receiveBody(response, partFile, start, total, idle, settings);
   if (over) throw tooLarge(settings.what, url, received, settings.maxBytes, false);
-  if (total !== undefined && received !== total) throw new RetryableError(`truncated body: got ${received} of ${total} bytes`);
+  if (total !== undefined && received !== total)
+    throw new RetryableError(`truncated body: got ${received} of ${total} bytes`);
 }
 
 async function copyLocal(url: string, partFile: string, settings: AttemptSettings): Promise<void> {
@@ -208,7 +234,13 @@ async function copyLocal(url: string, partFile: string, settings: AttemptSetting
 }
 
 /** The HTTP download into partFile, attempt after attempt (resumed with Range) until it is whole or cannot be. */
-async function fetchWithRetries(url: string, partFile: string, settings: AttemptSettings, options: DownloadOptions, log: Logger): Promise<void> {
+async function fetchWithRetries(
+  url: string,
+  partFile: string,
+  settings: AttemptSettings,
+  options: DownloadOptions,
+  log: Logger,
+): Promise<void> {
   const source = httpSourceOf(url, settings.what);
   const retries = options.retries ?? 4;
   for (let attemptNo = 0; ; attemptNo++) {
@@ -218,11 +250,15 @@ async function fetchWithRetries(url: string, partFile: string, settings: Attempt
       return;
     } catch (error) {
       if (!(error instanceof RetryableError) || attemptNo >= retries) {
-        if (error instanceof RetryableError) throw new UserError(`download of ${redactUrl(url)} failed after ${attemptNo + 1} attempts: ${error.message}`);
+        if (error instanceof RetryableError)
+          throw new UserError(`download of ${redactUrl(url)} failed after ${attemptNo + 1} attempts: ${error.message}`);
         throw error;
       }
       const delay = error.retryAfterMs ?? backoffDelay(options.backoffMs ?? 500, attemptNo);
-      log.warn({ url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) }, 'download failed; retrying');
+      log.warn(
+        { url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) },
+        'download failed; retrying',
+      );
       await sleep(delay);
     }
   }
@@ -239,12 +275,20 @@ function httpSourceOf(url: string, what: string): { url: string; headers: Record
 }
 
 /** The cached file, if present and still the bytes recorded when it was downloaded. */
-async function verifiedCacheHit(file: string, checksumFile: string, log: Logger, url: string): Promise<Downloaded | undefined> {
+async function verifiedCacheHit(
+  file: string,
+  checksumFile: string,
+  log: Logger,
+  url: string,
+): Promise<Downloaded | undefined> {
   if (!fs.existsSync(file) || !fs.existsSync(checksumFile)) return undefined;
   const recorded = fs.readFileSync(checksumFile, 'utf8').trim();
   const actual = await sha256OfFile(file);
   if (actual !== recorded) {
-    log.warn({ url: redactUrl(url), file }, 'the cached download no longer matches the sha256 recorded when it was downloaded; fetching it again');
+    log.warn(
+      { url: redactUrl(url), file },
+      'the cached download no longer matches the sha256 recorded when it was downloaded; fetching it again',
+    );
     fs.rmSync(file, { force: true });
     fs.rmSync(checksumFile, { force: true });
     return undefined;
@@ -267,14 +311,19 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
   fs.mkdirSync(entry, { recursive: true });
   const lock = await FolderLock.acquireWhenFree(entry, `download cache entry ${entry}`, {
     timeoutMs: options.waitForOtherMs ?? 6 * 60 * 60_000,
-    onWait: (owner) => log.info({ url: redactUrl(url), pid: owner?.pid }, 'another process is downloading this file; waiting for it'),
-    onTakeover: (owner, reason) => log.warn({ entry, pid: owner?.pid }, `taking over the download left by a stopped process (${reason})`),
+    onWait: (owner) =>
+      log.info({ url: redactUrl(url), pid: owner?.pid }, 'another process is downloading this file; waiting for it'),
+    onTakeover: (owner, reason) =>
+      log.warn({ entry, pid: owner?.pid }, `taking over the download left by a stopped process (${reason})`),
   });
   try {
     removeDeadTemps(entry);
     const hit = await verifiedCacheHit(file, checksumFile, log, url);
     if (hit) {
-      if (options.sha256 && hit.sha256 !== options.sha256) throw new UserError(`${what}: the cached download of ${redactUrl(url)} has sha256 ${hit.sha256}, expected ${options.sha256}`);
+      if (options.sha256 && hit.sha256 !== options.sha256)
+        throw new UserError(
+          `${what}: the cached download of ${redactUrl(url)} has sha256 ${hit.sha256}, expected ${options.sha256}`,
+        );
       return hit;
     }
     const partFile = `${file}.part`;
@@ -289,13 +338,17 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
     const sha256 = await sha256OfFile(partFile);
     if (options.sha256 && sha256 !== options.sha256) {
       fs.rmSync(partFile, { force: true });
-      throw new UserError(`${what}: the download of ${redactUrl(url)} has sha256 ${sha256}, expected ${options.sha256}; the file was discarded`);
+      throw new UserError(
+        `${what}: the download of ${redactUrl(url)} has sha256 ${sha256}, expected ${options.sha256}; the file was discarded`,
+      );
     }
     if (options.md5) {
       const md5 = await digestOfFile(partFile, 'md5');
       if (md5 !== options.md5) {
         fs.rmSync(partFile, { force: true });
-        throw new UserError(`${what}: the download of ${redactUrl(url)} has md5 ${md5}, expected ${options.md5}; the file was discarded`);
+        throw new UserError(
+          `${what}: the download of ${redactUrl(url)} has md5 ${md5}, expected ${options.md5}; the file was discarded`,
+        );
       }
     }
     fsyncFile(partFile);
@@ -307,4 +360,3 @@ export async function downloadToCache(url: string, options: DownloadOptions): Pr
     lock.release();
   }
 }
-

@@ -17,21 +17,34 @@ export function authHeader(env: NodeJS.ProcessEnv, url: URL): string | undefined
 }
 
 /** The artifact path of an `mlflow-artifacts:` URI, checked: relative segments only, no `..`. */
-export function artifactPathOf(uri: string): string {
+function artifactPathOf(uri: string): string {
   const rest = uri.slice(artifactScheme.length).replace(/^\/+/, '');
   const segments = rest.split('/');
-  if (!rest || segments.some((segment) => segment === '' || segment === '.' || segment === '..' || segment.includes('\\'))) throw new Error(`${uri}: expected mlflow-artifacts:/<path> with plain path segments`);
+  if (
+    !rest ||
+    segments.some((segment) => segment === '' || segment === '.' || segment === '..' || segment.includes('\\'))
+  )
+    throw new Error(`${uri}: expected mlflow-artifacts:/<path> with plain path segments`);
   return segments.join('/');
 }
 
 /** Where to fetch an `mlflow-artifacts:` URI, and with which headers, from the tracking server in `env`. */
-export function resolveArtifactUri(uri: string, env: NodeJS.ProcessEnv = process.env): { url: string; headers: Record<string, string> } {
+export function resolveArtifactUri(
+  uri: string,
+  env: NodeJS.ProcessEnv = process.env,
+): { url: string; headers: Record<string, string> } {
   const trackingUri = env.MLFLOW_TRACKING_URI;
-  if (!trackingUri || !/^https?:\/\//.test(trackingUri)) throw new Error(`${uri}: an mlflow-artifacts: URI is read through the tracking server; set MLFLOW_TRACKING_URI to its http(s) URL`);
+  if (!trackingUri || !/^https?:\/\//.test(trackingUri))
+    throw new Error(
+      `${uri}: an mlflow-artifacts: URI is read through the tracking server; set MLFLOW_TRACKING_URI to its http(s) URL`,
+    );
   const server = new URL(trackingUri.replace(/\/+$/, ''));
   const auth = authHeader(env, server);
   server.username = '';
   server.password = '';
   const encoded = artifactPathOf(uri).split('/').map(encodeURIComponent).join('/');
-  return { url: `${server.toString().replace(/\/+$/, '')}/api/2.0/mlflow-artifacts/artifacts/${encoded}`, headers: auth ? { Authorization: auth } : {} };
+  return {
+    url: `${server.toString().replace(/\/+$/, '')}/api/2.0/mlflow-artifacts/artifacts/${encoded}`,
+    headers: auth ? { Authorization: auth } : {},
+  };
 }

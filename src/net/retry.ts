@@ -23,6 +23,7 @@ export function sleep(ms: number): Promise<void> {
 
 /** Network errors that another attempt cannot fix: the host name does not resolve. */
 export function isPermanentNetworkError(error: unknown): boolean {
-  const code = (error as { code?: string; cause?: { code?: string } })?.cause?.code ?? (error as { code?: string })?.code;
+  const code =
+    (error as { code?: string; cause?: { code?: string } })?.cause?.code ?? (error as { code?: string })?.code;
   return code === 'ENOTFOUND';
 }

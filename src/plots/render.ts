@@ -8,7 +8,7 @@ import { writeFileAtomic } from '../core/files.ts';
  * Charts are Vega-Lite specs rendered to SVG by Vega, then to PNG by resvg: a charting
  * library draws them, not hand-placed pixels.
  */
-export async function renderVegaLiteSvg(spec: TopLevelSpec): Promise<string> {
+async function renderVegaLiteSvg(spec: TopLevelSpec): Promise<string> {
   const compiled = vegaLite.compile(spec).spec;
   const view = new vega.View(vega.parse(compiled), { renderer: 'none' });
   try {
@@ -18,7 +18,7 @@ export async function renderVegaLiteSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-export function svgToPng(svg: string, scale = 2): Buffer {
+function svgToPng(svg: string, scale = 2): Buffer {
   const resvg = new Resvg(svg, {
     fitTo: { mode: 'zoom', value: scale },
     background: 'white',

@@ -23,22 +23,36 @@ async function encode(tensors: NamedTensor[]): Promise<{ data: Uint8Array; specs
   return { data: new Uint8Array(data as ArrayBuffer), specs };
 }
 
-export type CheckpointInfo = Omit<CheckpointMeta, 'weights' | 'optimizer' | 'phase_complete' | 'callbacks'> & Partial<Pick<CheckpointMeta, 'phase_complete' | 'callbacks'>>;
+export type CheckpointInfo = Omit<CheckpointMeta, 'weights' | 'optimizer' | 'phase_complete' | 'callbacks'> &
+  Partial<Pick<CheckpointMeta, 'phase_complete' | 'callbacks'>>;
 
-export async function writeCheckpoint(target: string, model: LayersModel, optimizer: Optimizer | undefined, info: CheckpointInfo): Promise<void> {
+export async function writeCheckpoint(
+  target: string,
+  model: LayersModel,
+  optimizer: Optimizer | undefined,
+  info: CheckpointInfo,
+): Promise<void> {
   const weights = await encode(namedVariables(model).map(([name, variable]) => ({ name, tensor: variable.read() })));
   const optimizerWeights = optimizer ? await optimizer.getWeights() : [];
   const optimizerState = await encode(optimizerWeights);
   // getWeights() returns the optimizer's variables and a new scalar (its iteration count): release the latter.
   tf.dispose(optimizerWeights.map((w) => w.tensor).filter((tensor) => !(tensor instanceof tf.Variable)));
-  const meta: CheckpointMeta = { phase_complete: false, callbacks: {}, ...info, weights: weights.specs as CheckpointMeta['weights'], optimizer: optimizerState.specs as CheckpointMeta['optimizer'] };
+  const meta: CheckpointMeta = {
+    phase_complete: false,
+    callbacks: {},
+    ...info,
+    weights: weights.specs as CheckpointMeta['weights'],
+    optimizer: optimizerState.specs as CheckpointMeta['optimizer'],
+  };
   const temp = tempPathFor(target);
   fs.mkdirSync(temp, { recursive: true });
   try {
     const what = `the checkpoint ${path.basename(target)} (epoch ${info.epoch})`;
     writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'weights.bin'), weights.data));
     writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'optimizer.bin'), optimizerState.data));
-    writingTo(target, what, () => fs.writeFileSync(path.join(temp, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`));
+    writingTo(target, what, () =>
+      fs.writeFileSync(path.join(temp, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`),
+    );
     killPoint('checkpoint.written');
     installFolder(temp, target, 'checkpoint');
   } catch (error) {
@@ -59,7 +73,10 @@ export function findCheckpoint(target: string): string | undefined {
 export function readCheckpointMeta(dir: string): CheckpointMeta {
   const file = path.join(dir, 'checkpoint.json');
   const parsed = CheckpointMeta.safeParse(readJsonFile(file, 'a tlx checkpoint description'));
-  if (!parsed.success) throw new CorruptFileError(`${file}: not a tlx checkpoint: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`);
+  if (!parsed.success)
+    throw new CorruptFileError(
+      `${file}: not a tlx checkpoint: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`,
+    );
   return parsed.data;
 }
 
@@ -70,10 +87,16 @@ function expectedBytes(specs: ManifestEntry[]): number {
 /** The checkpoint's description, once its files are whole (each .bin the size its manifest says); a CorruptFileError naming the file otherwise. */
 export function readIntactCheckpoint(dir: string): CheckpointMeta {
   const meta = readCheckpointMeta(dir);
-  for (const [name, specs] of [['weights.bin', meta.weights], ['optimizer.bin', meta.optimizer]] as const) {
+  for (const [name, specs] of [
+    ['weights.bin', meta.weights],
+    ['optimizer.bin', meta.optimizer],
+  ] as const) {
     const file = path.join(dir, name);
     const bytes = fs.statSync(file).size;
-    if (bytes !== expectedBytes(specs as ManifestEntry[])) throw new CorruptFileError(`${file}: ${bytes} bytes, expected ${expectedBytes(specs as ManifestEntry[])} for the variables its checkpoint.json lists`);
+    if (bytes !== expectedBytes(specs as ManifestEntry[]))
+      throw new CorruptFileError(
+        `${file}: ${bytes} bytes, expected ${expectedBytes(specs as ManifestEntry[])} for the variables its checkpoint.json lists`,
+      );
   }
   return meta;
 }
@@ -81,8 +104,14 @@ export function readIntactCheckpoint(dir: string): CheckpointMeta {
 function decode(file: string, specs: ManifestEntry[]): Record<string, Tensor> {
   const bytes = fs.readFileSync(file);
   const expected = expectedBytes(specs);
-  if (bytes.byteLength !== expected) throw new CorruptFileError(`${file}: ${bytes.byteLength} bytes, expected ${expected} for the variables its checkpoint.json lists`);
-  return tf.io.decodeWeights(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength), specs) as Record<string, Tensor>;
+  if (bytes.byteLength !== expected)
+    throw new CorruptFileError(
+      `${file}: ${bytes.byteLength} bytes, expected ${expected} for the variables its checkpoint.json lists`,
+    );
+  return tf.io.decodeWeights(
+    bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength),
+    specs,
+  ) as Record<string, Tensor>;
 }
 
 /** Restores every model variable by key; returns the checkpoint's description. */
@@ -115,4 +144,3 @@ export function copyCheckpoint(from: string, target: string): void {
   fs.cpSync(from, temp, { recursive: true });
   installFolder(temp, target);
 }
-

@@ -8,7 +8,11 @@ import type { EpochRecord as EngineEpochRecord } from '../train/engine.ts';
  * layout; python/ reads checkpoints by the same rules (CheckpointMeta below).
  */
 
-export const PhaseOutcome = z.object({ stopped_early: z.boolean(), restored_best_epoch: z.number().int().optional(), last_epoch: z.number().int() });
+export const PhaseOutcome = z.object({
+  stopped_early: z.boolean(),
+  restored_best_epoch: z.number().int().optional(),
+  last_epoch: z.number().int(),
+});
 export type PhaseOutcome = z.infer<typeof PhaseOutcome>;
 
 export const RunStatus = z.enum(['RUNNING', 'FINISHED', 'FAILED', 'KILLED']);
@@ -63,7 +67,7 @@ export const EpochRecord: z.ZodType<EngineEpochRecord> = z.object({
 });
 export type EpochRecord = EngineEpochRecord;
 
-export const SkippedFile = z.object({ file: z.string(), reason: z.string() });
+const SkippedFile = z.object({ file: z.string(), reason: z.string() });
 
 /** dataset.json: what the run trained on. */
 export const DatasetJson = z.object({
@@ -83,11 +87,20 @@ export const DatasetJson = z.object({
 });
 export type DatasetJson = z.infer<typeof DatasetJson>;
 
-const Tensor = z.object({ name: z.string(), shape: z.array(z.number()), dtype: z.string(), quantization: z.object({ scale: z.number(), zero_point: z.number() }) });
+const Tensor = z.object({
+  name: z.string(),
+  shape: z.array(z.number()),
+  dtype: z.string(),
+  quantization: z.object({ scale: z.number(), zero_point: z.number() }),
+});
 
 /** One exported TFLite model, as summary.json and model-card.json record it. */
 /** Which epoch's weights a run evaluated, saved and exported: its last, or its best by validation accuracy (train.restore_best_weights). */
-export const FinalWeights = z.object({ epoch: z.number().int(), last_epoch: z.number().int(), selected_by: z.enum(['last_epoch', 'best_val_accuracy']) });
+export const FinalWeights = z.object({
+  epoch: z.number().int(),
+  last_epoch: z.number().int(),
+  selected_by: z.enum(['last_epoch', 'best_val_accuracy']),
+});
 export type FinalWeights = z.infer<typeof FinalWeights>;
 
 /**
@@ -197,7 +210,11 @@ export const RunSummary = z
         .optional(),
       best_val_accuracy: z.number().optional(),
     }),
-    test_report: z.array(z.object({ class: z.string(), precision: z.number(), recall: z.number(), f1: z.number(), support: z.number() })).optional(),
+    test_report: z
+      .array(
+        z.object({ class: z.string(), precision: z.number(), recall: z.number(), f1: z.number(), support: z.number() }),
+      )
+      .optional(),
     confusion_matrix: z.array(z.array(z.number())).optional(),
     artifacts: z.record(z.string(), z.string()),
     seconds: z.number(),
@@ -206,7 +223,15 @@ export const RunSummary = z
      * Memory in MiB: the process's RSS when training was estimated (before its first batch),
      * the peak estimated then, the process's measured peak, and the limit it was held to.
      */
-    memory: z.object({ resident_mb: z.number(), estimated_peak_mb: z.number(), peak_rss_mb: z.number(), limit_mb: z.number(), limit_source: z.string() }).optional(),
+    memory: z
+      .object({
+        resident_mb: z.number(),
+        estimated_peak_mb: z.number(),
+        peak_rss_mb: z.number(),
+        limit_mb: z.number(),
+        limit_source: z.string(),
+      })
+      .optional(),
     export: z
       .object({
         tflite: TfliteRecord.optional(),
@@ -218,7 +243,13 @@ export const RunSummary = z
 export type RunSummary = z.infer<typeof RunSummary>;
 
 /** Something a server refused for good (a 4xx other than auth): recorded, never retried. */
-export const Refusal = z.object({ kind: z.string(), item: z.string(), status: z.number().optional(), message: z.string(), at: z.string() });
+export const Refusal = z.object({
+  kind: z.string(),
+  item: z.string(),
+  status: z.number().optional(),
+  message: z.string(),
+  at: z.string(),
+});
 export type Refusal = z.infer<typeof Refusal>;
 
 /** What one MLflow server has of a run (or of a sweep's parent run). */
@@ -251,7 +282,12 @@ export type ServerState = z.infer<typeof ServerState>;
 export const MlflowJson = z.object({
   servers: z.record(z.string(), ServerState).default({}),
   /** Servers that failed before a run could even be created there. */
-  pending: z.record(z.string(), z.object({ synced: z.literal(false).default(false), last_error: z.string(), updated: z.string() })).default({}),
+  pending: z
+    .record(
+      z.string(),
+      z.object({ synced: z.literal(false).default(false), last_error: z.string(), updated: z.string() }),
+    )
+    .default({}),
 });
 export type MlflowJson = z.infer<typeof MlflowJson>;
 
@@ -301,7 +337,14 @@ export const SweepPlan = z.object({
   metric: z.string(),
   goal: z.enum(['max', 'min']),
   export: z.enum(['all', 'best', 'none']).default('all'),
-  trials: z.array(z.object({ trial: z.number().int(), assignments: z.record(z.string(), z.unknown()), config_sha256: z.string(), group: z.string() })),
+  trials: z.array(
+    z.object({
+      trial: z.number().int(),
+      assignments: z.record(z.string(), z.unknown()),
+      config_sha256: z.string(),
+      group: z.string(),
+    }),
+  ),
 });
 export type SweepPlan = z.infer<typeof SweepPlan>;
 

@@ -2,11 +2,32 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
 import { UserError } from '../core/errors.ts';
-import { appendLineDurably, CorruptFileError, findInstalled, readJsonFile, readJsonLines, removeDeadTemps, rewriteJsonLines, tempPathFor, truncateTornTail, writeFileAtomic, writeJsonAtomic, installFolder } from '../core/files.ts';
+import {
+  appendLineDurably,
+  CorruptFileError,
+  findInstalled,
+  readJsonFile,
+  readJsonLines,
+  removeDeadTemps,
+  rewriteJsonLines,
+  tempPathFor,
+  truncateTornTail,
+  writeFileAtomic,
+  writeJsonAtomic,
+  installFolder,
+} from '../core/files.ts';
 import { FolderLock, type AcquireOptions } from '../core/lock.ts';
 import { loadExperiment, resolvedConfigYaml } from '../config/load.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
-import { ClassifierJson, DatasetJson, EpochRecord, MlflowJson, RunJson, RunSummary, type TfliteRecord } from './records.ts';
+import {
+  ClassifierJson,
+  DatasetJson,
+  EpochRecord,
+  MlflowJson,
+  RunJson,
+  RunSummary,
+  type TfliteRecord,
+} from './records.ts';
 
 /**
  * The run folder: the source of truth of a run, written before anything is sent anywhere.
@@ -33,10 +54,15 @@ import { ClassifierJson, DatasetJson, EpochRecord, MlflowJson, RunJson, RunSumma
 export type CheckpointName = 'last' | 'best' | 'feature_extraction' | 'early_stopping';
 const checkpointNames: CheckpointName[] = ['last', 'best', 'feature_extraction', 'early_stopping'];
 
-const copyEntryPattern = /^(run\.json|config\.yaml|dataset\.json|labels\.txt|metrics\.jsonl|mlflow\.json|summary\.json|model\.tflite|model-card\.json|model-card\.md|log\.jsonl|plots\/[\w.-]+\.png|checkpoints\/(last|best|feature_extraction|early_stopping)|model|tflite-[a-z0-9]+)$/;
+const copyEntryPattern =
+  /^(run\.json|config\.yaml|dataset\.json|labels\.txt|metrics\.jsonl|mlflow\.json|summary\.json|model\.tflite|model-card\.json|model-card\.md|log\.jsonl|plots\/[\w.-]+\.png|checkpoints\/(last|best|feature_extraction|early_stopping)|model|tflite-[a-z0-9]+)$/;
 
 function timestamp(date: Date): string {
-  return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, '').replace('T', '-');
+  return date
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, '')
+    .replace('T', '-');
 }
 
 /** A new run id: time, experiment name, a random suffix (sortable, unique, readable). */
@@ -165,8 +191,14 @@ export class RunFolder {
 
   /** Removes temp files and folders that dead processes left (interrupted checkpoints, exports). */
   removeDeadTemps(): string[] {
-    const removed = [...removeDeadTemps(this.dir), ...removeDeadTemps(this.file('checkpoints')), ...removeDeadTemps(this.file('plots'))];
-    if (fs.existsSync(this.dir)) for (const name of fs.readdirSync(this.dir)) if (name.startsWith('tflite-')) removed.push(...removeDeadTemps(this.file(name)));
+    const removed = [
+      ...removeDeadTemps(this.dir),
+      ...removeDeadTemps(this.file('checkpoints')),
+      ...removeDeadTemps(this.file('plots')),
+    ];
+    if (fs.existsSync(this.dir))
+      for (const name of fs.readdirSync(this.dir))
+        if (name.startsWith('tflite-')) removed.push(...removeDeadTemps(this.file(name)));
     return removed;
   }
 
@@ -184,13 +216,17 @@ export class RunFolder {
   // ---- config.yaml -------------------------------------------------------------------
 
   writeConfig(config: ResolvedExperiment): void {
-    writeFileAtomic(this.file('config.yaml'), `# The resolved config of this run (defaults filled, extends and --set applied; URLs without secrets)\n${resolvedConfigYaml(config)}`);
+    writeFileAtomic(
+      this.file('config.yaml'),
+      `# The resolved config of this run (defaults filled, extends and --set applied; URLs without secrets)\n${resolvedConfigYaml(config)}`,
+    );
   }
 
   /** The resolved config, validated against the schema like any experiment file. */
   readConfig(): ResolvedExperiment {
     const file = this.file('config.yaml');
-    if (fs.readFileSync(file, 'utf8').trim().length === 0) throw new CorruptFileError(`${file}: the file is empty; expected the run's resolved config`);
+    if (fs.readFileSync(file, 'utf8').trim().length === 0)
+      throw new CorruptFileError(`${file}: the file is empty; expected the run's resolved config`);
     return loadExperiment(file).config;
   }
 
@@ -200,8 +236,13 @@ export class RunFolder {
   readMetrics(): MetricsRead {
     const file = this.file('metrics.jsonl');
     const read = readJsonLines(file, (value) => EpochRecord.parse(value));
-    const problems = read.bad.map((bad) => `metrics.jsonl line ${bad.line} is not a valid epoch record (${bad.reason}); it is ignored`);
-    if (read.tornTail !== undefined) problems.push(`metrics.jsonl ends with a torn line (${read.tornTail.length} bytes, a crash or a full disk); it is ignored`);
+    const problems = read.bad.map(
+      (bad) => `metrics.jsonl line ${bad.line} is not a valid epoch record (${bad.reason}); it is ignored`,
+    );
+    if (read.tornTail !== undefined)
+      problems.push(
+        `metrics.jsonl ends with a torn line (${read.tornTail.length} bytes, a crash or a full disk); it is ignored`,
+      );
     return { records: read.records, problems };
   }
 
@@ -346,10 +387,21 @@ export class RunFolder {
   /** Files of the run that go to MLflow as artifacts, relative to the run folder. */
   artifactFiles(): string[] {
     const files: string[] = [];
-    for (const name of ['config.yaml', 'metrics.jsonl', 'summary.json', 'labels.txt', 'model.tflite', 'model-card.json', 'model-card.md', 'dataset.json']) if (this.exists(name)) files.push(name);
+    for (const name of [
+      'config.yaml',
+      'metrics.jsonl',
+      'summary.json',
+      'labels.txt',
+      'model.tflite',
+      'model-card.json',
+      'model-card.md',
+      'dataset.json',
+    ])
+      if (this.exists(name)) files.push(name);
     for (const dir of fs.existsSync(this.dir) ? fs.readdirSync(this.dir).sort() : []) {
       if (dir === 'plots' || dir.startsWith('tflite-')) {
-        for (const name of fs.readdirSync(this.file(dir)).sort()) if (!name.includes('.tmp-')) files.push(`${dir}/${name}`);
+        for (const name of fs.readdirSync(this.file(dir)).sort())
+          if (!name.includes('.tmp-')) files.push(`${dir}/${name}`);
       }
     }
     return files;
@@ -364,15 +416,35 @@ export class RunFolder {
    * with every line: it goes with the final copy only.
    */
   copyEntries(options: { withLog: boolean }): { name: string; path: string; folder: boolean }[] {
-    const files = ['run.json', 'config.yaml', 'dataset.json', 'labels.txt', 'metrics.jsonl', 'mlflow.json', 'summary.json', 'model.tflite', 'model-card.json', 'model-card.md', ...(options.withLog ? ['log.jsonl'] : [])];
-    const entries = files.filter((name) => this.exists(name)).map((name) => ({ name, path: this.file(name), folder: false }));
-    if (this.exists('plots')) for (const name of fs.readdirSync(this.file('plots')).sort()) if (!name.includes('.tmp-')) entries.push({ name: `plots/${name}`, path: this.file('plots', name), folder: false });
+    const files = [
+      'run.json',
+      'config.yaml',
+      'dataset.json',
+      'labels.txt',
+      'metrics.jsonl',
+      'mlflow.json',
+      'summary.json',
+      'model.tflite',
+      'model-card.json',
+      'model-card.md',
+      ...(options.withLog ? ['log.jsonl'] : []),
+    ];
+    const entries = files
+      .filter((name) => this.exists(name))
+      .map((name) => ({ name, path: this.file(name), folder: false }));
+    if (this.exists('plots'))
+      for (const name of fs.readdirSync(this.file('plots')).sort())
+        if (!name.includes('.tmp-'))
+          entries.push({ name: `plots/${name}`, path: this.file('plots', name), folder: false });
     for (const name of checkpointNames) {
-      const installed = findInstalled(this.checkpoint(name), (dir) => ['checkpoint.json', 'weights.bin', 'optimizer.bin'].every((file) => fs.existsSync(path.join(dir, file))));
+      const installed = findInstalled(this.checkpoint(name), (dir) =>
+        ['checkpoint.json', 'weights.bin', 'optimizer.bin'].every((file) => fs.existsSync(path.join(dir, file))),
+      );
       if (installed) entries.push({ name: `checkpoints/${name}`, path: installed, folder: true });
     }
     for (const name of fs.readdirSync(this.dir).sort()) {
-      if ((name === 'model' || /^tflite-[a-z0-9]+$/.test(name)) && fs.statSync(this.file(name)).isDirectory()) entries.push({ name, path: this.file(name), folder: true });
+      if ((name === 'model' || /^tflite-[a-z0-9]+$/.test(name)) && fs.statSync(this.file(name)).isDirectory())
+        entries.push({ name, path: this.file(name), folder: true });
     }
     return entries;
   }

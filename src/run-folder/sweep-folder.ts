@@ -30,14 +30,27 @@ export class SweepFolder {
   /** The best trial and whether any failed, from results.json (undefined before the sweep ended). */
   readResults(): { best: { metric: string; value?: number; runId?: string }; failed: boolean } | undefined {
     if (!fs.existsSync(this.file('results.json'))) return undefined;
-    const results = readJsonFile(this.file('results.json')) as { metric: string; best_trial: number | null; best_run: string | null; trials: Record<string, unknown>[] };
+    const results = readJsonFile(this.file('results.json')) as {
+      metric: string;
+      best_trial: number | null;
+      best_run: string | null;
+      trials: Record<string, unknown>[];
+    };
     const best = results.trials.find((t) => t.trial === results.best_trial);
-    return { best: { metric: results.metric, value: best?.[results.metric] as number | undefined, runId: results.best_run ?? undefined }, failed: results.trials.some((t) => t.status === 'failed') };
+    return {
+      best: {
+        metric: results.metric,
+        value: best?.[results.metric] as number | undefined,
+        runId: results.best_run ?? undefined,
+      },
+      failed: results.trials.some((t) => t.status === 'failed'),
+    };
   }
 
   static open(runsDir: string, sweepId: string): SweepFolder {
     const folder = SweepFolder.at(runsDir, sweepId);
-    if (!fs.existsSync(path.join(folder.dir, 'plan.json'))) throw new UserError(`sweep --resume: no sweep ${sweepId} under ${path.resolve(runsDir, 'sweeps')}`);
+    if (!fs.existsSync(path.join(folder.dir, 'plan.json')))
+      throw new UserError(`sweep --resume: no sweep ${sweepId} under ${path.resolve(runsDir, 'sweeps')}`);
     return folder;
   }
 
@@ -59,10 +72,20 @@ export class SweepFolder {
     this.folderLock = undefined;
   }
 
-  private read<T>(name: string, schema: { safeParse(value: unknown): { success: true; data: T } | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } } }): T {
+  private read<T>(
+    name: string,
+    schema: {
+      safeParse(
+        value: unknown,
+      ): { success: true; data: T } | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } };
+    },
+  ): T {
     const file = this.file(name);
     const parsed = schema.safeParse(readJsonFile(file));
-    if (!parsed.success) throw new CorruptFileError(`${file}: not a valid sweep ${name}: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`);
+    if (!parsed.success)
+      throw new CorruptFileError(
+        `${file}: not a valid sweep ${name}: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`,
+      );
     return parsed.data;
   }
 
@@ -83,7 +106,9 @@ export class SweepFolder {
   }
 
   readMlflow(): MlflowJson {
-    return fs.existsSync(this.file('mlflow.json')) ? this.read('mlflow.json', MlflowJson) : { servers: {}, pending: {} };
+    return fs.existsSync(this.file('mlflow.json'))
+      ? this.read('mlflow.json', MlflowJson)
+      : { servers: {}, pending: {} };
   }
 
   writeMlflow(state: MlflowJson): void {

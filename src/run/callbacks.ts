@@ -41,14 +41,23 @@ export class RunRecorder implements Callback {
   }
 
   async onEpochEnd(record: EpochRecord): Promise<void> {
-    await writeCheckpoint(this.folder.checkpoint('last'), this.model, this.optimizer, { epoch: record.epoch, phase: record.phase, record, callbacks: this.callbackState() });
+    await writeCheckpoint(this.folder.checkpoint('last'), this.model, this.optimizer, {
+      epoch: record.epoch,
+      phase: record.phase,
+      record,
+      callbacks: this.callbackState(),
+    });
     killPoint('epoch.checkpointed');
     this.folder.appendMetric(record);
     killPoint('epoch.recorded');
     this.lastRecord = record;
     if (record.val_accuracy > this.state.bestValAccuracy) {
       this.state.bestValAccuracy = record.val_accuracy;
-      await writeCheckpoint(this.folder.checkpoint('best'), this.model, undefined, { epoch: record.epoch, phase: record.phase, record });
+      await writeCheckpoint(this.folder.checkpoint('best'), this.model, undefined, {
+        epoch: record.epoch,
+        phase: record.phase,
+        record,
+      });
     }
   }
 
@@ -57,13 +66,23 @@ export class RunRecorder implements Callback {
     const outcome: PhaseOutcome = {
       stopped_early: end.stopReason === 'early_stopping',
       last_epoch: end.lastTrained,
-      ...(this.earlyStopping?.restoredEpoch !== undefined ? { restored_best_epoch: this.earlyStopping.restoredEpoch } : {}),
+      ...(this.earlyStopping?.restoredEpoch !== undefined
+        ? { restored_best_epoch: this.earlyStopping.restoredEpoch }
+        : {}),
     };
     // The weights as the phase leaves them (the best epoch's when early stopping restored them).
-    await writeCheckpoint(this.folder.checkpoint('last'), this.model, undefined, { epoch: end.lastTrained, phase: end.phase, record: this.lastRecord, phase_complete: true, outcome, callbacks: this.callbackState() });
+    await writeCheckpoint(this.folder.checkpoint('last'), this.model, undefined, {
+      epoch: end.lastTrained,
+      phase: end.phase,
+      record: this.lastRecord,
+      phase_complete: true,
+      outcome,
+      callbacks: this.callbackState(),
+    });
     killPoint('phase.complete');
     this.onOutcome?.(end.phase, outcome);
-    if (end.phase === 'feature_extraction') copyCheckpoint(this.folder.checkpoint('last'), this.folder.checkpoint('feature_extraction'));
+    if (end.phase === 'feature_extraction')
+      copyCheckpoint(this.folder.checkpoint('last'), this.folder.checkpoint('feature_extraction'));
   }
 }
 
@@ -101,6 +120,10 @@ export class EpochLog implements Callback {
   }
 
   onPhaseEnd(end: PhaseEnd): void {
-    if (end.stopReason === 'early_stopping') this.log.info({ phase: end.phase, epoch: end.lastTrained }, `early stopping ended ${end.phase} at epoch ${end.lastTrained}`);
+    if (end.stopReason === 'early_stopping')
+      this.log.info(
+        { phase: end.phase, epoch: end.lastTrained },
+        `early stopping ended ${end.phase} at epoch ${end.lastTrained}`,
+      );
   }
 }

@@ -5,8 +5,19 @@ import type { PreparedDataset } from '../data/dataset.ts';
 import type { ImageSplit } from '../data/images.ts';
 import { writeChartPng } from '../plots/render.ts';
 import { writeCheckpoint } from '../run-folder/checkpoints.ts';
-import { evaluate, validationOfCurrentWeights, type EpochRecord, type Evaluation, type ValidatedWeights } from '../train/engine.ts';
-import { classificationReport, confusionMatrixSpec, learningCurvesSpec, type ClassificationReport } from '../train/report.ts';
+import {
+  evaluate,
+  validationOfCurrentWeights,
+  type EpochRecord,
+  type Evaluation,
+  type ValidatedWeights,
+} from '../train/engine.ts';
+import {
+  classificationReport,
+  confusionMatrixSpec,
+  learningCurvesSpec,
+  type ClassificationReport,
+} from '../train/report.ts';
 import type { RunModel } from './model-stage.ts';
 import type { ResumePoint } from './resume.ts';
 import type { RunContext } from './run.ts';
@@ -22,9 +33,27 @@ export function initialEvaluationDue(point: ResumePoint): boolean {
  * Epoch 0: the model before any training on the validation split (the tutorial's first
  * evaluate). The first phase passes it from its frontier cache; without one, the whole model runs.
  */
-export async function recordInitialEvaluation(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, computed?: Evaluation): Promise<void> {
-  const initial = computed ?? evaluate(model.classifier.model, model.objective, data.splits.validation, context.config.dataset.batch_size);
-  const record: EpochRecord = { epoch: 0, phase: 'initial', loss: Number.NaN, accuracy: Number.NaN, val_loss: initial.loss, val_accuracy: initial.accuracy, learning_rate: 0, seconds: 0, time: Date.now() };
+export async function recordInitialEvaluation(
+  context: RunContext,
+  model: RunModel,
+  data: PreparedDataset,
+  point: ResumePoint,
+  computed?: Evaluation,
+): Promise<void> {
+  const initial =
+    computed ??
+    evaluate(model.classifier.model, model.objective, data.splits.validation, context.config.dataset.batch_size);
+  const record: EpochRecord = {
+    epoch: 0,
+    phase: 'initial',
+    loss: Number.NaN,
+    accuracy: Number.NaN,
+    val_loss: initial.loss,
+    val_accuracy: initial.accuracy,
+    learning_rate: 0,
+    seconds: 0,
+    time: Date.now(),
+  };
   context.log.info(`before training: val_loss ${initial.loss.toFixed(4)} val_acc ${initial.accuracy.toFixed(4)}`);
   context.folder.appendMetric(record);
   point.records.push(record);
@@ -44,19 +73,36 @@ export interface FinalEvaluation {
  * model. The validation metrics are the last epoch's when the model still has the weights
  * that epoch validated (no best weights restored since): the same model on the same images.
  */
-export async function evaluateFinal(context: RunContext, model: RunModel, data: PreparedDataset, lastValidation?: ValidatedWeights): Promise<FinalEvaluation> {
+export async function evaluateFinal(
+  context: RunContext,
+  model: RunModel,
+  data: PreparedDataset,
+  lastValidation?: ValidatedWeights,
+): Promise<FinalEvaluation> {
   const { config, folder, log } = context;
   const batchSize = config.dataset.batch_size;
-  const validation = validationOfCurrentWeights(model.classifier.model, lastValidation) ?? evaluate(model.classifier.model, model.objective, data.splits.validation, batchSize);
-  const test = data.splits.test.length > 0 ? evaluate(model.classifier.model, model.objective, data.splits.test, batchSize) : undefined;
-  log.info(`final: val_loss ${validation.loss.toFixed(4)} val_acc ${validation.accuracy.toFixed(4)}${test ? ` test_loss ${test.loss.toFixed(4)} test_acc ${test.accuracy.toFixed(4)}` : ''}`);
-  const measured = test ? { name: 'test' as const, split: data.splits.test, evaluation: test } : { name: 'validation' as const, split: data.splits.validation, evaluation: validation };
+  const validation =
+    validationOfCurrentWeights(model.classifier.model, lastValidation) ??
+    evaluate(model.classifier.model, model.objective, data.splits.validation, batchSize);
+  const test =
+    data.splits.test.length > 0
+      ? evaluate(model.classifier.model, model.objective, data.splits.test, batchSize)
+      : undefined;
+  log.info(
+    `final: val_loss ${validation.loss.toFixed(4)} val_acc ${validation.accuracy.toFixed(4)}${test ? ` test_loss ${test.loss.toFixed(4)} test_acc ${test.accuracy.toFixed(4)}` : ''}`,
+  );
+  const measured = test
+    ? { name: 'test' as const, split: data.splits.test, evaluation: test }
+    : { name: 'validation' as const, split: data.splits.validation, evaluation: validation };
   const report = classificationReport(data.classNames, measured.split.labels, measured.evaluation.predictions);
   const fineTuneStart = config.train.fine_tune.epochs > 0 ? config.train.feature_extraction.epochs + 1 : undefined;
   try {
     const records = folder.readMetrics().records.filter((r) => r.epoch > 0);
     await writeChartPng(learningCurvesSpec(records, fineTuneStart), folder.plot('learning_curves.png'));
-    await writeChartPng(confusionMatrixSpec(data.classNames, report, `Confusion matrix (${measured.name} split)`), folder.plot('confusion_matrix.png'));
+    await writeChartPng(
+      confusionMatrixSpec(data.classNames, report, `Confusion matrix (${measured.name} split)`),
+      folder.plot('confusion_matrix.png'),
+    );
   } catch (error) {
     log.warn({ error: errorMessage(error) }, 'could not draw the plots');
   }
@@ -71,6 +117,9 @@ async function saveModel(context: RunContext, model: RunModel): Promise<void> {
   const staging = folder.stagingDir('model');
   await classifier.model.save(`file://${staging}`);
   await writeCheckpoint(path.join(staging, 'named'), classifier.model, undefined, { epoch: -1, phase: 'final' });
-  fs.writeFileSync(path.join(staging, 'classifier.json'), `${JSON.stringify({ ...classifier.spec, head: classifier.head, units: classifier.units }, null, 2)}\n`);
+  fs.writeFileSync(
+    path.join(staging, 'classifier.json'),
+    `${JSON.stringify({ ...classifier.spec, head: classifier.head, units: classifier.units }, null, 2)}\n`,
+  );
   folder.installModel(staging);
 }

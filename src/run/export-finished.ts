@@ -26,18 +26,26 @@ export interface ExportFinishedOptions {
  * when it verified; a failed export leaves the previous one, file and record, as it was.
  */
 export async function exportFinishedRun(folder: RunFolder, options: ExportFinishedOptions): Promise<TfliteRecord> {
-  if (!folder.hasModel() || !folder.hasSummary()) throw new UserError(`${folder.dir}: the run has no trained model yet (finish or resume it first)`);
+  if (!folder.hasModel() || !folder.hasSummary())
+    throw new UserError(`${folder.dir}: the run has no trained model yet (finish or resume it first)`);
   const config = folder.readConfig();
   const run = folder.readRun();
   const summary = folder.readSummary();
   const known = folder.readDataset()?.archive_sha256;
   const dataset = options.prepareData
     ? await options.prepareData(config, run.base_dir, known)
-    : await prepareDataset(config, { baseDir: run.base_dir, cacheDir: options.cacheDir, log: options.log, knownArchiveSha256: known });
+    : await prepareDataset(config, {
+        baseDir: run.base_dir,
+        cacheDir: options.cacheDir,
+        log: options.log,
+        knownArchiveSha256: known,
+      });
   if (dataset.classNames.join('\n') !== summary.dataset.classes.join('\n')) {
     const added = dataset.classNames.filter((name) => !summary.dataset.classes.includes(name));
     const missing = summary.dataset.classes.filter((name) => !dataset.classNames.includes(name));
-    throw new UserError(`${folder.dir}: the dataset's ${dataset.classNames.length} classes are not the ${summary.dataset.classes.length} the run was trained on (new: ${someOf(added) || 'none'}; missing: ${someOf(missing) || 'none'}); the labels would not match the model`);
+    throw new UserError(
+      `${folder.dir}: the dataset's ${dataset.classNames.length} classes are not the ${summary.dataset.classes.length} the run was trained on (new: ${someOf(added) || 'none'}; missing: ${someOf(missing) || 'none'}); the labels would not match the model`,
+    );
   }
   const classifier = buildClassifier(classifierSpecOf(folder.readClassifier()));
   try {
@@ -46,7 +54,19 @@ export async function exportFinishedRun(folder: RunFolder, options: ExportFinish
     const objective = { head: classifier.head, classCount: dataset.classNames.length, labelSmoothing: 0 };
     const evaluation = evaluate(classifier.model, objective, dataset.splits[name], config.dataset.batch_size);
     const { options: settings, configured } = tfliteOptions(config, options.mode);
-    const record = await exportToFolder({ folder, config, classifier, classNames: dataset.classNames, train: dataset.splits.train, measured: { name, split: dataset.splits[name], evaluation }, log: options.log, mode: options.mode, exporter: options.exporter, interrupt: options.interrupt, finalWeights: summary.final_weights });
+    const record = await exportToFolder({
+      folder,
+      config,
+      classifier,
+      classNames: dataset.classNames,
+      train: dataset.splits.train,
+      measured: { name, split: dataset.splits[name], evaluation },
+      log: options.log,
+      mode: options.mode,
+      exporter: options.exporter,
+      interrupt: options.interrupt,
+      finalWeights: summary.final_weights,
+    });
     if (record.status === 'verified') {
       const exports = { ...(summary.export ?? {}) };
       if (configured) exports.tflite = record;

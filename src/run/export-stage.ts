@@ -36,14 +36,28 @@ export interface ExportJob {
 }
 
 /** The export settings of a run: the config's, else the schema's defaults; `mode` replaces the quantization. */
-export function tfliteOptions(config: ResolvedExperiment, mode?: Quantization): { options: TfliteOptions; configured: boolean } {
+export function tfliteOptions(
+  config: ResolvedExperiment,
+  mode?: Quantization,
+): { options: TfliteOptions; configured: boolean } {
   const configured = config.export.tflite ?? schemaDefaults<TfliteOptions>(['export', 'tflite']);
-  return { options: { ...configured, quantization: mode ?? configured.quantization }, configured: mode === undefined || mode === configured.quantization };
+  return {
+    options: { ...configured, quantization: mode ?? configured.quantization },
+    configured: mode === undefined || mode === configured.quantization,
+  };
 }
 
 export function describeClassifier(classifier: Classifier): ClassifierDescription {
   const { spec } = classifier;
-  return { base: spec.base, alpha: spec.alpha, minimalistic: spec.minimalistic ?? false, imageSize: spec.imageSize, classCount: spec.classCount, head: classifier.head, units: classifier.units };
+  return {
+    base: spec.base,
+    alpha: spec.alpha,
+    minimalistic: spec.minimalistic ?? false,
+    imageSize: spec.imageSize,
+    classCount: spec.classCount,
+    head: classifier.head,
+    units: classifier.units,
+  };
 }
 
 /**
@@ -63,11 +77,19 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
       classifier: describeClassifier(job.classifier),
       classNames: job.classNames,
       train: job.train,
-      evaluation: { name: job.measured.name, split: job.measured.split, probabilities: job.measured.evaluation.probabilities, predictions: job.measured.evaluation.predictions, accuracy: job.measured.evaluation.accuracy },
+      evaluation: {
+        name: job.measured.name,
+        split: job.measured.split,
+        probabilities: job.measured.evaluation.probabilities,
+        predictions: job.measured.evaluation.predictions,
+        accuracy: job.measured.evaluation.accuracy,
+      },
       options,
       metadata: {
         name: options.metadata?.name ?? config.name,
-        description: options.metadata?.description ?? `Image classifier (${config.model.base}, ${job.classNames.length} classes: ${job.classNames.join(', ')}) at ${config.dataset.image_size.join('x')}, trained with tlx.`,
+        description:
+          options.metadata?.description ??
+          `Image classifier (${config.model.base}, ${job.classNames.length} classes: ${job.classNames.join(', ')}) at ${config.dataset.image_size.join('x')}, trained with tlx.`,
         version: `tlx ${version}, run ${folder.id}`,
         ...(options.metadata?.author ? { author: options.metadata.author } : {}),
         ...(options.metadata?.license ? { license: options.metadata.license } : {}),
@@ -80,7 +102,14 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
     });
     const relative = configured ? '.' : `tflite-${options.quantization}`;
     if (record.status === 'verified') folder.installExport(staging, relative);
-    return configured ? record : { ...record, path: `${relative}/model.tflite`, labels_file: `${relative}/labels.txt`, model_card: `${relative}/model-card.json` };
+    return configured
+      ? record
+      : {
+          ...record,
+          path: `${relative}/model.tflite`,
+          labels_file: `${relative}/labels.txt`,
+          model_card: `${relative}/model-card.json`,
+        };
   } finally {
     folder.removeStaging(staging);
     await owned?.close();
@@ -88,7 +117,13 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
 }
 
 /** export: the trained model to a verified TFLite file, when the config asks for one. */
-export async function exportStage(context: RunContext, model: RunModel, data: PreparedDataset, evaluation: FinalEvaluation, finalWeights: FinalWeights): Promise<TfliteRecord | undefined> {
+export async function exportStage(
+  context: RunContext,
+  model: RunModel,
+  data: PreparedDataset,
+  evaluation: FinalEvaluation,
+  finalWeights: FinalWeights,
+): Promise<TfliteRecord | undefined> {
   const { config, options } = context;
   if (!config.export.tflite || options.export === false) return undefined;
   context.progress?.stage('exporting TFLite');

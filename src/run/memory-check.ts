@@ -9,14 +9,21 @@ import { setPhaseTrainable, type Classifier, type Phase } from '../models/classi
 import { compileGraph, prefixSplit, splitGraph, type Layer } from '../models/graph.ts';
 import { frontierCacheChoice } from '../train/engine.ts';
 import { frontierCacheBytes } from '../train/frontier.ts';
-import { largestBatchWithin, peakOf, phaseMemory, weightBytes, type Moment, type PhaseMemory } from '../train/memory.ts';
+import {
+  largestBatchWithin,
+  peakOf,
+  phaseMemory,
+  weightBytes,
+  type Moment,
+  type PhaseMemory,
+} from '../train/memory.ts';
 import type { RunModel } from './model-stage.ts';
 import type { RunContext } from './run.ts';
 import { sharedPrefixOf } from './train-stage.ts';
 
 /** The memory a run's training needs, phase by phase, against what the process can use. */
 
-export interface PhaseEstimate {
+interface PhaseEstimate {
   phase: Phase;
   /** Samples in a training batch: batch_size, or the whole training split when smaller. */
   batch: number;
@@ -44,7 +51,12 @@ export interface SplitSizes {
  * trainable flags, its frontier cache or none). Leaves the classifier's trainable flags at
  * the last phase's: training sets each phase's own before it starts.
  */
-export function estimateTrainingMemory(config: ResolvedExperiment, classifier: Classifier, splits: SplitSizes, options: { sharedPrefixLayers?: ReadonlySet<Layer>; resident?: number; limit?: MemoryLimit } = {}): TrainingMemory {
+export function estimateTrainingMemory(
+  config: ResolvedExperiment,
+  classifier: Classifier,
+  splits: SplitSizes,
+  options: { sharedPrefixLayers?: ReadonlySet<Layer>; resident?: number; limit?: MemoryLimit } = {},
+): TrainingMemory {
   const resident = options.resident ?? process.memoryUsage().rss;
   const graph = compileGraph(classifier.model);
   const variants = imageVariants(config.augmentation);
@@ -55,14 +67,28 @@ export function estimateTrainingMemory(config: ResolvedExperiment, classifier: C
     if (settings.epochs === 0) continue;
     setPhaseTrainable(classifier, phase, config.train.fine_tune.fine_tune_at);
     const split = splitGraph(graph);
-    const shared = phase === 'fine_tune' && options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined;
-    const bytes = variants ? frontierCacheBytes({ graph, split }, { ...splits, variants, prefix: shared ? { split: shared } : undefined }) : 0;
-    const cached = frontierCacheChoice({ variants, sharedPrefix: shared !== undefined, remainingEpochs: settings.epochs, bytes }) === 'cache';
-    const memory = phaseMemory({ graph, split, trainableWeightBytes: weightBytes(classifier.model.trainableWeights), optimizer: settings.optimizer, frontierCacheBytes: cached ? bytes : 0 });
+    const shared =
+      phase === 'fine_tune' && options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined;
+    const bytes = variants
+      ? frontierCacheBytes({ graph, split }, { ...splits, variants, prefix: shared ? { split: shared } : undefined })
+      : 0;
+    const cached =
+      frontierCacheChoice({ variants, sharedPrefix: shared !== undefined, remainingEpochs: settings.epochs, bytes }) ===
+      'cache';
+    const memory = phaseMemory({
+      graph,
+      split,
+      trainableWeightBytes: weightBytes(classifier.model.trainableWeights),
+      optimizer: settings.optimizer,
+      frontierCacheBytes: cached ? bytes : 0,
+    });
     const peak = peakOf(memory, resident, batch);
     phases.push({ phase, batch, memory, peak: peak.bytes, moment: peak.moment.name });
   }
-  const highest = phases.reduce<PhaseEstimate | undefined>((a, b) => (a === undefined || b.peak > a.peak ? b : a), undefined);
+  const highest = phases.reduce<PhaseEstimate | undefined>(
+    (a, b) => (a === undefined || b.peak > a.peak ? b : a),
+    undefined,
+  );
   return { resident, phases, highest, limit: options.limit ?? memoryLimit(resident) };
 }
 
@@ -90,14 +116,19 @@ export function judgeTrainingMemory(estimate: TrainingMemory): MemoryVerdict {
   const { highest, limit, resident } = estimate;
   const line = describeTrainingMemory(estimate);
   if (!highest || highest.peak <= memoryWarningShare * limit.bytes) return { verdict: 'fits', message: line };
-  if (highest.peak <= limit.bytes) return { verdict: 'near the limit', message: `${line}; the machine may start swapping or stop tlx` };
+  if (highest.peak <= limit.bytes)
+    return { verdict: 'near the limit', message: `${line}; the machine may start swapping or stop tlx` };
   const fits = Math.min(...estimate.phases.map((phase) => largestBatchWithin(phase.memory, resident, limit.bytes)));
   const remedy =
     fits >= 1
       ? `dataset.batch_size: ${fits} or less fits`
       : `not even a batch of 1 fits: lower dataset.image_size${highest.phase === 'fine_tune' ? ', raise train.fine_tune.fine_tune_at' : ''} or pick a smaller model.base`;
-  const override = limit.source === 'TLX_MEMORY_BUDGET_MB' ? '' : ' (or set TLX_MEMORY_BUDGET_MB if tlx misjudges what it can use)';
-  return { verdict: 'does not fit', message: `${line}: over it by ${formatBytes(highest.peak - limit.bytes)}; ${remedy}${override}` };
+  const override =
+    limit.source === 'TLX_MEMORY_BUDGET_MB' ? '' : ' (or set TLX_MEMORY_BUDGET_MB if tlx misjudges what it can use)';
+  return {
+    verdict: 'does not fit',
+    message: `${line}: over it by ${formatBytes(highest.peak - limit.bytes)}; ${remedy}${override}`,
+  };
 }
 
 /**
@@ -105,10 +136,16 @@ export function judgeTrainingMemory(estimate: TrainingMemory): MemoryVerdict {
  * is refused (exit 2), one near the limit starts with a warning.
  */
 export function estimateRunMemory(context: RunContext, model: RunModel, data: PreparedDataset): TrainingMemory {
-  const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, { sharedPrefixLayers: sharedPrefixOf(context, model)?.layers });
+  const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, {
+    sharedPrefixLayers: sharedPrefixOf(context, model)?.layers,
+  });
   const { verdict, message } = judgeTrainingMemory(estimate);
   if (verdict === 'does not fit') throw new UserError(message);
-  const fields = { estimated_peak_mb: mebibytes(estimate.highest?.peak ?? estimate.resident), limit_mb: mebibytes(estimate.limit.bytes), resident_mb: mebibytes(estimate.resident) };
+  const fields = {
+    estimated_peak_mb: mebibytes(estimate.highest?.peak ?? estimate.resident),
+    limit_mb: mebibytes(estimate.limit.bytes),
+    resident_mb: mebibytes(estimate.resident),
+  };
   if (verdict === 'near the limit') context.log.warn(fields, message);
   else context.log.info(fields, message);
   return estimate;

@@ -21,9 +21,17 @@ export async function prepareData(context: RunContext): Promise<PreparedDataset>
   const known = folder.readDataset()?.archive_sha256;
   const dataset = options.prepareData
     ? await options.prepareData(config, run.base_dir, known)
-    : await prepareDataset(config, { baseDir: run.base_dir, cacheDir: options.cacheDir, log, knownArchiveSha256: known });
+    : await prepareDataset(config, {
+        baseDir: run.base_dir,
+        cacheDir: options.cacheDir,
+        log,
+        knownArchiveSha256: known,
+      });
   const counts = splitCounts(dataset);
-  log.info({ classes: dataset.classNames, counts, skipped: dataset.skipped.length }, `dataset: ${dataset.classNames.length} classes, ${counts.train} train / ${counts.validation} validation / ${counts.test} test images`);
+  log.info(
+    { classes: dataset.classNames, counts, skipped: dataset.skipped.length },
+    `dataset: ${dataset.classNames.length} classes, ${counts.train} train / ${counts.validation} validation / ${counts.test} test images`,
+  );
   folder.writeLabels(dataset.classNames);
   folder.writeDataset({
     name: config.name,
@@ -42,7 +50,12 @@ export async function prepareData(context: RunContext): Promise<PreparedDataset>
   if (!folder.hasPlot('samples.png')) {
     try {
       await writeSampleGrid(dataset.splits.train, dataset.classNames, config.seed, folder.plot('samples.png'));
-      await writeAugmentationPreview(dataset.splits.train, config.augmentation, config.seed, folder.plot('augmentation.png'));
+      await writeAugmentationPreview(
+        dataset.splits.train,
+        config.augmentation,
+        config.seed,
+        folder.plot('augmentation.png'),
+      );
     } catch (error) {
       log.warn({ error: errorMessage(error) }, 'could not draw the data pictures');
     }
@@ -64,7 +77,10 @@ function objectiveFor(config: ResolvedExperiment, classifier: Classifier, datase
   if (weights === 'auto') classWeights = balancedClassWeights(dataset.splits.train.labels, classCount);
   else if (typeof weights === 'object') {
     const unknown = Object.keys(weights).filter((name) => !dataset.classNames.includes(name));
-    if (unknown.length) throw new UserError(`train.class_weight: unknown class(es) ${unknown.join(', ')}; classes are ${someOf(dataset.classNames)}`);
+    if (unknown.length)
+      throw new UserError(
+        `train.class_weight: unknown class(es) ${unknown.join(', ')}; classes are ${someOf(dataset.classNames)}`,
+      );
     classWeights = dataset.classNames.map((name) => weights[name] ?? 1);
   }
   return { head: classifier.head, classCount, labelSmoothing: config.train.label_smoothing, classWeights };
@@ -74,19 +90,39 @@ function objectiveFor(config: ResolvedExperiment, classifier: Classifier, datase
 export async function buildModel(context: RunContext, dataset: PreparedDataset, point: ResumePoint): Promise<RunModel> {
   const { config, log, options, run } = context;
   const imageSize = config.dataset.image_size as [number, number];
-  const classifier = buildClassifier({ base: config.model.base, alpha: config.model.alpha, minimalistic: config.model.minimalistic, imageSize, classCount: dataset.classNames.length, dropout: config.model.dropout, seed: config.seed });
+  const classifier = buildClassifier({
+    base: config.model.base,
+    alpha: config.model.alpha,
+    minimalistic: config.model.minimalistic,
+    imageSize,
+    classCount: dataset.classNames.length,
+    dropout: config.model.dropout,
+    seed: config.seed,
+  });
   try {
     // A resumed run's weights come from its checkpoint: the pretrained ones are not needed again.
     const { weights, source } = point.checkpoint
       ? { weights: undefined, source: context.run.weights ?? { spec: redactUrl(config.model.weights) } }
-      : await loadPretrainedWeights(config.model.weights, { baseDir: run.base_dir, cacheDir: options.cacheDir, model: config.model, imageSize, log });
+      : await loadPretrainedWeights(config.model.weights, {
+          baseDir: run.base_dir,
+          cacheDir: options.cacheDir,
+          model: config.model,
+          imageSize,
+          log,
+        });
     if (!point.checkpoint) context.setRun({ weights: source });
     if (weights) {
-      const { assigned } = assignWeights(classifier.base, weights, { requireAll: true, what: `model.weights (${source.spec})` });
+      const { assigned } = assignWeights(classifier.base, weights, {
+        requireAll: true,
+        what: `model.weights (${source.spec})`,
+      });
       log.info({ assigned, source: source.spec }, `loaded ${assigned} pretrained base weights`);
     }
     const ops = config.augmentation;
-    const augment = ops.length > 0 ? (images: Tensor4D, random: Random) => augmentBatch(images, ops, random) : (images: Tensor4D) => images.clone();
+    const augment =
+      ops.length > 0
+        ? (images: Tensor4D, random: Random) => augmentBatch(images, ops, random)
+        : (images: Tensor4D) => images.clone();
     return { classifier, weights: source, objective: objectiveFor(config, classifier, dataset), augment };
   } catch (error) {
     classifier.model.dispose();

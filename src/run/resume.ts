@@ -32,7 +32,7 @@ export interface ResumePoint {
   checkpoint?: { dir: string; meta: CheckpointMeta };
 }
 
-export const phaseOrder = ['feature_extraction', 'fine_tune'] as const;
+const phaseOrder = ['feature_extraction', 'fine_tune'] as const;
 
 /** The checkpoints a run restarts from, by preference: `last` carries the optimizer's and callbacks' state, the others only weights. */
 const fallbackOrder = ['last', 'feature_extraction', 'best'] as const;
@@ -46,12 +46,17 @@ interface Candidate {
 /** The run's records, each epoch once, a torn tail cut off; `rewrite` when metrics.jsonl must be written again. */
 function readRecords(folder: RunFolder, log: Logger): { records: EpochRecord[]; rewrite: boolean } {
   const torn = folder.repairMetrics();
-  if (torn > 0) log.warn({ run: folder.id, bytes: torn }, `metrics.jsonl ended with a torn line (${torn} bytes, from a crash or a full disk); it was cut off, and its epoch comes back from its checkpoint or is trained again`);
+  if (torn > 0)
+    log.warn(
+      { run: folder.id, bytes: torn },
+      `metrics.jsonl ended with a torn line (${torn} bytes, from a crash or a full disk); it was cut off, and its epoch comes back from its checkpoint or is trained again`,
+    );
   const read = folder.readMetrics();
   for (const problem of read.problems) log.warn({ run: folder.id }, problem);
   const seen = new Set<number>();
   const records = read.records.filter((record) => !seen.has(record.epoch) && seen.add(record.epoch));
-  if (records.length !== read.records.length) log.warn({ run: folder.id }, 'metrics.jsonl recorded some epochs twice; the first record of each is kept');
+  if (records.length !== read.records.length)
+    log.warn({ run: folder.id }, 'metrics.jsonl recorded some epochs twice; the first record of each is kept');
   return { records, rewrite: records.length !== read.records.length || read.problems.length > 0 };
 }
 
@@ -86,15 +91,22 @@ export function findResumePoint(folder: RunFolder, log: Logger): ResumePoint {
   const { intact, damaged } = intactCheckpoints(folder, log);
   // A checkpoint restores its own epoch's line, so it may be one past the record's end, not further.
   const reach = recordedWithoutHole(records) + 1;
-  const chosen = intact.filter((candidate) => candidate.meta.epoch <= reach).sort((a, b) => b.meta.epoch - a.meta.epoch)[0];
+  const chosen = intact
+    .filter((candidate) => candidate.meta.epoch <= reach)
+    .sort((a, b) => b.meta.epoch - a.meta.epoch)[0];
   const trained = records.filter((record) => record.epoch > 0);
   if (!chosen) {
     if (trained.length > 0 && intact.length + damaged.length === 0) {
-      throw new UserError(`${folder.id}: metrics.jsonl records epochs ${trained[0].epoch}..${trained.at(-1)!.epoch} but the run has no checkpoint (checkpoints/last); resuming would train those epochs again and record them twice. Start a new run from its experiment file.`);
+      throw new UserError(
+        `${folder.id}: metrics.jsonl records epochs ${trained[0].epoch}..${trained.at(-1)!.epoch} but the run has no checkpoint (checkpoints/last); resuming would train those epochs again and record them twice. Start a new run from its experiment file.`,
+      );
     }
     if (trained.length > 0) {
       // Checkpoints exist but none is whole and reached by the record: a fault, not a choice; start over.
-      log.warn({ run: folder.id }, `no intact checkpoint at or before epoch ${reach}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}: training starts again from the beginning, and its epochs are recorded once (runs are reproducible: the same numbers come back)`);
+      log.warn(
+        { run: folder.id },
+        `no intact checkpoint at or before epoch ${reach}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}: training starts again from the beginning, and its epochs are recorded once (runs are reproducible: the same numbers come back)`,
+      );
       records = records.filter((record) => record.epoch === 0);
       rewrite = true;
     }
@@ -103,8 +115,13 @@ export function findResumePoint(folder: RunFolder, log: Logger): ResumePoint {
   }
   const { meta, dir, name } = chosen;
   if (name !== 'last') {
-    const why = intact.some((c) => c.name === 'last') ? `the record has no epoch ${reach} (a lost line), so epochs from there are trained again` : 'the last checkpoint is damaged or missing';
-    log.warn({ run: folder.id, checkpoint: name, epoch: meta.epoch }, `resuming from the ${name} checkpoint (epoch ${meta.epoch}): ${why}; the optimizer's state starts anew`);
+    const why = intact.some((c) => c.name === 'last')
+      ? `the record has no epoch ${reach} (a lost line), so epochs from there are trained again`
+      : 'the last checkpoint is damaged or missing';
+    log.warn(
+      { run: folder.id, checkpoint: name, epoch: meta.epoch },
+      `resuming from the ${name} checkpoint (epoch ${meta.epoch}): ${why}; the optimizer's state starts anew`,
+    );
   }
   if (meta.record && !records.some((record) => record.epoch === meta.epoch)) {
     records.push(meta.record);
@@ -112,7 +129,10 @@ export function findResumePoint(folder: RunFolder, log: Logger): ResumePoint {
   }
   const after = records.filter((record) => record.epoch > meta.epoch);
   if (after.length > 0) {
-    log.warn({ run: folder.id, epochs: after.map((r) => r.epoch) }, `epochs ${after.map((r) => r.epoch).join(', ')} are recorded after the checkpoint resumed from; they are trained again`);
+    log.warn(
+      { run: folder.id, epochs: after.map((r) => r.epoch) },
+      `epochs ${after.map((r) => r.epoch).join(', ')} are recorded after the checkpoint resumed from; they are trained again`,
+    );
     records = records.filter((record) => record.epoch <= meta.epoch);
     rewrite = true;
   }

@@ -132,8 +132,15 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
       const exported = await exportStage(context, model, data, evaluation, finalWeights);
       stage = 'record';
       const summary = recordSummary(context, { data, model, phases, finalWeights, evaluation, exported, memory });
-      await closeRun(context, summary.status, summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined);
-      if (exported?.status === 'failed') throw new ExportFailedError(`export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`);
+      await closeRun(
+        context,
+        summary.status,
+        summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined,
+      );
+      if (exported?.status === 'failed')
+        throw new ExportFailedError(
+          `export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`,
+        );
       return { folder: context.folder, summary };
     } finally {
       disposeModel(model);
@@ -142,10 +149,19 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     // Data tlx refuses (one class, empty class folders, no such folder) and training that cannot
     // fit in memory are problems of the experiment, not runs: a new run leaves no folder behind.
     // Sweep trials keep theirs (the sweep's record points at it).
-    discard = (stage === 'data' || stage === 'memory') && error instanceof UserError && !('resume' in start) && !start.trial && !start.runId;
+    discard =
+      (stage === 'data' || stage === 'memory') &&
+      error instanceof UserError &&
+      !('resume' in start) &&
+      !start.trial &&
+      !start.runId;
     if (!discard && !(error instanceof ExportFailedError)) {
       const interrupted = error instanceof InterruptedError;
-      await closeRun(context, interrupted ? 'KILLED' : 'FAILED', interrupted ? undefined : { error: errorMessage(error), stage });
+      await closeRun(
+        context,
+        interrupted ? 'KILLED' : 'FAILED',
+        interrupted ? undefined : { error: errorMessage(error), stage },
+      );
     }
     throw error;
   } finally {
@@ -158,18 +174,24 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
 }
 
 /** The config as a run folder stores it: URLs without credentials or query strings. */
-export function withoutSecrets(config: ResolvedExperiment): ResolvedExperiment {
+function withoutSecrets(config: ResolvedExperiment): ResolvedExperiment {
   const copy = structuredClone(config);
   if (copy.dataset.url) copy.dataset.url = redactUrl(copy.dataset.url);
-  if (copy.tracking.mlflow?.tracking_uri) copy.tracking.mlflow.tracking_uri = redactUrl(copy.tracking.mlflow.tracking_uri);
-  if (copy.model.weights && /^[a-z]+:\/\//i.test(copy.model.weights)) copy.model.weights = redactUrl(copy.model.weights);
+  if (copy.tracking.mlflow?.tracking_uri)
+    copy.tracking.mlflow.tracking_uri = redactUrl(copy.tracking.mlflow.tracking_uri);
+  if (copy.model.weights && /^[a-z]+:\/\//i.test(copy.model.weights))
+    copy.model.weights = redactUrl(copy.model.weights);
   return copy;
 }
 
 function systemTags(experimentDir: string): Record<string, string> {
   const tags: Record<string, string> = { 'mlflow.user': os.userInfo().username };
   try {
-    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: experimentDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], {
+      cwd: experimentDir,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
     if (/^[0-9a-f]{40}$/.test(commit)) tags['mlflow.source.git.commit'] = commit;
   } catch {
     // not in a git checkout
@@ -178,7 +200,12 @@ function systemTags(experimentDir: string): Record<string, string> {
 }
 
 /** A new run folder with the resolved config and run.json (not yet locked). */
-export function createRunFolder(experiment: LoadedExperiment, runsDir: string, trial?: TrialOf, runId?: string): RunFolder {
+export function createRunFolder(
+  experiment: LoadedExperiment,
+  runsDir: string,
+  trial?: TrialOf,
+  runId?: string,
+): RunFolder {
   const folder = RunFolder.create(runsDir, experiment.config.name, runId);
   const now = new Date().toISOString();
   folder.writeConfig(withoutSecrets(experiment.config));
@@ -201,13 +228,25 @@ export function createRunFolder(experiment: LoadedExperiment, runsDir: string, t
 /** The folder, locked and cleaned of dead processes' temp files, its run marked RUNNING. */
 function openRun(start: RunStart, options: RunOptions): RunContext {
   const { log } = options;
-  const folder = 'resume' in start ? RunFolder.open(start.resume) : createRunFolder(start.experiment, options.runsDir, start.trial, start.runId);
-  folder.lock({ job: options.job, onTakeover: (owner, reason) => log.warn({ run: folder.id, pid: owner?.pid, host: owner?.host }, `taking over the lock of run ${folder.id} (${reason})`) });
+  const folder =
+    'resume' in start
+      ? RunFolder.open(start.resume)
+      : createRunFolder(start.experiment, options.runsDir, start.trial, start.runId);
+  folder.lock({
+    job: options.job,
+    onTakeover: (owner, reason) =>
+      log.warn(
+        { run: folder.id, pid: owner?.pid, host: owner?.host },
+        `taking over the lock of run ${folder.id} (${reason})`,
+      ),
+  });
   try {
-    for (const removed of folder.removeDeadTemps()) log.info({ removed }, 'removed a temp file left by a stopped process');
+    for (const removed of folder.removeDeadTemps())
+      log.info({ removed }, 'removed a temp file left by a stopped process');
     let run = folder.readRun();
     if ('resume' in start) {
-      if (run.status === 'FINISHED') throw new UserError(`${start.resume}: the run already finished; nothing to resume`);
+      if (run.status === 'FINISHED')
+        throw new UserError(`${start.resume}: the run already finished; nothing to resume`);
       log.info({ run: folder.id }, 'resuming run');
     } else {
       log.info({ run: folder.id, dir: folder.dir }, 'run started');
@@ -243,8 +282,16 @@ function openRun(start: RunStart, options: RunOptions): RunContext {
 }
 
 /** run.json's final status, and the tracker's last word (which never throws). */
-async function closeRun(context: RunContext, status: RunStatus, failure?: { error?: string; stage?: string }): Promise<void> {
-  context.setRun({ status, ended: new Date().toISOString(), ...(failure?.error ? { error: failure.error, failed_stage: failure.stage } : {}) });
+async function closeRun(
+  context: RunContext,
+  status: RunStatus,
+  failure?: { error?: string; stage?: string },
+): Promise<void> {
+  context.setRun({
+    status,
+    ended: new Date().toISOString(),
+    ...(failure?.error ? { error: failure.error, failed_stage: failure.stage } : {}),
+  });
   await context.tracking?.finish();
 }
 
@@ -256,10 +303,15 @@ function warmExporter(context: RunContext, model: RunModel): void {
   if (!context.config.export.tflite) return;
   let warming: Exporter | undefined = context.options.warmForLater;
   if (context.options.export !== false) {
-    if (!context.options.exporter) context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
+    if (!context.options.exporter)
+      context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
     warming = context.exporter = context.options.exporter ?? context.ownExporter;
   }
-  warming?.call('warm', { classifier: describeClassifier(model.classifier) }).catch((error: unknown) => context.log.debug({ error: String(error) }, 'the export worker could not prepare; the export will say why'));
+  warming
+    ?.call('warm', { classifier: describeClassifier(model.classifier) })
+    .catch((error: unknown) =>
+      context.log.debug({ error: String(error) }, 'the export worker could not prepare; the export will say why'),
+    );
 }
 
 function disposeModel(model: RunModel): void {

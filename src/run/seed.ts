@@ -15,11 +15,22 @@ import { createRunFolder, type TrialOf } from './run.ts';
  * With a fixed `runId` (queued trials) the folder is assembled under a temp name and renamed
  * into place, so a retry finds either nothing or a complete seed.
  */
-export function seedFromFeatureExtraction(experiment: LoadedExperiment, runsDir: string, source: RunFolder, trial?: TrialOf, runId?: string): RunFolder {
+export function seedFromFeatureExtraction(
+  experiment: LoadedExperiment,
+  runsDir: string,
+  source: RunFolder,
+  trial?: TrialOf,
+  runId?: string,
+): RunFolder {
   const checkpoint = findCheckpoint(source.checkpoint('feature_extraction'));
   if (!checkpoint) throw new UserError(`${source.dir}: no feature-extraction checkpoint to start from`);
   const meta = readCheckpointMeta(checkpoint);
-  const folder = createRunFolder(experiment, runsDir, trial, runId ? path.basename(tempPathFor(path.join(runsDir, runId))) : undefined);
+  const folder = createRunFolder(
+    experiment,
+    runsDir,
+    trial,
+    runId ? path.basename(tempPathFor(path.join(runsDir, runId))) : undefined,
+  );
   for (const record of source.readMetrics().records.filter((r) => r.epoch <= meta.epoch)) folder.appendMetric(record);
   copyCheckpoint(checkpoint, folder.checkpoint('feature_extraction'));
   copyCheckpoint(checkpoint, folder.checkpoint('last'));
@@ -27,7 +38,11 @@ export function seedFromFeatureExtraction(experiment: LoadedExperiment, runsDir:
   if (best && readCheckpointMeta(best).epoch <= meta.epoch) copyCheckpoint(best, folder.checkpoint('best'));
   const run = folder.readRun();
   const sourceRun = source.readRun();
-  folder.writeRun({ ...run, ...(sourceRun.weights ? { weights: sourceRun.weights } : {}), phase_outcomes: meta.outcome ? { [meta.phase]: meta.outcome } : {} });
+  folder.writeRun({
+    ...run,
+    ...(sourceRun.weights ? { weights: sourceRun.weights } : {}),
+    phase_outcomes: meta.outcome ? { [meta.phase]: meta.outcome } : {},
+  });
   for (const picture of ['samples.png', 'augmentation.png']) {
     if (source.hasPlot(picture)) writeFileAtomic(folder.plot(picture), fs.readFileSync(source.plot(picture)));
   }

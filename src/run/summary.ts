@@ -19,12 +19,22 @@ export interface SummaryInputs {
   memory: TrainingMemory;
 }
 
-function intervalOf<K extends string>(key: K, accuracy: number | undefined, images: number): { [key in K]?: [number, number] } {
-  return accuracy !== undefined && Number.isFinite(accuracy) && images > 0 ? ({ [key]: accuracyInterval(accuracy, images) } as { [key in K]: [number, number] }) : {};
+function intervalOf<K extends string>(
+  key: K,
+  accuracy: number | undefined,
+  images: number,
+): { [key in K]?: [number, number] } {
+  return accuracy !== undefined && Number.isFinite(accuracy) && images > 0
+    ? ({ [key]: accuracyInterval(accuracy, images) } as { [key in K]: [number, number] })
+    : {};
 }
 
 /** The metrics of summary.json: before training, after it (with 95% intervals on the splits' image counts), and the best validation accuracy. */
-function finalMetrics(records: EpochRecord[], data: PreparedDataset, evaluation: FinalEvaluation): RunSummary['metrics'] {
+function finalMetrics(
+  records: EpochRecord[],
+  data: PreparedDataset,
+  evaluation: FinalEvaluation,
+): RunSummary['metrics'] {
   const initial = records.find((r) => r.epoch === 0);
   const trained = records.filter((r) => r.epoch > 0);
   const { validation, test } = evaluation;
@@ -55,7 +65,14 @@ export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSu
     name: config.name,
     config_sha256: context.run.config_sha256,
     tlx_version: version,
-    head: { kind: model.classifier.head, units: model.classifier.units, loss: model.classifier.head === 'binary_logit' ? 'binary_crossentropy_from_logits' : 'categorical_crossentropy_from_logits' },
+    head: {
+      kind: model.classifier.head,
+      units: model.classifier.units,
+      loss:
+        model.classifier.head === 'binary_logit'
+          ? 'binary_crossentropy_from_logits'
+          : 'categorical_crossentropy_from_logits',
+    },
     weights: model.weights,
     dataset: {
       root: data.source.root,

@@ -51,9 +51,20 @@ export class TerminalRunProgress implements RunProgress {
 
   private refreshRun(): void {
     // Payload names of our own: cli-progress fills {eta} and {duration} itself.
-    if (!this.runBar) this.runBar = this.terminal.bar('{phase} epoch {epoch}/{epochs} [{bar}] {run_elapsed} elapsed, ETA {run_eta}', this.totalEpochs, {});
+    if (!this.runBar)
+      this.runBar = this.terminal.bar(
+        '{phase} epoch {epoch}/{epochs} [{bar}] {run_elapsed} elapsed, ETA {run_eta}',
+        this.totalEpochs,
+        {},
+      );
     const eta = this.eta();
-    this.runBar.update(this.done, { phase: this.phase, epoch: Math.min(this.totalEpochs, this.done + 1), epochs: this.totalEpochs, run_elapsed: duration(this.elapsed()), run_eta: eta === undefined ? '…' : duration(eta) });
+    this.runBar.update(this.done, {
+      phase: this.phase,
+      epoch: Math.min(this.totalEpochs, this.done + 1),
+      epochs: this.totalEpochs,
+      run_elapsed: duration(this.elapsed()),
+      run_eta: eta === undefined ? '…' : duration(eta),
+    });
   }
 
   callback(): Callback {
@@ -64,7 +75,11 @@ export class TerminalRunProgress implements RunProgress {
         this.refreshRun();
       },
       onBatchEnd: (progress: BatchProgress) => {
-        this.epochBar ??= this.terminal.bar(`  epoch ${progress.epoch} [{bar}] {value}/{total} | loss {loss} | acc {acc} | ETA {eta_formatted}`, progress.batches, {});
+        this.epochBar ??= this.terminal.bar(
+          `  epoch ${progress.epoch} [{bar}] {value}/{total} | loss {loss} | acc {acc} | ETA {eta_formatted}`,
+          progress.batches,
+          {},
+        );
         this.epochBar.update(progress.batch, { loss: fixed(progress.loss), acc: fixed(progress.accuracy) });
       },
       onEpochEnd: (record: EpochRecord) => {
@@ -87,10 +102,22 @@ export class TerminalRunProgress implements RunProgress {
     this.stageBar = undefined;
     if (!label) return;
     const started = performance.now();
-    this.stageBar = this.terminal.bar('{label} {spinner} {stage_elapsed}', 1, { label, spinner: '|', stage_elapsed: '0.0 s' });
+    this.stageBar = this.terminal.bar('{label} {spinner} {stage_elapsed}', 1, {
+      label,
+      spinner: '|',
+      stage_elapsed: '0.0 s',
+    });
     const frames = ['|', '/', '-', '\\'];
     let frame = 0;
-    this.stageTimer = setInterval(() => this.stageBar?.update(0, { label, spinner: frames[++frame % frames.length], stage_elapsed: duration((performance.now() - started) / 1000) }), 200);
+    this.stageTimer = setInterval(
+      () =>
+        this.stageBar?.update(0, {
+          label,
+          spinner: frames[++frame % frames.length],
+          stage_elapsed: duration((performance.now() - started) / 1000),
+        }),
+      200,
+    );
     this.stageTimer.unref();
   }
 

@@ -18,7 +18,14 @@ export interface RunTracking {
 
 export function startTracking(context: RunContext): RunTracking | undefined {
   const trackingUri = trackingUriFor(context.config);
-  const live = trackingUri ? new LiveTracker(context.folder, { trackingUri, log: context.log, parentRunId: context.options.parentRunId, register: context.options.register }) : undefined;
+  const live = trackingUri
+    ? new LiveTracker(context.folder, {
+        trackingUri,
+        log: context.log,
+        parentRunId: context.options.parentRunId,
+        register: context.options.register,
+      })
+    : undefined;
   const { backup } = context.options;
   if (!live && !backup) return undefined;
   const backedUp = async (final: boolean): Promise<boolean> => {
@@ -26,7 +33,10 @@ export function startTracking(context: RunContext): RunTracking | undefined {
     try {
       return await backup.save(context.folder, final);
     } catch (error) {
-      context.log.warn({ error: redactText(errorMessage(error)) }, 'could not save the run\'s backup copy; MLflow hears of this epoch with the next one that is saved');
+      context.log.warn(
+        { error: redactText(errorMessage(error)) },
+        "could not save the run's backup copy; MLflow hears of this epoch with the next one that is saved",
+      );
       return false;
     }
   };

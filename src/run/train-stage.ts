@@ -3,11 +3,24 @@ import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../models/classifier.ts';
-import { findCheckpoint, loadCheckpointWeights, loadOptimizerState, readCheckpointMeta, writeCheckpoint } from '../run-folder/checkpoints.ts';
+import {
+  findCheckpoint,
+  loadCheckpointWeights,
+  loadOptimizerState,
+  readCheckpointMeta,
+  writeCheckpoint,
+} from '../run-folder/checkpoints.ts';
 import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
-import { fitPhase, type Callback, type Evaluation, type FitInputs, type PhaseSpan, type ValidatedWeights } from '../train/engine.ts';
+import {
+  fitPhase,
+  type Callback,
+  type Evaluation,
+  type FitInputs,
+  type PhaseSpan,
+  type ValidatedWeights,
+} from '../train/engine.ts';
 import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
 import { EpochLog, InterruptCallback, RunRecorder, TrackingCallback } from './callbacks.ts';
 import { initialEvaluationDue, recordInitialEvaluation } from './evaluate-stage.ts';
@@ -26,14 +39,22 @@ export function phaseSpans(config: ResolvedExperiment): (PhaseSpan & { phase: Ph
 }
 
 /** Early stopping for a phase, continuing a saved state when the run resumes inside the phase. */
-function earlyStoppingFor(context: RunContext, model: RunModel, phase: Phase, point: ResumePoint, inside: boolean): EarlyStopping | undefined {
+function earlyStoppingFor(
+  context: RunContext,
+  model: RunModel,
+  phase: Phase,
+  point: ResumePoint,
+  inside: boolean,
+): EarlyStopping | undefined {
   const settings = context.config.train[phase].early_stopping;
   if (!settings) return undefined;
   const { folder } = context;
   const callback = new EarlyStopping(settings, model.classifier.model, async (epoch) => {
     await writeCheckpoint(folder.checkpoint('early_stopping'), model.classifier.model, undefined, { epoch, phase });
   });
-  const saved = inside ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined) : undefined;
+  const saved = inside
+    ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined)
+    : undefined;
   if (saved) {
     let bestWeights: Tensor[] | undefined;
     const bestDir = findCheckpoint(folder.checkpoint('early_stopping'));
@@ -58,14 +79,23 @@ export interface TrainedPhases {
  * train: epoch 0 (before training), then the phases from the resume point on, with the
  * run's callbacks; returns each phase's summary and the last validation.
  */
-export async function trainPhases(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint): Promise<TrainedPhases> {
+export async function trainPhases(
+  context: RunContext,
+  model: RunModel,
+  data: PreparedDataset,
+  point: ResumePoint,
+): Promise<TrainedPhases> {
   const { config, folder, log } = context;
   const { classifier } = model;
   if (point.checkpoint) {
     loadCheckpointWeights(point.checkpoint.dir, classifier.model);
-    log.info({ epoch: point.lastEpoch, phase: point.checkpoint.meta.phase }, `continuing from the checkpoint of epoch ${point.lastEpoch}`);
+    log.info(
+      { epoch: point.lastEpoch, phase: point.checkpoint.meta.phase },
+      `continuing from the checkpoint of epoch ${point.lastEpoch}`,
+    );
     const { outcome, phase } = point.checkpoint.meta;
-    if (outcome && !context.run.phase_outcomes[phase]) context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
+    if (outcome && !context.run.phase_outcomes[phase])
+      context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
   }
   const summaries: Partial<Record<Phase, PhaseSummary>> = {};
   let initialDue = initialEvaluationDue(point);
@@ -85,14 +115,19 @@ export async function trainPhases(context: RunContext, model: RunModel, data: Pr
     const after = resumeAfter(span, point);
     if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
       // The first phase that trains evaluates epoch 0 through its own frontier.
-      const beforeTraining = initialDue ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation) : undefined;
+      const beforeTraining = initialDue
+        ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation)
+        : undefined;
       initialDue = false;
       lastValidation = await trainPhase(context, model, data, point, { ...span, resumeAfter: after }, beforeTraining);
     }
     const outcome: PhaseOutcome | undefined = context.run.phase_outcomes[span.phase];
     if (outcome?.stopped_early) summary.stopped_early = true;
     if (outcome?.restored_best_epoch !== undefined) summary.restored_best_epoch = outcome.restored_best_epoch;
-    summary.seconds = folder.readMetrics().records.filter((r) => r.phase === span.phase).reduce((sum, r) => sum + r.seconds, 0);
+    summary.seconds = folder
+      .readMetrics()
+      .records.filter((r) => r.phase === span.phase)
+      .reduce((sum, r) => sum + r.seconds, 0);
   }
   if (initialDue) await recordInitialEvaluation(context, model, data, point);
   return { summaries, lastValidation };
@@ -112,14 +147,17 @@ export function restoreBestWeights(context: RunContext, model: RunModel): FinalW
   if (!context.config.train.restore_best_weights || last === 0) return lastEpoch;
   const dir = findCheckpoint(context.folder.checkpoint('best'));
   if (!dir) {
-    context.log.warn('train.restore_best_weights: the run has no best checkpoint; the last epoch\'s weights are kept');
+    context.log.warn("train.restore_best_weights: the run has no best checkpoint; the last epoch's weights are kept");
     return lastEpoch;
   }
   const best = readCheckpointMeta(dir).epoch;
   if (best !== last) {
     loadCheckpointWeights(dir, model.classifier.model);
     const record = trained.find((r) => r.epoch === best);
-    context.log.info({ epoch: best }, `restored the weights of epoch ${best} (best val_accuracy${record ? ` ${record.val_accuracy.toFixed(4)}` : ''}; the last epoch was ${last})`);
+    context.log.info(
+      { epoch: best },
+      `restored the weights of epoch ${best} (best val_accuracy${record ? ` ${record.val_accuracy.toFixed(4)}` : ''}; the last epoch was ${last})`,
+    );
   }
   return { epoch: best, last_epoch: last, selected_by: 'best_val_accuracy' };
 }
@@ -132,7 +170,14 @@ export function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs[
   return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };
 }
 
-async function trainPhase(context: RunContext, model: RunModel, data: PreparedDataset, point: ResumePoint, span: PhaseSpan & { phase: Phase }, beforeTraining?: FitInputs['beforeTraining']): Promise<ValidatedWeights | undefined> {
+async function trainPhase(
+  context: RunContext,
+  model: RunModel,
+  data: PreparedDataset,
+  point: ResumePoint,
+  span: PhaseSpan & { phase: Phase },
+  beforeTraining?: FitInputs['beforeTraining'],
+): Promise<ValidatedWeights | undefined> {
   const { config, folder, log, options } = context;
   const settings = config.train[span.phase];
   const optimizer = createOptimizer(settings.optimizer);
@@ -141,8 +186,13 @@ async function trainPhase(context: RunContext, model: RunModel, data: PreparedDa
     if (inside) await loadOptimizerState(point.checkpoint!.dir, optimizer);
     const earlyStopping = earlyStoppingFor(context, model, span.phase, point, inside);
     const recorded = folder.readMetrics().records.filter((r) => r.epoch > 0);
-    const recorder = new RunRecorder(folder, model.classifier.model, optimizer, { bestValAccuracy: Math.max(-1, ...recorded.map((r) => r.val_accuracy)) }, earlyStopping, (phase, outcome) =>
-      context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } }),
+    const recorder = new RunRecorder(
+      folder,
+      model.classifier.model,
+      optimizer,
+      { bestValAccuracy: Math.max(-1, ...recorded.map((r) => r.val_accuracy)) },
+      earlyStopping,
+      (phase, outcome) => context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } }),
     );
     const callbacks: Callback[] = [
       ...(options.interrupt ? [new InterruptCallback(options.interrupt)] : []),
@@ -152,7 +202,14 @@ async function trainPhase(context: RunContext, model: RunModel, data: PreparedDa
       ...(context.progress ? [context.progress.callback()] : []),
       ...(context.tracking ? [new TrackingCallback(() => context.tracking!.update())] : []),
     ];
-    log.info({ phase: span.phase, trainable_variables: model.classifier.model.trainableWeights.length, epochs: `${span.resumeAfter + 1}..${span.last}` }, `phase ${span.phase}: ${model.classifier.model.trainableWeights.length} trainable variables`);
+    log.info(
+      {
+        phase: span.phase,
+        trainable_variables: model.classifier.model.trainableWeights.length,
+        epochs: `${span.resumeAfter + 1}..${span.last}`,
+      },
+      `phase ${span.phase}: ${model.classifier.model.trainableWeights.length} trainable variables`,
+    );
     const end = await fitPhase(
       {
         model: model.classifier.model,
@@ -167,10 +224,16 @@ async function trainPhase(context: RunContext, model: RunModel, data: PreparedDa
         beforeTraining,
         log: (message, fields) => log.info(fields ?? {}, message),
       },
-      { ...span, optimizer, learningRateAt: (epochInPhase) => learningRateAt(settings.optimizer.learning_rate, settings.schedule, epochInPhase, settings.epochs) },
+      {
+        ...span,
+        optimizer,
+        learningRateAt: (epochInPhase) =>
+          learningRateAt(settings.optimizer.learning_rate, settings.schedule, epochInPhase, settings.epochs),
+      },
       callbacks,
     );
-    if (!end.complete) throw new InterruptedError(`stopped during ${span.phase}; resume with: tlx run --resume ${folder.dir}`);
+    if (!end.complete)
+      throw new InterruptedError(`stopped during ${span.phase}; resume with: tlx run --resume ${folder.dir}`);
     return end.lastValidation;
   } finally {
     optimizer.dispose();

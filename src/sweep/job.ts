@@ -18,7 +18,9 @@ import type { GridValue } from './plan.ts';
  */
 
 /** A sweep id: the experiment name (the schema's pattern) and ten hex digits of the plan's hash. */
-const sweepId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}-[0-9a-f]{10}$/, 'expected <experiment name>-<10 hex digits>');
+const sweepId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}-[0-9a-f]{10}$/, 'expected <experiment name>-<10 hex digits>');
 const trialIndex = z.number().int().min(0).max(99_999);
 
 const QueuedTaskShape = z
@@ -30,12 +32,15 @@ const QueuedTaskShape = z
     /** Export this trial's model (sweep.export: all). */
     exportModel: z.boolean(),
     /** The sweep's MLflow parent run. */
-    parentRunId: z.string().regex(/^[0-9a-f]{32}$/, 'expected an MLflow run id (32 hex digits)').optional(),
+    parentRunId: z
+      .string()
+      .regex(/^[0-9a-f]{32}$/, 'expected an MLflow run id (32 hex digits)')
+      .optional(),
     /** The trial whose feature-extraction phase this one starts from (same sweep). */
     startFrom: trialIndex.optional(),
   })
   .strict();
-export type QueuedTaskData = z.infer<typeof QueuedTaskShape>;
+type QueuedTaskData = z.infer<typeof QueuedTaskShape>;
 
 const QueuedJobShape = QueuedTaskShape.extend({ followers: z.array(QueuedTaskShape).max(10_000) }).strict();
 export type QueuedJobData = z.infer<typeof QueuedJobShape>;
@@ -65,11 +70,16 @@ export class InvalidJobError extends Error {
 /** The place-naming keys a job may not use, each with why (checked after the schema). */
 function foreignPlaces(config: ResolvedExperiment): string[] {
   const found: string[] = [];
-  if (config.dataset.path !== undefined) found.push('dataset.path: a job may not name a folder (a queued sweep sends local data as mlflow-artifacts:/)');
+  if (config.dataset.path !== undefined)
+    found.push('dataset.path: a job may not name a folder (a queued sweep sends local data as mlflow-artifacts:/)');
   if (config.dataset.url?.startsWith('file:')) found.push('dataset.url: a job may not name a file: URL');
   const weights = config.model.weights;
-  if (!['imagenet', 'none', 'npm:nsfwjs'].includes(weights) && !/^(https?:\/\/|mlflow-artifacts:\/)/.test(weights)) found.push('model.weights: a job may not name a file (expected imagenet, none, npm:nsfwjs, or an http(s) or mlflow-artifacts:/ URL)');
-  if (config.tracking.mlflow?.tracking_uri !== undefined) found.push('tracking.mlflow.tracking_uri: a worker logs to its own tracking server');
+  if (!['imagenet', 'none', 'npm:nsfwjs'].includes(weights) && !/^(https?:\/\/|mlflow-artifacts:\/)/.test(weights))
+    found.push(
+      'model.weights: a job may not name a file (expected imagenet, none, npm:nsfwjs, or an http(s) or mlflow-artifacts:/ URL)',
+    );
+  if (config.tracking.mlflow?.tracking_uri !== undefined)
+    found.push('tracking.mlflow.tracking_uri: a worker logs to its own tracking server');
   return found;
 }
 
@@ -85,10 +95,23 @@ function checkTask(data: QueuedTaskData, where: string, runsDir: string): TrialT
   const foreign = foreignPlaces(config);
   if (foreign.length > 0) throw new InvalidJobError(`${where}: ${foreign.join('; ')}`);
   // baseDir resolves relative paths, and a job has none: the worker's own folder keeps it inside.
-  const experiment: LoadedExperiment = { config, files: [], baseDir: runsDir, configSha256: sha256Hex(canonicalJson(config)) };
+  const experiment: LoadedExperiment = {
+    config,
+    files: [],
+    baseDir: runsDir,
+    configSha256: sha256Hex(canonicalJson(config)),
+  };
   const { sweepId: id, trial, assignments, exportModel, parentRunId, startFrom } = data;
   if (startFrom === trial) throw new InvalidJobError(`${where}: startFrom: a trial cannot start from itself`);
-  return { sweepId: id, trial, assignments: assignments as Record<string, GridValue>, experiment, exportModel, parentRunId, startFrom };
+  return {
+    sweepId: id,
+    trial,
+    assignments: assignments as Record<string, GridValue>,
+    experiment,
+    exportModel,
+    parentRunId,
+    startFrom,
+  };
 }
 
 /**
@@ -98,7 +121,10 @@ function checkTask(data: QueuedTaskData, where: string, runsDir: string): TrialT
 export function checkJob(data: unknown, jobId: string, runsDir: string): CheckedJob {
   const where = `job ${JSON.stringify(String(jobId).slice(0, 120))}`;
   const forbidden = forbiddenKeyPaths(data);
-  if (forbidden.length > 0) throw new InvalidJobError(`${where}: the key "${forbidden[0].at(-1)}" is not allowed (at ${forbidden[0].join('.')}): prototype keys are refused`);
+  if (forbidden.length > 0)
+    throw new InvalidJobError(
+      `${where}: the key "${forbidden[0].at(-1)}" is not allowed (at ${forbidden[0].join('.')}): prototype keys are refused`,
+    );
   const parsed = QueuedJobShape.safeParse(data);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
@@ -107,7 +133,8 @@ export function checkJob(data: unknown, jobId: string, runsDir: string): Checked
   try {
     const task = checkTask(parsed.data, where, runsDir);
     const followers = parsed.data.followers.map((follower, i) => {
-      if (follower.sweepId !== task.sweepId) throw new InvalidJobError(`${where}: followers.${i}: belongs to another sweep`);
+      if (follower.sweepId !== task.sweepId)
+        throw new InvalidJobError(`${where}: followers.${i}: belongs to another sweep`);
       return checkTask(follower, `${where} follower ${follower.trial}`, runsDir);
     });
     return { task, followers };

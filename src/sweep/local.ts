@@ -38,7 +38,11 @@ class DatasetCache {
 
   get(config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string): Promise<PreparedDataset> {
     const key = sha256Hex(canonicalJson({ dataset: config.dataset, seed: config.seed, baseDir }));
-    if (this.current?.key !== key) this.current = { key, data: prepareDataset(config, { baseDir, cacheDir: this.cacheDir, log: this.log, knownArchiveSha256 }) };
+    if (this.current?.key !== key)
+      this.current = {
+        key,
+        data: prepareDataset(config, { baseDir, cacheDir: this.cacheDir, log: this.log, knownArchiveSha256 }),
+      };
     return this.current.data;
   }
 }
@@ -57,7 +61,8 @@ export class LocalScheduler implements TrialScheduler {
     this.datasets = new DatasetCache(options.cacheDir, options.log);
   }
 
-  readonly prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) => this.datasets.get(config, baseDir, known);
+  readonly prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) =>
+    this.datasets.get(config, baseDir, known);
 
   private sharedExporter(): PythonWorker {
     return (this.exporter ??= PythonWorker.start((line) => this.options.log.debug({ python: line })));
@@ -69,7 +74,9 @@ export class LocalScheduler implements TrialScheduler {
     const execute = async (job: TrialJob) => {
       const members = planned.jobs.filter((j) => j.group === job.group);
       // The group's feature extraction comes from its first trial, or (when that one failed) from any that finished.
-      const leader = members.map(stateOf).find((s) => s.trial !== job.plan.index && s.status === 'finished' && s.run_dir);
+      const leader = members
+        .map(stateOf)
+        .find((s) => s.trial !== job.plan.index && s.status === 'finished' && s.run_dir);
       await this.execute(job, stateOf(job), { planned, hooks, leader, members });
     };
     const stopped = () => Boolean(this.options.interrupt?.requested);
@@ -91,16 +98,33 @@ export class LocalScheduler implements TrialScheduler {
     await this.exporter?.close();
   }
 
-  private async execute(job: TrialJob, state: TrialState, context: { planned: SweepPlanned; hooks: SchedulerHooks; leader?: TrialState; members: TrialJob[] }): Promise<void> {
+  private async execute(
+    job: TrialJob,
+    state: TrialState,
+    context: { planned: SweepPlanned; hooks: SchedulerHooks; leader?: TrialState; members: TrialJob[] },
+  ): Promise<void> {
     const { log } = this.options;
     if (state.status === 'finished') return;
     const started = performance.now();
-    log.info({ trial: job.plan.index, assignments: job.plan.assignments }, `trial ${job.plan.index}: ${describeAssignments(job.plan.assignments)}`);
+    log.info(
+      { trial: job.plan.index, assignments: job.plan.assignments },
+      `trial ${job.plan.index}: ${describeAssignments(job.plan.assignments)}`,
+    );
     try {
       const own = state.run_dir ? RunFolder.tryOpen(state.run_dir) : undefined;
       const leaderFolder = context.leader?.run_dir ? RunFolder.tryOpen(context.leader.run_dir) : undefined;
-      const trial = { assignments: job.plan.assignments, sweep: { id: context.planned.id, dir: SweepFolder.at(this.options.runsDir, context.planned.id).dir } };
-      const { start, shared } = startOfTrial({ experiment: job.experiment, trial, runsDir: this.options.runsDir, own, leader: leaderFolder, log });
+      const trial = {
+        assignments: job.plan.assignments,
+        sweep: { id: context.planned.id, dir: SweepFolder.at(this.options.runsDir, context.planned.id).dir },
+      };
+      const { start, shared } = startOfTrial({
+        experiment: job.experiment,
+        trial,
+        runsDir: this.options.runsDir,
+        own,
+        leader: leaderFolder,
+        log,
+      });
       if ('resume' in start) state.run_dir = start.resume;
       if (shared) state.shared_feature_extraction = true;
       state.status = 'running';
@@ -123,7 +147,11 @@ export class LocalScheduler implements TrialScheduler {
     context.hooks.onTrialEnd?.(state);
   }
 
-  private runOptions(state: TrialState, job: TrialJob, context: { planned: SweepPlanned; hooks: SchedulerHooks; members: TrialJob[] }): RunOptions {
+  private runOptions(
+    state: TrialState,
+    job: TrialJob,
+    context: { planned: SweepPlanned; hooks: SchedulerHooks; members: TrialJob[] },
+  ): RunOptions {
     const { runsDir, cacheDir, log, interrupt, progress } = this.options;
     const tflite = Boolean(context.planned.base.config.export.tflite);
     const exportsTrials = context.planned.exportPolicy === 'all' && tflite;
@@ -133,8 +161,24 @@ export class LocalScheduler implements TrialScheduler {
     };
     // sweep.export best: the exporter starts with the first trial and is ready when the winner is known.
     const warmForLater = context.planned.exportPolicy === 'best' && tflite ? this.sharedExporter() : undefined;
-    const fineTuneAt = Math.min(...context.members.map((member) => member.experiment.config.train.fine_tune.fine_tune_at));
+    const fineTuneAt = Math.min(
+      ...context.members.map((member) => member.experiment.config.train.fine_tune.fine_tune_at),
+    );
     const frozenPrefix = context.members.length > 1 ? { store: this.frozenPrefixes, fineTuneAt } : undefined;
-    return { runsDir, cacheDir, log, prepareData: this.prepareData, parentRunId: context.hooks.parentRunId, interrupt, progress, export: exportsTrials, exporter: exportsTrials ? this.sharedExporter() : undefined, warmForLater, register: false, onOpen, frozenPrefix };
+    return {
+      runsDir,
+      cacheDir,
+      log,
+      prepareData: this.prepareData,
+      parentRunId: context.hooks.parentRunId,
+      interrupt,
+      progress,
+      export: exportsTrials,
+      exporter: exportsTrials ? this.sharedExporter() : undefined,
+      warmForLater,
+      register: false,
+      onOpen,
+      frozenPrefix,
+    };
   }
 }

@@ -26,7 +26,14 @@ import type { MlflowClient } from '../track/mlflow-client.ts';
  */
 
 const Manifest = z.object({
-  entries: z.record(z.string(), z.object({ sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative(), folder: z.boolean() })),
+  entries: z.record(
+    z.string(),
+    z.object({
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      bytes: z.number().int().nonnegative(),
+      folder: z.boolean(),
+    }),
+  ),
 });
 type Entries = z.infer<typeof Manifest>['entries'];
 
@@ -96,7 +103,9 @@ export class TrialMirror implements RunBackup {
     const kept = new Set(Object.values(entries).map((entry) => this.objectOf(entry)));
     let candidates = Object.values(this.sent).map((entry) => this.objectOf(entry));
     if (this.restored) {
-      candidates = (await this.client.listArtifacts(`${this.prefix}/objects`).catch(() => [])).map((file) => (file.path.includes('/') ? file.path : `${this.prefix}/objects/${file.path}`));
+      candidates = (await this.client.listArtifacts(`${this.prefix}/objects`).catch(() => [])).map((file) =>
+        file.path.includes('/') ? file.path : `${this.prefix}/objects/${file.path}`,
+      );
       this.restored = false;
     }
     const dropped = [...new Set(candidates)].filter((object) => !kept.has(object));
@@ -113,7 +122,8 @@ export class TrialMirror implements RunBackup {
     const target = path.join(runsDir, id);
     const temp = tempPathFor(target);
     try {
-      if (!(await this.client.getArtifact(`${this.prefix}/mirror.json`, path.join(work, 'mirror.json')))) return undefined;
+      if (!(await this.client.getArtifact(`${this.prefix}/mirror.json`, path.join(work, 'mirror.json'))))
+        return undefined;
       const entries = this.readManifest(path.join(work, 'mirror.json'));
       fs.mkdirSync(temp, { recursive: true });
       for (const [name, entry] of Object.entries(entries)) await this.fetchEntry(name, entry, work, temp);
@@ -132,18 +142,27 @@ export class TrialMirror implements RunBackup {
     try {
       parsed = Manifest.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
     } catch (error) {
-      throw new UserError(`${this.prefix}/mirror.json in the artifact store is not a trial's manifest: ${errorMessage(error).split('\n')[0].slice(0, 200)}`);
+      throw new UserError(
+        `${this.prefix}/mirror.json in the artifact store is not a trial's manifest: ${errorMessage(error).split('\n')[0].slice(0, 200)}`,
+      );
     }
     const foreign = Object.keys(parsed.entries).find((name) => !RunFolder.isCopyEntry(name));
-    if (foreign) throw new UserError(`${this.prefix}/mirror.json names ${JSON.stringify(foreign.slice(0, 80))}, which is not a file of a run folder`);
+    if (foreign)
+      throw new UserError(
+        `${this.prefix}/mirror.json names ${JSON.stringify(foreign.slice(0, 80))}, which is not a file of a run folder`,
+      );
     return parsed.entries;
   }
 
   private async fetchEntry(name: string, entry: Entries[string], work: string, into: string): Promise<void> {
     const downloaded = path.join(work, 'entry');
-    if (!(await this.client.getArtifact(this.objectOf(entry), downloaded))) throw new UserError(`${this.prefix}: ${name} is named in mirror.json but missing from the artifact store`);
+    if (!(await this.client.getArtifact(this.objectOf(entry), downloaded)))
+      throw new UserError(`${this.prefix}: ${name} is named in mirror.json but missing from the artifact store`);
     const sha256 = await sha256OfFile(downloaded);
-    if (sha256 !== entry.sha256) throw new UserError(`${this.prefix}: ${name} does not match mirror.json (sha256 ${sha256.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…); the copy was changed in the store`);
+    if (sha256 !== entry.sha256)
+      throw new UserError(
+        `${this.prefix}: ${name} does not match mirror.json (sha256 ${sha256.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…); the copy was changed in the store`,
+      );
     this.traffic.received += fs.statSync(downloaded).size;
     const place = path.join(into, ...name.split('/'));
     fs.mkdirSync(path.dirname(place), { recursive: true });

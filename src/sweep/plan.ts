@@ -29,7 +29,7 @@ export interface TrialJob {
   group: string;
 }
 
-export type ExportPolicy = 'all' | 'best' | 'none';
+type ExportPolicy = 'all' | 'best' | 'none';
 
 export interface SweepPlanned {
   id: string;
@@ -60,11 +60,13 @@ function checkGridKey(key: string, where: string): void {
   if (forbidden) throw new UserError(`${where}: ${key}: ${forbiddenKeyMessage(forbidden)}`);
 }
 
-export function gridFromConfig(sweep: Sweep | undefined): Grid {
+function gridFromConfig(sweep: Sweep | undefined): Grid {
   const grid: Grid = {};
   for (const [key, spec] of Object.entries(sweep?.grid ?? {})) {
     checkGridKey(key, 'sweep.grid');
-    grid[key] = Array.isArray(spec) ? (spec as GridValue[]) : expandRange(spec as { from: number; to: number; step: number }, key);
+    grid[key] = Array.isArray(spec)
+      ? (spec as GridValue[])
+      : expandRange(spec as { from: number; to: number; step: number }, key);
   }
   return grid;
 }
@@ -72,7 +74,8 @@ export function gridFromConfig(sweep: Sweep | undefined): Grid {
 /** `--grid key=v1,v2,...` (each value read as YAML: 40 is a number), or `key=from:to:step`. */
 export function parseGridFlag(flag: string): [string, GridValue[]] {
   const equals = flag.indexOf('=');
-  if (equals <= 0) throw new UserError(`--grid ${flag}: expected key.path=v1,v2,... (e.g. train.fine_tune.fine_tune_at=40,80,100)`);
+  if (equals <= 0)
+    throw new UserError(`--grid ${flag}: expected key.path=v1,v2,... (e.g. train.fine_tune.fine_tune_at=40,80,100)`);
   const key = flag.slice(0, equals).trim();
   checkGridKey(key, `--grid ${flag}`);
   const spec = flag.slice(equals + 1);
@@ -90,7 +93,8 @@ export function parseGridFlag(flag: string): [string, GridValue[]] {
 /** The grid product, last key varying fastest; `maxTrials` keeps the first n. */
 export function expandGrid(grid: Grid, maxTrials?: number): TrialPlan[] {
   const keys = Object.keys(grid);
-  if (keys.length === 0) throw new UserError('sweep: nothing to sweep; add a sweep: grid: block to the experiment or pass --grid key=v1,v2');
+  if (keys.length === 0)
+    throw new UserError('sweep: nothing to sweep; add a sweep: grid: block to the experiment or pass --grid key=v1,v2');
   let combos: Record<string, GridValue>[] = [{}];
   for (const key of keys) combos = combos.flatMap((combo) => grid[key].map((value) => ({ ...combo, [key]: value })));
   const trials = combos.map((assignments, index) => ({ index, assignments }));
@@ -99,7 +103,9 @@ export function expandGrid(grid: Grid, maxTrials?: number): TrialPlan[] {
 
 /** A trial's values as --set flags: strings as they are, everything else as JSON (read back as YAML). */
 export function assignmentFlags(assignments: Record<string, GridValue>): string[] {
-  return Object.entries(assignments).map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
+  return Object.entries(assignments).map(
+    ([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`,
+  );
 }
 
 export function describeAssignments(assignments: Record<string, GridValue>): string {
@@ -141,15 +147,28 @@ export function planSweep(input: PlanInput): SweepPlanned {
   const jobs: TrialJob[] = [];
   for (const plan of plans) {
     try {
-      const experiment = withoutSweep(loadExperiment(input.file, { overrides: [...input.overrides, ...assignmentFlags(plan.assignments)], grid: input.grid }));
-      const group = sha256Hex(canonicalJson(featureExtractionIdentity(experiment.config as unknown as Record<string, unknown>))).slice(0, 16);
+      const experiment = withoutSweep(
+        loadExperiment(input.file, {
+          overrides: [...input.overrides, ...assignmentFlags(plan.assignments)],
+          grid: input.grid,
+        }),
+      );
+      const group = sha256Hex(
+        canonicalJson(featureExtractionIdentity(experiment.config as unknown as Record<string, unknown>)),
+      ).slice(0, 16);
       jobs.push({ plan, experiment, configSha256: experiment.configSha256, group });
     } catch (error) {
-      const detail = error instanceof ConfigError ? error.problems.map((p) => `${p.keyPath ? `${p.keyPath}: ` : ''}${p.message}`).join('; ') : errorMessage(error);
+      const detail =
+        error instanceof ConfigError
+          ? error.problems.map((p) => `${p.keyPath ? `${p.keyPath}: ` : ''}${p.message}`).join('; ')
+          : errorMessage(error);
       problems.push(`trial ${plan.index} (${describeAssignments(plan.assignments)}): ${detail}`);
     }
   }
-  if (problems.length > 0) throw new UserError(`sweep: ${problems.length} of ${plans.length} trial(s) are invalid; nothing was run:\n${problems.join('\n')}`);
+  if (problems.length > 0)
+    throw new UserError(
+      `sweep: ${problems.length} of ${plans.length} trial(s) are invalid; nothing was run:\n${problems.join('\n')}`,
+    );
   const base = withoutSweep(loaded);
   const id = `${loaded.config.name}-${sha256Hex(canonicalJson({ baseConfig: base.config, grid, maxTrials: input.maxTrials ?? null })).slice(0, 10)}`;
   return {
@@ -167,9 +186,19 @@ export function planSweep(input: PlanInput): SweepPlanned {
 }
 
 /** How a sweep appears in MLflow: its experiment, its name, the swept keys and its metric. */
-export function parentRunOf(planned: SweepPlanned): { experimentName: string; sweepName: string; grid: Grid; metric: string } {
+export function parentRunOf(planned: SweepPlanned): {
+  experimentName: string;
+  sweepName: string;
+  grid: Grid;
+  metric: string;
+} {
   const config = planned.base.config;
-  return { experimentName: config.tracking.mlflow?.experiment ?? config.name, sweepName: config.name, grid: planned.grid, metric: planned.metric };
+  return {
+    experimentName: config.tracking.mlflow?.experiment ?? config.name,
+    sweepName: config.name,
+    grid: planned.grid,
+    metric: planned.metric,
+  };
 }
 
 /** The plan as the sweep folder stores it (plan.json): what a resume or a worker rebuilds from. */
@@ -183,6 +212,11 @@ export function planRecordOf(planned: SweepPlanned, experimentFile: string): Swe
     metric: planned.metric,
     goal: planned.goal,
     export: planned.exportPolicy,
-    trials: planned.jobs.map((j) => ({ trial: j.plan.index, assignments: j.plan.assignments, config_sha256: j.configSha256, group: j.group })),
+    trials: planned.jobs.map((j) => ({
+      trial: j.plan.index,
+      assignments: j.plan.assignments,
+      config_sha256: j.configSha256,
+      group: j.group,
+    })),
   };
 }

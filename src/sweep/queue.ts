@@ -35,8 +35,12 @@ export const queueName = 'tlx-trials';
 /** The Redis URL: --queue, else $TLX_QUEUE_URL (which keeps a password out of `ps`). */
 export function queueUrlOf(flag: string | boolean | undefined): string {
   const url = typeof flag === 'string' ? flag : process.env.TLX_QUEUE_URL;
-  if (!url) throw new UserError('--queue: expected a Redis URL (redis:// or rediss://), as the flag\'s value or in $TLX_QUEUE_URL');
-  if (!/^rediss?:\/\//.test(url)) throw new UserError(`--queue: ${redactUrl(url)}: expected a redis:// or rediss:// URL`);
+  if (!url)
+    throw new UserError(
+      "--queue: expected a Redis URL (redis:// or rediss://), as the flag's value or in $TLX_QUEUE_URL",
+    );
+  if (!/^rediss?:\/\//.test(url))
+    throw new UserError(`--queue: ${redactUrl(url)}: expected a redis:// or rediss:// URL`);
   return url;
 }
 
@@ -48,14 +52,23 @@ function timings(): { lockDuration: number; stalledInterval: number } {
 
 export function connect(url: string): Redis {
   // BullMQ needs maxRetriesPerRequest null: commands wait out a Redis restart instead of failing.
-  return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, retryStrategy: (times) => Math.min(times * 200, 2000) });
+  return new Redis(url, {
+    maxRetriesPerRequest: null,
+    enableReadyCheck: true,
+    retryStrategy: (times) => Math.min(times * 200, 2000),
+  });
 }
 
-export function jobIdOf(sweepId: string, trial: number): string {
+function jobIdOf(sweepId: string, trial: number): string {
   return `${sweepId}.trial-${trial}`;
 }
 
-const jobOptions = { attempts: 3, backoff: { type: 'exponential', delay: 5000 }, removeOnComplete: false, removeOnFail: false } as const;
+const jobOptions = {
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 5000 },
+  removeOnComplete: false,
+  removeOnFail: false,
+} as const;
 
 /** Where a queued trial stands, from its job. */
 export interface JobOutcome {
@@ -89,7 +102,8 @@ export class TrialQueue {
     if (!job) return { status: 'pending', jobState: "not enqueued yet (waits for its group's feature extraction)" };
     const state = await job.getState();
     if (state === 'completed') return { status: 'finished', jobState: state, row: job.returnvalue as TrialRow };
-    if (state === 'failed') return { status: 'failed', jobState: state, error: redactText(job.failedReason ?? 'failed').split('\n')[0] };
+    if (state === 'failed')
+      return { status: 'failed', jobState: state, error: redactText(job.failedReason ?? 'failed').split('\n')[0] };
     return { status: state === 'active' ? 'running' : 'pending', jobState: state };
   }
 
@@ -137,7 +151,10 @@ class CheckingWorker extends Worker<QueuedJobData | Unreadable> {
       return super.createJob(data, jobId);
     } catch (error) {
       const reason = `job ${JSON.stringify(String(jobId).slice(0, 120))}: its data is not JSON (${errorMessage(error).split('\n')[0].slice(0, 120)})`;
-      return super.createJob({ ...data, data: JSON.stringify({ unreadable: reason }), opts: JSON.stringify({ attempts: 1 }) }, jobId);
+      return super.createJob(
+        { ...data, data: JSON.stringify({ unreadable: reason }), opts: JSON.stringify({ attempts: 1 }) },
+        jobId,
+      );
     }
   }
 }
@@ -152,22 +169,46 @@ export function trialWorkRoot(tmpDir = os.tmpdir()): string {
 }
 
 /** Runs one trial in a child process (`tlx __trial`); it exits if this worker dies. */
-async function runTrialChild(jobId: string, data: QueuedJobData, options: WorkerOptions, active: Set<ReturnType<typeof spawnChild>>): Promise<ChildResult> {
+async function runTrialChild(
+  jobId: string,
+  data: QueuedJobData,
+  options: WorkerOptions,
+  active: Set<ReturnType<typeof spawnChild>>,
+): Promise<ChildResult> {
   const leftovers = removeDeadTemps(trialWorkRoot());
-  if (leftovers.length) options.log.debug({ removed: leftovers }, `removed ${leftovers.length} trial folder(s) of workers that died`);
+  if (leftovers.length)
+    options.log.debug({ removed: leftovers }, `removed ${leftovers.length} trial folder(s) of workers that died`);
   const work = tempPathFor(path.join(trialWorkRoot(), 'trial'));
   fs.mkdirSync(work, { recursive: true });
   const request = path.join(work, 'trial.json');
   const result = path.join(work, 'result.json');
   writeJsonAtomic(request, { jobId, data, copyEverySeconds: options.copyEverySeconds });
-  const env = { ...minimalEnv(), ...Object.fromEntries(Object.entries(process.env).filter(([key]) => key.startsWith('MLFLOW_') || key.startsWith('TLX_') || key === 'TF_CPP_MIN_LOG_LEVEL')) } as Record<string, string>;
-  const args = [path.join(projectRoot, 'bin', 'tlx.mjs'), '--json', '--runs-dir', options.runsDir, ...(options.cacheDir ? ['--cache-dir', options.cacheDir] : []), '__trial', request, result];
+  const env = {
+    ...minimalEnv(),
+    ...Object.fromEntries(
+      Object.entries(process.env).filter(
+        ([key]) => key.startsWith('MLFLOW_') || key.startsWith('TLX_') || key === 'TF_CPP_MIN_LOG_LEVEL',
+      ),
+    ),
+  } as Record<string, string>;
+  const args = [
+    path.join(projectRoot, 'bin', 'tlx.mjs'),
+    '--json',
+    '--runs-dir',
+    options.runsDir,
+    ...(options.cacheDir ? ['--cache-dir', options.cacheDir] : []),
+    '__trial',
+    request,
+    result,
+  ];
   const child = spawnChild(process.execPath, args, { env, watchParent: true, buffer: false });
   active.add(child);
   child.stderr?.on('data', (chunk: Buffer) => process.stderr.write(chunk));
   try {
     const done = await child;
-    const reported = fs.existsSync(result) ? (JSON.parse(fs.readFileSync(result, 'utf8')) as Omit<ChildResult, 'exitCode'>) : {};
+    const reported = fs.existsSync(result)
+      ? (JSON.parse(fs.readFileSync(result, 'utf8')) as Omit<ChildResult, 'exitCode'>)
+      : {};
     return { exitCode: done.exitCode ?? undefined, signal: done.signal ?? undefined, ...reported };
   } finally {
     active.delete(child);
@@ -179,7 +220,8 @@ async function runTrialChild(jobId: string, data: QueuedJobData, options: Worker
 async function addFollowers(queue: Queue<QueuedJobData | Unreadable>, checked: CheckedJob): Promise<void> {
   for (const follower of checked.followers) {
     const id = jobIdOf(follower.sweepId, follower.trial);
-    if (!(await queue.getJob(id))) await queue.add('trial', jobDataOf({ ...follower, startFrom: checked.task.trial }), { ...jobOptions, jobId: id });
+    if (!(await queue.getJob(id)))
+      await queue.add('trial', jobDataOf({ ...follower, startFrom: checked.task.trial }), { ...jobOptions, jobId: id });
   }
 }
 
@@ -191,7 +233,12 @@ interface WorkerState {
 }
 
 /** One job: checked, run in a child process, its followers added; how it ended decides retries. */
-async function processJob(job: Job<QueuedJobData | Unreadable>, token: string | undefined, state: WorkerState, options: WorkerOptions): Promise<TrialRow> {
+async function processJob(
+  job: Job<QueuedJobData | Unreadable>,
+  token: string | undefined,
+  state: WorkerState,
+  options: WorkerOptions,
+): Promise<TrialRow> {
   if (typeof job.data === 'object' && job.data !== null && 'unreadable' in job.data) {
     // Stored as JSON from now on: whatever reads the queue next (a dashboard, a coordinator) can parse it.
     await job.updateData(job.data);
@@ -205,7 +252,10 @@ async function processJob(job: Job<QueuedJobData | Unreadable>, token: string | 
     throw error;
   }
   const { task } = checked;
-  options.log.info({ job: job.id, trial: task.trial, attempt: job.attemptsMade + 1 }, `trial ${task.trial} of ${task.sweepId}: starting`);
+  options.log.info(
+    { job: job.id, trial: task.trial, attempt: job.attemptsMade + 1 },
+    `trial ${task.trial} of ${task.sweepId}: starting`,
+  );
   const outcome = await runTrialChild(job.id!, job.data, options, state.active);
   if (outcome.exitCode === 0 && outcome.row) {
     await addFollowers(state.queue, checked);
@@ -216,7 +266,11 @@ async function processJob(job: Job<QueuedJobData | Unreadable>, token: string | 
     await job.moveToDelayed(Date.now() + 1000, token);
     throw new DelayedError();
   }
-  const message = outcome.error ?? (outcome.signal ? `the trial process was killed (${outcome.signal})` : `the trial process exited with code ${outcome.exitCode}`);
+  const message =
+    outcome.error ??
+    (outcome.signal
+      ? `the trial process was killed (${outcome.signal})`
+      : `the trial process exited with code ${outcome.exitCode}`);
   const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
   const final = outcome.failure === 'invalid' || outcome.failure === 'export';
   // The group's other trials still run (a sweep waits for every trial): from this one's
@@ -232,13 +286,28 @@ async function processJob(job: Job<QueuedJobData | Unreadable>, token: string | 
  */
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { log } = options;
-  if (!process.env.MLFLOW_TRACKING_URI) throw new UserError('tlx worker: set MLFLOW_TRACKING_URI to the tracking server the sweeps log to: trials, their data and their checkpoints travel through its artifact store');
+  if (!process.env.MLFLOW_TRACKING_URI)
+    throw new UserError(
+      'tlx worker: set MLFLOW_TRACKING_URI to the tracking server the sweeps log to: trials, their data and their checkpoints travel through its artifact store',
+    );
   const connection = connect(options.queueUrl);
   const state: WorkerState = { queue: new Queue(queueName, { connection }), active: new Set(), givingBack: false };
   const workerConnection = connect(options.queueUrl);
-  const worker = new CheckingWorker(queueName, (job, token) => processJob(job, token, state, options), { connection: workerConnection, concurrency: options.concurrency, ...timings(), maxStalledCount: 3, autorun: true });
+  const worker = new CheckingWorker(queueName, (job, token) => processJob(job, token, state, options), {
+    connection: workerConnection,
+    concurrency: options.concurrency,
+    ...timings(),
+    maxStalledCount: 3,
+    autorun: true,
+  });
   worker.on('completed', (job) => log.info({ job: job.id }, `job ${job.id}: done`));
-  worker.on('failed', (job, error) => job && !(error instanceof DelayedError) && log.warn({ job: job.id }, `job ${job.id}: ${redactText(error.message)}`));
+  worker.on(
+    'failed',
+    (job, error) =>
+      job &&
+      !(error instanceof DelayedError) &&
+      log.warn({ job: job.id }, `job ${job.id}: ${redactText(error.message)}`),
+  );
   worker.on('error', (error) => log.warn({ error: redactText(error.message) }, 'queue connection problem; retrying'));
   let connected = false;
   const stopped = stopOnSignals(worker, state, log, () => connected);
@@ -246,7 +315,15 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   void Promise.all([worker.waitUntilReady(), state.queue.waitUntilReady()]).then(
     () => {
       connected = true;
-      log.info({ queue: redactUrl(options.queueUrl), concurrency: options.concurrency, runs_dir: options.runsDir, pid: process.pid }, 'worker ready');
+      log.info(
+        {
+          queue: redactUrl(options.queueUrl),
+          concurrency: options.concurrency,
+          runs_dir: options.runsDir,
+          pid: process.pid,
+        },
+        'worker ready',
+      );
     },
     () => undefined,
   );
@@ -273,7 +350,9 @@ function stopOnSignals(worker: Worker, state: WorkerState, log: Logger, connecte
         if (connected()) void withinSeconds(worker.close(true), 5).then(resolve);
         else resolve();
       } else if (signals === 1) {
-        log.warn('worker: finishing the current trial(s), then stopping (Ctrl-C again to checkpoint them and give them back)');
+        log.warn(
+          'worker: finishing the current trial(s), then stopping (Ctrl-C again to checkpoint them and give them back)',
+        );
         void worker.close().then(resolve);
       } else if (signals === 2) {
         state.givingBack = true;
@@ -288,6 +367,9 @@ function stopOnSignals(worker: Worker, state: WorkerState, log: Logger, connecte
 /** Waits for a promise at most this long (closing against an unreachable Redis never ends). */
 async function withinSeconds(promise: Promise<unknown>, seconds: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([promise.catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, seconds * 1000)))]);
+  await Promise.race([
+    promise.catch(() => undefined),
+    new Promise((resolve) => (timer = setTimeout(resolve, seconds * 1000))),
+  ]);
   clearTimeout(timer);
 }

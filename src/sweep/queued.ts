@@ -53,7 +53,10 @@ export class QueueScheduler implements TrialScheduler {
 
   async run(planned: SweepPlanned, states: TrialState[], hooks: SchedulerHooks): Promise<boolean> {
     const trackingUri = trackingUriFor(planned.base.config);
-    if (!trackingUri) throw new UserError('sweep --queue: set MLFLOW_TRACKING_URI (or tracking.mlflow.tracking_uri): queued trials, their data and their checkpoints travel through the tracking server\'s artifact store');
+    if (!trackingUri)
+      throw new UserError(
+        "sweep --queue: set MLFLOW_TRACKING_URI (or tracking.mlflow.tracking_uri): queued trials, their data and their checkpoints travel through the tracking server's artifact store",
+      );
     this.client = new MlflowClient({ trackingUri });
     this.queue = new TrialQueue(this.options.queueUrl);
     this.sweepId = planned.id;
@@ -62,7 +65,12 @@ export class QueueScheduler implements TrialScheduler {
       const tasks = new Map<TrialJob, TrialTask>();
       for (const job of planned.jobs) tasks.set(job, await shipping.taskOf(planned, job, hooks.parentRunId));
       const added = await this.enqueue(planned, tasks);
-      this.options.log.info({ sweep: planned.id, added, trials: planned.jobs.length, queue: redactUrl(this.options.queueUrl) }, added ? `sweep ${planned.id}: ${added} trial job(s) enqueued` : `sweep ${planned.id} is already on the queue; attaching to it`);
+      this.options.log.info(
+        { sweep: planned.id, added, trials: planned.jobs.length, queue: redactUrl(this.options.queueUrl) },
+        added
+          ? `sweep ${planned.id}: ${added} trial job(s) enqueued`
+          : `sweep ${planned.id} is already on the queue; attaching to it`,
+      );
     }
     return this.follow(planned, states, hooks);
   }
@@ -73,9 +81,19 @@ export class QueueScheduler implements TrialScheduler {
     const shares = (job: TrialJob) => job.experiment.config.train.feature_extraction.epochs > 0;
     let added = 0;
     for (const job of [...leaders, ...followers.filter((f) => !shares(f))]) {
-      const carried = leaders.includes(job) && shares(job) ? followers.filter((f) => leaderOf(f) === job && shares(f)) : [];
-      for (const follower of carried) this.followers.set(follower.plan.index, { task: tasks.get(follower)!, leader: job.plan.index });
-      if (await this.queue!.add(jobDataOf(tasks.get(job)!, carried.map((f) => tasks.get(f)!)))) added++;
+      const carried =
+        leaders.includes(job) && shares(job) ? followers.filter((f) => leaderOf(f) === job && shares(f)) : [];
+      for (const follower of carried)
+        this.followers.set(follower.plan.index, { task: tasks.get(follower)!, leader: job.plan.index });
+      if (
+        await this.queue!.add(
+          jobDataOf(
+            tasks.get(job)!,
+            carried.map((f) => tasks.get(f)!),
+          ),
+        )
+      )
+        added++;
     }
     return added;
   }
@@ -92,7 +110,10 @@ export class QueueScheduler implements TrialScheduler {
         if (ended(state)) {
           const done = states.filter(ended).length;
           const value = outcome.row?.val_accuracy;
-          this.options.log.info({ trial: state.trial, status: state.status, val_accuracy: value }, `trial ${state.trial} (${describeAssignments(state.assignments as Record<string, never>)}): ${state.status}${value !== undefined ? `, val_accuracy ${value.toFixed(4)}` : ''}${state.error ? `: ${state.error}` : ''} [${done}/${states.length}]`);
+          this.options.log.info(
+            { trial: state.trial, status: state.status, val_accuracy: value },
+            `trial ${state.trial} (${describeAssignments(state.assignments as Record<string, never>)}): ${state.status}${value !== undefined ? `, val_accuracy ${value.toFixed(4)}` : ''}${state.error ? `: ${state.error}` : ''} [${done}/${states.length}]`,
+          );
           hooks.onTrialEnd?.(state);
         }
       }
@@ -111,7 +132,11 @@ export class QueueScheduler implements TrialScheduler {
     const follower = this.followers.get(state.trial);
     const leader = follower && states.find((s) => s.trial === follower.leader);
     if (!follower || !leader || !ended(leader)) return;
-    if (await this.queue!.add(jobDataOf({ ...follower.task, startFrom: follower.leader }))) this.options.log.warn({ trial: state.trial, leader: follower.leader }, `trial ${state.trial}: enqueued here, as trial ${follower.leader} ${leader.status} without enqueuing it`);
+    if (await this.queue!.add(jobDataOf({ ...follower.task, startFrom: follower.leader })))
+      this.options.log.warn(
+        { trial: state.trial, leader: follower.leader },
+        `trial ${state.trial}: enqueued here, as trial ${follower.leader} ${leader.status} without enqueuing it`,
+      );
     this.followers.delete(state.trial);
   }
 
@@ -119,7 +144,9 @@ export class QueueScheduler implements TrialScheduler {
   async folderOf(state: TrialState): Promise<RunFolder | undefined> {
     const id = trialRunId(this.sweepId, state.trial);
     const here = RunFolder.tryOpen(path.join(this.options.runsDir, id));
-    const folder = here?.hasSummary() ? here : await TrialMirror.of(this.client!, this.sweepId, state.trial).restore(this.options.runsDir, id);
+    const folder = here?.hasSummary()
+      ? here
+      : await TrialMirror.of(this.client!, this.sweepId, state.trial).restore(this.options.runsDir, id);
     if (folder) state.run_dir = folder.dir;
     return folder;
   }
@@ -151,7 +178,14 @@ class Shipping {
   async taskOf(planned: SweepPlanned, job: TrialJob, parentRunId: string | undefined): Promise<TrialTask> {
     const config = await this.shipped(job.experiment.config, job.experiment.baseDir);
     const exportModel = planned.exportPolicy === 'all' && Boolean(config.export.tflite);
-    return { sweepId: planned.id, trial: job.plan.index, assignments: job.plan.assignments, experiment: { ...job.experiment, config, configSha256: sha256Hex(canonicalJson(config)) }, exportModel, parentRunId };
+    return {
+      sweepId: planned.id,
+      trial: job.plan.index,
+      assignments: job.plan.assignments,
+      experiment: { ...job.experiment, config, configSha256: sha256Hex(canonicalJson(config)) },
+      exportModel,
+      parentRunId,
+    };
   }
 
   private async shipped(original: ResolvedExperiment, baseDir: string): Promise<ResolvedExperiment> {
@@ -165,25 +199,40 @@ class Shipping {
     }
     const weights = config.model.weights;
     if (!['imagenet', 'none'].includes(weights) && !/^[a-z][\w+.-]*:/i.test(weights)) {
-      if (!/\.(h5|hdf5)$/i.test(weights)) throw new UserError(`model.weights: ${weights}: a queued sweep sends a local Keras .h5 file to its workers; a tfjs model.json with its shards cannot travel yet (give its http(s) URL)`);
-      config.model.weights = (await this.once(path.resolve(baseDir, weights), (local) => this.sendFile(local, 'weights', path.extname(local).toLowerCase()))).uri;
+      if (!/\.(h5|hdf5)$/i.test(weights))
+        throw new UserError(
+          `model.weights: ${weights}: a queued sweep sends a local Keras .h5 file to its workers; a tfjs model.json with its shards cannot travel yet (give its http(s) URL)`,
+        );
+      config.model.weights = (
+        await this.once(path.resolve(baseDir, weights), (local) =>
+          this.sendFile(local, 'weights', path.extname(local).toLowerCase()),
+        )
+      ).uri;
     }
     return config;
   }
 
-  private once(local: string, send: (local: string) => Promise<{ uri: string; sha256: string }>): Promise<{ uri: string; sha256: string }> {
+  private once(
+    local: string,
+    send: (local: string) => Promise<{ uri: string; sha256: string }>,
+  ): Promise<{ uri: string; sha256: string }> {
     if (!this.sent.has(local)) this.sent.set(local, send(local));
     return this.sent.get(local)!;
   }
 
   /** A dataset folder as a tar stored under its sha256 (sent unless the store has it). */
   private async sendFolder(folder: string): Promise<{ uri: string; sha256: string }> {
-    if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory()) throw new UserError(`dataset.path: ${folder}: no such folder`);
+    if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory())
+      throw new UserError(`dataset.path: ${folder}: no such folder`);
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tlx-ship-'));
     try {
       const archive = path.join(work, 'data.tar');
       const packed = await packFolder(folder, archive);
-      if (packed.leftOut > 0) this.log.warn({ folder, left_out: packed.leftOut }, `dataset.path: ${packed.leftOut} link(s) or special file(s) in ${folder} are not sent to the workers`);
+      if (packed.leftOut > 0)
+        this.log.warn(
+          { folder, left_out: packed.leftOut },
+          `dataset.path: ${packed.leftOut} link(s) or special file(s) in ${folder} are not sent to the workers`,
+        );
       const key = `tlx/datasets/${packed.sha256}.tar`;
       await this.put(key, archive, `dataset ${folder} (${packed.files} files, ${formatBytes(packed.bytes)})`);
       return { uri: `mlflow-artifacts:/${key}`, sha256: packed.sha256 };
@@ -202,11 +251,18 @@ class Shipping {
 
   private async put(key: string, file: string, what: string): Promise<void> {
     const folder = path.posix.dirname(key);
-    if ((await this.client.listArtifacts(folder)).some((entry) => entry.path === path.posix.basename(key) || entry.path === key)) {
+    if (
+      (await this.client.listArtifacts(folder)).some(
+        (entry) => entry.path === path.posix.basename(key) || entry.path === key,
+      )
+    ) {
       this.log.info({ key }, `${what}: already in the artifact store (mlflow-artifacts:/${key})`);
       return;
     }
     await this.client.putArtifact(key, file);
-    this.log.info({ key, bytes: fs.statSync(file).size }, `${what}: sent to the artifact store as mlflow-artifacts:/${key}`);
+    this.log.info(
+      { key, bytes: fs.statSync(file).size },
+      `${what}: sent to the artifact store as mlflow-artifacts:/${key}`,
+    );
   }
 }

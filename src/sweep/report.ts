@@ -27,7 +27,7 @@ export interface TrialRow {
 
 export type SweepMetric = 'val_accuracy' | 'val_loss' | 'test_accuracy' | 'test_loss' | 'tflite_accuracy';
 
-export function metricOf(row: TrialRow, metric: SweepMetric): number | undefined {
+function metricOf(row: TrialRow, metric: SweepMetric): number | undefined {
   const value = row[metric];
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
@@ -80,8 +80,15 @@ export function resultsTable(rows: TrialRow[], best: TrialRow | undefined): stri
   const cols = columns(rows).filter((c) => !['run_id', 'error'].includes(c.header));
   const cells = rows.map((r) => cols.map((c) => c.value(r)));
   const widths = cols.map((c, i) => Math.max(c.header.length, ...cells.map((row) => row[i].length)));
-  const line = (values: string[], mark: string) => `${mark} ${values.map((v, i) => v.padEnd(widths[i])).join('  ')}`.trimEnd();
-  return [line(cols.map((c) => c.header), ' '), ...rows.map((r, i) => line(cells[i], r === best ? '*' : ' '))].join('\n');
+  const line = (values: string[], mark: string) =>
+    `${mark} ${values.map((v, i) => v.padEnd(widths[i])).join('  ')}`.trimEnd();
+  return [
+    line(
+      cols.map((c) => c.header),
+      ' ',
+    ),
+    ...rows.map((r, i) => line(cells[i], r === best ? '*' : ' ')),
+  ].join('\n');
 }
 
 /** The metric against the swept value; a heatmap for two swept keys. */
@@ -89,16 +96,34 @@ export function sweepPlotSpec(rows: TrialRow[], metric: SweepMetric): TopLevelSp
   const keys = Object.keys(rows[0]?.assignments ?? {});
   const values = rows
     .filter((r) => metricOf(r, metric) !== undefined)
-    .map((r) => ({ ...Object.fromEntries(keys.map((k) => [k, typeof r.assignments[k] === 'object' ? JSON.stringify(r.assignments[k]) : r.assignments[k]])), trial: r.trial, [metric]: metricOf(r, metric) }));
+    .map((r) => ({
+      ...Object.fromEntries(
+        keys.map((k) => [
+          k,
+          typeof r.assignments[k] === 'object' ? JSON.stringify(r.assignments[k]) : r.assignments[k],
+        ]),
+      ),
+      trial: r.trial,
+      [metric]: metricOf(r, metric),
+    }));
   const numeric = (key: string) => values.every((v) => typeof v[key as keyof typeof v] === 'number');
-  const base = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', title: `${metric} by trial`, data: { values }, width: 420, height: 260 };
+  const base = {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: `${metric} by trial`,
+    data: { values },
+    width: 420,
+    height: 260,
+  };
   if (keys.length === 2) {
     return {
       ...base,
       encoding: { x: { field: keys[0], type: 'ordinal' }, y: { field: keys[1], type: 'ordinal' } },
       layer: [
         { mark: 'rect', encoding: { color: { field: metric, type: 'quantitative', scale: { scheme: 'viridis' } } } },
-        { mark: { type: 'text', color: 'white' }, encoding: { text: { field: metric, type: 'quantitative', format: '.3f' } } },
+        {
+          mark: { type: 'text', color: 'white' },
+          encoding: { text: { field: metric, type: 'quantitative', format: '.3f' } },
+        },
       ],
     } as unknown as TopLevelSpec;
   }

@@ -21,7 +21,14 @@ export interface TrialScheduler {
   /** A trial's run folder on this machine (a queued trial's is brought from the artifact store). */
   folderOf(state: TrialState): Promise<RunFolder | undefined>;
   /** What the best trial's export may reuse: the decoded data and the Python exporter of the trials. */
-  exportServices(): { prepareData?: (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => Promise<PreparedDataset>; exporter?: PythonWorker };
+  exportServices(): {
+    prepareData?: (
+      config: ResolvedExperiment,
+      baseDir: string,
+      knownArchiveSha256?: string,
+    ) => Promise<PreparedDataset>;
+    exporter?: PythonWorker;
+  };
   close(): Promise<void>;
 }
 
@@ -39,14 +46,27 @@ export function ended(state: TrialState): boolean {
 }
 
 /** The plan's jobs, each group's leader first: leaders, then the others (which start from their leader's feature extraction). */
-export function leadersAndFollowers(jobs: TrialJob[]): { leaders: TrialJob[]; followers: TrialJob[]; leaderOf: (job: TrialJob) => TrialJob } {
+export function leadersAndFollowers(jobs: TrialJob[]): {
+  leaders: TrialJob[];
+  followers: TrialJob[];
+  leaderOf: (job: TrialJob) => TrialJob;
+} {
   const order = [...jobs].sort((a, b) => a.group.localeCompare(b.group) || a.plan.index - b.plan.index);
   const leaderOf = (job: TrialJob) => order.find((j) => j.group === job.group)!;
-  return { leaders: order.filter((job) => leaderOf(job) === job), followers: order.filter((job) => leaderOf(job) !== job), leaderOf };
+  return {
+    leaders: order.filter((job) => leaderOf(job) === job),
+    followers: order.filter((job) => leaderOf(job) !== job),
+    leaderOf,
+  };
 }
 
 /** Runs items `parallel` at a time, in order; no new item starts once `stopped()` says so (Ctrl-C). */
-export async function inParallel<T>(items: T[], parallel: number, run: (item: T) => Promise<void>, stopped: () => boolean): Promise<void> {
+export async function inParallel<T>(
+  items: T[],
+  parallel: number,
+  run: (item: T) => Promise<void>,
+  stopped: () => boolean,
+): Promise<void> {
   let next = 0;
   const lane = async () => {
     while (next < items.length && !stopped()) await run(items[next++]);

@@ -10,7 +10,16 @@ import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import { SweepParentRun } from '../track/sweep-parent.ts';
 import { syncRun, trackingUriFor } from '../track/sync.ts';
 import { LocalScheduler } from './local.ts';
-import { parentRunOf, parseGridFlag, planRecordOf, planSweep, type Grid, type GridValue, type SweepPlanned, type TrialJob } from './plan.ts';
+import {
+  parentRunOf,
+  parseGridFlag,
+  planRecordOf,
+  planSweep,
+  type Grid,
+  type GridValue,
+  type SweepPlanned,
+  type TrialJob,
+} from './plan.ts';
 import { QueueScheduler } from './queued.ts';
 import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import type { TrialScheduler } from './schedule.ts';
@@ -61,10 +70,20 @@ export interface SweepResult {
 }
 
 /** The plan of a new sweep (file, flags), or of a stored one (values as stored: never re-parsed). */
-export function planFor(options: Pick<SweepOptions, 'file' | 'overrides' | 'grid' | 'resume' | 'maxTrials' | 'runsDir'>): SweepPlanned {
+function planFor(
+  options: Pick<SweepOptions, 'file' | 'overrides' | 'grid' | 'resume' | 'maxTrials' | 'runsDir'>,
+): SweepPlanned {
   if (options.resume) {
     const stored = SweepFolder.open(options.runsDir, options.resume).readPlan();
-    return { ...planSweep({ file: stored.experiment_file, overrides: stored.overrides, grid: stored.grid as Grid, maxTrials: stored.max_trials ?? undefined }), id: stored.sweep_id };
+    return {
+      ...planSweep({
+        file: stored.experiment_file,
+        overrides: stored.overrides,
+        grid: stored.grid as Grid,
+        maxTrials: stored.max_trials ?? undefined,
+      }),
+      id: stored.sweep_id,
+    };
   }
   if (!options.file) throw new Error('sweep: expected an experiment file, or --resume <sweep-id>');
   const grid: Grid = {};
@@ -72,7 +91,12 @@ export function planFor(options: Pick<SweepOptions, 'file' | 'overrides' | 'grid
     const [key, values] = parseGridFlag(flag);
     grid[key] = values;
   }
-  return planSweep({ file: path.resolve(options.file), overrides: options.overrides, grid, maxTrials: options.maxTrials });
+  return planSweep({
+    file: path.resolve(options.file),
+    overrides: options.overrides,
+    grid,
+    maxTrials: options.maxTrials,
+  });
 }
 
 /** Trial states carried over from an earlier attempt at the same sweep, matched by config. */
@@ -82,10 +106,17 @@ function reconcile(previous: TrialState[], jobs: TrialJob[]): TrialState[] {
     const folder = before?.run_dir ? RunFolder.tryOpen(before.run_dir) : undefined;
     const finishedHere = folder?.hasSummary() && folder.readSummary().status === 'FINISHED';
     // A queued trial that finished on a worker is known by the row it reported.
-    if (before?.status === 'finished' && (finishedHere || (!before.run_dir && before.result))) return { ...before, trial: job.plan.index };
+    if (before?.status === 'finished' && (finishedHere || (!before.run_dir && before.result)))
+      return { ...before, trial: job.plan.index };
     // An interrupted trial keeps its folder, to be resumed from its checkpoint.
-    if ((before?.status === 'killed' || before?.status === 'running') && before.run_dir) return { ...before, trial: job.plan.index, status: 'pending' };
-    return { trial: job.plan.index, assignments: job.plan.assignments, config_sha256: job.configSha256, status: 'pending' };
+    if ((before?.status === 'killed' || before?.status === 'running') && before.run_dir)
+      return { ...before, trial: job.plan.index, status: 'pending' };
+    return {
+      trial: job.plan.index,
+      assignments: job.plan.assignments,
+      config_sha256: job.configSha256,
+      status: 'pending',
+    };
   });
 }
 
@@ -96,7 +127,14 @@ function rowFor(state: TrialState): TrialRow {
   if (state.minutes !== undefined) extra.minutes = state.minutes;
   const assignments = state.assignments as Record<string, GridValue>;
   // A queued trial reports its row; its folder is on the worker (until the best one is brought here).
-  if (!folder && state.result) return { ...(state.result as Partial<TrialRow>), ...withoutUndefined(extra), trial: state.trial, assignments, status: state.status };
+  if (!folder && state.result)
+    return {
+      ...(state.result as Partial<TrialRow>),
+      ...withoutUndefined(extra),
+      trial: state.trial,
+      assignments,
+      status: state.status,
+    };
   return trialRow(state.trial, assignments, folder, state.status, extra);
 }
 
@@ -109,16 +147,36 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
   const planned = planFor(options);
   const folder = SweepFolder.at(options.runsDir, planned.id);
   const { queue, readOnly } = options;
-  if (!readOnly) folder.lock({ onTakeover: (owner, reason) => log.warn({ sweep: planned.id, pid: owner?.pid }, `taking over the lock of sweep ${planned.id} (${reason})`) });
-  const scheduler: TrialScheduler = queue ? new QueueScheduler({ ...queue, queueUrl: queue.url, runsDir: options.runsDir, log, interrupt: options.interrupt }) : new LocalScheduler(options);
+  if (!readOnly)
+    folder.lock({
+      onTakeover: (owner, reason) =>
+        log.warn({ sweep: planned.id, pid: owner?.pid }, `taking over the lock of sweep ${planned.id} (${reason})`),
+    });
+  const scheduler: TrialScheduler = queue
+    ? new QueueScheduler({ ...queue, queueUrl: queue.url, runsDir: options.runsDir, log, interrupt: options.interrupt })
+    : new LocalScheduler(options);
   try {
     const states = readOnly ? reconcile(folder.readStatus(), planned.jobs) : recordPlan(folder, planned, log);
     const trackingUri = trackingUriFor(planned.base.config);
-    const parent = trackingUri && !readOnly ? await SweepParentRun.open(folder, { trackingUri, log, ...parentRunOf(planned) }) : undefined;
+    const parent =
+      trackingUri && !readOnly
+        ? await SweepParentRun.open(folder, { trackingUri, log, ...parentRunOf(planned) })
+        : undefined;
     const save = () => (readOnly ? undefined : folder.writeStatus(states));
-    const complete = await scheduler.run(planned, states, { parentRunId: parent?.runId, save, onTrialEnd: options.onTrialEnd });
+    const complete = await scheduler.run(planned, states, {
+      parentRunId: parent?.runId,
+      save,
+      onTrialEnd: options.onTrialEnd,
+    });
     if (options.interrupt?.requested) throw new InterruptedError(interruptedMessage(planned.id, Boolean(queue)));
-    if (!complete || readOnly) return { dir: folder.dir, id: planned.id, metric: planned.metric as SweepMetric, rows: states.map(rowFor), complete: false };
+    if (!complete || readOnly)
+      return {
+        dir: folder.dir,
+        id: planned.id,
+        metric: planned.metric as SweepMetric,
+        rows: states.map(rowFor),
+        complete: false,
+      };
     return await report(planned, folder, states, scheduler, { trackingUri, parent, options });
   } finally {
     await scheduler.close();
@@ -127,7 +185,8 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
 }
 
 function interruptedMessage(id: string, queued: boolean): string {
-  if (queued) return `stopped following sweep ${id}; its trials go on on the workers: rerun the same command (or tlx sweep status ${id} --queue) to follow it again`;
+  if (queued)
+    return `stopped following sweep ${id}; its trials go on on the workers: rerun the same command (or tlx sweep status ${id} --queue) to follow it again`;
   return `sweep ${id} stopped; rerun the same command (or tlx sweep --resume ${id}) to continue`;
 }
 
@@ -137,12 +196,21 @@ function recordPlan(folder: SweepFolder, planned: SweepPlanned, log: Logger): Tr
   const states = reconcile(folder.readStatus(), planned.jobs);
   folder.writeStatus(states);
   const skipped = states.filter((s) => s.status === 'finished').length;
-  log.info({ sweep: planned.id, trials: planned.jobs.length, skipped, dir: folder.dir }, `sweep ${planned.id}: ${planned.jobs.length} trial(s)${skipped ? `, ${skipped} already finished` : ''}`);
+  log.info(
+    { sweep: planned.id, trials: planned.jobs.length, skipped, dir: folder.dir },
+    `sweep ${planned.id}: ${planned.jobs.length} trial(s)${skipped ? `, ${skipped} already finished` : ''}`,
+  );
   return states;
 }
 
 /** The results: the best trial (here, exported when sweep.export is best, registered when asked), results.csv/json, the plot, the parent run closed. */
-async function report(planned: SweepPlanned, folder: SweepFolder, states: TrialState[], scheduler: TrialScheduler, context: { trackingUri?: string; parent?: SweepParentRun; options: SweepOptions }): Promise<SweepResult> {
+async function report(
+  planned: SweepPlanned,
+  folder: SweepFolder,
+  states: TrialState[],
+  scheduler: TrialScheduler,
+  context: { trackingUri?: string; parent?: SweepParentRun; options: SweepOptions },
+): Promise<SweepResult> {
   const { trackingUri, parent, options } = context;
   const { log } = options;
   const metric = planned.metric as SweepMetric;
@@ -151,18 +219,35 @@ async function report(planned: SweepPlanned, folder: SweepFolder, states: TrialS
   const bestFolder = bestState ? await scheduler.folderOf(bestState) : undefined;
   folder.writeStatus(states);
   if (planned.exportPolicy === 'best' && bestFolder && planned.base.config.export.tflite) {
-    await exportBest(bestFolder, { cacheDir: options.cacheDir, log, interrupt: options.interrupt, ...scheduler.exportServices() });
+    await exportBest(bestFolder, {
+      cacheDir: options.cacheDir,
+      log,
+      interrupt: options.interrupt,
+      ...scheduler.exportServices(),
+    });
   }
-  if (bestFolder && trackingUri && planned.base.config.tracking.mlflow?.register_model) await registerBest(bestFolder, trackingUri, parent?.runId, log);
+  if (bestFolder && trackingUri && planned.base.config.tracking.mlflow?.register_model)
+    await registerBest(bestFolder, trackingUri, parent?.runId, log);
   const rows = states.map(rowFor);
   const bestRow = rows.find((r) => r.trial === best?.trial);
-  folder.writeResults(resultsCsv(rows), { sweep_id: planned.id, metric, goal: planned.goal, export: planned.exportPolicy, best_trial: bestRow?.trial ?? null, best_run: bestRow?.run_id ?? null, trials: rows });
+  folder.writeResults(resultsCsv(rows), {
+    sweep_id: planned.id,
+    metric,
+    goal: planned.goal,
+    export: planned.exportPolicy,
+    best_trial: bestRow?.trial ?? null,
+    best_run: bestRow?.run_id ?? null,
+    trials: rows,
+  });
   try {
     await writeChartPng(sweepPlotSpec(rows, metric), folder.plot());
   } catch (error) {
     log.warn({ error: errorMessage(error) }, 'could not draw the sweep plot');
   }
-  await parent?.finish({ metric, value: bestRow ? (bestRow[metric] as number | undefined) : undefined, runId: bestRow?.run_id }, rows.some((r) => r.status === 'failed'));
+  await parent?.finish(
+    { metric, value: bestRow ? (bestRow[metric] as number | undefined) : undefined, runId: bestRow?.run_id },
+    rows.some((r) => r.status === 'failed'),
+  );
   return { dir: folder.dir, id: planned.id, metric, rows, best: bestRow, complete: true };
 }
 
@@ -173,14 +258,23 @@ async function exportBest(folder: RunFolder, options: Parameters<typeof exportFi
   try {
     options.log.info({ run: folder.id }, 'exporting the best trial (sweep.export: best)');
     const record = await exportFinishedRun(folder, options);
-    if (record.status !== 'verified') options.log.error({ run: folder.id, problems: record.problems }, `the best trial's export failed: ${record.problems.join('; ')}`);
+    if (record.status !== 'verified')
+      options.log.error(
+        { run: folder.id, problems: record.problems },
+        `the best trial's export failed: ${record.problems.join('; ')}`,
+      );
   } finally {
     folder.unlock();
   }
 }
 
 /** A sweep registers only its best trial's model (tracking.mlflow.register_model). */
-async function registerBest(folder: RunFolder, trackingUri: string, parentRunId: string | undefined, log: Logger): Promise<void> {
+async function registerBest(
+  folder: RunFolder,
+  trackingUri: string,
+  parentRunId: string | undefined,
+  log: Logger,
+): Promise<void> {
   folder.lock();
   try {
     await syncRun(folder, { trackingUri, parentRunId, log, register: true });

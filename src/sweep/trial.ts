@@ -27,7 +27,13 @@ export function trialRunId(sweepId: string, trial: number): string {
 }
 
 /** A trial's row for the sweep table, from its run folder. */
-export function trialRow(trial: number, assignments: Record<string, GridValue>, folder: RunFolder | undefined, status: string, extra: Partial<TrialRow> = {}): TrialRow {
+export function trialRow(
+  trial: number,
+  assignments: Record<string, GridValue>,
+  folder: RunFolder | undefined,
+  status: string,
+  extra: Partial<TrialRow> = {},
+): TrialRow {
   const summary = folder?.hasSummary() ? folder.readSummary() : undefined;
   const tflite = summary?.export?.tflite;
   return {
@@ -103,16 +109,37 @@ export async function runQueuedTrial(task: TrialTask, options: QueuedTrialOption
   const runId = trialRunId(task.sweepId, task.trial);
   const mirror = TrialMirror.of(options.client, task.sweepId, task.trial, options.copyEverySeconds);
   const own = (await mirror.restore(runsDir, runId)) ?? RunFolder.tryOpen(path.join(runsDir, runId));
-  if (own) log.info({ run: runId, received: mirror.traffic.received }, `trial ${task.trial}: continuing its run from the copy in the artifact store`);
+  if (own)
+    log.info(
+      { run: runId, received: mirror.traffic.received },
+      `trial ${task.trial}: continuing its run from the copy in the artifact store`,
+    );
   const finished = own?.hasSummary() === true && own.readSummary().status === 'FINISHED';
   if (own && finished) return rowOf(task, own, task.startFrom !== undefined);
-  const leaderMirror = task.startFrom === undefined ? undefined : TrialMirror.of(options.client, task.sweepId, task.startFrom);
+  const leaderMirror =
+    task.startFrom === undefined ? undefined : TrialMirror.of(options.client, task.sweepId, task.startFrom);
   const leader = own || !leaderMirror ? undefined : await leaderCopy(task, leaderMirror, options);
-  const trial: TrialOf = { assignments: task.assignments, sweep: { id: task.sweepId, dir: SweepFolder.at(runsDir, task.sweepId).dir } };
+  const trial: TrialOf = {
+    assignments: task.assignments,
+    sweep: { id: task.sweepId, dir: SweepFolder.at(runsDir, task.sweepId).dir },
+  };
   const { start, shared } = startOfTrial({ experiment: task.experiment, trial, runsDir, own, leader, runId, log });
-  const result = await executeRun(start, { runsDir, cacheDir: options.cacheDir, log, interrupt: options.interrupt, parentRunId: task.parentRunId, export: task.exportModel, register: false, job: options.jobId, backup: mirror });
+  const result = await executeRun(start, {
+    runsDir,
+    cacheDir: options.cacheDir,
+    log,
+    interrupt: options.interrupt,
+    parentRunId: task.parentRunId,
+    export: task.exportModel,
+    register: false,
+    job: options.jobId,
+    backup: mirror,
+  });
   const received = mirror.traffic.received + (leaderMirror?.traffic.received ?? 0);
-  log.info({ trial: task.trial, bytes_sent: mirror.traffic.sent, bytes_received: received }, `trial ${task.trial}: its copy in the artifact store is complete`);
+  log.info(
+    { trial: task.trial, bytes_sent: mirror.traffic.sent, bytes_received: received },
+    `trial ${task.trial}: its copy in the artifact store is complete`,
+  );
   return rowOf(task, result.folder, shared || (own !== undefined && task.startFrom !== undefined));
 }
 
@@ -131,21 +158,34 @@ export function trialFailureOf(error: unknown): TrialFailure {
 
 /** The row a worker reports: no local path (the folder is the worker's, not the coordinator's). */
 function rowOf(task: TrialTask, folder: RunFolder, shared: boolean): TrialRow {
-  const { run_dir: _local, ...row } = trialRow(task.trial, task.assignments, folder, 'finished', { shared_feature_extraction: shared });
+  const { run_dir: _local, ...row } = trialRow(task.trial, task.assignments, folder, 'finished', {
+    shared_feature_extraction: shared,
+  });
   return row;
 }
 
 /** The leader's run folder on this worker: its own if it ran the leader, else the leader's copy; undefined when neither can be had. */
-async function leaderCopy(task: TrialTask, leaderMirror: TrialMirror, options: QueuedTrialOptions): Promise<RunFolder | undefined> {
+async function leaderCopy(
+  task: TrialTask,
+  leaderMirror: TrialMirror,
+  options: QueuedTrialOptions,
+): Promise<RunFolder | undefined> {
   const id = trialRunId(task.sweepId, task.startFrom!);
   const local = RunFolder.tryOpen(path.join(options.runsDir, id));
   if (local?.hasSummary()) return local;
   try {
     const copy = await leaderMirror.restore(options.runsDir, id);
-    if (!copy) options.log.warn({ leader: id }, `trial ${task.startFrom}'s copy is not in the artifact store; this trial trains its own feature extraction`);
+    if (!copy)
+      options.log.warn(
+        { leader: id },
+        `trial ${task.startFrom}'s copy is not in the artifact store; this trial trains its own feature extraction`,
+      );
     return copy;
   } catch (error) {
-    options.log.warn({ leader: id, error: errorMessage(error) }, `could not get trial ${task.startFrom}'s copy; this trial trains its own feature extraction`);
+    options.log.warn(
+      { leader: id, error: errorMessage(error) },
+      `could not get trial ${task.startFrom}'s copy; this trial trains its own feature extraction`,
+    );
     return undefined;
   }
 }

@@ -17,7 +17,7 @@ type Layer = LayersModel['layers'][number];
 /** One weight in a tfjs weights manifest (name, shape, dtype, quantization): the checkpoint format. */
 export type WeightsManifestEntry = Parameters<typeof tf.io.decodeWeights>[1] extends (infer E)[] ? E : never;
 
-export interface GraphNode {
+interface GraphNode {
   layer: Layer;
   inputs: SymbolicTensor[];
   outputs: SymbolicTensor[];
@@ -45,7 +45,9 @@ interface ContainerInternals {
 export class TfjsInternalsError extends Error {
   override name = 'TfjsInternalsError';
   constructor(what: string) {
-    super(`tfjs internals changed: ${what}. tlx reaches these private parts of tfjs ${tf.version.tfjs} only through src/tfjs/internals.ts; update that file for this tfjs version.`);
+    super(
+      `tfjs internals changed: ${what}. tlx reaches these private parts of tfjs ${tf.version.tfjs} only through src/tfjs/internals.ts; update that file for this tfjs version.`,
+    );
   }
 }
 
@@ -56,20 +58,22 @@ export function isContainer(layer: Layer): boolean {
 
 export function graphOf(model: LayersModel | Layer): GraphContainer {
   const container = model as unknown as ContainerInternals;
-  if (!container.nodesByDepth || !Array.isArray(container.inputs) || !Array.isArray(container.outputs)) throw new TfjsInternalsError('a LayersModel has no nodesByDepth/inputs/outputs');
+  if (!container.nodesByDepth || !Array.isArray(container.inputs) || !Array.isArray(container.outputs))
+    throw new TfjsInternalsError('a LayersModel has no nodesByDepth/inputs/outputs');
   const nodes = Object.keys(container.nodesByDepth)
     .map(Number)
     .sort((a, b) => b - a)
     .flatMap((depth) => container.nodesByDepth[String(depth)])
     .map((node) => {
-      if (!node.outboundLayer || !Array.isArray(node.inputTensors) || !Array.isArray(node.outputTensors)) throw new TfjsInternalsError('a graph node has no outboundLayer/inputTensors/outputTensors');
+      if (!node.outboundLayer || !Array.isArray(node.inputTensors) || !Array.isArray(node.outputTensors))
+        throw new TfjsInternalsError('a graph node has no outboundLayer/inputTensors/outputTensors');
       return { layer: node.outboundLayer, inputs: node.inputTensors, outputs: node.outputTensors };
     });
   return { inputs: container.inputs, outputs: container.outputs, nodes };
 }
 
 /** The native TensorFlow binding behind tfjs-node's backend. */
-export interface NativeBinding {
+interface NativeBinding {
   TF_ATTR_STRING: number;
   TF_ATTR_INT: number;
   TF_ATTR_FLOAT: number;
@@ -93,8 +97,14 @@ let checkedBackend: NativeBackend | undefined;
 export function nativeBackend(): NativeBackend {
   if (checkedBackend) return checkedBackend;
   const backend = tf.backend() as unknown as Partial<NativeBackend>;
-  if (!backend.binding || typeof backend.binding.TF_ATTR_STRING !== 'number' || typeof backend.binding.TF_FLOAT !== 'number') throw new TfjsInternalsError('the tensorflow backend has no binding with TF_ATTR_*/TF_* constants');
-  if (typeof backend.executeSingleOutput !== 'function' || typeof backend.executeMultipleOutputs !== 'function') throw new TfjsInternalsError('the tensorflow backend has no executeSingleOutput/executeMultipleOutputs');
+  if (
+    !backend.binding ||
+    typeof backend.binding.TF_ATTR_STRING !== 'number' ||
+    typeof backend.binding.TF_FLOAT !== 'number'
+  )
+    throw new TfjsInternalsError('the tensorflow backend has no binding with TF_ATTR_*/TF_* constants');
+  if (typeof backend.executeSingleOutput !== 'function' || typeof backend.executeMultipleOutputs !== 'function')
+    throw new TfjsInternalsError('the tensorflow backend has no executeSingleOutput/executeMultipleOutputs');
   checkedBackend = backend as NativeBackend;
   return checkedBackend;
 }
@@ -102,7 +112,8 @@ export function nativeBackend(): NativeBackend {
 /** tfjs optimizers read their learning-rate field on every step; schedules set it per epoch. */
 export function setOptimizerLearningRate(optimizer: Optimizer, learningRate: number): void {
   const fields = optimizer as unknown as { learningRate?: number };
-  if (typeof fields.learningRate !== 'number') throw new TfjsInternalsError(`${optimizer.getClassName()} has no numeric learningRate field`);
+  if (typeof fields.learningRate !== 'number')
+    throw new TfjsInternalsError(`${optimizer.getClassName()} has no numeric learningRate field`);
   fields.learningRate = learningRate;
 }
 

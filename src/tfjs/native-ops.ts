@@ -32,7 +32,11 @@ function toBindingAttrs(attrs: readonly OpAttr[]): unknown[] {
       case 'bool':
         return { name: attr.name, type: b.TF_ATTR_BOOL, value: attr.value };
       case 'type':
-        return { name: attr.name, type: b.TF_ATTR_TYPE, value: Array.isArray(attr.value) ? attr.value.map((t) => dtypes[t]) : dtypes[attr.value] };
+        return {
+          name: attr.name,
+          type: b.TF_ATTR_TYPE,
+          value: Array.isArray(attr.value) ? attr.value.map((t) => dtypes[t]) : dtypes[attr.value],
+        };
       case 'shape':
         return { name: attr.name, type: b.TF_ATTR_SHAPE, value: attr.value };
     }

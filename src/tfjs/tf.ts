@@ -8,7 +8,7 @@ const repair =
   'pure-JS or WASM backends. Repair the install with `node scripts/setup.mjs` (or `npm install`), which ' +
   'builds the binding against the TensorFlow wheel in .venv.';
 
-export class NativeBackendError extends Error {
+class NativeBackendError extends Error {
   override name = 'NativeBackendError';
 }
 
@@ -21,10 +21,14 @@ function loadNative(): TensorFlow {
     if (process.env.TLX_TENSORFLOW_STARTUP_LOG === 'show') tf = load();
     else tf = withStderrCaptured(load).value;
   } catch (error) {
-    throw new NativeBackendError(`${repair}\nCause: ${error instanceof Error ? error.message.split('\n').slice(0, 12).join('\n') : String(error)}`);
+    throw new NativeBackendError(
+      `${repair}\nCause: ${error instanceof Error ? error.message.split('\n').slice(0, 12).join('\n') : String(error)}`,
+    );
   }
   if (tf.getBackend() !== 'tensorflow') {
-    throw new NativeBackendError(`${repair}\nCause: the active backend is '${tf.getBackend()}', expected 'tensorflow'.`);
+    throw new NativeBackendError(
+      `${repair}\nCause: the active backend is '${tf.getBackend()}', expected 'tensorflow'.`,
+    );
   }
   return tf;
 }

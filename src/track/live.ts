@@ -27,7 +27,12 @@ export class LiveTracker {
   /** A bounded update during training (after an epoch, after the data). */
   async update(): Promise<void> {
     if (Date.now() < this.nextAttemptAt) return;
-    await this.sync({ deadline: Date.now() + this.epochBudgetMs, retries: 0, artifacts: false, verifyRun: !this.verified });
+    await this.sync({
+      deadline: Date.now() + this.epochBudgetMs,
+      retries: 0,
+      artifacts: false,
+      verifyRun: !this.verified,
+    });
   }
 
   /** The last update when the run ends: everything, with retries. */
@@ -41,14 +46,21 @@ export class LiveTracker {
       this.verified = true;
       this.failures = 0;
       this.nextAttemptAt = 0;
-      for (const refusal of result.newlyRefused) this.options.log.warn({ kind: refusal.kind, item: refusal.item, status: refusal.status }, `MLflow refused ${refusal.kind} ${refusal.item}: ${refusal.message}`);
+      for (const refusal of result.newlyRefused)
+        this.options.log.warn(
+          { kind: refusal.kind, item: refusal.item, status: refusal.status },
+          `MLflow refused ${refusal.kind} ${refusal.item}: ${refusal.message}`,
+        );
     } catch (error) {
       this.failures++;
       this.nextAttemptAt = Date.now() + Math.min(60_000, 2000 * 2 ** (this.failures - 1));
       markNotSynced(this.folder, this.options.trackingUri, errorMessage(error), this.options.log);
       if (!this.warned) {
         this.warned = true;
-        this.options.log.warn({ error: redactText(errorMessage(error)) }, `MLflow logging failed; the run carries on and is marked not synced (run \`tlx sync ${this.folder.dir}\` later)`);
+        this.options.log.warn(
+          { error: redactText(errorMessage(error)) },
+          `MLflow logging failed; the run carries on and is marked not synced (run \`tlx sync ${this.folder.dir}\` later)`,
+        );
       }
     }
   }

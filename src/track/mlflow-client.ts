@@ -5,7 +5,13 @@ import { pipeline } from 'node:stream/promises';
 import { tempPathFor } from '../core/files.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import { authHeader } from '../net/mlflow-artifacts.ts';
-import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from '../net/retry.ts';
+import {
+  backoffMs as backoffDelay,
+  isPermanentNetworkError,
+  retryAfterMs,
+  retryableStatus,
+  sleep,
+} from '../net/retry.ts';
 
 /**
  * A small typed client for MLflow's documented REST API (/api/2.0/mlflow/...) and its
@@ -50,7 +56,14 @@ export class MlflowError extends Error {
 
   /** The server refused this request for good: sending it again cannot succeed (400, 409, 413, ...). */
   get refused(): boolean {
-    return this.status !== undefined && this.status >= 400 && this.status < 500 && !retryableStatus.has(this.status) && !this.authProblem && this.status !== 404;
+    return (
+      this.status !== undefined &&
+      this.status >= 400 &&
+      this.status < 500 &&
+      !retryableStatus.has(this.status) &&
+      !this.authProblem &&
+      this.status !== 404
+    );
   }
 
   get authProblem(): boolean {
@@ -71,7 +84,14 @@ export interface ClientOptions {
 }
 
 /** MLflow's log-batch limits. */
-export const batchLimits = { metrics: 1000, params: 100, tags: 100, total: 1000, paramValue: 6000, tagValue: 8000 } as const;
+export const batchLimits = {
+  metrics: 1000,
+  params: 100,
+  tags: 100,
+  total: 1000,
+  paramValue: 6000,
+  tagValue: 8000,
+} as const;
 
 /** MLflow key rules: alphanumerics, underscores, dashes, periods, spaces, slashes; at most 250 chars. */
 export function sanitizeKey(key: string): string {
@@ -79,7 +99,11 @@ export function sanitizeKey(key: string): string {
 }
 
 /** Splits a batch into requests within MLflow's per-request limits. */
-export function chunkBatch(metrics: MlflowMetric[], params: MlflowParam[], tags: MlflowTag[]): { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] {
+export function chunkBatch(
+  metrics: MlflowMetric[],
+  params: MlflowParam[],
+  tags: MlflowTag[],
+): { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] {
   const requests: { metrics: MlflowMetric[]; params: MlflowParam[]; tags: MlflowTag[] }[] = [];
   const queue = { metrics: [...metrics], params: [...params], tags: [...tags] };
   while (queue.metrics.length || queue.params.length || queue.tags.length) {
@@ -104,7 +128,15 @@ export interface DatasetInput {
 }
 
 export interface LoggedModel {
-  info: { model_id: string; experiment_id: string; name: string; artifact_uri: string; status: string; source_run_id?: string; tags?: MlflowTag[] };
+  info: {
+    model_id: string;
+    experiment_id: string;
+    name: string;
+    artifact_uri: string;
+    status: string;
+    source_run_id?: string;
+    tags?: MlflowTag[];
+  };
 }
 
 export interface ModelVersion {
@@ -157,7 +189,11 @@ export class MlflowClient {
   }
 
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const response = await this.send(method, path, body === undefined ? {} : { body: () => JSON.stringify(body), contentType: 'application/json' });
+    const response = await this.send(
+      method,
+      path,
+      body === undefined ? {} : { body: () => JSON.stringify(body), contentType: 'application/json' },
+    );
     const text = await response.text();
     return (text ? JSON.parse(text) : {}) as T;
   }
@@ -167,21 +203,41 @@ export class MlflowClient {
    * request body again for every attempt (a file is streamed anew); `timeoutMs` replaces
    * the per-request timeout (artifact transfers take longer than API calls).
    */
-  private async send(method: string, path: string, options: { body?: () => RequestInit['body']; contentType?: string; timeoutMs?: number }): Promise<Response> {
+  private async send(
+    method: string,
+    path: string,
+    options: { body?: () => RequestInit['body']; contentType?: string; timeoutMs?: number },
+  ): Promise<Response> {
     const url = `${this.baseUrl}${path}`;
-    const headers: Record<string, string> = { ...(this.auth ? { Authorization: this.auth } : {}), ...(options.contentType ? { 'Content-Type': options.contentType } : {}) };
+    const headers: Record<string, string> = {
+      ...(this.auth ? { Authorization: this.auth } : {}),
+      ...(options.contentType ? { 'Content-Type': options.contentType } : {}),
+    };
     const where = `${method} ${path.split('?')[0]}`;
     for (let attempt = 0; ; attempt++) {
       const left = options.timeoutMs ?? this.timeLeft();
-      if (left <= 0) throw new MlflowError(`${where}: no time left to reach ${this.displayUrl} (tracking waits at most a second per epoch)`);
+      if (left <= 0)
+        throw new MlflowError(
+          `${where}: no time left to reach ${this.displayUrl} (tracking waits at most a second per epoch)`,
+        );
       let response: Response;
       try {
         const body = options.body?.();
-        response = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(left), ...(body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
+        response = await fetch(url, {
+          method,
+          headers,
+          body,
+          signal: AbortSignal.timeout(left),
+          ...(body instanceof ReadableStream ? { duplex: 'half' } : {}),
+        } as RequestInit);
       } catch (error) {
-        const reason = redactText(error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error));
-        if (isPermanentNetworkError(error)) throw new MlflowError(`${where}: cannot resolve the host of ${this.displayUrl} (${reason})`);
-        if (attempt >= this.retries || this.timeLeft() <= 0) throw new MlflowError(`${where}: cannot reach ${this.displayUrl} (${reason})`);
+        const reason = redactText(
+          error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error),
+        );
+        if (isPermanentNetworkError(error))
+          throw new MlflowError(`${where}: cannot resolve the host of ${this.displayUrl} (${reason})`);
+        if (attempt >= this.retries || this.timeLeft() <= 0)
+          throw new MlflowError(`${where}: cannot reach ${this.displayUrl} (${reason})`);
         await this.sleep(attempt);
         continue;
       }
@@ -205,8 +261,15 @@ export class MlflowClient {
     } catch {
       // not JSON (a proxy's page): keep the text
     }
-    const hint = status === 401 || status === 403 ? ' (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)' : '';
-    return new MlflowError(`${where}: HTTP ${status}${errorCode ? ` ${errorCode}` : ''}: ${redactText(message)}${hint}`, status, errorCode);
+    const hint =
+      status === 401 || status === 403
+        ? ' (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)'
+        : '';
+    return new MlflowError(
+      `${where}: HTTP ${status}${errorCode ? ` ${errorCode}` : ''}: ${redactText(message)}${hint}`,
+      status,
+      errorCode,
+    );
   }
 
   private sleep(attempt: number, override?: number): Promise<void> {
@@ -220,7 +283,10 @@ export class MlflowClient {
 
   async getExperimentByName(name: string): Promise<string | undefined> {
     try {
-      const result = await this.request<{ experiment: { experiment_id: string } }>('GET', `/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(name)}`);
+      const result = await this.request<{ experiment: { experiment_id: string } }>(
+        'GET',
+        `/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(name)}`,
+      );
       return result.experiment.experiment_id;
     } catch (error) {
       if (MlflowClient.missing(error)) return undefined;
@@ -229,7 +295,11 @@ export class MlflowClient {
   }
 
   async setExperimentTag(experimentId: string, key: string, value: string): Promise<void> {
-    await this.request('POST', '/api/2.0/mlflow/experiments/set-experiment-tag', { experiment_id: experimentId, key, value });
+    await this.request('POST', '/api/2.0/mlflow/experiments/set-experiment-tag', {
+      experiment_id: experimentId,
+      key,
+      value,
+    });
   }
 
   /** The experiment's id, created when missing (a concurrent creation is fine). */
@@ -237,7 +307,9 @@ export class MlflowClient {
     const existing = await this.getExperimentByName(name);
     if (existing) return existing;
     try {
-      return (await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name, tags })).experiment_id;
+      return (
+        await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', { name, tags })
+      ).experiment_id;
     } catch (error) {
       if (error instanceof MlflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS') {
         const id = await this.getExperimentByName(name);
@@ -248,13 +320,20 @@ export class MlflowClient {
   }
 
   async createRun(experimentId: string, runName: string, startTime: number, tags: MlflowTag[]): Promise<string> {
-    const result = await this.request<{ run: { info: { run_id: string } } }>('POST', '/api/2.0/mlflow/runs/create', { experiment_id: experimentId, run_name: runName, start_time: startTime, tags });
+    const result = await this.request<{ run: { info: { run_id: string } } }>('POST', '/api/2.0/mlflow/runs/create', {
+      experiment_id: experimentId,
+      run_name: runName,
+      start_time: startTime,
+      tags,
+    });
     return result.run.info.run_id;
   }
 
   async getRun(runId: string): Promise<RunInfo | undefined> {
     try {
-      return (await this.request<{ run: RunInfo }>('GET', `/api/2.0/mlflow/runs/get?run_id=${encodeURIComponent(runId)}`)).run;
+      return (
+        await this.request<{ run: RunInfo }>('GET', `/api/2.0/mlflow/runs/get?run_id=${encodeURIComponent(runId)}`)
+      ).run;
     } catch (error) {
       if (MlflowClient.missing(error)) return undefined;
       throw error;
@@ -264,14 +343,32 @@ export class MlflowClient {
   /** Runs of an experiment carrying a tag value (tlx.run_id): finds a run whose creation a crash did not record. */
   async findRunsByTag(experimentId: string, key: string, value: string): Promise<RunInfo[]> {
     const filter = `tags.\`${key}\` = '${value.replace(/'/g, "\\'")}'`;
-    return (await this.request<{ runs?: RunInfo[] }>('POST', '/api/2.0/mlflow/runs/search', { experiment_ids: [experimentId], filter, max_results: 10 })).runs ?? [];
+    return (
+      (
+        await this.request<{ runs?: RunInfo[] }>('POST', '/api/2.0/mlflow/runs/search', {
+          experiment_ids: [experimentId],
+          filter,
+          max_results: 10,
+        })
+      ).runs ?? []
+    );
   }
 
   async updateRun(runId: string, status: RunStatusName, endTime?: number, runName?: string): Promise<void> {
-    await this.request('POST', '/api/2.0/mlflow/runs/update', { run_id: runId, status, ...(endTime ? { end_time: endTime } : {}), ...(runName ? { run_name: runName } : {}) });
+    await this.request('POST', '/api/2.0/mlflow/runs/update', {
+      run_id: runId,
+      status,
+      ...(endTime ? { end_time: endTime } : {}),
+      ...(runName ? { run_name: runName } : {}),
+    });
   }
 
-  async logBatch(runId: string, metrics: MlflowMetric[], params: MlflowParam[] = [], tags: MlflowTag[] = []): Promise<void> {
+  async logBatch(
+    runId: string,
+    metrics: MlflowMetric[],
+    params: MlflowParam[] = [],
+    tags: MlflowTag[] = [],
+  ): Promise<void> {
     const clean = {
       metrics: metrics.filter((m) => Number.isFinite(m.value)).map((m) => ({ ...m, key: sanitizeKey(m.key) })),
       params: params.map((p) => ({ key: sanitizeKey(p.key), value: p.value.slice(0, batchLimits.paramValue) })),
@@ -293,7 +390,11 @@ export class MlflowClient {
 
   /** Streams a file to `path` in the artifact store (the proxy's root: `mlflow-artifacts:/<path>`). */
   async putArtifact(path: string, file: string): Promise<void> {
-    const response = await this.send('PUT', artifactsApi(path), { body: () => Readable.toWeb(fs.createReadStream(file)) as ReadableStream, contentType: 'application/octet-stream', timeoutMs: transferTimeoutMs });
+    const response = await this.send('PUT', artifactsApi(path), {
+      body: () => Readable.toWeb(fs.createReadStream(file)) as ReadableStream,
+      contentType: 'application/octet-stream',
+      timeoutMs: transferTimeoutMs,
+    });
     await response.body?.cancel();
   }
 
@@ -309,7 +410,10 @@ export class MlflowClient {
     const temp = tempPathFor(target);
     fs.mkdirSync(nodePath.dirname(target), { recursive: true });
     try {
-      await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>), fs.createWriteStream(temp));
+      await pipeline(
+        Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>),
+        fs.createWriteStream(temp),
+      );
       fs.renameSync(temp, target);
     } finally {
       fs.rmSync(temp, { force: true });
@@ -324,20 +428,47 @@ export class MlflowClient {
 
   /** The files directly under `path` in the artifact store ([] when there is none). */
   async listArtifacts(path: string): Promise<{ path: string; is_dir: boolean; file_size?: number }[]> {
-    return (await this.request<{ files?: { path: string; is_dir: boolean; file_size?: number }[] }>('GET', `/api/2.0/mlflow-artifacts/artifacts?path=${encodeURIComponent(path)}`)).files ?? [];
+    return (
+      (
+        await this.request<{ files?: { path: string; is_dir: boolean; file_size?: number }[] }>(
+          'GET',
+          `/api/2.0/mlflow-artifacts/artifacts?path=${encodeURIComponent(path)}`,
+        )
+      ).files ?? []
+    );
   }
 
   async logArtifact(experimentId: string, runId: string, artifactPath: string, file: string): Promise<void> {
     await this.uploadArtifact(`${experimentId}/${runId}/artifacts`, artifactPath, file);
   }
 
-  async createLoggedModel(experimentId: string, name: string, sourceRunId: string, params: MlflowParam[], tags: MlflowTag[]): Promise<LoggedModel> {
-    return (await this.request<{ model: LoggedModel }>('POST', '/api/2.0/mlflow/logged-models', { experiment_id: experimentId, name, model_type: 'tflite', source_run_id: sourceRunId, params, tags })).model;
+  async createLoggedModel(
+    experimentId: string,
+    name: string,
+    sourceRunId: string,
+    params: MlflowParam[],
+    tags: MlflowTag[],
+  ): Promise<LoggedModel> {
+    return (
+      await this.request<{ model: LoggedModel }>('POST', '/api/2.0/mlflow/logged-models', {
+        experiment_id: experimentId,
+        name,
+        model_type: 'tflite',
+        source_run_id: sourceRunId,
+        params,
+        tags,
+      })
+    ).model;
   }
 
   async getLoggedModel(modelId: string): Promise<LoggedModel | undefined> {
     try {
-      return (await this.request<{ model: LoggedModel }>('GET', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`)).model;
+      return (
+        await this.request<{ model: LoggedModel }>(
+          'GET',
+          `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`,
+        )
+      ).model;
     } catch (error) {
       if (MlflowClient.missing(error)) return undefined;
       throw error;
@@ -346,12 +477,20 @@ export class MlflowClient {
 
   /** Logged models of an experiment whose tags include all of these. */
   async findLoggedModels(experimentId: string, tags: MlflowTag[]): Promise<LoggedModel[]> {
-    const result = await this.request<{ models?: LoggedModel[] }>('POST', '/api/2.0/mlflow/logged-models/search', { experiment_ids: [experimentId], max_results: 100 });
-    return (result.models ?? []).filter((model) => tags.every((tag) => model.info.tags?.some((t) => t.key === tag.key && t.value === tag.value)));
+    const result = await this.request<{ models?: LoggedModel[] }>('POST', '/api/2.0/mlflow/logged-models/search', {
+      experiment_ids: [experimentId],
+      max_results: 100,
+    });
+    return (result.models ?? []).filter((model) =>
+      tags.every((tag) => model.info.tags?.some((t) => t.key === tag.key && t.value === tag.value)),
+    );
   }
 
   async finalizeLoggedModel(modelId: string): Promise<void> {
-    await this.request('PATCH', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`, { model_id: modelId, status: 'LOGGED_MODEL_READY' });
+    await this.request('PATCH', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`, {
+      model_id: modelId,
+      status: 'LOGGED_MODEL_READY',
+    });
   }
 
   async logOutputs(runId: string, models: { model_id: string; step: number }[]): Promise<void> {
@@ -366,11 +505,32 @@ export class MlflowClient {
     }
   }
 
-  async createModelVersion(name: string, source: string, runId: string, modelId: string, tags: MlflowTag[]): Promise<ModelVersion> {
-    return (await this.request<{ model_version: ModelVersion }>('POST', '/api/2.0/mlflow/model-versions/create', { name, source, run_id: runId, model_id: modelId, tags })).model_version;
+  async createModelVersion(
+    name: string,
+    source: string,
+    runId: string,
+    modelId: string,
+    tags: MlflowTag[],
+  ): Promise<ModelVersion> {
+    return (
+      await this.request<{ model_version: ModelVersion }>('POST', '/api/2.0/mlflow/model-versions/create', {
+        name,
+        source,
+        run_id: runId,
+        model_id: modelId,
+        tags,
+      })
+    ).model_version;
   }
 
   async searchModelVersions(filter: string): Promise<ModelVersion[]> {
-    return (await this.request<{ model_versions?: ModelVersion[] }>('GET', `/api/2.0/mlflow/model-versions/search?filter=${encodeURIComponent(filter)}&max_results=200`)).model_versions ?? [];
+    return (
+      (
+        await this.request<{ model_versions?: ModelVersion[] }>(
+          'GET',
+          `/api/2.0/mlflow/model-versions/search?filter=${encodeURIComponent(filter)}&max_results=200`,
+        )
+      ).model_versions ?? []
+    );
   }
 }

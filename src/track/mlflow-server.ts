@@ -58,7 +58,8 @@ export function mlflowExecutable(): string {
 }
 
 export async function startMlflowServer(options: ServerOptions): Promise<MlflowServer> {
-  if (!fs.existsSync(mlflowExecutable())) throw new Error(`MLflow is not installed in .venv (${mlflowExecutable()}); run \`npm install\``);
+  if (!fs.existsSync(mlflowExecutable()))
+    throw new Error(`MLflow is not installed in .venv (${mlflowExecutable()}); run \`npm install\``);
   fs.mkdirSync(path.join(options.dataDir, 'artifacts'), { recursive: true });
   const port = options.port ?? (await freePort());
   const url = `http://127.0.0.1:${port}`;
@@ -80,7 +81,17 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
       ...(options.extraArgs ?? []),
     ],
     // Job execution (MLflow's GenAI jobs) starts five more Python processes; tlx uses none of it.
-    { env: minimalEnv({ MLFLOW_DISABLE_TELEMETRY: 'true', DO_NOT_TRACK: 'true', MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false', ...options.env }), buffer: false, cwd: options.dataDir, tiedToParent: true },
+    {
+      env: minimalEnv({
+        MLFLOW_DISABLE_TELEMETRY: 'true',
+        DO_NOT_TRACK: 'true',
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false',
+        ...options.env,
+      }),
+      buffer: false,
+      cwd: options.dataDir,
+      tiedToParent: true,
+    },
   );
   const output: string[] = [];
   for (const stream of [child.stdout!, child.stderr!]) {

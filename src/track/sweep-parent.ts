@@ -41,12 +41,18 @@ export class SweepParentRun {
       const client = new MlflowClient({ trackingUri: options.trackingUri, retries: 2 });
       const state = folder.readMlflow();
       const saved = state.servers[uri];
-      const view = { params: Object.keys(options.grid), metrics: [...new Set([options.metric, 'val_accuracy', 'test_accuracy'])], tag: { key: 'tlx.sweep_id', value: folder.id } };
+      const view = {
+        params: Object.keys(options.grid),
+        metrics: [...new Set([options.metric, 'val_accuracy', 'test_accuracy'])],
+        tag: { key: 'tlx.sweep_id', value: folder.id },
+      };
       if (saved && (await client.getRun(saved.run_id))) {
         await saveRunsView(client, saved.experiment_id, sweepViewKey(folder.id), view);
         return new SweepParentRun(folder, client, saved.experiment_id, saved.run_id, options.log);
       }
-      const experimentId = await client.ensureExperiment(options.experimentName, [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }]);
+      const experimentId = await client.ensureExperiment(options.experimentName, [
+        { key: 'mlflow.experimentKind', value: 'custom_model_development' },
+      ]);
       const found = (await client.findRunsByTag(experimentId, 'tlx.sweep_parent', folder.id))[0];
       const runId =
         found?.info.run_id ??
@@ -61,11 +67,22 @@ export class SweepParentRun {
         Object.entries(options.grid).map(([key, values]) => ({ key: `sweep.${key}`, value: JSON.stringify(values) })),
       );
       await saveRunsView(client, experimentId, sweepViewKey(folder.id), view);
-      state.servers[uri] = { experiment_id: experimentId, run_id: runId, metric_lines: 0, artifacts: {}, synced: false, refused: [], updated: new Date().toISOString() };
+      state.servers[uri] = {
+        experiment_id: experimentId,
+        run_id: runId,
+        metric_lines: 0,
+        artifacts: {},
+        synced: false,
+        refused: [],
+        updated: new Date().toISOString(),
+      };
       folder.writeMlflow(state);
       return new SweepParentRun(folder, client, experimentId, runId, options.log);
     } catch (error) {
-      options.log.warn({ error: redactText(errorMessage(error)) }, 'MLflow parent run for the sweep could not be created; trials still log on their own');
+      options.log.warn(
+        { error: redactText(errorMessage(error)) },
+        'MLflow parent run for the sweep could not be created; trials still log on their own',
+      );
       return undefined;
     }
   }
@@ -73,10 +90,14 @@ export class SweepParentRun {
   /** The best trial, the results files and the final status. Never throws. */
   async finish(best: { metric: string; value?: number; runId?: string }, failed: boolean): Promise<void> {
     try {
-      const metrics: MlflowMetric[] = best.value === undefined ? [] : [{ key: `best_${best.metric}`, value: best.value, timestamp: Date.now(), step: 0 }];
+      const metrics: MlflowMetric[] =
+        best.value === undefined
+          ? []
+          : [{ key: `best_${best.metric}`, value: best.value, timestamp: Date.now(), step: 0 }];
       const tags: MlflowTag[] = best.runId ? [{ key: 'tlx.best_run', value: best.runId }] : [];
       await this.client.logBatch(this.runId, metrics, [], tags);
-      for (const name of this.folder.resultFiles()) await this.client.logArtifact(this.experimentId, this.runId, name, this.folder.file(name));
+      for (const name of this.folder.resultFiles())
+        await this.client.logArtifact(this.experimentId, this.runId, name, this.folder.file(name));
       await this.client.updateRun(this.runId, failed ? 'FAILED' : 'FINISHED', Date.now());
     } catch (error) {
       this.log.warn({ error: redactText(errorMessage(error)) }, 'could not finish the sweep parent run in MLflow');

@@ -4,12 +4,28 @@ import { canonicalJson, sha256Hex } from '../core/hash.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
-import type { DatasetJson, EpochRecord, MlflowJson, Refusal, RunJson, RunSummary, ServerState } from '../run-folder/records.ts';
+import type {
+  DatasetJson,
+  EpochRecord,
+  MlflowJson,
+  Refusal,
+  RunJson,
+  RunSummary,
+  ServerState,
+} from '../run-folder/records.ts';
 import { shortRunName, type RunFolder } from '../run-folder/run-folder.ts';
 import { defaultView, defaultViewKey, saveRunsView } from './views.ts';
 import { SweepParentRun } from './sweep-parent.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
-import { MlflowClient, MlflowError, type DatasetInput, type MlflowMetric, type MlflowParam, type MlflowTag, type RunStatusName } from './mlflow-client.ts';
+import {
+  MlflowClient,
+  MlflowError,
+  type DatasetInput,
+  type MlflowMetric,
+  type MlflowParam,
+  type MlflowTag,
+  type RunStatusName,
+} from './mlflow-client.ts';
 
 /**
  * Pushes a local run folder (the source of truth) to an MLflow server, idempotently:
@@ -24,28 +40,31 @@ import { MlflowClient, MlflowError, type DatasetInput, type MlflowMetric, type M
  * in mlflow.json with the reason and the rest still goes out, the run's status included.
  */
 
-export const phaseCodes: Record<string, number> = { initial: 0, feature_extraction: 1, fine_tune: 2 };
+const phaseCodes: Record<string, number> = { initial: 0, feature_extraction: 1, fine_tune: 2 };
 
 /** The resolved config as dotted keys: train.fine_tune.fine_tune_at = 100. */
 export function flattenParams(value: unknown, prefix = ''): MlflowParam[] {
   if (value === null || value === undefined) return [];
   if (typeof value === 'object' && !Array.isArray(value)) {
-    return Object.entries(value as Record<string, unknown>).flatMap(([key, child]) => flattenParams(child, prefix ? `${prefix}.${key}` : key));
+    return Object.entries(value as Record<string, unknown>).flatMap(([key, child]) =>
+      flattenParams(child, prefix ? `${prefix}.${key}` : key),
+    );
   }
   return [{ key: prefix, value: Array.isArray(value) ? JSON.stringify(value) : String(value) }];
 }
 
-export function epochMetrics(line: EpochRecord): MlflowMetric[] {
+function epochMetrics(line: EpochRecord): MlflowMetric[] {
   const timestamp = line.time ?? 0;
   const metrics: MlflowMetric[] = [{ key: 'phase', value: phaseCodes[line.phase] ?? -1, timestamp, step: line.epoch }];
   for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate', 'seconds'] as const) {
     const value = line[key];
-    if (typeof value === 'number' && Number.isFinite(value)) metrics.push({ key: key === 'seconds' ? 'epoch_seconds' : key, value, timestamp, step: line.epoch });
+    if (typeof value === 'number' && Number.isFinite(value))
+      metrics.push({ key: key === 'seconds' ? 'epoch_seconds' : key, value, timestamp, step: line.epoch });
   }
   return metrics;
 }
 
-export function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetric[] {
+function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetric[] {
   const timestamp = summary.finished_at ?? 0;
   const metrics: MlflowMetric[] = [];
   const add = (key: string, value: number | undefined) => {
@@ -60,7 +79,10 @@ export function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetr
   add('final_val_accuracy', final?.val_accuracy);
   add('best_val_accuracy', summary.metrics?.best_val_accuracy);
   add('final_weights_epoch', summary.final_weights?.epoch);
-  const exports = [...(summary.export?.tflite ? [summary.export.tflite] : []), ...Object.values(summary.export?.tflite_modes ?? {})];
+  const exports = [
+    ...(summary.export?.tflite ? [summary.export.tflite] : []),
+    ...Object.values(summary.export?.tflite_modes ?? {}),
+  ];
   for (const record of exports) {
     const mode = record.quantization;
     add(`tflite_${mode}_bytes`, record.bytes);
@@ -77,7 +99,7 @@ export function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetr
 }
 
 /** What a person sees in MLflow's runs table: the experiment's name and a short id, or a trial's swept values. */
-export function runNameOf(folder: RunFolder, run: RunJson): string {
+function runNameOf(folder: RunFolder, run: RunJson): string {
   if (run.trial && Object.keys(run.trial).length > 0) {
     return Object.entries(run.trial)
       .map(([key, value]) => `${key.split('.').pop()}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
@@ -91,14 +113,27 @@ export function runNameOf(folder: RunFolder, run: RunJson): string {
  * MLflow keeps a dataset once per run, so each split is its own dataset (<name>-<split>),
  * all with the data's digest and with their context tag.
  */
-export function datasetInputs(dataset: DatasetJson): DatasetInput[] {
+function datasetInputs(dataset: DatasetJson): DatasetInput[] {
   const name = dataset.name ?? path.basename(dataset.url ?? dataset.root);
-  const source = dataset.url ? { source_type: 'http', source: JSON.stringify({ url: dataset.url }) } : { source_type: 'local', source: JSON.stringify({ uri: dataset.root }) };
-  const schema = JSON.stringify({ mlflow_colspec: [{ type: 'binary', name: 'image' }, { type: 'string', name: 'label' }] });
+  const source = dataset.url
+    ? { source_type: 'http', source: JSON.stringify({ url: dataset.url }) }
+    : { source_type: 'local', source: JSON.stringify({ uri: dataset.root }) };
+  const schema = JSON.stringify({
+    mlflow_colspec: [
+      { type: 'binary', name: 'image' },
+      { type: 'string', name: 'label' },
+    ],
+  });
   return (['train', 'validation', 'test'] as const)
     .filter((split) => dataset.counts[split] > 0)
     .map((split) => ({
-      dataset: { name: `${name}-${split}`, digest: (dataset.digest ?? dataset.archive_sha256 ?? 'unknown').slice(0, 36), ...source, schema, profile: JSON.stringify({ num_rows: dataset.counts[split], classes: dataset.classes }) },
+      dataset: {
+        name: `${name}-${split}`,
+        digest: (dataset.digest ?? dataset.archive_sha256 ?? 'unknown').slice(0, 36),
+        ...source,
+        schema,
+        profile: JSON.stringify({ num_rows: dataset.counts[split], classes: dataset.classes }),
+      },
       tags: [{ key: 'mlflow.data.context', value: split === 'train' ? 'training' : split }],
     }));
 }
@@ -172,7 +207,13 @@ class ServerSync {
       return true;
     } catch (error) {
       if (!(error instanceof MlflowError && error.refused)) throw error;
-      const refusal: Refusal = { kind, item, status: error.status, message: redactText(error.message), at: new Date().toISOString() };
+      const refusal: Refusal = {
+        kind,
+        item,
+        status: error.status,
+        message: redactText(error.message),
+        at: new Date().toISOString(),
+      };
       this.refusals.push(refusal);
       this.save({ refused: [...this.state.refused, refusal] });
       return false;
@@ -180,9 +221,18 @@ class ServerSync {
   }
 }
 
-async function createOrFindRun(client: MlflowClient, folder: RunFolder, run: RunJson, config: ResolvedExperiment, options: SyncOptions, log: Logger): Promise<{ experimentId: string; runId: string }> {
+async function createOrFindRun(
+  client: MlflowClient,
+  folder: RunFolder,
+  run: RunJson,
+  config: ResolvedExperiment,
+  options: SyncOptions,
+  log: Logger,
+): Promise<{ experimentId: string; runId: string }> {
   const experimentName = options.experimentName ?? config.tracking.mlflow?.experiment ?? config.name;
-  const experimentId = await client.ensureExperiment(experimentName, [{ key: 'mlflow.experimentKind', value: 'custom_model_development' }]);
+  const experimentId = await client.ensureExperiment(experimentName, [
+    { key: 'mlflow.experimentKind', value: 'custom_model_development' },
+  ]);
   await saveRunsView(client, experimentId, defaultViewKey, defaultView);
   // A crash between creating the run and recording it left a run with our id: adopt it.
   const existing = (await client.findRunsByTag(experimentId, 'tlx.run_id', folder.id))[0];
@@ -208,8 +258,29 @@ async function createOrFindRun(client: MlflowClient, folder: RunFolder, run: Run
 }
 
 /** Params: the resolved config and the data facts; on a refusal, each param alone (the rest still arrives). */
-async function syncParams(sync: ServerSync, client: MlflowClient, config: ResolvedExperiment, dataset: DatasetJson | undefined, runId: string): Promise<void> {
-  const params = [...flattenParams(config), ...(dataset ? flattenParams({ class_count: dataset.class_count, classes: dataset.classes, counts: dataset.counts, storage: dataset.storage, skipped: dataset.skipped, digest: dataset.digest }, 'data') : [])];
+async function syncParams(
+  sync: ServerSync,
+  client: MlflowClient,
+  config: ResolvedExperiment,
+  dataset: DatasetJson | undefined,
+  runId: string,
+): Promise<void> {
+  const params = [
+    ...flattenParams(config),
+    ...(dataset
+      ? flattenParams(
+          {
+            class_count: dataset.class_count,
+            classes: dataset.classes,
+            counts: dataset.counts,
+            storage: dataset.storage,
+            skipped: dataset.skipped,
+            digest: dataset.digest,
+          },
+          'data',
+        )
+      : []),
+  ];
   const hash = sha256Hex(canonicalJson(params));
   if (sync.state.params_sent === hash) return;
   try {
@@ -217,22 +288,37 @@ async function syncParams(sync: ServerSync, client: MlflowClient, config: Resolv
   } catch (error) {
     if (!(error instanceof MlflowError && error.refused)) throw error;
     // One refused param refuses its whole batch: send them one by one, so the rest arrives.
-    for (const param of params) await sync.attempt('param', `${param.key}=${param.value.slice(0, 60)}`, () => client.logBatch(runId, [], [param]));
+    for (const param of params)
+      await sync.attempt('param', `${param.key}=${param.value.slice(0, 60)}`, () =>
+        client.logBatch(runId, [], [param]),
+      );
   }
   sync.save({ params_sent: hash });
 }
 
-async function syncDataset(sync: ServerSync, client: MlflowClient, dataset: DatasetJson | undefined, runId: string): Promise<void> {
+async function syncDataset(
+  sync: ServerSync,
+  client: MlflowClient,
+  dataset: DatasetJson | undefined,
+  runId: string,
+): Promise<void> {
   if (!dataset?.digest || sync.state.dataset_input === dataset.digest) return;
   await sync.attempt('dataset', dataset.digest, () => client.logInputs(runId, datasetInputs(dataset)));
   sync.save({ dataset_input: dataset.digest });
 }
 
-async function syncMetrics(sync: ServerSync, client: MlflowClient, folder: RunFolder, runId: string): Promise<EpochRecord[]> {
+async function syncMetrics(
+  sync: ServerSync,
+  client: MlflowClient,
+  folder: RunFolder,
+  runId: string,
+): Promise<EpochRecord[]> {
   const records = folder.readMetrics().records;
   if (records.length > sync.state.metric_lines) {
     const fresh = records.slice(sync.state.metric_lines);
-    await sync.attempt('metrics', `epochs ${fresh[0].epoch}..${fresh.at(-1)!.epoch}`, () => client.logBatch(runId, fresh.flatMap(epochMetrics)));
+    await sync.attempt('metrics', `epochs ${fresh[0].epoch}..${fresh.at(-1)!.epoch}`, () =>
+      client.logBatch(runId, fresh.flatMap(epochMetrics)),
+    );
     sync.save({ metric_lines: records.length });
   }
   if (folder.hasSummary()) {
@@ -246,18 +332,37 @@ async function syncMetrics(sync: ServerSync, client: MlflowClient, folder: RunFo
   return records;
 }
 
-async function syncArtifacts(sync: ServerSync, client: MlflowClient, folder: RunFolder, experimentId: string, runId: string): Promise<void> {
+async function syncArtifacts(
+  sync: ServerSync,
+  client: MlflowClient,
+  folder: RunFolder,
+  experimentId: string,
+  runId: string,
+): Promise<void> {
   for (const file of folder.artifactFiles()) {
     const print = folder.fingerprint(file);
     if (sync.state.artifacts[file] === print) continue;
-    if (await sync.attempt('artifact', `${file}@${print}`, () => client.logArtifact(experimentId, runId, file, folder.pathOf(file)))) {
+    if (
+      await sync.attempt('artifact', `${file}@${print}`, () =>
+        client.logArtifact(experimentId, runId, file, folder.pathOf(file)),
+      )
+    ) {
       sync.save({ artifacts: { ...sync.state.artifacts, [file]: print } });
     }
   }
 }
 
 /** The exported TFLite file as an MLflow 3 logged model of the run (with labels and card), and a registry version when asked. */
-async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFolder, config: ResolvedExperiment, experimentId: string, runId: string, lastEpoch: number, register: boolean): Promise<void> {
+async function syncModel(
+  sync: ServerSync,
+  client: MlflowClient,
+  folder: RunFolder,
+  config: ResolvedExperiment,
+  experimentId: string,
+  runId: string,
+  lastEpoch: number,
+  register: boolean,
+): Promise<void> {
   if (!folder.hasSummary()) return;
   const summary = folder.readSummary();
   const tflite = summary.export?.tflite;
@@ -270,17 +375,33 @@ async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFold
       { key: 'tlx.source', value: source },
     ];
     const found = (await client.findLoggedModels(experimentId, tags))[0];
-    const model = found ?? (await client.createLoggedModel(experimentId, `${config.name}-tflite-${tflite.quantization}`, runId, [{ key: 'quantization', value: tflite.quantization }, { key: 'io_type', value: tflite.io_type }, { key: 'bytes', value: String(tflite.bytes) }], [...tags, { key: 'tlx.format', value: 'tflite' }]));
+    const model =
+      found ??
+      (await client.createLoggedModel(
+        experimentId,
+        `${config.name}-tflite-${tflite.quantization}`,
+        runId,
+        [
+          { key: 'quantization', value: tflite.quantization },
+          { key: 'io_type', value: tflite.io_type },
+          { key: 'bytes', value: String(tflite.bytes) },
+        ],
+        [...tags, { key: 'tlx.format', value: 'tflite' }],
+      ));
     const root = model.info.artifact_uri.replace(/^mlflow-artifacts:\/+/, '');
     let uploaded = true;
     for (const file of ['model.tflite', 'labels.txt', 'model-card.md', 'model-card.json']) {
-      uploaded = (await sync.attempt('model', `${file}@${folder.fingerprint(file)}`, () => client.uploadArtifact(root, file, folder.pathOf(file)))) && uploaded;
+      uploaded =
+        (await sync.attempt('model', `${file}@${folder.fingerprint(file)}`, () =>
+          client.uploadArtifact(root, file, folder.pathOf(file)),
+        )) && uploaded;
     }
     if (!uploaded) return;
     if (model.info.status !== 'LOGGED_MODEL_READY') await client.finalizeLoggedModel(model.info.model_id);
     // MLflow stores a second identical output as a conflict (HTTP 400): look before logging.
     const outputs = (await client.getRun(runId))?.outputs?.model_outputs ?? [];
-    if (!outputs.some((output) => output.model_id === model.info.model_id)) await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
+    if (!outputs.some((output) => output.model_id === model.info.model_id))
+      await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
     logged = { model_id: model.info.model_id, source, finalized: true };
     sync.save({ logged_model: logged });
   }
@@ -289,7 +410,9 @@ async function syncModel(sync: ServerSync, client: MlflowClient, folder: RunFold
   await sync.attempt('registry', `${name}@${logged.model_id}`, async () => {
     await client.ensureRegisteredModel(name);
     // A version created before a crash kept us from recording it: adopt it instead of making a second.
-    const existing = (await client.searchModelVersions(`name='${name.replace(/'/g, "\\'")}' and run_id='${runId}'`)).find((v) => v.model_id === logged!.model_id || v.source === `models:/${logged!.model_id}`);
+    const existing = (
+      await client.searchModelVersions(`name='${name.replace(/'/g, "\\'")}' and run_id='${runId}'`)
+    ).find((v) => v.model_id === logged!.model_id || v.source === `models:/${logged!.model_id}`);
     const version =
       existing ??
       (await client.createModelVersion(name, `models:/${logged!.model_id}`, runId, logged!.model_id, [
@@ -315,13 +438,26 @@ function serverStateFor(mlflow: MlflowJson, run: { experimentId: string; runId: 
     .filter((state) => state.run_id === run.runId)
     .sort((a, b) => b.updated.localeCompare(a.updated))[0];
   if (known) return { ...known, refused: [...known.refused] };
-  return { experiment_id: run.experimentId, run_id: run.runId, metric_lines: 0, artifacts: {}, synced: false, refused: [], updated: new Date().toISOString() };
+  return {
+    experiment_id: run.experimentId,
+    run_id: run.runId,
+    metric_lines: 0,
+    artifacts: {},
+    synced: false,
+    refused: [],
+    updated: new Date().toISOString(),
+  };
 }
 
 export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<SyncResult> {
   const log = options.log ?? silentLogger;
   const uri = redactUrl(options.trackingUri);
-  const client = new MlflowClient({ trackingUri: options.trackingUri, retries: options.retries, timeoutMs: options.timeoutMs, deadline: options.deadline });
+  const client = new MlflowClient({
+    trackingUri: options.trackingUri,
+    retries: options.retries,
+    timeoutMs: options.timeoutMs,
+    deadline: options.deadline,
+  });
   const run = folder.readRun();
   const config = folder.readConfig();
   let mlflow: MlflowJson;
@@ -330,7 +466,10 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
   } catch (error) {
     if (!(error instanceof CorruptFileError)) throw error;
     // A power cut can leave it empty; the run on the server is found again by its tlx.run_id tag.
-    log.warn({ error: error.message }, 'mlflow.json is unreadable; starting its record again (nothing on the server is duplicated)');
+    log.warn(
+      { error: error.message },
+      'mlflow.json is unreadable; starting its record again (nothing on the server is duplicated)',
+    );
     mlflow = { servers: {}, pending: {} };
   }
   let state: ServerState | undefined = mlflow.servers[uri];
@@ -346,11 +485,23 @@ export async function syncRun(folder: RunFolder, options: SyncOptions): Promise<
   const done = ended(run.status);
   if (options.artifacts ?? done) {
     await syncArtifacts(sync, client, folder, experimentId, runId);
-    if (done) await syncModel(sync, client, folder, config, experimentId, runId, records.at(-1)?.epoch ?? 0, options.register ?? true);
+    if (done)
+      await syncModel(
+        sync,
+        client,
+        folder,
+        config,
+        experimentId,
+        runId,
+        records.at(-1)?.epoch ?? 0,
+        options.register ?? true,
+      );
   }
   const status: RunStatusName = done ? (run.status as RunStatusName) : 'RUNNING';
   if (sync.state.status !== status) {
-    await sync.attempt('status', status, () => client.updateRun(runId, status, done ? Date.parse(run.ended ?? run.updated) : undefined, runNameOf(folder, run)));
+    await sync.attempt('status', status, () =>
+      client.updateRun(runId, status, done ? Date.parse(run.ended ?? run.updated) : undefined, runNameOf(folder, run)),
+    );
     sync.save({ status });
   }
   const complete = done && records.length === sync.state.metric_lines;
@@ -365,11 +516,15 @@ export function markNotSynced(folder: RunFolder, trackingUri: string, error: str
     const mlflow = folder.readMlflow();
     const updated = new Date().toISOString();
     const message = redactText(error);
-    if (mlflow.servers[uri]) mlflow.servers[uri] = { ...mlflow.servers[uri], synced: false, last_error: message, updated };
+    if (mlflow.servers[uri])
+      mlflow.servers[uri] = { ...mlflow.servers[uri], synced: false, last_error: message, updated };
     else mlflow.pending[uri] = { synced: false, last_error: message, updated };
     folder.writeMlflow(mlflow);
   } catch (problem) {
-    log.warn({ error: redactText(problem instanceof Error ? problem.message : String(problem)) }, 'could not record the MLflow sync state');
+    log.warn(
+      { error: redactText(problem instanceof Error ? problem.message : String(problem)) },
+      'could not record the MLflow sync state',
+    );
   }
 }
 
@@ -393,7 +548,12 @@ export async function syncFolders(folders: RunFolder[], trackingUri: string, log
     try {
       folder.lock();
     } catch (error) {
-      results.push({ dir: folder.dir, complete: false, refused: [], skipped: error instanceof Error ? error.message : String(error) });
+      results.push({
+        dir: folder.dir,
+        complete: false,
+        refused: [],
+        skipped: error instanceof Error ? error.message : String(error),
+      });
       continue;
     }
     try {
@@ -417,13 +577,30 @@ export async function syncFolders(folders: RunFolder[], trackingUri: string, log
 }
 
 /** A sweep trial's MLflow parent run on this server (made from its sweep folder), once per sweep. */
-async function sweepParentFor(folder: RunFolder, trackingUri: string, parents: Map<string, SweepParentRun | undefined>, log: Logger): Promise<string | undefined> {
+async function sweepParentFor(
+  folder: RunFolder,
+  trackingUri: string,
+  parents: Map<string, SweepParentRun | undefined>,
+  log: Logger,
+): Promise<string | undefined> {
   const run = folder.readRun();
   if (!run.sweep) return undefined;
   if (!parents.has(run.sweep.dir)) {
     const sweep = SweepFolder.fromDir(run.sweep.dir);
     const config = folder.readConfig();
-    parents.set(run.sweep.dir, sweep.exists() ? await SweepParentRun.open(sweep, { trackingUri, experimentName: config.tracking.mlflow?.experiment ?? config.name, sweepName: config.name, grid: sweep.readPlan().grid, metric: sweep.readPlan().metric, log }) : undefined);
+    parents.set(
+      run.sweep.dir,
+      sweep.exists()
+        ? await SweepParentRun.open(sweep, {
+            trackingUri,
+            experimentName: config.tracking.mlflow?.experiment ?? config.name,
+            sweepName: config.name,
+            grid: sweep.readPlan().grid,
+            metric: sweep.readPlan().metric,
+            log,
+          })
+        : undefined,
+    );
   }
   return parents.get(run.sweep.dir)?.runId;
 }

@@ -18,7 +18,10 @@ export interface RunsView {
 export const defaultViewKey = 'tlx';
 
 /** The runs table of tlx runs: their results, the base and where fine-tuning starts. */
-export const defaultView: RunsView = { params: ['model.base', 'train.fine_tune.fine_tune_at'], metrics: ['val_accuracy', 'test_accuracy', 'best_val_accuracy'] };
+export const defaultView: RunsView = {
+  params: ['model.base', 'train.fine_tune.fine_tune_at'],
+  metrics: ['val_accuracy', 'test_accuracy', 'best_val_accuracy'],
+};
 
 export function runsPageUrl(serverUrl: string, experimentId: string, viewKey: string = defaultViewKey): string {
   return `${serverUrl.replace(/\/+$/, '')}/#/experiments/${experimentId}/runs?workflowType=machine_learning&viewStateShareKey=${encodeURIComponent(viewKey)}`;
@@ -29,9 +32,19 @@ export function sweepViewKey(sweepId: string): string {
 }
 
 /** Stores a view of the runs table as a shared view of the experiment (idempotent). */
-export async function saveRunsView(client: MlflowClient, experimentId: string, key: string, view: RunsView): Promise<void> {
+export async function saveRunsView(
+  client: MlflowClient,
+  experimentId: string,
+  key: string,
+  view: RunsView,
+): Promise<void> {
   const state = {
-    selectedColumns: ['attributes.`Dataset`', 'attributes.`Models`', ...view.metrics.map((m) => `metrics.\`${m}\``), ...view.params.map((p) => `params.\`${p}\``)],
+    selectedColumns: [
+      'attributes.`Dataset`',
+      'attributes.`Models`',
+      ...view.metrics.map((m) => `metrics.\`${m}\``),
+      ...view.params.map((p) => `params.\`${p}\``),
+    ],
     // The UI does not share which parent runs are unfolded; a filter on the trials' tag lists them flat.
     ...(view.tag ? { searchFilter: `tags.\`${view.tag.key}\` = '${view.tag.value.replace(/'/g, "\\'")}'` } : {}),
     orderByKey: 'attributes.start_time',

@@ -3,7 +3,14 @@ import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import type { ImageVariants } from '../data/augment.ts';
 import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../models/graph.ts';
-import { cacheFrontier, computedFrontier, frontierCacheBytes, type FrontierCache, type FrontierSource, type FrozenPrefixStore } from './frontier.ts';
+import {
+  cacheFrontier,
+  computedFrontier,
+  frontierCacheBytes,
+  type FrontierCache,
+  type FrontierSource,
+  type FrozenPrefixStore,
+} from './frontier.ts';
 import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
@@ -16,7 +23,7 @@ import { setLearningRate } from './optimizers.ts';
  * and a callback stops the phase through `control`.
  */
 
-export interface EpochMetrics {
+interface EpochMetrics {
   loss: number;
   accuracy: number;
   val_loss: number;
@@ -117,10 +124,15 @@ function weightsIdentity(model: LayersModel): readonly object[] {
 }
 
 /** The validation a phase ended with, if the model still has the weights it was made with. */
-export function validationOfCurrentWeights(model: LayersModel, validated: ValidatedWeights | undefined): Evaluation | undefined {
+export function validationOfCurrentWeights(
+  model: LayersModel,
+  validated: ValidatedWeights | undefined,
+): Evaluation | undefined {
   if (!validated) return undefined;
   const now = weightsIdentity(model);
-  return now.length === validated.weights.length && now.every((id, i) => id === validated.weights[i]) ? validated.evaluation : undefined;
+  return now.length === validated.weights.length && now.every((id, i) => id === validated.weights[i])
+    ? validated.evaluation
+    : undefined;
 }
 
 export interface PhaseEnd extends PhaseSpan {
@@ -144,10 +156,14 @@ export interface Callback {
  * Caching the frozen stage's outputs trades memory for time; above this many bytes for
  * the training and validation splits together, the frozen stage is recomputed instead.
  */
-export const FROZEN_CACHE_BUDGET_BYTES = 1024 ** 3;
+const FROZEN_CACHE_BUDGET_BYTES = 1024 ** 3;
 
 /** Loss, accuracy, predictions and probabilities over batches of logits (disposed here). */
-function score(objective: Objective, split: { length: number; labels: Int32Array }, batches: Iterable<{ logits: Tensor; labels: Tensor1D; indices: number[] }>): Evaluation {
+function score(
+  objective: Objective,
+  split: { length: number; labels: Int32Array },
+  batches: Iterable<{ logits: Tensor; labels: Tensor1D; indices: number[] }>,
+): Evaluation {
   const predictions = new Int32Array(split.length);
   const probabilities = new Float32Array(split.length * objective.classCount);
   let lossSum = 0;
@@ -168,7 +184,12 @@ function score(objective: Objective, split: { length: number; labels: Int32Array
     offset += n;
     tf.dispose([loss, predicted, probs, batch.logits, batch.labels]);
   }
-  return { loss: lossSum / Math.max(1, split.length), accuracy: correct / Math.max(1, split.length), predictions, probabilities };
+  return {
+    loss: lossSum / Math.max(1, split.length),
+    accuracy: correct / Math.max(1, split.length),
+    predictions,
+    probabilities,
+  };
 }
 
 /** The model on a split, with every Conv -> BatchNorm chain folded (the weights as they are now). */
@@ -192,7 +213,12 @@ export function evaluate(model: LayersModel, objective: Objective, split: ImageS
 }
 
 /** The trainable stage on cached frozen-stage outputs (validation during a cached phase). */
-function evaluateCached(staged: StagedModel, objective: Objective, source: FrontierSource, batchSize: number): Evaluation {
+function evaluateCached(
+  staged: StagedModel,
+  objective: Objective,
+  source: FrontierSource,
+  batchSize: number,
+): Evaluation {
   return score(
     objective,
     source,
@@ -212,12 +238,19 @@ export function epochOrder(seed: number, epoch: number, length: number): number[
 }
 
 /** The dropout seed of one step: fixed by seed, epoch and batch. */
-export function stepSeed(seed: number, epoch: number, batchIndex: number): number {
+function stepSeed(seed: number, epoch: number, batchIndex: number): number {
   return new Random(seed, 'dropout', epoch, batchIndex).opSeed();
 }
 
 /** One optimizer step: the trainable stage on a batch's frontier, under the tape. */
-function trainStep(staged: StagedModel, objective: Objective, frontier: Tensor[], labels: Tensor1D, optimizer: TfOptimizer, seed: number): { loss: Scalar; predicted: Tensor } {
+function trainStep(
+  staged: StagedModel,
+  objective: Objective,
+  frontier: Tensor[],
+  labels: Tensor1D,
+  optimizer: TfOptimizer,
+  seed: number,
+): { loss: Scalar; predicted: Tensor } {
   let predicted: Tensor | undefined;
   const loss = optimizer.minimize(
     () => {
@@ -239,7 +272,15 @@ class Control implements TrainingControl {
   }
 }
 
-async function trainEpoch(inputs: FitInputs, staged: StagedModel, train: FrontierSource, phase: PhaseSettings, epoch: number, callbacks: readonly Callback[], control: Control): Promise<{ loss: number; accuracy: number; interrupted: boolean }> {
+async function trainEpoch(
+  inputs: FitInputs,
+  staged: StagedModel,
+  train: FrontierSource,
+  phase: PhaseSettings,
+  epoch: number,
+  callbacks: readonly Callback[],
+  control: Control,
+): Promise<{ loss: number; accuracy: number; interrupted: boolean }> {
   const { objective, batchSize } = inputs;
   const batches = Math.ceil(train.length / batchSize);
   let lossSum = 0;
@@ -247,7 +288,14 @@ async function trainEpoch(inputs: FitInputs, staged: StagedModel, train: Frontie
   let seen = 0;
   let batchIndex = 0;
   for (const batch of train.batches(batchSize, epochOrder(inputs.seed, epoch, train.length), epoch)) {
-    const { loss, predicted } = trainStep(staged, objective, batch.frontier, batch.labels, phase.optimizer, stepSeed(inputs.seed, epoch, batchIndex));
+    const { loss, predicted } = trainStep(
+      staged,
+      objective,
+      batch.frontier,
+      batch.labels,
+      phase.optimizer,
+      stepSeed(inputs.seed, epoch, batchIndex),
+    );
     const n = batch.indices.length;
     lossSum += loss.dataSync()[0] * n;
     const predictedValues = predicted.dataSync();
@@ -255,7 +303,14 @@ async function trainEpoch(inputs: FitInputs, staged: StagedModel, train: Frontie
     seen += n;
     tf.dispose([loss, predicted, ...batch.frontier, batch.labels]);
     batchIndex++;
-    const progress = { phase: phase.phase, epoch, batch: batchIndex, batches, loss: lossSum / seen, accuracy: correct / seen };
+    const progress = {
+      phase: phase.phase,
+      epoch,
+      batch: batchIndex,
+      batches,
+      loss: lossSum / seen,
+      accuracy: correct / seen,
+    };
     for (const callback of callbacks) callback.onBatchEnd?.(progress, control);
     // Let signal handlers (Ctrl-C) and timers run between batches.
     await new Promise((resolve) => setImmediate(resolve));
@@ -265,7 +320,13 @@ async function trainEpoch(inputs: FitInputs, staged: StagedModel, train: Frontie
 }
 
 /** One optimizer step on one batch, as an epoch does it (for the benchmarks). */
-export function trainStepForBench(staged: StagedModel, objective: Objective, images: Tensor4D, labels: Tensor1D, optimizer: TfOptimizer): number {
+export function trainStepForBench(
+  staged: StagedModel,
+  objective: Objective,
+  images: Tensor4D,
+  labels: Tensor1D,
+  optimizer: TfOptimizer,
+): number {
   const frontier = staged.frozen(images);
   const { loss, predicted } = trainStep(staged, objective, frontier, labels, optimizer, 1);
   const value = loss.dataSync()[0];
@@ -275,7 +336,9 @@ export function trainStepForBench(staged: StagedModel, objective: Objective, ima
 
 /** The model on the validation split: from the phase's cache, or through the whole model. */
 function validate(inputs: FitInputs, staged: StagedModel, caches: FrontierCache | undefined): Evaluation {
-  return caches ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize) : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
+  return caches
+    ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize)
+    : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
 }
 
 /**
@@ -283,29 +346,54 @@ function validate(inputs: FitInputs, staged: StagedModel, caches: FrontierCache 
  * (alone, a phase computes every variant once against once per epoch left; a shared prefix
  * pays off over the trials) and it fits the budget.
  */
-export function frontierCacheChoice(options: { variants: ImageVariants | undefined; sharedPrefix: boolean; remainingEpochs: number; bytes: number }): 'cache' | 'recompute' | 'over budget' {
+export function frontierCacheChoice(options: {
+  variants: ImageVariants | undefined;
+  sharedPrefix: boolean;
+  remainingEpochs: number;
+  bytes: number;
+}): 'cache' | 'recompute' | 'over budget' {
   if (!options.variants) return 'recompute';
   if (!options.sharedPrefix && options.remainingEpochs < options.variants.count) return 'recompute';
   return options.bytes > FROZEN_CACHE_BUDGET_BYTES ? 'over budget' : 'cache';
 }
 
 /** The phase's frontier cache, when frontierCacheChoice makes one. */
-function phaseCache(inputs: FitInputs, staged: StagedModel, phase: string, remaining: number): FrontierCache | undefined {
+function phaseCache(
+  inputs: FitInputs,
+  staged: StagedModel,
+  phase: string,
+  remaining: number,
+): FrontierCache | undefined {
   const { variants } = inputs;
   if (!variants) return undefined;
-  const prefix = inputs.sharedPrefix ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store } : undefined;
+  const prefix = inputs.sharedPrefix
+    ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store }
+    : undefined;
   const bytes = frontierCacheBytes(staged, { ...inputs, variants, prefix });
-  const choice = frontierCacheChoice({ variants, sharedPrefix: prefix !== undefined, remainingEpochs: remaining, bytes });
+  const choice = frontierCacheChoice({
+    variants,
+    sharedPrefix: prefix !== undefined,
+    remainingEpochs: remaining,
+    bytes,
+  });
   if (choice === 'recompute') return undefined;
   const megabytes = (value: number) => `${(value / 1024 ** 2).toFixed(0)} MB`;
   if (choice === 'over budget') {
-    inputs.log(`${phase}: not caching the frozen layers' outputs (${megabytes(bytes)} over the ${megabytes(FROZEN_CACHE_BUDGET_BYTES)} budget); recomputing them every epoch`);
+    inputs.log(
+      `${phase}: not caching the frozen layers' outputs (${megabytes(bytes)} over the ${megabytes(FROZEN_CACHE_BUDGET_BYTES)} budget); recomputing them every epoch`,
+    );
     return undefined;
   }
   const cache = cacheFrontier(staged, { ...inputs, variants, prefix });
   const what = variants.count > 1 ? `for ${variants.count} variants of each image (${variants.key})` : 'once';
-  const shared = prefix ? (cache.reusedPrefix ? '; the shared frozen layers\' outputs reused from an earlier trial' : '; the shared frozen layers\' outputs kept for later trials') : '';
-  inputs.log(`${phase}: frozen layers' outputs computed ${what} (${megabytes(bytes)})${shared}`, { reused_prefix: cache.reusedPrefix });
+  const shared = prefix
+    ? cache.reusedPrefix
+      ? "; the shared frozen layers' outputs reused from an earlier trial"
+      : "; the shared frozen layers' outputs kept for later trials"
+    : '';
+  inputs.log(`${phase}: frozen layers' outputs computed ${what} (${megabytes(bytes)})${shared}`, {
+    reused_prefix: cache.reusedPrefix,
+  });
   return cache;
 }
 
@@ -313,7 +401,11 @@ function phaseCache(inputs: FitInputs, staged: StagedModel, phase: string, remai
  * Trains epochs resumeAfter+1 .. last of a phase; the model's trainable flags must already
  * be set. Callbacks run in order at each event.
  */
-export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callbacks: readonly Callback[]): Promise<PhaseEnd> {
+export async function fitPhase(
+  inputs: FitInputs,
+  phase: PhaseSettings,
+  callbacks: readonly Callback[],
+): Promise<PhaseEnd> {
   const span: PhaseSpan = { phase: phase.phase, first: phase.first, last: phase.last, resumeAfter: phase.resumeAfter };
   const control = new Control();
   let lastTrained = phase.resumeAfter;
@@ -322,7 +414,11 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
   const remaining = phase.last - phase.resumeAfter;
   const cacheStarted = performance.now();
   const caches = remaining > 0 ? phaseCache(inputs, staged, phase.phase, remaining) : undefined;
-  const trainSource = caches?.train ?? computedFrontier(staged, inputs.train, (images, epoch, batchIndex) => inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)));
+  const trainSource =
+    caches?.train ??
+    computedFrontier(staged, inputs.train, (images, epoch, batchIndex) =>
+      inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)),
+    );
   // Computing the cache is part of the first epoch's cost.
   let carrySeconds = caches ? (performance.now() - cacheStarted) / 1000 : 0;
   let lastValidation: ValidatedWeights | undefined;
@@ -355,7 +451,13 @@ export async function fitPhase(inputs: FitInputs, phase: PhaseSettings, callback
     caches?.dispose();
     staged.dispose();
   }
-  const end: PhaseEnd = { ...span, lastTrained, lastValidation, complete: control.stopReason !== 'interrupted', stopReason: control.stopReason };
+  const end: PhaseEnd = {
+    ...span,
+    lastTrained,
+    lastValidation,
+    complete: control.stopReason !== 'interrupted',
+    stopReason: control.stopReason,
+  };
   for (const callback of callbacks) await callback.onPhaseEnd?.(end);
   return end;
 }

@@ -17,7 +17,7 @@ import { tf } from '../tfjs/tf.ts';
  */
 
 /** A batch as the trainable stage sees it: the frozen stage's outputs for some samples. */
-export interface FrontierBatch {
+interface FrontierBatch {
   frontier: Tensor[];
   labels: Tensor1D;
   indices: number[];
@@ -30,14 +30,20 @@ export interface FrontierSource {
   batches(batchSize: number, order: readonly number[] | undefined, epoch: number): Generator<FrontierBatch>;
 }
 
-export function computedFrontier(staged: StagedModel, split: ImageSplit, augment?: (images: Tensor4D, epoch: number, batchIndex: number) => Tensor4D): FrontierSource {
+export function computedFrontier(
+  staged: StagedModel,
+  split: ImageSplit,
+  augment?: (images: Tensor4D, epoch: number, batchIndex: number) => Tensor4D,
+): FrontierSource {
   return {
     length: split.length,
     labels: split.labels,
     *batches(batchSize, order, epoch) {
       let batchIndex = 0;
       for (const batch of split.batches(batchSize, order)) {
-        const frontier = tf.tidy(() => staged.frozen(augment ? augment(batch.images as Tensor4D, epoch, batchIndex) : batch.images));
+        const frontier = tf.tidy(() =>
+          staged.frozen(augment ? augment(batch.images as Tensor4D, epoch, batchIndex) : batch.images),
+        );
         batch.images.dispose();
         batchIndex++;
         yield { frontier, labels: batch.labels, indices: batch.indices };
@@ -61,7 +67,14 @@ function joinColumns(parts: Tensor[][], columns: number): Tensor[] {
  * order, in batches of batchSize, one variant after another (the batches an uncached pass
  * over the split would see).
  */
-function rowsOf(split: ImageSplit, batchSize: number, variants: ImageVariants, count: number, columns: number, run: (images: Tensor) => Tensor[]): Tensor[] {
+function rowsOf(
+  split: ImageSplit,
+  batchSize: number,
+  variants: ImageVariants,
+  count: number,
+  columns: number,
+  run: (images: Tensor) => Tensor[],
+): Tensor[] {
   const parts: Tensor[][] = [];
   for (let variant = 0; variant < count; variant++) {
     for (const batch of split.batches(batchSize)) {
@@ -74,23 +87,38 @@ function rowsOf(split: ImageSplit, batchSize: number, variants: ImageVariants, c
 }
 
 /** A model's own frontier rows from a prefix's rows, through its frozen layers above the prefix, in the same batches. */
-function rowsAfterPrefix(staged: StagedModel, prefix: GraphSplit, prefixRows: Tensor[], length: number, batchSize: number): Tensor[] {
+function rowsAfterPrefix(
+  staged: StagedModel,
+  prefix: GraphSplit,
+  prefixRows: Tensor[],
+  length: number,
+  batchSize: number,
+): Tensor[] {
   const total = prefixRows[0].shape[0];
   const parts: Tensor[][] = [];
   for (let first = 0; first < total; first += length) {
     for (let start = 0; start < length; start += batchSize) {
       const rows = Array.from({ length: Math.min(batchSize, length - start) }, (_, i) => first + start + i);
-      parts.push(tf.tidy(() => {
-        const index = tf.tensor1d(rows, 'int32');
-        return staged.frozenAfterPrefix(prefix, prefixRows.map((tensor) => tf.gather(tensor, index)));
-      }));
+      parts.push(
+        tf.tidy(() => {
+          const index = tf.tensor1d(rows, 'int32');
+          return staged.frozenAfterPrefix(
+            prefix,
+            prefixRows.map((tensor) => tf.gather(tensor, index)),
+          );
+        }),
+      );
     }
   }
   return joinColumns(parts, staged.split.frontier.length);
 }
 
 /** Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are the samples themselves). */
-function rowsSource(rows: Tensor[], split: { length: number; labels: Int32Array }, pick?: (epoch: number, batchIndex: number, size: number) => number[]): FrontierSource {
+function rowsSource(
+  rows: Tensor[],
+  split: { length: number; labels: Int32Array },
+  pick?: (epoch: number, batchIndex: number, size: number) => number[],
+): FrontierSource {
   return {
     length: split.length,
     labels: split.labels,
@@ -101,10 +129,20 @@ function rowsSource(rows: Tensor[], split: { length: number; labels: Int32Array 
         const indices = sequence.slice(start, start + size);
         const variants = pick?.(epoch, batchIndex++, indices.length);
         const frontier = tf.tidy(() => {
-          const index = tf.tensor1d(variants ? indices.map((i, k) => variants[k] * split.length + i) : indices, 'int32');
+          const index = tf.tensor1d(
+            variants ? indices.map((i, k) => variants[k] * split.length + i) : indices,
+            'int32',
+          );
           return rows.map((tensor) => tf.gather(tensor, index));
         });
-        yield { frontier, labels: tf.tensor1d(indices.map((i) => split.labels[i]), 'int32'), indices };
+        yield {
+          frontier,
+          labels: tf.tensor1d(
+            indices.map((i) => split.labels[i]),
+            'int32',
+          ),
+          indices,
+        };
       }
     },
   };
@@ -153,11 +191,18 @@ function prefixKey(staged: StagedModel, prefix: GraphSplit, inputs: FrontierCach
   for (const step of prefix.frozen) {
     for (const layer of step.layers) {
       hash.update(layer.name);
-      for (const weight of layer.weights) hash.update(new Uint8Array((weight.read().dataSync() as Float32Array).buffer));
+      for (const weight of layer.weights)
+        hash.update(new Uint8Array((weight.read().dataSync() as Float32Array).buffer));
     }
   }
   hash.update(JSON.stringify(prefix.frontier.map((id) => staged.graph.shapes.get(id))));
-  return [splitId(inputs.train), splitId(inputs.validation), inputs.variants.key, inputs.batchSize, hash.digest('hex')].join('|');
+  return [
+    splitId(inputs.train),
+    splitId(inputs.validation),
+    inputs.variants.key,
+    inputs.batchSize,
+    hash.digest('hex'),
+  ].join('|');
 }
 
 export interface FrontierCacheInputs {
@@ -179,9 +224,21 @@ export interface FrontierCache {
 }
 
 /** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too. */
-export function frontierCacheBytes(model: Pick<StagedModel, 'graph' | 'split'>, inputs: { train: { length: number }; validation: { length: number }; variants: { count: number }; prefix?: { split: GraphSplit } }): number {
+export function frontierCacheBytes(
+  model: Pick<StagedModel, 'graph' | 'split'>,
+  inputs: {
+    train: { length: number };
+    validation: { length: number };
+    variants: { count: number };
+    prefix?: { split: GraphSplit };
+  },
+): number {
   const samples = inputs.variants.count * inputs.train.length + inputs.validation.length;
-  return samples * (frontierBytesPerSample(model.graph, model.split) + (inputs.prefix ? frontierBytesPerSample(model.graph, inputs.prefix.split) : 0));
+  return (
+    samples *
+    (frontierBytesPerSample(model.graph, model.split) +
+      (inputs.prefix ? frontierBytesPerSample(model.graph, inputs.prefix.split) : 0))
+  );
 }
 
 /** The training and validation splits' frontiers, computed once for the phase (inference: nothing in the frozen stage trains). */
@@ -194,8 +251,12 @@ export function cacheFrontier(staged: StagedModel, inputs: FrontierCacheInputs):
   if (prefix) {
     const prefixColumns = prefix.split.frontier.length;
     const shared = prefix.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
-      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
-      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, (images) => staged.frozenPrefix(prefix.split, images)),
+      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, (images) =>
+        staged.frozenPrefix(prefix.split, images),
+      ),
+      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, (images) =>
+        staged.frozenPrefix(prefix.split, images),
+      ),
     }));
     reusedPrefix = shared.reused;
     trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize);
@@ -205,7 +266,13 @@ export function cacheFrontier(staged: StagedModel, inputs: FrontierCacheInputs):
     validationRows = rowsOf(validation, batchSize, variants, 1, columns, (images) => staged.frozen(images));
   }
   return {
-    train: rowsSource(trainRows, train, variants.count > 1 ? (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex)) : undefined),
+    train: rowsSource(
+      trainRows,
+      train,
+      variants.count > 1
+        ? (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex))
+        : undefined,
+    ),
     validation: rowsSource(validationRows, validation),
     reusedPrefix,
     dispose: () => tf.dispose([...trainRows, ...validationRows]),

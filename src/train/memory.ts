@@ -54,7 +54,8 @@ function activationOf(step: Step): string | undefined {
   if (step.kind === 'conv_bn') return step.options.activation;
   const layer = step.layers[0];
   const name = layer.getClassName();
-  if (name === 'TlxActivation') return (layer as unknown as { activation: string }).activation === 'hard_silu' ? 'HardSwish' : 'Swish';
+  if (name === 'TlxActivation')
+    return (layer as unknown as { activation: string }).activation === 'hard_silu' ? 'HardSwish' : 'Swish';
   return undefined;
 }
 
@@ -70,8 +71,20 @@ function tensorsPerOutput(step: Step): number {
   if (activationOps > 0) return activationOps;
   const name = step.layers[0].getClassName();
   if (name === 'TlxHardSigmoid') return 3;
-  if (name === 'TlxInferenceBatchNormalization' || name === 'TlxSeededDropout' || name === 'Dropout' || name === 'Rescaling' || name === 'TlxNormalization' || name === 'TlxChannelRescaling') return 2;
-  if ((name === 'Conv2D' || name === 'DepthwiseConv2D' || name === 'Dense') && step.layers[0].getConfig().activation !== 'linear') return 2;
+  if (
+    name === 'TlxInferenceBatchNormalization' ||
+    name === 'TlxSeededDropout' ||
+    name === 'Dropout' ||
+    name === 'Rescaling' ||
+    name === 'TlxNormalization' ||
+    name === 'TlxChannelRescaling'
+  )
+    return 2;
+  if (
+    (name === 'Conv2D' || name === 'DepthwiseConv2D' || name === 'Dense') &&
+    step.layers[0].getConfig().activation !== 'linear'
+  )
+    return 2;
   return 1;
 }
 
@@ -87,7 +100,12 @@ function convolutionWorkspace(graph: CompiledGraph, step: Step): number {
 }
 
 /** Float32 elements per sample alive at the widest point of running `steps` off the tape, outputs freed after their last reader. */
-function widestPassElements(graph: CompiledGraph, steps: readonly Step[], inputs: readonly number[], kept: ReadonlySet<number>): number {
+function widestPassElements(
+  graph: CompiledGraph,
+  steps: readonly Step[],
+  inputs: readonly number[],
+  kept: ReadonlySet<number>,
+): number {
   const lastUse = new Map<number, number>();
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   const live = new Map<number, number>(inputs.map((id) => [id, elements(graph, id)]));
@@ -130,7 +148,13 @@ export function weightBytes(weights: readonly { shape: readonly (number | null)[
 
 /** The frozen chains folded once: a filter shaped as the conv's kernel and a bias per output channel. */
 function foldedWeightBytes(split: GraphSplit): number {
-  return split.frozen.reduce((sum, step) => (step.kind === 'conv_bn' ? sum + weightBytes([step.conv.weights[0]]) + floatBytes * (step.batchNorm.weights[0].shape[0] ?? 0) : sum), 0);
+  return split.frozen.reduce(
+    (sum, step) =>
+      step.kind === 'conv_bn'
+        ? sum + weightBytes([step.conv.weights[0]]) + floatBytes * (step.batchNorm.weights[0].shape[0] ?? 0)
+        : sum,
+    0,
+  );
 }
 
 export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
@@ -145,9 +169,15 @@ export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
   const always = held.foldedWeights + held.optimizerSlots + held.gradients + cache;
   const pixels = 2 * elements(graph, graph.input);
   const frontier = split.frontier.reduce((total, id) => total + elements(graph, id), 0);
-  const tape = split.trainable.reduce((total, step) => total + elements(graph, step.output) * tensorsPerOutput(step), 0);
+  const tape = split.trainable.reduce(
+    (total, step) => total + elements(graph, step.output) * tensorsPerOutput(step),
+    0,
+  );
   // Backward makes a gradient per tensor of the tape, and a convolution one more (its output's, masked by the clamp, and its input's).
-  const gradients = split.trainable.reduce((total, step) => total + elements(graph, step.output) * (tensorsPerOutput(step) + (isConvolution(step) ? 1 : 0)), 0);
+  const gradients = split.trainable.reduce(
+    (total, step) => total + elements(graph, step.output) * (tensorsPerOutput(step) + (isConvolution(step) ? 1 : 0)),
+    0,
+  );
   const workspace = Math.max(0, ...split.trainable.map((step) => convolutionWorkspace(graph, step)));
   const frozenPass = widestPassElements(graph, split.frozen, [graph.input], new Set([graph.input, ...split.frontier]));
   const moments: Moment[] = [
@@ -155,7 +185,13 @@ export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
     { name: 'training step', fixed: always, perSample: floatBytes * (frontier + tape + gradients + workspace) },
   ];
   if (cache > 0) moments.push({ name: 'joining the cache', fixed: always + cache, perSample: 0 });
-  else moments.push({ name: 'validation', fixed: always, perSample: floatBytes * (pixels / 2 + widestPassElements(graph, graph.steps, [graph.input], new Set([graph.input]))) });
+  else
+    moments.push({
+      name: 'validation',
+      fixed: always,
+      perSample:
+        floatBytes * (pixels / 2 + widestPassElements(graph, graph.steps, [graph.input], new Set([graph.input]))),
+    });
   return { held, moments };
 }
 

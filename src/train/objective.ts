@@ -15,14 +15,18 @@ export interface Objective {
   classWeights?: number[];
 }
 
-export function perSampleLoss(objective: Objective, logits: Tensor, labels: Tensor1D): Tensor1D {
+function perSampleLoss(objective: Objective, logits: Tensor, labels: Tensor1D): Tensor1D {
   return tf.tidy(() => {
     if (objective.head === 'binary_logit') {
       const targets = labels.toFloat().reshape([-1, 1]);
-      return tf.losses.sigmoidCrossEntropy(targets, logits, undefined, objective.labelSmoothing, tf.Reduction.NONE).reshape([-1]) as Tensor1D;
+      return tf.losses
+        .sigmoidCrossEntropy(targets, logits, undefined, objective.labelSmoothing, tf.Reduction.NONE)
+        .reshape([-1]) as Tensor1D;
     }
     const targets = tf.oneHot(labels, objective.classCount).toFloat();
-    return tf.losses.softmaxCrossEntropy(targets, logits, undefined, objective.labelSmoothing, tf.Reduction.NONE).reshape([-1]) as Tensor1D;
+    return tf.losses
+      .softmaxCrossEntropy(targets, logits, undefined, objective.labelSmoothing, tf.Reduction.NONE)
+      .reshape([-1]) as Tensor1D;
   });
 }
 
@@ -37,7 +41,9 @@ export function batchLoss(objective: Objective, logits: Tensor, labels: Tensor1D
 
 /** Predicted class index per sample. */
 export function predictedClasses(head: HeadKind, logits: Tensor): Tensor1D {
-  return tf.tidy(() => (head === 'binary_logit' ? logits.reshape([-1]).greater(0).toInt() : logits.argMax(-1).toInt()) as Tensor1D);
+  return tf.tidy(
+    () => (head === 'binary_logit' ? logits.reshape([-1]).greater(0).toInt() : logits.argMax(-1).toInt()) as Tensor1D,
+  );
 }
 
 /** Probability per class, [batch, classCount], for two classes too. */

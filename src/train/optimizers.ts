@@ -14,7 +14,9 @@ export function createOptimizer(config: OptimizerConfig): TfOptimizer {
     case 'rmsprop':
       return tf.train.rmsprop(config.learning_rate, 0.9, config.momentum ?? 0, kerasEpsilon, false);
     case 'sgd':
-      return config.momentum ? tf.train.momentum(config.learning_rate, config.momentum, false) : tf.train.sgd(config.learning_rate);
+      return config.momentum
+        ? tf.train.momentum(config.learning_rate, config.momentum, false)
+        : tf.train.sgd(config.learning_rate);
   }
 }
 

@@ -8,7 +8,11 @@ export interface ClassificationReport {
   accuracy: number;
 }
 
-export function classificationReport(classNames: string[], truth: ArrayLike<number>, predicted: ArrayLike<number>): ClassificationReport {
+export function classificationReport(
+  classNames: string[],
+  truth: ArrayLike<number>,
+  predicted: ArrayLike<number>,
+): ClassificationReport {
   const k = classNames.length;
   const confusion = Array.from({ length: k }, () => new Array<number>(k).fill(0));
   for (let i = 0; i < truth.length; i++) confusion[truth[i]][predicted[i]]++;
@@ -43,10 +47,18 @@ export function learningCurvesSpec(records: EpochRecord[], fineTuneStartEpoch: n
     },
   };
   const marker = {
-    data: { values: fineTuneStartEpoch === undefined ? [] : [{ epoch: fineTuneStartEpoch - 0.5, label: 'Start fine-tuning' }] },
+    data: {
+      values: fineTuneStartEpoch === undefined ? [] : [{ epoch: fineTuneStartEpoch - 0.5, label: 'Start fine-tuning' }],
+    },
     layer: [
-      { mark: { type: 'rule', color: 'green', strokeDash: [4, 4] }, encoding: { x: { field: 'epoch', type: 'quantitative' } } },
-      { mark: { type: 'text', align: 'left', dx: 4, dy: -4, color: 'green' }, encoding: { x: { field: 'epoch', type: 'quantitative' }, y: { value: 12 }, text: { field: 'label' } } },
+      {
+        mark: { type: 'rule', color: 'green', strokeDash: [4, 4] },
+        encoding: { x: { field: 'epoch', type: 'quantitative' } },
+      },
+      {
+        mark: { type: 'text', align: 'left', dx: 4, dy: -4, color: 'green' },
+        encoding: { x: { field: 'epoch', type: 'quantitative' }, y: { value: 12 }, text: { field: 'label' } },
+      },
     ],
   };
   return {
@@ -62,7 +74,9 @@ export function learningCurvesSpec(records: EpochRecord[], fineTuneStartEpoch: n
 }
 
 export function confusionMatrixSpec(classNames: string[], report: ClassificationReport, title: string): TopLevelSpec {
-  const cells = report.confusion.flatMap((row, t) => row.map((count, p) => ({ truth: classNames[t], predicted: classNames[p], count })));
+  const cells = report.confusion.flatMap((row, t) =>
+    row.map((count, p) => ({ truth: classNames[t], predicted: classNames[p], count })),
+  );
   const size = Math.max(160, 48 * classNames.length);
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
@@ -75,8 +89,20 @@ export function confusionMatrixSpec(classNames: string[], report: Classification
       y: { field: 'truth', type: 'nominal', sort: classNames, title: 'true class' },
     },
     layer: [
-      { mark: 'rect', encoding: { color: { field: 'count', type: 'quantitative', scale: { scheme: 'blues' }, legend: null } } },
-      { mark: { type: 'text', fontSize: 13 }, encoding: { text: { field: 'count', type: 'quantitative' }, color: { condition: { test: `datum.count > ${Math.max(1, ...cells.map((c) => c.count)) / 2}`, value: 'white' }, value: 'black' } } },
+      {
+        mark: 'rect',
+        encoding: { color: { field: 'count', type: 'quantitative', scale: { scheme: 'blues' }, legend: null } },
+      },
+      {
+        mark: { type: 'text', fontSize: 13 },
+        encoding: {
+          text: { field: 'count', type: 'quantitative' },
+          color: {
+            condition: { test: `datum.count > ${Math.max(1, ...cells.map((c) => c.count)) / 2}`, value: 'white' },
+            value: 'black',
+          },
+        },
+      },
     ],
   } as unknown as TopLevelSpec;
 }

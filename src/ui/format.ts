@@ -29,7 +29,9 @@ export function bytes(count: number | undefined): string {
 
 /** Colours only on a terminal, never with NO_COLOR (no-color.org) or TERM=dumb. */
 export function colorEnabled(stream: NodeJS.WriteStream): boolean {
-  return Boolean(stream.isTTY) && !('NO_COLOR' in process.env && process.env.NO_COLOR !== '') && process.env.TERM !== 'dumb';
+  return (
+    Boolean(stream.isTTY) && !('NO_COLOR' in process.env && process.env.NO_COLOR !== '') && process.env.TERM !== 'dumb'
+  );
 }
 
 export interface Style extends HumanStyle {
@@ -39,7 +41,8 @@ export interface Style extends HumanStyle {
 
 export function styleFor(enabled: boolean): Style {
   // colorEnabled decides; styleText would otherwise drop colours on its own when CI is set.
-  const paint = (format: Parameters<typeof styleText>[0]) => (text: string) => (enabled ? styleText(format, text, { validateStream: false }) : text);
+  const paint = (format: Parameters<typeof styleText>[0]) => (text: string) =>
+    enabled ? styleText(format, text, { validateStream: false }) : text;
   return { dim: paint('dim'), yellow: paint('yellow'), red: paint('red'), bold: paint('bold'), green: paint('green') };
 }
 
@@ -62,14 +65,21 @@ export interface Column<Row> {
 }
 
 /** An aligned table; shrinkable columns are cut so each line fits `maxWidth` (80 by default). */
-export function table<Row>(columns: Column<Row>[], rows: Row[], options: { maxWidth?: number; mark?: (row: Row) => string } = {}): string {
+export function table<Row>(
+  columns: Column<Row>[],
+  rows: Row[],
+  options: { maxWidth?: number; mark?: (row: Row) => string } = {},
+): string {
   const maxWidth = options.maxWidth ?? 80;
   const cells = rows.map((row) => columns.map((column) => column.value(row)));
   const widths = columns.map((column, i) => Math.max(width(column.header), ...cells.map((row) => width(row[i]))));
   const markWidth = options.mark ? 2 : 0;
   const total = () => markWidth + widths.reduce((a, b) => a + b, 0) + 2 * (columns.length - 1);
   for (let guard = 0; total() > maxWidth && guard < 200; guard++) {
-    const widest = columns.map((c, i) => (c.shrink ? i : -1)).filter((i) => i >= 0).sort((a, b) => widths[b] - widths[a])[0];
+    const widest = columns
+      .map((c, i) => (c.shrink ? i : -1))
+      .filter((i) => i >= 0)
+      .sort((a, b) => widths[b] - widths[a])[0];
     if (widest === undefined || widths[widest] <= 8) break;
     widths[widest]--;
   }
@@ -81,5 +91,11 @@ export function table<Row>(columns: Column<Row>[], rows: Row[], options: { maxWi
         return columns[i].right ? pad + text : text + pad;
       })
       .join('  ')}`.trimEnd();
-  return [line(columns.map((c) => c.header), ' '), ...rows.map((row, i) => line(cells[i], options.mark?.(row) ?? ' '))].join('\n');
+  return [
+    line(
+      columns.map((c) => c.header),
+      ' ',
+    ),
+    ...rows.map((row, i) => line(cells[i], options.mark?.(row) ?? ' ')),
+  ].join('\n');
 }

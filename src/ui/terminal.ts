@@ -44,7 +44,17 @@ export class Terminal {
   bar(format: string, total: number, payload: Record<string, string | number> = {}): Bar {
     if (!this.interactive) return { update() {}, setTotal() {}, stop() {} };
     this.multibar ??= new cliProgress.MultiBar(
-      { stream: this.stderr, hideCursor: true, clearOnComplete: true, autopadding: true, barsize: 12, format: '{bar}', linewrap: false, fps: 10, forceRedraw: false },
+      {
+        stream: this.stderr,
+        hideCursor: true,
+        clearOnComplete: true,
+        autopadding: true,
+        barsize: 12,
+        format: '{bar}',
+        linewrap: false,
+        fps: 10,
+        forceRedraw: false,
+      },
       cliProgress.Presets.shades_classic,
     );
     const bar = this.multibar.create(total, 0, payload, { format });

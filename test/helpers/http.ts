@@ -3,7 +3,12 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 /** What the server does for one request to a path, in order; the last one repeats. */
-export type Behaviour = { kind: 'serve' } | { kind: 'status'; status: number } | { kind: 'truncate'; afterBytes: number } | { kind: 'chunked' } | { kind: 'slow'; chunkDelayMs: number };
+export type Behaviour =
+  | { kind: 'serve' }
+  | { kind: 'status'; status: number }
+  | { kind: 'truncate'; afterBytes: number }
+  | { kind: 'chunked' }
+  | { kind: 'slow'; chunkDelayMs: number };
 
 /**
  * A local HTTP server for download tests (127.0.0.1 only): serves files, honours Range,
@@ -64,7 +69,10 @@ export class TestServer {
     const match = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
     const start = match ? Number(match[1]) : 0;
     const body = data.subarray(start);
-    const headers: Record<string, string | number> = { 'Content-Length': body.length, 'Content-Type': 'application/octet-stream' };
+    const headers: Record<string, string | number> = {
+      'Content-Length': body.length,
+      'Content-Type': 'application/octet-stream',
+    };
     if (match) headers['Content-Range'] = `bytes ${start}-${data.length - 1}/${data.length}`;
     res.writeHead(match ? 206 : 200, headers);
     if (behaviour.kind === 'truncate') {

@@ -20,7 +20,11 @@ export function classImage(classIndex: number, sample: number, size = 16): Tenso
     const [r, g, b] = palette[classIndex % palette.length];
     const coords = tf.range(0, size).reshape([size, 1]).tile([1, size]);
     const stripes = classIndex % 2 === 0 ? coords : coords.transpose();
-    const wave = stripes.mul((classIndex + 1) * 0.7).sin().mul(40).expandDims(2);
+    const wave = stripes
+      .mul((classIndex + 1) * 0.7)
+      .sin()
+      .mul(40)
+      .expandDims(2);
     const base = tf.tensor1d([r, g, b]).reshape([1, 1, 3]).tile([size, size, 1]);
     const noise = tf.randomUniform([size, size, 3], -25, 25, 'float32', 1000 * classIndex + sample);
     return base.add(wave).add(noise).clipByValue(0, 255).round().toInt() as Tensor3D;
@@ -32,13 +36,21 @@ export async function encodeImage(image: Tensor3D, format: 'png' | 'jpg'): Promi
 }
 
 /** Writes <root>/<class>/<n>.<ext> for each class. */
-export async function writeClassFolders(root: string, classes: string[], perClass: number, options: { size?: number; format?: 'png' | 'jpg'; offset?: number } = {}): Promise<void> {
+export async function writeClassFolders(
+  root: string,
+  classes: string[],
+  perClass: number,
+  options: { size?: number; format?: 'png' | 'jpg'; offset?: number } = {},
+): Promise<void> {
   const format = options.format ?? 'png';
   for (const [classIndex, name] of classes.entries()) {
     fs.mkdirSync(path.join(root, name), { recursive: true });
     for (let i = 0; i < perClass; i++) {
       const image = classImage(classIndex, i + (options.offset ?? 0), options.size);
-      fs.writeFileSync(path.join(root, name, `${String(i).padStart(4, '0')}.${format}`), await encodeImage(image, format));
+      fs.writeFileSync(
+        path.join(root, name, `${String(i).padStart(4, '0')}.${format}`),
+        await encodeImage(image, format),
+      );
       image.dispose();
     }
   }

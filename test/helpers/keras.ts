@@ -89,7 +89,12 @@ export function compareWithKeras(base: LayersModel, x: Tensor, kerasOutput: stri
  * the comparison to make with what it printed. Without a legacy .h5 (`weights`), Keras takes
  * the tlx base's weights by name from a tlx checkpoint written here.
  */
-export async function parityJob(base: LayersModel, variant: BaseVariant, work: string, weights?: string): Promise<{ job: [string, string[]]; compare: () => Parity }> {
+export async function parityJob(
+  base: LayersModel,
+  variant: BaseVariant,
+  work: string,
+  weights?: string,
+): Promise<{ job: [string, string[]]; compare: () => Parity }> {
   const [height, width] = base.inputs[0].shape.slice(1, 3) as number[];
   const dir = fs.mkdtempSync(path.join(work, 'parity-'));
   if (!weights) {

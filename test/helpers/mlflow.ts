@@ -6,7 +6,12 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { sha256Hex } from '../../src/core/hash.ts';
 import { projectRoot } from '../../src/core/project.ts';
-import { mlflowExecutable, startMlflowServer as startServer, type MlflowServer, type ServerOptions } from '../../src/track/mlflow-server.ts';
+import {
+  mlflowExecutable,
+  startMlflowServer as startServer,
+  type MlflowServer,
+  type ServerOptions,
+} from '../../src/track/mlflow-server.ts';
 import assert from 'node:assert/strict';
 import type { EpochRecord } from '../../src/train/engine.ts';
 import { python } from './python.ts';
@@ -21,12 +26,18 @@ export type { MlflowServer };
  */
 async function migratedDatabase(): Promise<string> {
   const lib = path.join(projectRoot, '.venv', 'lib');
-  const sitePackages = path.join(lib, fs.readdirSync(lib).find((name) => name.startsWith('python'))!, 'site-packages');
+  const sitePackages = path.join(
+    lib,
+    fs.readdirSync(lib).find((name) => name.startsWith('python'))!,
+    'site-packages',
+  );
   const migrations = fs.readdirSync(path.join(sitePackages, 'mlflow', 'store', 'db_migrations', 'versions')).sort();
   const file = path.join(os.tmpdir(), `tlx-test-mlflow-${sha256Hex(migrations.join('\n')).slice(0, 12)}.db`);
   if (fs.existsSync(file)) return file;
   const temp = `${file}.tmp-${process.pid}`;
-  await execa(mlflowExecutable(), ['db', 'upgrade', `sqlite:///${temp}`], { env: { MLFLOW_DISABLE_TELEMETRY: 'true' } });
+  await execa(mlflowExecutable(), ['db', 'upgrade', `sqlite:///${temp}`], {
+    env: { MLFLOW_DISABLE_TELEMETRY: 'true' },
+  });
   fs.renameSync(temp, file);
   return file;
 }
@@ -77,7 +88,10 @@ print(json.dumps({
  * A fault a real server cannot be made to produce on demand: a proxy in front of the real
  * MLflow server that answers 500 to the n-th matching request and forwards everything else.
  */
-export async function faultyProxy(target: string, fail: { pathIncludes: string; nth: number }): Promise<{ url: string; failures: number; stop: () => Promise<void> }> {
+export async function faultyProxy(
+  target: string,
+  fail: { pathIncludes: string; nth: number },
+): Promise<{ url: string; failures: number; stop: () => Promise<void> }> {
   let seen = 0;
   const state = { failures: 0 };
   const server = http.createServer((req, res) => {
@@ -86,11 +100,19 @@ export async function faultyProxy(target: string, fail: { pathIncludes: string; 
     req.on('end', async () => {
       if ((req.url ?? '').includes(fail.pathIncludes) && ++seen === fail.nth) {
         state.failures++;
-        res.writeHead(500, { 'Content-Type': 'application/json' }).end('{"error_code":"INTERNAL_ERROR","message":"injected"}');
+        res
+          .writeHead(500, { 'Content-Type': 'application/json' })
+          .end('{"error_code":"INTERNAL_ERROR","message":"injected"}');
         return;
       }
-      const response = await fetch(`${target}${req.url}`, { method: req.method, headers: { 'content-type': req.headers['content-type'] ?? 'application/json' }, body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : Buffer.concat(chunks) });
-      res.writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await response.arrayBuffer()));
+      const response = await fetch(`${target}${req.url}`, {
+        method: req.method,
+        headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+        body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : Buffer.concat(chunks),
+      });
+      res
+        .writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' })
+        .end(Buffer.from(await response.arrayBuffer()));
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -114,7 +136,10 @@ export interface ProxiedRequest {
  * server: `rule` may answer a request itself (a proxy's 413, a 400 for one param);
  * everything else is forwarded. Every request is recorded.
  */
-export async function ruleProxy(target: string, rule: (request: ProxiedRequest) => { status: number; body: string } | undefined): Promise<{ url: string; requests: ProxiedRequest[]; stop: () => Promise<void> }> {
+export async function ruleProxy(
+  target: string,
+  rule: (request: ProxiedRequest) => { status: number; body: string } | undefined,
+): Promise<{ url: string; requests: ProxiedRequest[]; stop: () => Promise<void> }> {
   const requests: ProxiedRequest[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -128,8 +153,14 @@ export async function ruleProxy(target: string, rule: (request: ProxiedRequest) 
         res.writeHead(answer.status, { 'Content-Type': 'application/json' }).end(answer.body);
         return;
       }
-      const response = await fetch(`${target}${req.url}`, { method: req.method, headers: { 'content-type': req.headers['content-type'] ?? 'application/json' }, body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : body });
-      res.writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await response.arrayBuffer()));
+      const response = await fetch(`${target}${req.url}`, {
+        method: req.method,
+        headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+        body: ['GET', 'HEAD'].includes(req.method ?? 'GET') ? undefined : body,
+      });
+      res
+        .writeHead(response.status, { 'Content-Type': response.headers.get('content-type') ?? 'application/json' })
+        .end(Buffer.from(await response.arrayBuffer()));
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -170,9 +201,20 @@ export async function assertExactlySynced(dir: string, uri: string): Promise<voi
   const remote = await readRunWithMlflow(uri, mlflowState(dir, uri).run_id, metricKeys);
   const local = readMetrics(dir);
   for (const key of metricKeys) {
-    const expected = local.filter((r) => typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number)).map((r) => [r.epoch, r[key as keyof EpochRecord]]);
-    const actual = remote.histories[key].map((m) => [m.step, m.value]).sort((a, b) => (a[0] as number) - (b[0] as number));
-    assert.equal(actual.length, expected.length, `${key}: ${actual.length} points on the server, ${expected.length} local`);
+    const expected = local
+      .filter(
+        (r) =>
+          typeof r[key as keyof EpochRecord] === 'number' && Number.isFinite(r[key as keyof EpochRecord] as number),
+      )
+      .map((r) => [r.epoch, r[key as keyof EpochRecord]]);
+    const actual = remote.histories[key]
+      .map((m) => [m.step, m.value])
+      .sort((a, b) => (a[0] as number) - (b[0] as number));
+    assert.equal(
+      actual.length,
+      expected.length,
+      `${key}: ${actual.length} points on the server, ${expected.length} local`,
+    );
     actual.forEach(([step, value], i) => {
       assert.equal(step, expected[i][0]);
       assert.ok(Math.abs((value as number) - (expected[i][1] as number)) < 1e-9, `${key} at step ${step}`);

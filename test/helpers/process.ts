@@ -5,7 +5,10 @@ import type { ResultPromise } from 'execa';
 export function waitForStderr(child: ResultPromise, pattern: RegExp, timeoutMs = 240_000): Promise<string> {
   return new Promise((resolve, reject) => {
     let seen = '';
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern} in:\n${seen.slice(-2000)}`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`timed out waiting for ${pattern} in:\n${seen.slice(-2000)}`)),
+      timeoutMs,
+    );
     child.stderr!.on('data', (chunk: Buffer) => {
       seen += chunk.toString();
       const line = seen.split('\n').find((l) => pattern.test(l));

@@ -11,7 +11,8 @@ export async function python(code: string, args: string[] = [], input?: string):
     reject: false,
     timeout: 600_000,
   });
-  if (result.exitCode !== 0) throw new Error(`python failed (${result.exitCode}):\n${String(result.stderr).split('\n').slice(-15).join('\n')}`);
+  if (result.exitCode !== 0)
+    throw new Error(`python failed (${result.exitCode}):\n${String(result.stderr).split('\n').slice(-15).join('\n')}`);
   return String(result.stdout);
 }
 

@@ -52,7 +52,11 @@ export class QueueLab {
   /** Everything a worker may not see: the submitter's folder, the servers' data, the other workers' folders. */
   private hiddenFrom(name: string): string[] {
     const others = this.workerNames.filter((other) => other !== name).map((other) => this.workerDir(other));
-    return [this.submitter, ...['redis', 'mlflow', 'local', 'elsewhere'].map((folder) => path.join(this.work, folder)), ...others];
+    return [
+      this.submitter,
+      ...['redis', 'mlflow', 'local', 'elsewhere'].map((folder) => path.join(this.work, folder)),
+      ...others,
+    ];
   }
 
   /**
@@ -66,11 +70,21 @@ export class QueueLab {
     const hidden = this.hiddenFrom(name);
     for (const folder of hidden) fs.mkdirSync(folder, { recursive: true });
     const mounts = hidden.map((folder) => `mount -t tmpfs tmpfs '${folder}'`);
-    const script = [...mounts, `exec '${process.execPath}' '${tlxBin}' --runs-dir '${path.join(dir, 'runs')}' worker --cache-dir '${path.join(dir, 'cache')}' ${args.join(' ')}`].join(' && ');
+    const script = [
+      ...mounts,
+      `exec '${process.execPath}' '${tlxBin}' --runs-dir '${path.join(dir, 'runs')}' worker --cache-dir '${path.join(dir, 'cache')}' ${args.join(' ')}`,
+    ].join(' && ');
     const worker = execa('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
       cwd: dir,
       // --cache-dir, not $TLX_CACHE_DIR, says where downloads go (a test looks there).
-      env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, TLX_QUEUE_LOCK_MS: '3000', TLX_CACHE_DIR: path.join(dir, 'not-the-cache'), TMPDIR: path.join(dir, 'tmp'), ...env },
+      env: {
+        TLX_QUEUE_URL: this.redis.url,
+        MLFLOW_TRACKING_URI: this.mlflow.url,
+        TLX_QUEUE_LOCK_MS: '3000',
+        TLX_CACHE_DIR: path.join(dir, 'not-the-cache'),
+        TMPDIR: path.join(dir, 'tmp'),
+        ...env,
+      },
       reject: false,
     });
     this.workers.push(worker);
@@ -91,11 +105,25 @@ export class QueueLab {
 
   /** The coordinator, as a user runs it: the queue URL from $TLX_QUEUE_URL (so the password is not in `ps`). */
   sweep(args: string[], env: Record<string, string> = {}, runsDir = this.runsDir) {
-    return runTlx(['--runs-dir', runsDir, 'sweep', ...args], { cwd: this.submitter, env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, ...env }, timeout: 600_000 });
+    return runTlx(['--runs-dir', runsDir, 'sweep', ...args], {
+      cwd: this.submitter,
+      env: { TLX_QUEUE_URL: this.redis.url, MLFLOW_TRACKING_URI: this.mlflow.url, ...env },
+      timeout: 600_000,
+    });
   }
 
-  experiment(name: string, grid: string, train = 'feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 }', extra = '', mlflow = 'experiment: tlx-queue'): string {
-    return writeExperiment(this.submitter, name, `seed: 4\n${tinyDataAndModel}train: { ${train} }\ntracking: { mlflow: { ${mlflow} } }\n${extra}sweep:\n  grid:\n${grid}\n`);
+  experiment(
+    name: string,
+    grid: string,
+    train = 'feature_extraction: { epochs: 2 }, fine_tune: { epochs: 1 }',
+    extra = '',
+    mlflow = 'experiment: tlx-queue',
+  ): string {
+    return writeExperiment(
+      this.submitter,
+      name,
+      `seed: 4\n${tinyDataAndModel}train: { ${train} }\ntracking: { mlflow: { ${mlflow} } }\n${extra}sweep:\n  grid:\n${grid}\n`,
+    );
   }
 
   /** The run folders of a sweep's trials on the workers (a leader's folder may be on several: its copy). */
@@ -104,7 +132,8 @@ export class QueueLab {
     for (const name of this.workerNames) {
       const dir = path.join(this.workerDir(name), 'runs');
       if (!fs.existsSync(dir)) continue;
-      for (const entry of fs.readdirSync(dir).filter((d) => d.startsWith(`${sweepName}-`) && /-trial-\d+$/.test(d))) if (!found.has(entry)) found.set(entry, path.join(dir, entry));
+      for (const entry of fs.readdirSync(dir).filter((d) => d.startsWith(`${sweepName}-`) && /-trial-\d+$/.test(d)))
+        if (!found.has(entry)) found.set(entry, path.join(dir, entry));
     }
     return found;
   }
@@ -112,9 +141,26 @@ export class QueueLab {
   /** The jobs whose ids start with `prefix`, with their state, attempts and reason. */
   async jobs(prefix: string): Promise<{ id: string; state: string; attempts: number; reason?: string }[]> {
     return this.withQueue(async (queue) => {
-      const all = await queue.getJobs(['completed', 'failed', 'active', 'wait', 'delayed', 'waiting-children', 'prioritized']);
+      const all = await queue.getJobs([
+        'completed',
+        'failed',
+        'active',
+        'wait',
+        'delayed',
+        'waiting-children',
+        'prioritized',
+      ]);
       const mine = all.filter((job) => job?.id?.startsWith(prefix));
-      return (await Promise.all(mine.map(async (job) => ({ id: job.id!, state: await job.getState(), attempts: job.attemptsMade, reason: job.failedReason })))).sort((a, b) => a.id.localeCompare(b.id));
+      return (
+        await Promise.all(
+          mine.map(async (job) => ({
+            id: job.id!,
+            state: await job.getState(),
+            attempts: job.attemptsMade,
+            reason: job.failedReason,
+          })),
+        )
+      ).sort((a, b) => a.id.localeCompare(b.id));
     });
   }
 
@@ -135,7 +181,10 @@ export function trialNumbers(dirs: string[]): Record<string, unknown[]> {
   return Object.fromEntries(
     dirs.map((dir) => {
       const run = JSON.parse(fs.readFileSync(path.join(dir, 'run.json'), 'utf8')) as { trial: Record<string, unknown> };
-      return [JSON.stringify(run.trial), readMetrics(dir).map((r) => [r.epoch, r.phase, r.loss, r.val_loss, r.val_accuracy])];
+      return [
+        JSON.stringify(run.trial),
+        readMetrics(dir).map((r) => [r.epoch, r.phase, r.loss, r.val_loss, r.val_accuracy]),
+      ];
     }),
   );
 }

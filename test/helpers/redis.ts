@@ -16,7 +16,10 @@ export interface RedisServer {
 async function ready(port: number, password: string, child: ResultPromise): Promise<void> {
   const deadline = Date.now() + 20_000;
   for (;;) {
-    const ping = await execa('redis-cli', ['-p', String(port), 'ping'], { reject: false, env: { REDISCLI_AUTH: password } });
+    const ping = await execa('redis-cli', ['-p', String(port), 'ping'], {
+      reject: false,
+      env: { REDISCLI_AUTH: password },
+    });
     if (String(ping.stdout).trim() === 'PONG') return;
     if (Date.now() > deadline || child.exitCode !== null) throw new Error(`redis-server did not start on port ${port}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -35,7 +38,25 @@ export async function startRedis(dataDir: string): Promise<RedisServer> {
   // The password goes in a config file, not on the command line (where `ps` would show it).
   const config = path.join(dataDir, 'redis.conf');
   fs.writeFileSync(config, `requirepass ${password}\n`, { mode: 0o600 });
-  const args = [config, '--port', String(port), '--bind', '127.0.0.1', '--dir', path.resolve(dataDir), '--appendonly', 'yes', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction', '--save', '', '--protected-mode', 'yes'];
+  const args = [
+    config,
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--dir',
+    path.resolve(dataDir),
+    '--appendonly',
+    'yes',
+    '--appendfsync',
+    'always',
+    '--maxmemory-policy',
+    'noeviction',
+    '--save',
+    '',
+    '--protected-mode',
+    'yes',
+  ];
   let child: ResultPromise = execa('redis-server', args, { reject: false, stdio: 'ignore' });
   await ready(port, password, child);
   const stop = async () => {

@@ -12,7 +12,12 @@ export function readMetrics(dir: string): EpochRecord[] {
 }
 
 /** Waits until a run folder whose name contains `fragment` has recorded `epoch`; returns it. */
-export async function waitForEpoch(runsDir: string, fragment: string, epoch: number, timeoutMs = 240_000): Promise<string | undefined> {
+export async function waitForEpoch(
+  runsDir: string,
+  fragment: string,
+  epoch: number,
+  timeoutMs = 240_000,
+): Promise<string | undefined> {
   const deadline = Date.now() + timeoutMs;
   let dir: string | undefined;
   while (Date.now() < deadline) {
@@ -25,7 +30,8 @@ export async function waitForEpoch(runsDir: string, fragment: string, epoch: num
 }
 
 /** The small data and model most CLI tests train: 32 px class folders under data/, alpha 0.35, random weights. */
-export const tinyDataAndModel = 'dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n';
+export const tinyDataAndModel =
+  'dataset: { path: data, validation_split: 0.3, image_size: [32, 32], batch_size: 8 }\nmodel: { alpha: 0.35, weights: none }\n';
 
 /** The small experiment the fault tests train (crash-safety, sync faults, processes): 3 + 2 epochs from seed 9, fine-tuning from layer 120. */
 export const faultTestBody = `seed: 9
@@ -36,7 +42,10 @@ ${tinyDataAndModel}train:
 
 /** The run folder under runsDir whose name contains `-<fragment>-`. */
 export function runFolderNamed(runsDir: string, fragment: string): string {
-  return fs.readdirSync(runsDir).map((d) => path.join(runsDir, d)).find((d) => d.includes(`-${fragment}-`))!;
+  return fs
+    .readdirSync(runsDir)
+    .map((d) => path.join(runsDir, d))
+    .find((d) => d.includes(`-${fragment}-`))!;
 }
 
 /** Writes <dir>/<name>.yaml as `name: <name>` followed by body; returns its path. */
@@ -55,5 +64,9 @@ export function runDirOf(stdout: string): string {
 
 /** What a run folder's mlflow.json records for one tracking server. */
 export function mlflowState(dir: string, uri: string): { experiment_id: string; run_id: string } {
-  return (JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as { servers: Record<string, { experiment_id: string; run_id: string }> }).servers[uri];
+  return (
+    JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as {
+      servers: Record<string, { experiment_id: string; run_id: string }>;
+    }
+  ).servers[uri];
 }

@@ -46,14 +46,18 @@ export default async function* timingReporter(source) {
       tests.push({ file: path.basename(data.file), name: data.name, ms: data.details?.duration_ms ?? 0 });
     }
   }
-  const rows = [...files.entries()].map(([file, e]) => ({ file: path.relative(process.cwd(), file), ...e })).sort((a, b) => b.ms - a.ms);
+  const rows = [...files.entries()]
+    .map(([file, e]) => ({ file: path.relative(process.cwd(), file), ...e }))
+    .sort((a, b) => b.ms - a.ms);
   tests.sort((a, b) => b.ms - a.ms);
   const wall = Date.now() - started;
   let out = `\n# timing: ${rows.length} files, ${tests.length} tests, wall ${(wall / 1000).toFixed(1)} s\n# ${'file'.padEnd(36)} ${'wall s'.padStart(7)} tests\n`;
-  for (const row of rows) out += `# ${row.file.padEnd(36)} ${seconds(row.ms)} ${String(row.tests).padStart(5)}${row.failed ? `  (${row.failed} failed)` : ''}\n`;
+  for (const row of rows)
+    out += `# ${row.file.padEnd(36)} ${seconds(row.ms)} ${String(row.tests).padStart(5)}${row.failed ? `  (${row.failed} failed)` : ''}\n`;
   out += '# slowest tests\n';
   for (const t of tests.slice(0, slowestShown)) out += `# ${seconds(t.ms)}  ${t.file}: ${t.name.slice(0, 100)}\n`;
-  if (process.env.TLX_TIMING_JSON) fs.writeFileSync(process.env.TLX_TIMING_JSON, JSON.stringify({ wall_ms: wall, files: rows, tests }, null, 1));
+  if (process.env.TLX_TIMING_JSON)
+    fs.writeFileSync(process.env.TLX_TIMING_JSON, JSON.stringify({ wall_ms: wall, files: rows, tests }, null, 1));
   // scripts/test.mjs starts the slowest files first next time: it reads what this run took.
   if (process.env.TLX_TEST_DURATIONS) recordDurations(process.env.TLX_TEST_DURATIONS, rows);
   yield out;

@@ -29,7 +29,10 @@ const layers: string[][] = [
 
 function rankOf(folder: string): number {
   const rank = layers.findIndex((names) => names.includes(folder));
-  assert.ok(rank >= 0, `src/${folder}/ is not placed in the layers of test/unit/architecture.test.ts (and ARCHITECTURE.md)`);
+  assert.ok(
+    rank >= 0,
+    `src/${folder}/ is not placed in the layers of test/unit/architecture.test.ts (and ARCHITECTURE.md)`,
+  );
   return rank;
 }
 
@@ -62,14 +65,23 @@ describe('architecture', () => {
   });
 
   test('the import scan sees static and dynamic imports (so the check above can fail)', () => {
-    assert.deepEqual(importsOf(`import { a } from '../run/run.ts';\nconst m = await import('./x.ts');\nimport fs from 'node:fs';`), ['../run/run.ts', './x.ts']);
+    assert.deepEqual(
+      importsOf(`import { a } from '../run/run.ts';\nconst m = await import('./x.ts');\nimport fs from 'node:fs';`),
+      ['../run/run.ts', './x.ts'],
+    );
   });
 
   test('tfjs internals are where src/tfjs/internals.ts expects them; a moved one names that file', () => {
     checkTfjsInternals();
     const plain = tf.sequential({ layers: [tf.layers.dense({ units: 1, inputShape: [2] })] });
-    const withoutGraph = Object.assign(Object.create(Object.getPrototypeOf(plain) as object) as object, { inputs: plain.inputs, outputs: plain.outputs });
-    assert.throws(() => graphOf(withoutGraph as typeof plain), (error: unknown) => error instanceof TfjsInternalsError && /src\/tfjs\/internals\.ts/.test(error.message));
+    const withoutGraph = Object.assign(Object.create(Object.getPrototypeOf(plain) as object) as object, {
+      inputs: plain.inputs,
+      outputs: plain.outputs,
+    });
+    assert.throws(
+      () => graphOf(withoutGraph as typeof plain),
+      (error: unknown) => error instanceof TfjsInternalsError && /src\/tfjs\/internals\.ts/.test(error.message),
+    );
     plain.dispose();
   });
 
@@ -77,6 +89,9 @@ describe('architecture', () => {
     const offenders = sourceFiles(src)
       .filter((file) => !file.includes(`${path.sep}tfjs${path.sep}`))
       .filter((file) => /@tensorflow\/tfjs-[a-z-]+\/(dist|src)\//.test(fs.readFileSync(file, 'utf8')));
-    assert.deepEqual(offenders.map((f) => path.relative(src, f)), []);
+    assert.deepEqual(
+      offenders.map((f) => path.relative(src, f)),
+      [],
+    );
   });
 });

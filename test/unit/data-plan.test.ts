@@ -9,10 +9,17 @@ import type { ClassFolderScan } from '../../src/data/scan.ts';
 
 function scan(classes: Record<string, number>): ClassFolderScan {
   const classNames = Object.keys(classes).sort();
-  return { classNames, filesByClass: classNames.map((name) => Array.from({ length: classes[name] }, (_, i) => `${name}/${String(i).padStart(4, '0')}.png`)), skipped: [] };
+  return {
+    classNames,
+    filesByClass: classNames.map((name) =>
+      Array.from({ length: classes[name] }, (_, i) => `${name}/${String(i).padStart(4, '0')}.png`),
+    ),
+    skipped: [],
+  };
 }
 
-const dataset = (extra: Partial<Dataset>): Dataset => ({ image_size: [32, 32], batch_size: 8, test_fraction_of_validation: 0.2, on_bad_file: 'skip', ...extra }) as Dataset;
+const dataset = (extra: Partial<Dataset>): Dataset =>
+  ({ image_size: [32, 32], batch_size: 8, test_fraction_of_validation: 0.2, on_bad_file: 'skip', ...extra }) as Dataset;
 const files = (samples: Sample[]) => samples.map((s) => s.file);
 
 describe('splits', () => {
@@ -21,7 +28,11 @@ describe('splits', () => {
     const carved = carveTestSplit(validation, 32, 0.2, new Random(1, 'test_split'));
     assert.equal(carved.test.length, 192);
     assert.equal(carved.validation.length, 808);
-    assert.equal(new Set([...files(carved.test), ...files(carved.validation)]).size, 1000, 'every image in exactly one split');
+    assert.equal(
+      new Set([...files(carved.test), ...files(carved.validation)]).size,
+      1000,
+      'every image in exactly one split',
+    );
   });
 
   test('validation_split: a seeded, disjoint, complete split; the same seed gives the same files, another seed others', () => {
@@ -32,18 +43,34 @@ describe('splits', () => {
     assert.equal(new Set(files(all)).size, 50);
     assert.equal(plan.splits.train.length, 35);
     assert.deepEqual(plan.classNames, ['ants', 'bees']);
-    assert.ok(plan.splits.train.every((s) => s.file.startsWith(`/data/${plan.classNames[s.label]}/`)), 'labels follow the class folders');
-    assert.deepEqual(files(planSplits(scans, dataset({ validation_split: 0.3 }), 7).splits.validation), files(plan.splits.validation));
-    assert.notDeepEqual(files(planSplits(scans, dataset({ validation_split: 0.3 }), 8).splits.validation), files(plan.splits.validation));
+    assert.ok(
+      plan.splits.train.every((s) => s.file.startsWith(`/data/${plan.classNames[s.label]}/`)),
+      'labels follow the class folders',
+    );
+    assert.deepEqual(
+      files(planSplits(scans, dataset({ validation_split: 0.3 }), 7).splits.validation),
+      files(plan.splits.validation),
+    );
+    assert.notDeepEqual(
+      files(planSplits(scans, dataset({ validation_split: 0.3 }), 8).splits.validation),
+      files(plan.splits.validation),
+    );
   });
 
   test('train_dir and validation_dir are used as they are; different class folders are refused, naming both', () => {
     const scans: Scans = { root: '/data', train: scan({ a: 4, b: 4 }), validation: scan({ a: 2, b: 2 }) };
-    const plan = planSplits(scans, dataset({ train_dir: 'train', validation_dir: 'validation', test_fraction_of_validation: 0 }), 1);
+    const plan = planSplits(
+      scans,
+      dataset({ train_dir: 'train', validation_dir: 'validation', test_fraction_of_validation: 0 }),
+      1,
+    );
     assert.equal(plan.splits.train.length, 8);
     assert.ok(plan.splits.validation.every((s) => s.file.startsWith('/data/validation/')));
     const mismatched: Scans = { root: '/data', train: scan({ a: 4, b: 4 }), validation: scan({ a: 2, c: 2 }) };
-    assert.throws(() => planSplits(mismatched, dataset({ train_dir: 'train', validation_dir: 'validation' }), 1), /different class folders: \[a, b\] vs \[a, c\]/);
+    assert.throws(
+      () => planSplits(mismatched, dataset({ train_dir: 'train', validation_dir: 'validation' }), 1),
+      /different class folders: \[a, b\] vs \[a, c\]/,
+    );
   });
 
   test('max_images_per_class keeps at most n of each class, a seeded choice in the original order', () => {

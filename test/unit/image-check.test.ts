@@ -8,7 +8,8 @@ import { tf } from '../../src/tfjs/tf.ts';
 
 async function encoded(format: 'jpeg' | 'png'): Promise<Buffer> {
   const image = tf.tidy(() => tf.randomUniform([16, 16, 3], 0, 255, 'int32', 7).toInt());
-  const bytes = format === 'jpeg' ? await tf.node.encodeJpeg(image as Tensor3D) : await tf.node.encodePng(image as Tensor3D);
+  const bytes =
+    format === 'jpeg' ? await tf.node.encodeJpeg(image as Tensor3D) : await tf.node.encodePng(image as Tensor3D);
   image.dispose();
   return Buffer.from(bytes);
 }
@@ -25,12 +26,16 @@ function reasonFor(bytes: Uint8Array): string {
 
 describe('image files a person is told about', () => {
   test('whole JPEG and PNG files pass', async () => {
-    for (const format of ['jpeg', 'png'] as const) assert.deepEqual(checkImageHeader(await encoded(format), 1e6), { width: 16, height: 16 });
+    for (const format of ['jpeg', 'png'] as const)
+      assert.deepEqual(checkImageHeader(await encoded(format), 1e6), { width: 16, height: 16 });
   });
 
   test('a JPEG cut short: truncated JPEG, before decoding', async () => {
     const jpeg = await encoded('jpeg');
-    assert.equal(reasonFor(jpeg.subarray(0, jpeg.length >> 1)), 'truncated JPEG (no end-of-image marker: the file is cut short)');
+    assert.equal(
+      reasonFor(jpeg.subarray(0, jpeg.length >> 1)),
+      'truncated JPEG (no end-of-image marker: the file is cut short)',
+    );
   });
 
   test('a PNG cut short: truncated PNG', async () => {
@@ -39,7 +44,10 @@ describe('image files a person is told about', () => {
   });
 
   test('text with an image name: not an image', () => {
-    assert.equal(reasonFor(Buffer.from('hello, I am a text file')), 'not an image (no JPEG, PNG, GIF or BMP signature at its start)');
+    assert.equal(
+      reasonFor(Buffer.from('hello, I am a text file')),
+      'not an image (no JPEG, PNG, GIF or BMP signature at its start)',
+    );
   });
 
   test('a WebP file: an unsupported format, named', () => {

@@ -23,7 +23,12 @@ describe('the verdict', () => {
   const estimateAt = (batch: number, limitMib: number): TrainingMemory => {
     const peak = peakOf(memory, resident, batch);
     const phase = { phase: 'fine_tune' as const, batch, memory, peak: peak.bytes, moment: peak.moment.name };
-    return { resident, phases: [phase], highest: phase, limit: { bytes: limitMib * mib, source: 'TLX_MEMORY_BUDGET_MB' } };
+    return {
+      resident,
+      phases: [phase],
+      highest: phase,
+      limit: { bytes: limitMib * mib, source: 'TLX_MEMORY_BUDGET_MB' },
+    };
   };
 
   test('the peak is the largest moment: resident + held + batch x per sample', () => {
@@ -45,36 +50,96 @@ describe('the verdict', () => {
     assert.match(near.message, /92% of the 1000\.0 MiB this process can use \(TLX_MEMORY_BUDGET_MB\)/);
     const over = judgeTrainingMemory(estimateAt(64, 1000));
     assert.equal(over.verdict, 'does not fit');
-    assert.match(over.message, /about 1\.2 GiB at its peak \(fine_tune, training step, batch of 64\).*over it by 240\.0 MiB; dataset\.batch_size: 40 or less fits/);
+    assert.match(
+      over.message,
+      /about 1\.2 GiB at its peak \(fine_tune, training step, batch of 64\).*over it by 240\.0 MiB; dataset\.batch_size: 40 or less fits/,
+    );
     const none = judgeTrainingMemory(estimateAt(64, 550));
-    assert.match(none.message, /not even a batch of 1 fits: lower dataset\.image_size, raise train\.fine_tune\.fine_tune_at or pick a smaller model\.base/);
+    assert.match(
+      none.message,
+      /not even a batch of 1 fits: lower dataset\.image_size, raise train\.fine_tune\.fine_tune_at or pick a smaller model\.base/,
+    );
   });
 });
 
 describe('the estimate of a run', () => {
   const experiment = (train: object, augmentation: object[] = []) =>
-    validateExperimentValue({ name: 'memory', dataset: { path: 'data', validation_split: 0.2, image_size: [64, 64], batch_size: 32 }, augmentation, model: { alpha: 0.35, weights: 'none' }, train }, 'memory.yaml');
-  const classifier = buildClassifier({ base: 'mobilenet_v2', alpha: 0.35, imageSize: [64, 64], classCount: 3, dropout: 0.2, seed: 1 });
+    validateExperimentValue(
+      {
+        name: 'memory',
+        dataset: { path: 'data', validation_split: 0.2, image_size: [64, 64], batch_size: 32 },
+        augmentation,
+        model: { alpha: 0.35, weights: 'none' },
+        train,
+      },
+      'memory.yaml',
+    );
+  const classifier = buildClassifier({
+    base: 'mobilenet_v2',
+    alpha: 0.35,
+    imageSize: [64, 64],
+    classCount: 3,
+    dropout: 0.2,
+    seed: 1,
+  });
   const limit = { bytes: 64 * 1024 * mib, source: 'test' };
 
   test('each phase that trains, at a batch no larger than the training split; fine-tuning keeps more on the tape', () => {
-    const estimate = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1, fine_tune_at: 40 } }, [{ random_flip: 'horizontal' }]), classifier, { train: { length: 20 }, validation: { length: 5 } }, { resident: 0, limit });
-    assert.deepEqual(estimate.phases.map((phase) => [phase.phase, phase.batch]), [['feature_extraction', 20], ['fine_tune', 20]]);
-    const step = (phase: number) => estimate.phases[phase].memory.moments.find((moment) => moment.name === 'training step')!.perSample;
-    assert.ok(step(1) > 10 * step(0), `per sample on the tape: feature extraction ${step(0)} B, fine-tuning from layer 40 ${step(1)} B`);
-    assert.ok(estimate.phases[1].memory.held.optimizerSlots > 100 * estimate.phases[0].memory.held.optimizerSlots, 'feature extraction trains only the head');
-    const skipped = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 0 }, fine_tune: { epochs: 1 } }), classifier, { train: { length: 20 }, validation: { length: 5 } }, { resident: 0, limit });
-    assert.deepEqual(skipped.phases.map((phase) => phase.phase), ['fine_tune']);
+    const estimate = estimateTrainingMemory(
+      experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 1, fine_tune_at: 40 } }, [
+        { random_flip: 'horizontal' },
+      ]),
+      classifier,
+      { train: { length: 20 }, validation: { length: 5 } },
+      { resident: 0, limit },
+    );
+    assert.deepEqual(
+      estimate.phases.map((phase) => [phase.phase, phase.batch]),
+      [
+        ['feature_extraction', 20],
+        ['fine_tune', 20],
+      ],
+    );
+    const step = (phase: number) =>
+      estimate.phases[phase].memory.moments.find((moment) => moment.name === 'training step')!.perSample;
+    assert.ok(
+      step(1) > 10 * step(0),
+      `per sample on the tape: feature extraction ${step(0)} B, fine-tuning from layer 40 ${step(1)} B`,
+    );
+    assert.ok(
+      estimate.phases[1].memory.held.optimizerSlots > 100 * estimate.phases[0].memory.held.optimizerSlots,
+      'feature extraction trains only the head',
+    );
+    const skipped = estimateTrainingMemory(
+      experiment({ feature_extraction: { epochs: 0 }, fine_tune: { epochs: 1 } }),
+      classifier,
+      { train: { length: 20 }, validation: { length: 5 } },
+      { resident: 0, limit },
+    );
+    assert.deepEqual(
+      skipped.phases.map((phase) => phase.phase),
+      ['fine_tune'],
+    );
   });
 
   test('a phase that caches its frozen outputs holds them, and twice while joining them; one that recomputes them holds none', () => {
     const splits = { train: { length: 200 }, validation: { length: 50 } };
-    const cached = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 3 }, fine_tune: { epochs: 0 } }), classifier, splits, { resident: 0, limit }).phases[0].memory;
+    const cached = estimateTrainingMemory(
+      experiment({ feature_extraction: { epochs: 3 }, fine_tune: { epochs: 0 } }),
+      classifier,
+      splits,
+      { resident: 0, limit },
+    ).phases[0].memory;
     assert.ok(cached.held.frontierCache > 0);
     const joining = cached.moments.find((moment) => moment.name === 'joining the cache')!;
     assert.ok(joining.fixed >= 2 * cached.held.frontierCache);
     // A random flip needs two variants: one epoch is cheaper without a cache.
-    const recomputed = estimateTrainingMemory(experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }, [{ random_flip: 'horizontal' }]), classifier, splits, { resident: 0, limit }).phases[0].memory;
+    const recomputed = estimateTrainingMemory(
+      experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }, [{ random_flip: 'horizontal' }]),
+      classifier,
+      splits,
+      { resident: 0, limit },
+    ).phases[0].memory;
     assert.equal(recomputed.held.frontierCache, 0);
     assert.ok(recomputed.moments.some((moment) => moment.name === 'validation'));
   });
@@ -97,7 +162,13 @@ describe('the estimate of a run', () => {
 });
 
 test('optimizer slots per weight: as many as tfjs makes', async () => {
-  for (const optimizer of [{ name: 'adam' }, { name: 'rmsprop' }, { name: 'rmsprop', momentum: 0.9 }, { name: 'sgd' }, { name: 'sgd', momentum: 0.9 }] as const) {
+  for (const optimizer of [
+    { name: 'adam' },
+    { name: 'rmsprop' },
+    { name: 'rmsprop', momentum: 0.9 },
+    { name: 'sgd' },
+    { name: 'sgd', momentum: 0.9 },
+  ] as const) {
     const created = createOptimizer({ learning_rate: 0.01, ...optimizer });
     const weight = tf.variable(tf.ones([3]));
     created.minimize(() => weight.square().sum() as never, false, [weight]);

@@ -12,16 +12,24 @@ describe('MLflow client (pure parts)', () => {
       assert.ok(c.metrics.length <= batchLimits.metrics && c.params.length <= batchLimits.params);
       assert.ok(c.metrics.length + c.params.length + c.tags.length <= batchLimits.total);
     }
-    assert.equal(chunks.reduce((n, c) => n + c.metrics.length, 0), 2500);
-    assert.equal(chunks.reduce((n, c) => n + c.params.length, 0), 150);
+    assert.equal(
+      chunks.reduce((n, c) => n + c.metrics.length, 0),
+      2500,
+    );
+    assert.equal(
+      chunks.reduce((n, c) => n + c.params.length, 0),
+      150,
+    );
   });
 
   test('keys follow MLflow rules and the config flattens to dotted params', () => {
     assert.equal(sanitizeKey('a:b*c'), 'a_b_c');
-    assert.deepEqual(flattenParams({ train: { fine_tune: { fine_tune_at: 100 } }, dataset: { image_size: [160, 160] } }), [
-      { key: 'train.fine_tune.fine_tune_at', value: '100' },
-      { key: 'dataset.image_size', value: '[160,160]' },
-    ]);
+    assert.deepEqual(
+      flattenParams({ train: { fine_tune: { fine_tune_at: 100 } }, dataset: { image_size: [160, 160] } }),
+      [
+        { key: 'train.fine_tune.fine_tune_at', value: '100' },
+        { key: 'dataset.image_size', value: '[160,160]' },
+      ],
+    );
   });
 });
-

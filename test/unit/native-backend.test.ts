@@ -1,7 +1,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { depthwiseRunsFused, fusedConv2d, fusedDepthwiseConv2d, oneDnnConvRunsFused, unfusedDepthwise, type FusedActivation } from '../../src/models/fused-kernels.ts';
+import {
+  depthwiseRunsFused,
+  fusedConv2d,
+  fusedDepthwiseConv2d,
+  oneDnnConvRunsFused,
+  unfusedDepthwise,
+  type FusedActivation,
+} from '../../src/models/fused-kernels.ts';
 import { runOp } from '../../src/tfjs/native-ops.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 
@@ -10,7 +17,17 @@ test('the native TensorFlow backend is what runs', () => {
 });
 
 test('a small op runs natively and gives the right numbers', () => {
-  const product = tf.tidy(() => tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])).dataSync());
+  const product = tf.tidy(() =>
+    tf
+      .matMul(
+        tf.tensor2d([
+          [1, 2],
+          [3, 4],
+        ]),
+        tf.tensor2d([[5], [6]]),
+      )
+      .dataSync(),
+  );
   assert.deepEqual(Array.from(product), [17, 39]);
 });
 
@@ -49,21 +66,33 @@ test('list attributes reach TensorFlow (binding patch): the fused conv kernels e
     none: (y: Tensor4D) => y,
   };
   for (const [name, activate] of Object.entries(activations)) {
-    for (const [strides, padding] of [[1, 'SAME'], [2, 'VALID']] as const) {
+    for (const [strides, padding] of [
+      [1, 'SAME'],
+      [2, 'VALID'],
+    ] as const) {
       const activation = name === 'none' ? undefined : (name as FusedActivation);
       const options = { strides: [strides, strides] as [number, number], padding, activation };
       const pad = padding === 'SAME' ? 'same' : 'valid';
       const what = `${name}, stride ${strides}, ${padding}`;
       tf.tidy(() => {
-        assert.ok(maxDiff(fusedConv2d(x, filter, bias, options), activate(tf.conv2d(x, filter, strides, pad).add(bias))) < 1e-4, `conv, ${what}`);
+        assert.ok(
+          maxDiff(fusedConv2d(x, filter, bias, options), activate(tf.conv2d(x, filter, strides, pad).add(bias))) < 1e-4,
+          `conv, ${what}`,
+        );
         const depthwise = fusedDepthwiseConv2d(x, depthwiseFilter, depthwiseBias, options);
-        assert.ok(maxDiff(depthwise, activate(tf.depthwiseConv2d(x, depthwiseFilter, strides, pad).add(depthwiseBias))) < 1e-4, `depthwise, ${what}`);
+        assert.ok(
+          maxDiff(depthwise, activate(tf.depthwiseConv2d(x, depthwiseFilter, strides, pad).add(depthwiseBias))) < 1e-4,
+          `depthwise, ${what}`,
+        );
         // The separate-kernel fallback, for TensorFlow builds without oneDNN's fused depthwise.
-        assert.ok(maxDiff(depthwise, unfusedDepthwise(x, depthwiseFilter, depthwiseBias, options)) < 1e-4, `depthwise fallback, ${what}`);
+        assert.ok(
+          maxDiff(depthwise, unfusedDepthwise(x, depthwiseFilter, depthwiseBias, options)) < 1e-4,
+          `depthwise fallback, ${what}`,
+        );
       });
     }
   }
   assert.equal(depthwiseRunsFused(), true, 'depthwise ran as one fused kernel');
-  assert.equal(oneDnnConvRunsFused(), true, 'conv with hard-swish/swish ran as oneDNN\'s fused kernel');
+  assert.equal(oneDnnConvRunsFused(), true, "conv with hard-swish/swish ran as oneDNN's fused kernel");
   tf.dispose([x, filter, bias, depthwiseFilter, depthwiseBias]);
 });

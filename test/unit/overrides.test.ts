@@ -40,7 +40,11 @@ describe('applying overrides and merging files', () => {
 
   test('an override sets one key in a copy, creating the mappings on its way', () => {
     const problems: Problem[] = [];
-    const result = applyOverride(base, { flag: 'train.fine_tune.epochs=2', keyPath: ['train', 'fine_tune', 'epochs'], value: 2 }, problems);
+    const result = applyOverride(
+      base,
+      { flag: 'train.fine_tune.epochs=2', keyPath: ['train', 'fine_tune', 'epochs'], value: 2 },
+      problems,
+    );
     assert.equal((result.train as { fine_tune: { epochs: number } }).fine_tune.epochs, 2);
     assert.equal(base.train.fine_tune.epochs, 10, 'the original is untouched');
     const created = applyOverride({}, { flag: 'a.b.c=1', keyPath: ['a', 'b', 'c'], value: 1 }, problems);
@@ -50,17 +54,28 @@ describe('applying overrides and merging files', () => {
 
   test('a key below a list or a number is a problem naming where it stops', () => {
     const problems: Problem[] = [];
-    const result = applyOverride(base, { flag: 'dataset.image_size.x=1', keyPath: ['dataset', 'image_size', 'x'], value: 1 }, problems);
+    const result = applyOverride(
+      base,
+      { flag: 'dataset.image_size.x=1', keyPath: ['dataset', 'image_size', 'x'], value: 1 },
+      problems,
+    );
     assert.equal(result, base, 'nothing applied');
     assert.equal(problems[0].keyPath, 'dataset.image_size');
     assert.match(problems[0].message, /is a list, so it has no key "x"/);
-    applyOverride(base, { flag: 'train.fine_tune.epochs.x=1', keyPath: ['train', 'fine_tune', 'epochs', 'x'], value: 1 }, problems);
+    applyOverride(
+      base,
+      { flag: 'train.fine_tune.epochs.x=1', keyPath: ['train', 'fine_tune', 'epochs', 'x'], value: 1 },
+      problems,
+    );
     assert.match(problems[1].message, /is a number, so it has no key "x"/);
   });
 
   test('extends: mappings merge key by key, lists and values are replaced', () => {
     const child = { train: { fine_tune: { epochs: 3 } }, dataset: { image_size: [96, 96] } };
-    assert.deepEqual(mergeConfigs(base, child), { train: { fine_tune: { epochs: 3, fine_tune_at: 100 } }, dataset: { image_size: [96, 96] } });
+    assert.deepEqual(mergeConfigs(base, child), {
+      train: { fine_tune: { epochs: 3, fine_tune_at: 100 } },
+      dataset: { image_size: [96, 96] },
+    });
     assert.deepEqual(mergeConfigs({ a: { b: 1 } }, { a: 5 }), { a: 5 });
   });
 });

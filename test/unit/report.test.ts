@@ -7,10 +7,30 @@ import { classificationReport } from '../../src/train/report.ts';
 /** What a sweep and a run report, from numbers alone: the best trial, the table, CSV, the plot, per-class scores. */
 
 const rows: TrialRow[] = [
-  { trial: 0, assignments: { 'train.fine_tune.fine_tune_at': 100 }, status: 'finished', val_accuracy: 0.7, val_loss: 0.5, run_id: 'r0' },
+  {
+    trial: 0,
+    assignments: { 'train.fine_tune.fine_tune_at': 100 },
+    status: 'finished',
+    val_accuracy: 0.7,
+    val_loss: 0.5,
+    run_id: 'r0',
+  },
   { trial: 1, assignments: { 'train.fine_tune.fine_tune_at': 120 }, status: 'failed', error: 'boom, "quoted"' },
-  { trial: 2, assignments: { 'train.fine_tune.fine_tune_at': 140 }, status: 'finished', val_accuracy: 0.8, val_loss: 0.6, run_id: 'r2' },
-  { trial: 3, assignments: { 'train.fine_tune.fine_tune_at': 150 }, status: 'finished', val_accuracy: Number.NaN, val_loss: Number.NaN },
+  {
+    trial: 2,
+    assignments: { 'train.fine_tune.fine_tune_at': 140 },
+    status: 'finished',
+    val_accuracy: 0.8,
+    val_loss: 0.6,
+    run_id: 'r2',
+  },
+  {
+    trial: 3,
+    assignments: { 'train.fine_tune.fine_tune_at': 150 },
+    status: 'finished',
+    val_accuracy: Number.NaN,
+    val_loss: Number.NaN,
+  },
 ];
 
 describe('the sweep report', () => {
@@ -45,11 +65,22 @@ describe('the sweep report', () => {
   });
 
   test('the plot: the metric against one swept number; a heatmap for two swept keys', () => {
-    const one = sweepPlotSpec(rows, 'val_accuracy') as unknown as { mark: { type: string }; encoding: { x: { field: string; type: string } }; data: { values: unknown[] } };
+    const one = sweepPlotSpec(rows, 'val_accuracy') as unknown as {
+      mark: { type: string };
+      encoding: { x: { field: string; type: string } };
+      data: { values: unknown[] };
+    };
     assert.equal(one.mark.type, 'line');
-    assert.deepEqual(one.encoding.x, { field: 'train.fine_tune.fine_tune_at', type: 'quantitative', scale: { zero: false } });
+    assert.deepEqual(one.encoding.x, {
+      field: 'train.fine_tune.fine_tune_at',
+      type: 'quantitative',
+      scale: { zero: false },
+    });
     assert.equal(one.data.values.length, 2, 'only trials with the metric are drawn');
-    const two = sweepPlotSpec([{ trial: 0, assignments: { a: 1, b: 'x' }, status: 'finished', val_accuracy: 0.5 }], 'val_accuracy') as unknown as { layer: { mark: string | { type: string } }[] };
+    const two = sweepPlotSpec(
+      [{ trial: 0, assignments: { a: 1, b: 'x' }, status: 'finished', val_accuracy: 0.5 }],
+      'val_accuracy',
+    ) as unknown as { layer: { mark: string | { type: string } }[] };
     assert.equal(two.layer[0].mark, 'rect');
   });
 });

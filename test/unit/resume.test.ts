@@ -25,7 +25,17 @@ before(() => {
 after(() => model.dispose());
 
 function record(epoch: number, phase = epoch <= 2 ? 'feature_extraction' : 'fine_tune'): EpochRecord {
-  return { epoch, phase, loss: 1 / (epoch + 1), accuracy: 0.5, val_loss: 1, val_accuracy: 0.5 + epoch / 100, learning_rate: 0.001, seconds: 1, time: 1_700_000_000_000 + epoch };
+  return {
+    epoch,
+    phase,
+    loss: 1 / (epoch + 1),
+    accuracy: 0.5,
+    val_loss: 1,
+    val_accuracy: 0.5 + epoch / 100,
+    learning_rate: 0.001,
+    seconds: 1,
+    time: 1_700_000_000_000 + epoch,
+  };
 }
 
 let folders = 0;
@@ -36,7 +46,12 @@ function folderWith(epochs: number[]): RunFolder {
 }
 
 async function checkpointAt(folder: RunFolder, epoch: number, extra: Partial<CheckpointMeta> = {}): Promise<void> {
-  await writeCheckpoint(folder.checkpoint('last'), model, undefined, { epoch, phase: record(epoch).phase, record: record(epoch), ...extra });
+  await writeCheckpoint(folder.checkpoint('last'), model, undefined, {
+    epoch,
+    phase: record(epoch).phase,
+    record: record(epoch),
+    ...extra,
+  });
 }
 
 function epochsOf(folder: RunFolder): number[] {
@@ -55,7 +70,10 @@ describe('the resume point', () => {
     await checkpointAt(folder, 2);
     const point = findResumePoint(folder, silentLogger);
     assert.equal(point.lastEpoch, 2);
-    assert.deepEqual(point.records.map((r) => r.epoch), [0, 1, 2]);
+    assert.deepEqual(
+      point.records.map((r) => r.epoch),
+      [0, 1, 2],
+    );
     assert.deepEqual(epochsOf(folder), [0, 1, 2], 'metrics.jsonl rewritten');
   });
 
@@ -63,7 +81,10 @@ describe('the resume point', () => {
     const folder = folderWith([0, 1]);
     await checkpointAt(folder, 2);
     const point = findResumePoint(folder, silentLogger);
-    assert.deepEqual(point.records.map((r) => r.epoch), [0, 1, 2]);
+    assert.deepEqual(
+      point.records.map((r) => r.epoch),
+      [0, 1, 2],
+    );
     assert.deepEqual(epochsOf(folder), [0, 1, 2]);
     assert.equal(folder.readMetrics().records[2].val_accuracy, record(2).val_accuracy);
   });
@@ -73,9 +94,15 @@ describe('the resume point', () => {
     await checkpointAt(folder, 1);
     fs.appendFileSync(path.join(folder.dir, 'metrics.jsonl'), '{"epoch": 2, "pha');
     const warnings: string[] = [];
-    const log = { ...silentLogger, warn: (_fields: unknown, message: string) => warnings.push(message) } as unknown as typeof silentLogger;
+    const log = {
+      ...silentLogger,
+      warn: (_fields: unknown, message: string) => warnings.push(message),
+    } as unknown as typeof silentLogger;
     const point = findResumePoint(folder, log);
-    assert.deepEqual(point.records.map((r) => r.epoch), [0, 1]);
+    assert.deepEqual(
+      point.records.map((r) => r.epoch),
+      [0, 1],
+    );
     assert.match(warnings.join('\n'), /torn line/);
     assert.doesNotMatch(fs.readFileSync(path.join(folder.dir, 'metrics.jsonl'), 'utf8'), /"pha$/);
   });
@@ -83,27 +110,44 @@ describe('the resume point', () => {
   test('an epoch recorded twice keeps its first record', async () => {
     const folder = folderWith([0, 1, 1]);
     await checkpointAt(folder, 1);
-    assert.deepEqual(findResumePoint(folder, silentLogger).records.map((r) => r.epoch), [0, 1]);
+    assert.deepEqual(
+      findResumePoint(folder, silentLogger).records.map((r) => r.epoch),
+      [0, 1],
+    );
   });
 
   test('trained epochs with no checkpoint at all: refused, instead of recording them twice', () => {
-    assert.throws(() => findResumePoint(folderWith([0, 1, 2]), silentLogger), /records epochs 1\.\.2 but the run has no checkpoint/);
+    assert.throws(
+      () => findResumePoint(folderWith([0, 1, 2]), silentLogger),
+      /records epochs 1\.\.2 but the run has no checkpoint/,
+    );
   });
 });
 
 describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; records 0-4)', () => {
   type Name = 'last' | 'feature_extraction' | 'best';
-  async function damagedRun(damage: (folder: RunFolder) => void): Promise<{ point: ResumePoint; folder: RunFolder; warnings: string }> {
+  async function damagedRun(
+    damage: (folder: RunFolder) => void,
+  ): Promise<{ point: ResumePoint; folder: RunFolder; warnings: string }> {
     const folder = folderWith([0, 1, 2, 3, 4]);
     const at: [Name, number][] = [
       ['feature_extraction', 2],
       ['best', 3],
       ['last', 4],
     ];
-    for (const [name, epoch] of at) await writeCheckpoint(folder.checkpoint(name), model, undefined, { epoch, phase: record(epoch).phase, record: record(epoch), phase_complete: name === 'feature_extraction' });
+    for (const [name, epoch] of at)
+      await writeCheckpoint(folder.checkpoint(name), model, undefined, {
+        epoch,
+        phase: record(epoch).phase,
+        record: record(epoch),
+        phase_complete: name === 'feature_extraction',
+      });
     damage(folder);
     const warnings: string[] = [];
-    const log = { ...silentLogger, warn: (_fields: unknown, message: string) => warnings.push(message) } as unknown as typeof silentLogger;
+    const log = {
+      ...silentLogger,
+      warn: (_fields: unknown, message: string) => warnings.push(message),
+    } as unknown as typeof silentLogger;
     return { point: findResumePoint(folder, log), folder, warnings: warnings.join('\n') };
   }
   const file = (folder: RunFolder, name: Name, part: string) => path.join(folder.checkpoint(name), part);
@@ -118,8 +162,14 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
   });
 
   for (const [what, damage] of [
-    ['an emptied checkpoint.json', (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), '')],
-    ['a checkpoint.json of another shape', (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), '{"epoch": "four"}')],
+    [
+      'an emptied checkpoint.json',
+      (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), ''),
+    ],
+    [
+      'a checkpoint.json of another shape',
+      (folder: RunFolder) => fs.writeFileSync(file(folder, 'last', 'checkpoint.json'), '{"epoch": "four"}'),
+    ],
     ['a truncated weights.bin', (folder: RunFolder) => truncate(file(folder, 'last', 'weights.bin'))],
     ['an optimizer.bin of the wrong size', (folder: RunFolder) => grow(file(folder, 'last', 'optimizer.bin'))],
     ['a missing weights.bin', (folder: RunFolder) => fs.rmSync(file(folder, 'last', 'weights.bin'))],
@@ -180,7 +230,14 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
 describe('phases at the resume point (feature extraction epochs 1-2, fine-tuning 3-4)', () => {
   const featureExtraction = { phase: 'feature_extraction', first: 1, last: 2 };
   const fineTune = { phase: 'fine_tune', first: 3, last: 4 };
-  const at = (epoch: number, phase: string, phaseComplete = false): ResumePoint => ({ records: [], lastEpoch: epoch, checkpoint: { dir: '', meta: { epoch, phase, phase_complete: phaseComplete, callbacks: {}, weights: [], optimizer: [] } } });
+  const at = (epoch: number, phase: string, phaseComplete = false): ResumePoint => ({
+    records: [],
+    lastEpoch: epoch,
+    checkpoint: {
+      dir: '',
+      meta: { epoch, phase, phase_complete: phaseComplete, callbacks: {}, weights: [], optimizer: [] },
+    },
+  });
 
   test('inside feature extraction: it continues there, with its optimizer state', () => {
     const point = at(1, 'feature_extraction');

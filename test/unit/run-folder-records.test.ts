@@ -14,10 +14,30 @@ const work = tempDir('tlx-unit-records-');
 
 function run(id: string): RunJson {
   const now = new Date(0).toISOString();
-  return { run_id: id, status: 'RUNNING', base_dir: work, config_sha256: 'c'.repeat(64), tlx_version: '0', created: now, updated: now, tags: {}, phase_outcomes: {} };
+  return {
+    run_id: id,
+    status: 'RUNNING',
+    base_dir: work,
+    config_sha256: 'c'.repeat(64),
+    tlx_version: '0',
+    created: now,
+    updated: now,
+    tags: {},
+    phase_outcomes: {},
+  };
 }
 
-const epoch: EpochRecord = { epoch: 1, phase: 'feature_extraction', loss: 0.5, accuracy: 0.75, val_loss: Number.NaN, val_accuracy: 0.5, learning_rate: 0.001, seconds: 2, time: 1 };
+const epoch: EpochRecord = {
+  epoch: 1,
+  phase: 'feature_extraction',
+  loss: 0.5,
+  accuracy: 0.75,
+  val_loss: Number.NaN,
+  val_accuracy: 0.5,
+  learning_rate: 0.001,
+  seconds: 2,
+  time: 1,
+};
 
 describe('run folder records', () => {
   test('run.json and metrics.jsonl read back as written; NaN survives as NaN', () => {
@@ -38,7 +58,10 @@ describe('run folder records', () => {
     fs.writeFileSync(path.join(folder.dir, 'run.json'), JSON.stringify({ ...run(folder.id), status: 'SOMETIMES' }));
     assert.throws(
       () => folder.readRun(),
-      (error: Error) => error instanceof CorruptFileError && error.message.includes(path.join(folder.dir, 'run.json')) && /status/.test(error.message),
+      (error: Error) =>
+        error instanceof CorruptFileError &&
+        error.message.includes(path.join(folder.dir, 'run.json')) &&
+        /status/.test(error.message),
     );
   });
 
@@ -48,7 +71,10 @@ describe('run folder records', () => {
     fs.appendFileSync(path.join(folder.dir, 'metrics.jsonl'), '{"epoch": "two"}\n');
     folder.appendMetric({ ...epoch, epoch: 3 });
     const read = folder.readMetrics();
-    assert.deepEqual(read.records.map((r) => r.epoch), [1, 3]);
+    assert.deepEqual(
+      read.records.map((r) => r.epoch),
+      [1, 3],
+    );
     assert.match(read.problems[0], /metrics\.jsonl line 2 is not a valid epoch record/);
   });
 
@@ -56,7 +82,10 @@ describe('run folder records', () => {
     fs.mkdirSync(path.join(work, 'list', 'not-a-run'), { recursive: true });
     const real = RunFolder.create(path.join(work, 'list'), 'listed');
     real.writeRun(run(real.id));
-    assert.deepEqual(RunFolder.list(path.join(work, 'list')).map((f) => f.id), [real.id]);
+    assert.deepEqual(
+      RunFolder.list(path.join(work, 'list')).map((f) => f.id),
+      [real.id],
+    );
     assert.equal(RunFolder.tryOpen(path.join(work, 'list', 'not-a-run')), undefined);
     assert.throws(() => RunFolder.open(path.join(work, 'list', 'not-a-run')), /not a tlx run folder \(no run\.json\)/);
   });
@@ -90,9 +119,25 @@ describe('the sweep folder', () => {
     fs.mkdirSync(folder.dir, { recursive: true });
     folder.writeStatus([{ trial: 0, assignments: { seed: 1 }, config_sha256: 'x', status: 'finished', minutes: 1.5 }]);
     assert.equal(folder.readStatus()[0].minutes, 1.5);
-    fs.writeFileSync(folder.file('status.json'), JSON.stringify([{ trial: 0, assignments: {}, config_sha256: 'x', status: 'done' }]));
-    assert.throws(() => folder.readStatus(), (error: Error) => error.message.includes('status.json'));
-    folder.writePlan({ sweep_id: folder.id, experiment_file: 'x.yaml', overrides: [], grid: { seed: [1] }, max_trials: null, metric: 'val_accuracy', goal: 'max', export: 'all', trials: [] });
+    fs.writeFileSync(
+      folder.file('status.json'),
+      JSON.stringify([{ trial: 0, assignments: {}, config_sha256: 'x', status: 'done' }]),
+    );
+    assert.throws(
+      () => folder.readStatus(),
+      (error: Error) => error.message.includes('status.json'),
+    );
+    folder.writePlan({
+      sweep_id: folder.id,
+      experiment_file: 'x.yaml',
+      overrides: [],
+      grid: { seed: [1] },
+      max_trials: null,
+      metric: 'val_accuracy',
+      goal: 'max',
+      export: 'all',
+      trials: [],
+    });
     assert.equal(folder.readPlan().export, 'all');
   });
 });

@@ -17,7 +17,18 @@ const runsDir = path.join(tempDir('tlx-unit-runs-'), 'runs');
 function finishedRun(name: string): RunFolder {
   const folder = RunFolder.create(runsDir, name);
   const now = new Date().toISOString();
-  const run: RunJson = { run_id: folder.id, status: 'FINISHED', base_dir: runsDir, config_sha256: 'c'.repeat(64), tlx_version: '0', created: now, updated: now, ended: now, tags: {}, phase_outcomes: {} };
+  const run: RunJson = {
+    run_id: folder.id,
+    status: 'FINISHED',
+    base_dir: runsDir,
+    config_sha256: 'c'.repeat(64),
+    tlx_version: '0',
+    created: now,
+    updated: now,
+    ended: now,
+    tags: {},
+    phase_outcomes: {},
+  };
   folder.writeRun(run);
   return folder;
 }
@@ -71,7 +82,10 @@ describe('tlx runs and tlx show over damaged folders', () => {
     ] as const) {
       await assert.rejects(
         showCommand({ runsDir, run: folder.id, json: true, terminal: capture(false).terminal }),
-        (error: unknown) => error instanceof UserError && new RegExp(`show: run ${folder.id} is damaged: `).test(error.message) && reason.test(error.message),
+        (error: unknown) =>
+          error instanceof UserError &&
+          new RegExp(`show: run ${folder.id} is damaged: `).test(error.message) &&
+          reason.test(error.message),
       );
     }
     const { terminal, out } = capture(false);

@@ -4,7 +4,8 @@ import { accuracyInterval, fewestLossesDetectable, mcnemarWorsePValue, wilsonInt
 import { judgeExport } from '../../src/export/gate.ts';
 import { spreadOf, verdict, welchInterval } from '../../bench/seeds.ts';
 
-const close = (actual: number, expected: number, digits = 4) => assert.ok(Math.abs(actual - expected) < 10 ** -digits, `${actual} != ${expected}`);
+const close = (actual: number, expected: number, digits = 4) =>
+  assert.ok(Math.abs(actual - expected) < 10 ** -digits, `${actual} != ${expected}`);
 
 describe('Wilson interval (95%)', () => {
   test('8 of 10: [0.4902, 0.9433] (by hand: centre 0.7167, half-width 0.2266)', () => {
@@ -74,7 +75,7 @@ describe('the export gate', () => {
     assert.equal(gate.passed, false);
   });
 
-  test('a significant drop within max_accuracy_drop passes (the limit is the user\'s)', () => {
+  test("a significant drop within max_accuracy_drop passes (the limit is the user's)", () => {
     const many = new Array(1000).fill(0);
     const exported = [...many];
     for (let i = 0; i < 15; i++) exported[i] = 1;
@@ -85,7 +86,7 @@ describe('the export gate', () => {
   });
 });
 
-describe('the bench\'s comparison over seeds (Welch)', () => {
+describe("the bench's comparison over seeds (Welch)", () => {
   test('two samples of five: difference, interval and degrees of freedom by hand', () => {
     // a: mean 0.80, variance 0.00005; b: mean 0.78, variance 0.0002. se^2 = 0.00001 + 0.00004;
     // df = (0.00005)^2 / ((0.00001)^2/4 + (0.00004)^2/4) = 5.882; t(0.975, 5.882) = 2.4563.
@@ -99,6 +100,9 @@ describe('the bench\'s comparison over seeds (Welch)', () => {
     close(interval.high - interval.difference, 2.4563 * Math.sqrt(0.00005 / 5 + 0.0002 / 5), 3);
     assert.equal(verdict(interval, 0.01), 'cannot tell');
     assert.equal(verdict(interval, 0.06), 'within the goal');
-    assert.equal(verdict(welchInterval(spreadOf([0.9, 0.91, 0.9]), spreadOf([0.8, 0.81, 0.8])), 0.01), 'beyond the goal');
+    assert.equal(
+      verdict(welchInterval(spreadOf([0.9, 0.91, 0.9]), spreadOf([0.8, 0.81, 0.8])), 0.01),
+      'beyond the goal',
+    );
   });
 });
