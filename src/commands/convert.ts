@@ -50,12 +50,12 @@ export async function convertCommand(options: ConvertOptions): Promise<void> {
   const failed: TfliteRecord[] = [];
   try {
     for (const mode of wanted) {
-      if (interrupt.requested) break;
+      if (interrupt.signal.aborted) break;
       const record = await exportFinishedRun(folder, {
         mode,
         cacheDir: options.cacheDir,
         log: options.log,
-        interrupt,
+        signal: interrupt.signal,
         exporter,
         prepareData,
       });

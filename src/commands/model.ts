@@ -2,7 +2,7 @@ import { baseLayerCount, baseNames, isBaseName, kerasApplicationOf, type BaseMod
 import { UserError } from '../core/errors.ts';
 import { blocksOf, buildBase } from '../models/bases.ts';
 import { kerasClassName } from '../models/layers.ts';
-import { table } from '../ui/format.ts';
+import { table, type Style } from '../ui/format.ts';
 import type { Terminal } from '../ui/terminal.ts';
 
 export interface ModelCommandOptions {
@@ -75,8 +75,8 @@ function thousands(value: number): string {
   return value.toLocaleString('en-US');
 }
 
-/** `tlx model <base>`: Keras's layer list of a base, block boundaries marked, to choose fine_tune_at. */
-export async function modelCommand(options: ModelCommandOptions): Promise<void> {
+/** The options' problems, one clear line each (the first is thrown). */
+function checkModelOptions(options: ModelCommandOptions): BaseModelName {
   if (!isBaseName(options.base))
     throw new UserError(`model: unknown base ${options.base}; expected one of ${baseNames.join(', ')}`);
   const base = options.base;
@@ -85,6 +85,39 @@ export async function modelCommand(options: ModelCommandOptions): Promise<void> 
   if (!Number.isInteger(options.size) || options.size < 32)
     throw new UserError(`model: --size ${options.size}: expected an integer >= 32`);
   if (!(options.alpha > 0)) throw new UserError(`model: --alpha ${options.alpha}: expected a number > 0`);
+  return base;
+}
+
+/** The layer table with a line above each block's first layer: where fine_tune_at can start it. */
+function layerLines(rows: LayerRow[], starts: BlockStart[], style: Style): string[] {
+  const lines = table(
+    [
+      { header: 'index', value: (row: LayerRow) => String(row.index), right: true },
+      { header: 'layer', value: (row) => row.name, shrink: true },
+      { header: 'type', value: (row) => row.type, shrink: true },
+      { header: 'output', value: (row) => row.output },
+      { header: 'params', value: (row) => thousands(row.params), right: true },
+    ],
+    rows,
+  ).split('\n');
+  const byStart = new Map(starts.map((start) => [start.fine_tune_at, start]));
+  const out = [lines[0]];
+  rows.forEach((row, i) => {
+    const start = byStart.get(row.index);
+    if (start)
+      out.push(
+        style.dim(
+          `── ${start.block} · fine_tune_at: ${start.fine_tune_at} trains ${start.trainable_layers} layers, ${thousands(start.trainable_params)} params ──`,
+        ),
+      );
+    out.push(lines[i + 1]);
+  });
+  return out;
+}
+
+/** `tlx model <base>`: Keras's layer list of a base, block boundaries marked, to choose fine_tune_at. */
+export async function modelCommand(options: ModelCommandOptions): Promise<void> {
+  const base = checkModelOptions(options);
   const { rows, starts, totalParams } = describeBase(base, options);
   const layerCount = baseLayerCount({ base, minimalistic: options.minimalistic });
   if (options.json) {
@@ -105,37 +138,14 @@ export async function modelCommand(options: ModelCommandOptions): Promise<void> 
   const style = options.terminal.outputStyle;
   const alpha = base === 'efficientnet_b0' ? '' : `, alpha ${options.alpha}`;
   const title = `${kerasApplicationOf(base)}${options.minimalistic ? ' (minimalistic)' : ''}, include_top=False${alpha}, input ${options.size}x${options.size}x3`;
-  const lines = table(
-    [
-      { header: 'index', value: (row: LayerRow) => String(row.index), right: true },
-      { header: 'layer', value: (row) => row.name, shrink: true },
-      { header: 'type', value: (row) => row.type, shrink: true },
-      { header: 'output', value: (row) => row.output },
-      { header: 'params', value: (row) => thousands(row.params), right: true },
-    ],
-    rows,
-  ).split('\n');
-  const byStart = new Map(starts.map((start) => [start.fine_tune_at, start]));
   const out = [
     style.bold(title),
     `${layerCount} layers (fine_tune_at 0..${layerCount}), ${thousands(totalParams)} parameters`,
     '',
-    lines[0],
-  ];
-  rows.forEach((row, i) => {
-    const start = byStart.get(row.index);
-    if (start)
-      out.push(
-        style.dim(
-          `── ${start.block} · fine_tune_at: ${start.fine_tune_at} trains ${start.trainable_layers} layers, ${thousands(start.trainable_params)} params ──`,
-        ),
-      );
-    out.push(lines[i + 1]);
-  });
-  out.push(
+    ...layerLines(rows, starts, style),
     '',
     `fine_tune_at: N trains layers N..${layerCount - 1} (BatchNorm stays in inference mode).`,
     "A block's first index keeps whole blocks together.",
-  );
+  ];
   options.terminal.print(out.join('\n'));
 }

@@ -33,7 +33,7 @@ export async function runCommand(options: RunCommandOptions): Promise<void> {
       runsDir: options.runsDir,
       cacheDir: options.cacheDir,
       log: options.log,
-      interrupt,
+      signal: interrupt.signal,
       progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined,
     });
     if (!options.json) {

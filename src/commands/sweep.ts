@@ -79,7 +79,7 @@ export async function sweepCommand(options: SweepCommandOptions): Promise<void> 
       ...options,
       overrides: options.set,
       queue,
-      interrupt,
+      signal: interrupt.signal,
       progress: options.progress ? (config) => new TerminalRunProgress(terminal, config) : undefined,
     });
     printResults(options, result);

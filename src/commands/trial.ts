@@ -41,7 +41,7 @@ export async function trialCommand(options: {
       runsDir,
       cacheDir: options.cacheDir,
       log: options.log,
-      interrupt,
+      signal: interrupt.signal,
       client: new MlflowClient({ trackingUri }),
       jobId: request.jobId,
       copyEverySeconds: request.copyEverySeconds,

@@ -69,36 +69,44 @@ function sizeMessage(error: SchemaError, found: string, keyPath: string[]): stri
   }
 }
 
+/** An unknown key: the nearest allowed key, or the allowed keys. */
+function unknownKey(keyPath: string[], key: string): ExplainedError {
+  const candidates = allowedKeys(keyPath);
+  const guess = didYouMean(key, candidates);
+  const hint = guess
+    ? `did you mean "${guess}"?`
+    : candidates.length
+      ? `expected one of: ${candidates.join(', ')}`
+      : '';
+  return { keyPath: [...keyPath, key], atKey: true, message: `unknown key${hint ? `; ${hint}` : ''}` };
+}
+
+function enumMessage(error: SchemaError, found: string): string {
+  const allowed = ((error.params as Record<string, unknown>).allowedValues as unknown[]) ?? [];
+  const guess = typeof error.data === 'string' ? didYouMean(error.data, allowed.map(String)) : undefined;
+  return `found ${found}, expected one of: ${allowed.map((v) => String(v)).join(', ')}${guess ? ` (did you mean "${guess}"?)` : ''}`;
+}
+
+/** A string that does not match: the key's own description says what is expected, when it has one. */
+function patternMessage(parent: SchemaNode | undefined, found: string, pattern: string): string {
+  const description = parent?.description?.split(/(?<=\.)\s/)[0];
+  return `found ${found}, expected ${description ? `${description.replace(/\.$/, '')} (pattern ${pattern})` : `a match of ${pattern}`}`;
+}
+
 function explainOne(error: SchemaError): ExplainedError {
   const keyPath = splitPointer(error.instancePath);
   const found = describeValue(error.data);
   const parent = error.parentSchema as SchemaNode | undefined;
   const params = error.params as Record<string, unknown>;
   switch (error.keyword) {
-    case 'additionalProperties': {
-      const key = String(params.additionalProperty);
-      const candidates = allowedKeys(keyPath);
-      const guess = didYouMean(key, candidates);
-      const hint = guess
-        ? `did you mean "${guess}"?`
-        : candidates.length
-          ? `expected one of: ${candidates.join(', ')}`
-          : '';
-      return { keyPath: [...keyPath, key], atKey: true, message: `unknown key${hint ? `; ${hint}` : ''}` };
-    }
+    case 'additionalProperties':
+      return unknownKey(keyPath, String(params.additionalProperty));
     case 'required':
       return { keyPath, atKey: true, message: `missing required key "${String(params.missingProperty)}"` };
     case 'type':
       return { keyPath, atKey: false, message: `found ${found}, expected ${expectedType(params.type)}` };
-    case 'enum': {
-      const allowed = (params.allowedValues as unknown[]) ?? [];
-      const guess = typeof error.data === 'string' ? didYouMean(error.data, allowed.map(String)) : undefined;
-      return {
-        keyPath,
-        atKey: false,
-        message: `found ${found}, expected one of: ${allowed.map((v) => String(v)).join(', ')}${guess ? ` (did you mean "${guess}"?)` : ''}`,
-      };
-    }
+    case 'enum':
+      return { keyPath, atKey: false, message: enumMessage(error, found) };
     case 'minimum':
     case 'maximum':
     case 'exclusiveMinimum':
@@ -115,14 +123,8 @@ function explainOne(error: SchemaError): ExplainedError {
     case 'minLength':
     case 'maxLength':
       return { keyPath, atKey: false, message: sizeMessage(error, found, keyPath) };
-    case 'pattern': {
-      const description = parent?.description?.split(/(?<=\.)\s/)[0];
-      return {
-        keyPath,
-        atKey: false,
-        message: `found ${found}, expected ${description ? `${description.replace(/\.$/, '')} (pattern ${String(params.pattern)})` : `a match of ${String(params.pattern)}`}`,
-      };
-    }
+    case 'pattern':
+      return { keyPath, atKey: false, message: patternMessage(parent, found, String(params.pattern)) };
     case 'oneOf': {
       const branches = (error.schema as SchemaNode[]) ?? [];
       const types = branches.map((branch) => branch.type ?? (branch.enum ? 'string' : 'value'));

@@ -68,27 +68,51 @@ export function locationAt(source: YamlSource, offset: number): Location {
   return { file: source.displayName, line, column: col };
 }
 
-/** Reads and parses one YAML file; syntax errors become problems with line and column. */
-export function parseYamlFile(file: string, displayName: string, problems: Problem[]): YamlSource | undefined {
-  let text: string;
+/** The file's text, or a problem: missing, a folder, or larger than an experiment may be. */
+function readExperimentText(file: string, displayName: string, problems: Problem[]): string | undefined {
+  const problem = (message: string) => problems.push({ location: { file: displayName }, keyPath: '', message });
   try {
     const size = fs.statSync(file).size;
     if (size > maxExperimentFileBytes) {
-      problems.push({
-        location: { file: displayName },
-        keyPath: '',
-        message: `${size} bytes; an experiment file may be at most ${maxExperimentFileBytes} bytes (1 MiB)`,
-      });
+      problem(`${size} bytes; an experiment file may be at most ${maxExperimentFileBytes} bytes (1 MiB)`);
       return undefined;
     }
-    text = fs.readFileSync(file, 'utf8');
+    return fs.readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const reason =
-      code === 'ENOENT' ? 'file not found' : code === 'EISDIR' ? 'is a folder, expected a YAML file' : String(error);
-    problems.push({ location: { file: displayName }, keyPath: '', message: reason });
+    problem(
+      code === 'ENOENT' ? 'file not found' : code === 'EISDIR' ? 'is a folder, expected a YAML file' : String(error),
+    );
     return undefined;
   }
+}
+
+/** The document as plain values, or a problem: aliases that expand too far, or not a mapping at the top. */
+function documentValue(source: YamlSource, problems: Problem[]): PlainObject | undefined {
+  let value: unknown;
+  try {
+    value = source.doc.toJS({ maxAliasCount: 100 });
+  } catch (error) {
+    // The yaml library refuses documents whose aliases expand too far (a "billion laughs").
+    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    problems.push({ location: { file: source.displayName }, keyPath: '', message: `cannot read the YAML: ${reason}` });
+    return undefined;
+  }
+  if (isPlainObject(value)) return value;
+  const found =
+    value === null || value === undefined ? 'an empty document' : Array.isArray(value) ? 'a list' : `a ${typeof value}`;
+  problems.push({
+    location: { file: source.displayName, line: 1, column: 1 },
+    keyPath: '',
+    message: `found ${found}, expected a mapping of keys (name:, dataset:, ...)`,
+  });
+  return undefined;
+}
+
+/** Reads and parses one YAML file; syntax errors become problems with line and column. */
+export function parseYamlFile(file: string, displayName: string, problems: Problem[]): YamlSource | undefined {
+  const text = readExperimentText(file, displayName, problems);
+  if (text === undefined) return undefined;
   const lineCounter = new LineCounter();
   const doc = YAML.parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const source: YamlSource = { file, displayName, doc, lineCounter, value: {} };
@@ -107,32 +131,8 @@ export function parseYamlFile(file: string, displayName: string, problems: Probl
     problems.push(...forbidden);
     return undefined;
   }
-  let value: unknown;
-  try {
-    value = doc.toJS({ maxAliasCount: 100 });
-  } catch (error) {
-    // The yaml library refuses documents whose aliases expand too far (a "billion laughs").
-    problems.push({
-      location: { file: displayName },
-      keyPath: '',
-      message: `cannot read the YAML: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`,
-    });
-    return undefined;
-  }
-  if (!isPlainObject(value)) {
-    const found =
-      value === null || value === undefined
-        ? 'an empty document'
-        : Array.isArray(value)
-          ? 'a list'
-          : `a ${typeof value}`;
-    problems.push({
-      location: { file: displayName, line: 1, column: 1 },
-      keyPath: '',
-      message: `found ${found}, expected a mapping of keys (name:, dataset:, ...)`,
-    });
-    return undefined;
-  }
+  const value = documentValue(source, problems);
+  if (!value) return undefined;
   source.value = value;
   return source;
 }

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { execa, type Options, type ResultPromise } from 'execa';
 import { projectRoot } from './project.ts';
 
@@ -99,6 +100,6 @@ export async function stopGroup(child: ResultPromise<Options>, graceMs = 10_000)
   await child;
   while (child.pid && groupAlive(child.pid)) {
     if (Date.now() > deadline) signalGroup(child, 'SIGKILL');
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await delay(50);
   }
 }

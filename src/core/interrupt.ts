@@ -1,3 +1,4 @@
+import { InterruptedError } from './errors.ts';
 import type { Logger } from './log.ts';
 
 /**
@@ -8,22 +9,21 @@ import type { Logger } from './log.ts';
  */
 export const stopSignals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 export interface Interrupt {
-  readonly requested: boolean;
+  /** Aborted by the first stop signal; the work below checks it at its safe points or listens for it. */
+  readonly signal: AbortSignal;
   release(): void;
 }
 
 export function listenForInterrupt(log: Logger, what = 'stopping after the current batch'): Interrupt {
-  let requested = false;
-  const onSignal = () => {
-    if (requested) process.exit(130);
-    requested = true;
+  const controller = new AbortController();
+  const onSignal = (name: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(130);
+    controller.abort(new InterruptedError(`interrupted by ${name}`));
     log.warn(`interrupt: ${what} (Ctrl-C again to quit at once)`);
   };
   for (const signal of stopSignals) process.on(signal, onSignal);
   return {
-    get requested() {
-      return requested;
-    },
+    signal: controller.signal,
     release() {
       for (const signal of stopSignals) process.off(signal, onSignal);
     },

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { UserError } from './errors.ts';
 import { isProcessAlive } from './files.ts';
 
@@ -143,7 +144,7 @@ export class FolderLock {
         if (!(error instanceof LockedError) || Date.now() > deadline) throw error;
         if (!told) options.onWait?.(error.owner);
         told = true;
-        await new Promise((resolve) => setTimeout(resolve, 250));
+        await delay(250);
       }
     }
   }

@@ -155,6 +155,75 @@ const LOAD_CHUNK = 64;
 /** Below this many images a split is decoded on the calling thread only. */
 const POOL_MIN_IMAGES = 256;
 
+/** Why an image is left out of its split, for the record of skipped files. */
+function skippedReason(error: unknown): string {
+  const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+  return error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}`;
+}
+
+/** Stream mode without a pixel file: only each file's header is checked now; batches decode later. */
+function checkHeaders(samples: Sample[], maxPixels: number): { good: Sample[]; bad: SkippedFile[] } {
+  const good: Sample[] = [];
+  const bad: SkippedFile[] = [];
+  for (const sample of samples) {
+    try {
+      checkImageHeader(fs.readFileSync(sample.file), maxPixels);
+      good.push(sample);
+    } catch (error) {
+      bad.push({ file: sample.file, reason: skippedReason(error) });
+    }
+  }
+  return { good, bad };
+}
+
+/**
+ * Decodes every sample, in chunks on the decode threads (two chunks in flight: the threads
+ * decode the next while this thread copies one), and hands each good image's pixels to
+ * `keep` with its index among the good ones. A file a thread could not decode is tried once
+ * more here, so its error is this process's own.
+ */
+function decodeAll(
+  samples: Sample[],
+  size: ImageSize,
+  maxPixels: number,
+  keep: (bytes: Uint8Array, at: number) => void,
+): { good: Sample[]; bad: SkippedFile[] } {
+  const good: Sample[] = [];
+  const bad: SkippedFile[] = [];
+  const perImage = size[0] * size[1] * 3;
+  const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
+  // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
+  const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
+  const chunks: Sample[][] = [];
+  for (let start = 0; start < samples.length; start += LOAD_CHUNK)
+    chunks.push(samples.slice(start, start + LOAD_CHUNK));
+  const submit = (chunk: Sample[]) =>
+    (pool ?? DecodePool.none).submit(
+      chunk.map((s) => s.file),
+      size,
+      maxPixels,
+    );
+  let ahead = chunks.length > 0 ? submit(chunks[0]) : undefined;
+  chunks.forEach((chunk, c) => {
+    const current = ahead!;
+    ahead = c + 1 < chunks.length ? submit(chunks[c + 1]) : undefined;
+    const decoded = current.wait(decodeHere);
+    chunk.forEach((sample, i) => {
+      if (decoded.failed.includes(i)) {
+        try {
+          decodeHere(sample.file);
+        } catch (error) {
+          bad.push({ file: sample.file, reason: skippedReason(error) });
+          return;
+        }
+      }
+      keep(decoded.pixels.subarray(i * perImage, (i + 1) * perImage), good.length);
+      good.push(sample);
+    });
+  });
+  return { good, bad };
+}
+
 /**
  * One split's images at the training size, as uint8 (H x W x 3 bytes each). In memory mode
  * every image is decoded once and kept; in stream mode batches are decoded from disk when
@@ -196,24 +265,11 @@ export class ImageSplit {
     maxPixels = defaultMaxImagePixels,
     pixelDir?: string,
   ): { split: ImageSplit; bad: SkippedFile[] } {
-    const bad: SkippedFile[] = [];
-    const good: Sample[] = [];
-    const perImage = size[0] * size[1] * 3;
-    const reasonOf = (error: unknown) => {
-      const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
-      return error instanceof ImageTooLargeError ? `too large: ${reason}` : `cannot decode: ${reason}`;
-    };
     if (mode === 'stream' && !pixelDir) {
-      for (const sample of samples) {
-        try {
-          checkImageHeader(fs.readFileSync(sample.file), maxPixels);
-          good.push(sample);
-        } catch (error) {
-          bad.push({ file: sample.file, reason: reasonOf(error) });
-        }
-      }
+      const { good, bad } = checkHeaders(samples, maxPixels);
       return { split: new ImageSplit(good, size, mode, maxPixels), bad };
     }
+    const perImage = size[0] * size[1] * 3;
     // Memory: one buffer for the whole split, written in place. Stream: a file unlinked as
     // soon as it is open, so the OS frees it when tlx exits, however it exits.
     const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
@@ -224,37 +280,7 @@ export class ImageSplit {
         : writingTo(pixelDir!, 'decoded pixels (dataset.storage: stream)', () =>
             fs.writeSync(pixelFile!, bytes, 0, perImage, at * perImage),
           );
-    const decodeHere = (file: string) => decodeToBytes(fs.readFileSync(file), size, maxPixels);
-    // Threads pay for their start-up (each loads TensorFlow) only on larger splits.
-    const pool = samples.length >= POOL_MIN_IMAGES ? DecodePool.shared() : undefined;
-    const chunks: Sample[][] = [];
-    for (let start = 0; start < samples.length; start += LOAD_CHUNK)
-      chunks.push(samples.slice(start, start + LOAD_CHUNK));
-    // Two chunks in flight: the decode threads start the next while this thread copies one.
-    const submit = (chunk: Sample[]) =>
-      (pool ?? DecodePool.none).submit(
-        chunk.map((s) => s.file),
-        size,
-        maxPixels,
-      );
-    let ahead = chunks.length > 0 ? submit(chunks[0]) : undefined;
-    chunks.forEach((chunk, c) => {
-      const current = ahead!;
-      ahead = c + 1 < chunks.length ? submit(chunks[c + 1]) : undefined;
-      const decoded = current.wait(decodeHere);
-      chunk.forEach((sample, i) => {
-        if (decoded.failed.includes(i)) {
-          try {
-            decodeHere(sample.file);
-          } catch (error) {
-            bad.push({ file: sample.file, reason: reasonOf(error) });
-            return;
-          }
-        }
-        keep(decoded.pixels.subarray(i * perImage, (i + 1) * perImage), good.length);
-        good.push(sample);
-      });
-    });
+    const { good, bad } = decodeAll(samples, size, maxPixels, keep);
     const split = new ImageSplit(good, size, mode, maxPixels);
     if (pixels) split.pixels = bad.length > 0 ? pixels.slice(0, good.length * perImage) : pixels;
     if (pixelFile !== undefined) {

@@ -47,8 +47,8 @@ interface Pending {
 }
 
 export interface CallOptions {
-  /** Polled while the call runs; when set, the worker is stopped and the call throws InterruptedError. */
-  interrupt?: { readonly requested: boolean };
+  /** When it aborts, the worker is stopped and the call throws InterruptedError. */
+  signal?: AbortSignal;
   timeoutMs?: number;
 }
 
@@ -132,10 +132,15 @@ export class PythonWorker implements Exporter {
     const id = this.nextId++;
     return new Promise<Report>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      let poll: NodeJS.Timeout | undefined;
+      const onAbort = () => {
+        this.pending.delete(id);
+        done();
+        this.kill();
+        reject(new InterruptedError(`interrupted during ${op}`));
+      };
       const done = () => {
         clearTimeout(timer);
-        clearInterval(poll);
+        options.signal?.removeEventListener('abort', onAbort);
       };
       this.pending.set(id, {
         resolve: (report) => {
@@ -161,16 +166,8 @@ export class PythonWorker implements Exporter {
           );
         }, options.timeoutMs);
       }
-      if (options.interrupt) {
-        const interrupt = options.interrupt;
-        poll = setInterval(() => {
-          if (!interrupt.requested) return;
-          this.pending.delete(id);
-          done();
-          this.kill();
-          reject(new InterruptedError(`interrupted during ${op}`));
-        }, 100);
-      }
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
       this.child.stdin!.write(`${JSON.stringify({ id, op, ...request })}\n`);
     });
   }

@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as wait } from 'node:timers/promises';
 import { UserError, errorMessage } from '../core/errors.ts';
 import { fsyncFile, removeDeadTemps, writeFileAtomic } from '../core/files.ts';
 import { digestOfFile, sha256Hex, sha256OfFile } from '../core/hash.ts';
@@ -11,7 +12,7 @@ import { FolderLock } from '../core/lock.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import { artifactScheme, resolveArtifactUri } from './mlflow-artifacts.ts';
-import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus, sleep } from './retry.ts';
+import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus } from './retry.ts';
 import { formatBytes } from '../core/bytes.ts';
 
 /**
@@ -259,7 +260,7 @@ async function fetchWithRetries(
         { url: redactUrl(url), reason: error.message, retryInMs: Math.round(delay) },
         'download failed; retrying',
       );
-      await sleep(delay);
+      await wait(delay);
     }
   }
 }

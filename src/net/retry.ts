@@ -17,10 +17,6 @@ export function backoffMs(baseMs: number, attempt: number): number {
   return baseMs * 2 ** attempt * (0.5 + Math.random());
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** Network errors that another attempt cannot fix: the host name does not resolve. */
 export function isPermanentNetworkError(error: unknown): boolean {
   const code =

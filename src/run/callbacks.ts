@@ -88,10 +88,10 @@ export class RunRecorder implements Callback {
 
 /** Ctrl-C: stop after the current batch (the engine then ends the phase as interrupted). */
 export class InterruptCallback implements Callback {
-  constructor(private readonly interrupt: { readonly requested: boolean }) {}
+  constructor(private readonly signal: AbortSignal) {}
 
   onBatchEnd(_progress: BatchProgress, control: TrainingControl): void {
-    if (this.interrupt.requested) control.stop('interrupted');
+    if (this.signal.aborted) control.stop('interrupted');
   }
 }
 

@@ -15,7 +15,7 @@ export interface ExportFinishedOptions {
   cacheDir?: string;
   log: Logger;
   exporter?: Exporter;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   /** Data already decoded for this config (a sweep's). */
   prepareData?: (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => Promise<PreparedDataset>;
 }
@@ -64,7 +64,7 @@ export async function exportFinishedRun(folder: RunFolder, options: ExportFinish
       log: options.log,
       mode: options.mode,
       exporter: options.exporter,
-      interrupt: options.interrupt,
+      signal: options.signal,
       finalWeights: summary.final_weights,
     });
     if (record.status === 'verified') {

@@ -30,7 +30,7 @@ export interface ExportJob {
   /** Another mode than the config's: written to tflite-<mode>/ beside the main export. */
   mode?: Quantization;
   exporter?: Exporter;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   /** Which epoch's weights the run saved (summary.json's final_weights). */
   finalWeights?: FinalWeights;
 }
@@ -97,7 +97,7 @@ export async function exportToFolder(job: ExportJob): Promise<TfliteRecord> {
       seed: config.seed,
       maxImagePixels: config.dataset.max_image_pixels ?? defaultMaxImagePixels,
       exporter: job.exporter ?? owned!,
-      call: { interrupt: job.interrupt },
+      call: { signal: job.signal },
       log,
     });
     const relative = configured ? '.' : `tflite-${options.quantization}`;
@@ -137,7 +137,7 @@ export async function exportStage(
       measured: evaluation.measured,
       log: context.log,
       exporter: context.exporter,
-      interrupt: options.interrupt,
+      signal: options.signal,
       finalWeights,
     });
   } finally {

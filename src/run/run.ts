@@ -18,7 +18,7 @@ import { describeClassifier, exportStage } from './export-stage.ts';
 import { recordSummary } from './summary.ts';
 import { restoreBestWeights, trainPhases } from './train-stage.ts';
 import type { RunProgress, RunProgressFactory } from './progress.ts';
-import { findResumePoint } from './resume.ts';
+import { findResumePoint, type ResumePoint } from './resume.ts';
 import { startTracking, type RunTracking } from './tracking.ts';
 
 /**
@@ -33,7 +33,7 @@ export interface RunOptions {
   cacheDir?: string;
   log: Logger;
   /** Ctrl-C: the run stops after the current batch (or stops its export) and is KILLED. */
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   /** MLflow parent run (sweep trials). */
   parentRunId?: string;
   /** Data already prepared for this config (a sweep decodes once for all its trials). */
@@ -108,6 +108,45 @@ export class ExportFailedError extends Error {
   override name = 'ExportFailedError';
 }
 
+/** The stages after the model is built: memory, train, evaluate, export, record; `onStage` names each as it starts. */
+async function trainAndRecord(
+  context: RunContext,
+  data: PreparedDataset,
+  model: RunModel,
+  point: ResumePoint,
+  onStage: (stage: string) => void,
+): Promise<RunSummary> {
+  onStage('memory');
+  const memory = estimateRunMemory(context, model, data);
+  warmExporter(context, model);
+  onStage('train');
+  const { summaries: phases, lastValidation } = await trainPhases(context, model, data, point);
+  onStage('evaluate');
+  const finalWeights = restoreBestWeights(context, model);
+  const evaluation = await evaluateFinal(context, model, data, lastValidation);
+  onStage('export');
+  const exported = await exportStage(context, model, data, evaluation, finalWeights);
+  onStage('record');
+  const summary = recordSummary(context, { data, model, phases, finalWeights, evaluation, exported, memory });
+  const failure = summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined;
+  await closeRun(context, summary.status, failure);
+  if (exported?.status === 'failed')
+    throw new ExportFailedError(
+      `export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`,
+    );
+  return summary;
+}
+
+/**
+ * Data tlx refuses (one class, empty class folders, no such folder) and training that cannot
+ * fit in memory are problems of the experiment, not runs: a new run leaves no folder behind.
+ * Sweep trials keep theirs (the sweep's record points at it).
+ */
+function discardsFolder(start: RunStart, stage: string, error: unknown): boolean {
+  const newRun = !('resume' in start) && !start.trial && !start.runId;
+  return (stage === 'data' || stage === 'memory') && error instanceof UserError && newRun;
+}
+
 /** Starts a new run, or continues one, and returns its summary. */
 export async function executeRun(start: RunStart, options: RunOptions): Promise<RunResult> {
   const context = openRun(start, options);
@@ -120,48 +159,17 @@ export async function executeRun(start: RunStart, options: RunOptions): Promise<
     stage = 'model';
     const model = await buildModel(context, data, point);
     try {
-      stage = 'memory';
-      const memory = estimateRunMemory(context, model, data);
-      warmExporter(context, model);
-      stage = 'train';
-      const { summaries: phases, lastValidation } = await trainPhases(context, model, data, point);
-      stage = 'evaluate';
-      const finalWeights = restoreBestWeights(context, model);
-      const evaluation = await evaluateFinal(context, model, data, lastValidation);
-      stage = 'export';
-      const exported = await exportStage(context, model, data, evaluation, finalWeights);
-      stage = 'record';
-      const summary = recordSummary(context, { data, model, phases, finalWeights, evaluation, exported, memory });
-      await closeRun(
-        context,
-        summary.status,
-        summary.error ? { error: summary.error, stage: summary.failed_stage } : undefined,
-      );
-      if (exported?.status === 'failed')
-        throw new ExportFailedError(
-          `export failed: ${exported.problems.join('; ')} (the trained model and its results are kept in ${context.folder.dir})`,
-        );
+      const summary = await trainAndRecord(context, data, model, point, (next) => (stage = next));
       return { folder: context.folder, summary };
     } finally {
       disposeModel(model);
     }
   } catch (error) {
-    // Data tlx refuses (one class, empty class folders, no such folder) and training that cannot
-    // fit in memory are problems of the experiment, not runs: a new run leaves no folder behind.
-    // Sweep trials keep theirs (the sweep's record points at it).
-    discard =
-      (stage === 'data' || stage === 'memory') &&
-      error instanceof UserError &&
-      !('resume' in start) &&
-      !start.trial &&
-      !start.runId;
+    discard = discardsFolder(start, stage, error);
     if (!discard && !(error instanceof ExportFailedError)) {
       const interrupted = error instanceof InterruptedError;
-      await closeRun(
-        context,
-        interrupted ? 'KILLED' : 'FAILED',
-        interrupted ? undefined : { error: errorMessage(error), stage },
-      );
+      const failure = interrupted ? undefined : { error: errorMessage(error), stage };
+      await closeRun(context, interrupted ? 'KILLED' : 'FAILED', failure);
     }
     throw error;
   } finally {

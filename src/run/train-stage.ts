@@ -1,4 +1,4 @@
-import type { Tensor } from '@tensorflow/tfjs-node';
+import type { Optimizer, Tensor } from '@tensorflow/tfjs-node';
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
@@ -170,6 +170,33 @@ export function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs[
   return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };
 }
 
+/** The callbacks of one phase: Ctrl-C, early stopping, the run's record, the epoch log, progress and live tracking. */
+function phaseCallbacks(
+  context: RunContext,
+  model: RunModel,
+  optimizer: Optimizer,
+  earlyStopping: EarlyStopping | undefined,
+): Callback[] {
+  const { folder, log, options } = context;
+  const recorded = folder.readMetrics().records.filter((r) => r.epoch > 0);
+  const recorder = new RunRecorder(
+    folder,
+    model.classifier.model,
+    optimizer,
+    { bestValAccuracy: Math.max(-1, ...recorded.map((r) => r.val_accuracy)) },
+    earlyStopping,
+    (phase, outcome) => context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } }),
+  );
+  return [
+    ...(options.signal ? [new InterruptCallback(options.signal)] : []),
+    ...(earlyStopping ? [earlyStopping] : []),
+    recorder,
+    new EpochLog(log),
+    ...(context.progress ? [context.progress.callback()] : []),
+    ...(context.tracking ? [new TrackingCallback(() => context.tracking!.update())] : []),
+  ];
+}
+
 async function trainPhase(
   context: RunContext,
   model: RunModel,
@@ -178,37 +205,19 @@ async function trainPhase(
   span: PhaseSpan & { phase: Phase },
   beforeTraining?: FitInputs['beforeTraining'],
 ): Promise<ValidatedWeights | undefined> {
-  const { config, folder, log, options } = context;
+  const { config, folder, log } = context;
   const settings = config.train[span.phase];
   const optimizer = createOptimizer(settings.optimizer);
   try {
     const inside = continuesInside(span, point);
     if (inside) await loadOptimizerState(point.checkpoint!.dir, optimizer);
     const earlyStopping = earlyStoppingFor(context, model, span.phase, point, inside);
-    const recorded = folder.readMetrics().records.filter((r) => r.epoch > 0);
-    const recorder = new RunRecorder(
-      folder,
-      model.classifier.model,
-      optimizer,
-      { bestValAccuracy: Math.max(-1, ...recorded.map((r) => r.val_accuracy)) },
-      earlyStopping,
-      (phase, outcome) => context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } }),
-    );
-    const callbacks: Callback[] = [
-      ...(options.interrupt ? [new InterruptCallback(options.interrupt)] : []),
-      ...(earlyStopping ? [earlyStopping] : []),
-      recorder,
-      new EpochLog(log),
-      ...(context.progress ? [context.progress.callback()] : []),
-      ...(context.tracking ? [new TrackingCallback(() => context.tracking!.update())] : []),
-    ];
+    const callbacks = phaseCallbacks(context, model, optimizer, earlyStopping);
+    const trainable = model.classifier.model.trainableWeights.length;
+    const epochs = `${span.resumeAfter + 1}..${span.last}`;
     log.info(
-      {
-        phase: span.phase,
-        trainable_variables: model.classifier.model.trainableWeights.length,
-        epochs: `${span.resumeAfter + 1}..${span.last}`,
-      },
-      `phase ${span.phase}: ${model.classifier.model.trainableWeights.length} trainable variables`,
+      { phase: span.phase, trainable_variables: trainable, epochs },
+      `phase ${span.phase}: ${trainable} trainable variables`,
     );
     const end = await fitPhase(
       {

@@ -20,7 +20,7 @@ export interface LocalOptions {
   log: Logger;
   /** Trials at once (1 by default: TensorFlow already uses every core). */
   parallel: number;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   progress?: RunProgressFactory;
 }
 
@@ -79,7 +79,7 @@ export class LocalScheduler implements TrialScheduler {
         .find((s) => s.trial !== job.plan.index && s.status === 'finished' && s.run_dir);
       await this.execute(job, stateOf(job), { planned, hooks, leader, members });
     };
-    const stopped = () => Boolean(this.options.interrupt?.requested);
+    const stopped = () => Boolean(this.options.signal?.aborted);
     await inParallel(leaders, this.options.parallel, execute, stopped);
     await inParallel(followers, this.options.parallel, execute, stopped);
     return states.every(ended);
@@ -152,7 +152,7 @@ export class LocalScheduler implements TrialScheduler {
     job: TrialJob,
     context: { planned: SweepPlanned; hooks: SchedulerHooks; members: TrialJob[] },
   ): RunOptions {
-    const { runsDir, cacheDir, log, interrupt, progress } = this.options;
+    const { runsDir, cacheDir, log, signal, progress } = this.options;
     const tflite = Boolean(context.planned.base.config.export.tflite);
     const exportsTrials = context.planned.exportPolicy === 'all' && tflite;
     const onOpen = (opened: RunFolder) => {
@@ -171,7 +171,7 @@ export class LocalScheduler implements TrialScheduler {
       log,
       prepareData: this.prepareData,
       parentRunId: context.hooks.parentRunId,
-      interrupt,
+      signal,
       progress,
       export: exportsTrials,
       exporter: exportsTrials ? this.sharedExporter() : undefined,

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobJsonRaw } from 'bullmq';
 import { Redis } from 'ioredis';
 import { minimalEnv, signalGroup, spawnChild } from '../core/child.ts';
@@ -366,10 +367,6 @@ function stopOnSignals(worker: Worker, state: WorkerState, log: Logger, connecte
 
 /** Waits for a promise at most this long (closing against an unreachable Redis never ends). */
 async function withinSeconds(promise: Promise<unknown>, seconds: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    promise.catch(() => undefined),
-    new Promise((resolve) => (timer = setTimeout(resolve, seconds * 1000))),
-  ]);
-  clearTimeout(timer);
+  // An unref'd timer: a close that does finish lets the process exit without waiting it out.
+  await Promise.race([promise.catch(() => undefined), delay(seconds * 1000, undefined, { ref: false })]);
 }

@@ -30,7 +30,7 @@ export interface QueuedOptions {
   /** This machine's runs folder: the best trial is brought home here. */
   runsDir: string;
   log: Logger;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   pollMs?: number;
 }
 
@@ -119,7 +119,7 @@ export class QueueScheduler implements TrialScheduler {
       }
       hooks.save();
       if (states.every(ended)) return true;
-      if (!this.options.wait || this.options.interrupt?.requested) return false;
+      if (!this.options.wait || this.options.signal?.aborted) return false;
       await sleep(this.options.pollMs ?? 1000);
     }
   }

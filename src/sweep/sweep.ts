@@ -45,7 +45,7 @@ export interface SweepOptions {
   runsDir: string;
   cacheDir?: string;
   log: Logger;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   progress?: RunProgressFactory;
   /**
    * Run the trials on `tlx worker` processes through this queue. `enqueue`: send the trials
@@ -153,7 +153,7 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
         log.warn({ sweep: planned.id, pid: owner?.pid }, `taking over the lock of sweep ${planned.id} (${reason})`),
     });
   const scheduler: TrialScheduler = queue
-    ? new QueueScheduler({ ...queue, queueUrl: queue.url, runsDir: options.runsDir, log, interrupt: options.interrupt })
+    ? new QueueScheduler({ ...queue, queueUrl: queue.url, runsDir: options.runsDir, log, signal: options.signal })
     : new LocalScheduler(options);
   try {
     const states = readOnly ? reconcile(folder.readStatus(), planned.jobs) : recordPlan(folder, planned, log);
@@ -168,7 +168,7 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
       save,
       onTrialEnd: options.onTrialEnd,
     });
-    if (options.interrupt?.requested) throw new InterruptedError(interruptedMessage(planned.id, Boolean(queue)));
+    if (options.signal?.aborted) throw new InterruptedError(interruptedMessage(planned.id, Boolean(queue)));
     if (!complete || readOnly)
       return {
         dir: folder.dir,
@@ -222,7 +222,7 @@ async function report(
     await exportBest(bestFolder, {
       cacheDir: options.cacheDir,
       log,
-      interrupt: options.interrupt,
+      signal: options.signal,
       ...scheduler.exportServices(),
     });
   }

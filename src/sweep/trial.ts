@@ -89,7 +89,7 @@ export interface QueuedTrialOptions {
   runsDir: string;
   cacheDir?: string;
   log: Logger;
-  interrupt?: { readonly requested: boolean };
+  signal?: AbortSignal;
   /** The worker's tracking server: its artifact store holds the trial's copy. */
   client: MlflowClient;
   /** The queue job: a lock the same job left on a dead worker's process is taken over. */
@@ -128,7 +128,7 @@ export async function runQueuedTrial(task: TrialTask, options: QueuedTrialOption
     runsDir,
     cacheDir: options.cacheDir,
     log,
-    interrupt: options.interrupt,
+    signal: options.signal,
     parentRunId: task.parentRunId,
     export: task.exportModel,
     register: false,

@@ -2,16 +2,11 @@ import fs from 'node:fs';
 import nodePath from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as wait } from 'node:timers/promises';
 import { tempPathFor } from '../core/files.ts';
 import { redactText, redactUrl } from '../core/redact.ts';
 import { authHeader } from '../net/mlflow-artifacts.ts';
-import {
-  backoffMs as backoffDelay,
-  isPermanentNetworkError,
-  retryAfterMs,
-  retryableStatus,
-  sleep,
-} from '../net/retry.ts';
+import { backoffMs as backoffDelay, isPermanentNetworkError, retryAfterMs, retryableStatus } from '../net/retry.ts';
 
 /**
  * A small typed client for MLflow's documented REST API (/api/2.0/mlflow/...) and its
@@ -274,7 +269,7 @@ export class MlflowClient {
 
   private sleep(attempt: number, override?: number): Promise<void> {
     const delay = override ?? backoffDelay(this.backoffMs, attempt);
-    return sleep(this.deadline === undefined ? delay : Math.max(0, Math.min(delay, this.deadline - Date.now())));
+    return wait(this.deadline === undefined ? delay : Math.max(0, Math.min(delay, this.deadline - Date.now())));
   }
 
   private static missing(error: unknown): boolean {

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
+import { setTimeout as delay } from 'node:timers/promises';
 import { minimalEnv, spawnChild, stopGroup } from '../core/child.ts';
 import { projectRoot, venvPython } from '../core/project.ts';
 
@@ -57,6 +58,30 @@ export function mlflowExecutable(): string {
   return path.join(projectRoot, '.venv', 'bin', 'mlflow');
 }
 
+/** MLflow's own `server` command line (run in one process by python/tlx_mlflow_server.py) for this data folder and port. */
+function serverArgs(options: ServerOptions, port: number): string[] {
+  return [
+    path.join(projectRoot, 'python', 'tlx_mlflow_server.py'),
+    ...['--host', '127.0.0.1', '--port', String(port), '--workers', '1'],
+    ...['--backend-store-uri', `sqlite:///${path.resolve(options.dataDir, 'mlflow.db')}`],
+    ...['--artifacts-destination', path.resolve(options.dataDir, 'artifacts')],
+    ...(options.extraArgs ?? []),
+  ];
+}
+
+/** Keeps the server's last 50 output lines (for the error when it does not start) and passes each on. */
+function tailOf(child: ReturnType<typeof spawnChild>, onOutput?: (line: string) => void): string[] {
+  const output: string[] = [];
+  for (const stream of [child.stdout!, child.stderr!]) {
+    readline.createInterface({ input: stream }).on('line', (line) => {
+      output.push(line);
+      if (output.length > 50) output.shift();
+      onOutput?.(line);
+    });
+  }
+  return output;
+}
+
 export async function startMlflowServer(options: ServerOptions): Promise<MlflowServer> {
   if (!fs.existsSync(mlflowExecutable()))
     throw new Error(`MLflow is not installed in .venv (${mlflowExecutable()}); run \`npm install\``);
@@ -64,43 +89,19 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
   const port = options.port ?? (await freePort());
   const url = `http://127.0.0.1:${port}`;
   if (await healthy(url)) throw new Error(`port ${port} is already in use by another server`);
-  const child = spawnChild(
-    venvPython(),
-    [
-      path.join(projectRoot, 'python', 'tlx_mlflow_server.py'),
-      '--host',
-      '127.0.0.1',
-      '--port',
-      String(port),
-      '--workers',
-      '1',
-      '--backend-store-uri',
-      `sqlite:///${path.resolve(options.dataDir, 'mlflow.db')}`,
-      '--artifacts-destination',
-      path.resolve(options.dataDir, 'artifacts'),
-      ...(options.extraArgs ?? []),
-    ],
+  const child = spawnChild(venvPython(), serverArgs(options, port), {
     // Job execution (MLflow's GenAI jobs) starts five more Python processes; tlx uses none of it.
-    {
-      env: minimalEnv({
-        MLFLOW_DISABLE_TELEMETRY: 'true',
-        DO_NOT_TRACK: 'true',
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false',
-        ...options.env,
-      }),
-      buffer: false,
-      cwd: options.dataDir,
-      tiedToParent: true,
-    },
-  );
-  const output: string[] = [];
-  for (const stream of [child.stdout!, child.stderr!]) {
-    readline.createInterface({ input: stream }).on('line', (line) => {
-      output.push(line);
-      if (output.length > 50) output.shift();
-      options.onOutput?.(line);
-    });
-  }
+    env: minimalEnv({
+      MLFLOW_DISABLE_TELEMETRY: 'true',
+      DO_NOT_TRACK: 'true',
+      MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'false',
+      ...options.env,
+    }),
+    buffer: false,
+    cwd: options.dataDir,
+    tiedToParent: true,
+  });
+  const output = tailOf(child, options.onOutput);
   let exited = false;
   void child.then(() => {
     exited = true;
@@ -111,7 +112,7 @@ export async function startMlflowServer(options: ServerOptions): Promise<MlflowS
       await stopGroup(child, 1000);
       throw new Error(`mlflow server did not start on ${url}:\n${output.slice(-15).join('\n')}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    await delay(250);
   }
   return {
     url,

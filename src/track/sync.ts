@@ -12,6 +12,7 @@ import type {
   RunJson,
   RunSummary,
   ServerState,
+  TfliteRecord,
 } from '../run-folder/records.ts';
 import { shortRunName, type RunFolder } from '../run-folder/run-folder.ts';
 import { defaultView, defaultViewKey, saveRunsView } from './views.ts';
@@ -353,6 +354,80 @@ async function syncArtifacts(
 }
 
 /** The exported TFLite file as an MLflow 3 logged model of the run (with labels and card), and a registry version when asked. */
+type LoggedModelState = NonNullable<ServerState['logged_model']>;
+
+/** The export as an MLflow 3 logged model of the run (found again by its tags after a crash), with its files; undefined while an upload is pending. */
+async function logTfliteModel(
+  sync: ServerSync,
+  client: MlflowClient,
+  folder: RunFolder,
+  target: { config: ResolvedExperiment; experimentId: string; runId: string; lastEpoch: number },
+  tflite: TfliteRecord,
+  source: string,
+): Promise<LoggedModelState | undefined> {
+  const { config, experimentId, runId, lastEpoch } = target;
+  const tags = [
+    { key: 'tlx.run_id', value: folder.id },
+    { key: 'tlx.source', value: source },
+  ];
+  const found = (await client.findLoggedModels(experimentId, tags))[0];
+  const params = [
+    { key: 'quantization', value: tflite.quantization },
+    { key: 'io_type', value: tflite.io_type },
+    { key: 'bytes', value: String(tflite.bytes) },
+  ];
+  const model =
+    found ??
+    (await client.createLoggedModel(experimentId, `${config.name}-tflite-${tflite.quantization}`, runId, params, [
+      ...tags,
+      { key: 'tlx.format', value: 'tflite' },
+    ]));
+  const root = model.info.artifact_uri.replace(/^mlflow-artifacts:\/+/, '');
+  let uploaded = true;
+  for (const file of ['model.tflite', 'labels.txt', 'model-card.md', 'model-card.json']) {
+    uploaded =
+      (await sync.attempt('model', `${file}@${folder.fingerprint(file)}`, () =>
+        client.uploadArtifact(root, file, folder.pathOf(file)),
+      )) && uploaded;
+  }
+  if (!uploaded) return undefined;
+  if (model.info.status !== 'LOGGED_MODEL_READY') await client.finalizeLoggedModel(model.info.model_id);
+  // MLflow stores a second identical output as a conflict (HTTP 400): look before logging.
+  const outputs = (await client.getRun(runId))?.outputs?.model_outputs ?? [];
+  if (!outputs.some((output) => output.model_id === model.info.model_id))
+    await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
+  return { model_id: model.info.model_id, source, finalized: true };
+}
+
+/** A version of the logged model in the registry under `name` (a version made before a crash is adopted, not made twice). */
+async function registerTfliteModel(
+  sync: ServerSync,
+  client: MlflowClient,
+  folder: RunFolder,
+  name: string,
+  runId: string,
+  logged: LoggedModelState,
+  summary: RunSummary,
+  tflite: TfliteRecord,
+): Promise<void> {
+  await sync.attempt('registry', `${name}@${logged.model_id}`, async () => {
+    await client.ensureRegisteredModel(name);
+    const existing = (
+      await client.searchModelVersions(`name='${name.replace(/'/g, "\\'")}' and run_id='${runId}'`)
+    ).find((v) => v.model_id === logged.model_id || v.source === `models:/${logged.model_id}`);
+    const version =
+      existing ??
+      (await client.createModelVersion(name, `models:/${logged.model_id}`, runId, logged.model_id, [
+        { key: 'test_accuracy', value: String(summary.metrics.final?.test_accuracy ?? '') },
+        { key: 'tflite_accuracy', value: String(tflite.accuracy ?? '') },
+        { key: 'quantization', value: tflite.quantization },
+        { key: 'bytes', value: String(tflite.bytes) },
+        { key: 'tlx.run_id', value: folder.id },
+      ]));
+    sync.save({ model_version: { name, version: String(version.version), source: logged.model_id } });
+  });
+}
+
 async function syncModel(
   sync: ServerSync,
   client: MlflowClient,
@@ -370,60 +445,13 @@ async function syncModel(
   const source = folder.fingerprint('model.tflite');
   let logged = sync.state.logged_model;
   if (!logged || logged.source !== source || !logged.finalized) {
-    const tags = [
-      { key: 'tlx.run_id', value: folder.id },
-      { key: 'tlx.source', value: source },
-    ];
-    const found = (await client.findLoggedModels(experimentId, tags))[0];
-    const model =
-      found ??
-      (await client.createLoggedModel(
-        experimentId,
-        `${config.name}-tflite-${tflite.quantization}`,
-        runId,
-        [
-          { key: 'quantization', value: tflite.quantization },
-          { key: 'io_type', value: tflite.io_type },
-          { key: 'bytes', value: String(tflite.bytes) },
-        ],
-        [...tags, { key: 'tlx.format', value: 'tflite' }],
-      ));
-    const root = model.info.artifact_uri.replace(/^mlflow-artifacts:\/+/, '');
-    let uploaded = true;
-    for (const file of ['model.tflite', 'labels.txt', 'model-card.md', 'model-card.json']) {
-      uploaded =
-        (await sync.attempt('model', `${file}@${folder.fingerprint(file)}`, () =>
-          client.uploadArtifact(root, file, folder.pathOf(file)),
-        )) && uploaded;
-    }
-    if (!uploaded) return;
-    if (model.info.status !== 'LOGGED_MODEL_READY') await client.finalizeLoggedModel(model.info.model_id);
-    // MLflow stores a second identical output as a conflict (HTTP 400): look before logging.
-    const outputs = (await client.getRun(runId))?.outputs?.model_outputs ?? [];
-    if (!outputs.some((output) => output.model_id === model.info.model_id))
-      await client.logOutputs(runId, [{ model_id: model.info.model_id, step: lastEpoch }]);
-    logged = { model_id: model.info.model_id, source, finalized: true };
+    logged = await logTfliteModel(sync, client, folder, { config, experimentId, runId, lastEpoch }, tflite, source);
+    if (!logged) return;
     sync.save({ logged_model: logged });
   }
   const name = config.tracking.mlflow?.register_model;
   if (!register || !name || sync.state.model_version?.source === logged.model_id) return;
-  await sync.attempt('registry', `${name}@${logged.model_id}`, async () => {
-    await client.ensureRegisteredModel(name);
-    // A version created before a crash kept us from recording it: adopt it instead of making a second.
-    const existing = (
-      await client.searchModelVersions(`name='${name.replace(/'/g, "\\'")}' and run_id='${runId}'`)
-    ).find((v) => v.model_id === logged!.model_id || v.source === `models:/${logged!.model_id}`);
-    const version =
-      existing ??
-      (await client.createModelVersion(name, `models:/${logged!.model_id}`, runId, logged!.model_id, [
-        { key: 'test_accuracy', value: String(summary.metrics.final?.test_accuracy ?? '') },
-        { key: 'tflite_accuracy', value: String(tflite.accuracy ?? '') },
-        { key: 'quantization', value: tflite.quantization },
-        { key: 'bytes', value: String(tflite.bytes) },
-        { key: 'tlx.run_id', value: folder.id },
-      ]));
-    sync.save({ model_version: { name, version: String(version.version), source: logged!.model_id } });
-  });
+  await registerTfliteModel(sync, client, folder, name, runId, logged, summary, tflite);
 }
 
 /**

@@ -242,8 +242,8 @@ function stepSeed(seed: number, epoch: number, batchIndex: number): number {
   return new Random(seed, 'dropout', epoch, batchIndex).opSeed();
 }
 
-/** One optimizer step: the trainable stage on a batch's frontier, under the tape. */
-function trainStep(
+/** One optimizer step: the trainable stage on a batch's frontier, under the tape (bench/steps.ts times it alone). */
+export function trainStep(
   staged: StagedModel,
   objective: Objective,
   frontier: Tensor[],
@@ -317,21 +317,6 @@ async function trainEpoch(
     if (control.stopReason === 'interrupted') return { loss: Number.NaN, accuracy: Number.NaN, interrupted: true };
   }
   return { loss: lossSum / Math.max(1, seen), accuracy: correct / Math.max(1, seen), interrupted: false };
-}
-
-/** One optimizer step on one batch, as an epoch does it (for the benchmarks). */
-export function trainStepForBench(
-  staged: StagedModel,
-  objective: Objective,
-  images: Tensor4D,
-  labels: Tensor1D,
-  optimizer: TfOptimizer,
-): number {
-  const frontier = staged.frozen(images);
-  const { loss, predicted } = trainStep(staged, objective, frontier, labels, optimizer, 1);
-  const value = loss.dataSync()[0];
-  tf.dispose([loss, predicted, ...frontier]);
-  return value;
 }
 
 /** The model on the validation split: from the phase's cache, or through the whole model. */
