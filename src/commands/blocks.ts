@@ -93,9 +93,9 @@ export function runBlock(folder: RunFolder, summary: RunSummary, style: Style): 
     const [first, second] = exportLines(tflite, style);
     lines.push(`  export  ${first}`, `          ${second}`);
   }
-  lines.push(`  plots   ${path.join(folder.dir, 'plots')}${path.sep}`);
+  lines.push(`  plots   ${folder.pathOf('plots')}${path.sep}`);
   lines.push(
-    `  model   ${tflite?.status === 'verified' ? folder.pathOf('model.tflite') : path.join(folder.dir, 'model', 'model.json')}`,
+    `  model   ${tflite?.status === 'verified' ? folder.pathOf('model.tflite') : folder.pathOf('model/model.json')}`,
   );
   const url = mlflowRunUrl(folder);
   if (url) lines.push(`  mlflow  ${url}`);

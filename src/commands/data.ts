@@ -1,9 +1,10 @@
 import path from 'node:path';
 import { loadExperiment } from '../config/load.ts';
 import type { ResolvedExperiment } from '../config/resolved.ts';
+import { writeFileAtomic } from '../core/files.ts';
 import type { Logger } from '../core/log.ts';
 import { prepareDataset, splitCounts, type PreparedDataset } from '../data/dataset.ts';
-import { writeAugmentationPreview, writeSampleGrid } from '../data/pictures.ts';
+import { augmentationPreviewPng, sampleGridPng } from '../data/pictures.ts';
 import { buildClassifier } from '../models/classifier.ts';
 import { estimateTrainingMemory, judgeTrainingMemory, mebibytes, type TrainingMemory } from '../run/memory-check.ts';
 import { newRunId } from '../run-folder/run-folder.ts';
@@ -44,8 +45,9 @@ export async function dataCommand(options: DataCommandOptions): Promise<void> {
   const dataset = await prepareDataset(config, { baseDir, cacheDir: options.cacheDir, log: options.log });
   const out = path.resolve(options.out ?? path.join(options.runsDir, 'data', newRunId(config.name)));
   const pictures = { samples: path.join(out, 'samples.png'), augmentation: path.join(out, 'augmentation.png') };
-  await writeSampleGrid(dataset.splits.train, dataset.classNames, config.seed, pictures.samples);
-  await writeAugmentationPreview(dataset.splits.train, config.augmentation, config.seed, pictures.augmentation);
+  writeFileAtomic(pictures.samples, await sampleGridPng(dataset.splits.train, dataset.classNames, config.seed));
+  const augmented = await augmentationPreviewPng(dataset.splits.train, config.augmentation, config.seed);
+  writeFileAtomic(pictures.augmentation, augmented);
   const estimate = trainingMemoryOf(config, dataset);
   const { verdict, message } = judgeTrainingMemory(estimate);
   const memory = {

@@ -1,5 +1,3 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { errorMessage, UserError } from '../core/errors.ts';
 import type { RunJson, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
@@ -17,7 +15,7 @@ export interface RunsOptions {
 
 /** What is wrong with a run folder that cannot be read, in one line without the folder's own path. */
 function problemOf(folder: RunFolder, error: unknown): string {
-  if (!fs.existsSync(path.join(folder.dir, 'run.json'))) return 'no run.json (the run record is lost)';
+  if (!folder.hasRunRecord()) return 'no run.json (the run record is lost)';
   return folder.withinFolder(errorMessage(error).split('\n')[0] ?? '');
 }
 

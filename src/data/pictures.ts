@@ -1,7 +1,7 @@
 import type { Tensor3D } from '@tensorflow/tfjs-node';
 import type { TopLevelSpec } from 'vega-lite';
 import type { AugmentationOp } from '../config/resolved.ts';
-import { writeChartPng } from '../plots/render.ts';
+import { chartPng } from '../plots/render.ts';
 import { Random } from '../core/random.ts';
 import { tf } from '../tfjs/tf.ts';
 import { augmentBatch } from './augment.ts';
@@ -50,12 +50,7 @@ function tileSizeFor(height: number, width: number): number {
 }
 
 /** The tutorial's first figure: nine training images with their class names. */
-export async function writeSampleGrid(
-  split: ImageSplit,
-  classNames: string[],
-  seed: number,
-  file: string,
-): Promise<void> {
+export async function sampleGridPng(split: ImageSplit, classNames: string[], seed: number): Promise<Buffer> {
   const [height, width] = split.size;
   const picks = new Random(seed, 'sample_grid').permutation(split.length).slice(0, 9);
   const tiles: Tile[] = [];
@@ -64,16 +59,15 @@ export async function writeSampleGrid(
       caption: classNames[split.labels[index]],
       url: await pngDataUrl(split.imageBytes(index), height, width),
     });
-  await writeChartPng(gridSpec(tiles, 'Training images', tileSizeFor(height, width)), file);
+  return chartPng(gridSpec(tiles, 'Training images', tileSizeFor(height, width)));
 }
 
 /** The tutorial's augmentation figure: one training image, nine augmented versions. */
-export async function writeAugmentationPreview(
+export async function augmentationPreviewPng(
   split: ImageSplit,
   ops: readonly AugmentationOp[],
   seed: number,
-  file: string,
-): Promise<void> {
+): Promise<Buffer> {
   const [height, width] = split.size;
   const index = new Random(seed, 'augmentation_preview').permutation(split.length)[0];
   const original = split.images([index]);
@@ -89,5 +83,5 @@ export async function writeAugmentationPreview(
       url: await pngDataUrl(pixels.subarray(i * per, (i + 1) * per), height, width),
     });
   const title = ops.length ? `Augmentation: ${ops.map((op) => Object.keys(op)[0]).join(', ')}` : 'Augmentation: none';
-  await writeChartPng(gridSpec(tiles, title, tileSizeFor(height, width)), file);
+  return chartPng(gridSpec(tiles, title, tileSizeFor(height, width)));
 }

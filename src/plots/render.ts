@@ -2,7 +2,6 @@ import { Resvg } from '@resvg/resvg-js';
 import * as vega from 'vega';
 import * as vegaLite from 'vega-lite';
 import type { TopLevelSpec } from 'vega-lite';
-import { writeFileAtomic } from '../core/files.ts';
 
 /**
  * Charts are Vega-Lite specs rendered to SVG by Vega, then to PNG by resvg: a charting
@@ -27,7 +26,7 @@ function svgToPng(svg: string, scale = 2): Buffer {
   return Buffer.from(resvg.render().asPng());
 }
 
-/** Renders a chart to a PNG file, written whole (temp, fsync, rename). */
-export async function writeChartPng(spec: TopLevelSpec, file: string): Promise<void> {
-  writeFileAtomic(file, svgToPng(await renderVegaLiteSvg(spec)));
+/** Renders a chart to PNG bytes (the folder that keeps it writes them whole). */
+export async function chartPng(spec: TopLevelSpec): Promise<Buffer> {
+  return svgToPng(await renderVegaLiteSvg(spec));
 }

@@ -1,7 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
+import type { LayersModel, Optimizer } from '@tensorflow/tfjs-node';
 import { UserError } from '../core/errors.ts';
+import { copyCheckpoint, findCheckpoint, writeCheckpoint, type CheckpointInfo } from './checkpoints.ts';
 import {
   appendLineDurably,
   CorruptFileError,
@@ -50,6 +52,20 @@ import {
  *   model.tflite, labels.txt, model-card.json/.md        the configured export
  *   tflite-<mode>/      other export modes (tlx convert)
  */
+
+/** Where summary.json says a run's main files are, relative to its folder (the on-disk contract). */
+export const runArtifacts = {
+  config: 'config.yaml',
+  metrics: 'metrics.jsonl',
+  labels: 'labels.txt',
+  model: 'model/model.json',
+  checkpoint_last: 'checkpoints/last',
+  checkpoint_best: 'checkpoints/best',
+  learning_curves: 'plots/learning_curves.png',
+  confusion_matrix: 'plots/confusion_matrix.png',
+  samples: 'plots/samples.png',
+  augmentation: 'plots/augmentation.png',
+} as const;
 
 export type CheckpointName = 'last' | 'best' | 'feature_extraction' | 'early_stopping';
 const checkpointNames: CheckpointName[] = ['last', 'best', 'feature_extraction', 'early_stopping'];
@@ -310,8 +326,34 @@ export class RunFolder {
 
   // ---- checkpoints and model ----------------------------------------------------------
 
-  checkpoint(name: CheckpointName): string {
+  private checkpointDir(name: CheckpointName): string {
     return this.file('checkpoints', name);
+  }
+
+  /** Where checkpoint `name` can be read (its newest whole version), if it was saved. */
+  findCheckpoint(name: CheckpointName): string | undefined {
+    return findCheckpoint(this.checkpointDir(name));
+  }
+
+  hasCheckpoint(name: CheckpointName): boolean {
+    return this.findCheckpoint(name) !== undefined;
+  }
+
+  /** The model's weights (and the optimizer's state, when given) as checkpoint `name`, written whole. */
+  async saveCheckpoint(
+    name: CheckpointName,
+    model: LayersModel,
+    optimizer: Optimizer | undefined,
+    info: CheckpointInfo,
+  ): Promise<void> {
+    await writeCheckpoint(this.checkpointDir(name), model, optimizer, info);
+  }
+
+  /** Checkpoint `from` of `source` (this run unless given: a sweep's leader) installed as this run's `to`. */
+  copyCheckpoint(from: CheckpointName, to: CheckpointName, source: RunFolder = this): void {
+    const found = source.findCheckpoint(from);
+    if (!found) throw new UserError(`${source.dir}: no ${from} checkpoint to copy`);
+    copyCheckpoint(found, this.checkpointDir(to));
   }
 
   /** The folder holding the final weights as a checkpoint (what export and convert read). */
@@ -340,14 +382,37 @@ export class RunFolder {
     fs.rmSync(staging, { recursive: true, force: true });
   }
 
-  installModel(staging: string): void {
-    installFolder(staging, this.file('model'));
+  /**
+   * model/: the trained model in tfjs layers format, its weights as a named checkpoint (what
+   * export and convert read) and what rebuilding it needs, made in a staging folder and
+   * installed whole.
+   */
+  async saveModel(model: LayersModel, classifier: ClassifierJson): Promise<void> {
+    const staging = this.stagingDir('model');
+    try {
+      await model.save(`file://${staging}`);
+      await writeCheckpoint(path.join(staging, 'named'), model, undefined, { epoch: -1, phase: 'final' });
+      writeJsonAtomic(path.join(staging, 'classifier.json'), classifier);
+      installFolder(staging, this.file('model'));
+    } finally {
+      this.removeStaging(staging);
+    }
+  }
+
+  /** Whether run.json exists (a folder without it has lost its record). */
+  hasRunRecord(): boolean {
+    return this.exists('run.json');
   }
 
   // ---- plots -------------------------------------------------------------------------
 
-  plot(name: string): string {
-    return this.file('plots', name);
+  /** A picture of the run (plots/<name>), written whole. */
+  writePlot(name: string, png: Uint8Array): void {
+    writeFileAtomic(this.file('plots', name), png);
+  }
+
+  readPlot(name: string): Buffer {
+    return fs.readFileSync(this.file('plots', name));
   }
 
   hasPlot(name: string): boolean {
@@ -437,7 +502,7 @@ export class RunFolder {
         if (!name.includes('.tmp-'))
           entries.push({ name: `plots/${name}`, path: this.file('plots', name), folder: false });
     for (const name of checkpointNames) {
-      const installed = findInstalled(this.checkpoint(name), (dir) =>
+      const installed = findInstalled(this.checkpointDir(name), (dir) =>
         ['checkpoint.json', 'weights.bin', 'optimizer.bin'].every((file) => fs.existsSync(path.join(dir, file))),
       );
       if (installed) entries.push({ name: `checkpoints/${name}`, path: installed, folder: true });

@@ -120,8 +120,8 @@ export class SweepFolder {
     writeJsonAtomic(this.file('results.json'), json);
   }
 
-  plot(): string {
-    return this.file('plot.png');
+  writePlot(png: Uint8Array): void {
+    writeFileAtomic(this.file('plot.png'), png);
   }
 
   resultFiles(): string[] {

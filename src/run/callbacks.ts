@@ -1,7 +1,6 @@
 import type { LayersModel, Optimizer } from '@tensorflow/tfjs-node';
 import { killPoint } from '../core/faults.ts';
 import type { Logger } from '../core/log.ts';
-import { copyCheckpoint, writeCheckpoint } from '../run-folder/checkpoints.ts';
 import type { PhaseOutcome } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
 import type { EarlyStopping } from '../train/callbacks.ts';
@@ -41,7 +40,7 @@ export class RunRecorder implements Callback {
   }
 
   async onEpochEnd(record: EpochRecord): Promise<void> {
-    await writeCheckpoint(this.folder.checkpoint('last'), this.model, this.optimizer, {
+    await this.folder.saveCheckpoint('last', this.model, this.optimizer, {
       epoch: record.epoch,
       phase: record.phase,
       record,
@@ -53,7 +52,7 @@ export class RunRecorder implements Callback {
     this.lastRecord = record;
     if (record.val_accuracy > this.state.bestValAccuracy) {
       this.state.bestValAccuracy = record.val_accuracy;
-      await writeCheckpoint(this.folder.checkpoint('best'), this.model, undefined, {
+      await this.folder.saveCheckpoint('best', this.model, undefined, {
         epoch: record.epoch,
         phase: record.phase,
         record,
@@ -71,7 +70,7 @@ export class RunRecorder implements Callback {
         : {}),
     };
     // The weights as the phase leaves them (the best epoch's when early stopping restored them).
-    await writeCheckpoint(this.folder.checkpoint('last'), this.model, undefined, {
+    await this.folder.saveCheckpoint('last', this.model, undefined, {
       epoch: end.lastTrained,
       phase: end.phase,
       record: this.lastRecord,
@@ -81,8 +80,7 @@ export class RunRecorder implements Callback {
     });
     killPoint('phase.complete');
     this.onOutcome?.(end.phase, outcome);
-    if (end.phase === 'feature_extraction')
-      copyCheckpoint(this.folder.checkpoint('last'), this.folder.checkpoint('feature_extraction'));
+    if (end.phase === 'feature_extraction') this.folder.copyCheckpoint('last', 'feature_extraction');
   }
 }
 

@@ -1,10 +1,7 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { errorMessage } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import type { ImageSplit } from '../data/images.ts';
-import { writeChartPng } from '../plots/render.ts';
-import { writeCheckpoint } from '../run-folder/checkpoints.ts';
+import { chartPng } from '../plots/render.ts';
 import {
   evaluate,
   validationOfCurrentWeights,
@@ -98,11 +95,9 @@ export async function evaluateFinal(
   const fineTuneStart = config.train.fine_tune.epochs > 0 ? config.train.feature_extraction.epochs + 1 : undefined;
   try {
     const records = folder.readMetrics().records.filter((r) => r.epoch > 0);
-    await writeChartPng(learningCurvesSpec(records, fineTuneStart), folder.plot('learning_curves.png'));
-    await writeChartPng(
-      confusionMatrixSpec(data.classNames, report, `Confusion matrix (${measured.name} split)`),
-      folder.plot('confusion_matrix.png'),
-    );
+    folder.writePlot('learning_curves.png', await chartPng(learningCurvesSpec(records, fineTuneStart)));
+    const title = `Confusion matrix (${measured.name} split)`;
+    folder.writePlot('confusion_matrix.png', await chartPng(confusionMatrixSpec(data.classNames, report, title)));
   } catch (error) {
     log.warn({ error: errorMessage(error) }, 'could not draw the plots');
   }
@@ -112,14 +107,10 @@ export async function evaluateFinal(
 
 /** The trained model in tfjs layers format, its weights as a named checkpoint, and what rebuilding it needs. */
 async function saveModel(context: RunContext, model: RunModel): Promise<void> {
-  const { folder } = context;
   const { classifier } = model;
-  const staging = folder.stagingDir('model');
-  await classifier.model.save(`file://${staging}`);
-  await writeCheckpoint(path.join(staging, 'named'), classifier.model, undefined, { epoch: -1, phase: 'final' });
-  fs.writeFileSync(
-    path.join(staging, 'classifier.json'),
-    `${JSON.stringify({ ...classifier.spec, head: classifier.head, units: classifier.units }, null, 2)}\n`,
-  );
-  folder.installModel(staging);
+  await context.folder.saveModel(classifier.model, {
+    ...classifier.spec,
+    head: classifier.head,
+    units: classifier.units,
+  });
 }

@@ -5,7 +5,7 @@ import { redactUrl } from '../core/redact.ts';
 import type { Random } from '../core/random.ts';
 import { augmentBatch } from '../data/augment.ts';
 import { prepareDataset, splitCounts, type PreparedDataset } from '../data/dataset.ts';
-import { writeAugmentationPreview, writeSampleGrid } from '../data/pictures.ts';
+import { augmentationPreviewPng, sampleGridPng } from '../data/pictures.ts';
 import { buildClassifier, type Classifier } from '../models/classifier.ts';
 import { assignWeights, loadPretrainedWeights, type WeightsSource } from '../models/weights.ts';
 import { balancedClassWeights, type Objective } from '../train/objective.ts';
@@ -49,13 +49,9 @@ export async function prepareData(context: RunContext): Promise<PreparedDataset>
   await context.tracking?.update();
   if (!folder.hasPlot('samples.png')) {
     try {
-      await writeSampleGrid(dataset.splits.train, dataset.classNames, config.seed, folder.plot('samples.png'));
-      await writeAugmentationPreview(
-        dataset.splits.train,
-        config.augmentation,
-        config.seed,
-        folder.plot('augmentation.png'),
-      );
+      folder.writePlot('samples.png', await sampleGridPng(dataset.splits.train, dataset.classNames, config.seed));
+      const augmented = await augmentationPreviewPng(dataset.splits.train, config.augmentation, config.seed);
+      folder.writePlot('augmentation.png', augmented);
     } catch (error) {
       log.warn({ error: errorMessage(error) }, 'could not draw the data pictures');
     }

@@ -1,6 +1,6 @@
 import { errorMessage, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { findCheckpoint, readIntactCheckpoint } from '../run-folder/checkpoints.ts';
+import { readIntactCheckpoint } from '../run-folder/checkpoints.ts';
 import type { CheckpointMeta, EpochRecord } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
 import type { PhaseSpan } from '../train/engine.ts';
@@ -65,7 +65,7 @@ function intactCheckpoints(folder: RunFolder, log: Logger): { intact: Candidate[
   const intact: Candidate[] = [];
   const damaged: string[] = [];
   for (const name of fallbackOrder) {
-    const dir = findCheckpoint(folder.checkpoint(name));
+    const dir = folder.findCheckpoint(name);
     if (!dir) continue;
     try {
       intact.push({ name, dir, meta: readIntactCheckpoint(dir) });

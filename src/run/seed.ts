@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { LoadedExperiment } from '../config/load.ts';
 import { UserError } from '../core/errors.ts';
-import { fsyncDir, tempPathFor, writeFileAtomic } from '../core/files.ts';
-import { copyCheckpoint, findCheckpoint, readCheckpointMeta } from '../run-folder/checkpoints.ts';
+import { fsyncDir, tempPathFor } from '../core/files.ts';
+import { readCheckpointMeta } from '../run-folder/checkpoints.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { createRunFolder, type TrialOf } from './run.ts';
 
@@ -22,7 +22,7 @@ export function seedFromFeatureExtraction(
   trial?: TrialOf,
   runId?: string,
 ): RunFolder {
-  const checkpoint = findCheckpoint(source.checkpoint('feature_extraction'));
+  const checkpoint = source.findCheckpoint('feature_extraction');
   if (!checkpoint) throw new UserError(`${source.dir}: no feature-extraction checkpoint to start from`);
   const meta = readCheckpointMeta(checkpoint);
   const folder = createRunFolder(
@@ -32,10 +32,10 @@ export function seedFromFeatureExtraction(
     runId ? path.basename(tempPathFor(path.join(runsDir, runId))) : undefined,
   );
   for (const record of source.readMetrics().records.filter((r) => r.epoch <= meta.epoch)) folder.appendMetric(record);
-  copyCheckpoint(checkpoint, folder.checkpoint('feature_extraction'));
-  copyCheckpoint(checkpoint, folder.checkpoint('last'));
-  const best = findCheckpoint(source.checkpoint('best'));
-  if (best && readCheckpointMeta(best).epoch <= meta.epoch) copyCheckpoint(best, folder.checkpoint('best'));
+  folder.copyCheckpoint('feature_extraction', 'feature_extraction', source);
+  folder.copyCheckpoint('feature_extraction', 'last', source);
+  const best = source.findCheckpoint('best');
+  if (best && readCheckpointMeta(best).epoch <= meta.epoch) folder.copyCheckpoint('best', 'best', source);
   const run = folder.readRun();
   const sourceRun = source.readRun();
   folder.writeRun({
@@ -44,7 +44,7 @@ export function seedFromFeatureExtraction(
     phase_outcomes: meta.outcome ? { [meta.phase]: meta.outcome } : {},
   });
   for (const picture of ['samples.png', 'augmentation.png']) {
-    if (source.hasPlot(picture)) writeFileAtomic(folder.plot(picture), fs.readFileSync(source.plot(picture)));
+    if (source.hasPlot(picture)) folder.writePlot(picture, source.readPlot(picture));
   }
   if (!runId) return folder;
   folder.writeRun({ ...folder.readRun(), run_id: runId });

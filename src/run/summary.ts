@@ -4,6 +4,7 @@ import { splitCounts } from '../data/dataset.ts';
 import type { Phase } from '../models/classifier.ts';
 import { accuracyInterval } from '../core/stats.ts';
 import type { EpochRecord, FinalWeights, PhaseSummary, RunSummary, TfliteRecord } from '../run-folder/records.ts';
+import { runArtifacts } from '../run-folder/run-folder.ts';
 import type { FinalEvaluation } from './evaluate-stage.ts';
 import type { RunModel } from './model-stage.ts';
 import { memoryRecord, type TrainingMemory } from './memory-check.ts';
@@ -88,18 +89,7 @@ export function recordSummary(context: RunContext, inputs: SummaryInputs): RunSu
     metrics: finalMetrics(records, data, evaluation),
     test_report: evaluation.report.perClass,
     confusion_matrix: evaluation.report.confusion,
-    artifacts: {
-      config: 'config.yaml',
-      metrics: 'metrics.jsonl',
-      labels: 'labels.txt',
-      model: 'model/model.json',
-      checkpoint_last: 'checkpoints/last',
-      checkpoint_best: 'checkpoints/best',
-      learning_curves: 'plots/learning_curves.png',
-      confusion_matrix: 'plots/confusion_matrix.png',
-      samples: 'plots/samples.png',
-      augmentation: 'plots/augmentation.png',
-    },
+    artifacts: { ...runArtifacts },
     seconds: (performance.now() - context.started) / 1000,
     finished_at: Date.now(),
     memory: memoryRecord(memory),

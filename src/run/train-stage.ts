@@ -3,13 +3,7 @@ import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../models/classifier.ts';
-import {
-  findCheckpoint,
-  loadCheckpointWeights,
-  loadOptimizerState,
-  readCheckpointMeta,
-  writeCheckpoint,
-} from '../run-folder/checkpoints.ts';
+import { loadCheckpointWeights, loadOptimizerState, readCheckpointMeta } from '../run-folder/checkpoints.ts';
 import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
@@ -50,14 +44,14 @@ function earlyStoppingFor(
   if (!settings) return undefined;
   const { folder } = context;
   const callback = new EarlyStopping(settings, model.classifier.model, async (epoch) => {
-    await writeCheckpoint(folder.checkpoint('early_stopping'), model.classifier.model, undefined, { epoch, phase });
+    await folder.saveCheckpoint('early_stopping', model.classifier.model, undefined, { epoch, phase });
   });
   const saved = inside
     ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined)
     : undefined;
   if (saved) {
     let bestWeights: Tensor[] | undefined;
-    const bestDir = findCheckpoint(folder.checkpoint('early_stopping'));
+    const bestDir = folder.findCheckpoint('early_stopping');
     if (bestDir && settings.restore_best_weights) {
       // Read the best epoch's weights through the model, then put the resume point's back.
       loadCheckpointWeights(bestDir, model.classifier.model);
@@ -145,7 +139,7 @@ export function restoreBestWeights(context: RunContext, model: RunModel): FinalW
   const last = trained.length > 0 ? Math.max(...trained.map((record) => record.epoch)) : 0;
   const lastEpoch: FinalWeights = { epoch: last, last_epoch: last, selected_by: 'last_epoch' };
   if (!context.config.train.restore_best_weights || last === 0) return lastEpoch;
-  const dir = findCheckpoint(context.folder.checkpoint('best'));
+  const dir = context.folder.findCheckpoint('best');
   if (!dir) {
     context.log.warn("train.restore_best_weights: the run has no best checkpoint; the last epoch's weights are kept");
     return lastEpoch;

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { InterruptedError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { writeChartPng } from '../plots/render.ts';
+import { chartPng } from '../plots/render.ts';
 import { exportFinishedRun } from '../run/export-finished.ts';
 import type { RunProgressFactory } from '../run/progress.ts';
 import type { TrialState } from '../run-folder/records.ts';
@@ -240,7 +240,7 @@ async function report(
     trials: rows,
   });
   try {
-    await writeChartPng(sweepPlotSpec(rows, metric), folder.plot());
+    folder.writePlot(await chartPng(sweepPlotSpec(rows, metric)));
   } catch (error) {
     log.warn({ error: errorMessage(error) }, 'could not draw the sweep plot');
   }

@@ -4,7 +4,6 @@ import { InterruptedError, UserError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import { ExportFailedError, executeRun, type RunStart, type TrialOf } from '../run/run.ts';
 import { seedFromFeatureExtraction } from '../run/seed.ts';
-import { findCheckpoint } from '../run-folder/checkpoints.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import type { MlflowClient } from '../track/mlflow-client.ts';
@@ -74,7 +73,7 @@ export function startOfTrial(input: TrialStartInput): { start: RunStart; shared:
   const { experiment, trial, runsDir, own, leader, runId, log } = input;
   if (own) return { start: { resume: own.dir }, shared: false };
   if (leader && experiment.config.train.feature_extraction.epochs > 0) {
-    if (findCheckpoint(leader.checkpoint('feature_extraction'))) {
+    if (leader.hasCheckpoint('feature_extraction')) {
       const seeded = seedFromFeatureExtraction(experiment, runsDir, leader, trial, runId);
       log.info({ from: leader.id }, 'feature extraction shared: starting from its checkpoint');
       return { start: { resume: seeded.dir }, shared: true };

@@ -49,6 +49,19 @@ export function importsOf(text: string): string[] {
   return [...text.matchAll(/(?:\bfrom\s+|\bimport\s*\(\s*)'(\.{1,2}\/[^']+)'/g)].map((m) => m[1]);
 }
 
+/**
+ * A line that composes a path inside a run folder: joins onto a folder's `.dir`, builds one in a
+ * template, or names a file of the on-disk contract (ARCHITECTURE.md) as a string of its own.
+ */
+function composesInsideRunFolder(line: string): boolean {
+  const own = line.replace(/\.pathOf\('[^']*'\)/g, ''); // RunFolder.pathOf composes it: the folder's own method
+  if (/path\.(join|resolve)\(\s*[\w.]*\.dir\s*,/.test(own)) return true;
+  if (/\$\{[\w.]*\.dir\}\//.test(own)) return true;
+  return /'(checkpoints|plots|metrics\.jsonl|summary\.json|run\.json|mlflow\.json|dataset\.json|classifier\.json)'/.test(
+    own,
+  );
+}
+
 describe('architecture', () => {
   test('every import points to the same folder or a lower one', () => {
     const upward: string[] = [];
@@ -62,6 +75,29 @@ describe('architecture', () => {
       }
     }
     assert.deepEqual(upward, [], 'imports that point sideways or up');
+  });
+
+  test('only src/run-folder/ composes a path inside a run folder', () => {
+    const composing: string[] = [];
+    for (const file of sourceFiles(src).filter((f) => !path.relative(src, f).startsWith(`run-folder${path.sep}`))) {
+      const lines = fs.readFileSync(file, 'utf8').split('\n');
+      lines.forEach((line, i) => {
+        if (composesInsideRunFolder(line)) composing.push(`src/${path.relative(src, file)}:${i + 1}: ${line.trim()}`);
+      });
+    }
+    assert.deepEqual(
+      composing,
+      [],
+      'paths inside a run folder composed outside src/run-folder/ (use a RunFolder method)',
+    );
+  });
+
+  test('the run-folder scan sees a joined path, a template path and a file of the contract named', () => {
+    assert.ok(composesInsideRunFolder("fs.writeFileSync(path.join(folder.dir, 'classifier.json'), text);"));
+    assert.ok(composesInsideRunFolder('const plots = `${run.dir}/plots`;'));
+    assert.ok(composesInsideRunFolder("artifacts: { metrics: 'metrics.jsonl' },"));
+    assert.ok(!composesInsideRunFolder('const final = path.join(path.dirname(folder.dir), runId);'));
+    assert.ok(!composesInsideRunFolder("lines.push(`  plots   ${folder.pathOf('plots')}`);"));
   });
 
   test('the import scan sees static and dynamic imports (so the check above can fail)', () => {

@@ -5,11 +5,15 @@ import { after, before, describe, test } from 'node:test';
 import type { LayersModel } from '@tensorflow/tfjs-node';
 import { silentLogger } from '../../src/core/log.ts';
 import { continuesInside, findResumePoint, phaseDone, resumeAfter, type ResumePoint } from '../../src/run/resume.ts';
-import { writeCheckpoint } from '../../src/run-folder/checkpoints.ts';
 import type { CheckpointMeta, EpochRecord } from '../../src/run-folder/records.ts';
 import { RunFolder } from '../../src/run-folder/run-folder.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 import { tempDir } from '../helpers/tmp.ts';
+
+/** A checkpoint's folder as the on-disk contract (ARCHITECTURE.md) places it: the tests damage its files. */
+function checkpointDir(folder: RunFolder, name: string): string {
+  return path.join(folder.dir, 'checkpoints', name);
+}
 
 /**
  * Where a resumed run starts, from what its folder says was done: the record
@@ -46,7 +50,7 @@ function folderWith(epochs: number[]): RunFolder {
 }
 
 async function checkpointAt(folder: RunFolder, epoch: number, extra: Partial<CheckpointMeta> = {}): Promise<void> {
-  await writeCheckpoint(folder.checkpoint('last'), model, undefined, {
+  await folder.saveCheckpoint('last', model, undefined, {
     epoch,
     phase: record(epoch).phase,
     record: record(epoch),
@@ -136,7 +140,7 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
       ['last', 4],
     ];
     for (const [name, epoch] of at)
-      await writeCheckpoint(folder.checkpoint(name), model, undefined, {
+      await folder.saveCheckpoint(name, model, undefined, {
         epoch,
         phase: record(epoch).phase,
         record: record(epoch),
@@ -150,13 +154,13 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
     } as unknown as typeof silentLogger;
     return { point: findResumePoint(folder, log), folder, warnings: warnings.join('\n') };
   }
-  const file = (folder: RunFolder, name: Name, part: string) => path.join(folder.checkpoint(name), part);
+  const file = (folder: RunFolder, name: Name, part: string) => path.join(checkpointDir(folder, name), part);
   const truncate = (target: string) => fs.truncateSync(target, Math.max(0, fs.statSync(target).size - 4));
   const grow = (target: string) => fs.appendFileSync(target, Buffer.alloc(4));
 
   test('all intact: last', async () => {
     const { point, folder, warnings } = await damagedRun(() => {});
-    assert.equal(point.checkpoint?.dir, folder.checkpoint('last'));
+    assert.equal(point.checkpoint?.dir, checkpointDir(folder, 'last'));
     assert.equal(point.lastEpoch, 4);
     assert.equal(warnings, '');
   });
@@ -177,7 +181,7 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
     test(`last with ${what}: best (epoch 3), named; epoch 4 is trained again and recorded once`, async () => {
       const { point, folder, warnings } = await damagedRun(damage);
       assert.equal(point.lastEpoch, 3);
-      assert.equal(point.checkpoint?.dir, folder.checkpoint('best'));
+      assert.equal(point.checkpoint?.dir, checkpointDir(folder, 'best'));
       assert.deepEqual(epochsOf(folder), [0, 1, 2, 3]);
       assert.match(warnings, /resuming from the best checkpoint \(epoch 3\)/);
       if (!what.includes('missing')) assert.match(warnings, /checkpoint last is damaged/);
@@ -189,7 +193,7 @@ describe('the newest intact checkpoint (last 4, feature_extraction 2, best 3; re
       truncate(file(f, 'last', 'weights.bin'));
       fs.writeFileSync(file(f, 'best', 'checkpoint.json'), '');
     });
-    assert.equal(point.checkpoint?.dir, folder.checkpoint('feature_extraction'));
+    assert.equal(point.checkpoint?.dir, checkpointDir(folder, 'feature_extraction'));
     assert.deepEqual(epochsOf(folder), [0, 1, 2]);
     assert.match(warnings, /checkpoint best is damaged/);
   });
