@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import type { Optimizer, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { isBaseName } from '../src/config/bases.ts';
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
-import { FoldedInference, StagedModel } from '../src/models/graph.ts';
+import { FoldedInference, StagedModel } from '../src/engine/graph.ts';
 import { tf } from '../src/tfjs/tf.ts';
 import { trainStep } from '../src/train/engine.ts';
 import type { Objective } from '../src/train/objective.ts';
@@ -69,10 +69,10 @@ function oneStep(
   labels: Tensor1D,
   optimizer: Optimizer,
 ): number {
-  const frontier = staged.frozen(images);
-  const { loss, predicted } = trainStep(staged, objective, frontier, labels, optimizer, 1);
+  const frozenOutputs = staged.frozen(images);
+  const { loss, predicted } = trainStep(staged, objective, frozenOutputs, labels, optimizer, 1);
   const value = loss.dataSync()[0];
-  tf.dispose([loss, predicted, ...frontier]);
+  tf.dispose([loss, predicted, ...frozenOutputs]);
   return value;
 }
 

@@ -310,7 +310,7 @@ function addSweepCommands(program: Command): void {
     .argument('<request>')
     .argument('<result>')
     .action(async (request: string, result: string, _options: unknown, command: Command) => {
-      const { trialCommand } = await import('./commands/trial.ts');
+      const { trialCommand } = await import('./commands/run-trial.ts');
       await trialCommand({
         request,
         result,

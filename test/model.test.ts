@@ -5,9 +5,9 @@ import { before, describe, test } from 'node:test';
 import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSplit } from '../src/data/images.ts';
 import { buildClassifier, setPhaseTrainable, type Classifier } from '../src/models/classifier.ts';
-import { compileGraph, StagedModel } from '../src/models/graph.ts';
+import { compileGraph, StagedModel } from '../src/engine/graph.ts';
 import { mobileNetV2 } from '../src/models/mobilenet_v2.ts';
-import { isPointwiseConv } from '../src/models/pointwise.ts';
+import { isPointwiseConv } from '../src/engine/pointwise.ts';
 import { namedVariables } from '../src/models/variables.ts';
 import type { AugmentationOp } from '../src/config/resolved.ts';
 import { Random } from '../src/core/random.ts';
@@ -25,7 +25,7 @@ import {
   type FitInputs,
   type PhaseEnd,
 } from '../src/train/engine.ts';
-import { FrozenPrefixStore } from '../src/train/frontier.ts';
+import { FrozenPrefixStore } from '../src/engine/frozen-outputs.ts';
 import { createOptimizer } from '../src/train/optimizers.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { baseArgs, kerasBatch, parityJob, type KerasLayer, type Parity } from './helpers/keras.ts';
@@ -411,7 +411,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       staged.split.frozen.length > 40 && staged.split.trainable.length > 20,
       'the cut is at layer 100, not at either end',
     );
-    assert.equal(staged.split.frontier.length, 2, 'the cut at layer 100 crosses a residual connection');
+    assert.equal(staged.split.frozenOutputs.length, 2, 'the cut at layer 100 crosses a residual connection');
     assert.equal(staged.variables.length, 56);
     const images = tf.randomUniform([4, 32, 32, 3], 0, 255, 'float32', 3);
     const labels = tf.tensor1d([0, 1, 1, 0], 'float32') as Tensor1D;
@@ -420,15 +420,15 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       () => loss(classifier.model.apply(images, { training: false }) as Tensor) as never,
       staged.variables,
     );
-    const frontier = staged.frozen(images);
-    const ours = tf.variableGrads(() => loss(staged.trainable(frontier, false)) as never, staged.variables);
+    const frozenOutputs = staged.frozen(images);
+    const ours = tf.variableGrads(() => loss(staged.trainable(frozenOutputs, false)) as never, staged.variables);
     assertSameLossAndGradients(reference, ours);
     tf.dispose([
       images,
       labels,
       reference.value,
       ours.value,
-      ...frontier,
+      ...frozenOutputs,
       ...Object.values(reference.grads),
       ...Object.values(ours.grads),
     ]);
@@ -440,8 +440,8 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     setPhaseTrainable(classifier, 'fine_tune', 100);
     const staged = new StagedModel(classifier.model);
     const images = tf.randomUniform([2, 32, 32, 3], 0, 255, 'float32', 5);
-    const frontier = staged.frozen(images);
-    const loss = () => staged.trainable(frontier, true, 1).square().mean() as never;
+    const frozenOutputs = staged.frozen(images);
+    const loss = () => staged.trainable(frozenOutputs, true, 1).square().mean() as never;
     const profile = await tf.profile(() => tf.dispose(Object.values(tf.variableGrads(loss, staged.variables).grads)));
     const kernels = new Set(profile.kernels.map((kernel) => kernel.name));
     assert.ok(kernels.has('BatchMatMul'), `expected matrix products among ${[...kernels].join(', ')}`);
@@ -488,7 +488,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     tf.dispose([
       images,
       x,
-      ...frontier,
+      ...frozenOutputs,
       viaConv.value,
       viaStage.value,
       ...Object.values(viaConv.grads),
@@ -535,10 +535,10 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       const [single, multiple] = [backend.executeSingleOutput, backend.executeMultipleOutputs];
       backend.executeSingleOutput = (name, ...rest) => (record(name), single.call(backend, name, ...rest));
       backend.executeMultipleOutputs = (name, ...rest) => (record(name), multiple.call(backend, name, ...rest));
-      const frontier = staged.frozen(images); // the preprocessing layers
+      const frozenOutputs = staged.frozen(images); // the preprocessing layers
       let ours: ReturnType<typeof tf.variableGrads>;
       try {
-        ours = tf.variableGrads(() => loss(staged.trainable(frontier, false)) as never, staged.variables);
+        ours = tf.variableGrads(() => loss(staged.trainable(frozenOutputs, false)) as never, staged.variables);
       } finally {
         [backend.executeSingleOutput, backend.executeMultipleOutputs] = [single, multiple];
       }
@@ -569,7 +569,7 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
         labels,
         reference.value,
         ours.value,
-        ...frontier,
+        ...frozenOutputs,
         ...Object.values(reference.grads),
         ...Object.values(ours.grads),
       ]);

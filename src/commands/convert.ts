@@ -9,7 +9,7 @@ import type { Quantization } from '../run/export-stage.ts';
 import type { TfliteRecord } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import type { Terminal } from '../ui/terminal.ts';
-import { exportBlock } from './blocks.ts';
+import { exportBlock } from './result-blocks.ts';
 
 export interface ConvertOptions {
   runDir: string;

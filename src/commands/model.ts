@@ -1,6 +1,6 @@
 import { baseLayerCount, baseNames, isBaseName, kerasApplicationOf, type BaseModelName } from '../config/bases.ts';
 import { UserError } from '../core/errors.ts';
-import { blocksOf, buildBase } from '../models/bases.ts';
+import { blocksOf, buildBase } from '../models/base-builders.ts';
 import { kerasClassName } from '../models/layers.ts';
 import { table, type Style } from '../ui/format.ts';
 import type { Terminal } from '../ui/terminal.ts';

@@ -4,7 +4,7 @@ import type { Logger } from '../core/log.ts';
 import { executeRun } from '../run/run.ts';
 import { TerminalRunProgress } from '../run/terminal-progress.ts';
 import type { Terminal } from '../ui/terminal.ts';
-import { runBlock } from './blocks.ts';
+import { runBlock } from './result-blocks.ts';
 
 export interface RunCommandOptions {
   file?: string;

@@ -2,7 +2,7 @@ import { errorMessage, UserError } from '../core/errors.ts';
 import type { RunJson, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import type { Terminal } from '../ui/terminal.ts';
-import { listingOf, runBlock, runsTable, type RunListing } from './blocks.ts';
+import { listingOf, runBlock, runsTable, type RunListing } from './result-blocks.ts';
 
 export interface RunsOptions {
   runsDir: string;

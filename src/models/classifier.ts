@@ -1,7 +1,7 @@
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-node';
 import { baseRescalesInside, isBaseName, type BaseModelName } from '../config/bases.ts';
 import { tf } from '../tfjs/tf.ts';
-import { buildBase } from './bases.ts';
+import { buildBase } from './base-builders.ts';
 import { SeededDropout } from './layers.ts';
 
 /** MobileNetV2 expects pixels in [-1, 1]: x / 127.5 - 1, applied by the classifier's first layer. */

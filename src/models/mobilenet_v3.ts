@@ -1,7 +1,7 @@
 import type { SymbolicTensor } from '@tensorflow/tfjs-node';
 import { tf } from '../tfjs/tf.ts';
 import { BaseBuilder, makeDivisible } from './builder.ts';
-import type { BaseOptions } from './bases.ts';
+import type { BaseOptions } from './base-builders.ts';
 
 /**
  * MobileNetV3 Small and Large without their top, layer for layer as

@@ -14,7 +14,7 @@ import {
   confusionMatrixSpec,
   learningCurvesSpec,
   type ClassificationReport,
-} from '../train/report.ts';
+} from '../train/classification-report.ts';
 import type { RunModel } from './model-stage.ts';
 import type { ResumePoint } from './resume.ts';
 import type { RunContext } from './run.ts';
@@ -28,7 +28,7 @@ export function initialEvaluationDue(point: ResumePoint): boolean {
 
 /**
  * Epoch 0: the model before any training on the validation split (the tutorial's first
- * evaluate). The first phase passes it from its frontier cache; without one, the whole model runs.
+ * evaluate). The first phase passes it from its frozen layers' outputs cache; without one, the whole model runs.
  */
 export async function recordInitialEvaluation(
   context: RunContext,

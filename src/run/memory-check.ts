@@ -6,9 +6,9 @@ import { UserError } from '../core/errors.ts';
 import { memoryLimit, type MemoryLimit } from '../core/memory.ts';
 import { imageVariants } from '../data/augment.ts';
 import { setPhaseTrainable, type Classifier, type Phase } from '../models/classifier.ts';
-import { compileGraph, prefixSplit, splitGraph, type Layer } from '../models/graph.ts';
-import { frontierCacheChoice } from '../train/engine.ts';
-import { frontierCacheBytes } from '../train/frontier.ts';
+import { compileGraph, prefixSplit, splitGraph, type Layer } from '../engine/graph.ts';
+import { frozenOutputsCacheChoice } from '../train/engine.ts';
+import { frozenOutputsCacheBytes } from '../engine/frozen-outputs.ts';
 import {
   largestBatchWithin,
   peakOf,
@@ -48,7 +48,7 @@ export interface SplitSizes {
 
 /**
  * Each training phase's peak from the classifier's graph, as the engine will run it (its
- * trainable flags, its frontier cache or none). Leaves the classifier's trainable flags at
+ * trainable flags, its frozen layers' outputs cache or none). Leaves the classifier's trainable flags at
  * the last phase's: training sets each phase's own before it starts.
  */
 export function estimateTrainingMemory(
@@ -70,17 +70,24 @@ export function estimateTrainingMemory(
     const shared =
       phase === 'fine_tune' && options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined;
     const bytes = variants
-      ? frontierCacheBytes({ graph, split }, { ...splits, variants, prefix: shared ? { split: shared } : undefined })
+      ? frozenOutputsCacheBytes(
+          { graph, split },
+          { ...splits, variants, prefix: shared ? { split: shared } : undefined },
+        )
       : 0;
     const cached =
-      frontierCacheChoice({ variants, sharedPrefix: shared !== undefined, remainingEpochs: settings.epochs, bytes }) ===
-      'cache';
+      frozenOutputsCacheChoice({
+        variants,
+        sharedPrefix: shared !== undefined,
+        remainingEpochs: settings.epochs,
+        bytes,
+      }) === 'cache';
     const memory = phaseMemory({
       graph,
       split,
       trainableWeightBytes: weightBytes(classifier.model.trainableWeights),
       optimizer: settings.optimizer,
-      frontierCacheBytes: cached ? bytes : 0,
+      frozenOutputsCacheBytes: cached ? bytes : 0,
     });
     const peak = peakOf(memory, resident, batch);
     phases.push({ phase, batch, memory, peak: peak.bytes, moment: peak.moment.name });

@@ -10,7 +10,7 @@ import type { PreparedDataset } from '../data/dataset.ts';
 import type { RunJson, RunStatus, RunSummary } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { PythonWorker, type Exporter } from '../export/python.ts';
-import type { FrozenPrefixStore } from '../train/frontier.ts';
+import type { FrozenPrefixStore } from '../engine/frozen-outputs.ts';
 import { estimateRunMemory } from './memory-check.ts';
 import { buildModel, prepareData, type RunModel } from './model-stage.ts';
 import { evaluateFinal } from './evaluate-stage.ts';

@@ -108,7 +108,7 @@ export async function trainPhases(
     summaries[span.phase] = summary;
     const after = resumeAfter(span, point);
     if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
-      // The first phase that trains evaluates epoch 0 through its own frontier.
+      // The first phase that trains evaluates epoch 0 through its own frozen layers' outputs.
       const beforeTraining = initialDue
         ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation)
         : undefined;

@@ -9,7 +9,7 @@ import { executeRun, type RunOptions } from '../run/run.ts';
 import type { TrialState } from '../run-folder/records.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
-import { FrozenPrefixStore } from '../train/frontier.ts';
+import { FrozenPrefixStore } from '../engine/frozen-outputs.ts';
 import { describeAssignments, type SweepPlanned, type TrialJob } from './plan.ts';
 import { ended, inParallel, leadersAndFollowers, type SchedulerHooks, type TrialScheduler } from './schedule.ts';
 import { startOfTrial } from './trial.ts';

@@ -3,7 +3,7 @@ import type { LoadedExperiment } from '../config/load.ts';
 import { InterruptedError, UserError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
 import { ExportFailedError, executeRun, type RunStart, type TrialOf } from '../run/run.ts';
-import { seedFromFeatureExtraction } from '../run/seed.ts';
+import { startFromFeatureExtraction } from '../run/start-from-leader.ts';
 import { RunFolder } from '../run-folder/run-folder.ts';
 import { SweepFolder } from '../run-folder/sweep-folder.ts';
 import type { MlflowClient } from '../track/mlflow-client.ts';
@@ -74,9 +74,9 @@ export function startOfTrial(input: TrialStartInput): { start: RunStart; shared:
   if (own) return { start: { resume: own.dir }, shared: false };
   if (leader && experiment.config.train.feature_extraction.epochs > 0) {
     if (leader.hasCheckpoint('feature_extraction')) {
-      const seeded = seedFromFeatureExtraction(experiment, runsDir, leader, trial, runId);
+      const started = startFromFeatureExtraction(experiment, runsDir, leader, trial, runId);
       log.info({ from: leader.id }, 'feature extraction shared: starting from its checkpoint');
-      return { start: { resume: seeded.dir }, shared: true };
+      return { start: { resume: started.dir }, shared: true };
     }
     log.warn({ from: leader.id }, `${leader.id} has no feature-extraction checkpoint; this trial trains its own`);
   }

@@ -7,7 +7,7 @@ import { tf } from './tf.ts';
  * suite) then fails loudly and names this file, instead of training going wrong quietly.
  *
  * - a functional model's graph: nodes by depth, each node's layer and tensors
- *   (models/graph.ts flattens the classifier into steps to fold BatchNorm and run stages);
+ *   (engine/graph.ts flattens the classifier into steps to fold BatchNorm and run stages);
  * - the native backend's binding, to run TensorFlow ops by name (tfjs/native-ops.ts);
  * - an optimizer's learning-rate field, which schedules set per epoch.
  */

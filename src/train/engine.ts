@@ -2,15 +2,15 @@ import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, T
 import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import type { ImageVariants } from '../data/augment.ts';
-import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../models/graph.ts';
+import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../engine/graph.ts';
 import {
-  cacheFrontier,
-  computedFrontier,
-  frontierCacheBytes,
-  type FrontierCache,
-  type FrontierSource,
+  cacheFrozenOutputs,
+  computedFrozenOutputs,
+  frozenOutputsCacheBytes,
+  type FrozenOutputsCache,
+  type FrozenOutputsSource,
   type FrozenPrefixStore,
-} from './frontier.ts';
+} from '../engine/frozen-outputs.ts';
 import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
@@ -87,7 +87,7 @@ export interface FitInputs {
   sharedPrefix?: { layers: ReadonlySet<Layer>; store: FrozenPrefixStore };
   /**
    * Called once before the first epoch with the model on the validation split (Keras's
-   * `evaluate` before `fit`), through the phase's frontier: a cached phase answers from the
+   * `evaluate` before `fit`), through the phase's frozen layers' outputs: a cached phase answers from the
    * outputs it has just computed instead of running the frozen layers again.
    */
   beforeTraining?: (validation: Evaluation) => void | Promise<void>;
@@ -216,7 +216,7 @@ export function evaluate(model: LayersModel, objective: Objective, split: ImageS
 function evaluateCached(
   staged: StagedModel,
   objective: Objective,
-  source: FrontierSource,
+  source: FrozenOutputsSource,
   batchSize: number,
 ): Evaluation {
   return score(
@@ -224,8 +224,8 @@ function evaluateCached(
     source,
     (function* () {
       for (const batch of source.batches(batchSize, undefined, 0)) {
-        const logits = staged.trainable(batch.frontier, false);
-        tf.dispose(batch.frontier);
+        const logits = staged.trainable(batch.frozenOutputs, false);
+        tf.dispose(batch.frozenOutputs);
         yield { logits, labels: batch.labels, indices: batch.indices };
       }
     })(),
@@ -242,11 +242,11 @@ function stepSeed(seed: number, epoch: number, batchIndex: number): number {
   return new Random(seed, 'dropout', epoch, batchIndex).opSeed();
 }
 
-/** One optimizer step: the trainable stage on a batch's frontier, under the tape (bench/steps.ts times it alone). */
+/** One optimizer step: the trainable stage on a batch's frozen layers' outputs, under the tape (bench/steps.ts times it alone). */
 export function trainStep(
   staged: StagedModel,
   objective: Objective,
-  frontier: Tensor[],
+  frozenOutputs: Tensor[],
   labels: Tensor1D,
   optimizer: TfOptimizer,
   seed: number,
@@ -254,7 +254,7 @@ export function trainStep(
   let predicted: Tensor | undefined;
   const loss = optimizer.minimize(
     () => {
-      const logits = staged.trainable(frontier, true, seed);
+      const logits = staged.trainable(frozenOutputs, true, seed);
       predicted = tf.keep(predictedClasses(objective.head, logits));
       return batchLoss(objective, logits, labels);
     },
@@ -275,7 +275,7 @@ class Control implements TrainingControl {
 async function trainEpoch(
   inputs: FitInputs,
   staged: StagedModel,
-  train: FrontierSource,
+  train: FrozenOutputsSource,
   phase: PhaseSettings,
   epoch: number,
   callbacks: readonly Callback[],
@@ -291,7 +291,7 @@ async function trainEpoch(
     const { loss, predicted } = trainStep(
       staged,
       objective,
-      batch.frontier,
+      batch.frozenOutputs,
       batch.labels,
       phase.optimizer,
       stepSeed(inputs.seed, epoch, batchIndex),
@@ -301,7 +301,7 @@ async function trainEpoch(
     const predictedValues = predicted.dataSync();
     for (let i = 0; i < n; i++) if (predictedValues[i] === train.labels[batch.indices[i]]) correct++;
     seen += n;
-    tf.dispose([loss, predicted, ...batch.frontier, batch.labels]);
+    tf.dispose([loss, predicted, ...batch.frozenOutputs, batch.labels]);
     batchIndex++;
     const progress = {
       phase: phase.phase,
@@ -320,18 +320,18 @@ async function trainEpoch(
 }
 
 /** The model on the validation split: from the phase's cache, or through the whole model. */
-function validate(inputs: FitInputs, staged: StagedModel, caches: FrontierCache | undefined): Evaluation {
+function validate(inputs: FitInputs, staged: StagedModel, caches: FrozenOutputsCache | undefined): Evaluation {
   return caches
     ? evaluateCached(staged, inputs.objective, caches.validation, inputs.batchSize)
     : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
 }
 
 /**
- * Whether a phase caches its frontier: the augmentation allows it (`variants`), it saves work
+ * Whether a phase caches its frozen layers' outputs: the augmentation allows it (`variants`), it saves work
  * (alone, a phase computes every variant once against once per epoch left; a shared prefix
  * pays off over the trials) and it fits the budget.
  */
-export function frontierCacheChoice(options: {
+export function frozenOutputsCacheChoice(options: {
   variants: ImageVariants | undefined;
   sharedPrefix: boolean;
   remainingEpochs: number;
@@ -342,20 +342,20 @@ export function frontierCacheChoice(options: {
   return options.bytes > FROZEN_CACHE_BUDGET_BYTES ? 'over budget' : 'cache';
 }
 
-/** The phase's frontier cache, when frontierCacheChoice makes one. */
+/** The phase's frozen layers' outputs cache, when frozenOutputsCacheChoice makes one. */
 function phaseCache(
   inputs: FitInputs,
   staged: StagedModel,
   phase: string,
   remaining: number,
-): FrontierCache | undefined {
+): FrozenOutputsCache | undefined {
   const { variants } = inputs;
   if (!variants) return undefined;
   const prefix = inputs.sharedPrefix
     ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store }
     : undefined;
-  const bytes = frontierCacheBytes(staged, { ...inputs, variants, prefix });
-  const choice = frontierCacheChoice({
+  const bytes = frozenOutputsCacheBytes(staged, { ...inputs, variants, prefix });
+  const choice = frozenOutputsCacheChoice({
     variants,
     sharedPrefix: prefix !== undefined,
     remainingEpochs: remaining,
@@ -369,7 +369,7 @@ function phaseCache(
     );
     return undefined;
   }
-  const cache = cacheFrontier(staged, { ...inputs, variants, prefix });
+  const cache = cacheFrozenOutputs(staged, { ...inputs, variants, prefix });
   const what = variants.count > 1 ? `for ${variants.count} variants of each image (${variants.key})` : 'once';
   const shared = prefix
     ? cache.reusedPrefix
@@ -401,7 +401,7 @@ export async function fitPhase(
   const caches = remaining > 0 ? phaseCache(inputs, staged, phase.phase, remaining) : undefined;
   const trainSource =
     caches?.train ??
-    computedFrontier(staged, inputs.train, (images, epoch, batchIndex) =>
+    computedFrozenOutputs(staged, inputs.train, (images, epoch, batchIndex) =>
       inputs.augment(images, new Random(inputs.seed, 'augment', epoch, batchIndex)),
     );
   // Computing the cache is part of the first epoch's cost.

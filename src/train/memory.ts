@@ -1,5 +1,5 @@
 import type { Optimizer } from '../config/resolved.ts';
-import type { CompiledGraph, GraphSplit, Step } from '../models/graph.ts';
+import type { CompiledGraph, GraphSplit, Step } from '../engine/graph.ts';
 
 /**
  * The peak memory of a training phase, estimated from the model's graph before its first
@@ -29,7 +29,7 @@ export interface Moment {
 
 export interface PhaseMemory {
   /** Bytes held through the phase, by what holds them. */
-  held: { foldedWeights: number; optimizerSlots: number; gradients: number; frontierCache: number };
+  held: { foldedWeights: number; optimizerSlots: number; gradients: number; frozenOutputsCache: number };
   moments: Moment[];
 }
 
@@ -41,7 +41,7 @@ export interface PhaseMemoryInputs {
   trainableWeightBytes: number;
   optimizer: Pick<Optimizer, 'name' | 'momentum'>;
   /** Bytes of cached frozen-stage outputs, 0 when the phase recomputes them every batch. */
-  frontierCacheBytes: number;
+  frozenOutputsCacheBytes: number;
 }
 
 const floatBytes = 4;
@@ -159,16 +159,16 @@ function foldedWeightBytes(split: GraphSplit): number {
 
 export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
   const { graph, split } = inputs;
-  const cache = inputs.frontierCacheBytes;
+  const cache = inputs.frozenOutputsCacheBytes;
   const held = {
     foldedWeights: foldedWeightBytes(split),
     optimizerSlots: slotsPerWeight(inputs.optimizer) * inputs.trainableWeightBytes,
     gradients: inputs.trainableWeightBytes,
-    frontierCache: cache,
+    frozenOutputsCache: cache,
   };
   const always = held.foldedWeights + held.optimizerSlots + held.gradients + cache;
   const pixels = 2 * elements(graph, graph.input);
-  const frontier = split.frontier.reduce((total, id) => total + elements(graph, id), 0);
+  const frozenOutputs = split.frozenOutputs.reduce((total, id) => total + elements(graph, id), 0);
   const tape = split.trainable.reduce(
     (total, step) => total + elements(graph, step.output) * tensorsPerOutput(step),
     0,
@@ -179,10 +179,15 @@ export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
     0,
   );
   const workspace = Math.max(0, ...split.trainable.map((step) => convolutionWorkspace(graph, step)));
-  const frozenPass = widestPassElements(graph, split.frozen, [graph.input], new Set([graph.input, ...split.frontier]));
+  const frozenPass = widestPassElements(
+    graph,
+    split.frozen,
+    [graph.input],
+    new Set([graph.input, ...split.frozenOutputs]),
+  );
   const moments: Moment[] = [
     { name: 'frozen pass', fixed: always, perSample: floatBytes * (pixels + frozenPass) },
-    { name: 'training step', fixed: always, perSample: floatBytes * (frontier + tape + gradients + workspace) },
+    { name: 'training step', fixed: always, perSample: floatBytes * (frozenOutputs + tape + gradients + workspace) },
   ];
   if (cache > 0) moments.push({ name: 'joining the cache', fixed: always + cache, perSample: 0 });
   else

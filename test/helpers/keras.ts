@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import type { BaseModelName } from '../../src/config/bases.ts';
 import { projectRoot } from '../../src/core/project.ts';
 import { venvPython } from '../../src/core/project.ts';
-import { FoldedInference } from '../../src/models/graph.ts';
+import { FoldedInference } from '../../src/engine/graph.ts';
 import { writeCheckpoint } from '../../src/run-folder/checkpoints.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 

@@ -18,6 +18,7 @@ const layers: string[][] = [
   ['tfjs', 'net', 'ui', 'plots'],
   ['config'],
   ['data', 'models'],
+  ['engine'],
   ['train'],
   ['run-folder'],
   ['export', 'track'],

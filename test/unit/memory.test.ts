@@ -13,7 +13,7 @@ const mib = 1024 ** 2;
 describe('the verdict', () => {
   // A phase that holds 100 MiB and adds 10 MiB per sample, in a process holding 500 MiB.
   const memory: PhaseMemory = {
-    held: { foldedWeights: 0, optimizerSlots: 100 * mib, gradients: 0, frontierCache: 0 },
+    held: { foldedWeights: 0, optimizerSlots: 100 * mib, gradients: 0, frozenOutputsCache: 0 },
     moments: [
       { name: 'frozen pass', fixed: 100 * mib, perSample: 4 * mib },
       { name: 'training step', fixed: 100 * mib, perSample: 10 * mib },
@@ -130,9 +130,9 @@ describe('the estimate of a run', () => {
       splits,
       { resident: 0, limit },
     ).phases[0].memory;
-    assert.ok(cached.held.frontierCache > 0);
+    assert.ok(cached.held.frozenOutputsCache > 0);
     const joining = cached.moments.find((moment) => moment.name === 'joining the cache')!;
-    assert.ok(joining.fixed >= 2 * cached.held.frontierCache);
+    assert.ok(joining.fixed >= 2 * cached.held.frozenOutputsCache);
     // A random flip needs two variants: one epoch is cheaper without a cache.
     const recomputed = estimateTrainingMemory(
       experiment({ feature_extraction: { epochs: 1 }, fine_tune: { epochs: 0 } }, [{ random_flip: 'horizontal' }]),
@@ -140,7 +140,7 @@ describe('the estimate of a run', () => {
       splits,
       { resident: 0, limit },
     ).phases[0].memory;
-    assert.equal(recomputed.held.frontierCache, 0);
+    assert.equal(recomputed.held.frozenOutputsCache, 0);
     assert.ok(recomputed.moments.some((moment) => moment.name === 'validation'));
   });
 

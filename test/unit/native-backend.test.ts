@@ -8,7 +8,7 @@ import {
   oneDnnConvRunsFused,
   unfusedDepthwise,
   type FusedActivation,
-} from '../../src/models/fused-kernels.ts';
+} from '../../src/engine/fused-kernels.ts';
 import { runOp } from '../../src/tfjs/native-ops.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 

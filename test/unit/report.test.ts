@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { csvCell } from '../../src/core/csv.ts';
 import { bestTrial, resultsCsv, resultsTable, sweepPlotSpec, type TrialRow } from '../../src/sweep/report.ts';
-import { classificationReport } from '../../src/train/report.ts';
+import { classificationReport } from '../../src/train/classification-report.ts';
 
 /** What a sweep and a run report, from numbers alone: the best trial, the table, CSV, the plot, per-class scores. */
 

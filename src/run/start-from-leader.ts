@@ -13,9 +13,9 @@ import { createRunFolder, type TrialOf } from './run.ts';
  * pictures are copied in, so resuming it trains only the fine-tuning phase, exactly as
  * the run would have continued (sweep trials that differ only after feature extraction).
  * With a fixed `runId` (queued trials) the folder is assembled under a temp name and renamed
- * into place, so a retry finds either nothing or a complete seed.
+ * into place, so a retry finds either nothing or a complete start.
  */
-export function seedFromFeatureExtraction(
+export function startFromFeatureExtraction(
   experiment: LoadedExperiment,
   runsDir: string,
   source: RunFolder,

@@ -3,11 +3,11 @@ import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { Random } from '../core/random.ts';
 import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
-import { frontierBytesPerSample, type GraphSplit, type StagedModel } from '../models/graph.ts';
+import { frozenOutputBytesPerSample, type GraphSplit, type StagedModel } from './graph.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
- * What the trainable stage reads: the frozen stage's outputs (the frontier) per batch,
+ * What the trainable stage reads: the frozen stage's outputs (the frozen layers' outputs) per batch,
  * computed from (augmented) pixels every epoch, or cached once per phase. A cache holds
  * every sample under every variant of the augmentation (none: one; a random flip: two),
  * and each epoch picks the variant each image would have been given. In a sweep, the
@@ -17,36 +17,36 @@ import { tf } from '../tfjs/tf.ts';
  */
 
 /** A batch as the trainable stage sees it: the frozen stage's outputs for some samples. */
-interface FrontierBatch {
-  frontier: Tensor[];
+interface FrozenOutputsBatch {
+  frozenOutputs: Tensor[];
   labels: Tensor1D;
   indices: number[];
 }
 
 /** A split seen through the frozen stage: computed batch by batch, or cached once. */
-export interface FrontierSource {
+export interface FrozenOutputsSource {
   length: number;
   labels: Int32Array;
-  batches(batchSize: number, order: readonly number[] | undefined, epoch: number): Generator<FrontierBatch>;
+  batches(batchSize: number, order: readonly number[] | undefined, epoch: number): Generator<FrozenOutputsBatch>;
 }
 
-export function computedFrontier(
+export function computedFrozenOutputs(
   staged: StagedModel,
   split: ImageSplit,
   augment?: (images: Tensor4D, epoch: number, batchIndex: number) => Tensor4D,
-): FrontierSource {
+): FrozenOutputsSource {
   return {
     length: split.length,
     labels: split.labels,
     *batches(batchSize, order, epoch) {
       let batchIndex = 0;
       for (const batch of split.batches(batchSize, order)) {
-        const frontier = tf.tidy(() =>
+        const frozenOutputs = tf.tidy(() =>
           staged.frozen(augment ? augment(batch.images as Tensor4D, epoch, batchIndex) : batch.images),
         );
         batch.images.dispose();
         batchIndex++;
-        yield { frontier, labels: batch.labels, indices: batch.indices };
+        yield { frozenOutputs, labels: batch.labels, indices: batch.indices };
       }
     },
   };
@@ -86,7 +86,7 @@ function rowsOf(
   return joinColumns(parts, columns);
 }
 
-/** A model's own frontier rows from a prefix's rows, through its frozen layers above the prefix, in the same batches. */
+/** A model's own frozen layers' outputs rows from a prefix's rows, through its frozen layers above the prefix, in the same batches. */
 function rowsAfterPrefix(
   staged: StagedModel,
   prefix: GraphSplit,
@@ -110,7 +110,7 @@ function rowsAfterPrefix(
       );
     }
   }
-  return joinColumns(parts, staged.split.frontier.length);
+  return joinColumns(parts, staged.split.frozenOutputs.length);
 }
 
 /** Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are the samples themselves). */
@@ -118,7 +118,7 @@ function rowsSource(
   rows: Tensor[],
   split: { length: number; labels: Int32Array },
   pick?: (epoch: number, batchIndex: number, size: number) => number[],
-): FrontierSource {
+): FrozenOutputsSource {
   return {
     length: split.length,
     labels: split.labels,
@@ -128,7 +128,7 @@ function rowsSource(
       for (let start = 0; start < sequence.length; start += size) {
         const indices = sequence.slice(start, start + size);
         const variants = pick?.(epoch, batchIndex++, indices.length);
-        const frontier = tf.tidy(() => {
+        const frozenOutputs = tf.tidy(() => {
           const index = tf.tensor1d(
             variants ? indices.map((i, k) => variants[k] * split.length + i) : indices,
             'int32',
@@ -136,7 +136,7 @@ function rowsSource(
           return rows.map((tensor) => tf.gather(tensor, index));
         });
         yield {
-          frontier,
+          frozenOutputs,
           labels: tf.tensor1d(
             indices.map((i) => split.labels[i]),
             'int32',
@@ -186,7 +186,7 @@ function splitId(split: ImageSplit): number {
 }
 
 /** What the prefix's outputs depend on: the data, the augmentation's variants, the batches, the prefix's layers and their weights. */
-function prefixKey(staged: StagedModel, prefix: GraphSplit, inputs: FrontierCacheInputs): string {
+function prefixKey(staged: StagedModel, prefix: GraphSplit, inputs: FrozenOutputsCacheInputs): string {
   const hash = createHash('sha256');
   for (const step of prefix.frozen) {
     for (const layer of step.layers) {
@@ -195,7 +195,7 @@ function prefixKey(staged: StagedModel, prefix: GraphSplit, inputs: FrontierCach
         hash.update(new Uint8Array((weight.read().dataSync() as Float32Array).buffer));
     }
   }
-  hash.update(JSON.stringify(prefix.frontier.map((id) => staged.graph.shapes.get(id))));
+  hash.update(JSON.stringify(prefix.frozenOutputs.map((id) => staged.graph.shapes.get(id))));
   return [
     splitId(inputs.train),
     splitId(inputs.validation),
@@ -205,7 +205,7 @@ function prefixKey(staged: StagedModel, prefix: GraphSplit, inputs: FrontierCach
   ].join('|');
 }
 
-export interface FrontierCacheInputs {
+export interface FrozenOutputsCacheInputs {
   train: ImageSplit;
   validation: ImageSplit;
   batchSize: number;
@@ -215,16 +215,16 @@ export interface FrontierCacheInputs {
   prefix?: { split: GraphSplit; store: FrozenPrefixStore };
 }
 
-export interface FrontierCache {
-  train: FrontierSource;
-  validation: FrontierSource;
+export interface FrozenOutputsCache {
+  train: FrozenOutputsSource;
+  validation: FrozenOutputsSource;
   /** The shared prefix's outputs came from an earlier trial. */
   reusedPrefix: boolean;
   dispose(): void;
 }
 
 /** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too. */
-export function frontierCacheBytes(
+export function frozenOutputsCacheBytes(
   model: Pick<StagedModel, 'graph' | 'split'>,
   inputs: {
     train: { length: number };
@@ -236,20 +236,20 @@ export function frontierCacheBytes(
   const samples = inputs.variants.count * inputs.train.length + inputs.validation.length;
   return (
     samples *
-    (frontierBytesPerSample(model.graph, model.split) +
-      (inputs.prefix ? frontierBytesPerSample(model.graph, inputs.prefix.split) : 0))
+    (frozenOutputBytesPerSample(model.graph, model.split) +
+      (inputs.prefix ? frozenOutputBytesPerSample(model.graph, inputs.prefix.split) : 0))
   );
 }
 
-/** The training and validation splits' frontiers, computed once for the phase (inference: nothing in the frozen stage trains). */
-export function cacheFrontier(staged: StagedModel, inputs: FrontierCacheInputs): FrontierCache {
+/** The training and validation splits' frozen layers' outputs, computed once for the phase (inference: nothing in the frozen stage trains). */
+export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCacheInputs): FrozenOutputsCache {
   const { train, validation, batchSize, variants, prefix } = inputs;
-  const columns = staged.split.frontier.length;
+  const columns = staged.split.frozenOutputs.length;
   let trainRows: Tensor[];
   let validationRows: Tensor[];
   let reusedPrefix = false;
   if (prefix) {
-    const prefixColumns = prefix.split.frontier.length;
+    const prefixColumns = prefix.split.frozenOutputs.length;
     const shared = prefix.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
       train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, (images) =>
         staged.frozenPrefix(prefix.split, images),

@@ -2,7 +2,14 @@ import type { LayersModel, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorf
 import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
-import { Activation, InferenceBatchNormalization, InferenceDropout, ReLU, ReLU6, SeededDropout } from './layers.ts';
+import {
+  Activation,
+  InferenceBatchNormalization,
+  InferenceDropout,
+  ReLU,
+  ReLU6,
+  SeededDropout,
+} from '../models/layers.ts';
 import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
 import { clampActivation, convBiasClamp } from './taped-conv-bn.ts';
 
@@ -245,7 +252,7 @@ export interface GraphSplit {
   frozen: Step[];
   trainable: Step[];
   /** Tensors the frozen stage hands to the trainable stage (or the output, if nothing trains). */
-  frontier: TensorId[];
+  frozenOutputs: TensorId[];
 }
 
 /** Splits at the layers' current trainable flags (or at the steps `trains` names). */
@@ -262,15 +269,15 @@ export function splitGraph(graph: CompiledGraph, trains: (step: Step) => boolean
     }
   }
   const available = new Set<TensorId>([graph.input, ...frozen.map((step) => step.output)]);
-  const frontier = new Set<TensorId>();
-  for (const step of trainable) for (const id of step.inputs) if (available.has(id)) frontier.add(id);
-  if (trainable.length === 0) frontier.add(graph.output);
-  return { frozen, trainable, frontier: [...frontier] };
+  const frozenOutputs = new Set<TensorId>();
+  for (const step of trainable) for (const id of step.inputs) if (available.has(id)) frozenOutputs.add(id);
+  if (trainable.length === 0) frozenOutputs.add(graph.output);
+  return { frozen, trainable, frozenOutputs: [...frozenOutputs] };
 }
 
-/** Bytes per sample of a split's frontier (what caching the frozen stage's outputs costs). */
-export function frontierBytesPerSample(graph: CompiledGraph, split: GraphSplit): number {
-  return split.frontier.reduce((sum, id) => sum + 4 * (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
+/** Bytes per sample of a split's frozen layers' outputs (what caching the frozen stage's outputs costs). */
+export function frozenOutputBytesPerSample(graph: CompiledGraph, split: GraphSplit): number {
+  return split.frozenOutputs.reduce((sum, id) => sum + 4 * (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
 }
 
 /**
@@ -429,51 +436,51 @@ export class StagedModel {
     this.graph = compileGraph(model);
     this.split = splitGraph(this.graph);
     this.folded = foldWeights(this.split.frozen);
-    this.kept = new Set([...this.split.frontier, this.graph.input]);
+    this.kept = new Set([...this.split.frozenOutputs, this.graph.input]);
     this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
   }
 
-  /** images -> the frontier tensors, outside any tape (the caller disposes them). */
+  /** images -> the frozen layers' outputs tensors, outside any tape (the caller disposes them). */
   frozen(images: Tensor): Tensor[] {
-    return runFrozen(this.graph, this.split.frozen, this.folded, images, this.split.frontier, this.kept);
+    return runFrozen(this.graph, this.split.frozen, this.folded, images, this.split.frozenOutputs, this.kept);
   }
 
-  /** images -> a prefix's frontier (a prefixSplit of this model whose steps are all frozen now). */
+  /** images -> a prefix's frozen layers' outputs (a prefixSplit of this model whose steps are all frozen now). */
   frozenPrefix(prefix: GraphSplit, images: Tensor): Tensor[] {
     return runFrozen(
       this.graph,
       prefix.frozen,
       this.folded,
       images,
-      prefix.frontier,
-      new Set([...prefix.frontier, this.graph.input]),
+      prefix.frozenOutputs,
+      new Set([...prefix.frozenOutputs, this.graph.input]),
     );
   }
 
   /**
-   * A prefix's frontier -> this stage's frontier, through the frozen steps after the prefix:
+   * A prefix's frozen layers' outputs -> this stage's frozen layers' outputs, through the frozen steps after the prefix:
    * with frozenPrefix, the same kernels in the same order as frozen(). The inputs stay the
    * caller's; every result is new.
    */
   frozenAfterPrefix(prefix: GraphSplit, inputs: Tensor[]): Tensor[] {
     const inPrefix = new Set(prefix.frozen);
     const rest = this.split.frozen.filter((step) => !inPrefix.has(step));
-    const given = new Set(prefix.frontier);
+    const given = new Set(prefix.frozenOutputs);
     return tf.tidy(() => {
-      const values = new Map<TensorId, Tensor>(prefix.frontier.map((id, i) => [id, inputs[i]]));
+      const values = new Map<TensorId, Tensor>(prefix.frozenOutputs.map((id, i) => [id, inputs[i]]));
       runSteps(rest, values, { training: false, folded: this.folded, keep: new Set([...this.kept, ...given]) });
-      return this.split.frontier.map((id) => (given.has(id) ? values.get(id)!.clone() : values.get(id)!));
+      return this.split.frozenOutputs.map((id) => (given.has(id) ? values.get(id)!.clone() : values.get(id)!));
     });
   }
 
   /**
-   * The frontier tensors -> logits, through the trainable layers (taped inside minimize).
+   * The frozen layers' outputs tensors -> logits, through the trainable layers (taped inside minimize).
    * `seed` draws the step's dropout masks when training.
    */
-  trainable(frontier: Tensor[], training: boolean, seed?: number): Tensor {
-    if (this.split.trainable.length === 0) return frontier[0].clone();
+  trainable(frozenOutputs: Tensor[], training: boolean, seed?: number): Tensor {
+    if (this.split.trainable.length === 0) return frozenOutputs[0].clone();
     return tf.tidy(() => {
-      const values = new Map<TensorId, Tensor>(this.split.frontier.map((id, i) => [id, frontier[i]]));
+      const values = new Map<TensorId, Tensor>(this.split.frozenOutputs.map((id, i) => [id, frozenOutputs[i]]));
       runSteps(this.split.trainable, values, { training, seed });
       return values.get(this.graph.output)!;
     });
