@@ -1,7 +1,6 @@
 import { someOf, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { prepareDataset, type PreparedDataset } from '../data/dataset.ts';
-import type { ResolvedExperiment } from '../config/resolved.ts';
+import { prepareDataset } from '../data/dataset.ts';
 import type { Exporter } from '../export/python.ts';
 import { buildClassifier, classifierSpecOf } from '../models/classifier.ts';
 import { loadCheckpointWeights } from '../run-folder/checkpoints.ts';
@@ -9,6 +8,7 @@ import type { TfliteRecord } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
 import { evaluate } from '../train/engine.ts';
 import { exportToFolder, tfliteOptions, type Quantization } from './export-stage.ts';
+import type { DatasetProvider } from './run.ts';
 
 export interface ExportFinishedOptions {
   mode?: Quantization;
@@ -17,7 +17,7 @@ export interface ExportFinishedOptions {
   exporter?: Exporter;
   signal?: AbortSignal;
   /** Data already decoded for this config (a sweep's). */
-  prepareData?: (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => Promise<PreparedDataset>;
+  prepareData?: DatasetProvider;
 }
 
 /**

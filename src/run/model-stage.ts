@@ -19,8 +19,9 @@ export async function prepareData(context: RunContext): Promise<PreparedDataset>
   const { folder, config, log, options, run } = context;
   context.progress?.stage('decoding data');
   const known = folder.readDataset()?.archive_sha256;
-  const dataset = options.prepareData
-    ? await options.prepareData(config, run.base_dir, known)
+  const provided = options.services?.dataset;
+  const dataset = provided
+    ? await provided(config, run.base_dir, known)
     : await prepareDataset(config, {
         baseDir: run.base_dir,
         cacheDir: options.cacheDir,

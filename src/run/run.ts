@@ -34,34 +34,51 @@ export interface RunOptions {
   log: Logger;
   /** Ctrl-C: the run stops after the current batch (or stops its export) and is KILLED. */
   signal?: AbortSignal;
-  /** MLflow parent run (sweep trials). */
-  parentRunId?: string;
-  /** Data already prepared for this config (a sweep decodes once for all its trials). */
-  prepareData?: (config: ResolvedExperiment, baseDir: string, knownArchiveSha256?: string) => Promise<PreparedDataset>;
-  /** A long-lived Python worker to export with (a sweep starts TensorFlow once). */
-  exporter?: Exporter;
+  /** Terminal progress (run-level line and per-epoch bar), made once the run's config is known. */
+  progress?: RunProgressFactory;
   /** Export TFLite after training (default: when the config asks for it). */
   export?: boolean;
+  /** Register the exported model in MLflow's registry when the config names one (a sweep registers only its best trial). */
+  register?: boolean;
+  /** What the run is given instead of making it itself (a sweep shares them between its trials). */
+  services?: RunServices;
+  /** The run's place in a sweep, when it is a trial. */
+  sweep?: SweepPlace;
+}
+
+/** The decoded dataset of a config (a sweep decodes once for all its trials). */
+export type DatasetProvider = (
+  config: ResolvedExperiment,
+  baseDir: string,
+  knownArchiveSha256?: string,
+) => Promise<PreparedDataset>;
+
+/** Shared parts a run uses instead of its own: data, the Python exporter, the frozen layers' outputs, a backup. */
+interface RunServices {
+  dataset?: DatasetProvider;
+  /** A long-lived Python worker to export with (a sweep starts TensorFlow once). */
+  exporter?: Exporter;
   /**
    * With export false: a worker that will export a model like this one later (a sweep's best
    * trial), prepared while this run trains, so its TensorFlow import is off the export's path.
    */
   warmForLater?: Exporter;
-  /** Terminal progress (run-level line and per-epoch bar), made once the run's config is known. */
-  progress?: RunProgressFactory;
-  /** The queue job this run belongs to: a lock left by the same job on a dead worker is taken over. */
-  job?: string;
-  /** Register the exported model in MLflow's registry when the config names one (a sweep registers only its best trial). */
-  register?: boolean;
   /**
-   * A sweep's store of the frozen layers' outputs its trials share: the base layers below
-   * `fineTuneAt` (the smallest fine_tune_at of the trials that share this one's data).
+   * A store of the frozen layers' outputs trials share: the base layers below `fineTuneAt`
+   * (the smallest fine_tune_at of the trials that share this one's data).
    */
-  frozenPrefix?: { store: FrozenPrefixStore; fineTuneAt: number };
-  /** Told the run's folder as soon as it is open (a sweep records it, to resume it after an interruption). */
-  onOpen?: (folder: RunFolder) => void;
+  frozenOutputs?: { store: FrozenPrefixStore; fineTuneAt: number };
   /** A copy of the run kept elsewhere (a queued trial's, in the artifact store). */
   backup?: RunBackup;
+}
+
+/** Where a trial sits: its MLflow parent run, its queue job, and who to tell its folder. */
+interface SweepPlace {
+  parentRunId?: string;
+  /** The queue job this run belongs to: a lock left by the same job on a dead worker is taken over. */
+  job?: string;
+  /** Told the run's folder as soon as it is open (a sweep records it, to resume it after an interruption). */
+  onOpen?: (folder: RunFolder) => void;
 }
 
 /**
@@ -241,7 +258,7 @@ function openRun(start: RunStart, options: RunOptions): RunContext {
       ? RunFolder.open(start.resume)
       : createRunFolder(start.experiment, options.runsDir, start.trial, start.runId);
   folder.lock({
-    job: options.job,
+    job: options.sweep?.job,
     onTakeover: (owner, reason) =>
       log.warn(
         { run: folder.id, pid: owner?.pid, host: owner?.host },
@@ -281,7 +298,7 @@ function openRun(start: RunStart, options: RunOptions): RunContext {
     context.tracking = startTracking(context);
     context.progress = options.progress?.(config);
     setLogFile(log, folder.logFile());
-    options.onOpen?.(folder);
+    options.sweep?.onOpen?.(folder);
     return context;
   } catch (error) {
     folder.unlock();
@@ -309,11 +326,11 @@ async function closeRun(
  */
 function warmExporter(context: RunContext, model: RunModel): void {
   if (!context.config.export.tflite) return;
-  let warming: Exporter | undefined = context.options.warmForLater;
+  let warming: Exporter | undefined = context.options.services?.warmForLater;
   if (context.options.export !== false) {
-    if (!context.options.exporter)
+    if (!context.options.services?.exporter)
       context.ownExporter = PythonWorker.start((line) => context.log.debug({ python: line }));
-    warming = context.exporter = context.options.exporter ?? context.ownExporter;
+    warming = context.exporter = context.options.services?.exporter ?? context.ownExporter;
   }
   warming
     ?.call('warm', { classifier: describeClassifier(model.classifier) })

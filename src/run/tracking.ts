@@ -22,11 +22,11 @@ export function startTracking(context: RunContext): RunTracking | undefined {
     ? new LiveTracker(context.folder, {
         trackingUri,
         log: context.log,
-        parentRunId: context.options.parentRunId,
+        parentRunId: context.options.sweep?.parentRunId,
         register: context.options.register,
       })
     : undefined;
-  const { backup } = context.options;
+  const backup = context.options.services?.backup;
   if (!live && !backup) return undefined;
   const backedUp = async (final: boolean): Promise<boolean> => {
     if (!backup) return true;

@@ -158,7 +158,7 @@ export function restoreBestWeights(context: RunContext, model: RunModel): FinalW
 
 /** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */
 export function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['sharedPrefix'] {
-  const shared = context.options.frozenPrefix;
+  const shared = context.options.services?.frozenOutputs;
   if (!shared) return undefined;
   const below = Math.min(shared.fineTuneAt, context.config.train.fine_tune.fine_tune_at);
   return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };

@@ -164,21 +164,22 @@ export class LocalScheduler implements TrialScheduler {
     const fineTuneAt = Math.min(
       ...context.members.map((member) => member.experiment.config.train.fine_tune.fine_tune_at),
     );
-    const frozenPrefix = context.members.length > 1 ? { store: this.frozenPrefixes, fineTuneAt } : undefined;
+    const frozenOutputs = context.members.length > 1 ? { store: this.frozenPrefixes, fineTuneAt } : undefined;
     return {
       runsDir,
       cacheDir,
       log,
-      prepareData: this.prepareData,
-      parentRunId: context.hooks.parentRunId,
       signal,
       progress,
       export: exportsTrials,
-      exporter: exportsTrials ? this.sharedExporter() : undefined,
-      warmForLater,
       register: false,
-      onOpen,
-      frozenPrefix,
+      services: {
+        dataset: this.prepareData,
+        exporter: exportsTrials ? this.sharedExporter() : undefined,
+        warmForLater,
+        frozenOutputs,
+      },
+      sweep: { parentRunId: context.hooks.parentRunId, onOpen },
     };
   }
 }

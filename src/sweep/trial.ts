@@ -128,11 +128,10 @@ export async function runQueuedTrial(task: TrialTask, options: QueuedTrialOption
     cacheDir: options.cacheDir,
     log,
     signal: options.signal,
-    parentRunId: task.parentRunId,
     export: task.exportModel,
     register: false,
-    job: options.jobId,
-    backup: mirror,
+    services: { backup: mirror },
+    sweep: { parentRunId: task.parentRunId, job: options.jobId },
   });
   const received = mirror.traffic.received + (leaderMirror?.traffic.received ?? 0);
   log.info(
