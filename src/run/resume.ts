@@ -1,14 +1,21 @@
 import { errorMessage, UserError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { readIntactCheckpoint } from '../run-folder/checkpoints.ts';
-import type { CheckpointMeta, EpochRecord } from '../run-folder/records.ts';
+import type { LayersModel, Optimizer, Tensor } from '@tensorflow/tfjs-node';
+import { killPoint } from '../core/faults.ts';
+import { loadCheckpointWeights, loadOptimizerState, readIntactCheckpoint } from '../run-folder/checkpoints.ts';
+import type { CheckpointMeta, EpochRecord, PhaseOutcome } from '../run-folder/records.ts';
 import type { RunFolder } from '../run-folder/run-folder.ts';
-import type { PhaseSpan } from '../train/engine.ts';
+import type { Phase } from '../models/classifier.ts';
+import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
+import type { Callback, EpochRecord as EngineEpochRecord, PhaseEnd, PhaseSpan } from '../train/engine.ts';
+import type { RunModel } from './model-stage.ts';
+import type { RunContext } from './run.ts';
 
 /**
- * Resume in one place: what a run folder says was done -> where training starts. Keras's
- * BackupAndRestore plays this role; here the record (metrics.jsonl) and the checkpoints are
- * reconciled so that every epoch is recorded exactly once:
+ * Resume in one place, as Keras's BackupAndRestore keeps it in one callback: what is saved
+ * and when (RunRecorder, below), where a run starts again (findResumePoint), and how the
+ * state is put back (restoreCheckpoint, restoreOptimizer, earlyStoppingFor). The record
+ * (metrics.jsonl) and the checkpoints are reconciled so that every epoch is recorded exactly once:
  *
  * - a torn last line of metrics.jsonl (power cut, full disk) is cut off, with a warning;
  * - training restarts from the newest intact checkpoint the record reaches: `last`, else the
@@ -161,4 +168,131 @@ export function resumeAfter(span: Pick<PhaseSpan, 'phase' | 'first' | 'last'>, p
 export function continuesInside(span: Pick<PhaseSpan, 'phase' | 'first' | 'last'>, point: ResumePoint): boolean {
   const meta = point.checkpoint?.meta;
   return Boolean(meta && meta.phase === span.phase && !phaseDone(span, point) && meta.epoch >= span.first);
+}
+
+// ---- what is saved, and when -------------------------------------------------------
+
+export interface RecorderState {
+  bestValAccuracy: number;
+}
+
+/**
+ * After each epoch: the `last` checkpoint (model, optimizer, early-stopping state), then the
+ * epoch's line in metrics.jsonl, then `best` when validation accuracy improved. When a
+ * phase completes: `last` again, marked complete with how the phase ended (after early
+ * stopping restored the best weights), and after feature extraction its own checkpoint,
+ * the state every fine-tuning variant starts from (sweeps share it).
+ */
+export class RunRecorder implements Callback {
+  private lastRecord?: EngineEpochRecord;
+
+  constructor(
+    private readonly folder: RunFolder,
+    private readonly model: LayersModel,
+    private readonly optimizer: Optimizer,
+    private readonly state: RecorderState,
+    private readonly earlyStopping?: EarlyStopping,
+    private readonly onOutcome?: (phase: string, outcome: PhaseOutcome) => void,
+  ) {}
+
+  private callbackState(): Record<string, unknown> {
+    return this.earlyStopping ? { early_stopping: this.earlyStopping.state() } : {};
+  }
+
+  async onEpochEnd(record: EngineEpochRecord): Promise<void> {
+    await this.folder.saveCheckpoint('last', this.model, this.optimizer, {
+      epoch: record.epoch,
+      phase: record.phase,
+      record,
+      callbacks: this.callbackState(),
+    });
+    killPoint('epoch.checkpointed');
+    this.folder.appendMetric(record);
+    killPoint('epoch.recorded');
+    this.lastRecord = record;
+    if (record.val_accuracy > this.state.bestValAccuracy) {
+      this.state.bestValAccuracy = record.val_accuracy;
+      await this.folder.saveCheckpoint('best', this.model, undefined, {
+        epoch: record.epoch,
+        phase: record.phase,
+        record,
+      });
+    }
+  }
+
+  async onPhaseEnd(end: PhaseEnd): Promise<void> {
+    if (!end.complete || end.lastTrained < end.first) return;
+    const outcome: PhaseOutcome = {
+      stopped_early: end.stopReason === 'early_stopping',
+      last_epoch: end.lastTrained,
+      ...(this.earlyStopping?.restoredEpoch !== undefined
+        ? { restored_best_epoch: this.earlyStopping.restoredEpoch }
+        : {}),
+    };
+    // The weights as the phase leaves them (the best epoch's when early stopping restored them).
+    await this.folder.saveCheckpoint('last', this.model, undefined, {
+      epoch: end.lastTrained,
+      phase: end.phase,
+      record: this.lastRecord,
+      phase_complete: true,
+      outcome,
+      callbacks: this.callbackState(),
+    });
+    killPoint('phase.complete');
+    this.onOutcome?.(end.phase, outcome);
+    if (end.phase === 'feature_extraction') this.folder.copyCheckpoint('last', 'feature_extraction');
+  }
+}
+
+// ---- how it is put back --------------------------------------------------------------
+
+/** The resume point's weights into the model, and the outcome of the phase it ended (when it ended one). */
+export function restoreCheckpoint(context: RunContext, model: RunModel, point: ResumePoint): void {
+  if (!point.checkpoint) return;
+  loadCheckpointWeights(point.checkpoint.dir, model.classifier.model);
+  context.log.info(
+    { epoch: point.lastEpoch, phase: point.checkpoint.meta.phase },
+    `continuing from the checkpoint of epoch ${point.lastEpoch}`,
+  );
+  const { outcome, phase } = point.checkpoint.meta;
+  if (outcome && !context.run.phase_outcomes[phase])
+    context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
+}
+
+/** The optimizer's moments and step count, when the run continues inside this phase; true when it does. */
+export async function restoreOptimizer(point: ResumePoint, span: PhaseSpan, optimizer: Optimizer): Promise<boolean> {
+  const inside = continuesInside(span, point);
+  if (inside) await loadOptimizerState(point.checkpoint!.dir, optimizer);
+  return inside;
+}
+
+/** Early stopping for a phase, continuing a saved state when the run resumes inside the phase. */
+export function earlyStoppingFor(
+  context: RunContext,
+  model: RunModel,
+  phase: Phase,
+  point: ResumePoint,
+  inside: boolean,
+): EarlyStopping | undefined {
+  const settings = context.config.train[phase].early_stopping;
+  if (!settings) return undefined;
+  const { folder } = context;
+  const callback = new EarlyStopping(settings, model.classifier.model, async (epoch) => {
+    await folder.saveCheckpoint('early_stopping', model.classifier.model, undefined, { epoch, phase });
+  });
+  const saved = inside
+    ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined)
+    : undefined;
+  if (saved) {
+    let bestWeights: Tensor[] | undefined;
+    const bestDir = folder.findCheckpoint('early_stopping');
+    if (bestDir && settings.restore_best_weights) {
+      // Read the best epoch's weights through the model, then put the resume point's back.
+      loadCheckpointWeights(bestDir, model.classifier.model);
+      bestWeights = model.classifier.model.weights.map((weight) => weight.read().clone());
+      loadCheckpointWeights(point.checkpoint!.dir, model.classifier.model);
+    }
+    callback.restore(saved, bestWeights);
+  }
+  return callback;
 }

@@ -1,11 +1,11 @@
-import type { Optimizer, Tensor } from '@tensorflow/tfjs-node';
+import type { Optimizer } from '@tensorflow/tfjs-node';
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
 import type { PreparedDataset } from '../data/dataset.ts';
 import { setPhaseTrainable, trainableBaseLayerCount, type Phase } from '../models/classifier.ts';
-import { loadCheckpointWeights, loadOptimizerState, readCheckpointMeta } from '../run-folder/checkpoints.ts';
+import { loadCheckpointWeights, readCheckpointMeta } from '../run-folder/checkpoints.ts';
 import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
-import { EarlyStopping, type EarlyStoppingState } from '../train/callbacks.ts';
+import type { EarlyStopping } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
 import {
   fitPhase,
@@ -16,10 +16,18 @@ import {
   type ValidatedWeights,
 } from '../train/engine.ts';
 import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
-import { EpochLog, InterruptCallback, RunRecorder, TrackingCallback } from './callbacks.ts';
+import { EpochLog, InterruptCallback, TrackingCallback } from './callbacks.ts';
 import { initialEvaluationDue, recordInitialEvaluation } from './evaluate-stage.ts';
 import type { RunModel } from './model-stage.ts';
-import { continuesInside, phaseDone, resumeAfter, type ResumePoint } from './resume.ts';
+import {
+  earlyStoppingFor,
+  phaseDone,
+  restoreCheckpoint,
+  restoreOptimizer,
+  resumeAfter,
+  RunRecorder,
+  type ResumePoint,
+} from './resume.ts';
 import type { RunContext } from './run.ts';
 
 /** The two phases of the tutorial, numbered continuously from epoch 1 (0 is before training). */
@@ -30,37 +38,6 @@ export function phaseSpans(config: ResolvedExperiment): (PhaseSpan & { phase: Ph
     { phase: 'feature_extraction', first: 1, last: fe, resumeAfter: 0 },
     { phase: 'fine_tune', first: fe + 1, last: fe + ft, resumeAfter: fe },
   ];
-}
-
-/** Early stopping for a phase, continuing a saved state when the run resumes inside the phase. */
-function earlyStoppingFor(
-  context: RunContext,
-  model: RunModel,
-  phase: Phase,
-  point: ResumePoint,
-  inside: boolean,
-): EarlyStopping | undefined {
-  const settings = context.config.train[phase].early_stopping;
-  if (!settings) return undefined;
-  const { folder } = context;
-  const callback = new EarlyStopping(settings, model.classifier.model, async (epoch) => {
-    await folder.saveCheckpoint('early_stopping', model.classifier.model, undefined, { epoch, phase });
-  });
-  const saved = inside
-    ? (point.checkpoint?.meta.callbacks.early_stopping as EarlyStoppingState | undefined)
-    : undefined;
-  if (saved) {
-    let bestWeights: Tensor[] | undefined;
-    const bestDir = folder.findCheckpoint('early_stopping');
-    if (bestDir && settings.restore_best_weights) {
-      // Read the best epoch's weights through the model, then put the resume point's back.
-      loadCheckpointWeights(bestDir, model.classifier.model);
-      bestWeights = model.classifier.model.weights.map((weight) => weight.read().clone());
-      loadCheckpointWeights(point.checkpoint!.dir, model.classifier.model);
-    }
-    callback.restore(saved, bestWeights);
-  }
-  return callback;
 }
 
 export interface TrainedPhases {
@@ -79,18 +56,9 @@ export async function trainPhases(
   data: PreparedDataset,
   point: ResumePoint,
 ): Promise<TrainedPhases> {
-  const { config, folder, log } = context;
+  const { config, folder } = context;
   const { classifier } = model;
-  if (point.checkpoint) {
-    loadCheckpointWeights(point.checkpoint.dir, classifier.model);
-    log.info(
-      { epoch: point.lastEpoch, phase: point.checkpoint.meta.phase },
-      `continuing from the checkpoint of epoch ${point.lastEpoch}`,
-    );
-    const { outcome, phase } = point.checkpoint.meta;
-    if (outcome && !context.run.phase_outcomes[phase])
-      context.setRun({ phase_outcomes: { ...context.run.phase_outcomes, [phase]: outcome } });
-  }
+  restoreCheckpoint(context, model, point);
   const summaries: Partial<Record<Phase, PhaseSummary>> = {};
   let initialDue = initialEvaluationDue(point);
   let lastValidation: ValidatedWeights | undefined;
@@ -203,8 +171,7 @@ async function trainPhase(
   const settings = config.train[span.phase];
   const optimizer = createOptimizer(settings.optimizer);
   try {
-    const inside = continuesInside(span, point);
-    if (inside) await loadOptimizerState(point.checkpoint!.dir, optimizer);
+    const inside = await restoreOptimizer(point, span, optimizer);
     const earlyStopping = earlyStoppingFor(context, model, span.phase, point, inside);
     const callbacks = phaseCallbacks(context, model, optimizer, earlyStopping);
     const trainable = model.classifier.model.trainableWeights.length;
