@@ -55,7 +55,7 @@ const conv2dAttrs: OpAttr[] = [
 ];
 
 /** oneDNN's conv kernel, the only one that fuses hard-swish and swish. */
-const oneDnnConv = new PreferredKernel();
+const oneDnnConv = new PreferredKernel('oneDNN conv + hard-swish/swish');
 
 /**
  * Conv2D, filter [h, w, in, out], bias [out]: TensorFlow's _FusedConv2D for ReLU/ReLU6;
@@ -97,7 +97,7 @@ export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, optio
  * (even with TF_ENABLE_ONEDNN_OPTS=0); on a build without it, depthwise + BiasAdd + Relu6
  * run instead.
  */
-const oneDnnDepthwise = new PreferredKernel();
+const oneDnnDepthwise = new PreferredKernel('oneDNN fused depthwise conv');
 
 function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
   // oneDNN's depthwise kernel fuses hard-swish but not swish: swish then runs as its own ops.
@@ -124,16 +124,6 @@ export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, 
       .add(bias) as Tensor4D;
     return activate(y, options.activation);
   });
-}
-
-/** Whether convs with hard-swish/swish run as one oneDNN kernel (undefined until the first one ran). */
-export function oneDnnConvRunsFused(): boolean | undefined {
-  return oneDnnConv.runs;
-}
-
-/** Whether depthwise convs run as one kernel (undefined until the first one ran). */
-export function depthwiseRunsFused(): boolean | undefined {
-  return oneDnnDepthwise.runs;
 }
 
 /** Depthwise conv, filter [h, w, in, multiplier], bias [in * multiplier]. */

@@ -167,7 +167,7 @@ export function convBiasClamp(
  * MklNameChangeOp, as the fused depthwise kernel is): 143 against 190 ms at 112x112x96,
  * stride 2, batch 32 on an AVX2 CPU (its filter gradient is slower than TensorFlow's).
  */
-const oneDnnDepthwiseInputGradient = new PreferredKernel();
+const oneDnnDepthwiseInputGradient = new PreferredKernel('oneDNN depthwise input gradient');
 
 function depthwiseInputGradient(attrs: OpAttr[], inputs: Tensor[]): Tensor4D {
   return oneDnnDepthwiseInputGradient.run(

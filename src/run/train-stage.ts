@@ -15,6 +15,7 @@ import {
   type PhaseSpan,
   type ValidatedWeights,
 } from '../train/engine.ts';
+import { PreferredKernel } from '../tfjs/native-ops.ts';
 import { createOptimizer, learningRateAt } from '../train/optimizers.ts';
 import { EpochLog, InterruptCallback, TrackingCallback } from './callbacks.ts';
 import { initialEvaluationDue, recordInitialEvaluation } from './evaluate-stage.ts';
@@ -38,6 +39,15 @@ export function phaseSpans(config: ResolvedExperiment): (PhaseSpan & { phase: Ph
     { phase: 'feature_extraction', first: 1, last: fe, resumeAfter: 0 },
     { phase: 'fine_tune', first: fe + 1, last: fe + ft, resumeAfter: fe },
   ];
+}
+
+/** Which of the kernels tlx prefers ran (debug), and a warning when one is missing from the TensorFlow build (its slower fallback ran). */
+function reportKernels(context: RunContext): void {
+  const kernels = PreferredKernel.report();
+  context.log.debug({ kernels }, 'native kernels');
+  const missing = Object.keys(kernels).filter((name) => kernels[name] === false);
+  if (missing.length > 0)
+    context.log.warn({ kernels }, `not in this TensorFlow build, so the slower unfused ops ran: ${missing.join(', ')}`);
 }
 
 export interface TrainedPhases {
@@ -92,6 +102,7 @@ export async function trainPhases(
       .reduce((sum, r) => sum + r.seconds, 0);
   }
   if (initialDue) await recordInitialEvaluation(context, model, data, point);
+  reportKernels(context);
   return { summaries, lastValidation };
 }
 

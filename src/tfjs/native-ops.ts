@@ -57,11 +57,16 @@ export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tenso
  * once it has run, an error from it is a real error, not a missing kernel.
  */
 export class PreferredKernel {
+  private static readonly all: PreferredKernel[] = [];
   private available: boolean | undefined;
 
-  /** Whether the preferred kernel runs here (undefined until the first call). */
-  get runs(): boolean | undefined {
-    return this.available;
+  constructor(readonly name: string) {
+    PreferredKernel.all.push(this);
+  }
+
+  /** Each preferred kernel by name: true when it runs here, false when its fallback does, undefined before its first call. */
+  static report(): Record<string, boolean | undefined> {
+    return Object.fromEntries(PreferredKernel.all.map((kernel) => [kernel.name, kernel.available]));
   }
 
   run<T>(preferred: () => T, fallback: () => T): T {

@@ -2,14 +2,12 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import {
-  depthwiseRunsFused,
   fusedConv2d,
   fusedDepthwiseConv2d,
-  oneDnnConvRunsFused,
   unfusedDepthwise,
   type FusedActivation,
 } from '../../src/engine/fused-kernels.ts';
-import { runOp } from '../../src/tfjs/native-ops.ts';
+import { PreferredKernel, runOp } from '../../src/tfjs/native-ops.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 
 test('the native TensorFlow backend is what runs', () => {
@@ -92,7 +90,11 @@ test('list attributes reach TensorFlow (binding patch): the fused conv kernels e
       });
     }
   }
-  assert.equal(depthwiseRunsFused(), true, 'depthwise ran as one fused kernel');
-  assert.equal(oneDnnConvRunsFused(), true, "conv with hard-swish/swish ran as oneDNN's fused kernel");
+  assert.equal(PreferredKernel.report()['oneDNN fused depthwise conv'], true, 'depthwise ran as one fused kernel');
+  assert.equal(
+    PreferredKernel.report()['oneDNN conv + hard-swish/swish'],
+    true,
+    "conv with hard-swish/swish ran as oneDNN's fused kernel",
+  );
   tf.dispose([x, filter, bias, depthwiseFilter, depthwiseBias]);
 });
