@@ -362,7 +362,7 @@ async function accuracy(): Promise<void> {
   );
   const [a, b] = [spreadOf(t), spreadOf(k)];
   const difference = welchInterval(a, b);
-  const points = (v: number) => `${(v * 100).toFixed(1)}`;
+  const points = (v: number) => (v * 100).toFixed(1).replace(/^-0\.0$/, '0.0');
   console.log(
     `  tlx   mean ${a.mean.toFixed(3)} sd ${a.sd.toFixed(3)} (lowest ${Math.min(...t).toFixed(3)}, spread ${points(Math.max(...t) - Math.min(...t))} points)`,
   );
