@@ -190,9 +190,17 @@ describe('tlx run', () => {
         `interrupted-${signal}`,
         `${tinyData}train:\n  feature_extraction: { epochs: 20 }\n  fine_tune: { epochs: 1 }\n`,
       );
-      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], { cwd: work, reject: false });
+      // The run holds right after recording epoch 1 until the test lets it go, so the signal
+      // always reaches a run that is training, however fast the epochs and slow the machine.
+      const release = path.join(work, `release-${signal}`);
+      const child = execa(process.execPath, [tlxBin, '--runs-dir', runsDir, 'run', file], {
+        cwd: work,
+        reject: false,
+        env: { TLX_TEST_HOLD_AT: 'epoch.recorded@1', TLX_TEST_HOLD_UNTIL: release },
+      });
       const dir = await waitForEpoch(runsDir, `-interrupted-${signal}-`, 1);
       child.kill(signal);
+      fs.writeFileSync(release, '');
       const result = await child;
       assert.equal(result.exitCode, 130);
       assert.ok(dir);
