@@ -58,6 +58,50 @@ def assign_weights(model, base, named):
     return assigned
 
 
+def layers_of(model):
+    """Every layer of a Keras model, nested models (the base) opened."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from layers_of(layer)
+        else:
+            yield layer
+
+
+def macs_per_image(model):
+    """Multiply-accumulates of one image through the convolutions and dense layers (the
+    "mult-adds" of the MobileNet and EfficientNet papers): what carries across devices."""
+    total = 0
+    for layer in layers_of(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, height, width, channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += height * width * channels * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, out_channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            in_channels = layer.input.shape[-1]
+            total += height * width * out_channels * kh * kw * in_channels // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.input.shape[1:])) * layer.units
+    return int(total)
+
+
+def host_latency_ms(model_path, images, threads, repeats=30):
+    """Median ms per image of LiteRT's interpreter (XNNPACK, its default CPU delegate) on this
+    CPU with `threads` threads, after two warm-up runs: a proxy for a phone, not a phone."""
+    interpreter = Interpreter(model_path=model_path, num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    latencies = []
+    for i in range(repeats + 2):
+        interpreter.set_tensor(detail["index"], quantize_input(images[i % len(images)][None], detail))
+        started = time.perf_counter()
+        interpreter.invoke()
+        if i >= 2:
+            latencies.append((time.perf_counter() - started) * 1000.0)
+    return float(statistics.median(latencies))
+
+
 def load_images(path, count, height, width):
     return np.fromfile(path, dtype=np.uint8).reshape(count, height, width, 3)
 
@@ -272,6 +316,11 @@ def export(request):
         if mode == "none":
             check(report, "float_matches_trained_model", report["max_abs_diff_vs_trained_model"] < 1e-4, f"float32 TFLite outputs differ from the trained model by {report['max_abs_diff_vs_trained_model']:.2e} (expected < 1e-4)")
     lap("interpreter")
+    report["params"] = int(model.count_params())
+    report["macs_per_image"] = macs_per_image(model)
+    if count:
+        report["host_latency_ms"] = {str(threads): host_latency_ms(output, test, threads) for threads in (1, 4)}
+    lap("phone_costs")
     files = request.get("test_files") or []
     if count and files:
         nearest = decode_resized_files(files, height, width, "nearest", request.get("max_image_pixels"))

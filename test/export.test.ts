@@ -91,10 +91,23 @@ describe('TFLite export', () => {
           fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'),
           new RegExp(`Array\\(1\\) \\{ (Float|Byte)Array\\(labels\\.size\\) \\}   // \\[1, ${classes.length}\\]`),
         );
+        assert.match(
+          fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'),
+          /\| multiply-accumulates per image \| 6\.1 M .*\n\| host latency per image \(LiteRT \+ XNNPACK on the exporting machine: a proxy for a phone, not a phone\) \| [\d.]+ ms on 1 thread, [\d.]+ ms on 4 \|/,
+        );
         assert.ok(
           r.accuracy !== undefined && r.median_latency_ms !== undefined && r.agreement_with_trained_model !== undefined,
         );
         assert.ok(r.accuracy_nearest_resize !== undefined, 'the Android-style nearest resize is measured too');
+        // What the phone pays. MACs from the graph's shapes: MobileNetV2's base at 32 px is 6,112,128
+        // (at 224 px the same count gives the paper's 300 M with the 1000-class top), plus 1280 per head unit.
+        const units = classes.length === 2 ? 1 : classes.length;
+        assert.equal(r.macs_per_image, 6_112_128 + 1280 * units);
+        assert.equal(r.params, 2_257_984 + 1281 * units);
+        assert.ok(
+          r.host_latency_ms!.threads_1 > 0 && r.host_latency_ms!.threads_4 > 0,
+          'host latency at 1 and 4 threads',
+        );
         if (mode === 'none')
           assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
         if (mode === 'int8') assert.equal(r.input.quantization.scale, 1, 'raw pixels 0..255 go in as they are');

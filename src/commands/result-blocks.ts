@@ -29,6 +29,16 @@ function gateLine(record: TfliteRecord): string {
   return `drop ${(gate.accuracy_drop * 100).toFixed(1)} points: ${gate.lost} lost, ${gate.gained} gained of ${gate.images}, p ${gate.p_value.toFixed(2)}`;
 }
 
+/** "56.3 M MACs, host 0.65 / 0.30 ms (1 / 4 threads)": what the phone pays besides the file size. */
+function phoneCosts(record: TfliteRecord): string {
+  const macs = record.macs_per_image !== undefined ? `, ${(record.macs_per_image / 1e6).toFixed(1)} M MACs` : '';
+  const host = record.host_latency_ms;
+  const latency = host
+    ? `, host latency ${host.threads_1.toFixed(2)} / ${host.threads_4.toFixed(2)} ms (1 / 4 threads)`
+    : '';
+  return `${macs}${latency}`;
+}
+
 function exportLines(record: TfliteRecord, style: Style): string[] {
   const mediapipe = record.mediapipe as { accuracy?: number; skipped?: string } | undefined;
   const io = record.quantization === 'int8' ? ` (${record.io_type} in/out)` : '';
@@ -38,7 +48,7 @@ function exportLines(record: TfliteRecord, style: Style): string[] {
     ? `, weights of epoch ${record.final_weights.epoch}${record.final_weights.selected_by === 'best_val_accuracy' ? ' (best val_accuracy)' : ''}`
     : '';
   return [
-    `${record.quantization}${io}, ${bytes(record.bytes)}, output [${record.output.shape.join(', ')}]${weights}, ${state}`,
+    `${record.quantization}${io}, ${bytes(record.bytes)}${phoneCosts(record)}, output [${record.output.shape.join(', ')}]${weights}, ${state}`,
     `accuracy ${withInterval(record.accuracy, record.accuracy_ci95, (v) => percent(v))} (${gateLine(record)}), nearest resize ${percent(record.accuracy_nearest_resize)}, MediaPipe ${mediapipe?.skipped ? 'n/a' : percent(mediapipe?.accuracy)}`,
   ];
 }

@@ -36,6 +36,23 @@ function gateRow(record: TfliteRecord): string {
   return `| export gate | ${gate.passed ? 'passed' : 'failed'}: ${gate.lost} images lost and ${gate.gained} gained against the trained model (drop ${(gate.accuracy_drop * 100).toFixed(1)} points, p = ${gate.p_value.toFixed(3)}); allowed ${limit}; ${power} |\n`;
 }
 
+/** What the phone pays: size is above; parameters, MACs (which carry across devices) and host latency (a proxy). */
+function phoneCostRows(record: TfliteRecord): string {
+  const rows: string[] = [];
+  if (record.params !== undefined) rows.push(`| parameters | ${record.params.toLocaleString('en-US')} |`);
+  if (record.macs_per_image !== undefined)
+    rows.push(
+      `| multiply-accumulates per image | ${(record.macs_per_image / 1e6).toFixed(1)} M (convolutions and dense layers; these carry across devices) |`,
+    );
+  const host = record.host_latency_ms;
+  rows.push(
+    host
+      ? `| host latency per image (LiteRT + XNNPACK on the exporting machine: a proxy for a phone, not a phone) | ${host.threads_1.toFixed(2)} ms on 1 thread, ${host.threads_4.toFixed(2)} ms on 4 |`
+      : `| median latency per image (1 thread, this machine) | ${record.median_latency_ms?.toFixed(2) ?? 'n/a'} ms |`,
+  );
+  return rows.join('\n');
+}
+
 function weightsRow(record: TfliteRecord): string {
   const chosen = record.final_weights;
   if (!chosen) return '';
@@ -75,7 +92,7 @@ ${weightsRow(record)}| accuracy (${record.evaluated_on} split, run through the .
 ${gateRow(record)}| accuracy in MediaPipe Tasks' ImageClassifier | ${mediapipe?.skipped ? escapeMarkdown(mediapipe.skipped) : `${pct(mediapipe?.accuracy)} (top-1 agrees with the .tflite on ${pct(mediapipe?.agreement_with_tflite)})`} |
 | accuracy with nearest-neighbour resize (Android createScaledBitmap filter=false) | ${pct(record.accuracy_nearest_resize)} |
 | agreement with the trained model (top-1) | ${pct(record.agreement_with_trained_model)} |
-| median latency per image (1 thread, this machine) | ${record.median_latency_ms?.toFixed(2) ?? 'n/a'} ms |
+${phoneCostRows(record)}
 
 ${
   int8Io

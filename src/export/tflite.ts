@@ -43,6 +43,9 @@ interface ExportReport {
   agreement_with_trained_model?: number;
   max_abs_diff_vs_trained_model?: number;
   median_latency_ms?: number;
+  params: number;
+  macs_per_image: number;
+  host_latency_ms?: { '1': number; '4': number };
   accuracy_nearest_resize?: number;
   keras_vs_tlx_max_abs_diff: number;
   weights_assigned: number;
@@ -168,6 +171,11 @@ function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord 
     agreement_with_trained_model: report.agreement_with_trained_model,
     max_abs_diff_vs_trained_model: report.max_abs_diff_vs_trained_model,
     median_latency_ms: report.median_latency_ms,
+    params: report.params,
+    macs_per_image: report.macs_per_image,
+    ...(report.host_latency_ms
+      ? { host_latency_ms: { threads_1: report.host_latency_ms['1'], threads_4: report.host_latency_ms['4'] } }
+      : {}),
     accuracy_nearest_resize: report.accuracy_nearest_resize,
     ...(report.mediapipe ? { mediapipe: report.mediapipe } : {}),
     preprocessing: preprocessingNote(inputs.classifier.base),

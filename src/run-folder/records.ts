@@ -147,6 +147,11 @@ export const TfliteRecord = z
     agreement_with_trained_model: z.number().optional(),
     max_abs_diff_vs_trained_model: z.number().optional(),
     median_latency_ms: z.number().optional(),
+    /** What a phone pays: parameters, multiply-accumulates per image (convolutions and dense layers). */
+    params: z.number().int().optional(),
+    macs_per_image: z.number().int().optional(),
+    /** Median ms per image of LiteRT's interpreter with XNNPACK on the exporting machine's CPU: a proxy, not a phone. */
+    host_latency_ms: z.object({ threads_1: z.number(), threads_4: z.number() }).optional(),
     accuracy_nearest_resize: z.number().optional(),
     preprocessing: z.string(),
     problems: z.array(z.string()),

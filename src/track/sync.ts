@@ -93,6 +93,10 @@ function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetric[] {
     add(`tflite_${mode}_gate_p_value`, record.gate?.p_value);
     add(`tflite_${mode}_accuracy_nearest_resize`, record.accuracy_nearest_resize);
     add(`tflite_${mode}_latency_ms`, record.median_latency_ms);
+    add(`tflite_${mode}_params`, record.params);
+    add(`tflite_${mode}_macs_per_image`, record.macs_per_image);
+    add(`tflite_${mode}_host_latency_ms_1_thread`, record.host_latency_ms?.threads_1);
+    add(`tflite_${mode}_host_latency_ms_4_threads`, record.host_latency_ms?.threads_4);
     add(`tflite_${mode}_mediapipe_accuracy`, (record.mediapipe as { accuracy?: number } | undefined)?.accuracy);
     add(`tflite_${mode}_verified`, record.status === 'verified' ? 1 : 0);
   }
