@@ -20,14 +20,11 @@ export interface SummaryInputs {
   memory: TrainingMemory;
 }
 
-function intervalOf<K extends string>(
-  key: K,
-  accuracy: number | undefined,
-  images: number,
-): { [key in K]?: [number, number] } {
+/** The 95% interval of an accuracy on `images` images, when there is one to give. */
+function intervalOf(accuracy: number | undefined, images: number): [number, number] | undefined {
   return accuracy !== undefined && Number.isFinite(accuracy) && images > 0
-    ? ({ [key]: accuracyInterval(accuracy, images) } as { [key in K]: [number, number] })
-    : {};
+    ? accuracyInterval(accuracy, images)
+    : undefined;
 }
 
 /** The metrics of summary.json: before training, after it (with 95% intervals on the splits' image counts), and the best validation accuracy. */
@@ -46,8 +43,8 @@ function finalMetrics(
       val_accuracy: validation.accuracy,
       test_loss: test?.loss ?? Number.NaN,
       test_accuracy: test?.accuracy ?? Number.NaN,
-      ...intervalOf('val_accuracy_ci95', validation.accuracy, data.splits.validation.length),
-      ...intervalOf('test_accuracy_ci95', test?.accuracy, data.splits.test.length),
+      val_accuracy_ci95: intervalOf(validation.accuracy, data.splits.validation.length),
+      test_accuracy_ci95: intervalOf(test?.accuracy, data.splits.test.length),
     },
     best_val_accuracy: trained.length > 0 ? Math.max(...trained.map((r) => r.val_accuracy)) : undefined,
   };
