@@ -6,7 +6,14 @@ import { projectRoot } from '../../src/core/project.ts';
 /** Runs Python from the project's .venv (real TensorFlow/Keras) with a script given inline. */
 export async function python(code: string, args: string[] = [], input?: string): Promise<string> {
   const result = await execa(venvPython(), ['-c', code, ...args], {
-    env: { TF_CPP_MIN_LOG_LEVEL: '3', PYTHONPATH: path.join(projectRoot, 'python') },
+    // MLflow's client telemetry (a background thread that sets and unsets an environment
+    // variable other threads read: a KeyError, once in a full suite) and any call out of the machine: off.
+    env: {
+      TF_CPP_MIN_LOG_LEVEL: '3',
+      PYTHONPATH: path.join(projectRoot, 'python'),
+      MLFLOW_DISABLE_TELEMETRY: 'true',
+      DO_NOT_TRACK: 'true',
+    },
     input,
     reject: false,
     timeout: 600_000,
