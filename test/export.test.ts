@@ -108,6 +108,15 @@ describe('TFLite export', () => {
           r.host_latency_ms!.threads_1 > 0 && r.host_latency_ms!.threads_4 > 0,
           'host latency at 1 and 4 threads',
         );
+        // Loading reads every weight (and XNNPACK packs a copy): the interpreter's peak holds at least the file.
+        assert.ok(
+          r.peak_memory_bytes! >= r.bytes && r.peak_memory_bytes! < 1024 ** 3,
+          `peak memory ${r.peak_memory_bytes} for a ${r.bytes}-byte file`,
+        );
+        assert.match(
+          fs.readFileSync(path.join(folder, 'model-card.md'), 'utf8'),
+          /\| peak memory to classify an image \| [\d.]+ MiB \(resident memory LiteRT \+ XNNPACK adds/,
+        );
         if (mode === 'none')
           assert.ok(r.max_abs_diff_vs_trained_model! < 1e-4, `float32 differs by ${r.max_abs_diff_vs_trained_model}`);
         if (mode === 'int8') assert.equal(r.input.quantization.scale, 1, 'raw pixels 0..255 go in as they are');

@@ -132,6 +132,146 @@ describe('tlx sweep', () => {
     assert.ok(remoteParent.artifacts.includes('results.csv'));
   });
 
+  test('a budget: one export per architecture, the best within budget exported, the Pareto front in the folder and on the MLflow parent', async () => {
+    // MobileNetV2 at 32 px costs 1.2 M MACs, MobileNetV3-Small 0.4 M: a 0.8 M budget excludes every MobileNetV2 trial.
+    const file = writeExperiment(
+      work,
+      'phone',
+      `seed: 2
+${tinyDataAndModel}train:
+  feature_extraction: { epochs: 1 }
+  fine_tune: { epochs: 1 }
+export:
+  tflite: { quantization: int8, representative_images: 10, max_accuracy_drop: 1 }
+sweep:
+  export: best
+  constraints: { max_macs: 800000 }
+  grid:
+    model.base: [mobilenet_v2, mobilenet_v3_small]
+    train.fine_tune.fine_tune_at: [100, 120]
+`,
+    );
+    const result = await runTlx(['--runs-dir', runsDir, '--json', 'sweep', file], {
+      cwd: work,
+      env: { MLFLOW_TRACKING_URI: server.url },
+      timeout: 600_000,
+    });
+    assert.equal(result.exitCode, 0, result.stderr.slice(-3000));
+    const report = JSON.parse(result.stdout) as {
+      best_trial: number;
+      dir: string;
+      constraints: { max_macs: number };
+      trials: {
+        trial: number;
+        assignments: Record<string, string>;
+        exported?: boolean;
+        budget: string;
+        over_budget?: string[];
+        macs_per_image: number;
+        footprint_trial: number;
+        host_latency_ms_1: number;
+      }[];
+    };
+    const v2 = report.trials.filter((t) => t.assignments['model.base'] === 'mobilenet_v2');
+    const v3 = report.trials.filter((t) => t.assignments['model.base'] === 'mobilenet_v3_small');
+    assert.deepEqual(
+      v2.map((t) => t.budget),
+      ['over', 'over'],
+    );
+    assert.match(v2[0].over_budget!.join(), /^MACs 1\.\d M > 0\.8 M$/);
+    assert.deepEqual(
+      v3.map((t) => t.budget),
+      ['within', 'within'],
+    );
+    assert.ok(
+      v3.some((t) => t.trial === report.best_trial),
+      'the best is a trial within the budget',
+    );
+    // One export per architecture; its sibling shares that measurement.
+    assert.equal(report.trials.filter((t) => t.exported).length, 2);
+    for (const group of [v2, v3]) {
+      const measuredOn = group.find((t) => t.exported)!.trial;
+      assert.deepEqual(
+        group.map((t) => t.footprint_trial),
+        [measuredOn, measuredOn],
+      );
+      assert.equal(group[0].macs_per_image, group[1].macs_per_image);
+      assert.ok(group[0].host_latency_ms_1 > 0);
+    }
+    assert.ok(report.trials.find((t) => t.trial === report.best_trial)!.exported, 'the best trial is exported');
+    const png = fs.readFileSync(path.join(report.dir, 'pareto.png'));
+    assert.equal(png.subarray(1, 4).toString(), 'PNG');
+    const parentRunId = (
+      JSON.parse(fs.readFileSync(path.join(report.dir, 'mlflow.json'), 'utf8')) as {
+        servers: Record<string, { run_id: string }>;
+      }
+    ).servers[server.url].run_id;
+    const remoteParent = await readRunWithMlflow(server.url, parentRunId, []);
+    assert.ok(remoteParent.artifacts.includes('pareto.png'), remoteParent.artifacts.join(', '));
+
+    // The same sweep under a budget nothing fits: nothing retrains, and the report says there is no best.
+    const tight = await runTlx(['--runs-dir', runsDir, 'sweep', file, '--set', 'sweep.constraints.max_macs=1000'], {
+      cwd: work,
+    });
+    assert.equal(tight.exitCode, 0, tight.stderr.slice(-3000));
+    assert.match(tight.stderr, /4 trial\(s\), 4 already finished/);
+    assert.match(tight.stdout, /best: none: no trial is within the budget \(sweep\.constraints max_macs 1000\)/);
+    assert.doesNotMatch(tight.stdout, /^\* /m, 'no trial is marked best');
+  });
+
+  test('a random search killed during a trial resumes with the same draws, none twice', async () => {
+    const file = writeExperiment(
+      work,
+      'random',
+      `seed: 2
+${tinyDataAndModel}train:
+  feature_extraction: { epochs: 1 }
+  fine_tune: { epochs: 1, optimizer: { name: adam, learning_rate: 0.0001 } }
+sweep:
+  method: random
+  trials: 3
+  grid:
+    train.fine_tune.fine_tune_at: [100, 120, 140]
+    train.fine_tune.optimizer.learning_rate: { min: 0.000001, max: 0.001, log: true }
+`,
+    );
+    // Trial 0 records two epochs; the third recorded epoch is trial 1's, and the process dies there.
+    const killed = await runTlx(['--runs-dir', runsDir, 'sweep', file], {
+      cwd: work,
+      env: { TLX_TEST_KILL_AT: 'epoch.recorded@3' },
+    });
+    assert.notEqual(killed.exitCode, 0);
+    const sweeps = fs.readdirSync(path.join(runsDir, 'sweeps')).filter((d) => d.startsWith('random-'));
+    assert.equal(sweeps.length, 1);
+    const sweepDir = path.join(runsDir, 'sweeps', sweeps[0]);
+    const before = statusOf(sweepDir) as (StatusLine & { assignments: Record<string, unknown> })[];
+    assert.deepEqual(
+      before.map((s) => s.status),
+      ['finished', 'running', 'pending'],
+    );
+    const resumed = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-3000));
+    assert.match(resumed.stderr, /3 trial\(s\), 1 already finished/);
+    const after = statusOf(sweepDir) as (StatusLine & { assignments: Record<string, unknown> })[];
+    assert.deepEqual(
+      after.map((s) => s.assignments),
+      before.map((s) => s.assignments),
+      'the same draws',
+    );
+    assert.equal(new Set(after.map((s) => JSON.stringify(s.assignments))).size, 3, 'no trial twice');
+    assert.ok(after.every((s) => s.status === 'finished'));
+    assert.equal(after[0].run_dir, before[0].run_dir, 'the finished trial is not rerun');
+    assert.equal(after[1].run_dir, before[1].run_dir, 'the killed trial resumes its own folder');
+    const epochs = fs
+      .readFileSync(path.join(after[1].run_dir!, 'metrics.jsonl'), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { epoch: number }).epoch);
+    assert.deepEqual(epochs, [0, 1, 2], 'every epoch once (the start, feature extraction, fine-tuning)');
+    const rate = after[2].assignments['train.fine_tune.optimizer.learning_rate'] as number;
+    assert.ok(rate >= 1e-6 && rate <= 1e-3);
+  });
+
   test('a failing trial is recorded and the others go on', async () => {
     const file = experiment('failing', '    model.weights: [none, missing-weights.h5]');
     const result = await runTlx(['--runs-dir', runsDir, 'sweep', file], { cwd: work });

@@ -36,7 +36,11 @@ function phoneCosts(record: TfliteRecord): string {
   const latency = host
     ? `, host latency ${host.threads_1.toFixed(2)} / ${host.threads_4.toFixed(2)} ms (1 / 4 threads)`
     : '';
-  return `${macs}${latency}`;
+  const memory =
+    record.peak_memory_bytes !== undefined
+      ? `, peak memory ${(record.peak_memory_bytes / 1024 ** 2).toFixed(1)} MiB`
+      : '';
+  return `${macs}${latency}${memory}`;
 }
 
 function exportLines(record: TfliteRecord, style: Style): string[] {

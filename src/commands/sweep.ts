@@ -26,6 +26,13 @@ export interface SweepCommandOptions {
   progress: boolean;
 }
 
+function budgetText(constraints: NonNullable<SweepResult['constraints']>): string {
+  return Object.entries(constraints)
+    .filter(([key]) => key.startsWith('max_'))
+    .map(([key, value]) => `${key} ${value}`)
+    .join(', ');
+}
+
 function printResults(options: Pick<SweepCommandOptions, 'terminal' | 'jsonFlag'>, result: SweepResult): void {
   const { terminal } = options;
   const { id, dir, metric, rows, best } = result;
@@ -39,6 +46,7 @@ function printResults(options: Pick<SweepCommandOptions, 'terminal' | 'jsonFlag'
         best_trial: best?.trial ?? null,
         best_run: best?.run_id ?? null,
         best_run_dir: best?.run_dir ?? null,
+        ...(result.constraints ? { constraints: result.constraints } : {}),
         trials: rows,
       }),
     );
@@ -48,8 +56,10 @@ function printResults(options: Pick<SweepCommandOptions, 'terminal' | 'jsonFlag'
   if (result.complete)
     terminal.print(
       best
-        ? `best: trial ${best.trial} (${describeAssignments(best.assignments)}) ${metric} ${(best[metric] as number).toFixed(4)} -> ${best.run_dir}`
-        : `best: none (no trial has ${metric})`,
+        ? `best${result.constraints ? ' within the budget' : ''}: trial ${best.trial} (${describeAssignments(best.assignments)}) ${metric} ${(best[metric] as number).toFixed(4)} -> ${best.run_dir}`
+        : result.constraints
+          ? `best: none: no trial is within the budget (sweep.constraints ${budgetText(result.constraints)}); see the budget column`
+          : `best: none (no trial has ${metric})`,
     );
   else
     terminal.print(

@@ -335,11 +335,23 @@ export interface Tracking {
   };
 }
 /**
- * A grid of values for `tlx sweep`; each combination is one trial.
+ * The trials of `tlx sweep`: every combination of a grid, or `trials` random draws from it (method: random); the metric that ranks them and, optionally, the phone's budget they must fit.
  */
 export interface Sweep {
   /**
-   * Dotted key (e.g. train.fine_tune.fine_tune_at) to a list of values or a range {from, to, step} (to inclusive).
+   * grid: every combination of the grid's values (--max-trials keeps the first n). random: `trials` draws, one value per key (uniform over lists and ranges; continuous {min, max, log}), seeded by sweep.seed, never the same trial twice; a rerun draws the same trials.
+   */
+  method?: 'grid' | 'random';
+  /**
+   * method: random: how many trials to draw (required there).
+   */
+  trials?: number;
+  /**
+   * method: random: the seed of the draws (default: the experiment's seed).
+   */
+  seed?: number;
+  /**
+   * Dotted key (e.g. train.fine_tune.fine_tune_at) to a list of values, a range {from, to, step} (to inclusive), or (method: random only) a continuous range {min, max, log} drawn uniformly, or log-uniformly with log: true (for learning rates).
    */
   grid: {
     [k: string]:
@@ -348,6 +360,18 @@ export interface Sweep {
           from: number;
           to: number;
           step: number;
+        }
+      | {
+          min: number;
+          max: number;
+          /**
+           * Draw log-uniformly (min > 0): each decade equally often, as for learning rates. Default false.
+           */
+          log?: boolean;
+          /**
+           * Round the draw to an integer (e.g. fine_tune_at). Default false.
+           */
+          integer?: boolean;
         };
   };
   metric?: 'val_accuracy' | 'val_loss' | 'test_accuracy' | 'test_loss' | 'tflite_accuracy';
@@ -356,4 +380,33 @@ export interface Sweep {
    * Which trials export TFLite (when the experiment exports): all of them, only the best one (after every trial finished; the results say which), or none.
    */
   export?: 'all' | 'best' | 'none';
+  /**
+   * The phone's budget. Each trial is within or over it; the best trial is the best within budget (none when no trial fits: the report says so). Needs export.tflite and sweep.export best or all: one trial per architecture (base, alpha, image size, quantization) is exported to measure what its .tflite costs, and the trials that differ only in training share that measurement.
+   */
+  constraints?: {
+    /**
+     * Largest .tflite file, in bytes.
+     */
+    max_bytes?: number;
+    /**
+     * Most parameters.
+     */
+    max_params?: number;
+    /**
+     * Most multiply-accumulates per image (they carry across devices).
+     */
+    max_macs?: number;
+    /**
+     * Slowest median host latency (LiteRT with XNNPACK on this CPU, a proxy for a phone), in ms, at latency_threads.
+     */
+    max_host_latency_ms?: number;
+    /**
+     * Which host latency max_host_latency_ms and the Pareto plot use: 1 or 4 threads.
+     */
+    latency_threads?: 1 | 4;
+    /**
+     * Most peak memory the interpreter adds to load the model and classify one image.
+     */
+    max_peak_memory_bytes?: number;
+  };
 }

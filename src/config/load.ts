@@ -22,7 +22,7 @@ export interface LoadOptions {
   /** `--set key.path=value` flags, applied after `extends` and the file itself. */
   overrides?: readonly string[];
   /** Sweep grid keys from the command line (`--grid`), added to `sweep.grid` before validation. */
-  grid?: Readonly<Record<string, unknown[]>>;
+  grid?: Readonly<Record<string, unknown>>;
 }
 
 export interface LoadedExperiment {

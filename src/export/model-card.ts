@@ -50,6 +50,10 @@ function phoneCostRows(record: TfliteRecord): string {
       ? `| host latency per image (LiteRT + XNNPACK on the exporting machine: a proxy for a phone, not a phone) | ${host.threads_1.toFixed(2)} ms on 1 thread, ${host.threads_4.toFixed(2)} ms on 4 |`
       : `| median latency per image (1 thread, this machine) | ${record.median_latency_ms?.toFixed(2) ?? 'n/a'} ms |`,
   );
+  if (record.peak_memory_bytes !== undefined)
+    rows.push(
+      `| peak memory to classify an image | ${(record.peak_memory_bytes / 1024 ** 2).toFixed(1)} MiB (resident memory LiteRT + XNNPACK adds to load this file and classify one image, on the exporting machine: the file's pages, packed weights, tensor arena, code) |`,
+    );
   return rows.join('\n');
 }
 

@@ -46,6 +46,7 @@ interface ExportReport {
   params: number;
   macs_per_image: number;
   host_latency_ms?: { '1': number; '4': number };
+  peak_memory_bytes?: number;
   accuracy_nearest_resize?: number;
   keras_vs_tlx_max_abs_diff: number;
   weights_assigned: number;
@@ -176,6 +177,7 @@ function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord 
     ...(report.host_latency_ms
       ? { host_latency_ms: { threads_1: report.host_latency_ms['1'], threads_4: report.host_latency_ms['4'] } }
       : {}),
+    peak_memory_bytes: report.peak_memory_bytes,
     accuracy_nearest_resize: report.accuracy_nearest_resize,
     ...(report.mediapipe ? { mediapipe: report.mediapipe } : {}),
     preprocessing: preprocessingNote(inputs.classifier.base),

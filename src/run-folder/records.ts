@@ -152,6 +152,8 @@ export const TfliteRecord = z
     macs_per_image: z.number().int().optional(),
     /** Median ms per image of LiteRT's interpreter with XNNPACK on the exporting machine's CPU: a proxy, not a phone. */
     host_latency_ms: z.object({ threads_1: z.number(), threads_4: z.number() }).optional(),
+    /** Peak resident memory LiteRT (XNNPACK, 1 thread) adds to load the file and classify one image, in a fresh process. */
+    peak_memory_bytes: z.number().int().optional(),
     accuracy_nearest_resize: z.number().optional(),
     preprocessing: z.string(),
     problems: z.array(z.string()),
@@ -337,8 +339,22 @@ export const SweepPlan = z.object({
   sweep_id: z.string(),
   experiment_file: z.string(),
   overrides: z.array(z.string()),
-  grid: z.record(z.string(), z.array(z.unknown())),
+  /** Lists, and (random search) continuous ranges {min, max, log, integer}. */
+  grid: z.record(
+    z.string(),
+    z.union([
+      z.array(z.unknown()),
+      z.object({ min: z.number(), max: z.number(), log: z.boolean().optional(), integer: z.boolean().optional() }),
+    ]),
+  ),
   max_trials: z.number().int().nullable().default(null),
+  /** How the trials came from the grid (absent in plans written before random search: a grid). */
+  search: z
+    .union([
+      z.object({ method: z.literal('grid') }),
+      z.object({ method: z.literal('random'), trials: z.number().int(), seed: z.number().int() }),
+    ])
+    .optional(),
   metric: z.string(),
   goal: z.enum(['max', 'min']),
   export: z.enum(['all', 'best', 'none']).default('all'),

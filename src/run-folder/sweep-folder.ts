@@ -120,11 +120,12 @@ export class SweepFolder {
     writeJsonAtomic(this.file('results.json'), json);
   }
 
-  writePlot(png: Uint8Array): void {
-    writeFileAtomic(this.file('plot.png'), png);
+  /** plot.png: the metric by trial; pareto.png: the metric against host latency, when the trials' costs are known. */
+  writePlot(png: Uint8Array, name: 'plot.png' | 'pareto.png' = 'plot.png'): void {
+    writeFileAtomic(this.file(name), png);
   }
 
   resultFiles(): string[] {
-    return ['results.csv', 'results.json', 'plot.png'].filter((name) => fs.existsSync(this.file(name)));
+    return ['results.csv', 'results.json', 'plot.png', 'pareto.png'].filter((name) => fs.existsSync(this.file(name)));
   }
 }

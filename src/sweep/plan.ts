@@ -5,6 +5,8 @@ import { forbiddenKeyMessage, forbiddenKeys } from '../config/sources.ts';
 import { ConfigError, UserError, errorMessage } from '../core/errors.ts';
 import { canonicalJson, sha256Hex } from '../core/hash.ts';
 import type { SweepPlan } from '../run-folder/records.ts';
+import { constraintsOf, type Constraints } from './budget.ts';
+import { checkContinuousRange, isContinuous, sampleTrials, type SpaceEntry } from './sample.ts';
 
 /**
  * Pure sweep planning: the grid from the config and --grid flags, expanded into trials,
@@ -13,7 +15,8 @@ import type { SweepPlan } from '../run-folder/records.ts';
  */
 
 export type GridValue = string | number | boolean | null | unknown[] | Record<string, unknown>;
-export type Grid = Record<string, GridValue[]>;
+/** The swept keys: lists (a grid, or drawn from) and, for random search, continuous ranges. */
+export type Grid = Record<string, SpaceEntry>;
 
 export interface TrialPlan {
   index: number;
@@ -37,6 +40,10 @@ export interface SweepPlanned {
   overrides: string[];
   grid: Grid;
   maxTrials?: number;
+  /** How the trials came from the grid: every combination, or `trials` seeded random draws. */
+  search: { method: 'grid' } | { method: 'random'; trials: number; seed: number };
+  /** The phone's budget the best trial must fit (sweep.constraints). */
+  constraints?: Constraints;
   metric: 'val_accuracy' | 'val_loss' | 'test_accuracy' | 'test_loss' | 'tflite_accuracy';
   goal: 'max' | 'min';
   exportPolicy: ExportPolicy;
@@ -64,11 +71,40 @@ function gridFromConfig(sweep: Sweep | undefined): Grid {
   const grid: Grid = {};
   for (const [key, spec] of Object.entries(sweep?.grid ?? {})) {
     checkGridKey(key, 'sweep.grid');
-    grid[key] = Array.isArray(spec)
-      ? (spec as GridValue[])
-      : expandRange(spec as { from: number; to: number; step: number }, key);
+    if (isContinuous(spec)) {
+      if (sweep?.method !== 'random')
+        throw new UserError(
+          `sweep.grid.${key}: a continuous range {min, max} is drawn from, so it needs sweep.method: random and sweep.trials; a grid takes a list or {from, to, step}`,
+        );
+      checkContinuousRange(spec, key);
+      grid[key] = spec;
+    } else
+      grid[key] = Array.isArray(spec)
+        ? (spec as GridValue[])
+        : expandRange(spec as { from: number; to: number; step: number }, key);
   }
   return grid;
+}
+
+function searchOf(sweep: Sweep | undefined, experimentSeed: number): SweepPlanned['search'] {
+  if (sweep?.method !== 'random') {
+    if (sweep?.trials !== undefined)
+      throw new UserError(
+        'sweep.trials: the number of random draws needs sweep.method: random; a grid runs every combination (--max-trials keeps the first n)',
+      );
+    return { method: 'grid' };
+  }
+  if (sweep.trials === undefined)
+    throw new UserError('sweep.trials: sweep.method: random needs the number of trials to draw (e.g. trials: 8)');
+  return { method: 'random', trials: sweep.trials, seed: sweep.seed ?? experimentSeed };
+}
+
+function trialsOf(grid: Grid, search: SweepPlanned['search'], maxTrials?: number): TrialPlan[] {
+  if (search.method === 'grid') return expandGrid(grid as Record<string, GridValue[]>, maxTrials);
+  if (Object.keys(grid).length === 0)
+    throw new UserError('sweep: nothing to draw from; add keys to sweep.grid or pass --grid key=v1,v2');
+  const trials = sampleTrials(grid, search.trials, search.seed);
+  return maxTrials === undefined ? trials : trials.slice(0, maxTrials);
 }
 
 /** `--grid key=v1,v2,...` (each value read as YAML: 40 is a number), or `key=from:to:step`. */
@@ -91,7 +127,7 @@ export function parseGridFlag(flag: string): [string, GridValue[]] {
 }
 
 /** The grid product, last key varying fastest; `maxTrials` keeps the first n. */
-export function expandGrid(grid: Grid, maxTrials?: number): TrialPlan[] {
+export function expandGrid(grid: Record<string, GridValue[]>, maxTrials?: number): TrialPlan[] {
   const keys = Object.keys(grid);
   if (keys.length === 0)
     throw new UserError('sweep: nothing to sweep; add a sweep: grid: block to the experiment or pass --grid key=v1,v2');
@@ -142,7 +178,9 @@ export function planSweep(input: PlanInput): SweepPlanned {
   // --grid keys join sweep.grid before validation, so `--set sweep.export=best` needs no grid in the file.
   const loaded = loadExperiment(input.file, { overrides: input.overrides, grid: input.grid });
   const grid: Grid = gridFromConfig(loaded.config.sweep);
-  const plans = expandGrid(grid, input.maxTrials);
+  const search = searchOf(loaded.config.sweep, loaded.config.seed);
+  const constraints = constraintsOf(loaded.config);
+  const plans = trialsOf(grid, search, input.maxTrials);
   const problems: string[] = [];
   const jobs: TrialJob[] = [];
   for (const plan of plans) {
@@ -170,13 +208,17 @@ export function planSweep(input: PlanInput): SweepPlanned {
       `sweep: ${problems.length} of ${plans.length} trial(s) are invalid; nothing was run:\n${problems.join('\n')}`,
     );
   const base = withoutSweep(loaded);
-  const id = `${loaded.config.name}-${sha256Hex(canonicalJson({ baseConfig: base.config, grid, maxTrials: input.maxTrials ?? null })).slice(0, 10)}`;
+  // A random search's id leaves out how many trials it draws: asking more later continues the same sweep (the first draws stay the same).
+  const identity = { baseConfig: base.config, grid, maxTrials: input.maxTrials ?? null };
+  const id = `${loaded.config.name}-${sha256Hex(canonicalJson(search.method === 'random' ? { ...identity, search: { method: 'random', seed: search.seed } } : identity)).slice(0, 10)}`;
   return {
     id,
     file: input.file,
     overrides: input.overrides,
     grid,
     maxTrials: input.maxTrials,
+    search,
+    constraints,
     metric: loaded.config.sweep?.metric ?? 'val_accuracy',
     goal: loaded.config.sweep?.goal ?? 'max',
     exportPolicy: loaded.config.sweep?.export ?? 'all',
@@ -209,6 +251,7 @@ export function planRecordOf(planned: SweepPlanned, experimentFile: string): Swe
     overrides: planned.overrides,
     grid: planned.grid,
     max_trials: planned.maxTrials ?? null,
+    search: planned.search,
     metric: planned.metric,
     goal: planned.goal,
     export: planned.exportPolicy,

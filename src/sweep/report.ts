@@ -1,5 +1,6 @@
 import type { TopLevelSpec } from 'vega-lite';
 import { csvTable } from '../core/csv.ts';
+import type { ParetoRow } from './budget.ts';
 import type { GridValue } from './plan.ts';
 
 /** A sweep's answer: one row per trial, the best one, a table, CSV and a plot (pure). */
@@ -18,6 +19,17 @@ export interface TrialRow {
   tflite_quantization?: string;
   tflite_accuracy?: number;
   tflite_bytes?: number;
+  /** What the .tflite costs (its own export's, or a trial's of the same architecture: footprint_trial). */
+  params?: number;
+  macs_per_image?: number;
+  host_latency_ms_1?: number;
+  host_latency_ms_4?: number;
+  peak_memory_bytes?: number;
+  /** The trial whose export measured this trial's costs (trials that differ only in training share it). */
+  footprint_trial?: number;
+  /** Against sweep.constraints: within, over (and why), or unmeasured. */
+  budget?: 'within' | 'over' | 'unmeasured';
+  over_budget?: string[];
   minutes?: number;
   shared_feature_extraction?: boolean;
   /** This trial's model was exported (all trials, or only the best with sweep.export: best). */
@@ -32,9 +44,16 @@ function metricOf(row: TrialRow, metric: SweepMetric): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
-export function bestTrial(rows: TrialRow[], metric: SweepMetric, goal: 'max' | 'min'): TrialRow | undefined {
+/** The best row by the metric; with `budget: 'within'`, the best of the rows within the sweep's budget. */
+export function bestTrial(
+  rows: TrialRow[],
+  metric: SweepMetric,
+  goal: 'max' | 'min',
+  budget?: 'within',
+): TrialRow | undefined {
   let best: TrialRow | undefined;
   for (const row of rows) {
+    if (budget && row.budget !== budget) continue;
     const value = metricOf(row, metric);
     if (value === undefined) continue;
     const current = best ? metricOf(best, metric)! : undefined;
@@ -49,6 +68,19 @@ function format(value: unknown, digits = 4): string {
   return typeof value === 'string' ? value : JSON.stringify(value);
 }
 
+/** What the phone pays, and the budget, when any trial was measured or judged. */
+const phoneColumns: { header: string; value: (row: TrialRow) => string }[] = [
+  { header: 'MACs_M', value: (r) => (r.macs_per_image === undefined ? '' : (r.macs_per_image / 1e6).toFixed(1)) },
+  { header: 'host_ms_1', value: (r) => format(r.host_latency_ms_1, 2) },
+  { header: 'host_ms_4', value: (r) => format(r.host_latency_ms_4, 2) },
+  {
+    header: 'peak_MiB',
+    value: (r) => (r.peak_memory_bytes === undefined ? '' : (r.peak_memory_bytes / 1024 ** 2).toFixed(1)),
+  },
+  { header: 'measured_on', value: (r) => format(r.footprint_trial) },
+  { header: 'budget', value: (r) => (r.over_budget?.length ? `over: ${r.over_budget.join('; ')}` : (r.budget ?? '')) },
+];
+
 function columns(rows: TrialRow[]): { header: string; value: (row: TrialRow) => string }[] {
   const keys = Object.keys(rows[0]?.assignments ?? {});
   return [
@@ -61,6 +93,7 @@ function columns(rows: TrialRow[]): { header: string; value: (row: TrialRow) => 
     { header: 'tflite', value: (r) => r.tflite_quantization ?? '' },
     { header: 'tflite_accuracy', value: (r) => format(r.tflite_accuracy) },
     { header: 'tflite_bytes', value: (r) => format(r.tflite_bytes) },
+    ...(rows.some((r) => r.macs_per_image !== undefined || r.budget !== undefined) ? phoneColumns : []),
     { header: 'minutes', value: (r) => format(r.minutes, 2) },
     { header: 'run_id', value: (r) => r.run_id ?? '' },
     { header: 'error', value: (r) => r.error ?? '' },
@@ -132,8 +165,33 @@ export function sweepPlotSpec(rows: TrialRow[], metric: SweepMetric): TopLevelSp
     ...base,
     mark: { type: 'line', point: { size: 80 } },
     encoding: {
-      x: { field: x, type: keys.length === 1 && numeric(x) ? 'quantitative' : 'ordinal', scale: { zero: false } },
+      // An ordinal axis has no zero to leave out (Vega-Lite warns on `zero` there).
+      x:
+        keys.length === 1 && numeric(x)
+          ? { field: x, type: 'quantitative', scale: { zero: false } }
+          : { field: x, type: 'ordinal' },
       y: { field: metric, type: 'quantitative', scale: { zero: false } },
     },
   } as unknown as TopLevelSpec;
+}
+
+/** The finished trials with a metric and a host latency, as the Pareto plot draws them. */
+export function paretoRows(rows: TrialRow[], metric: SweepMetric, threads: 1 | 4): ParetoRow[] {
+  return rows.flatMap((r) => {
+    const value = metricOf(r, metric);
+    const latency = threads === 1 ? r.host_latency_ms_1 : r.host_latency_ms_4;
+    if (value === undefined || latency === undefined || r.tflite_bytes === undefined) return [];
+    return [
+      {
+        trial: r.trial,
+        label: `trial ${r.trial}: ${Object.entries(r.assignments)
+          .map(([k, v]) => `${k.split('.').pop()}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+          .join(', ')}`,
+        metric: value,
+        latency_ms: latency,
+        bytes: r.tflite_bytes,
+        budget: r.budget ?? 'no budget',
+      },
+    ];
+  });
 }

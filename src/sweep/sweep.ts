@@ -21,7 +21,9 @@ import {
   type TrialJob,
 } from './plan.ts';
 import { QueueScheduler } from './queued.ts';
-import { bestTrial, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
+import { paretoPlotSpec, type Constraints } from './budget.ts';
+import { footprintKeys, measureFootprints, withFootprints } from './footprints.ts';
+import { bestTrial, paretoRows, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import type { TrialScheduler } from './schedule.ts';
 import { trialRow } from './trial.ts';
 
@@ -67,6 +69,8 @@ export interface SweepResult {
   best?: TrialRow;
   /** Every trial has ended and the results are written (a queued sweep followed without --wait may not be there yet). */
   complete: boolean;
+  /** The budget the best trial had to fit (sweep.constraints). */
+  constraints?: Constraints;
 }
 
 /** The plan of a new sweep (file, flags), or of a stored one (values as stored: never re-parsed). */
@@ -203,7 +207,7 @@ function recordPlan(folder: SweepFolder, planned: SweepPlanned, log: Logger): Tr
   return states;
 }
 
-/** The results: the best trial (here, exported when sweep.export is best, registered when asked), results.csv/json, the plot, the parent run closed. */
+/** The results: the best trial (within the budget, when the sweep has one; here, exported when sweep.export is best, registered when asked), results.csv/json, the plots, the parent run closed. */
 async function report(
   planned: SweepPlanned,
   folder: SweepFolder,
@@ -214,54 +218,122 @@ async function report(
   const { trackingUri, parent, options } = context;
   const { log } = options;
   const metric = planned.metric as SweepMetric;
-  const best = bestTrial(states.map(rowFor), metric, planned.goal);
+  const exportOptions = { cacheDir: options.cacheDir, log, signal: options.signal, ...scheduler.exportServices() };
+  const judged = await phoneCosts(planned, states, scheduler, (run) =>
+    exportTrial(run, exportOptions, "to measure its architecture's costs against sweep.constraints"),
+  );
+  const best = bestTrial(judged.rows(), metric, planned.goal, planned.constraints ? 'within' : undefined);
   const bestState = states.find((s) => s.trial === best?.trial);
   const bestFolder = bestState ? await scheduler.folderOf(bestState) : undefined;
   folder.writeStatus(states);
-  if (planned.exportPolicy === 'best' && bestFolder && planned.base.config.export.tflite) {
-    await exportBest(bestFolder, {
-      cacheDir: options.cacheDir,
-      log,
-      signal: options.signal,
-      ...scheduler.exportServices(),
-    });
-  }
+  if (planned.exportPolicy === 'best' && bestFolder && planned.base.config.export.tflite)
+    await exportTrial(bestFolder, exportOptions, 'the best trial (sweep.export: best)');
   if (bestFolder && trackingUri && planned.base.config.tracking.mlflow?.register_model)
     await registerBest(bestFolder, trackingUri, parent?.runId, log);
-  const rows = states.map(rowFor);
+  const rows = judged.rows();
   const bestRow = rows.find((r) => r.trial === best?.trial);
+  if (planned.constraints && !bestRow) log.warn(noneWithinBudget(rows));
   folder.writeResults(resultsCsv(rows), {
     sweep_id: planned.id,
     metric,
     goal: planned.goal,
     export: planned.exportPolicy,
+    search: planned.search,
+    ...(planned.constraints ? { constraints: planned.constraints } : {}),
     best_trial: bestRow?.trial ?? null,
     best_run: bestRow?.run_id ?? null,
     trials: rows,
   });
-  try {
-    folder.writePlot(await chartPng(sweepPlotSpec(rows, metric)));
-  } catch (error) {
-    log.warn({ error: errorMessage(error) }, 'could not draw the sweep plot');
-  }
+  await drawPlots(folder, rows, planned, log);
   await parent?.finish(
     { metric, value: bestRow ? (bestRow[metric] as number | undefined) : undefined, runId: bestRow?.run_id },
     rows.some((r) => r.status === 'failed'),
   );
-  return { dir: folder.dir, id: planned.id, metric, rows, best: bestRow, complete: true };
+  return {
+    dir: folder.dir,
+    id: planned.id,
+    metric,
+    rows,
+    best: bestRow,
+    complete: true,
+    constraints: planned.constraints,
+  };
 }
 
-/** The best trial's export (sweep.export: best), unless it has one already (a rerun). */
-async function exportBest(folder: RunFolder, options: Parameters<typeof exportFinishedRun>[1]): Promise<void> {
+/**
+ * Each trial's row with what its .tflite costs and, with sweep.constraints, whether it fits.
+ * With a budget, one trial per architecture is exported to measure it (the rest share it);
+ * without one, the costs of the trials that exported are shown as they are.
+ */
+async function phoneCosts(
+  planned: SweepPlanned,
+  states: TrialState[],
+  scheduler: TrialScheduler,
+  exportRun: (folder: RunFolder) => Promise<void>,
+): Promise<{ rows: () => TrialRow[] }> {
+  const keys = footprintKeys(planned);
+  const measured = planned.constraints
+    ? await measureFootprints({
+        planned,
+        states,
+        rows: states.map(rowFor),
+        folderOf: (state) => scheduler.folderOf(state),
+        exportRun,
+      })
+    : new Map();
+  // Rows are read again after the best trial's export, so they say what was exported.
+  return { rows: () => withFootprints(states.map(rowFor), keys, measured, planned.constraints) };
+}
+
+function noneWithinBudget(rows: TrialRow[]): string {
+  const over = rows.filter((r) => r.budget === 'over').map((r) => `trial ${r.trial}: ${r.over_budget?.join('; ')}`);
+  const unmeasured = rows.filter((r) => r.budget === 'unmeasured').map((r) => r.trial);
+  return [
+    'no trial is within the budget (sweep.constraints): nothing is exported or registered as the best',
+    ...over,
+    ...(unmeasured.length ? [`not measured (no .tflite): trial(s) ${unmeasured.join(', ')}`] : []),
+  ].join('\n  ');
+}
+
+/** plot.png (the metric by trial) and, when the trials' host latencies are known, pareto.png. */
+async function drawPlots(folder: SweepFolder, rows: TrialRow[], planned: SweepPlanned, log: Logger): Promise<void> {
+  const metric = planned.metric as SweepMetric;
+  try {
+    folder.writePlot(await chartPng(sweepPlotSpec(rows, metric)));
+    const threads = planned.constraints?.latency_threads ?? 1;
+    const points = paretoRows(rows, metric, threads);
+    if (points.length > 0)
+      folder.writePlot(
+        await chartPng(
+          paretoPlotSpec(points, {
+            metric,
+            goal: planned.goal,
+            threads,
+            maxLatencyMs: planned.constraints?.max_host_latency_ms,
+          }),
+        ),
+        'pareto.png',
+      );
+  } catch (error) {
+    log.warn({ error: errorMessage(error) }, 'could not draw the sweep plots');
+  }
+}
+
+/** A finished trial's export (the best one with sweep.export: best, or one per architecture for a budget), unless it has one already (a rerun). */
+async function exportTrial(
+  folder: RunFolder,
+  options: Parameters<typeof exportFinishedRun>[1],
+  why: string,
+): Promise<void> {
   if (folder.hasSummary() && folder.readSummary().export?.tflite?.status === 'verified') return;
   folder.lock();
   try {
-    options.log.info({ run: folder.id }, 'exporting the best trial (sweep.export: best)');
+    options.log.info({ run: folder.id }, `exporting ${folder.id}: ${why}`);
     const record = await exportFinishedRun(folder, options);
     if (record.status !== 'verified')
       options.log.error(
         { run: folder.id, problems: record.problems },
-        `the best trial's export failed: ${record.problems.join('; ')}`,
+        `the export of ${folder.id} failed: ${record.problems.join('; ')}`,
       );
   } finally {
     folder.unlock();

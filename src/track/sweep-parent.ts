@@ -9,7 +9,7 @@ export interface ParentRunOptions {
   trackingUri: string;
   experimentName: string;
   sweepName: string;
-  grid: Record<string, unknown[]>;
+  grid: Record<string, unknown>;
   /** The sweep's metric: a column of the sweep's view. */
   metric: string;
   log: Logger;

@@ -97,6 +97,7 @@ function finalMetrics(summary: RunSummary, lastEpoch: number): MlflowMetric[] {
     add(`tflite_${mode}_macs_per_image`, record.macs_per_image);
     add(`tflite_${mode}_host_latency_ms_1_thread`, record.host_latency_ms?.threads_1);
     add(`tflite_${mode}_host_latency_ms_4_threads`, record.host_latency_ms?.threads_4);
+    add(`tflite_${mode}_peak_memory_bytes`, record.peak_memory_bytes);
     add(`tflite_${mode}_mediapipe_accuracy`, (record.mediapipe as { accuracy?: number } | undefined)?.accuracy);
     add(`tflite_${mode}_verified`, record.status === 'verified' ? 1 : 0);
   }
