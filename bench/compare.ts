@@ -147,6 +147,30 @@ function experiment(file: string, body: string): string {
   return path.join(work, file);
 }
 
+/**
+ * How far each case is from the machine's limit: the case's counted FLOPs (2 per MAC forward,
+ * twice that backward for the layers that train) over its median time, as a share of a
+ * 4096 x 4096 matrix product through the same TensorFlow build (tlx's libtensorflow, Keras's
+ * pip TensorFlow).
+ */
+function printEfficiency(
+  base: string,
+  flops: Record<string, number>,
+  seconds: { tlx: Record<string, number[]>; keras: Record<string, number[]> },
+  peak: { tlx: number; keras: number },
+): void {
+  console.log(
+    `  ${base}: matrix-product peak tlx ${peak.tlx.toFixed(0)} GFLOP/s, keras ${peak.keras.toFixed(0)} GFLOP/s`,
+  );
+  for (const name of Object.keys(seconds.tlx)) {
+    const achieved = (tool: 'tlx' | 'keras') => flops[name] / median(seconds[tool][name]) / 1e9;
+    const share = (tool: 'tlx' | 'keras') => `${((100 * achieved(tool)) / peak[tool]).toFixed(0)}%`;
+    console.log(
+      `    ${name}: ${(flops[name] / 1e9).toFixed(1)} GFLOP; tlx ${achieved('tlx').toFixed(1)} GFLOP/s (${share('tlx')} of peak), keras ${achieved('keras').toFixed(1)} GFLOP/s (${share('keras')})`,
+    );
+  }
+}
+
 async function steps(): Promise<void> {
   const names = ['whole_model_trainable', 'fine_tune_at', 'frozen_base', 'predict'];
   for (const base of options.bases.split(',')) {
@@ -154,6 +178,8 @@ async function steps(): Promise<void> {
     const baseArgs = ['--base', base, '--fine-tune-at', fineTuneAt, '--size', stepSize, '--steps', '3'];
     const t: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
     const k: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    const peaks = { tlx: [] as number[], keras: [] as number[] };
+    let flops: Record<string, number> = {};
     for (let r = 0; r < repeats; r++) {
       const a = await measured(
         process.execPath,
@@ -165,6 +191,9 @@ async function steps(): Promise<void> {
         t[n].push((a.result.seconds as Record<string, number>)[n]);
         k[n].push((b.result.seconds as Record<string, number>)[n]);
       }
+      peaks.tlx.push(a.result.peak_gflops as number);
+      peaks.keras.push(b.result.peak_gflops as number);
+      flops = a.result.flops as Record<string, number>;
     }
     for (const n of names)
       report(
@@ -172,8 +201,9 @@ async function steps(): Promise<void> {
         t[n],
         k[n],
         's',
-        '<= 1.0x',
+        '<= 0.6x',
       );
+    printEfficiency(base, flops, { tlx: t, keras: k }, { tlx: median(peaks.tlx), keras: median(peaks.keras) });
   }
 }
 

@@ -52,6 +52,42 @@ def timed(run):
     return statistics.median(seconds)
 
 
+def layer_macs(layer):
+    """Multiply-accumulates of one image (as python/tlx_export.py's macs_per_image counts them)."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        _, h, w, c = layer.output.shape
+        return h * w * c * layer.kernel_size[0] * layer.kernel_size[1]
+    if isinstance(layer, keras.layers.Conv2D):
+        _, h, w, c = layer.output.shape
+        return h * w * c * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1] // layer.groups
+    if isinstance(layer, keras.layers.Dense):
+        return int(np.prod(layer.input.shape[1:])) * layer.units
+    return 0
+
+
+per_layer = [layer_macs(layer) for layer in base.layers]
+forward = 2 * batch * sum(per_layer)
+flops = {
+    "whole_model_trainable": forward + 4 * batch * sum(per_layer),
+    "fine_tune_at": forward + 4 * batch * sum(per_layer[args.fine_tune_at:]),
+    "frozen_base": forward,
+    "predict": forward,
+}
+
+
+def matmul_peak_gflops(n=4096):
+    """The reachable peak through this TensorFlow build: a large matrix product, median of 5."""
+    a = tf.random.uniform([n, n], -1, 1, seed=2)
+    b = tf.random.uniform([n, n], -1, 1, seed=3)
+    seconds = []
+    for i in range(6):
+        started = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        if i > 0:
+            seconds.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(seconds) / 1e9
+
+
 result = {}
 for name in args.cases.split(","):
     if name == "predict":
@@ -63,4 +99,6 @@ for name in args.cases.split(","):
             layer.trainable = False
     model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=keras.losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
     result[name] = timed(lambda: model.train_on_batch(images, labels))
-print(json.dumps({"tool": "keras", "base": args.base, "size": size, "batch": batch, "steps": args.steps, "seconds": result}))
+peak = matmul_peak_gflops()
+gflops = {name: flops[name] / seconds / 1e9 for name, seconds in result.items()}
+print(json.dumps({"tool": "keras", "base": args.base, "size": size, "batch": batch, "steps": args.steps, "seconds": result, "flops": flops, "gflops": gflops, "peak_gflops": peak}))

@@ -1,11 +1,12 @@
 /**
  * tlx's side of the step benchmarks: a base at 224x224, batch 32, the same cases as
- * bench/keras_steps.py. Prints one JSON line: seconds per step, per case.
+ * bench/keras_steps.py. Prints one JSON line: seconds per step, per case, each case's counted
+ * FLOPs and achieved GFLOP/s, and the peak of a large matrix product through the same build.
  *
  *   npx tsx bench/steps.ts [--base mobilenet_v2] [--fine-tune-at 100] [--steps 3] [--size 224] [--batch 32] [--cases a,b]
  */
 import { parseArgs } from 'node:util';
-import type { Optimizer, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
+import type { LayersModel, Optimizer, SymbolicTensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { isBaseName } from '../src/config/bases.ts';
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
 import { FoldedInference, StagedModel } from '../src/engine/graph.ts';
@@ -76,6 +77,56 @@ function oneStep(
   return value;
 }
 
+/**
+ * Multiply-accumulates of one image per base layer: convolutions, depthwise convolutions and
+ * dense layers, counted as python/tlx_export.py's macs_per_image counts them (elementwise ops,
+ * BatchNorm and pooling left out: they move memory more than they compute).
+ */
+function macsPerLayer(base: LayersModel): number[] {
+  return base.layers.map((layer) => {
+    const kind = layer.getClassName();
+    if (kind !== 'Conv2D' && kind !== 'DepthwiseConv2D' && kind !== 'Dense') return 0;
+    const out = layer.outputShape as number[];
+    const input = (layer.input as SymbolicTensor).shape;
+    const units = out.slice(1).reduce((a, b) => a * b, 1);
+    if (kind === 'Dense') return (input[input.length - 1] ?? 0) * units;
+    const [kh, kw] = (layer.getConfig().kernelSize as number[] | number[][]).flat() as number[];
+    return kind === 'DepthwiseConv2D' ? units * kh * kw : units * kh * kw * (input[3] ?? 0);
+  });
+}
+
+/**
+ * FLOPs of one step per case, by the usual convention: a forward pass is 2 FLOPs per MAC, a
+ * backward pass twice its forward (the input's gradient and the weights'), done only for the
+ * layers that train. The head (one dense layer on 1280 features) is noise beside the base.
+ */
+function stepFlops(perLayer: number[], fineTuneAt: number): Record<string, number> {
+  const forward = 2 * batch * perLayer.reduce((a, b) => a + b, 0);
+  const trained = (from: number) => 2 * 2 * batch * perLayer.slice(from).reduce((a, b) => a + b, 0);
+  return {
+    whole_model_trainable: forward + trained(0),
+    fine_tune_at: forward + trained(fineTuneAt),
+    frozen_base: forward,
+    predict: forward,
+  };
+}
+
+/** The machine's reachable peak through this TensorFlow build: a 4096 x 4096 matrix product, median of 5. */
+function matmulPeakGflops(): number {
+  const n = 4096;
+  const a = tf.randomUniform([n, n], -1, 1, 'float32', 2);
+  const b = tf.randomUniform([n, n], -1, 1, 'float32', 3);
+  const seconds: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const started = performance.now();
+    tf.tidy(() => tf.matMul(a, b).dataSync());
+    if (i > 0) seconds.push((performance.now() - started) / 1000);
+  }
+  tf.dispose([a, b]);
+  return (2 * n ** 3) / median(seconds) / 1e9;
+}
+
+const flops = stepFlops(macsPerLayer(classifier.base), fineTuneAt);
 const result: Record<string, number> = {};
 for (const name of options.cases.split(',')) {
   if (name === 'predict') {
@@ -94,6 +145,8 @@ for (const name of options.cases.split(',')) {
   staged.dispose();
   optimizer.dispose();
 }
+const peakGflops = matmulPeakGflops();
+const gflops = Object.fromEntries(Object.entries(result).map(([name, seconds]) => [name, flops[name] / seconds / 1e9]));
 process.stdout.write(
-  `${JSON.stringify({ tool: 'tlx', base: options.base, size, batch, steps, seconds: result, numTensors: tf.memory().numTensors })}\n`,
+  `${JSON.stringify({ tool: 'tlx', base: options.base, size, batch, steps, seconds: result, flops, gflops, peak_gflops: peakGflops, numTensors: tf.memory().numTensors })}\n`,
 );

@@ -44,7 +44,8 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     const best = 'export: { tflite: { quantization: float16, representative_images: 8, max_accuracy_drop: 1 } }\n';
     const file = lab.experiment(
       'same',
-      `${grid}\n  export: best`,
+      // A budget every trial fits: its measurement goes through the same engine (one export, the best's, here).
+      `${grid}\n  export: best\n  constraints: { max_macs: 1000000000 }`,
       undefined,
       best,
       'experiment: tlx-queue, register_model: queued-classifier',
@@ -111,6 +112,11 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     assert.ok(fs.existsSync(path.join(bestRow.run_dir as string, 'model.tflite')), "the best trial's model is here");
     assert.ok((bestRow.run_dir as string).startsWith(runsDir));
     assert.equal(queuedResults.trials.filter((t) => t.exported === true).length, 1, 'only the best trial was exported');
+    assert.deepEqual(
+      queuedResults.trials.map((t) => [t.budget, t.footprint_trial]),
+      queuedResults.trials.map(() => ['within', queuedResults.best_trial]),
+      "one architecture: every trial judged on the best trial's export",
+    );
     // Each worker fetched the shipped data once, into the cache its --cache-dir names.
     const cached = (name: string, cache: string) =>
       fs.existsSync(path.join(workerDir(name), cache, 'downloads'))
