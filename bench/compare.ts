@@ -3,13 +3,16 @@
  * session: each case runs tlx and Keras alternately (A B A B ...), `--repeats` times, in
  * fresh processes, and prints the medians and the tlx/Keras ratio.
  *
- *   npx tsx bench/compare.ts [--repeats 3] [--seeds 1,2,3,4,5] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode,growth] [--size 224]
+ *   npx tsx bench/compare.ts [--repeats 3] [--seeds 1,2,3,4,5] [--cases steps,fe_epoch,ft_epoch,e2e,accuracy,sweep,export,stream,decode,growth,fashion60k] [--size 224]
  *                            [--bases mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0]
  *
  * Cases:
  *   steps     per base (alpha 1.0, batch 32): one train step with the whole model trainable,
  *             from the base's example fine_tune_at, with the base frozen, and one predict
- *             (bench/steps.ts vs keras_steps.py)
+ *             (bench/steps.ts vs keras_steps.py); then each case's achieved GFLOP/s (counted
+ *             FLOPs over its median time) as a share of a large matrix product's
+ *   fashion60k  Fashion-MNIST's 60,000 training images (apt-get install dataset-fashion-mnist),
+ *             10 classes, 96 px, 3 + 2 epochs: wall, peak RSS, accuracy; the caches tlx used
  *   fe_epoch  a feature-extraction epoch after the first, no augmentation (tlx caches the
  *             frozen base's outputs; Keras recomputes them)
  *   ft_epoch  the same for a fine-tuning epoch, fine_tune_at 100 (tlx caches the outputs of
@@ -659,8 +662,85 @@ async function growth(): Promise<void> {
   }
 }
 
+/** Log lines of a run that say what was cached, streamed or shared, and the memory plan. */
+function cacheLines(dir: string): string[] {
+  return fs
+    .readFileSync(path.join(dir, 'log.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { msg?: string })
+    .map((l) => l.msg ?? '')
+    .filter((msg) => /cache|frozen|memory|stream|decod|fell back|budget/i.test(msg));
+}
+
+/** Seconds per epoch and phase, from metrics.jsonl (epoch 0 is the first evaluation). */
+function epochSeconds(dir: string): string {
+  return fs
+    .readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { epoch: number; phase?: string; seconds?: number })
+    .map((m) => `${m.epoch}${m.phase ? ` ${m.phase}` : ''} ${m.seconds?.toFixed(1) ?? '?'} s`)
+    .join(', ');
+}
+
+/**
+ * Real dataset size: Fashion-MNIST's 60,000 training images, 10 classes (48,000 train,
+ * 12,000 validation: bench/fashion_mnist_data.py), 96 px, random flip, 3 + 2 epochs from
+ * fine_tune_at 100, both from the nsfwjs weights with the tutorial's optimizers.
+ */
+async function fashion60k(): Promise<void> {
+  const data = path.join(os.homedir(), '.cache', 'tlx-bench', 'fashion-mnist-60k');
+  await execa(python, [path.join(root, 'bench', 'fashion_mnist_data.py'), data], { stdio: 'inherit' });
+  const weights = await nsfwjsWeightsFor(96);
+  const file = experiment(
+    'fashion60k.yaml',
+    `name: fashion60k
+seed: 42
+dataset: { path: ${data}, train_dir: train, validation_dir: validation, test_fraction_of_validation: 0, image_size: [96, 96], batch_size: 32 }
+augmentation: [ { random_flip: horizontal } ]
+model: { weights: "npm:nsfwjs", dropout: 0.2 }
+train:
+  feature_extraction: { epochs: 3 }
+  fine_tune: { fine_tune_at: 100, epochs: 2 }
+`,
+  );
+  const config = loadExperiment(file).config;
+  const wall: [number[], number[]] = [[], []];
+  const peak: [number[], number[]] = [[], []];
+  const accuracy: [number[], number[]] = [[], []];
+  for (let r = 0; r < repeats; r++) {
+    const a = await measured(process.execPath, [tlx, '--runs-dir', path.join(work, 'runs-fashion60k'), 'run', file]);
+    wall[0].push(a.wall);
+    peak[0].push(a.peakMb);
+    accuracy[0].push(a.result.val_accuracy as number);
+    const dir = a.result.dir as string;
+    console.log(`  tlx ${a.wall.toFixed(0)} s, epochs: ${epochSeconds(dir)}`);
+    for (const line of cacheLines(dir)) console.log(`    ${line}`);
+    const args = [data, '96', ...kerasRecipe(config), '--flip-only', '--classes', '10', '--base-weights', weights];
+    const b = await measured(python, [
+      path.join(root, 'bench', 'keras_finetune.py'),
+      ...args,
+      '--no-test-split',
+      '--seed',
+      '42',
+    ]);
+    wall[1].push(b.wall);
+    peak[1].push(b.peakMb);
+    accuracy[1].push(b.result.val_accuracy as number);
+    console.log(
+      `  keras ${b.wall.toFixed(0)} s, val accuracy per epoch ${JSON.stringify(b.result.val_accuracy_per_epoch)}`,
+    );
+  }
+  const what = 'Fashion-MNIST 60k (48,000 train / 12,000 val, 10 classes, 96px, flip, 3+2 epochs, fine_tune_at 100)';
+  report(`${what}: wall`, wall[0], wall[1], 's', '<= 0.5x');
+  report('  same run: peak RSS', peak[0], peak[1], 'MB', '<= 1.0x');
+  report('  same run: final val accuracy', accuracy[0], accuracy[1], '', 'within noise');
+}
+
 const table: Record<string, () => Promise<void>> = {
   steps,
+  fashion60k,
   fe_epoch: () => cachedEpoch(),
   ft_epoch: () => cachedEpoch(100),
   e2e,

@@ -3,13 +3,15 @@
  * bench/keras_steps.py. Prints one JSON line: seconds per step, per case, each case's counted
  * FLOPs and achieved GFLOP/s, and the peak of a large matrix product through the same build.
  *
- *   npx tsx bench/steps.ts [--base mobilenet_v2] [--fine-tune-at 100] [--steps 3] [--size 224] [--batch 32] [--cases a,b]
+ *   npx tsx bench/steps.ts [--base mobilenet_v2] [--fine-tune-at 100] [--steps 3] [--size 224] [--batch 32] [--cases a,b] [--profile]
  */
 import { parseArgs } from 'node:util';
 import type { LayersModel, Optimizer, SymbolicTensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { isBaseName } from '../src/config/bases.ts';
 import { buildClassifier, setPhaseTrainable } from '../src/models/classifier.ts';
 import { FoldedInference, StagedModel } from '../src/engine/graph.ts';
+import { nativeBackend } from '../src/tfjs/internals.ts';
+import { runOp, type OpAttr } from '../src/tfjs/native-ops.ts';
 import { tf } from '../src/tfjs/tf.ts';
 import { trainStep } from '../src/train/engine.ts';
 import type { Objective } from '../src/train/objective.ts';
@@ -23,6 +25,8 @@ const { values: options } = parseArgs({
     size: { type: 'string', default: '224' },
     batch: { type: 'string', default: '32' },
     cases: { type: 'string', default: 'whole_model_trainable,fine_tune_at,frozen_base,predict' },
+    /** Also time each TensorFlow op of one more step per case and print the top ones (stderr). */
+    profile: { type: 'boolean', default: false },
   },
 });
 if (!isBaseName(options.base)) throw new Error(`unknown base ${options.base}`);
@@ -111,19 +115,69 @@ function stepFlops(perLayer: number[], fineTuneAt: number): Record<string, numbe
   };
 }
 
-/** The machine's reachable peak through this TensorFlow build: a 4096 x 4096 matrix product, median of 5. */
+/** The machine's reachable peak through this TensorFlow build: a 4096 x 4096 MatMul op, median of 5. */
 function matmulPeakGflops(): number {
   const n = 4096;
   const a = tf.randomUniform([n, n], -1, 1, 'float32', 2);
   const b = tf.randomUniform([n, n], -1, 1, 'float32', 3);
+  const attrs: OpAttr[] = [
+    { name: 'T', kind: 'type', value: 'float32' },
+    { name: 'transpose_a', kind: 'bool', value: false },
+    { name: 'transpose_b', kind: 'bool', value: false },
+  ];
   const seconds: number[] = [];
   for (let i = 0; i < 6; i++) {
     const started = performance.now();
-    tf.tidy(() => tf.matMul(a, b).dataSync());
+    // Not inside tf.tidy: it would walk the returned 16M-element array looking for tensors.
+    const product = runOp('MatMul', attrs, [a, b]);
+    product.dataSync();
+    product.dispose();
     if (i > 0) seconds.push((performance.now() - started) / 1000);
   }
   tf.dispose([a, b]);
   return (2 * n ** 3) / median(seconds) / 1e9;
+}
+
+/**
+ * Milliseconds per TensorFlow op over one call of `run`: every op tlx runs goes through the
+ * native backend's two execute methods, and CPU eager execution returns when the kernel has
+ * run, so timing the calls times the kernels (plus the binding's small overhead).
+ */
+function profileOps(run: () => void): { op: string; ms: number; calls: number }[] {
+  type Execute = (name: string, ...rest: unknown[]) => unknown;
+  const backend = nativeBackend() as unknown as Record<'executeSingleOutput' | 'executeMultipleOutputs', Execute>;
+  const totals = new Map<string, { ms: number; calls: number }>();
+  const originals = { single: backend.executeSingleOutput, multiple: backend.executeMultipleOutputs };
+  const timed =
+    (original: Execute): Execute =>
+    (name, ...rest) => {
+      const started = performance.now();
+      try {
+        return original.call(backend, name, ...rest);
+      } finally {
+        const total = totals.get(name) ?? { ms: 0, calls: 0 };
+        totals.set(name, { ms: total.ms + performance.now() - started, calls: total.calls + 1 });
+      }
+    };
+  backend.executeSingleOutput = timed(originals.single);
+  backend.executeMultipleOutputs = timed(originals.multiple);
+  try {
+    run();
+  } finally {
+    backend.executeSingleOutput = originals.single;
+    backend.executeMultipleOutputs = originals.multiple;
+  }
+  return [...totals].map(([op, t]) => ({ op, ...t })).sort((a, b) => b.ms - a.ms);
+}
+
+function printProfile(name: string, run: () => void): void {
+  const ops = profileOps(run);
+  const total = ops.reduce((sum, o) => sum + o.ms, 0);
+  process.stderr.write(`${options.base} ${name}: ${total.toFixed(0)} ms in ${ops.length} kinds of op\n`);
+  for (const o of ops.slice(0, 8))
+    process.stderr.write(
+      `  ${o.op.padEnd(44)} ${o.ms.toFixed(1).padStart(8)} ms ${((100 * o.ms) / total).toFixed(1).padStart(5)}%  ${o.calls} calls\n`,
+    );
 }
 
 const flops = stepFlops(macsPerLayer(classifier.base), fineTuneAt);
@@ -132,7 +186,9 @@ for (const name of options.cases.split(',')) {
   if (name === 'predict') {
     // As tlx evaluates and predicts: BatchNorm folded into the convs, fused kernels.
     const folded = new FoldedInference(classifier.model);
-    result[name] = time(() => tf.tidy(() => folded.logits(images).dataSync()));
+    const predict = () => tf.tidy(() => void folded.logits(images).dataSync());
+    result[name] = time(predict);
+    if (options.profile) printProfile(name, predict);
     folded.dispose();
     continue;
   }
@@ -141,7 +197,9 @@ for (const name of options.cases.split(',')) {
   const optimizer = createOptimizer({ name: 'rmsprop', learning_rate: 1e-5 });
   // As tlx trains: the layers below the lowest trainable one folded and off the tape, the rest taped.
   const staged = new StagedModel(classifier.model);
-  result[name] = time(() => oneStep(staged, objective, images as never, labels as never, optimizer));
+  const step = () => void oneStep(staged, objective, images as never, labels as never, optimizer);
+  result[name] = time(step);
+  if (options.profile) printProfile(name, step);
   staged.dispose();
   optimizer.dispose();
 }
