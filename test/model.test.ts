@@ -682,8 +682,12 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       ),
       messages.join('\n'),
     );
-    assert.equal(messages.filter((m) => m.includes('kept for later trials')).length, 1, messages.join('\n'));
-    assert.equal(messages.filter((m) => m.includes('reused from an earlier trial')).length, 1, messages.join('\n'));
+    assert.equal(messages.filter((m) => m.includes('kept for what follows')).length, 1, messages.join('\n'));
+    assert.equal(
+      messages.filter((m) => m.includes('reused (computed earlier in this process)')).length,
+      1,
+      messages.join('\n'),
+    );
     for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain })) {
       assert.equal(records.length, 6);
       records.forEach((record, i) => {

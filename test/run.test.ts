@@ -139,6 +139,47 @@ describe('tlx run', () => {
     );
   });
 
+  test('fine-tuning from the outputs feature extraction kept ends exactly where fine-tuning that computes them ends', async () => {
+    // A random flip alone is cached (two variants per image), so feature extraction keeps the layers below fine_tune_at.
+    const body =
+      tinyData.replace('  - random_rotation: 0.05\n', '') +
+      `train:
+  feature_extraction: { epochs: 2, optimizer: { name: adam, learning_rate: 0.001 } }
+  fine_tune: { fine_tune_at: 120, epochs: 2 }
+`;
+    const whole = await runTlx(['--runs-dir', runsDir, 'run', experiment('kept', body)], { cwd: work });
+    assert.equal(whole.exitCode, 0, whole.stderr.slice(-2000));
+    assert.match(
+      whole.stderr,
+      /feature_extraction: frozen layers' outputs computed for 2 variants .*kept for what follows/,
+    );
+    assert.match(
+      whole.stderr,
+      /fine_tune: frozen layers' outputs computed for 2 variants .*reused \(computed earlier in this process\)/,
+    );
+    // Killed as feature extraction completes: the resumed process fine-tunes with nothing kept, computing them itself.
+    const killed = await runTlx(['--runs-dir', runsDir, 'run', experiment('recomputed', body)], {
+      cwd: work,
+      env: { TLX_TEST_KILL_AT: 'phase.complete' },
+    });
+    assert.equal(killed.signal, 'SIGKILL');
+    const dir = path.join(
+      runsDir,
+      fs.readdirSync(runsDir).find((d) => d.includes('-recomputed-'))!,
+    );
+    const resumed = await runTlx(['--runs-dir', runsDir, 'run', '--resume', dir], { cwd: work });
+    assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
+    assert.match(
+      resumed.stderr,
+      /fine_tune: frozen layers' outputs computed for 2 variants of each image \(random_flip:horizontal\) \(\d+ MB\)"/,
+    );
+    assert.deepEqual(
+      numbersOf(readMetrics(dir)),
+      numbersOf(readMetrics(runDirOf(whole.stdout))),
+      'epoch by epoch, the same numbers',
+    );
+  });
+
   test('a phase that stopped early is not entered again on resume', async () => {
     // min_delta 10 on the loss: no epoch improves, so early stopping ends feature extraction at its 2nd epoch (of 5).
     const body = `${tinyData}train:

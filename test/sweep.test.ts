@@ -87,13 +87,15 @@ describe('tlx sweep', () => {
     assert.match(result.stderr, /feature extraction shared: starting from its checkpoint/);
     assert.match(
       result.stderr,
-      /fine_tune: frozen layers' outputs computed once .*kept for later trials/,
-      'the leader keeps the frozen layers below the smallest fine_tune_at',
+      /feature_extraction: frozen layers' outputs computed once .*kept for what follows/,
+      "the leader's feature extraction keeps the frozen layers below the smallest fine_tune_at",
     );
-    assert.match(
-      result.stderr,
-      /fine_tune: frozen layers' outputs computed once .*reused from an earlier trial/,
-      'and the other trial reuses them',
+    assert.equal(
+      result.stderr.match(
+        /fine_tune: frozen layers' outputs computed once .*reused \(computed earlier in this process\)/g,
+      )?.length,
+      2,
+      'and both trials fine-tune from them',
     );
 
     // The same trial run on its own, with the same seed.

@@ -223,7 +223,13 @@ export interface FrozenOutputsCache {
   dispose(): void;
 }
 
-/** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too. */
+/** The prefix's outputs are exactly the phase's frozen layers' outputs (the same tensors, in order). */
+function coversFrozenStage(model: Pick<StagedModel, 'split'>, prefix: GraphSplit): boolean {
+  const own = model.split.frozenOutputs;
+  return own.length === prefix.frozenOutputs.length && own.every((id, i) => prefix.frozenOutputs[i] === id);
+}
+
+/** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too (once, when they are the same rows). */
 export function frozenOutputsCacheBytes(
   model: Pick<StagedModel, 'graph' | 'split'>,
   inputs: {
@@ -234,11 +240,10 @@ export function frozenOutputsCacheBytes(
   },
 ): number {
   const samples = inputs.variants.count * inputs.train.length + inputs.validation.length;
-  return (
-    samples *
-    (frozenOutputBytesPerSample(model.graph, model.split) +
-      (inputs.prefix ? frozenOutputBytesPerSample(model.graph, inputs.prefix.split) : 0))
-  );
+  const prefix = inputs.prefix;
+  const prefixBytes =
+    prefix && !coversFrozenStage(model, prefix.split) ? frozenOutputBytesPerSample(model.graph, prefix.split) : 0;
+  return samples * (frozenOutputBytesPerSample(model.graph, model.split) + prefixBytes);
 }
 
 /** The training and validation splits' frozen layers' outputs, computed once for the phase (inference: nothing in the frozen stage trains). */
@@ -248,6 +253,7 @@ export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCac
   let trainRows: Tensor[];
   let validationRows: Tensor[];
   let reusedPrefix = false;
+  let ownsRows = true;
   if (prefix) {
     const prefixColumns = prefix.split.frozenOutputs.length;
     const shared = prefix.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
@@ -259,8 +265,13 @@ export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCac
       ),
     }));
     reusedPrefix = shared.reused;
-    trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize);
-    validationRows = rowsAfterPrefix(staged, prefix.split, shared.rows.validation, validation.length, batchSize);
+    if (coversFrozenStage(staged, prefix.split)) {
+      // The prefix is this phase's whole frozen stage: its rows are the phase's rows (the store keeps and frees them).
+      [trainRows, validationRows, ownsRows] = [shared.rows.train, shared.rows.validation, false];
+    } else {
+      trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize);
+      validationRows = rowsAfterPrefix(staged, prefix.split, shared.rows.validation, validation.length, batchSize);
+    }
   } else {
     trainRows = rowsOf(train, batchSize, variants, variants.count, columns, (images) => staged.frozen(images));
     validationRows = rowsOf(validation, batchSize, variants, 1, columns, (images) => staged.frozen(images));
@@ -275,6 +286,6 @@ export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCac
     ),
     validation: rowsSource(validationRows, validation),
     reusedPrefix,
-    dispose: () => tf.dispose([...trainRows, ...validationRows]),
+    dispose: () => (ownsRows ? tf.dispose([...trainRows, ...validationRows]) : undefined),
   };
 }

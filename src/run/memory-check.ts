@@ -6,7 +6,7 @@ import { UserError } from '../core/errors.ts';
 import { memoryLimit, type MemoryLimit } from '../core/memory.ts';
 import { imageVariants } from '../data/augment.ts';
 import { setPhaseTrainable, type Classifier, type Phase } from '../models/classifier.ts';
-import { compileGraph, prefixSplit, splitGraph, type Layer } from '../engine/graph.ts';
+import { compileGraph, prefixSplit, splitGraph, type GraphSplit, type Layer } from '../engine/graph.ts';
 import { frozenOutputsCacheChoice } from '../train/engine.ts';
 import { frozenOutputsCacheBytes } from '../engine/frozen-outputs.ts';
 import {
@@ -67,21 +67,25 @@ export function estimateTrainingMemory(
     if (settings.epochs === 0) continue;
     setPhaseTrainable(classifier, phase, config.train.fine_tune.fine_tune_at);
     const split = splitGraph(graph);
-    const shared =
-      phase === 'fine_tune' && options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined;
-    const bytes = variants
-      ? frozenOutputsCacheBytes(
-          { graph, split },
-          { ...splits, variants, prefix: shared ? { split: shared } : undefined },
-        )
-      : 0;
-    const cached =
-      frozenOutputsCacheChoice({
-        variants,
-        sharedPrefix: shared !== undefined,
-        remainingEpochs: settings.epochs,
+    // As the engine chooses: with the shared prefix, or (when that is over budget) without it.
+    const choose = (shared: GraphSplit | undefined) => {
+      const bytes = variants
+        ? frozenOutputsCacheBytes(
+            { graph, split },
+            { ...splits, variants, prefix: shared ? { split: shared } : undefined },
+          )
+        : 0;
+      const sharedPrefix = shared !== undefined;
+      return {
         bytes,
-      }) === 'cache';
+        choice: frozenOutputsCacheChoice({ variants, sharedPrefix, remainingEpochs: settings.epochs, bytes }),
+      };
+    };
+    let { bytes, choice } = choose(
+      options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined,
+    );
+    if (options.sharedPrefixLayers && choice === 'over budget') ({ bytes, choice } = choose(undefined));
+    const cached = choice === 'cache';
     const memory = phaseMemory({
       graph,
       split,
@@ -143,8 +147,15 @@ export function judgeTrainingMemory(estimate: TrainingMemory): MemoryVerdict {
  * is refused (exit 2), one near the limit starts with a warning.
  */
 export function estimateRunMemory(context: RunContext, model: RunModel, data: PreparedDataset): TrainingMemory {
+  const { feature_extraction: featureExtraction, fine_tune: fineTune } = context.config.train;
+  // A run that trains both phases keeps the layers below fine_tune_at from the first for the second (train-stage.ts).
+  const variants = imageVariants(context.config.augmentation);
+  const ownPrefix =
+    variants && featureExtraction.epochs >= variants.count && fineTune.epochs > 0
+      ? new Set(model.classifier.base.layers.slice(0, fineTune.fine_tune_at))
+      : undefined;
   const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, {
-    sharedPrefixLayers: sharedPrefixOf(context, model)?.layers,
+    sharedPrefixLayers: sharedPrefixOf(context, model)?.layers ?? ownPrefix,
   });
   const { verdict, message } = judgeTrainingMemory(estimate);
   if (verdict === 'does not fit') throw new UserError(message);

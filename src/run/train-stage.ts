@@ -7,6 +7,7 @@ import { loadCheckpointWeights, readCheckpointMeta } from '../run-folder/checkpo
 import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import type { EarlyStopping } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
+import { FrozenPrefixStore } from '../engine/frozen-outputs.ts';
 import {
   fitPhase,
   type Callback,
@@ -72,38 +73,69 @@ export async function trainPhases(
   const summaries: Partial<Record<Phase, PhaseSummary>> = {};
   let initialDue = initialEvaluationDue(point);
   let lastValidation: ValidatedWeights | undefined;
-  for (const span of phaseSpans(config)) {
-    const settings = config.train[span.phase];
-    const trainableVariables = setPhaseTrainable(classifier, span.phase, config.train.fine_tune.fine_tune_at);
-    const summary: PhaseSummary = {
-      epochs: settings.epochs,
-      first_epoch: span.first,
-      last_epoch: span.last,
-      seconds: 0,
-      trainable_layers: trainableBaseLayerCount(classifier),
-      trainable_variables: trainableVariables,
-    };
-    summaries[span.phase] = summary;
-    const after = resumeAfter(span, point);
-    if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
-      // The first phase that trains evaluates epoch 0 through its own frozen layers' outputs.
-      const beforeTraining = initialDue
-        ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation)
-        : undefined;
-      initialDue = false;
-      lastValidation = await trainPhase(context, model, data, point, { ...span, resumeAfter: after }, beforeTraining);
+  const ownPrefix = ownPrefixStore(context, point);
+  try {
+    for (const span of phaseSpans(config)) {
+      const settings = config.train[span.phase];
+      const trainableVariables = setPhaseTrainable(classifier, span.phase, config.train.fine_tune.fine_tune_at);
+      const summary: PhaseSummary = {
+        epochs: settings.epochs,
+        first_epoch: span.first,
+        last_epoch: span.last,
+        seconds: 0,
+        trainable_layers: trainableBaseLayerCount(classifier),
+        trainable_variables: trainableVariables,
+      };
+      summaries[span.phase] = summary;
+      const after = resumeAfter(span, point);
+      if (settings.epochs > 0 && !phaseDone(span, point) && after < span.last) {
+        // The first phase that trains evaluates epoch 0 through its own frozen layers' outputs.
+        const beforeTraining = initialDue
+          ? (evaluation: Evaluation) => recordInitialEvaluation(context, model, data, point, evaluation)
+          : undefined;
+        initialDue = false;
+        lastValidation = await trainPhase(
+          context,
+          model,
+          data,
+          point,
+          { ...span, resumeAfter: after },
+          { beforeTraining, prefixStore: ownPrefix },
+        );
+      }
+      const outcome: PhaseOutcome | undefined = context.run.phase_outcomes[span.phase];
+      if (outcome?.stopped_early) summary.stopped_early = true;
+      if (outcome?.restored_best_epoch !== undefined) summary.restored_best_epoch = outcome.restored_best_epoch;
+      summary.seconds = folder
+        .readMetrics()
+        .records.filter((r) => r.phase === span.phase)
+        .reduce((sum, r) => sum + r.seconds, 0);
     }
-    const outcome: PhaseOutcome | undefined = context.run.phase_outcomes[span.phase];
-    if (outcome?.stopped_early) summary.stopped_early = true;
-    if (outcome?.restored_best_epoch !== undefined) summary.restored_best_epoch = outcome.restored_best_epoch;
-    summary.seconds = folder
-      .readMetrics()
-      .records.filter((r) => r.phase === span.phase)
-      .reduce((sum, r) => sum + r.seconds, 0);
+  } finally {
+    ownPrefix?.dispose();
   }
   if (initialDue) await recordInitialEvaluation(context, model, data, point);
   reportKernels(context);
   return { summaries, lastValidation };
+}
+
+/**
+ * A run that trains both phases here (no sweep's store given) keeps the outputs of the base
+ * layers below fine_tune_at from feature extraction's pass over the frozen base, so
+ * fine-tuning reads them instead of running those layers again. Only when feature extraction
+ * caches its outputs anyway (epochs enough to pay for every variant): otherwise keeping them
+ * would cost it passes it does not make.
+ */
+function ownPrefixStore(context: RunContext, point: ResumePoint): FrozenPrefixStore | undefined {
+  if (context.options.services?.frozenOutputs) return undefined;
+  const variants = imageVariants(context.config.augmentation);
+  const [featureExtraction, fineTune] = phaseSpans(context.config);
+  const featureExtractionLeft = phaseDone(featureExtraction, point)
+    ? 0
+    : featureExtraction.last - resumeAfter(featureExtraction, point);
+  const pays =
+    variants !== undefined && featureExtractionLeft >= variants.count && fineTune.last > fineTune.resumeAfter;
+  return pays ? new FrozenPrefixStore() : undefined;
 }
 
 /**
@@ -135,12 +167,21 @@ export function restoreBestWeights(context: RunContext, model: RunModel): FinalW
   return { epoch: best, last_epoch: last, selected_by: 'best_val_accuracy' };
 }
 
-/** The base layers below the sweep group's smallest fine_tune_at, when a sweep shares their outputs between trials. */
-export function sharedPrefixOf(context: RunContext, model: RunModel): FitInputs['sharedPrefix'] {
+/**
+ * The base layers whose outputs are shared, and where they are kept: below the sweep group's
+ * smallest fine_tune_at in a sweep's store, or below the run's fine_tune_at in its own.
+ */
+export function sharedPrefixOf(
+  context: RunContext,
+  model: RunModel,
+  own?: FrozenPrefixStore,
+): FitInputs['sharedPrefix'] {
   const shared = context.options.services?.frozenOutputs;
-  if (!shared) return undefined;
-  const below = Math.min(shared.fineTuneAt, context.config.train.fine_tune.fine_tune_at);
-  return { layers: new Set(model.classifier.base.layers.slice(0, below)), store: shared.store };
+  const fineTuneAt = context.config.train.fine_tune.fine_tune_at;
+  const store = shared?.store ?? own;
+  if (!store) return undefined;
+  const below = shared ? Math.min(shared.fineTuneAt, fineTuneAt) : fineTuneAt;
+  return { layers: new Set(model.classifier.base.layers.slice(0, below)), store };
 }
 
 /** The callbacks of one phase: Ctrl-C, early stopping, the run's record, the epoch log, progress and live tracking. */
@@ -176,7 +217,7 @@ async function trainPhase(
   data: PreparedDataset,
   point: ResumePoint,
   span: PhaseSpan & { phase: Phase },
-  beforeTraining?: FitInputs['beforeTraining'],
+  extra: { beforeTraining?: FitInputs['beforeTraining']; prefixStore?: FrozenPrefixStore },
 ): Promise<ValidatedWeights | undefined> {
   const { config, folder, log } = context;
   const settings = config.train[span.phase];
@@ -201,8 +242,9 @@ async function trainPhase(
         seed: config.seed,
         augment: model.augment,
         variants: imageVariants(config.augmentation),
-        sharedPrefix: span.phase === 'fine_tune' ? sharedPrefixOf(context, model) : undefined,
-        beforeTraining,
+        // Both phases: feature extraction's pass keeps the shared layers' outputs for fine-tuning.
+        sharedPrefix: sharedPrefixOf(context, model, extra.prefixStore),
+        beforeTraining: extra.beforeTraining,
         log: (message, fields) => log.info(fields ?? {}, message),
       },
       {

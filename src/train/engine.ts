@@ -8,6 +8,7 @@ import {
   computedFrozenOutputs,
   frozenOutputsCacheBytes,
   type FrozenOutputsCache,
+  type FrozenOutputsCacheInputs,
   type FrozenOutputsSource,
   type FrozenPrefixStore,
 } from '../engine/frozen-outputs.ts';
@@ -351,16 +352,22 @@ function phaseCache(
 ): FrozenOutputsCache | undefined {
   const { variants } = inputs;
   if (!variants) return undefined;
-  const prefix = inputs.sharedPrefix
-    ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store }
-    : undefined;
-  const bytes = frozenOutputsCacheBytes(staged, { ...inputs, variants, prefix });
-  const choice = frozenOutputsCacheChoice({
-    variants,
-    sharedPrefix: prefix !== undefined,
-    remainingEpochs: remaining,
-    bytes,
-  });
+  const choose = (candidate: FrozenOutputsCacheInputs['prefix']) => {
+    const bytes = frozenOutputsCacheBytes(staged, { ...inputs, variants, prefix: candidate });
+    const sharedPrefix = candidate !== undefined;
+    return {
+      prefix: candidate,
+      bytes,
+      choice: frozenOutputsCacheChoice({ variants, sharedPrefix, remainingEpochs: remaining, bytes }),
+    };
+  };
+  let { prefix, bytes, choice } = choose(
+    inputs.sharedPrefix
+      ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store }
+      : undefined,
+  );
+  // A shared prefix that does not fit is not shared: the phase alone may still fit.
+  if (prefix && choice === 'over budget') ({ prefix, bytes, choice } = choose(undefined));
   if (choice === 'recompute') return undefined;
   const megabytes = (value: number) => `${(value / 1024 ** 2).toFixed(0)} MB`;
   if (choice === 'over budget') {
@@ -373,8 +380,8 @@ function phaseCache(
   const what = variants.count > 1 ? `for ${variants.count} variants of each image (${variants.key})` : 'once';
   const shared = prefix
     ? cache.reusedPrefix
-      ? "; the shared frozen layers' outputs reused from an earlier trial"
-      : "; the shared frozen layers' outputs kept for later trials"
+      ? '; the outputs of the shared frozen layers reused (computed earlier in this process)'
+      : '; the outputs of the shared frozen layers kept for what follows (fine-tuning, later trials)'
     : '';
   inputs.log(`${phase}: frozen layers' outputs computed ${what} (${megabytes(bytes)})${shared}`, {
     reused_prefix: cache.reusedPrefix,
