@@ -85,6 +85,23 @@ function forward(
   );
 }
 
+/**
+ * TensorFlow's MatMul op on 2-D operands: tf.matMul runs BatchMatMulV2 (batched, for any rank),
+ * the largest kernel of a whole-model MobileNetV2 step in the profile; the plain kernel does
+ * the same product.
+ */
+function matMul(a: Tensor, b: Tensor, transposeA: boolean, transposeB: boolean): Tensor2D {
+  return runOp(
+    'MatMul',
+    [
+      float,
+      { name: 'transpose_a', kind: 'bool', value: transposeA },
+      { name: 'transpose_b', kind: 'bool', value: transposeB },
+    ],
+    [a, b],
+  ) as Tensor2D;
+}
+
 /** Gradients of the conv + bias for dz (the gradient before the clamp): input (if asked), filter, bias. */
 function backward(
   chain: ConvBnChain,
@@ -98,11 +115,11 @@ function backward(
     const [batch, height, width, channels] = x.shape;
     const filters = filter.shape[3];
     const dz2d = dz.reshape([batch * height * width, filters]);
-    const dFilter = tf
-      .matMul(x.reshape([batch * height * width, channels]), dz2d, true, false)
-      .reshape(filter.shape) as Tensor4D;
+    const dFilter = matMul(x.reshape([batch * height * width, channels]), dz2d, true, false).reshape(
+      filter.shape,
+    ) as Tensor4D;
     const dx = inputGradient
-      ? (tf.matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D)
+      ? (matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D)
       : undefined;
     return { dx, dFilter, dBias };
   }
