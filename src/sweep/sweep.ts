@@ -21,7 +21,7 @@ import {
   type TrialJob,
 } from './plan.ts';
 import { QueueScheduler } from './queued.ts';
-import { paretoPlotSpec, type Constraints } from './budget.ts';
+import { paretoPlotSpec, type Constraints, type Footprint } from './budget.ts';
 import { footprintKeys, measureFootprints, withFootprints } from './footprints.ts';
 import { bestTrial, paretoRows, resultsCsv, sweepPlotSpec, type SweepMetric, type TrialRow } from './report.ts';
 import type { TrialScheduler } from './schedule.ts';
@@ -280,7 +280,7 @@ async function phoneCosts(
         folderOf: (state) => scheduler.folderOf(state),
         exportRun,
       })
-    : new Map();
+    : new Map<string, Footprint>();
   // Rows are read again after the best trial's export, so they say what was exported.
   return { rows: () => withFootprints(states.map(rowFor), keys, measured, planned.constraints) };
 }
