@@ -19,7 +19,7 @@ import {
 } from '../train/memory.ts';
 import type { RunModel } from './model-stage.ts';
 import type { RunContext } from './run.ts';
-import { sharedPrefixOf } from './train-stage.ts';
+import { keepsFeatureExtractionOutputs, sharedPrefixOf } from './train-stage.ts';
 
 /** The memory a run's training needs, phase by phase, against what the process can use. */
 
@@ -148,12 +148,9 @@ export function judgeTrainingMemory(estimate: TrainingMemory): MemoryVerdict {
  */
 export function estimateRunMemory(context: RunContext, model: RunModel, data: PreparedDataset): TrainingMemory {
   const { feature_extraction: featureExtraction, fine_tune: fineTune } = context.config.train;
-  // A run that trains both phases keeps the layers below fine_tune_at from the first for the second (train-stage.ts).
-  const variants = imageVariants(context.config.augmentation);
-  const ownPrefix =
-    variants && featureExtraction.epochs >= variants.count && fineTune.epochs > 0
-      ? new Set(model.classifier.base.layers.slice(0, fineTune.fine_tune_at))
-      : undefined;
+  const ownPrefix = keepsFeatureExtractionOutputs(context.config, featureExtraction.epochs)
+    ? new Set(model.classifier.base.layers.slice(0, fineTune.fine_tune_at))
+    : undefined;
   const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, {
     sharedPrefixLayers: sharedPrefixOf(context, model)?.layers ?? ownPrefix,
   });

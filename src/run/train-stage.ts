@@ -120,22 +120,25 @@ export async function trainPhases(
 }
 
 /**
- * A run that trains both phases here (no sweep's store given) keeps the outputs of the base
- * layers below fine_tune_at from feature extraction's pass over the frozen base, so
- * fine-tuning reads them instead of running those layers again. Only when feature extraction
- * caches its outputs anyway (epochs enough to pay for every variant): otherwise keeping them
- * would cost it passes it does not make.
+ * Whether a run that trains both phases here keeps the outputs of the base layers below
+ * fine_tune_at from feature extraction's pass over the frozen base, so fine-tuning reads them
+ * instead of running those layers again: only when feature extraction caches its outputs
+ * anyway (epochs enough to pay for every variant), so keeping them never costs it a pass.
  */
+export function keepsFeatureExtractionOutputs(
+  config: ResolvedExperiment,
+  featureExtractionEpochsLeft: number,
+): boolean {
+  const variants = imageVariants(config.augmentation);
+  return variants !== undefined && featureExtractionEpochsLeft >= variants.count && config.train.fine_tune.epochs > 0;
+}
+
+/** The run's own store for them (none when a sweep's store is given, or when it would not pay). */
 function ownPrefixStore(context: RunContext, point: ResumePoint): FrozenPrefixStore | undefined {
   if (context.options.services?.frozenOutputs) return undefined;
-  const variants = imageVariants(context.config.augmentation);
-  const [featureExtraction, fineTune] = phaseSpans(context.config);
-  const featureExtractionLeft = phaseDone(featureExtraction, point)
-    ? 0
-    : featureExtraction.last - resumeAfter(featureExtraction, point);
-  const pays =
-    variants !== undefined && featureExtractionLeft >= variants.count && fineTune.last > fineTune.resumeAfter;
-  return pays ? new FrozenPrefixStore() : undefined;
+  const [featureExtraction] = phaseSpans(context.config);
+  const left = phaseDone(featureExtraction, point) ? 0 : featureExtraction.last - resumeAfter(featureExtraction, point);
+  return keepsFeatureExtractionOutputs(context.config, left) ? new FrozenPrefixStore() : undefined;
 }
 
 /**

@@ -3,6 +3,7 @@ import type { RunFolder } from '../run-folder/run-folder.ts';
 import { footprintKey, judgeBudget, type Constraints, type Footprint } from './budget.ts';
 import type { SweepPlanned } from './plan.ts';
 import { bestTrial, type SweepMetric, type TrialRow } from './report.ts';
+import { trialRow } from './trial.ts';
 
 /**
  * What each trial's .tflite costs, measured once per architecture. Trials that differ only
@@ -29,19 +30,6 @@ function footprintOfRow(row: TrialRow): Footprint | undefined {
     host_latency_ms: latency,
     peak_memory_bytes: row.peak_memory_bytes,
     measured_on_trial: row.footprint_trial ?? row.trial,
-  };
-}
-
-function footprintOfFolder(folder: RunFolder, trial: number): Footprint | undefined {
-  const record = folder.hasSummary() ? folder.readSummary().export?.tflite : undefined;
-  if (!record || record.macs_per_image === undefined) return undefined;
-  return {
-    bytes: record.bytes,
-    params: record.params,
-    macs_per_image: record.macs_per_image,
-    host_latency_ms: record.host_latency_ms,
-    peak_memory_bytes: record.peak_memory_bytes,
-    measured_on_trial: trial,
   };
 }
 
@@ -78,7 +66,7 @@ export async function measureFootprints(input: MeasureInput): Promise<Map<string
     const folder = state ? await input.folderOf(state) : undefined;
     if (!folder) continue;
     await input.exportRun(folder);
-    const footprint = footprintOfFolder(folder, representative.trial);
+    const footprint = footprintOfRow(trialRow(representative.trial, representative.assignments, folder, 'finished'));
     if (footprint) measured.set(key, footprint);
   }
   return measured;
