@@ -214,6 +214,7 @@ async function trainPhase(
     cacheFrozenOutputs: boolean;
     augmentation?: AugmentationOp[];
     sharedPrefix?: FitInputs['sharedPrefix'];
+    cacheStorage?: FitInputs['cacheStorage'];
     beforeTraining?: FitInputs['beforeTraining'];
     log?: (message: string) => void;
     onEpochEnd?: (record: EpochRecord) => void;
@@ -233,6 +234,7 @@ async function trainPhase(
         augment: (images: Tensor4D, random: Random) => augmentBatch(images, ops, random),
         variants: options.cacheFrozenOutputs ? imageVariants(ops) : undefined,
         sharedPrefix: options.sharedPrefix,
+        cacheStorage: options.cacheStorage,
         beforeTraining: options.beforeTraining,
         log: options.log ?? (() => {}),
       },
@@ -629,15 +631,20 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     );
   });
 
-  test("a random flip cached as two variants per image, and a sweep's shared frozen prefix, give the metrics of flipping pixels every epoch", async () => {
+  test("a random flip cached as two variants per image, and a sweep's shared frozen prefix, give the metrics of flipping pixels every epoch; in files, bit for bit those of memory", async () => {
     const split = await tinySplit('flip', 10);
     const pretrained = await readNsfwjsMobileNetV2();
     const augmentation: AugmentationOp[] = [{ random_flip: 'horizontal' }];
     const store = new FrozenPrefixStore();
+    const diskStore = new FrozenPrefixStore();
+    const cacheDir = path.join(tempDir('flip-files'), 'frozen-outputs');
+    const openFiles = () => fs.readdirSync('/proc/self/fd').length;
+    const filesBefore = openFiles();
     const messages: string[] = [];
     const tensorsAfter: number[] = [];
     // The fine-tuning phase of a trial at fine_tune_at 100 (feature extraction first, as a sweep's trial starts from it).
-    const train = async (mode: 'recompute' | 'cached' | 'shared') => {
+    const train = async (mode: 'recompute' | 'cached' | 'shared' | 'files' | 'shared files') => {
+      const inFiles = mode === 'files' || mode === 'shared files';
       const classifier = buildClassifier({
         base: 'mobilenet_v2',
         alpha: 1.0,
@@ -651,8 +658,8 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       for (const phase of ['feature_extraction', 'fine_tune'] as const) {
         setPhaseTrainable(classifier, phase, 100);
         const sharedPrefix =
-          mode === 'shared' && phase === 'fine_tune'
-            ? { layers: new Set(classifier.base.layers.slice(0, 80)), store }
+          mode.startsWith('shared') && phase === 'fine_tune'
+            ? { layers: new Set(classifier.base.layers.slice(0, 80)), store: inFiles ? diskStore : store }
             : undefined;
         await trainPhase(classifier, phase, split, {
           epochs: 3,
@@ -662,6 +669,8 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
           cacheFrozenOutputs: mode !== 'recompute',
           augmentation,
           sharedPrefix,
+          // Nothing in memory: every row (the prefix's and the phase's own) in a file.
+          cacheStorage: inFiles ? { dir: cacheDir, memoryBytes: 0 } : undefined,
           log: (m) => messages.push(m),
           onEpochEnd: (record) => records.push(record),
         });
@@ -674,6 +683,25 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const cached = await train('cached');
     const sharedFirst = await train('shared');
     const sharedAgain = await train('shared');
+    const files = await train('files');
+    const sharedFiles = await train('shared files');
+    assert.ok(
+      messages.some((m) =>
+        /fine_tune: .* in files under .*frozen-outputs, beyond the 0\.0 MiB a cache keeps in memory/.test(m),
+      ),
+      messages.join('\n'),
+    );
+    // The files are unlinked as soon as they are open: nothing is left in the folder, even while the store holds rows.
+    assert.deepEqual(fs.readdirSync(cacheDir), []);
+    // Read back from files, the rows are the very floats memory held: the same metrics to the last bit.
+    assert.deepEqual(
+      files.map(({ time, seconds, ...numbers }) => numbers),
+      cached.map(({ time, seconds, ...numbers }) => numbers),
+    );
+    assert.deepEqual(
+      sharedFiles.map(({ time, seconds, ...numbers }) => numbers),
+      sharedFirst.map(({ time, seconds, ...numbers }) => numbers),
+    );
     assert.ok(
       messages.some((m) =>
         /feature_extraction: frozen layers' outputs computed for 2 variants of each image \(random_flip:horizontal\)/.test(
@@ -682,13 +710,13 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       ),
       messages.join('\n'),
     );
-    assert.equal(messages.filter((m) => m.includes('kept for what follows')).length, 1, messages.join('\n'));
+    assert.equal(messages.filter((m) => m.includes('kept for what follows')).length, 2, messages.join('\n'));
     assert.equal(
       messages.filter((m) => m.includes('reused (computed earlier in this process)')).length,
       1,
       messages.join('\n'),
     );
-    for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain })) {
+    for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain, files, sharedFiles })) {
       assert.equal(records.length, 6);
       records.forEach((record, i) => {
         for (const key of ['loss', 'val_loss'] as const)
@@ -707,6 +735,10 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     assert.equal(tensorsAfter[2], tensorsAfter[3], 'a trial that reuses the store adds nothing to it');
     store.dispose();
     assert.equal(tf.memory().numTensors, tensorsAfter[0], 'disposing the store releases the shared rows');
+    assert.equal(tensorsAfter[4], tensorsAfter[3], 'rows in files hold no tensor');
+    assert.equal(tensorsAfter[5], tensorsAfter[3], 'a store of rows in files holds no tensor');
+    diskStore.dispose();
+    assert.equal(openFiles(), filesBefore, 'every cache file is closed once its phase and its store are done');
   });
   test("epoch 0 and the final validation come from the phases' own passes: the whole model's numbers, reused only while the weights are the ones validated", async () => {
     const split = await tinySplit('reuse', 10);

@@ -139,7 +139,7 @@ describe('tlx run', () => {
     );
   });
 
-  test('fine-tuning from the outputs feature extraction kept ends exactly where fine-tuning that computes them ends', async () => {
+  test('fine-tuning from the outputs feature extraction kept (in memory or in files) ends exactly where fine-tuning that computes them ends', async () => {
     // A random flip alone is cached (two variants per image), so feature extraction keeps the layers below fine_tune_at.
     const body =
       tinyData.replace('  - random_rotation: 0.05\n', '') +
@@ -171,12 +171,29 @@ describe('tlx run', () => {
     assert.equal(resumed.exitCode, 0, resumed.stderr.slice(-2000));
     assert.match(
       resumed.stderr,
-      /fine_tune: frozen layers' outputs computed for 2 variants of each image \(random_flip:horizontal\) \(\d+ MB\)"/,
+      /fine_tune: frozen layers' outputs computed for 2 variants of each image \(random_flip:horizontal\) \([\d.]+ MiB\)"/,
     );
     assert.deepEqual(
       numbersOf(readMetrics(dir)),
       numbersOf(readMetrics(runDirOf(whole.stdout))),
       'epoch by epoch, the same numbers',
+    );
+    // Nothing kept in memory: both phases' rows in files under the cache folder, the same numbers again.
+    const cacheDir = path.join(work, 'cache-files');
+    const inFiles = await runTlx(['--runs-dir', runsDir, '--cache-dir', cacheDir, 'run', experiment('files', body)], {
+      cwd: work,
+      env: { TLX_CACHE_MEMORY_MB: '0' },
+    });
+    assert.equal(inFiles.exitCode, 0, inFiles.stderr.slice(-2000));
+    assert.match(
+      inFiles.stderr,
+      /feature_extraction: frozen layers' outputs computed for 2 variants .* of it in files under .*cache-files\/frozen-outputs, beyond the 0\.0 MiB a cache keeps in memory.*kept for what follows/,
+    );
+    assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'frozen-outputs')), [], 'the files are gone');
+    assert.deepEqual(
+      numbersOf(readMetrics(runDirOf(inFiles.stdout))),
+      numbersOf(readMetrics(runDirOf(whole.stdout))),
+      'epoch by epoch, the same numbers from files',
     );
   });
 

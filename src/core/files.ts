@@ -238,3 +238,22 @@ export function removeDeadTemps(dir: string): string[] {
   }
   return removed;
 }
+
+/**
+ * A new file in `dir` (created when missing), open for reading and writing and already
+ * unlinked: Linux keeps it while it is open and frees it when tlx exits, however it exits.
+ */
+export function openUnlinkedFile(dir: string, prefix: string): number {
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${prefix}-${process.pid}-${Date.now()}-${randomSuffix()}`);
+  const fd = fs.openSync(file, 'wx+');
+  fs.unlinkSync(file);
+  return fd;
+}
+
+/** Bytes free for tlx's own files under `dir` (created when missing), keeping 1 GiB spare for everything else. */
+export function diskRoom(dir: string): number {
+  fs.mkdirSync(dir, { recursive: true });
+  const { bavail, bsize } = fs.statfsSync(dir);
+  return Math.max(0, bavail * bsize - 1024 ** 3);
+}

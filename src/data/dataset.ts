@@ -12,14 +12,15 @@ import { defaultMaxImagePixels, ImageSplit, type ImageSize, type StorageMode } f
 import { planSplits, type DataPlan, type Scans, type SplitName } from './plan.ts';
 import { scanClassFolders, type SkippedFile } from './scan.ts';
 import { formatBytes } from '../core/bytes.ts';
-import { memoryBudgetFromEnv } from '../core/memory.ts';
+import { diskRoom } from '../core/files.ts';
+import { cacheMemoryBytes } from '../core/memory.ts';
 
 export interface PrepareOptions {
   /** Folder of the experiment file: dataset.path is relative to it. */
   baseDir: string;
   cacheDir?: string;
   log?: Logger;
-  /** Keep decoded images in memory up to this many bytes (default 4 GiB, $TLX_MEMORY_BUDGET_MB). */
+  /** Keep decoded images in memory up to this many bytes (default cacheMemoryBytes(): 512 MiB, or a smaller $TLX_MEMORY_BUDGET_MB); above it, a pixel file. */
   memoryBudgetBytes?: number;
   extractLimits?: Partial<ExtractLimits>;
   /**
@@ -140,14 +141,7 @@ function folderDigest(plan: DataPlan, root: string): string {
 
 function memoryBudget(options: PrepareOptions): number {
   if (options.memoryBudgetBytes !== undefined) return options.memoryBudgetBytes;
-  return memoryBudgetFromEnv() ?? 4 * 1024 ** 3;
-}
-
-/** Free space for a pixel file of `bytes`, keeping 1 GiB spare for everything else. */
-function hasRoomFor(dir: string, bytes: number): boolean {
-  fs.mkdirSync(dir, { recursive: true });
-  const { bavail, bsize } = fs.statfsSync(dir);
-  return bavail * bsize > bytes + 1024 ** 3;
+  return cacheMemoryBytes();
 }
 
 /**
@@ -167,7 +161,7 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   const total = plan.splits.train.length + plan.splits.validation.length + plan.splits.test.length;
   const bytes = total * imageSize[0] * imageSize[1] * 3;
   const storage: StorageMode = bytes <= memoryBudget(options) ? 'memory' : 'stream';
-  const pixelDir = storage === 'stream' && hasRoomFor(cacheDir, bytes) ? path.join(cacheDir, 'pixels') : undefined;
+  const pixelDir = storage === 'stream' && diskRoom(cacheDir) > bytes ? path.join(cacheDir, 'pixels') : undefined;
   log.info(
     { images: total, storage, bytes, ...(pixelDir ? { pixel_dir: pixelDir } : {}) },
     storage === 'memory'

@@ -1,10 +1,9 @@
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Tensor1D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-node';
 import { imageSize } from 'image-size';
 import { decodeJpegUint8 } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
-import { writingTo } from '../core/files.ts';
+import { openUnlinkedFile, writingTo } from '../core/files.ts';
 import { DecodePool, type PendingDecode } from './decode-pool.ts';
 import type { Sample } from './plan.ts';
 import type { SkippedFile } from './scan.ts';
@@ -273,7 +272,7 @@ export class ImageSplit {
     // Memory: one buffer for the whole split, written in place. Stream: a file unlinked as
     // soon as it is open, so the OS frees it when tlx exits, however it exits.
     const pixels = mode === 'memory' ? new Uint8Array(samples.length * perImage) : undefined;
-    const pixelFile = pixelDir ? openUnlinkedFile(pixelDir) : undefined;
+    const pixelFile = pixelDir ? openUnlinkedFile(pixelDir, 'pixels') : undefined;
     const keep = (bytes: Uint8Array, at: number) =>
       pixels
         ? pixels.set(bytes, at * perImage)
@@ -379,12 +378,3 @@ export class ImageSplit {
  * sweep that moves on to other data (another image_size) need not wait for tlx to exit.
  */
 const pixelFiles = new FinalizationRegistry<number>((fd) => fs.close(fd, () => undefined));
-
-/** A new file in `dir`, open for reading and writing and already unlinked (Linux keeps it while open). */
-function openUnlinkedFile(dir: string): number {
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `pixels-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`);
-  const fd = fs.openSync(file, 'wx+');
-  fs.unlinkSync(file);
-  return fd;
-}

@@ -3,6 +3,7 @@ import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { Random } from '../core/random.ts';
 import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
+import { RowsBuilder, type CachedRows, type RowsPlace } from './cached-rows.ts';
 import { frozenOutputBytesPerSample, type GraphSplit, type StagedModel } from './graph.ts';
 import { tf } from '../tfjs/tf.ts';
 
@@ -52,14 +53,23 @@ export function computedFrozenOutputs(
   };
 }
 
-/** One tensor per column from per-batch lists of columns (the parts are disposed). */
-function joinColumns(parts: Tensor[][], columns: number): Tensor[] {
-  return Array.from({ length: columns }, (_, k) => {
-    const column = parts.map((part) => part[k]);
-    const joined = column.length === 1 ? column[0] : tf.concat(column);
-    if (column.length > 1) tf.dispose(column);
-    return joined;
-  });
+/** Where a cache's rows go: memory, or files under `dir`. */
+type RowsTarget = { place: 'memory' } | { place: 'disk'; dir: string };
+
+/** Rows from batches: `fill` appends each batch's columns in row order. */
+function collectRows(
+  columns: number,
+  target: RowsTarget,
+  fill: (append: (batch: Tensor[]) => void) => void,
+): CachedRows {
+  const builder = new RowsBuilder(columns, target);
+  try {
+    fill((batch) => builder.append(batch));
+  } catch (error) {
+    builder.abandon();
+    throw error;
+  }
+  return builder.finish();
 }
 
 /**
@@ -73,49 +83,42 @@ function rowsOf(
   variants: ImageVariants,
   count: number,
   columns: number,
+  target: RowsTarget,
   run: (images: Tensor) => Tensor[],
-): Tensor[] {
-  const parts: Tensor[][] = [];
-  for (let variant = 0; variant < count; variant++) {
-    for (const batch of split.batches(batchSize)) {
-      const images = variant === 0 ? batch.images : variants.render(batch.images as Tensor4D, variant);
-      parts.push(run(images));
-      tf.dispose([batch.images, batch.labels, images]);
+): CachedRows {
+  return collectRows(columns, target, (append) => {
+    for (let variant = 0; variant < count; variant++) {
+      for (const batch of split.batches(batchSize)) {
+        const images = variant === 0 ? batch.images : variants.render(batch.images as Tensor4D, variant);
+        append(run(images));
+        tf.dispose([batch.images, batch.labels, images]);
+      }
     }
-  }
-  return joinColumns(parts, columns);
+  });
 }
 
 /** A model's own frozen layers' outputs rows from a prefix's rows, through its frozen layers above the prefix, in the same batches. */
 function rowsAfterPrefix(
   staged: StagedModel,
   prefix: GraphSplit,
-  prefixRows: Tensor[],
+  prefixRows: CachedRows,
   length: number,
   batchSize: number,
-): Tensor[] {
-  const total = prefixRows[0].shape[0];
-  const parts: Tensor[][] = [];
-  for (let first = 0; first < total; first += length) {
-    for (let start = 0; start < length; start += batchSize) {
-      const rows = Array.from({ length: Math.min(batchSize, length - start) }, (_, i) => first + start + i);
-      parts.push(
-        tf.tidy(() => {
-          const index = tf.tensor1d(rows, 'int32');
-          return staged.frozenAfterPrefix(
-            prefix,
-            prefixRows.map((tensor) => tf.gather(tensor, index)),
-          );
-        }),
-      );
+  target: RowsTarget,
+): CachedRows {
+  return collectRows(staged.split.frozenOutputs.length, target, (append) => {
+    for (let first = 0; first < prefixRows.count; first += length) {
+      for (let start = 0; start < length; start += batchSize) {
+        const rows = Array.from({ length: Math.min(batchSize, length - start) }, (_, i) => first + start + i);
+        append(tf.tidy(() => staged.frozenAfterPrefix(prefix, prefixRows.gather(rows))));
+      }
     }
-  }
-  return joinColumns(parts, staged.split.frozenOutputs.length);
+  });
 }
 
 /** Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are the samples themselves). */
 function rowsSource(
-  rows: Tensor[],
+  rows: CachedRows,
   split: { length: number; labels: Int32Array },
   pick?: (epoch: number, batchIndex: number, size: number) => number[],
 ): FrozenOutputsSource {
@@ -128,13 +131,7 @@ function rowsSource(
       for (let start = 0; start < sequence.length; start += size) {
         const indices = sequence.slice(start, start + size);
         const variants = pick?.(epoch, batchIndex++, indices.length);
-        const frozenOutputs = tf.tidy(() => {
-          const index = tf.tensor1d(
-            variants ? indices.map((i, k) => variants[k] * split.length + i) : indices,
-            'int32',
-          );
-          return rows.map((tensor) => tf.gather(tensor, index));
-        });
+        const frozenOutputs = rows.gather(variants ? indices.map((i, k) => variants[k] * split.length + i) : indices);
         yield {
           frozenOutputs,
           labels: tf.tensor1d(
@@ -150,8 +147,8 @@ function rowsSource(
 
 /** A prefix's rows for the training split (every variant) and the validation split. */
 interface PrefixRows {
-  train: Tensor[];
-  validation: Tensor[];
+  train: CachedRows;
+  validation: CachedRows;
 }
 
 /**
@@ -170,7 +167,8 @@ export class FrozenPrefixStore {
   }
 
   dispose(): void {
-    if (this.entry) tf.dispose([...this.entry.rows.train, ...this.entry.rows.validation]);
+    this.entry?.rows.train.dispose();
+    this.entry?.rows.validation.dispose();
     this.entry = undefined;
   }
 }
@@ -211,8 +209,6 @@ export interface FrozenOutputsCacheInputs {
   batchSize: number;
   seed: number;
   variants: ImageVariants;
-  /** A prefix of the frozen stage whose outputs are kept in `store` for other trials. */
-  prefix?: { split: GraphSplit; store: FrozenPrefixStore };
 }
 
 export interface FrozenOutputsCache {
@@ -229,52 +225,130 @@ function coversFrozenStage(model: Pick<StagedModel, 'split'>, prefix: GraphSplit
   return own.length === prefix.frozenOutputs.length && own.every((id, i) => prefix.frozenOutputs[i] === id);
 }
 
-/** Bytes a phase's cache holds: its own rows, and a prefix's rows when it keeps them too (once, when they are the same rows). */
-export function frozenOutputsCacheBytes(
+/**
+ * Whether and where a phase keeps its frozen layers' outputs. `cache`: computed once for the
+ * phase, each part (the shared prefix's rows, the phase's own rows) in memory when it fits
+ * what is left of the memory allowance, else in a file; `recompute`: every epoch (the
+ * augmentation has no fixed variants, or too few epochs are left to pay for every
+ * variant); `no room`: neither memory nor the disk holds them.
+ */
+export type FrozenOutputsCachePlan =
+  | { choice: 'recompute' }
+  | { choice: 'no room'; bytes: number }
+  | {
+      choice: 'cache';
+      /** The shared prefix whose rows are kept (in its store), and where. */
+      prefix?: { split: GraphSplit; place: RowsPlace };
+      /** Where the phase's own rows go; undefined when they are the prefix's rows. */
+      own?: RowsPlace;
+      bytes: number;
+      memoryBytes: number;
+      diskBytes: number;
+    };
+
+/**
+ * The plan for a phase's cache (pure: the allowances are given). A shared prefix that the
+ * room cannot hold is not shared: the phase alone may still fit.
+ */
+export function planFrozenOutputsCache(
   model: Pick<StagedModel, 'graph' | 'split'>,
   inputs: {
     train: { length: number };
     validation: { length: number };
-    variants: { count: number };
-    prefix?: { split: GraphSplit };
+    variants: { count: number } | undefined;
+    prefix?: GraphSplit;
+    remainingEpochs: number;
   },
-): number {
-  const samples = inputs.variants.count * inputs.train.length + inputs.validation.length;
-  const prefix = inputs.prefix;
-  const prefixBytes =
-    prefix && !coversFrozenStage(model, prefix.split) ? frozenOutputBytesPerSample(model.graph, prefix.split) : 0;
-  return samples * (frozenOutputBytesPerSample(model.graph, model.split) + prefixBytes);
+  room: { memory: number; disk: number },
+): FrozenOutputsCachePlan {
+  const { variants, prefix } = inputs;
+  if (!variants) return { choice: 'recompute' };
+  if (!prefix && inputs.remainingEpochs < variants.count) return { choice: 'recompute' };
+  const samples = variants.count * inputs.train.length + inputs.validation.length;
+  const ownBytes = samples * frozenOutputBytesPerSample(model.graph, model.split);
+  const covered = prefix !== undefined && coversFrozenStage(model, prefix);
+  const prefixBytes = prefix && !covered ? samples * frozenOutputBytesPerSample(model.graph, prefix) : 0;
+  // The rows read every step first: the phase's own (or the prefix's, when they are the same).
+  let memoryLeft = room.memory;
+  const place = (bytes: number): RowsPlace => {
+    if (bytes > memoryLeft) return 'disk';
+    memoryLeft -= bytes;
+    return 'memory';
+  };
+  const ownPlace = place(ownBytes);
+  const prefixPlace = prefix ? (covered ? ownPlace : place(prefixBytes)) : undefined;
+  const bytes = ownBytes + prefixBytes;
+  const diskBytes = (ownPlace === 'disk' ? ownBytes : 0) + (prefixPlace === 'disk' ? prefixBytes : 0);
+  if (diskBytes > room.disk)
+    return prefix
+      ? planFrozenOutputsCache(model, { ...inputs, prefix: undefined }, room)
+      : { choice: 'no room', bytes };
+  return {
+    choice: 'cache',
+    prefix: prefix && prefixPlace ? { split: prefix, place: prefixPlace } : undefined,
+    own: covered ? undefined : ownPlace,
+    bytes,
+    memoryBytes: bytes - diskBytes,
+    diskBytes,
+  };
 }
 
-/** The training and validation splits' frozen layers' outputs, computed once for the phase (inference: nothing in the frozen stage trains). */
-export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCacheInputs): FrozenOutputsCache {
-  const { train, validation, batchSize, variants, prefix } = inputs;
+/**
+ * The training and validation splits' frozen layers' outputs, computed once for the phase
+ * (inference: nothing in the frozen stage trains), as `plan` says; files go under `dir`.
+ */
+export function cacheFrozenOutputs(
+  staged: StagedModel,
+  inputs: FrozenOutputsCacheInputs,
+  plan: Extract<FrozenOutputsCachePlan, { choice: 'cache' }>,
+  storage: { dir?: string; store?: FrozenPrefixStore },
+): FrozenOutputsCache {
+  const { train, validation, batchSize, variants } = inputs;
+  const target = (place: RowsPlace): RowsTarget => {
+    if (place === 'memory') return { place };
+    if (!storage.dir) throw new Error('a cache planned on disk needs a folder');
+    return { place, dir: storage.dir };
+  };
   const columns = staged.split.frozenOutputs.length;
-  let trainRows: Tensor[];
-  let validationRows: Tensor[];
+  let trainRows: CachedRows;
+  let validationRows: CachedRows;
   let reusedPrefix = false;
   let ownsRows = true;
+  const { prefix } = plan;
   if (prefix) {
+    if (!storage.store) throw new Error('a shared prefix needs its store');
     const prefixColumns = prefix.split.frozenOutputs.length;
-    const shared = prefix.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
-      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, (images) =>
+    const prefixTarget = target(prefix.place);
+    const shared = storage.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
+      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, prefixTarget, (images) =>
         staged.frozenPrefix(prefix.split, images),
       ),
-      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, (images) =>
+      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, prefixTarget, (images) =>
         staged.frozenPrefix(prefix.split, images),
       ),
     }));
     reusedPrefix = shared.reused;
-    if (coversFrozenStage(staged, prefix.split)) {
+    if (plan.own === undefined) {
       // The prefix is this phase's whole frozen stage: its rows are the phase's rows (the store keeps and frees them).
       [trainRows, validationRows, ownsRows] = [shared.rows.train, shared.rows.validation, false];
     } else {
-      trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize);
-      validationRows = rowsAfterPrefix(staged, prefix.split, shared.rows.validation, validation.length, batchSize);
+      const ownTarget = target(plan.own);
+      trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize, ownTarget);
+      validationRows = rowsAfterPrefix(
+        staged,
+        prefix.split,
+        shared.rows.validation,
+        validation.length,
+        batchSize,
+        ownTarget,
+      );
     }
   } else {
-    trainRows = rowsOf(train, batchSize, variants, variants.count, columns, (images) => staged.frozen(images));
-    validationRows = rowsOf(validation, batchSize, variants, 1, columns, (images) => staged.frozen(images));
+    const ownTarget = target(plan.own ?? 'memory');
+    trainRows = rowsOf(train, batchSize, variants, variants.count, columns, ownTarget, (images) =>
+      staged.frozen(images),
+    );
+    validationRows = rowsOf(validation, batchSize, variants, 1, columns, ownTarget, (images) => staged.frozen(images));
   }
   return {
     train: rowsSource(
@@ -286,6 +360,10 @@ export function cacheFrozenOutputs(staged: StagedModel, inputs: FrozenOutputsCac
     ),
     validation: rowsSource(validationRows, validation),
     reusedPrefix,
-    dispose: () => (ownsRows ? tf.dispose([...trainRows, ...validationRows]) : undefined),
+    dispose: () => {
+      if (!ownsRows) return;
+      trainRows.dispose();
+      validationRows.dispose();
+    },
   };
 }

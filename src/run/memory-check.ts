@@ -3,12 +3,12 @@ import type { PreparedDataset } from '../data/dataset.ts';
 import type { RunSummary } from '../run-folder/records.ts';
 import { formatBytes } from '../core/bytes.ts';
 import { UserError } from '../core/errors.ts';
-import { memoryLimit, type MemoryLimit } from '../core/memory.ts';
+import { cacheMemoryBytes, memoryLimit, type MemoryLimit } from '../core/memory.ts';
 import { imageVariants } from '../data/augment.ts';
 import { setPhaseTrainable, type Classifier, type Phase } from '../models/classifier.ts';
-import { compileGraph, prefixSplit, splitGraph, type GraphSplit, type Layer } from '../engine/graph.ts';
-import { frozenOutputsCacheChoice } from '../train/engine.ts';
-import { frozenOutputsCacheBytes } from '../engine/frozen-outputs.ts';
+import { compileGraph, prefixSplit, splitGraph, type Layer } from '../engine/graph.ts';
+import { cacheRoom } from '../train/engine.ts';
+import { planFrozenOutputsCache } from '../engine/frozen-outputs.ts';
 import {
   largestBatchWithin,
   peakOf,
@@ -19,7 +19,7 @@ import {
 } from '../train/memory.ts';
 import type { RunModel } from './model-stage.ts';
 import type { RunContext } from './run.ts';
-import { keepsFeatureExtractionOutputs, sharedPrefixOf } from './train-stage.ts';
+import { frozenOutputsStorage, keepsFeatureExtractionOutputs, sharedPrefixOf } from './train-stage.ts';
 
 /** The memory a run's training needs, phase by phase, against what the process can use. */
 
@@ -55,7 +55,13 @@ export function estimateTrainingMemory(
   config: ResolvedExperiment,
   classifier: Classifier,
   splits: SplitSizes,
-  options: { sharedPrefixLayers?: ReadonlySet<Layer>; resident?: number; limit?: MemoryLimit } = {},
+  options: {
+    sharedPrefixLayers?: ReadonlySet<Layer>;
+    /** What a cache may use (the engine's cacheRoom); by default the memory allowance and a disk with room. */
+    cacheRoom?: { memory: number; disk: number };
+    resident?: number;
+    limit?: MemoryLimit;
+  } = {},
 ): TrainingMemory {
   const resident = options.resident ?? process.memoryUsage().rss;
   const graph = compileGraph(classifier.model);
@@ -67,31 +73,23 @@ export function estimateTrainingMemory(
     if (settings.epochs === 0) continue;
     setPhaseTrainable(classifier, phase, config.train.fine_tune.fine_tune_at);
     const split = splitGraph(graph);
-    // As the engine chooses: with the shared prefix, or (when that is over budget) without it.
-    const choose = (shared: GraphSplit | undefined) => {
-      const bytes = variants
-        ? frozenOutputsCacheBytes(
-            { graph, split },
-            { ...splits, variants, prefix: shared ? { split: shared } : undefined },
-          )
-        : 0;
-      const sharedPrefix = shared !== undefined;
-      return {
-        bytes,
-        choice: frozenOutputsCacheChoice({ variants, sharedPrefix, remainingEpochs: settings.epochs, bytes }),
-      };
-    };
-    let { bytes, choice } = choose(
-      options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined,
+    // As the engine plans it: what part of the cache stays in memory (the rest is a file).
+    const plan = planFrozenOutputsCache(
+      { graph, split },
+      {
+        ...splits,
+        variants,
+        prefix: options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined,
+        remainingEpochs: settings.epochs,
+      },
+      options.cacheRoom ?? { memory: cacheMemoryBytes(), disk: Number.POSITIVE_INFINITY },
     );
-    if (options.sharedPrefixLayers && choice === 'over budget') ({ bytes, choice } = choose(undefined));
-    const cached = choice === 'cache';
     const memory = phaseMemory({
       graph,
       split,
       trainableWeightBytes: weightBytes(classifier.model.trainableWeights),
       optimizer: settings.optimizer,
-      frozenOutputsCacheBytes: cached ? bytes : 0,
+      frozenOutputsCacheBytes: plan.choice === 'cache' ? plan.memoryBytes : 0,
     });
     const peak = peakOf(memory, resident, batch);
     phases.push({ phase, batch, memory, peak: peak.bytes, moment: peak.moment.name });
@@ -153,6 +151,7 @@ export function estimateRunMemory(context: RunContext, model: RunModel, data: Pr
     : undefined;
   const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, {
     sharedPrefixLayers: sharedPrefixOf(context, model)?.layers ?? ownPrefix,
+    cacheRoom: cacheRoom(frozenOutputsStorage(context)),
   });
   const { verdict, message } = judgeTrainingMemory(estimate);
   if (verdict === 'does not fit') throw new UserError(message);

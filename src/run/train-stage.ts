@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { Optimizer } from '@tensorflow/tfjs-node';
 import type { ResolvedExperiment } from '../config/resolved.ts';
 import { InterruptedError } from '../core/errors.ts';
@@ -7,6 +8,7 @@ import { loadCheckpointWeights, readCheckpointMeta } from '../run-folder/checkpo
 import type { FinalWeights, PhaseOutcome, PhaseSummary } from '../run-folder/records.ts';
 import type { EarlyStopping } from '../train/callbacks.ts';
 import { imageVariants } from '../data/augment.ts';
+import { resolveCacheDir } from '../net/cache-dir.ts';
 import { FrozenPrefixStore } from '../engine/frozen-outputs.ts';
 import {
   fitPhase,
@@ -170,6 +172,11 @@ export function restoreBestWeights(context: RunContext, model: RunModel): FinalW
   return { epoch: best, last_epoch: last, selected_by: 'best_val_accuracy' };
 }
 
+/** Where a run's frozen layers' outputs go when too large for memory: files under the cache folder (beside the pixel files). */
+export function frozenOutputsStorage(context: RunContext): FitInputs['cacheStorage'] {
+  return { dir: path.join(resolveCacheDir(context.options.cacheDir), 'frozen-outputs') };
+}
+
 /**
  * The base layers whose outputs are shared, and where they are kept: below the sweep group's
  * smallest fine_tune_at in a sweep's store, or below the run's fine_tune_at in its own.
@@ -245,6 +252,7 @@ async function trainPhase(
         seed: config.seed,
         augment: model.augment,
         variants: imageVariants(config.augmentation),
+        cacheStorage: frozenOutputsStorage(context),
         // Both phases: feature extraction's pass keeps the shared layers' outputs for fine-tuning.
         sharedPrefix: sharedPrefixOf(context, model, extra.prefixStore),
         beforeTraining: extra.beforeTraining,

@@ -6,12 +6,14 @@ import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../engine
 import {
   cacheFrozenOutputs,
   computedFrozenOutputs,
-  frozenOutputsCacheBytes,
+  planFrozenOutputsCache,
   type FrozenOutputsCache,
-  type FrozenOutputsCacheInputs,
   type FrozenOutputsSource,
   type FrozenPrefixStore,
 } from '../engine/frozen-outputs.ts';
+import { formatBytes } from '../core/bytes.ts';
+import { diskRoom } from '../core/files.ts';
+import { cacheMemoryBytes } from '../core/memory.ts';
 import { tf } from '../tfjs/tf.ts';
 import { batchLoss, classProbabilities, predictedClasses, type Objective } from './objective.ts';
 import { setLearningRate } from './optimizers.ts';
@@ -77,10 +79,16 @@ export interface FitInputs {
   /**
    * The augmentation as a few fixed variants of each image (none, or a random flip), when it
    * is one: the frozen stage's outputs are then computed once per phase for every variant
-   * and the rest trains on them (within FROZEN_CACHE_BUDGET_BYTES, and when the epochs
-   * left would compute at least as much). Undefined: recomputed from augmented pixels.
+   * and the rest trains on them (when the epochs left would compute at least as much).
+   * Undefined: recomputed from augmented pixels.
    */
   variants?: ImageVariants;
+  /**
+   * Where those outputs are kept: up to `memoryBytes` in memory (default cacheMemoryBytes()),
+   * beyond that in files under `dir`; without `dir`, a cache too large for memory is not
+   * made and the frozen layers run every epoch.
+   */
+  cacheStorage?: { dir?: string; memoryBytes?: number };
   /**
    * Frozen layers every trial of a sweep shares (below its smallest fine_tune_at): their
    * outputs are computed once and kept in `store` for the next trial's phase.
@@ -152,12 +160,6 @@ export interface Callback {
   onEpochEnd?(record: EpochRecord, control: TrainingControl): void | Promise<void>;
   onPhaseEnd?(end: PhaseEnd): void | Promise<void>;
 }
-
-/**
- * Caching the frozen stage's outputs trades memory for time; above this many bytes for
- * the training and validation splits together, the frozen stage is recomputed instead.
- */
-const FROZEN_CACHE_BUDGET_BYTES = 1024 ** 3;
 
 /** Loss, accuracy, predictions and probabilities over batches of logits (disposed here). */
 function score(
@@ -327,64 +329,60 @@ function validate(inputs: FitInputs, staged: StagedModel, caches: FrozenOutputsC
     : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
 }
 
-/**
- * Whether a phase caches its frozen layers' outputs: the augmentation allows it (`variants`), it saves work
- * (alone, a phase computes every variant once against once per epoch left; a shared prefix
- * pays off over the trials) and it fits the budget.
- */
-export function frozenOutputsCacheChoice(options: {
-  variants: ImageVariants | undefined;
-  sharedPrefix: boolean;
-  remainingEpochs: number;
-  bytes: number;
-}): 'cache' | 'recompute' | 'over budget' {
-  if (!options.variants) return 'recompute';
-  if (!options.sharedPrefix && options.remainingEpochs < options.variants.count) return 'recompute';
-  return options.bytes > FROZEN_CACHE_BUDGET_BYTES ? 'over budget' : 'cache';
+/** What the phase may use for its cache: memory, and the disk under the cache folder. */
+export function cacheRoom(storage: FitInputs['cacheStorage']): { memory: number; disk: number } {
+  return {
+    memory: storage?.memoryBytes ?? cacheMemoryBytes(),
+    disk: storage?.dir ? diskRoom(storage.dir) : 0,
+  };
 }
 
-/** The phase's frozen layers' outputs cache, when frozenOutputsCacheChoice makes one. */
+/** The phase's frozen layers' outputs cache, when planFrozenOutputsCache makes one. */
 function phaseCache(
   inputs: FitInputs,
   staged: StagedModel,
   phase: string,
   remaining: number,
 ): FrozenOutputsCache | undefined {
-  const { variants } = inputs;
+  const { variants, sharedPrefix } = inputs;
   if (!variants) return undefined;
-  const choose = (candidate: FrozenOutputsCacheInputs['prefix']) => {
-    const bytes = frozenOutputsCacheBytes(staged, { ...inputs, variants, prefix: candidate });
-    const sharedPrefix = candidate !== undefined;
-    return {
-      prefix: candidate,
-      bytes,
-      choice: frozenOutputsCacheChoice({ variants, sharedPrefix, remainingEpochs: remaining, bytes }),
-    };
-  };
-  let { prefix, bytes, choice } = choose(
-    inputs.sharedPrefix
-      ? { split: prefixSplit(staged.graph, inputs.sharedPrefix.layers), store: inputs.sharedPrefix.store }
-      : undefined,
+  const room = cacheRoom(inputs.cacheStorage);
+  const plan = planFrozenOutputsCache(
+    staged,
+    {
+      train: inputs.train,
+      validation: inputs.validation,
+      variants,
+      prefix: sharedPrefix ? prefixSplit(staged.graph, sharedPrefix.layers) : undefined,
+      remainingEpochs: remaining,
+    },
+    room,
   );
-  // A shared prefix that does not fit is not shared: the phase alone may still fit.
-  if (prefix && choice === 'over budget') ({ prefix, bytes, choice } = choose(undefined));
-  if (choice === 'recompute') return undefined;
-  const megabytes = (value: number) => `${(value / 1024 ** 2).toFixed(0)} MB`;
-  if (choice === 'over budget') {
+  if (plan.choice === 'recompute') return undefined;
+  if (plan.choice === 'no room') {
     inputs.log(
-      `${phase}: not caching the frozen layers' outputs (${megabytes(bytes)} over the ${megabytes(FROZEN_CACHE_BUDGET_BYTES)} budget); recomputing them every epoch`,
+      `${phase}: not caching the frozen layers' outputs (${formatBytes(plan.bytes)}: over the ${formatBytes(room.memory)} kept in memory, and ${inputs.cacheStorage?.dir ? `the disk under ${inputs.cacheStorage.dir} has ${formatBytes(room.disk)} free` : 'no folder for a file'}); recomputing them every epoch`,
     );
     return undefined;
   }
-  const cache = cacheFrozenOutputs(staged, { ...inputs, variants, prefix });
+  const cache = cacheFrozenOutputs(staged, { ...inputs, variants }, plan, {
+    dir: inputs.cacheStorage?.dir,
+    store: sharedPrefix?.store,
+  });
   const what = variants.count > 1 ? `for ${variants.count} variants of each image (${variants.key})` : 'once';
-  const shared = prefix
+  const where =
+    plan.diskBytes > 0
+      ? `; ${formatBytes(plan.diskBytes)} of it in files under ${inputs.cacheStorage?.dir}, beyond the ${formatBytes(room.memory)} a cache keeps in memory`
+      : '';
+  const shared = plan.prefix
     ? cache.reusedPrefix
       ? '; the outputs of the shared frozen layers reused (computed earlier in this process)'
       : '; the outputs of the shared frozen layers kept for what follows (fine-tuning, later trials)'
     : '';
-  inputs.log(`${phase}: frozen layers' outputs computed ${what} (${megabytes(bytes)})${shared}`, {
+  inputs.log(`${phase}: frozen layers' outputs computed ${what} (${formatBytes(plan.bytes)}${where})${shared}`, {
     reused_prefix: cache.reusedPrefix,
+    cache_memory_bytes: plan.memoryBytes,
+    cache_disk_bytes: plan.diskBytes,
   });
   return cache;
 }

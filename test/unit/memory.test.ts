@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { validateExperimentValue } from '../../src/config/load.ts';
 import { memoryLimit } from '../../src/core/memory.ts';
-import { buildClassifier } from '../../src/models/classifier.ts';
+import { buildClassifier, setPhaseTrainable } from '../../src/models/classifier.ts';
+import { compileGraph, frozenOutputBytesPerSample, prefixSplit, splitGraph } from '../../src/engine/graph.ts';
+import { planFrozenOutputsCache } from '../../src/engine/frozen-outputs.ts';
 import { estimateTrainingMemory, judgeTrainingMemory, type TrainingMemory } from '../../src/run/memory-check.ts';
 import { largestBatchWithin, peakOf, slotsPerWeight, type PhaseMemory } from '../../src/train/memory.ts';
 import { createOptimizer } from '../../src/train/optimizers.ts';
@@ -142,6 +144,57 @@ describe('the estimate of a run', () => {
     ).phases[0].memory;
     assert.equal(recomputed.held.frozenOutputsCache, 0);
     assert.ok(recomputed.moments.some((moment) => moment.name === 'validation'));
+  });
+
+  test('a cache too large for memory goes to files (and out of the estimate); with no room on disk either, the frozen layers run every epoch', () => {
+    const splits = { train: { length: 200 }, validation: { length: 50 } };
+    const flip = experiment({ feature_extraction: { epochs: 3 }, fine_tune: { epochs: 2, fine_tune_at: 40 } }, [
+      { random_flip: 'horizontal' },
+    ]);
+    const held = (cacheRoom: { memory: number; disk: number }) =>
+      estimateTrainingMemory(flip, classifier, splits, { resident: 0, limit, cacheRoom }).phases.map(
+        (phase) => phase.memory.held.frozenOutputsCache,
+      );
+    const inMemory = held({ memory: 1024 * mib, disk: 0 });
+    assert.ok(inMemory.every((bytes) => bytes > 0));
+    assert.deepEqual(held({ memory: 0, disk: 1024 * mib }), [0, 0], 'in files: no cache bytes in memory');
+    assert.deepEqual(held({ memory: 0, disk: 0 }), [0, 0], 'no room anywhere: recomputed');
+
+    // The plan itself, for fine-tuning with a shared prefix (a sweep's layers below 20).
+    setPhaseTrainable(classifier, 'fine_tune', 40);
+    const graph = compileGraph(classifier.model);
+    const model = { graph, split: splitGraph(graph) };
+    const prefix = prefixSplit(graph, new Set(classifier.base.layers.slice(0, 20)));
+    const plan = (memory: number, disk: number) =>
+      planFrozenOutputsCache(
+        model,
+        { ...splits, variants: { count: 2 }, prefix, remainingEpochs: 2 },
+        { memory, disk },
+      );
+    const everything = plan(1024 * mib, 0);
+    assert.ok(everything.choice === 'cache' && everything.prefix && everything.own === 'memory');
+    assert.equal(everything.prefix.place, 'memory');
+    assert.equal(everything.diskBytes, 0);
+    const inFiles = plan(0, 1024 * mib);
+    assert.ok(inFiles.choice === 'cache' && inFiles.own === 'disk' && inFiles.prefix?.place === 'disk');
+    assert.equal(inFiles.diskBytes, everything.bytes);
+    // Memory enough for the phase's own rows only (they are read every step): the prefix's go to a file.
+    const ownBytes = (2 * 200 + 50) * frozenOutputBytesPerSample(graph, model.split);
+    const split = plan(ownBytes, 1024 * mib);
+    assert.ok(split.choice === 'cache' && split.prefix);
+    assert.equal(split.own, 'memory');
+    assert.equal(split.prefix.place, 'disk');
+    assert.equal(split.memoryBytes, ownBytes);
+    assert.equal(split.memoryBytes + split.diskBytes, split.bytes);
+    // Both parts count against one allowance: a byte short of both, the prefix goes to a file.
+    const almost = plan(everything.bytes - 1, 1024 * mib);
+    assert.ok(almost.choice === 'cache' && almost.prefix?.place === 'disk' && almost.own === 'memory');
+    // No disk for the prefix: it is not shared, and the phase caches alone in memory.
+    const alone = plan(ownBytes, 0);
+    assert.ok(alone.choice === 'cache');
+    assert.equal(alone.prefix, undefined);
+    assert.equal(alone.own, 'memory');
+    assert.deepEqual(plan(0, 0), { choice: 'no room', bytes: alone.bytes });
   });
 
   test('the limit: TLX_MEMORY_BUDGET_MB when set, else what the machine (or its cgroup) has free beside what the process holds', () => {
