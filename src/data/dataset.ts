@@ -160,15 +160,16 @@ export async function prepareDataset(config: ResolvedExperiment, options: Prepar
   const imageSize = config.dataset.image_size as ImageSize;
   const total = plan.splits.train.length + plan.splits.validation.length + plan.splits.test.length;
   const bytes = total * imageSize[0] * imageSize[1] * 3;
-  const storage: StorageMode = bytes <= memoryBudget(options) ? 'memory' : 'stream';
+  const inMemory = memoryBudget(options);
+  const storage: StorageMode = bytes <= inMemory ? 'memory' : 'stream';
   const pixelDir = storage === 'stream' && diskRoom(cacheDir) > bytes ? path.join(cacheDir, 'pixels') : undefined;
   log.info(
     { images: total, storage, bytes, ...(pixelDir ? { pixel_dir: pixelDir } : {}) },
     storage === 'memory'
       ? `decoding ${total} images once and keeping them in memory (${formatBytes(bytes)} as uint8)`
       : pixelDir
-        ? `${total} images need ${formatBytes(bytes)}, over the memory budget: decoding them once into a pixel file under ${pixelDir} (removed when tlx exits); epochs stream from it`
-        : `${total} images need ${formatBytes(bytes)}, over the memory budget, and the disk under ${cacheDir} has no room for them decoded: decoding each batch again from its files`,
+        ? `${total} images need ${formatBytes(bytes)}, over the ${formatBytes(inMemory)} kept in memory: decoding them once into a pixel file under ${pixelDir} (removed when tlx exits); epochs stream from it`
+        : `${total} images need ${formatBytes(bytes)}, over the ${formatBytes(inMemory)} kept in memory, and the disk under ${cacheDir} has no room for them decoded: decoding each batch again from its files`,
   );
   const skipped = [...plan.skipped];
   const splits = {} as Record<SplitName, ImageSplit>;

@@ -329,11 +329,14 @@ function validate(inputs: FitInputs, staged: StagedModel, caches: FrozenOutputsC
     : evaluate(inputs.model, inputs.objective, inputs.validation, inputs.batchSize);
 }
 
-/** What the phase may use for its cache: memory, and the disk under the cache folder. */
+/**
+ * What the phase may use for its cache: memory, and half the free space under the cache
+ * folder (a cache is worth less than the room other programs on the machine may need).
+ */
 export function cacheRoom(storage: FitInputs['cacheStorage']): { memory: number; disk: number } {
   return {
     memory: storage?.memoryBytes ?? cacheMemoryBytes(),
-    disk: storage?.dir ? diskRoom(storage.dir) : 0,
+    disk: storage?.dir ? diskRoom(storage.dir) / 2 : 0,
   };
 }
 
