@@ -364,7 +364,7 @@ function phaseCache(
   if (plan.choice === 'recompute') return undefined;
   if (plan.choice === 'no room') {
     inputs.log(
-      `${phase}: not caching the frozen layers' outputs (${formatBytes(plan.bytes)}: over the ${formatBytes(room.memory)} kept in memory, and ${inputs.cacheStorage?.dir ? `the disk under ${inputs.cacheStorage.dir} has ${formatBytes(room.disk)} free` : 'no folder for a file'}); recomputing them every epoch`,
+      `${phase}: not caching the frozen layers' outputs (${formatBytes(plan.bytes)}: over the ${formatBytes(room.memory)} kept in memory, and ${inputs.cacheStorage?.dir ? `half the free disk under ${inputs.cacheStorage.dir} is ${formatBytes(room.disk)}` : 'no folder for a file'}); recomputing them every epoch`,
     );
     return undefined;
   }
