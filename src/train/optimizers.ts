@@ -1,22 +1,23 @@
 import type { Optimizer as TfOptimizer } from '@tensorflow/tfjs-node';
 import type { Optimizer as OptimizerConfig, Schedule } from '../config/resolved.ts';
 import { setOptimizerLearningRate } from '../tfjs/internals.ts';
-import { tf } from '../tfjs/tf.ts';
+import { flatAdam, flatRmsprop, flatSgd } from './flat-optimizer.ts';
 
 /** Keras's default epsilon for Adam and RMSprop. */
 const kerasEpsilon = 1e-7;
 
-/** A fresh optimizer for a phase, with Keras's defaults for what the config leaves out. */
+/**
+ * A fresh optimizer for a phase, with Keras's defaults for what the config leaves out: tfjs's
+ * update rules, run over all the phase's variables at once (flat-optimizer.ts).
+ */
 export function createOptimizer(config: OptimizerConfig): TfOptimizer {
   switch (config.name) {
     case 'adam':
-      return tf.train.adam(config.learning_rate, 0.9, 0.999, kerasEpsilon);
+      return flatAdam(config.learning_rate, 0.9, 0.999, kerasEpsilon);
     case 'rmsprop':
-      return tf.train.rmsprop(config.learning_rate, 0.9, config.momentum ?? 0, kerasEpsilon, false);
+      return flatRmsprop(config.learning_rate, 0.9, config.momentum ?? 0, kerasEpsilon);
     case 'sgd':
-      return config.momentum
-        ? tf.train.momentum(config.learning_rate, config.momentum, false)
-        : tf.train.sgd(config.learning_rate);
+      return flatSgd(config.learning_rate, config.momentum || undefined);
   }
 }
 
