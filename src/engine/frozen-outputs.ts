@@ -56,27 +56,53 @@ export function computedFrozenOutputs(
 /** Where a cache's rows go: memory, or files under `dir`. */
 type RowsTarget = { place: 'memory' } | { place: 'disk'; dir: string };
 
-/** Rows from batches: `fill` appends each batch's columns in row order. */
+/** Several sets of rows from the same batches: `fill` appends each batch's columns of every set, in row order. */
+function collectRowSets(
+  sets: { columns: number; target: RowsTarget }[],
+  fill: (append: (batches: Tensor[][]) => void) => void,
+): CachedRows[] {
+  const builders = sets.map(({ columns, target }) => new RowsBuilder(columns, target));
+  try {
+    fill((batches) => batches.forEach((batch, k) => builders[k].append(batch)));
+  } catch (error) {
+    for (const builder of builders) builder.abandon();
+    throw error;
+  }
+  return builders.map((builder) => builder.finish());
+}
+
 function collectRows(
   columns: number,
   target: RowsTarget,
   fill: (append: (batch: Tensor[]) => void) => void,
 ): CachedRows {
-  const builder = new RowsBuilder(columns, target);
-  try {
-    fill((batch) => builder.append(batch));
-  } catch (error) {
-    builder.abandon();
-    throw error;
-  }
-  return builder.finish();
+  return collectRowSets([{ columns, target }], (append) => fill((batch) => append([batch])))[0];
 }
 
 /**
  * `run` on every sample of a split under variants 0..count-1, as rows [variant * n + i]: in split
  * order, in batches of batchSize, one variant after another (the batches an uncached pass
- * over the split would see).
+ * over the split would see). `run` gives one batch per set of rows.
  */
+function rowSetsOf(
+  split: ImageSplit,
+  batchSize: number,
+  variants: ImageVariants,
+  count: number,
+  sets: { columns: number; target: RowsTarget }[],
+  run: (images: Tensor) => Tensor[][],
+): CachedRows[] {
+  return collectRowSets(sets, (append) => {
+    for (let variant = 0; variant < count; variant++) {
+      for (const batch of split.batches(batchSize)) {
+        const images = variant === 0 ? batch.images : variants.render(batch.images as Tensor4D, variant);
+        append(run(images));
+        tf.dispose([batch.images, batch.labels, images]);
+      }
+    }
+  });
+}
+
 function rowsOf(
   split: ImageSplit,
   batchSize: number,
@@ -86,15 +112,7 @@ function rowsOf(
   target: RowsTarget,
   run: (images: Tensor) => Tensor[],
 ): CachedRows {
-  return collectRows(columns, target, (append) => {
-    for (let variant = 0; variant < count; variant++) {
-      for (const batch of split.batches(batchSize)) {
-        const images = variant === 0 ? batch.images : variants.render(batch.images as Tensor4D, variant);
-        append(run(images));
-        tf.dispose([batch.images, batch.labels, images]);
-      }
-    }
-  });
+  return rowSetsOf(split, batchSize, variants, count, [{ columns, target }], (images) => [run(images)])[0];
 }
 
 /** A model's own frozen layers' outputs rows from a prefix's rows, through its frozen layers above the prefix, in the same batches. */
@@ -319,20 +337,31 @@ export function cacheFrozenOutputs(
     if (!storage.store) throw new Error('a shared prefix needs its store');
     const prefixColumns = prefix.split.frozenOutputs.length;
     const prefixTarget = target(prefix.place);
-    const shared = storage.store.rows(prefixKey(staged, prefix.split, inputs), () => ({
-      train: rowsOf(train, batchSize, variants, variants.count, prefixColumns, prefixTarget, (images) =>
-        staged.frozenPrefix(prefix.split, images),
-      ),
-      validation: rowsOf(validation, batchSize, variants, 1, prefixColumns, prefixTarget, (images) =>
-        staged.frozenPrefix(prefix.split, images),
-      ),
-    }));
+    const ownTarget = plan.own ? target(plan.own) : undefined;
+    // Computed here: the phase's own rows come from the same batches while the prefix's are in
+    // memory (one pass, nothing read back); reused: from the stored prefix's rows.
+    let ownFromPass: { train: CachedRows; validation: CachedRows } | undefined;
+    const shared = storage.store.rows(prefixKey(staged, prefix.split, inputs), () => {
+      const sets = [{ columns: prefixColumns, target: prefixTarget }];
+      const pass = (split: ImageSplit, count: number) =>
+        ownTarget
+          ? rowSetsOf(split, batchSize, variants, count, [...sets, { columns, target: ownTarget }], (images) => {
+              const prefixRows = staged.frozenPrefix(prefix.split, images);
+              return [prefixRows, staged.frozenAfterPrefix(prefix.split, prefixRows)];
+            })
+          : rowSetsOf(split, batchSize, variants, count, sets, (images) => [staged.frozenPrefix(prefix.split, images)]);
+      const [trainPrefix, trainOwn] = pass(train, variants.count);
+      const [validationPrefix, validationOwn] = pass(validation, 1);
+      if (trainOwn && validationOwn) ownFromPass = { train: trainOwn, validation: validationOwn };
+      return { train: trainPrefix, validation: validationPrefix };
+    });
     reusedPrefix = shared.reused;
-    if (plan.own === undefined) {
+    if (!ownTarget) {
       // The prefix is this phase's whole frozen stage: its rows are the phase's rows (the store keeps and frees them).
       [trainRows, validationRows, ownsRows] = [shared.rows.train, shared.rows.validation, false];
+    } else if (ownFromPass) {
+      ({ train: trainRows, validation: validationRows } = ownFromPass);
     } else {
-      const ownTarget = target(plan.own);
       trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize, ownTarget);
       validationRows = rowsAfterPrefix(
         staged,
