@@ -311,6 +311,57 @@ export function planFrozenOutputsCache(
   };
 }
 
+/** A phase's rows for both splits, whether it owns them (else a store does), and whether a stored prefix was reused. */
+interface PhaseRows {
+  train: CachedRows;
+  validation: CachedRows;
+  owned: boolean;
+  reusedPrefix: boolean;
+}
+
+/**
+ * The rows through a shared prefix: the prefix's from the store, or computed and stored;
+ * the phase's own from the same batches while the prefix's are in memory (one pass, nothing
+ * read back), or, when the prefix was stored earlier, from its rows.
+ */
+function rowsWithPrefix(
+  staged: StagedModel,
+  inputs: FrozenOutputsCacheInputs,
+  prefix: { split: GraphSplit; target: RowsTarget },
+  ownTarget: RowsTarget | undefined,
+  store: FrozenPrefixStore,
+): PhaseRows {
+  const { train, validation, batchSize, variants } = inputs;
+  const sets = [{ columns: prefix.split.frozenOutputs.length, target: prefix.target }];
+  const columns = staged.split.frozenOutputs.length;
+  let ownFromPass: { train: CachedRows; validation: CachedRows } | undefined;
+  const shared = store.rows(prefixKey(staged, prefix.split, inputs), () => {
+    const pass = (split: ImageSplit, count: number) =>
+      ownTarget
+        ? rowSetsOf(split, batchSize, variants, count, [...sets, { columns, target: ownTarget }], (images) => {
+            const prefixRows = staged.frozenPrefix(prefix.split, images);
+            return [prefixRows, staged.frozenAfterPrefix(prefix.split, prefixRows)];
+          })
+        : rowSetsOf(split, batchSize, variants, count, sets, (images) => [staged.frozenPrefix(prefix.split, images)]);
+    const [trainPrefix, trainOwn] = pass(train, variants.count);
+    const [validationPrefix, validationOwn] = pass(validation, 1);
+    if (trainOwn && validationOwn) ownFromPass = { train: trainOwn, validation: validationOwn };
+    return { train: trainPrefix, validation: validationPrefix };
+  });
+  const reusedPrefix = shared.reused;
+  // The prefix is this phase's whole frozen stage: its rows are the phase's rows (the store keeps and frees them).
+  if (!ownTarget) return { ...shared.rows, owned: false, reusedPrefix };
+  if (ownFromPass) return { ...ownFromPass, owned: true, reusedPrefix };
+  const after = (rows: CachedRows, length: number) =>
+    rowsAfterPrefix(staged, prefix.split, rows, length, batchSize, ownTarget);
+  return {
+    train: after(shared.rows.train, train.length),
+    validation: after(shared.rows.validation, validation.length),
+    owned: true,
+    reusedPrefix,
+  };
+}
+
 /**
  * The training and validation splits' frozen layers' outputs, computed once for the phase
  * (inference: nothing in the frozen stage trains), as `plan` says; files go under `dir`.
@@ -327,72 +378,36 @@ export function cacheFrozenOutputs(
     if (!storage.dir) throw new Error('a cache planned on disk needs a folder');
     return { place, dir: storage.dir };
   };
-  const columns = staged.split.frozenOutputs.length;
-  let trainRows: CachedRows;
-  let validationRows: CachedRows;
-  let reusedPrefix = false;
-  let ownsRows = true;
-  const { prefix } = plan;
-  if (prefix) {
+  let rows: PhaseRows;
+  if (plan.prefix) {
     if (!storage.store) throw new Error('a shared prefix needs its store');
-    const prefixColumns = prefix.split.frozenOutputs.length;
-    const prefixTarget = target(prefix.place);
-    const ownTarget = plan.own ? target(plan.own) : undefined;
-    // Computed here: the phase's own rows come from the same batches while the prefix's are in
-    // memory (one pass, nothing read back); reused: from the stored prefix's rows.
-    let ownFromPass: { train: CachedRows; validation: CachedRows } | undefined;
-    const shared = storage.store.rows(prefixKey(staged, prefix.split, inputs), () => {
-      const sets = [{ columns: prefixColumns, target: prefixTarget }];
-      const pass = (split: ImageSplit, count: number) =>
-        ownTarget
-          ? rowSetsOf(split, batchSize, variants, count, [...sets, { columns, target: ownTarget }], (images) => {
-              const prefixRows = staged.frozenPrefix(prefix.split, images);
-              return [prefixRows, staged.frozenAfterPrefix(prefix.split, prefixRows)];
-            })
-          : rowSetsOf(split, batchSize, variants, count, sets, (images) => [staged.frozenPrefix(prefix.split, images)]);
-      const [trainPrefix, trainOwn] = pass(train, variants.count);
-      const [validationPrefix, validationOwn] = pass(validation, 1);
-      if (trainOwn && validationOwn) ownFromPass = { train: trainOwn, validation: validationOwn };
-      return { train: trainPrefix, validation: validationPrefix };
-    });
-    reusedPrefix = shared.reused;
-    if (!ownTarget) {
-      // The prefix is this phase's whole frozen stage: its rows are the phase's rows (the store keeps and frees them).
-      [trainRows, validationRows, ownsRows] = [shared.rows.train, shared.rows.validation, false];
-    } else if (ownFromPass) {
-      ({ train: trainRows, validation: validationRows } = ownFromPass);
-    } else {
-      trainRows = rowsAfterPrefix(staged, prefix.split, shared.rows.train, train.length, batchSize, ownTarget);
-      validationRows = rowsAfterPrefix(
-        staged,
-        prefix.split,
-        shared.rows.validation,
-        validation.length,
-        batchSize,
-        ownTarget,
-      );
-    }
+    const prefix = { split: plan.prefix.split, target: target(plan.prefix.place) };
+    rows = rowsWithPrefix(staged, inputs, prefix, plan.own ? target(plan.own) : undefined, storage.store);
   } else {
     const ownTarget = target(plan.own ?? 'memory');
-    trainRows = rowsOf(train, batchSize, variants, variants.count, columns, ownTarget, (images) =>
-      staged.frozen(images),
-    );
-    validationRows = rowsOf(validation, batchSize, variants, 1, columns, ownTarget, (images) => staged.frozen(images));
+    const columns = staged.split.frozenOutputs.length;
+    const frozen = (images: Tensor) => staged.frozen(images);
+    rows = {
+      train: rowsOf(train, batchSize, variants, variants.count, columns, ownTarget, frozen),
+      validation: rowsOf(validation, batchSize, variants, 1, columns, ownTarget, frozen),
+      owned: true,
+      reusedPrefix: false,
+    };
   }
   return {
     train: rowsSource(
-      trainRows,
+      rows.train,
       train,
       variants.count > 1
         ? (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex))
         : undefined,
     ),
-    validation: rowsSource(validationRows, validation),
-    reusedPrefix,
+    validation: rowsSource(rows.validation, validation),
+    reusedPrefix: rows.reusedPrefix,
     dispose: () => {
-      if (!ownsRows) return;
-      trainRows.dispose();
-      validationRows.dispose();
+      if (!rows.owned) return;
+      rows.train.dispose();
+      rows.validation.dispose();
     },
   };
 }
