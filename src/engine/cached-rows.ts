@@ -13,14 +13,15 @@ import { tf } from '../tfjs/tf.ts';
  */
 export interface CachedRows {
   readonly count: number;
-  /** Where the rows are: 'memory', or 'disk' (a file per column). */
-  readonly place: RowsPlace;
   /** The rows `rows`, in that order, one new tensor per column (the caller disposes them). */
   gather(rows: readonly number[]): Tensor[];
   dispose(): void;
 }
 
 export type RowsPlace = 'memory' | 'disk';
+
+/** Where a cache's rows go: memory, or files under `dir`. */
+export type RowsTarget = { place: 'memory' } | { place: 'disk'; dir: string };
 
 /** Collects rows batch by batch (in row order) into memory or into files under `dir`. */
 export class RowsBuilder {
@@ -30,7 +31,7 @@ export class RowsBuilder {
 
   constructor(
     private readonly columns: number,
-    private readonly target: { place: 'memory' } | { place: 'disk'; dir: string },
+    private readonly target: RowsTarget,
   ) {}
 
   /** The next rows, one tensor per column (taken over: disposed here or kept). */
@@ -66,7 +67,6 @@ export class RowsBuilder {
 }
 
 class TensorRows implements CachedRows {
-  readonly place = 'memory';
   constructor(
     private readonly columns: Tensor[],
     readonly count: number,
@@ -85,7 +85,6 @@ class TensorRows implements CachedRows {
 }
 
 class FileRows implements CachedRows {
-  readonly place = 'disk';
   constructor(
     private readonly files: ColumnFile[],
     readonly count: number,

@@ -3,7 +3,7 @@ import type { Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import { Random } from '../core/random.ts';
 import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
-import { RowsBuilder, type CachedRows, type RowsPlace } from './cached-rows.ts';
+import { RowsBuilder, type CachedRows, type RowsPlace, type RowsTarget } from './cached-rows.ts';
 import { frozenOutputBytesPerSample, type GraphSplit, type StagedModel } from './graph.ts';
 import { tf } from '../tfjs/tf.ts';
 
@@ -53,14 +53,11 @@ export function computedFrozenOutputs(
   };
 }
 
-/** Where a cache's rows go: memory, or files under `dir`. */
-type RowsTarget = { place: 'memory' } | { place: 'disk'; dir: string };
+/** One set of rows a pass fills: its columns, and where they go. */
+type RowSet = { columns: number; target: RowsTarget };
 
 /** Several sets of rows from the same batches: `fill` appends each batch's columns of every set, in row order. */
-function collectRowSets(
-  sets: { columns: number; target: RowsTarget }[],
-  fill: (append: (batches: Tensor[][]) => void) => void,
-): CachedRows[] {
+function collectRowSets(sets: RowSet[], fill: (append: (batches: Tensor[][]) => void) => void): CachedRows[] {
   const builders = sets.map(({ columns, target }) => new RowsBuilder(columns, target));
   try {
     fill((batches) => batches.forEach((batch, k) => builders[k].append(batch)));
@@ -89,7 +86,7 @@ function rowSetsOf(
   batchSize: number,
   variants: ImageVariants,
   count: number,
-  sets: { columns: number; target: RowsTarget }[],
+  sets: RowSet[],
   run: (images: Tensor) => Tensor[][],
 ): CachedRows[] {
   return collectRowSets(sets, (append) => {
