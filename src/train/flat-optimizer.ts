@@ -45,6 +45,8 @@ interface UpdateRule {
 
 interface Layout {
   names: string[];
+  /** The names are the trained variables' (from a step), not yet only those the restored state was saved under. */
+  stepped: boolean;
   shapes: number[][];
   sizes: number[];
 }
@@ -78,6 +80,7 @@ export class FlatOptimizer extends tf.Optimizer {
     const layout = this.layoutFor(
       named.map(({ name }) => name),
       variables.map((v) => v.shape),
+      true,
     );
     tf.tidy(() => {
       const gradient = joined(
@@ -99,18 +102,30 @@ export class FlatOptimizer extends tf.Optimizer {
     this.incrementIterations();
   }
 
-  /** The variables this optimizer trains, fixed by its first step (or by setWeights). */
-  private layoutFor(names: string[], shapes: number[][]): Layout {
+  /**
+   * The variables this optimizer trains, fixed by its first step. Restored slots (setWeights)
+   * fix only the shapes: as in tfjs, they belong to the variables by position, since a new
+   * process may name the same model's variables otherwise (tfjs adds suffixes to reused names).
+   */
+  private layoutFor(names: string[], shapes: number[][], stepped: boolean): Layout {
     if (!this.layout) {
-      this.layout = { names, shapes, sizes: shapes.map(sizeOf) };
+      this.layout = { names, stepped, shapes, sizes: shapes.map(sizeOf) };
       const total = this.layout.sizes.reduce((a, b) => a + b, 0);
       this.slotVariables = this.rule.slots.map(() => tf.tidy(() => tf.variable(tf.zeros([total]), false)));
-    } else if (names.length !== this.layout.names.length || names.some((name, i) => name !== this.layout!.names[i])) {
-      throw new Error(
-        'optimizer: a step on other variables than its first (an optimizer trains one list of variables)',
-      );
+      return this.layout;
     }
-    return this.layout;
+    const { layout } = this;
+    const sameShapes =
+      shapes.length === layout.shapes.length &&
+      shapes.every((shape, i) => shape.join('x') === layout.shapes[i].join('x'));
+    if (!sameShapes || (layout.stepped && names.some((name, i) => name !== layout.names[i])))
+      throw new Error(
+        layout.stepped
+          ? 'optimizer: a step on other variables than its first (an optimizer trains one list of variables)'
+          : `optimizer: the restored state is for ${layout.shapes.length} variables of other shapes than the ${shapes.length} being trained`,
+      );
+    if (stepped && !layout.stepped) Object.assign(layout, { names, stepped });
+    return layout;
   }
 
   override async getWeights(): Promise<NamedTensor[]> {
@@ -137,14 +152,14 @@ export class FlatOptimizer extends tf.Optimizer {
       return;
     }
     const count = values.length / this.rule.slots.length;
-    const first = values.slice(0, count);
-    const suffix = `/${this.rule.slots[0]}`;
-    const names = first.map(({ name }) => (name.endsWith(suffix) ? name.slice(0, -suffix.length) : name));
     tf.dispose(this.slotVariables);
     this.layout = undefined;
+    const restored = values.slice(0, count);
+    const suffix = `/${this.rule.slots[0]}`;
     this.layoutFor(
-      names,
-      first.map(({ tensor }) => tensor.shape),
+      restored.map(({ name }) => (name.endsWith(suffix) ? name.slice(0, -suffix.length) : name)),
+      restored.map(({ tensor }) => tensor.shape),
+      false,
     );
     this.rule.slots.forEach((_, k) => {
       const flat = tf.tidy(() => joined(values.slice(k * count, (k + 1) * count).map(({ tensor }) => tensor)));

@@ -100,7 +100,10 @@ for (const config of configs) {
         );
         flatOptimizer.dispose();
         flatOptimizer = createOptimizer(config);
-        await flatOptimizer.setWeights(saved);
+        // Saved by another process, whose tfjs named the same variables otherwise: slots go by position.
+        await flatOptimizer.setWeights(
+          saved.map((w, i) => (i === 0 ? w : { name: `another_process_${w.name}`, tensor: w.tensor })),
+        );
         tf.dispose(saved.map((w) => w.tensor));
         tf.dispose(referenceSaved.map((w) => w.tensor).filter((t) => !(t instanceof tf.Variable)));
       }
@@ -142,4 +145,21 @@ test('SGD follows a learning-rate change (tfjs kept the rate it was made with)',
     optimizer.dispose();
     weight.dispose();
   }
+});
+
+test("a restored state for other variables' shapes is refused at the first step, naming both counts", async () => {
+  const optimizer = createOptimizer({ name: 'adam', learning_rate: 0.01 });
+  const iterations = tf.scalar(3, 'int32');
+  await optimizer.setWeights([
+    { name: 'iter', tensor: iterations },
+    { name: 'w/m', tensor: tf.zeros([4]) },
+    { name: 'w/v', tensor: tf.zeros([4]) },
+  ]);
+  const weight = tf.variable(tf.ones([3]));
+  assert.throws(
+    () => optimizer.minimize(() => weight.square().sum() as never, false, [weight]),
+    /the restored state is for 1 variables of other shapes than the 1 being trained/,
+  );
+  optimizer.dispose();
+  weight.dispose();
 });
