@@ -291,7 +291,7 @@ function addSweepCommands(program: Command): void {
     .option('--concurrency <n>', 'trials at once (each in its own process)', (v) => Number.parseInt(v, 10), 1)
     .option(
       '--copy-every <seconds>',
-      "save a training trial's copy in the artifact store at most this often (0: every epoch); MLflow gets its epochs with each save",
+      "save a training trial's copy in the artifact store after its first epoch, then at most this often (0: every epoch); MLflow gets its epochs with each save",
       (v) => Number(v),
       30,
     )

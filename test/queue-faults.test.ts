@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { runTlx } from './helpers/cli.ts';
 import { TestServer } from './helpers/http.ts';
 import { QueueLab } from './helpers/queue-lab.ts';
@@ -26,6 +26,9 @@ before(() => lab.start());
 after(() => lab.stop());
 
 describe('tlx sweep --queue under faults of the queue', () => {
+  // A failed test's workers would take the next test's jobs: every test starts with none.
+  afterEach(() => lab.stopWorkers());
+
   test('the same command again, and a second coordinator, enqueue nothing twice; --set sweep keys join a --grid', async () => {
     const file = writeExperiment(
       submitter,

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import { loadExperiment } from '../src/config/load.ts';
+import { createRunFolder } from '../src/run/run.ts';
+import { TrialMirror } from '../src/sweep/mirror.ts';
 import { queueName, trialWorkRoot } from '../src/sweep/queue.ts';
 import { MlflowClient } from '../src/track/mlflow-client.ts';
 import { runTlx, tlxBin } from './helpers/cli.ts';
@@ -39,6 +41,9 @@ before(() => lab.start());
 after(() => lab.stop());
 
 describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow', () => {
+  // A failed test's workers would take the next test's jobs: every test starts with none.
+  afterEach(() => lab.stopWorkers());
+
   test('two workers that cannot see the submitter run a sweep over its local data: the table of a local sweep, number for number; export: best brings the best model home', async () => {
     const grid = '    train.fine_tune.fine_tune_at: [100, 140]\n    seed: [4, 5]';
     const best = 'export: { tflite: { quantization: float16, representative_images: 8, max_accuracy_drop: 1 } }\n';
@@ -73,19 +78,26 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
       .filter((d) => d.includes('-same-'))
       .map((d) => path.join(work, 'local', d));
     assert.deepEqual(trialNumbers([...folders.values()]), trialNumbers(localDirs));
-    for (const dir of folders.values()) {
-      const run = (
-        JSON.parse(fs.readFileSync(path.join(dir, 'mlflow.json'), 'utf8')) as {
-          servers: Record<string, { run_id: string }>;
-        }
-      ).servers[lab.mlflow.url]?.run_id;
-      if (!run) continue; // a leader's copy on the other worker: its own MLflow run is the leader's
-      const remote = await readRunWithMlflow(lab.mlflow.url, run, ['val_loss']);
-      assert.deepEqual(
-        remote.histories.val_loss.map((m) => m.step).sort((a, b) => a - b),
-        readMetrics(dir).map((r) => r.epoch),
-        `${path.basename(dir)}: every epoch once in MLflow`,
-      );
+    // A leader's copy that a follower brought to the other worker was saved before MLflow heard of
+    // the run's last epochs (the copy goes first), maybe before it heard of any (no mlflow.json):
+    // the folder that ran the trial knows its MLflow run, and every folder that names one agrees with it.
+    for (const [trial, dirs] of lab.trialCopies('same')) {
+      const runs = dirs.flatMap((dir) => {
+        const file = path.join(dir, 'mlflow.json');
+        if (!fs.existsSync(file)) return [];
+        const state = JSON.parse(fs.readFileSync(file, 'utf8')) as { servers: Record<string, { run_id: string }> };
+        const run = state.servers[lab.mlflow.url]?.run_id;
+        return run ? [{ dir, run }] : [];
+      });
+      assert.ok(runs.length > 0, `${trial}: a folder that knows its MLflow run (${dirs.join(', ')})`);
+      for (const { dir, run } of runs) {
+        const remote = await readRunWithMlflow(lab.mlflow.url, run, ['val_loss']);
+        assert.deepEqual(
+          remote.histories.val_loss.map((m) => m.step).sort((a, b) => a - b),
+          readMetrics(dir).map((r) => r.epoch),
+          `${dir}: every epoch once in MLflow`,
+        );
+      }
     }
     // The same table: each trial's values, status and metrics, and the same best trial, exported here.
     const results = (dir: string) => {
@@ -320,6 +332,24 @@ describe('tlx sweep --queue and tlx worker, sharing nothing but Redis and MLflow
     assert.equal(waited.exitCode, 0, waited.stderr.slice(-2000));
     assert.equal(worker.exitCode, null, 'the worker still runs');
     await stopWorkers();
+  });
+
+  test("a trial's copy is saved after its first epoch, then at most every interval; a restore brings back what was saved", async () => {
+    const experimentFile = writeExperiment(submitter, 'copied', `seed: 4\n${tinyDataAndModel}`);
+    const folder = createRunFolder(loadExperiment(experimentFile), path.join(work, 'copied'));
+    const client = new MlflowClient({ trackingUri: lab.mlflow.url });
+    const mirror = TrialMirror.of(client, 'copied-0123456789', 0, 3600);
+    assert.equal(await mirror.save(folder, false), true, 'the first epoch is saved before an interval has passed');
+    folder.writeRun({ ...folder.readRun(), status: 'FINISHED' });
+    assert.equal(await mirror.save(folder, false), false, 'the next is not: the interval has not passed');
+    const restored = await TrialMirror.of(client, 'copied-0123456789', 0).restore(
+      path.join(work, 'restored'),
+      folder.id,
+    );
+    assert.equal(restored?.readRun().status, 'RUNNING', 'the copy is the first save');
+    assert.equal(await mirror.save(folder, true), true, 'the final save always happens');
+    const final = await TrialMirror.of(client, 'copied-0123456789', 0).restore(path.join(work, 'restored'), folder.id);
+    assert.equal(final?.readRun().status, 'FINISHED');
   });
 
   for (const signal of ['SIGTERM', 'SIGHUP'] as const) {

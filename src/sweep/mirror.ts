@@ -15,8 +15,8 @@ import type { MlflowClient } from '../track/mlflow-client.ts';
 /**
  * A queued trial's run folder, kept in the tracking server's artifact store under
  * `tlx/sweeps/<sweep>/trial-<n>/` while it runs (Keras's BackupAndRestore, to a store every
- * worker reaches): after an epoch what changed (the checkpoint, the records; at most every
- * `everySeconds`), at the end everything. A worker that takes over a dead worker's trial continues from it, a follower
+ * worker reaches): after an epoch what changed (the checkpoint, the records; after the first
+ * epoch, then at most every `everySeconds`), at the end everything. A worker that takes over a dead worker's trial continues from it, a follower
  * starts from its leader's, and the coordinator brings the best trial home from it.
  *
  * Entries are stored under their sha256 (`objects/<sha256>`, a folder as one tar) and never
@@ -44,7 +44,8 @@ export class TrialMirror implements RunBackup {
   /** Bytes this process sent and received (the cost of sharing nothing but the store). */
   readonly traffic = { sent: 0, received: 0 };
 
-  private lastSave = 0;
+  /** The first epoch is saved at once: a takeover has a start, and MLflow hears of the run before the first interval ends. */
+  private lastSave = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly client: MlflowClient,

@@ -126,14 +126,19 @@ export class QueueLab {
     );
   }
 
-  /** The run folders of a sweep's trials on the workers (a leader's folder may be on several: its copy). */
+  /** The run folders of a sweep's trials on the workers, the first worker's of each (a leader's folder may be on several: its copy). */
   trialFolders(sweepName: string): Map<string, string> {
-    const found = new Map<string, string>();
+    return new Map([...this.trialCopies(sweepName)].map(([entry, dirs]) => [entry, dirs[0]]));
+  }
+
+  /** Every worker's folder of each trial: the one that ran it, and the copies followers brought of a leader's. */
+  trialCopies(sweepName: string): Map<string, string[]> {
+    const found = new Map<string, string[]>();
     for (const name of this.workerNames) {
       const dir = path.join(this.workerDir(name), 'runs');
       if (!fs.existsSync(dir)) continue;
       for (const entry of fs.readdirSync(dir).filter((d) => d.startsWith(`${sweepName}-`) && /-trial-\d+$/.test(d)))
-        if (!found.has(entry)) found.set(entry, path.join(dir, entry));
+        found.set(entry, [...(found.get(entry) ?? []), path.join(dir, entry)]);
     }
     return found;
   }
