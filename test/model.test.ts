@@ -642,9 +642,15 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const filesBefore = openFiles();
     const messages: string[] = [];
     const tensorsAfter: number[] = [];
+    const keptStore = new FrozenPrefixStore();
+    const keptDiskStore = new FrozenPrefixStore();
     // The fine-tuning phase of a trial at fine_tune_at 100 (feature extraction first, as a sweep's trial starts from it).
-    const train = async (mode: 'recompute' | 'cached' | 'shared' | 'files' | 'shared files') => {
-      const inFiles = mode === 'files' || mode === 'shared files';
+    // 'kept': as a run keeps what feature extraction computed for fine-tuning (the layers below
+    // fine_tune_at, cut where their outputs are narrow, the few frozen layers above run every step).
+    const train = async (
+      mode: 'recompute' | 'cached' | 'shared' | 'files' | 'shared files' | 'kept' | 'kept files',
+    ) => {
+      const inFiles = mode.endsWith('files');
       const classifier = buildClassifier({
         base: 'mobilenet_v2',
         alpha: 1.0,
@@ -657,9 +663,10 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       const records: EpochRecord[] = [];
       for (const phase of ['feature_extraction', 'fine_tune'] as const) {
         setPhaseTrainable(classifier, phase, 100);
-        const sharedPrefix =
-          mode.startsWith('shared') && phase === 'fine_tune'
-            ? { layers: new Set(classifier.base.layers.slice(0, 80)), store: inFiles ? diskStore : store }
+        const sharedPrefix = mode.startsWith('kept')
+          ? { layers: classifier.base.layers.slice(0, 100), store: inFiles ? keptDiskStore : keptStore }
+          : mode.startsWith('shared') && phase === 'fine_tune'
+            ? { layers: classifier.base.layers.slice(0, 40), store: inFiles ? diskStore : store }
             : undefined;
         await trainPhase(classifier, phase, split, {
           epochs: 3,
@@ -685,6 +692,20 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
     const sharedAgain = await train('shared');
     const files = await train('files');
     const sharedFiles = await train('shared files');
+    const kept = await train('kept');
+    const keptFiles = await train('kept files');
+    assert.equal(
+      messages.filter((m) => /^fine_tune: .*reused.*the few frozen layers above them run every step/.test(m)).length,
+      2,
+      messages.join('\n'),
+    );
+    assert.deepEqual(
+      keptFiles.map(({ time, seconds, ...numbers }) => numbers),
+      kept.map(({ time, seconds, ...numbers }) => numbers),
+    );
+    assert.equal(tensorsAfter[7], tensorsAfter[6], 'kept rows in files hold no tensor');
+    keptStore.dispose();
+    keptDiskStore.dispose();
     assert.ok(
       messages.some((m) =>
         /fine_tune: .* in files under .*frozen-outputs, beyond the 0\.0 MiB a cache keeps in memory/.test(m),
@@ -710,13 +731,15 @@ describe('the staged graph runner (BatchNorm folded into fused conv kernels)', (
       ),
       messages.join('\n'),
     );
-    assert.equal(messages.filter((m) => m.includes('kept for what follows')).length, 2, messages.join('\n'));
+    // Kept: by the first shared trial in memory and in files, and by feature extraction in both kept runs;
+    // reused: by the second shared trial and by fine-tuning in both kept runs.
+    assert.equal(messages.filter((m) => m.includes('kept for what follows')).length, 4, messages.join('\n'));
     assert.equal(
       messages.filter((m) => m.includes('reused (computed earlier in this process)')).length,
-      1,
+      3,
       messages.join('\n'),
     );
-    for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain, files, sharedFiles })) {
+    for (const [name, records] of Object.entries({ cached, sharedFirst, sharedAgain, files, sharedFiles, kept })) {
       assert.equal(records.length, 6);
       records.forEach((record, i) => {
         for (const key of ['loss', 'val_loss'] as const)

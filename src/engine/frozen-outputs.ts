@@ -5,6 +5,7 @@ import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
 import { RowsBuilder, type CachedRows, type RowsPlace, type RowsTarget } from './cached-rows.ts';
 import { frozenOutputBytesPerSample, type GraphSplit, type StagedModel } from './graph.ts';
+import { recomputesCheaply } from './recompute.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -131,11 +132,16 @@ function rowsAfterPrefix(
   });
 }
 
-/** Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are the samples themselves). */
+/**
+ * Batches gathered from cached rows; `pick` gives each image's variant (without it, rows are
+ * the samples themselves); `through` turns the gathered rows into the phase's frozen outputs
+ * (a prefix's rows through the frozen steps above it).
+ */
 function rowsSource(
   rows: CachedRows,
   split: { length: number; labels: Int32Array },
   pick?: (epoch: number, batchIndex: number, size: number) => number[],
+  through?: (rows: Tensor[]) => Tensor[],
 ): FrozenOutputsSource {
   return {
     length: split.length,
@@ -146,7 +152,9 @@ function rowsSource(
       for (let start = 0; start < sequence.length; start += size) {
         const indices = sequence.slice(start, start + size);
         const variants = pick?.(epoch, batchIndex++, indices.length);
-        const frozenOutputs = rows.gather(variants ? indices.map((i, k) => variants[k] * split.length + i) : indices);
+        const gathered = rows.gather(variants ? indices.map((i, k) => variants[k] * split.length + i) : indices);
+        const frozenOutputs = through ? through(gathered) : gathered;
+        if (through) tf.dispose(gathered);
         yield {
           frozenOutputs,
           labels: tf.tensor1d(
@@ -254,8 +262,12 @@ export type FrozenOutputsCachePlan =
       choice: 'cache';
       /** The shared prefix whose rows are kept (in its store), and where. */
       prefix?: { split: GraphSplit; place: RowsPlace };
-      /** Where the phase's own rows go; undefined when they are the prefix's rows. */
-      own?: RowsPlace;
+      /**
+       * The phase's own rows: kept (in memory or on disk); the prefix's rows themselves
+       * ('prefix'); or computed every step from the prefix's rows through the few frozen steps
+       * above them ('per step': recompute.ts).
+       */
+      own: RowsPlace | 'prefix' | 'per step';
       bytes: number;
       memoryBytes: number;
       diskBytes: number;
@@ -280,18 +292,25 @@ export function planFrozenOutputsCache(
   if (!variants) return { choice: 'recompute' };
   if (!prefix && inputs.remainingEpochs < variants.count) return { choice: 'recompute' };
   const samples = variants.count * inputs.train.length + inputs.validation.length;
-  const ownBytes = samples * frozenOutputBytesPerSample(model.graph, model.split);
-  const covered = prefix !== undefined && coversFrozenStage(model, prefix);
-  const prefixBytes = prefix && !covered ? samples * frozenOutputBytesPerSample(model.graph, prefix) : 0;
-  // The rows read every step first: the phase's own (or the prefix's, when they are the same).
+  const fromPrefix =
+    prefix === undefined
+      ? undefined
+      : coversFrozenStage(model, prefix)
+        ? 'prefix'
+        : recomputesCheaply(model.graph, model.split, prefix)
+          ? 'per step'
+          : undefined;
+  const ownBytes = fromPrefix ? 0 : samples * frozenOutputBytesPerSample(model.graph, model.split);
+  const prefixBytes = prefix ? samples * frozenOutputBytesPerSample(model.graph, prefix) : 0;
+  // The rows read every step first: the phase's own, else the prefix's.
   let memoryLeft = room.memory;
   const place = (bytes: number): RowsPlace => {
     if (bytes > memoryLeft) return 'disk';
     memoryLeft -= bytes;
     return 'memory';
   };
-  const ownPlace = place(ownBytes);
-  const prefixPlace = prefix ? (covered ? ownPlace : place(prefixBytes)) : undefined;
+  const ownPlace = fromPrefix ? undefined : place(ownBytes);
+  const prefixPlace = prefix ? place(prefixBytes) : undefined;
   const bytes = ownBytes + prefixBytes;
   const diskBytes = (ownPlace === 'disk' ? ownBytes : 0) + (prefixPlace === 'disk' ? prefixBytes : 0);
   if (diskBytes > room.disk)
@@ -301,7 +320,7 @@ export function planFrozenOutputsCache(
   return {
     choice: 'cache',
     prefix: prefix && prefixPlace ? { split: prefix, place: prefixPlace } : undefined,
-    own: covered ? undefined : ownPlace,
+    own: fromPrefix ?? ownPlace!,
     bytes,
     memoryBytes: bytes - diskBytes,
     diskBytes,
@@ -375,13 +394,15 @@ export function cacheFrozenOutputs(
     if (!storage.dir) throw new Error('a cache planned on disk needs a folder');
     return { place, dir: storage.dir };
   };
+  const keptOwn = plan.own === 'prefix' || plan.own === 'per step' ? undefined : plan.own;
   let rows: PhaseRows;
   if (plan.prefix) {
     if (!storage.store) throw new Error('a shared prefix needs its store');
     const prefix = { split: plan.prefix.split, target: target(plan.prefix.place) };
-    rows = rowsWithPrefix(staged, inputs, prefix, plan.own ? target(plan.own) : undefined, storage.store);
+    rows = rowsWithPrefix(staged, inputs, prefix, keptOwn ? target(keptOwn) : undefined, storage.store);
   } else {
-    const ownTarget = target(plan.own ?? 'memory');
+    if (!keptOwn) throw new Error(`a cache without a shared prefix keeps its own rows (planned: ${plan.own})`);
+    const ownTarget = target(keptOwn);
     const columns = staged.split.frozenOutputs.length;
     const frozen = (images: Tensor) => staged.frozen(images);
     rows = {
@@ -391,6 +412,11 @@ export function cacheFrozenOutputs(
       reusedPrefix: false,
     };
   }
+  const sharedSplit = plan.prefix?.split;
+  const perStep =
+    plan.own === 'per step' && sharedSplit
+      ? (prefixRows: Tensor[]) => staged.frozenAfterPrefix(sharedSplit, prefixRows)
+      : undefined;
   return {
     train: rowsSource(
       rows.train,
@@ -398,8 +424,9 @@ export function cacheFrozenOutputs(
       variants.count > 1
         ? (epoch, batchIndex, size) => variants.draw(size, new Random(inputs.seed, 'augment', epoch, batchIndex))
         : undefined,
+      perStep,
     ),
-    validation: rowsSource(rows.validation, validation),
+    validation: rowsSource(rows.validation, validation, undefined, perStep),
     reusedPrefix: rows.reusedPrefix,
     dispose: () => {
       if (!rows.owned) return;

@@ -6,7 +6,8 @@ import { UserError } from '../core/errors.ts';
 import { cacheMemoryBytes, memoryLimit, type MemoryLimit } from '../core/memory.ts';
 import { imageVariants } from '../data/augment.ts';
 import { setPhaseTrainable, type Classifier, type Phase } from '../models/classifier.ts';
-import { compileGraph, prefixSplit, splitGraph, type Layer } from '../engine/graph.ts';
+import { compileGraph, splitGraph, type Layer } from '../engine/graph.ts';
+import { cheapestPrefix } from '../engine/recompute.ts';
 import { cacheRoom } from '../train/engine.ts';
 import { planFrozenOutputsCache } from '../engine/frozen-outputs.ts';
 import {
@@ -56,7 +57,7 @@ export function estimateTrainingMemory(
   classifier: Classifier,
   splits: SplitSizes,
   options: {
-    sharedPrefixLayers?: ReadonlySet<Layer>;
+    sharedPrefixLayers?: readonly Layer[];
     /** What a cache may use (the engine's cacheRoom); by default the memory allowance and a disk with room. */
     cacheRoom?: { memory: number; disk: number };
     resident?: number;
@@ -79,7 +80,7 @@ export function estimateTrainingMemory(
       {
         ...splits,
         variants,
-        prefix: options.sharedPrefixLayers ? prefixSplit(graph, options.sharedPrefixLayers) : undefined,
+        prefix: options.sharedPrefixLayers ? cheapestPrefix(graph, options.sharedPrefixLayers) : undefined,
         remainingEpochs: settings.epochs,
       },
       options.cacheRoom ?? { memory: cacheMemoryBytes(), disk: Number.POSITIVE_INFINITY },
@@ -147,7 +148,7 @@ export function judgeTrainingMemory(estimate: TrainingMemory): MemoryVerdict {
 export function estimateRunMemory(context: RunContext, model: RunModel, data: PreparedDataset): TrainingMemory {
   const { feature_extraction: featureExtraction, fine_tune: fineTune } = context.config.train;
   const ownPrefix = keepsFeatureExtractionOutputs(context.config, featureExtraction.epochs)
-    ? new Set(model.classifier.base.layers.slice(0, fineTune.fine_tune_at))
+    ? model.classifier.base.layers.slice(0, fineTune.fine_tune_at)
     : undefined;
   const estimate = estimateTrainingMemory(context.config, model.classifier, data.splits, {
     sharedPrefixLayers: sharedPrefixOf(context, model)?.layers ?? ownPrefix,

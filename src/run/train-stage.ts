@@ -191,7 +191,7 @@ export function sharedPrefixOf(
   const store = shared?.store ?? own;
   if (!store) return undefined;
   const below = shared ? Math.min(shared.fineTuneAt, fineTuneAt) : fineTuneAt;
-  return { layers: new Set(model.classifier.base.layers.slice(0, below)), store };
+  return { layers: model.classifier.base.layers.slice(0, below), store };
 }
 
 /** The callbacks of one phase: Ctrl-C, early stopping, the run's record, the epoch log, progress and live tracking. */

@@ -2,7 +2,8 @@ import type { LayersModel, Optimizer as TfOptimizer, Scalar, Tensor, Tensor1D, T
 import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import type { ImageVariants } from '../data/augment.ts';
-import { FoldedInference, prefixSplit, StagedModel, type Layer } from '../engine/graph.ts';
+import { FoldedInference, StagedModel, type Layer } from '../engine/graph.ts';
+import { cheapestPrefix } from '../engine/recompute.ts';
 import {
   cacheFrozenOutputs,
   computedFrozenOutputs,
@@ -90,10 +91,12 @@ export interface FitInputs {
    */
   cacheStorage?: { dir?: string; memoryBytes?: number };
   /**
-   * Frozen layers every trial of a sweep shares (below its smallest fine_tune_at): their
-   * outputs are computed once and kept in `store` for the next trial's phase.
+   * The base's first layers (in order) that every trial of a sweep shares (below its smallest
+   * fine_tune_at), or that fine-tuning shares with feature extraction: the outputs of the
+   * cheapest cut through them (recompute.ts) are computed once and kept in `store` for the
+   * next phase or trial.
    */
-  sharedPrefix?: { layers: ReadonlySet<Layer>; store: FrozenPrefixStore };
+  sharedPrefix?: { layers: readonly Layer[]; store: FrozenPrefixStore };
   /**
    * Called once before the first epoch with the model on the validation split (Keras's
    * `evaluate` before `fit`), through the phase's frozen layers' outputs: a cached phase answers from the
@@ -356,7 +359,7 @@ function phaseCache(
       train: inputs.train,
       validation: inputs.validation,
       variants,
-      prefix: sharedPrefix ? prefixSplit(staged.graph, sharedPrefix.layers) : undefined,
+      prefix: sharedPrefix ? cheapestPrefix(staged.graph, sharedPrefix.layers) : undefined,
       remainingEpochs: remaining,
     },
     room,
@@ -378,9 +381,12 @@ function phaseCache(
       ? `; ${formatBytes(plan.diskBytes)} of it in files under ${inputs.cacheStorage?.dir}, beyond the ${formatBytes(room.memory)} a cache keeps in memory`
       : '';
   const shared = plan.prefix
-    ? cache.reusedPrefix
-      ? '; the outputs of the shared frozen layers reused (computed earlier in this process)'
-      : '; the outputs of the shared frozen layers kept for what follows (fine-tuning, later trials)'
+    ? (cache.reusedPrefix
+        ? '; the outputs of the shared frozen layers reused (computed earlier in this process)'
+        : '; the outputs of the shared frozen layers kept for what follows (fine-tuning, later trials)') +
+      (plan.own === 'per step'
+        ? '; the few frozen layers above them run every step (cheaper than keeping their wider outputs)'
+        : '')
     : '';
   inputs.log(`${phase}: frozen layers' outputs computed ${what} (${formatBytes(plan.bytes)}${where})${shared}`, {
     reused_prefix: cache.reusedPrefix,

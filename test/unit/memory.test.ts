@@ -5,6 +5,7 @@ import { memoryLimit } from '../../src/core/memory.ts';
 import { buildClassifier, setPhaseTrainable } from '../../src/models/classifier.ts';
 import { compileGraph, frozenOutputBytesPerSample, prefixSplit, splitGraph } from '../../src/engine/graph.ts';
 import { planFrozenOutputsCache } from '../../src/engine/frozen-outputs.ts';
+import { cheapestPrefix, recomputesCheaply } from '../../src/engine/recompute.ts';
 import { estimateTrainingMemory, judgeTrainingMemory, type TrainingMemory } from '../../src/run/memory-check.ts';
 import { largestBatchWithin, peakOf, slotsPerWeight, type PhaseMemory } from '../../src/train/memory.ts';
 import { createOptimizer } from '../../src/train/optimizers.ts';
@@ -160,11 +161,13 @@ describe('the estimate of a run', () => {
     assert.deepEqual(held({ memory: 0, disk: 1024 * mib }), [0, 0], 'in files: no cache bytes in memory');
     assert.deepEqual(held({ memory: 0, disk: 0 }), [0, 0], 'no room anywhere: recomputed');
 
-    // The plan itself, for fine-tuning with a shared prefix (a sweep's layers below 20).
-    setPhaseTrainable(classifier, 'fine_tune', 40);
+    // The plan itself, for fine-tuning from layer 100 with a shared prefix (a sweep's layers below 20:
+    // too many frozen layers above it to run every step, so the phase keeps its own rows too).
+    setPhaseTrainable(classifier, 'fine_tune', 100);
     const graph = compileGraph(classifier.model);
     const model = { graph, split: splitGraph(graph) };
     const prefix = prefixSplit(graph, new Set(classifier.base.layers.slice(0, 20)));
+    assert.equal(recomputesCheaply(graph, model.split, prefix), false);
     const plan = (memory: number, disk: number) =>
       planFrozenOutputsCache(
         model,
@@ -195,6 +198,23 @@ describe('the estimate of a run', () => {
     assert.equal(alone.prefix, undefined);
     assert.equal(alone.own, 'memory');
     assert.deepEqual(plan(0, 0), { choice: 'no room', bytes: alone.bytes });
+    // The layers below fine_tune_at, as a run keeps them for fine-tuning: cut where their outputs
+    // are cheapest to keep, the few frozen layers above run every step, and nothing else is kept.
+    const kept = cheapestPrefix(graph, classifier.base.layers.slice(0, 100));
+    assert.ok(frozenOutputBytesPerSample(graph, kept) < frozenOutputBytesPerSample(graph, model.split));
+    const perStep = planFrozenOutputsCache(
+      model,
+      { ...splits, variants: { count: 2 }, prefix: kept, remainingEpochs: 2 },
+      { memory: 1024 * mib, disk: 0 },
+    );
+    assert.deepEqual(perStep, {
+      choice: 'cache',
+      prefix: { split: kept, place: 'memory' },
+      own: 'per step',
+      bytes: (2 * 200 + 50) * frozenOutputBytesPerSample(graph, kept),
+      memoryBytes: (2 * 200 + 50) * frozenOutputBytesPerSample(graph, kept),
+      diskBytes: 0,
+    });
   });
 
   test('the limit: TLX_MEMORY_BUDGET_MB when set, else what the machine (or its cgroup) has free beside what the process holds', () => {
