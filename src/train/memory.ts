@@ -1,5 +1,6 @@
 import type { Optimizer } from '../config/resolved.ts';
 import type { CompiledGraph, GraphSplit, Step } from '../engine/graph.ts';
+import { cachePassBatch } from '../engine/frozen-outputs.ts';
 
 /**
  * The peak memory of a training phase, estimated from the model's graph before its first
@@ -17,12 +18,13 @@ import type { CompiledGraph, GraphSplit, Step } from '../engine/graph.ts';
  *   or gathered from the cache);
  * - validation without a cache: the whole model off the tape, at its widest step;
  * - with a cache of the frozen stage's outputs (training variants + validation), it is held
- *   through the phase, and twice over for a moment while its batches are joined.
+ *   through the phase, and twice over for a moment while its batches are joined; the pass
+ *   that fills it runs a batch of at least cachePassBatch samples.
  */
 
 /** A moment of a phase: bytes it holds whatever the batch, and bytes per sample of a batch. */
 export interface Moment {
-  name: 'frozen pass' | 'training step' | 'validation' | 'joining the cache';
+  name: 'frozen pass' | 'training step' | 'validation' | 'joining the cache' | 'caching pass';
   fixed: number;
   perSample: number;
 }
@@ -189,7 +191,16 @@ export function phaseMemory(inputs: PhaseMemoryInputs): PhaseMemory {
     { name: 'frozen pass', fixed: always, perSample: floatBytes * (pixels + frozenPass) },
     { name: 'training step', fixed: always, perSample: floatBytes * (frozenOutputs + tape + gradients + workspace) },
   ];
-  if (cache > 0) moments.push({ name: 'joining the cache', fixed: always + cache, perSample: 0 });
+  if (cache > 0)
+    moments.push(
+      { name: 'joining the cache', fixed: always + cache, perSample: 0 },
+      // The pass that fills the cache runs at least cachePassBatch samples at once.
+      {
+        name: 'caching pass',
+        fixed: always + cachePassBatch(graph, split.frozen, 0) * floatBytes * (pixels + frozenPass),
+        perSample: 0,
+      },
+    );
   else
     moments.push({
       name: 'validation',

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { compileGraph, frozenOutputBytesPerSample, prefixSplit, splitGraph } from '../../src/engine/graph.ts';
+import { cachePassBatch } from '../../src/engine/frozen-outputs.ts';
 import { cheapestPrefix, recomputesCheaply, stepMacs } from '../../src/engine/recompute.ts';
 import { buildClassifier, setPhaseTrainable } from '../../src/models/classifier.ts';
 
@@ -33,4 +34,26 @@ test("MobileNetV2 at 96 px from layer 100: fine-tuning keeps block 10's 96 chann
   setPhaseTrainable(classifier, 'feature_extraction', 100);
   assert.equal(recomputesCheaply(graph, splitGraph(graph), kept), false);
   classifier.model.dispose();
+});
+
+test('a caching pass runs 64 samples at once where the widest tensor allows (96 px), the training batch where it does not (224 px), never fewer', () => {
+  const widestOf = (size: number) => {
+    const classifier = buildClassifier({
+      base: 'mobilenet_v2',
+      alpha: 1,
+      imageSize: [size, size],
+      classCount: 2,
+      dropout: 0.2,
+      seed: 1,
+    });
+    setPhaseTrainable(classifier, 'feature_extraction', 100);
+    const graph = compileGraph(classifier.model);
+    const frozen = splitGraph(graph).frozen;
+    const batches = [32, 100].map((batch) => cachePassBatch(graph, frozen, batch));
+    classifier.model.dispose();
+    return batches;
+  };
+  // The widest: block 1's expansion, 48x48x96 floats (0.84 MiB) at 96 px, 112x112x96 (4.6 MiB) at 224 px.
+  assert.deepEqual(widestOf(96), [64, 100]);
+  assert.deepEqual(widestOf(224), [32, 100]);
 });
