@@ -5,6 +5,7 @@ import type { ImageVariants } from '../data/augment.ts';
 import type { ImageSplit } from '../data/images.ts';
 import { RowsBuilder, type CachedRows, type RowsPlace, type RowsTarget } from './cached-rows.ts';
 import {
+  elementsPerSample,
   frozenOutputBytesPerSample,
   type CompiledGraph,
   type GraphSplit,
@@ -186,10 +187,7 @@ const cachePassMaxBatch = 64;
  * and 64 MiB in the pass's widest tensor (224 px keeps 32).
  */
 export function cachePassBatch(graph: CompiledGraph, steps: readonly Step[], batchSize: number): number {
-  const widest = Math.max(
-    1,
-    ...steps.map((step) => 4 * (graph.shapes.get(step.output) ?? []).reduce((a, b) => a * b, 1)),
-  );
+  const widest = Math.max(1, ...steps.map((step) => 4 * elementsPerSample(graph, step.output)));
   return Math.max(batchSize, Math.min(cachePassMaxBatch, Math.floor(cachePassBytes / widest)));
 }
 

@@ -275,9 +275,14 @@ export function splitGraph(graph: CompiledGraph, trains: (step: Step) => boolean
   return { frozen, trainable, frozenOutputs: [...frozenOutputs] };
 }
 
+/** Float32 elements of one sample of a tensor of the graph. */
+export function elementsPerSample(graph: CompiledGraph, id: TensorId): number {
+  return (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1);
+}
+
 /** Bytes per sample of a split's frozen layers' outputs (what caching the frozen stage's outputs costs). */
 export function frozenOutputBytesPerSample(graph: CompiledGraph, split: GraphSplit): number {
-  return split.frozenOutputs.reduce((sum, id) => sum + 4 * (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1), 0);
+  return split.frozenOutputs.reduce((sum, id) => sum + 4 * elementsPerSample(graph, id), 0);
 }
 
 /**

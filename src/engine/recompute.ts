@@ -1,4 +1,5 @@
 import {
+  elementsPerSample,
   frozenOutputBytesPerSample,
   prefixSplit,
   type CompiledGraph,
@@ -37,8 +38,7 @@ export function stepMacs(graph: CompiledGraph, step: Step): number {
   if (kind !== 'Conv2D' && kind !== 'DepthwiseConv2D' && kind !== 'Dense') return 0;
   const input = graph.shapes.get(step.inputs[0]) ?? [];
   // A conv_bn step's output is after its activation: the conv's shape.
-  const output = graph.shapes.get(step.output) ?? [];
-  const outputs = output.reduce((a, b) => a * b, 1);
+  const outputs = elementsPerSample(graph, step.output);
   const inputChannels = input[input.length - 1] ?? 0;
   if (kind === 'Dense') return inputChannels * outputs;
   const kernel = [layer.getConfig().kernelSize].flat() as number[];

@@ -1,5 +1,5 @@
 import type { Optimizer } from '../config/resolved.ts';
-import type { CompiledGraph, GraphSplit, Step } from '../engine/graph.ts';
+import { elementsPerSample as elements, type CompiledGraph, type GraphSplit, type Step } from '../engine/graph.ts';
 import { cachePassBatch } from '../engine/frozen-outputs.ts';
 
 /**
@@ -47,10 +47,6 @@ export interface PhaseMemoryInputs {
 }
 
 const floatBytes = 4;
-
-function elements(graph: CompiledGraph, id: number): number {
-  return (graph.shapes.get(id) ?? []).reduce((a, b) => a * b, 1);
-}
 
 function activationOf(step: Step): string | undefined {
   if (step.kind === 'conv_bn') return step.options.activation;
