@@ -11,7 +11,7 @@ import {
   SeededDropout,
 } from '../models/layers.ts';
 import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
-import { clampActivation, convBiasClamp } from './taped-conv-bn.ts';
+import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './taped-conv-bn.ts';
 
 /**
  * A functional model (nested models flattened) as a list of steps in execution order,
@@ -302,24 +302,26 @@ export type FoldedWeights = Map<Step, { filter: Tensor4D; bias: Tensor1D }>;
 
 type ConvBnStep = Extract<Step, { kind: 'conv_bn' }>;
 
-/** The chain's BatchNorm folded into its conv's filter and bias, from the weights' variables (so it can be taped). */
-function foldConvBn(step: ConvBnStep): { filter: Tensor4D; bias: Tensor1D } {
-  const { scale, offset } = step.batchNorm.scaleAndOffset();
+/** Per trainable chain, its BatchNorm's 1 / sqrt(moving variance + epsilon). */
+type InverseStds = Map<Step, Tensor1D>;
+
+/** A chain's weights, BatchNorm's moving statistics' part given (a phase computes it once). */
+function chainWeights(step: ConvBnStep, inverseStd: Tensor1D): ConvBnWeights {
+  const { gamma, beta, mean } = step.batchNorm.affineParts();
   const [kernel, convBias] = step.conv.weights.map((weight) => weight.read()) as [Tensor4D, Tensor1D | undefined];
-  // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
-  const filter = (step.depthwise ? kernel.mul(scale.reshape([1, 1, -1, 1])) : kernel.mul(scale)) as Tensor4D;
-  const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
-  return { filter, bias };
+  return { kernel, convBias, gamma, beta, inverseStd, mean };
 }
 
-function foldWeights(steps: readonly Step[]): FoldedWeights {
+/** Folds every chain among `steps` with the weights as they are now (a chain's inverseStd from `inverseStds` when there). */
+function foldWeights(steps: readonly Step[], inverseStds?: InverseStds): FoldedWeights {
   const folded: FoldedWeights = new Map();
   for (const step of steps) {
     if (step.kind !== 'conv_bn') continue;
     folded.set(
       step,
       tf.tidy(() => {
-        const { filter, bias } = foldConvBn(step);
+        const inverseStd = inverseStds?.get(step) ?? step.batchNorm.inverseStd();
+        const { filter, bias } = foldConvBn(step.depthwise, chainWeights(step, inverseStd));
         return { filter: tf.keep(filter), bias: tf.keep(bias) };
       }),
     );
@@ -339,18 +341,23 @@ function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; b
 }
 
 /**
- * A chain whose weights may train: folded on the tape, then one fused op with its own
- * gradient (taped-conv-bn.ts). An activation other than ReLU / ReLU6 runs as its layer.
+ * A chain whose weights may train: one op on the tape with its own gradient, BatchNorm folded
+ * inside it (taped-conv-bn.ts). An activation other than ReLU / ReLU6 runs as its layer.
  */
-function runTapedConvBn(step: ConvBnStep, x: Tensor4D, inputGradient: boolean, training: boolean): Tensor {
+function runTapedConvBn(
+  step: ConvBnStep,
+  x: Tensor4D,
+  inverseStd: Tensor1D,
+  inputGradient: boolean,
+  training: boolean,
+): Tensor {
   return tf.tidy(() => {
-    const { filter, bias } = foldConvBn(step);
     const chain = {
       depthwise: step.depthwise,
       pointwise: !step.depthwise && isPointwiseConv(step.conv),
       options: step.options,
     };
-    const y = convBiasClamp(chain, x, filter, bias, inputGradient);
+    const y = convBnClamp(chain, x, chainWeights(step, inverseStd), inputGradient);
     return step.activation && !clampActivation(step.options.activation)
       ? applyLayer(step.activation, [y], training, undefined)
       : y;
@@ -374,7 +381,14 @@ function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: num
 function runSteps(
   steps: readonly Step[],
   values: Map<TensorId, Tensor>,
-  options: { training: boolean; seed?: number; folded?: FoldedWeights; keep?: ReadonlySet<TensorId> },
+  options: {
+    training: boolean;
+    seed?: number;
+    folded?: FoldedWeights;
+    /** Each taped chain's BatchNorm 1 / sqrt(variance + epsilon), computed once for the phase. */
+    inverseStds?: InverseStds;
+    keep?: ReadonlySet<TensorId>;
+  },
 ): void {
   const lastUse = new Map<TensorId, number>();
   const given = new Set(values.keys()); // no step's gradient flows into these
@@ -390,7 +404,9 @@ function runSteps(
     if (step.kind === 'conv_bn' && weights) {
       output = runConvBn(step, inputs[0] as Tensor4D, weights);
     } else if (step.kind === 'conv_bn') {
-      output = runTapedConvBn(step, inputs[0] as Tensor4D, !given.has(step.inputs[0]), options.training);
+      const inverseStd = options.inverseStds?.get(step);
+      if (!inverseStd) throw new Error(`graph runner: no BatchNorm statistics for the taped chain ${step.conv.name}`);
+      output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
     } else {
       output = step.layers.reduce(
         (xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)],
@@ -435,12 +451,17 @@ export class StagedModel {
   readonly split: GraphSplit;
   readonly variables: Variable[];
   private readonly folded: FoldedWeights;
+  /** The trainable chains' moving statistics do not change either (BatchNorm runs in inference mode). */
+  private readonly inverseStds: InverseStds;
   private readonly kept: ReadonlySet<TensorId>;
 
   constructor(readonly model: LayersModel) {
     this.graph = compileGraph(model);
     this.split = splitGraph(this.graph);
     this.folded = foldWeights(this.split.frozen);
+    this.inverseStds = new Map(
+      this.split.trainable.flatMap((step) => (step.kind === 'conv_bn' ? [[step, step.batchNorm.inverseStd()]] : [])),
+    );
     this.kept = new Set([...this.split.frozenOutputs, this.graph.input]);
     this.variables = model.trainableWeights.map((weight) => weight.read() as Variable);
   }
@@ -483,16 +504,34 @@ export class StagedModel {
    * `seed` draws the step's dropout masks when training.
    */
   trainable(frozenOutputs: Tensor[], training: boolean, seed?: number): Tensor {
+    return this.runTrainable(frozenOutputs, { training, seed, inverseStds: this.inverseStds });
+  }
+
+  /**
+   * The trainable stage off the tape for inference (validation), every chain folded once with
+   * the weights as they are now: a validation pass runs many batches on the same weights.
+   */
+  trainableInference(): { logits(frozenOutputs: Tensor[]): Tensor; dispose(): void } {
+    const folded = foldWeights(this.split.trainable, this.inverseStds);
+    return {
+      logits: (frozenOutputs) => this.runTrainable(frozenOutputs, { training: false, folded }),
+      dispose: () => disposeFolded(folded),
+    };
+  }
+
+  private runTrainable(frozenOutputs: Tensor[], options: Parameters<typeof runSteps>[2]): Tensor {
     if (this.split.trainable.length === 0) return frozenOutputs[0].clone();
     return tf.tidy(() => {
       const values = new Map<TensorId, Tensor>(this.split.frozenOutputs.map((id, i) => [id, frozenOutputs[i]]));
-      runSteps(this.split.trainable, values, { training, seed });
+      runSteps(this.split.trainable, values, options);
       return values.get(this.graph.output)!;
     });
   }
 
   dispose(): void {
     disposeFolded(this.folded);
+    tf.dispose([...this.inverseStds.values()]);
+    this.inverseStds.clear();
   }
 }
 

@@ -140,43 +140,111 @@ function backward(
 }
 
 /**
- * conv(x, filter) + bias (-> clamp), taped as one op. `inputGradient` false leaves x off the
- * tape: the chain reads the frozen stage's output (or the images), whose gradient nobody
- * uses, and the conv's input backprop is the costliest half of its gradient.
+ * A chain's weights: the conv's kernel (and bias, if it has one), and its BatchNorm as the
+ * per-channel affine map (x - mean) * gamma * inverseStd + beta. gamma, beta, the kernel and
+ * the bias train; inverseStd and mean are the moving statistics', constant while BatchNorm
+ * runs in inference mode.
  */
-export function convBiasClamp(
-  chain: ConvBnChain,
-  x: Tensor4D,
-  filter: Tensor4D,
-  bias: Tensor1D,
-  inputGradient: boolean,
-): Tensor4D {
+export interface ConvBnWeights {
+  kernel: Tensor4D;
+  convBias?: Tensor1D;
+  gamma: Tensor1D;
+  beta: Tensor1D;
+  inverseStd: Tensor1D;
+  mean: Tensor1D;
+}
+
+/** scale = gamma * inverseStd as the filter's last-but-one (depthwise) or last axis broadcasts it. */
+function filterScale(depthwise: boolean, scale: Tensor1D): Tensor {
+  // Depthwise kernels are [h, w, channels, 1]: the output channel is the third axis.
+  return depthwise ? scale.reshape([1, 1, -1, 1]) : scale;
+}
+
+/**
+ * BatchNorm folded into the conv: filter = kernel * scale, bias = convBias * scale + beta -
+ * mean * scale, with scale = gamma * inverseStd.
+ */
+export function foldConvBn(
+  depthwise: boolean,
+  weights: ConvBnWeights,
+): { filter: Tensor4D; bias: Tensor1D; scale: Tensor1D } {
+  return tf.tidy(() => {
+    const { kernel, convBias, gamma, beta, inverseStd, mean } = weights;
+    const scale = gamma.mul(inverseStd) as Tensor1D;
+    const offset = beta.sub(mean.mul(scale)) as Tensor1D;
+    const filter = kernel.mul(filterScale(depthwise, scale)) as Tensor4D;
+    const bias = (convBias ? convBias.mul(scale).add(offset) : offset) as Tensor1D;
+    return { filter, bias, scale };
+  });
+}
+
+/**
+ * The fold's gradient: from the folded filter's and bias's gradients to the kernel's, gamma's,
+ * beta's (and the conv bias's), in a few ops on filter-sized tensors. Taped op by op, the same
+ * fold costs some 25 small ops per chain (broadcast products' gradients cast, sum and reshape).
+ */
+function unfoldGradients(
+  depthwise: boolean,
+  weights: ConvBnWeights,
+  scale: Tensor1D,
+  dFilter: Tensor4D,
+  dBias: Tensor1D,
+): { dKernel: Tensor4D; dGamma: Tensor1D; dBeta: Tensor1D; dConvBias?: Tensor1D } {
+  const { kernel, convBias, inverseStd, mean } = weights;
+  const dKernel = dFilter.mul(filterScale(depthwise, scale)) as Tensor4D;
+  // Every axis but the output channel's.
+  let dScale = dFilter
+    .mul(kernel)
+    .sum(depthwise ? [0, 1, 3] : [0, 1, 2])
+    .sub(dBias.mul(mean)) as Tensor1D;
+  if (convBias) dScale = dScale.add(dBias.mul(convBias));
+  return {
+    dKernel,
+    dGamma: dScale.mul(inverseStd),
+    dBeta: dBias,
+    dConvBias: convBias ? (dBias.mul(scale) as Tensor1D) : undefined,
+  };
+}
+
+/**
+ * A Conv -> BatchNorm (-> clamp) chain taped as one op: BatchNorm folded into the filter and a
+ * bias, then the fused kernel; the gradient the conv's backprops, then the fold's.
+ * `inputGradient` false leaves x off the tape: the chain reads the frozen stage's output (or
+ * the images), whose gradient nobody uses, and the conv's input backprop is the costliest
+ * half of its gradient.
+ */
+export function convBnClamp(chain: ConvBnChain, x: Tensor4D, weights: ConvBnWeights, inputGradient: boolean): Tensor4D {
   const activation = clampActivation(chain.options.activation);
+  const trained = [weights.kernel, weights.gamma, weights.beta, ...(weights.convBias ? [weights.convBias] : [])];
   const op = tf.customGrad((...args: (Tensor | ((tensors: Tensor[]) => void))[]) => {
     const save = args[args.length - 1] as (tensors: Tensor[]) => void;
-    const [input, kernel, offset] = (inputGradient ? args.slice(0, 3) : [x, ...args.slice(0, 2)]) as [
-      Tensor4D,
-      Tensor4D,
-      Tensor1D,
-    ];
-    const y = forward(chain, input, kernel, offset, activation);
-    save([input, kernel, y]);
+    const input = (inputGradient ? args[0] : x) as Tensor4D;
+    const { filter, bias, scale } = foldConvBn(chain.depthwise, weights);
+    const y = forward(chain, input, filter, bias, activation);
+    save([input, filter, scale, y]);
     return {
       value: y,
       gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => {
-        const [savedInput, savedKernel, output] = saved as [Tensor4D, Tensor4D, Tensor4D];
+        const [savedInput, savedFilter, savedScale, output] = saved as [Tensor4D, Tensor4D, Tensor1D, Tensor4D];
         // Its own scope: dz is as large as the activation and must not live until the whole backward pass ends.
         return tf.tidy(() => {
           const dz = activation
             ? (runOp(`${activation}Grad`, [float], [dy as Tensor4D, output]) as Tensor4D)
             : (dy as Tensor4D);
-          const { dx, dFilter, dBias } = backward(chain, dz, savedInput, savedKernel, inputGradient);
-          return inputGradient ? [dx!, dFilter, dBias] : [dFilter, dBias];
+          const { dx, dFilter, dBias } = backward(chain, dz, savedInput, savedFilter, inputGradient);
+          const { dKernel, dGamma, dBeta, dConvBias } = unfoldGradients(
+            chain.depthwise,
+            weights,
+            savedScale,
+            dFilter,
+            dBias,
+          );
+          return [...(inputGradient ? [dx!] : []), dKernel, dGamma, dBeta, ...(dConvBias ? [dConvBias] : [])];
         });
       },
     };
   });
-  return (inputGradient ? op(x, filter, bias) : op(filter, bias)) as Tensor4D;
+  return (inputGradient ? op(x, ...trained) : op(...trained)) as Tensor4D;
 }
 
 /**

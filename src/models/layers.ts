@@ -130,15 +130,22 @@ export class InferenceBatchNormalization extends tf.layers.Layer {
     );
   }
 
-  /** y = x * scale + offset: the per-channel affine map this layer is, for folding into a conv. */
-  scaleAndOffset(): { scale: Tensor1D; offset: Tensor1D } {
-    return tf.tidy(() => {
-      const scale = (this.gamma.read() as Tensor1D).mul(
-        tf.rsqrt((this.movingVariance.read() as Tensor1D).add(this.epsilon)),
-      ) as Tensor1D;
-      const offset = (this.beta.read() as Tensor1D).sub((this.movingMean.read() as Tensor1D).mul(scale)) as Tensor1D;
-      return { scale, offset };
-    });
+  /**
+   * The per-channel affine map this layer is, y = (x - mean) * gamma * inverseStd + beta, for
+   * folding into a conv: gamma, beta and the moving mean as the layer's variables (gamma and
+   * beta can be taped).
+   */
+  affineParts(): { gamma: Tensor1D; beta: Tensor1D; mean: Tensor1D } {
+    return {
+      gamma: this.gamma.read() as Tensor1D,
+      beta: this.beta.read() as Tensor1D,
+      mean: this.movingMean.read() as Tensor1D,
+    };
+  }
+
+  /** 1 / sqrt(moving variance + epsilon), a new tensor: a constant while the layer runs in inference mode. */
+  inverseStd(): Tensor1D {
+    return tf.tidy(() => tf.rsqrt((this.movingVariance.read() as Tensor1D).add(this.epsilon)) as Tensor1D);
   }
 
   override getConfig() {

@@ -225,17 +225,22 @@ function evaluateCached(
   source: FrozenOutputsSource,
   batchSize: number,
 ): Evaluation {
-  return score(
-    objective,
-    source,
-    (function* () {
-      for (const batch of source.batches(batchSize, undefined, 0)) {
-        const logits = staged.trainable(batch.frozenOutputs, false);
-        tf.dispose(batch.frozenOutputs);
-        yield { logits, labels: batch.labels, indices: batch.indices };
-      }
-    })(),
-  );
+  const inference = staged.trainableInference();
+  try {
+    return score(
+      objective,
+      source,
+      (function* () {
+        for (const batch of source.batches(batchSize, undefined, 0)) {
+          const logits = inference.logits(batch.frozenOutputs);
+          tf.dispose(batch.frozenOutputs);
+          yield { logits, labels: batch.labels, indices: batch.indices };
+        }
+      })(),
+    );
+  } finally {
+    inference.dispose();
+  }
 }
 
 /** The order of the training set in an epoch: a permutation fixed by seed and epoch. */
