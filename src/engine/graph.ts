@@ -10,6 +10,7 @@ import {
   ReLU6,
   SeededDropout,
 } from '../models/layers.ts';
+import { multiply } from '../models/activations.ts';
 import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
 import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './taped-conv-bn.ts';
 
@@ -366,6 +367,8 @@ function runTapedConvBn(
 
 function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
   if (inputs.length === 1 && isPointwiseConv(layer)) return applyPointwiseConv(layer, inputs[0] as Tensor4D);
+  // tfjs-layers' Multiply is tf.mul, whose gradient copies each operand once more (squeeze-excite gates).
+  if (inputs.length === 2 && layer.getClassName() === 'Multiply') return multiply(inputs[0], inputs[1]);
   return layer.apply(
     inputs.length === 1 ? inputs[0] : inputs,
     seed === undefined ? { training } : { training, seed },

@@ -1,6 +1,7 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
-import { runOp, runOpMulti } from '../tfjs/native-ops.ts';
+import { runOpMulti } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
+import { hardSigmoid, hardSilu, relu6, silu } from './activations.ts';
 
 type Kwargs = Record<string, unknown>;
 type LayerArgs = ConstructorParameters<typeof tf.layers.Layer>[0];
@@ -64,18 +65,6 @@ function fusedBatchNormInference(
   });
   return forward(x, gamma, beta);
 }
-
-/** min(max(x, 0), 6) natively, with the single-kernel Relu6Grad as its gradient. */
-const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
-  const x = args[0] as Tensor;
-  (args[1] as GradSave)([x]);
-  return {
-    value: runOp('Relu6', [{ name: 'T', kind: 'type', value: 'float32' }], [x]),
-    gradFunc: (dy: Tensor | Tensor[], saved: Tensor[]) => [
-      runOp('Relu6Grad', [{ name: 'T', kind: 'type', value: 'float32' }], [single(dy), saved[0]]),
-    ],
-  };
-}) as (x: Tensor) => Tensor;
 
 export interface BatchNormArgs extends NonNullable<LayerArgs> {
   epsilon?: number;
@@ -180,21 +169,11 @@ export class HardSigmoid extends tf.layers.Layer {
   static className = 'TlxHardSigmoid';
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => relu6(single(inputs).add(3)).mul(1 / 6));
+    return tf.tidy(() => hardSigmoid(single(inputs)));
   }
 }
 
 export type ActivationKind = 'hard_silu' | 'silu';
-
-/** x * relu6(x + 3) / 6, as Keras's TensorFlow backend computes hard_silu (hard_swish). */
-function hardSilu(x: Tensor): Tensor {
-  return tf.tidy(() => x.mul(relu6(x.add(3))).mul(1 / 6));
-}
-
-/** x * sigmoid(x) (swish). */
-function silu(x: Tensor): Tensor {
-  return tf.tidy(() => x.mul(tf.sigmoid(x)));
-}
 
 export interface ActivationArgs extends NonNullable<LayerArgs> {
   activation: ActivationKind;
@@ -211,7 +190,7 @@ export class Activation extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return this.activation === 'hard_silu' ? hardSilu(single(inputs)) : silu(single(inputs));
+    return tf.tidy(() => (this.activation === 'hard_silu' ? hardSilu(single(inputs)) : silu(single(inputs))));
   }
 
   override getConfig() {

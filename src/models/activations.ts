@@ -1,0 +1,105 @@
+import type { Tensor } from '@tensorflow/tfjs-node';
+import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { tf } from '../tfjs/tf.ts';
+
+/**
+ * The activations of tlx's bases with their gradients written out, as TensorFlow registers
+ * them for Keras. tfjs's autodiff of the same expressions goes op by op, and each product's
+ * gradient casts its other operand (a copy of an activation-sized tensor), multiplies and
+ * reshapes: hard-swish's backward pass made some ten passes over the activation, swish's
+ * eight, a squeeze-excite gate's six. Here two to five. The forward ops are Keras's, in
+ * Keras's order, so outputs are unchanged to the last bit.
+ */
+
+type GradSave = (tensors: Tensor[]) => void;
+type Dy = Tensor | Tensor[];
+
+const float: OpAttr[] = [{ name: 'T', kind: 'type', value: 'float32' }];
+
+function single(dy: Dy): Tensor {
+  return Array.isArray(dy) ? dy[0] : dy;
+}
+
+/** dy * (0 < features < 6): TensorFlow's gradient of ReLU6 in one kernel. */
+function relu6Grad(dy: Tensor, features: Tensor): Tensor {
+  return runOp('Relu6Grad', float, [dy, features]);
+}
+
+/** min(max(x, 0), 6) natively, with the single-kernel Relu6Grad as its gradient. */
+export const relu6 = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  (args[1] as GradSave)([x]);
+  return {
+    value: runOp('Relu6', float, [x]),
+    gradFunc: (dy: Dy, [saved]: Tensor[]) => [relu6Grad(single(dy), saved)],
+  };
+}) as (x: Tensor) => Tensor;
+
+/** relu6(x + 3) / 6 (MobileNetV3's hard sigmoid); gradient Relu6Grad(dy / 6, x + 3). */
+export const hardSigmoid = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const shifted = (args[0] as Tensor).add(3);
+  (args[1] as GradSave)([shifted]);
+  return {
+    value: runOp('Relu6', float, [shifted]).mul(1 / 6),
+    gradFunc: (dy: Dy, [savedShifted]: Tensor[]) => [tf.tidy(() => relu6Grad(single(dy).mul(1 / 6), savedShifted))],
+  };
+}) as (x: Tensor) => Tensor;
+
+/**
+ * x * relu6(x + 3) / 6 (Keras's hard_silu, hard-swish); with g = dy / 6, the gradient is
+ * g * relu6(x + 3) + x * Relu6Grad(g, x + 3).
+ */
+export const hardSilu = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  const shifted = x.add(3);
+  const clamped = runOp('Relu6', float, [shifted]);
+  (args[1] as GradSave)([x, shifted, clamped]);
+  return {
+    value: x.mul(clamped).mul(1 / 6),
+    gradFunc: (dy: Dy, [savedX, savedShifted, savedClamped]: Tensor[]) => [
+      tf.tidy(() => {
+        const g = single(dy).mul(1 / 6);
+        return g.mul(savedClamped).add(savedX.mul(relu6Grad(g, savedShifted)));
+      }),
+    ],
+  };
+}) as (x: Tensor) => Tensor;
+
+/** x * sigmoid(x) (swish); with s = sigmoid(x), the gradient is dy * s + SigmoidGrad(s, dy * x). */
+export const silu = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  const sigmoid = tf.sigmoid(x);
+  (args[1] as GradSave)([x, sigmoid]);
+  return {
+    value: x.mul(sigmoid),
+    gradFunc: (dy: Dy, [savedX, savedSigmoid]: Tensor[]) => [
+      tf.tidy(() => {
+        const d = single(dy);
+        // SigmoidGrad(y, g) = g * y * (1 - y).
+        return d.mul(savedSigmoid).add(runOp('SigmoidGrad', float, [savedSigmoid, d.mul(savedX)]));
+      }),
+    ],
+  };
+}) as (x: Tensor) => Tensor;
+
+/** dy summed over the axes `shape` was broadcast along, kept as `shape`. */
+function unbroadcast(dy: Tensor, shape: number[]): Tensor {
+  const axes = tf.backend_util.getReductionAxes(shape, dy.shape);
+  if (axes.length === 0) return dy;
+  const summed = dy.sum(axes, shape.length === dy.rank);
+  return summed.rank === shape.length ? summed : summed.reshape(shape);
+}
+
+/** a * b with broadcasting (a squeeze-excite gate times its activation); gradients dy * b and dy * a, each summed back to its operand's shape. */
+export const multiply = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const [a, b] = args as [Tensor, Tensor];
+  (args[2] as GradSave)([a, b]);
+  return {
+    value: a.mul(b),
+    gradFunc: (dy: Dy, [savedA, savedB]: Tensor[]) =>
+      tf.tidy(() => {
+        const d = single(dy);
+        return [unbroadcast(d.mul(savedB), savedA.shape), unbroadcast(d.mul(savedA), savedB.shape)];
+      }),
+  };
+}) as (a: Tensor, b: Tensor) => Tensor;
