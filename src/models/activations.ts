@@ -103,3 +103,24 @@ export const multiply = tf.customGrad((...args: (Tensor | GradSave)[]) => {
       }),
   };
 }) as (a: Tensor, b: Tensor) => Tensor;
+
+/**
+ * The mean over the pixels (squeeze-excite's squeeze). tfjs's gradient of a mean fills an
+ * input-sized tensor of ones, multiplies and divides (three passes over the activation); here
+ * dy / pixels is broadcast in one.
+ */
+export function spatialMean(x: Tensor, keepdims: boolean): Tensor {
+  const [batch, height, width, channels] = x.shape;
+  const mean = tf.customGrad((...args: (Tensor | GradSave)[]) => ({
+    value: tf.mean(args[0] as Tensor, [1, 2], keepdims),
+    gradFunc: (dy: Dy) => [
+      tf.tidy(() =>
+        single(dy)
+          .reshape([batch, 1, 1, channels])
+          .div(height * width)
+          .broadcastTo(x.shape),
+      ),
+    ],
+  })) as (x: Tensor) => Tensor;
+  return mean(x);
+}

@@ -1,7 +1,7 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
 import { runOpMulti } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
-import { hardSigmoid, hardSilu, relu6, silu } from './activations.ts';
+import { hardSigmoid, hardSilu, relu6, silu, spatialMean } from './activations.ts';
 
 type Kwargs = Record<string, unknown>;
 type LayerArgs = ConstructorParameters<typeof tf.layers.Layer>[0];
@@ -218,7 +218,7 @@ export class GlobalAveragePooling2D extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => tf.mean(single(inputs), [1, 2], this.keepdims));
+    return tf.tidy(() => spatialMean(single(inputs), this.keepdims));
   }
 
   override getConfig() {

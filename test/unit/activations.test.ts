@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { hardSigmoid, hardSilu, multiply, relu6, silu } from '../../src/models/activations.ts';
+import { hardSigmoid, hardSilu, multiply, relu6, silu, spatialMean } from '../../src/models/activations.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 
 /**
@@ -80,3 +80,17 @@ test("a squeeze-excite gate's product: both operands' gradients, the gate's summ
   ]);
   assert.equal(tf.memory().numTensors, before, 'no tensor left');
 });
+
+for (const keepdims of [true, false]) {
+  test(`the mean over the pixels (keepdims ${keepdims}): tf.mean's output and gradient, to the last bit`, () => {
+    const { x } = inputs();
+    const dy = tf.randomNormal(keepdims ? [2, 1, 1, 8] : [2, 8], 0, 1, 'float32', 7);
+    const [ours, plain] = [spatialMean(x, keepdims), tf.mean(x, [1, 2], keepdims)];
+    assert.deepEqual(ours.dataSync(), plain.dataSync(), 'output');
+    const oursGradient = tf.grad((input: Tensor) => spatialMean(input, keepdims))(x, dy);
+    const plainGradient = tf.grad((input: Tensor) => tf.mean(input, [1, 2], keepdims))(x, dy);
+    assert.deepEqual(oursGradient.shape, x.shape);
+    assert.deepEqual(oursGradient.dataSync(), plainGradient.dataSync(), 'gradient');
+    tf.dispose([x, dy, ours, plain, oursGradient, plainGradient]);
+  });
+}
