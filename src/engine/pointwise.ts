@@ -1,4 +1,5 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
+import { matMul2d } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import type { Layer } from './graph.ts';
 
@@ -33,13 +34,28 @@ export function isPointwiseConv(layer: Layer): boolean {
   return known;
 }
 
+type GradSave = (tensors: Tensor[]) => void;
+
+/** a [m, k] x b [k, n] on TensorFlow's MatMul kernel, taped: its gradients are two more. */
+const tapedMatMul = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const [a, b] = args as [Tensor, Tensor];
+  (args[2] as GradSave)([a, b]);
+  return {
+    value: matMul2d(a, b),
+    gradFunc: (dy: Tensor | Tensor[], [savedA, savedB]: Tensor[]) => {
+      const d = Array.isArray(dy) ? dy[0] : dy;
+      return [matMul2d(d, savedB, false, true), matMul2d(savedA, d, true, false)];
+    },
+  };
+}) as (a: Tensor, b: Tensor) => Tensor;
+
 /** The layer's output for x, as a matrix product on its own kernel (and bias) variables: taped like the layer. */
 export function applyPointwiseConv(layer: Layer, x: Tensor4D): Tensor4D {
   const [kernel, bias] = layer.weights.map((weight) => weight.read());
   const [batch, height, width, channels] = x.shape;
   const filters = kernel.shape[3]!;
   return tf.tidy(() => {
-    const product = tf.matMul(x.reshape([batch * height * width, channels]), kernel.reshape([channels, filters]));
+    const product = tapedMatMul(x.reshape([batch * height * width, channels]), kernel.reshape([channels, filters]));
     const biased: Tensor = bias ? product.add(bias) : product;
     return biased.reshape([batch, height, width, filters]) as Tensor4D;
   });

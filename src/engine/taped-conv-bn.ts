@@ -1,5 +1,5 @@
 import type { Tensor, Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
-import { PreferredKernel, runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { matMul2d, PreferredKernel, runOp, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 
@@ -85,23 +85,6 @@ function forward(
   );
 }
 
-/**
- * TensorFlow's MatMul op on 2-D operands: tf.matMul runs BatchMatMulV2 (batched, for any rank),
- * the largest kernel of a whole-model MobileNetV2 step in the profile; the plain kernel does
- * the same product.
- */
-function matMul(a: Tensor, b: Tensor, transposeA: boolean, transposeB: boolean): Tensor2D {
-  return runOp(
-    'MatMul',
-    [
-      float,
-      { name: 'transpose_a', kind: 'bool', value: transposeA },
-      { name: 'transpose_b', kind: 'bool', value: transposeB },
-    ],
-    [a, b],
-  ) as Tensor2D;
-}
-
 /** Gradients of the conv + bias for dz (the gradient before the clamp): input (if asked), filter, bias. */
 function backward(
   chain: ConvBnChain,
@@ -115,11 +98,11 @@ function backward(
     const [batch, height, width, channels] = x.shape;
     const filters = filter.shape[3];
     const dz2d = dz.reshape([batch * height * width, filters]);
-    const dFilter = matMul(x.reshape([batch * height * width, channels]), dz2d, true, false).reshape(
+    const dFilter = matMul2d(x.reshape([batch * height * width, channels]), dz2d, true, false).reshape(
       filter.shape,
     ) as Tensor4D;
     const dx = inputGradient
-      ? (matMul(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D)
+      ? (matMul2d(dz2d, filter.reshape([channels, filters]), false, true).reshape(x.shape) as Tensor4D)
       : undefined;
     return { dx, dFilter, dBias };
   }
