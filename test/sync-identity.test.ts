@@ -90,7 +90,11 @@ describe('one server, whatever URL reaches it', () => {
         env: { MLFLOW_TRACKING_URI: spellings[2] },
       });
       assert.equal(synced.exitCode, 0, synced.stderr.slice(-2000));
-      assert.doesNotMatch(resumed.stderr + synced.stderr, /refused|HTTP 4\d\d|not synced/);
+      // A live update has a second per epoch: on a loaded machine one may miss it, and the run
+      // says so ("not synced") while its last update, with retries, completes it. What the
+      // spellings must never cause is a refusal, or a sync that is left incomplete.
+      assert.doesNotMatch(resumed.stderr + synced.stderr, /refused|HTTP 4\d\d/);
+      assert.doesNotMatch(synced.stderr, /not synced/);
       const runIds = spellings.map((uri) => mlflowState(dir, uri).run_id);
       assert.equal(new Set(runIds).size, 1, `one MLflow run for every spelling: ${runIds.join(', ')}`);
       assert.deepEqual(

@@ -7,11 +7,11 @@ import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConv
  * A trainable Conv -> BatchNorm (-> ReLU / ReLU6) chain as one fused kernel on the tape.
  *
  * The base's BatchNorm always runs in inference mode, so it is a per-channel affine map and
- * folds into the conv's filter and bias, on the tape (a few ops on filter-sized tensors,
- * differentiated as usual back to the kernel, gamma and beta). The convolution + bias +
- * clamp then runs as one native kernel with its own gradient: the clamp's gradient from the
- * kernel's output (ReLU6's mask is the same whether read before or after the clamp), the
- * bias's as one reduction, the filter's and the input's as the conv's backprops. Layer by
+ * folds into the conv's filter and bias, inside the op (a few ops on filter-sized tensors,
+ * whose gradient back to the kernel, gamma and beta is written out in `unfoldGradients`).
+ * The convolution + bias + clamp then runs as one native kernel with its own gradient: the
+ * clamp's gradient from the kernel's output (ReLU6's mask is the same whether read before or
+ * after the clamp), the bias's as one reduction, the filter's and the input's as the conv's backprops. Layer by
  * layer the same chain costs a BatchNorm pass and its gradient (FusedBatchNormGradV3: the
  * largest kernel of a whole-model MobileNetV2 step after the matrix products) and a separate
  * clamp pass. The result is the layers', up to the order of float sums.
