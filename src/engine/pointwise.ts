@@ -1,4 +1,5 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
+import { single, type GradSave } from '../models/activations.ts';
 import { matMul2d } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import type { Layer } from './graph.ts';
@@ -34,8 +35,6 @@ export function isPointwiseConv(layer: Layer): boolean {
   return known;
 }
 
-type GradSave = (tensors: Tensor[]) => void;
-
 /** a [m, k] x b [k, n] on TensorFlow's MatMul kernel, taped: its gradients are two more. */
 const tapedMatMul = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const [a, b] = args as [Tensor, Tensor];
@@ -43,7 +42,7 @@ const tapedMatMul = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   return {
     value: matMul2d(a, b),
     gradFunc: (dy: Tensor | Tensor[], [savedA, savedB]: Tensor[]) => {
-      const d = Array.isArray(dy) ? dy[0] : dy;
+      const d = single(dy);
       return [matMul2d(d, savedB, false, true), matMul2d(savedA, d, true, false)];
     },
   };

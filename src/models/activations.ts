@@ -11,12 +11,14 @@ import { tf } from '../tfjs/tf.ts';
  * Keras's order, so outputs are unchanged to the last bit.
  */
 
-type GradSave = (tensors: Tensor[]) => void;
+/** The save callback tf.customGrad passes a forward function, and what its gradient receives. */
+export type GradSave = (tensors: Tensor[]) => void;
 type Dy = Tensor | Tensor[];
 
 const float: OpAttr[] = [{ name: 'T', kind: 'type', value: 'float32' }];
 
-function single(dy: Dy): Tensor {
+/** The one tensor of a layer's inputs or an op's upstream gradient. */
+export function single(dy: Dy): Tensor {
   return Array.isArray(dy) ? dy[0] : dy;
 }
 

@@ -1,18 +1,12 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
 import { runOpMulti } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
-import { hardSigmoid, hardSilu, relu6, silu, spatialMean } from './activations.ts';
+import { hardSigmoid, hardSilu, relu6, silu, single, spatialMean, type GradSave } from './activations.ts';
 
 type Kwargs = Record<string, unknown>;
 type LayerArgs = ConstructorParameters<typeof tf.layers.Layer>[0];
 type LayerVariable = ReturnType<InstanceType<typeof tf.layers.Layer>['addWeight']>;
 type Shape = (number | null)[];
-
-type GradSave = (tensors: Tensor[]) => void;
-
-function single(inputs: Tensor | Tensor[]): Tensor {
-  return Array.isArray(inputs) ? inputs[0] : inputs;
-}
 
 /**
  * y = BN(x) with the moving statistics, as one native FusedBatchNormV3 (is_training=false),
