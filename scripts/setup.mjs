@@ -7,7 +7,15 @@
 //      project's machines cannot reach, so package.json denies it (allowScripts) and
 //      this script stages the wheel's libraries where the binding expects them. Before
 //      building, patch-package applies patches/ to the binding's source (it lets ops take
-//      list(string) and list(type) attributes, which the fused conv kernels need).
+//      list(string) and list(type) attributes, which the fused conv kernels need, and adds
+//      loadOpLibrary, TensorFlow's TF_LoadLibrary);
+//   3. tlx's own TensorFlow kernels (native/tlx_ops.cc: hard-swish and swish with their
+//      gradients in one pass each, a 5x5 depthwise filter's gradient), compiled with g++ for
+//      this machine's CPU against the same wheel into
+//      native/build/tlx_ops.so.
+// Never run patch-package on tfjs-node to regenerate the patch: deps/include is a symlink
+// into the wheel, and patch-package's clean-up deletes files through it (the wheel then has
+// to be reinstalled). Edit the patch by hand (diff -u against the npm tarball's file).
 // Each step is skipped when its result is already present and up to date, so a
 // second `npm install` is fast. Only PyPI (through pip) is contacted.
 import { createHash } from 'node:crypto';
@@ -161,9 +169,51 @@ function ensureTfjsBinding() {
   log('tfjs-node binding built against the TensorFlow wheel');
 }
 
+/** The compiler flags TensorFlow's wheel gives for custom ops (include dir, ABI, C++ standard). */
+function tensorflowBuildFlags() {
+  const script =
+    'import json, tensorflow as tf; print(json.dumps([tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()]))';
+  const output = execFileSync(venvPython, ['-c', script], {
+    encoding: 'utf8',
+    env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '3' },
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  return JSON.parse(output.trim().split('\n').pop());
+}
+
+function ensureOpLibrary() {
+  const source = path.join(root, 'native', 'tlx_ops.cc');
+  const output = path.join(root, 'native', 'build', 'tlx_ops.so');
+  const stampFile = `${output}.stamp`;
+  const [compileFlags, linkFlags] = tensorflowBuildFlags();
+  // -march=native: built where it runs, for this CPU's vector width (AVX2 or AVX-512); Eigen's
+  // half-precision AVX-512 code does not compile with GCC 12, and nothing here uses it.
+  // -ffp-contract=off: no fused multiply-adds, so the kernels round as the ops they replace.
+  const flags = ['-O3', '-march=native', '-mno-avx512fp16', '-ffp-contract=off', '-fPIC', '-shared', '-w'];
+  const args = [...compileFlags, ...flags, source, '-o', `${output}.tmp`, ...linkFlags];
+  const wanted = `${sha256(source)}\n${args.join(' ')}`;
+  if (fs.existsSync(output) && fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === wanted) {
+    log('tlx op library is built');
+    return;
+  }
+  fs.mkdirSync(path.dirname(output), { recursive: true });
+  const compiler = process.env.CXX ?? 'g++';
+  try {
+    run(compiler, args);
+  } catch (error) {
+    throw new Error(
+      `compiling ${path.relative(root, source)} with ${compiler} failed (on Debian: \`apt-get install g++\`): ${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+  fs.renameSync(`${output}.tmp`, output);
+  fs.writeFileSync(stampFile, wanted);
+  log(`tlx op library built: ${path.relative(root, output)}`);
+}
+
 try {
   ensureVenv();
   ensureTfjsBinding();
+  ensureOpLibrary();
 } catch (error) {
   log(`FAILED: ${error instanceof Error ? error.message : String(error)}`);
   process.exit(1);

@@ -1,5 +1,5 @@
 import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { PreferredKernel, runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { PreferredKernel, runOp, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -15,9 +15,11 @@ export type FusedActivation = 'Relu' | 'Relu6' | 'HardSwish' | 'Swish';
 /** oneDNN's names for the activations only its fused kernels take (MobileNetV3's and EfficientNet's). */
 const oneDnnActivation: Partial<Record<FusedActivation, string>> = { HardSwish: '_FusedHardSwish', Swish: '_MklSwish' };
 
-/** The activation as ops of their own (for kernels that cannot fuse it). */
+/** The activation as a kernel of its own (for kernels that cannot fuse it): tlx's one-pass kernel, else TensorFlow's ops. */
 function activate(y: Tensor4D, activation: FusedActivation | undefined): Tensor4D {
   if (!activation) return y;
+  if ((activation === 'HardSwish' || activation === 'Swish') && tlxOpsAvailable())
+    return runOp(activation === 'HardSwish' ? 'TlxHardSwish' : 'TlxSwish', [], [y]) as Tensor4D;
   if (activation === 'HardSwish') return tf.tidy(() => y.mul(tf.clipByValue(y.add(3), 0, 6)).mul(1 / 6)) as Tensor4D;
   if (activation === 'Swish') return tf.tidy(() => y.mul(tf.sigmoid(y))) as Tensor4D;
   return runOp(activation, [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D;

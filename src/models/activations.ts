@@ -1,5 +1,5 @@
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { runOp, type OpAttr } from '../tfjs/native-ops.ts';
+import { runOp, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -7,8 +7,10 @@ import { tf } from '../tfjs/tf.ts';
  * them for Keras. tfjs's autodiff of the same expressions goes op by op, and each product's
  * gradient casts its other operand (a copy of an activation-sized tensor), multiplies and
  * reshapes: hard-swish's backward pass made some ten passes over the activation, swish's
- * eight, a squeeze-excite gate's six. Here two to five. The forward ops are Keras's, in
- * Keras's order, so outputs are unchanged to the last bit.
+ * eight, a squeeze-excite gate's six. Here two to five; hard-swish and swish one each way
+ * with tlx's own kernels (native/tlx_ops.cc), which compute the same float operations in the
+ * same order, so hard-swish's outputs and gradients are equal to the last bit (swish's
+ * sigmoid is Eigen's, within a unit in the last place of TensorFlow's Sigmoid).
  */
 
 /** The save callback tf.customGrad passes a forward function, and what its gradient receives. */
@@ -49,9 +51,22 @@ export const hardSigmoid = tf.customGrad((...args: (Tensor | GradSave)[]) => {
 
 /**
  * x * relu6(x + 3) / 6 (Keras's hard_silu, hard-swish); with g = dy / 6, the gradient is
- * g * relu6(x + 3) + x * Relu6Grad(g, x + 3).
+ * g * relu6(x + 3) + x * Relu6Grad(g, x + 3). One kernel each way when tlx's are built.
  */
-export const hardSilu = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+export function hardSilu(x: Tensor): Tensor {
+  return tlxOpsAvailable() ? hardSiluKernel(x) : hardSiluOps(x);
+}
+
+const hardSiluKernel = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  (args[1] as GradSave)([x]);
+  return {
+    value: runOp('TlxHardSwish', [], [x]),
+    gradFunc: (dy: Dy, [savedX]: Tensor[]) => [runOp('TlxHardSwishGrad', [], [single(dy), savedX])],
+  };
+}) as (x: Tensor) => Tensor;
+
+const hardSiluOps = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const x = args[0] as Tensor;
   const shifted = x.add(3);
   const clamped = runOp('Relu6', float, [shifted]);
@@ -68,7 +83,20 @@ export const hardSilu = tf.customGrad((...args: (Tensor | GradSave)[]) => {
 }) as (x: Tensor) => Tensor;
 
 /** x * sigmoid(x) (swish); with s = sigmoid(x), the gradient is dy * s + SigmoidGrad(s, dy * x). */
-export const silu = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+export function silu(x: Tensor): Tensor {
+  return tlxOpsAvailable() ? siluKernel(x) : siluOps(x);
+}
+
+const siluKernel = tf.customGrad((...args: (Tensor | GradSave)[]) => {
+  const x = args[0] as Tensor;
+  (args[1] as GradSave)([x]);
+  return {
+    value: runOp('TlxSwish', [], [x]),
+    gradFunc: (dy: Dy, [savedX]: Tensor[]) => [runOp('TlxSwishGrad', [], [single(dy), savedX])],
+  };
+}) as (x: Tensor) => Tensor;
+
+const siluOps = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const x = args[0] as Tensor;
   const sigmoid = tf.sigmoid(x);
   (args[1] as GradSave)([x, sigmoid]);

@@ -84,6 +84,8 @@ interface NativeBinding {
   TF_INT32: number;
   TF_BOOL: number;
   TF_UINT8: number;
+  /** TF_LoadLibrary, added by tlx's binding patch (patches/); absent from an unpatched build. */
+  loadOpLibrary?: (path: string) => void;
 }
 
 export interface NativeBackend {

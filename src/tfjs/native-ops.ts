@@ -1,4 +1,7 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Tensor } from '@tensorflow/tfjs-node';
+import { projectRoot } from '../core/project.ts';
 import { nativeBackend } from './internals.ts';
 import { tf } from './tf.ts';
 
@@ -51,6 +54,33 @@ export function runOpMulti(name: string, attrs: readonly OpAttr[], inputs: Tenso
   return nativeBackend().executeMultipleOutputs(name, toBindingAttrs(attrs), inputs, outputs);
 }
 
+/** tlx's own kernels (native/tlx_ops.cc), compiled for this machine by scripts/setup.mjs. */
+const tlxOpLibrary = path.join(projectRoot, 'native', 'build', 'tlx_ops.so');
+
+let tlxOpsLoaded: boolean | undefined;
+
+/**
+ * Whether tlx's own kernels (TlxHardSwish, TlxSwish and their gradients) can run: the library
+ * is loaded on the first call. Without it (an install that skipped the compile) the same
+ * functions run as several TensorFlow ops; a library that exists but does not load is an
+ * install to repair, so that fails loudly.
+ */
+export function tlxOpsAvailable(): boolean {
+  if (tlxOpsLoaded !== undefined) return tlxOpsLoaded;
+  const load = nativeBackend().binding.loadOpLibrary;
+  tlxOpsLoaded = false;
+  if (!load || !fs.existsSync(tlxOpLibrary)) return false;
+  try {
+    load(tlxOpLibrary);
+  } catch (error) {
+    throw new Error(
+      `${tlxOpLibrary} does not load (${error instanceof Error ? error.message : String(error)}); rebuild it with \`node scripts/setup.mjs\``,
+    );
+  }
+  tlxOpsLoaded = true;
+  return true;
+}
+
 /**
  * A kernel with a fallback: oneDNN's kernels are asked for by their registration label and
  * may be missing from a build. Whether the preferred one exists is learnt from its first call;
@@ -64,9 +94,12 @@ export class PreferredKernel {
     PreferredKernel.all.push(this);
   }
 
-  /** Each preferred kernel by name: true when it runs here, false when its fallback does, undefined before its first call. */
+  /** Each preferred kernel by name (and tlx's own, native/build/tlx_ops.so): true when it runs here, false when its fallback does, undefined before its first call. */
   static report(): Record<string, boolean | undefined> {
-    return Object.fromEntries(PreferredKernel.all.map((kernel) => [kernel.name, kernel.available]));
+    return {
+      ...Object.fromEntries(PreferredKernel.all.map((kernel) => [kernel.name, kernel.available])),
+      "tlx's kernels (native/build/tlx_ops.so; node scripts/setup.mjs builds them)": tlxOpsLoaded,
+    };
   }
 
   run<T>(preferred: () => T, fallback: () => T): T {

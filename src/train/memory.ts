@@ -1,6 +1,7 @@
 import type { Optimizer } from '../config/resolved.ts';
 import { elementsPerSample as elements, type CompiledGraph, type GraphSplit, type Step } from '../engine/graph.ts';
 import { cachePassBatch } from '../engine/frozen-outputs.ts';
+import { tlxOpsAvailable } from '../tfjs/native-ops.ts';
 
 /**
  * The peak memory of a training phase, estimated from the model's graph before its first
@@ -58,13 +59,16 @@ function activationOf(step: Step): string | undefined {
 }
 
 /**
- * Output-sized tensors a step makes, counting its output: hard-swish is x * relu6(x + 3) / 6
- * (four ops), swish x * sigmoid(x) (two), a fused conv's pre-activation one more; BatchNorm
+ * Output-sized tensors a step makes, counting its output: hard-swish and swish one each with
+ * tlx's kernels (native/tlx_ops.cc), else x * relu6(x + 3) / 6 (four ops) and x * sigmoid(x)
+ * (two); a fused conv's pre-activation one more; BatchNorm
  * alone and dropout (its mask) two; everything else one (ReLU/ReLU6 fuse into the conv).
  */
 function tensorsPerOutput(step: Step): number {
   const activation = activationOf(step);
-  const activationOps = activation === 'HardSwish' ? 4 : activation === 'Swish' ? 2 : 0;
+  const ownKernel = tlxOpsAvailable();
+  const activationOps =
+    activation === 'HardSwish' ? (ownKernel ? 1 : 4) : activation === 'Swish' ? (ownKernel ? 1 : 2) : 0;
   if (step.kind === 'conv_bn') return activationOps > 0 ? 1 + activationOps : 1;
   if (activationOps > 0) return activationOps;
   const name = step.layers[0].getClassName();
