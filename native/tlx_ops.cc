@@ -131,6 +131,10 @@ class SwishGradOp : public OpKernel {
   }
 };
 
+// Integer division rounding down and up, also for negative numerators (C++'s rounds toward zero).
+int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
 // The gradient of a depthwise convolution (channel multiplier 1) with respect to its filter:
 // dW[i, j, c] = sum over n, oh, ow of x[n, oh*sh + i - top, ow*sw + j - left, c] * dy[n, oh, ow, c].
 // TensorFlow's DepthwiseConv2dNativeBackpropFilter runs at 4-8 GFLOP/s here (9 ms for a
@@ -182,8 +186,8 @@ class DepthwiseFilterGradOp : public OpKernel {
             const float* x_row = x + ((n * height + ih) * width) * channels;
             for (int64_t j = 0; j < kw; ++j) {
               // The output columns whose tap j falls inside the row: no bounds check in the loops below.
-              const int64_t first_ow = std::max<int64_t>(0, (left - j + sw - 1) / sw);
-              const int64_t last_ow = std::min<int64_t>(out_width, (width - 1 + left - j) / sw + 1);
+              const int64_t first_ow = std::max<int64_t>(0, CeilDiv(left - j, sw));
+              const int64_t last_ow = std::min<int64_t>(out_width, FloorDiv(width - 1 + left - j, sw) + 1);
               float* __restrict a = acc + (i * kw + j) * channels;
               const float* x_first = x_row + (first_ow * sw + j - left) * channels;
               const float* dy_first = dy_row + first_ow * channels;

@@ -18,6 +18,11 @@ const cases: Case[] = [
   { input: [2, 15, 13, 16], kernel: 3, stride: 2, padding: 'VALID' },
   { input: [1, 7, 7, 33], kernel: 5, stride: 1, padding: 'VALID' },
   { input: [4, 8, 8, 7], kernel: 3, stride: 1, padding: 'SAME' },
+  // Inputs smaller than the filter (a 32-pixel MobileNetV3 at its last blocks): taps past both edges.
+  { input: [2, 1, 1, 20], kernel: 5, stride: 2, padding: 'SAME' },
+  { input: [2, 2, 2, 18], kernel: 5, stride: 2, padding: 'SAME' },
+  { input: [3, 2, 3, 16], kernel: 5, stride: 1, padding: 'SAME' },
+  { input: [2, 3, 3, 17], kernel: 5, stride: 2, padding: 'SAME' },
 ];
 
 function outputSize(size: number, { kernel, stride, padding }: Case): number {
