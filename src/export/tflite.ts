@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Export } from '../config/resolved.ts';
+import { UserError } from '../core/errors.ts';
 import { writeFileAtomic, writeJsonAtomic } from '../core/files.ts';
 import type { Logger } from '../core/log.ts';
 import { Random } from '../core/random.ts';
@@ -191,6 +192,11 @@ function exportRecord(report: ExportReport, inputs: ExportInputs): TfliteRecord 
  */
 export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> {
   const { outputDir, options, evaluation, log } = inputs;
+  // A diverged model (NaN weights) would reach the converter and MediaPipe, which never return on it.
+  if (!evaluation.probabilities.every(Number.isFinite))
+    throw new UserError(
+      `cannot export: the trained model's outputs on the ${evaluation.name} split are not finite (NaN): training diverged (metrics.jsonl shows its loss); lower the learning rate`,
+    );
   writeFileAtomic(path.join(outputDir, 'labels.txt'), `${inputs.classNames.join('\n')}\n`);
   const work = path.join(outputDir, '.inputs');
   const files = writeConverterInputs(work, inputs);
