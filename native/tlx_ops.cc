@@ -41,17 +41,49 @@ void ForEachBlock(OpKernelContext* context, int64_t size, int64_t cost_per_value
       });
 }
 
-// x * relu6(x + 3) / 6, as (x * relu6(x + 3)) * (1/6): tlx's hard-swish (Keras's hard_silu).
-class HardSwishOp : public OpKernel {
+// An activation's forward kernel: y = f(x), elementwise.
+class ActivationOp : public OpKernel {
  public:
-  explicit HardSwishOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit ActivationOp(OpKernelConstruction* context) : OpKernel(context) {}
   void Compute(OpKernelContext* context) override {
     const Tensor& input = context->input(0);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
-    const float* in = input.flat<float>().data();
-    float* out = output->flat<float>().data();
-    ForEachBlock(context, input.NumElements(), 6, [&](int64_t begin, int64_t end) {
+    Apply(context, input.flat<float>().data(), output->flat<float>().data(), input.NumElements());
+  }
+
+ protected:
+  virtual void Apply(OpKernelContext* context, const float* x, float* y, int64_t size) = 0;
+};
+
+// An activation's gradient kernel: dx = f'(x) * dy, elementwise, from the upstream gradient and the input.
+class ActivationGradOp : public OpKernel {
+ public:
+  explicit ActivationGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& gradient = context->input(0);
+    const Tensor& features = context->input(1);
+    OP_REQUIRES(context, gradient.shape() == features.shape(),
+                tensorflow::errors::InvalidArgument(name(), ": gradient ", gradient.shape().DebugString(),
+                                                    " and features ", features.shape().DebugString(), " differ"));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, features.shape(), &output));
+    Apply(context, gradient.flat<float>().data(), features.flat<float>().data(), output->flat<float>().data(),
+          features.NumElements());
+  }
+
+ protected:
+  virtual void Apply(OpKernelContext* context, const float* dy, const float* x, float* dx, int64_t size) = 0;
+};
+
+// x * relu6(x + 3) / 6, as (x * relu6(x + 3)) * (1/6): tlx's hard-swish (Keras's hard_silu).
+class HardSwishOp : public ActivationOp {
+ public:
+  using ActivationOp::ActivationOp;
+
+ protected:
+  void Apply(OpKernelContext* context, const float* in, float* out, int64_t size) override {
+    ForEachBlock(context, size, 6, [&](int64_t begin, int64_t end) {
       ConstFlat x(in + begin, end - begin);
       Flat(out + begin, end - begin) = (x * (x + 3.0f).cwiseMax(0.0f).cwiseMin(6.0f)) * (1.0f / 6.0f);
     });
@@ -60,21 +92,13 @@ class HardSwishOp : public OpKernel {
 
 // With g = dy * (1/6) and s = x + 3: g * relu6(s) + x * Relu6Grad(g, s), where Relu6Grad(g, s)
 // is g where 0 < s < 6, else 0 (TensorFlow's kernel, so the clamp's edges are Keras's).
-class HardSwishGradOp : public OpKernel {
+class HardSwishGradOp : public ActivationGradOp {
  public:
-  explicit HardSwishGradOp(OpKernelConstruction* context) : OpKernel(context) {}
-  void Compute(OpKernelContext* context) override {
-    const Tensor& gradient = context->input(0);
-    const Tensor& features = context->input(1);
-    OP_REQUIRES(context, gradient.shape() == features.shape(),
-                tensorflow::errors::InvalidArgument("TlxHardSwishGrad: gradient ", gradient.shape().DebugString(),
-                                                    " and features ", features.shape().DebugString(), " differ"));
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, features.shape(), &output));
-    const float* dy_data = gradient.flat<float>().data();
-    const float* x_data = features.flat<float>().data();
-    float* out = output->flat<float>().data();
-    ForEachBlock(context, features.NumElements(), 12, [&](int64_t begin, int64_t end) {
+  using ActivationGradOp::ActivationGradOp;
+
+ protected:
+  void Apply(OpKernelContext* context, const float* dy_data, const float* x_data, float* out, int64_t size) override {
+    ForEachBlock(context, size, 12, [&](int64_t begin, int64_t end) {
       // A plain loop: the compiler vectorizes the comparison as a mask (Eigen's bool tensors do not).
       for (int64_t i = begin; i < end; ++i) {
         const float x = x_data[i];
@@ -88,16 +112,13 @@ class HardSwishGradOp : public OpKernel {
 };
 
 // x * sigmoid(x) with Eigen's logistic function (TensorFlow's Sigmoid kernel).
-class SwishOp : public OpKernel {
+class SwishOp : public ActivationOp {
  public:
-  explicit SwishOp(OpKernelConstruction* context) : OpKernel(context) {}
-  void Compute(OpKernelContext* context) override {
-    const Tensor& input = context->input(0);
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
-    const float* in = input.flat<float>().data();
-    float* out = output->flat<float>().data();
-    ForEachBlock(context, input.NumElements(), 30, [&](int64_t begin, int64_t end) {
+  using ActivationOp::ActivationOp;
+
+ protected:
+  void Apply(OpKernelContext* context, const float* in, float* out, int64_t size) override {
+    ForEachBlock(context, size, 30, [&](int64_t begin, int64_t end) {
       ConstFlat x(in + begin, end - begin);
       Flat(out + begin, end - begin) = x * x.sigmoid();
     });
@@ -105,21 +126,13 @@ class SwishOp : public OpKernel {
 };
 
 // With s = sigmoid(x): dy * s + SigmoidGrad(s, dy * x), SigmoidGrad(y, g) = g * y * (1 - y).
-class SwishGradOp : public OpKernel {
+class SwishGradOp : public ActivationGradOp {
  public:
-  explicit SwishGradOp(OpKernelConstruction* context) : OpKernel(context) {}
-  void Compute(OpKernelContext* context) override {
-    const Tensor& gradient = context->input(0);
-    const Tensor& features = context->input(1);
-    OP_REQUIRES(context, gradient.shape() == features.shape(),
-                tensorflow::errors::InvalidArgument("TlxSwishGrad: gradient ", gradient.shape().DebugString(),
-                                                    " and features ", features.shape().DebugString(), " differ"));
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, features.shape(), &output));
-    const float* dy_data = gradient.flat<float>().data();
-    const float* x_data = features.flat<float>().data();
-    float* out = output->flat<float>().data();
-    ForEachBlock(context, features.NumElements(), 40, [&](int64_t begin, int64_t end) {
+  using ActivationGradOp::ActivationGradOp;
+
+ protected:
+  void Apply(OpKernelContext* context, const float* dy_data, const float* x_data, float* out, int64_t size) override {
+    ForEachBlock(context, size, 40, [&](int64_t begin, int64_t end) {
       const int64_t n = end - begin;
       ConstFlat dy(dy_data + begin, n);
       ConstFlat x(x_data + begin, n);

@@ -57,14 +57,19 @@ export function hardSilu(x: Tensor): Tensor {
   return tlxOpsAvailable() ? hardSiluKernel(x) : hardSiluOps(x);
 }
 
-const hardSiluKernel = tf.customGrad((...args: (Tensor | GradSave)[]) => {
-  const x = args[0] as Tensor;
-  (args[1] as GradSave)([x]);
-  return {
-    value: runOp('TlxHardSwish', [], [x]),
-    gradFunc: (dy: Dy, [savedX]: Tensor[]) => [runOp('TlxHardSwishGrad', [], [single(dy), savedX])],
-  };
-}) as (x: Tensor) => Tensor;
+/** An activation on tlx's kernels: `forward` computes it, `gradient` takes (dy, x); x is what the tape keeps. */
+function oneKernelEachWay(forward: string, gradient: string): (x: Tensor) => Tensor {
+  return tf.customGrad((...args: (Tensor | GradSave)[]) => {
+    const x = args[0] as Tensor;
+    (args[1] as GradSave)([x]);
+    return {
+      value: runOp(forward, [], [x]),
+      gradFunc: (dy: Dy, [savedX]: Tensor[]) => [runOp(gradient, [], [single(dy), savedX])],
+    };
+  }) as (x: Tensor) => Tensor;
+}
+
+const hardSiluKernel = oneKernelEachWay('TlxHardSwish', 'TlxHardSwishGrad');
 
 const hardSiluOps = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const x = args[0] as Tensor;
@@ -87,14 +92,7 @@ export function silu(x: Tensor): Tensor {
   return tlxOpsAvailable() ? siluKernel(x) : siluOps(x);
 }
 
-const siluKernel = tf.customGrad((...args: (Tensor | GradSave)[]) => {
-  const x = args[0] as Tensor;
-  (args[1] as GradSave)([x]);
-  return {
-    value: runOp('TlxSwish', [], [x]),
-    gradFunc: (dy: Dy, [savedX]: Tensor[]) => [runOp('TlxSwishGrad', [], [single(dy), savedX])],
-  };
-}) as (x: Tensor) => Tensor;
+const siluKernel = oneKernelEachWay('TlxSwish', 'TlxSwishGrad');
 
 const siluOps = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   const x = args[0] as Tensor;
