@@ -11,7 +11,10 @@
 // TensorFlow's Sigmoid kernel. And TensorFlow's depthwise filter gradient is slow at 5x5.
 #define EIGEN_USE_THREADS
 #include <algorithm>
+#include <cmath>
 #include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -241,6 +244,239 @@ class DepthwiseFilterGradOp : public OpKernel {
   std::vector<tensorflow::int32> kernel_size_, strides_, pads_;
 };
 
+
+// One optimizer step over all of a phase's variables in one pass: Adam, RMSprop, SGD (with
+// momentum or not), element by element in the float operations and order of tfjs's optimizers
+// as src/train/flat-optimizer.ts runs them op by op (so the weights are equal to the last bit).
+// Inputs: the flat slots (Adam: m, v; RMSprop: mean square, moments; momentum: accumulation),
+// each variable's gradient, each variable, and the rule's hyperparameters as float32 values.
+// Outputs: the new slots and the new variables. One op instead of a concat of the gradients,
+// ~12 elementwise passes over all of them, a split and two ops per variable.
+class ApplyFlatUpdateOp : public OpKernel {
+ public:
+  explicit ApplyFlatUpdateOp(OpKernelConstruction* context) : OpKernel(context) {
+    std::string rule;
+    OP_REQUIRES_OK(context, context->GetAttr("rule", &rule));
+    OP_REQUIRES_OK(context, context->GetAttr("S", &slot_count_));
+    OP_REQUIRES_OK(context, context->GetAttr("N", &variable_count_));
+    const std::vector<std::pair<std::string, std::pair<int, int>>> rules = {
+        // rule -> (slots, hyperparameters)
+        {"adam", {2, 8}}, {"rmsprop", {2, 4}}, {"rmsprop_momentum", {2, 5}}, {"sgd", {0, 1}}, {"momentum", {1, 2}}};
+    rule_ = -1;
+    for (size_t k = 0; k < rules.size(); ++k)
+      if (rules[k].first == rule) {
+        rule_ = static_cast<int>(k);
+        OP_REQUIRES(context, slot_count_ == rules[k].second.first,
+                    tensorflow::errors::InvalidArgument("TlxApplyFlatUpdate: rule ", rule, " takes ",
+                                                        rules[k].second.first, " slots, got ", slot_count_));
+        hyper_count_ = rules[k].second.second;
+      }
+    OP_REQUIRES(context, rule_ >= 0, tensorflow::errors::InvalidArgument("TlxApplyFlatUpdate: unknown rule ", rule));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const int S = slot_count_, N = variable_count_;
+    std::vector<int64_t> offsets(N + 1, 0);
+    for (int i = 0; i < N; ++i) {
+      const Tensor& gradient = context->input(S + i);
+      const Tensor& variable = context->input(S + N + i);
+      OP_REQUIRES(context, gradient.shape() == variable.shape(),
+                  tensorflow::errors::InvalidArgument("TlxApplyFlatUpdate: gradient ", i, " has shape ",
+                                                      gradient.shape().DebugString(), ", its variable ",
+                                                      variable.shape().DebugString()));
+      offsets[i + 1] = offsets[i] + variable.NumElements();
+    }
+    const int64_t total = offsets[N];
+    for (int k = 0; k < S; ++k)
+      OP_REQUIRES(context, context->input(k).NumElements() == total,
+                  tensorflow::errors::InvalidArgument("TlxApplyFlatUpdate: slot ", k, " has ",
+                                                      context->input(k).NumElements(), " values, the variables ", total));
+    const Tensor& hyper_tensor = context->input(S + 2 * N);
+    OP_REQUIRES(context, hyper_tensor.NumElements() == hyper_count_,
+                tensorflow::errors::InvalidArgument("TlxApplyFlatUpdate: ", hyper_count_, " hyperparameters expected, got ",
+                                                    hyper_tensor.NumElements()));
+    std::vector<const float*> slots_in(S), gradients(N), variables_in(N);
+    std::vector<float*> slots_out(S), variables_out(N);
+    for (int k = 0; k < S; ++k) {
+      slots_in[k] = context->input(k).flat<float>().data();
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(context, context->allocate_output(k, tensorflow::TensorShape({total}), &out));
+      slots_out[k] = out->flat<float>().data();
+    }
+    for (int i = 0; i < N; ++i) {
+      gradients[i] = context->input(S + i).flat<float>().data();
+      variables_in[i] = context->input(S + N + i).flat<float>().data();
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(context, context->allocate_output(S + i, context->input(S + N + i).shape(), &out));
+      variables_out[i] = out->flat<float>().data();
+    }
+    const float* hyper = hyper_tensor.flat<float>().data();
+    const std::vector<float> h(hyper, hyper + hyper_count_);
+    // Block [begin, end) of the flat vector, variable by variable.
+    ForEachBlock(context, total, 20, [&](int64_t begin, int64_t end) {
+      int i = static_cast<int>(std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin()) - 1;
+      for (int64_t at = begin; at < end; ++i) {
+        const int64_t stop = std::min(end, offsets[i + 1]);
+        const int64_t local = at - offsets[i], n = stop - at;
+        Update(slots_in, slots_out, at, gradients[i] + local, variables_in[i] + local, variables_out[i] + local, n, h);
+        at = stop;
+      }
+    });
+  }
+
+ private:
+  // n values: the slots at flat offset `at`, the variable's at g, x, out.
+  void Update(const std::vector<const float*>& slots_in, const std::vector<float*>& slots_out, int64_t at,
+              const float* __restrict g, const float* __restrict x, float* __restrict out, int64_t n,
+              const std::vector<float>& h) const {
+    switch (rule_) {
+      case 0: {  // adam: beta1, 1 - beta1, beta2, 1 - beta2, beta1^t, beta2^t, epsilon, -learning rate
+        const float* __restrict m0 = slots_in[0] + at;
+        const float* __restrict v0 = slots_in[1] + at;
+        float* __restrict m1 = slots_out[0] + at;
+        float* __restrict v1 = slots_out[1] + at;
+        const float b1 = h[0], c1 = h[1], b2 = h[2], c2 = h[3], d1 = 1.0f - h[4], d2 = 1.0f - h[5], eps = h[6],
+                    rate = h[7];
+        for (int64_t k = 0; k < n; ++k) {
+          const float m = m0[k] * b1 + g[k] * c1;
+          const float v = v0[k] * b2 + (g[k] * g[k]) * c2;
+          m1[k] = m;
+          v1[k] = v;
+          out[k] = ((m / d1) / (std::sqrt(v / d2) + eps)) * rate + x[k];
+        }
+        break;
+      }
+      case 1:    // rmsprop: decay, 1 - decay, learning rate, epsilon (momentum 0: the moments are the step)
+      case 2: {  // rmsprop_momentum: ... and momentum
+        const float* __restrict ms0 = slots_in[0] + at;
+        const float* __restrict mo0 = slots_in[1] + at;
+        float* __restrict ms1 = slots_out[0] + at;
+        float* __restrict mo1 = slots_out[1] + at;
+        const float decay = h[0], c = h[1], rate = h[2], eps = h[3];
+        const float momentum = rule_ == 2 ? h[4] : 0.0f;
+        for (int64_t k = 0; k < n; ++k) {
+          const float ms = ms0[k] * decay + (g[k] * g[k]) * c;
+          const float step = (g[k] * rate) / std::sqrt(ms + eps);
+          const float moments = rule_ == 2 ? mo0[k] * momentum + step : step;
+          ms1[k] = ms;
+          mo1[k] = moments;
+          out[k] = x[k] - moments;
+        }
+        break;
+      }
+      case 3: {  // sgd: -learning rate
+        const float rate = h[0];
+        for (int64_t k = 0; k < n; ++k) out[k] = rate * g[k] + x[k];
+        break;
+      }
+      default: {  // momentum: -learning rate, momentum
+        const float* __restrict a0 = slots_in[0] + at;
+        float* __restrict a1 = slots_out[0] + at;
+        const float rate = h[0], momentum = h[1];
+        for (int64_t k = 0; k < n; ++k) {
+          const float next = momentum * a0[k] + g[k];
+          a1[k] = next;
+          out[k] = rate * next + x[k];
+        }
+      }
+    }
+  }
+
+  int slot_count_ = 0, variable_count_ = 0, hyper_count_ = 0, rule_ = -1;
+};
+
+// Whether each of the op's inputs first..first+count-1 is a vector of `channels` values (else the op fails, naming it).
+bool ChannelVectors(OpKernelContext* context, int first, int count, int64_t channels) {
+  for (int k = first; k < first + count; ++k) {
+    const Tensor& input = context->input(k);
+    if (input.dims() == 1 && input.dim_size(0) == channels) continue;
+    context->SetStatus(tensorflow::errors::InvalidArgument(context->op_kernel().type_string(), ": input ", k, " has shape ",
+                                                           input.shape().DebugString(), ", expected [", channels, "]"));
+    return false;
+  }
+  return true;
+}
+
+// BatchNorm (inference mode) folded into its conv's filter: with scale = gamma * inverse_std,
+// filter = kernel * scale (per output channel: the kernel's last axis, or for a depthwise
+// kernel [h, w, channels, 1] its third, which flattened is the same: the channel is the flat
+// index modulo the channel count), bias = beta - mean * scale. The float operations of
+// src/engine/taped-conv-bn.ts's foldConvBn in its order: its results to the last bit, in one op
+// instead of five (plus a reshape) per conv and step.
+class FoldConvBnOp : public OpKernel {
+ public:
+  explicit FoldConvBnOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& kernel = context->input(0);
+    const int64_t channels = context->input(1).NumElements();
+    if (!ChannelVectors(context, 1, 4, channels)) return;
+    OP_REQUIRES(context, kernel.dims() >= 1 && channels > 0 && kernel.NumElements() % channels == 0,
+                tensorflow::errors::InvalidArgument("TlxFoldConvBn: kernel ", kernel.shape().DebugString(),
+                                                    " is not a multiple of ", channels, " channels"));
+    const float* gamma = context->input(1).flat<float>().data();
+    const float* beta = context->input(2).flat<float>().data();
+    const float* inverse_std = context->input(3).flat<float>().data();
+    const float* mean = context->input(4).flat<float>().data();
+    Tensor *filter = nullptr, *bias = nullptr, *scale = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, kernel.shape(), &filter));
+    OP_REQUIRES_OK(context, context->allocate_output(1, tensorflow::TensorShape({channels}), &bias));
+    OP_REQUIRES_OK(context, context->allocate_output(2, tensorflow::TensorShape({channels}), &scale));
+    float* s = scale->flat<float>().data();
+    float* b = bias->flat<float>().data();
+    for (int64_t c = 0; c < channels; ++c) {
+      s[c] = gamma[c] * inverse_std[c];
+      b[c] = beta[c] - mean[c] * s[c];
+    }
+    const float* __restrict k = kernel.flat<float>().data();
+    float* __restrict f = filter->flat<float>().data();
+    const int64_t rows = kernel.NumElements() / channels;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < channels; ++c) f[r * channels + c] = k[r * channels + c] * s[c];
+  }
+};
+
+// The fold's gradient, from the folded filter's and bias's: d_kernel = d_filter * scale, and
+// d_gamma = (sum over the kernel's other axes of d_filter * kernel - d_bias * mean) * inverse_std
+// (beta's gradient is the bias's). The sums are per channel in double, then rounded once:
+// at least as exact as TensorFlow's Sum, which the op-by-op fold runs (so they agree to
+// float rounding, not to the bit).
+class UnfoldConvBnGradOp : public OpKernel {
+ public:
+  explicit UnfoldConvBnGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& filter_gradient = context->input(0);
+    const Tensor& kernel = context->input(2);
+    const int64_t channels = context->input(1).NumElements();
+    if (!ChannelVectors(context, 1, 1, channels) || !ChannelVectors(context, 3, 3, channels)) return;
+    OP_REQUIRES(context, filter_gradient.shape() == kernel.shape() && kernel.NumElements() % channels == 0,
+                tensorflow::errors::InvalidArgument("TlxUnfoldConvBnGrad: filter gradient ",
+                                                    filter_gradient.shape().DebugString(), ", kernel ",
+                                                    kernel.shape().DebugString(), ", ", channels, " channels"));
+    const float* bias_gradient = context->input(1).flat<float>().data();
+    const float* scale = context->input(3).flat<float>().data();
+    const float* inverse_std = context->input(4).flat<float>().data();
+    const float* mean = context->input(5).flat<float>().data();
+    Tensor *kernel_gradient = nullptr, *gamma_gradient = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, kernel.shape(), &kernel_gradient));
+    OP_REQUIRES_OK(context, context->allocate_output(1, tensorflow::TensorShape({channels}), &gamma_gradient));
+    const float* __restrict df = filter_gradient.flat<float>().data();
+    const float* __restrict k = kernel.flat<float>().data();
+    float* __restrict dk = kernel_gradient->flat<float>().data();
+    std::vector<double> sums(static_cast<size_t>(channels), 0.0);
+    double* __restrict acc = sums.data();
+    const int64_t rows = kernel.NumElements() / channels;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t at = r * channels + c;
+        dk[at] = df[at] * scale[c];
+        acc[c] += static_cast<double>(df[at] * k[at]);
+      }
+    float* dg = gamma_gradient->flat<float>().data();
+    for (int64_t c = 0; c < channels; ++c)
+      dg[c] = (static_cast<float>(acc[c]) - bias_gradient[c] * mean[c]) * inverse_std[c];
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("TlxDepthwiseFilterGrad")
@@ -257,6 +493,53 @@ REGISTER_OP("TlxDepthwiseFilterGrad")
       c->set_output(0, c->MakeShape({kernel_size[0], kernel_size[1], c->Dim(c->input(0), 3), 1}));
       return tensorflow::OkStatus();
     });
+REGISTER_OP("TlxApplyFlatUpdate")
+    .Input("slots: S * float")
+    .Input("gradients: N * float")
+    .Input("variables: N * float")
+    .Input("hyperparameters: float")
+    .Output("new_slots: S * float")
+    .Output("new_variables: N * float")
+    .Attr("rule: string")
+    .Attr("S: int >= 0")
+    .Attr("N: int >= 1")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      int slots = 0, variables = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("S", &slots));
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &variables));
+      for (int k = 0; k < slots; ++k) c->set_output(k, c->input(k));
+      for (int i = 0; i < variables; ++i) c->set_output(slots + i, c->input(slots + variables + i));
+      return tensorflow::OkStatus();
+    });
+REGISTER_OP("TlxFoldConvBn")
+    .Input("kernel: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("inverse_std: float")
+    .Input("mean: float")
+    .Output("filter: float")
+    .Output("bias: float")
+    .Output("scale: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      c->set_output(2, c->input(1));
+      return tensorflow::OkStatus();
+    });
+REGISTER_OP("TlxUnfoldConvBnGrad")
+    .Input("filter_gradient: float")
+    .Input("bias_gradient: float")
+    .Input("kernel: float")
+    .Input("scale: float")
+    .Input("inverse_std: float")
+    .Input("mean: float")
+    .Output("kernel_gradient: float")
+    .Output("gamma_gradient: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(2));
+      c->set_output(1, c->input(1));
+      return tensorflow::OkStatus();
+    });
 REGISTER_OP("TlxHardSwish").Input("x: float").Output("y: float").SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 REGISTER_OP("TlxHardSwishGrad")
     .Input("dy: float")
@@ -271,6 +554,9 @@ REGISTER_OP("TlxSwishGrad")
     .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 
 REGISTER_KERNEL_BUILDER(Name("TlxDepthwiseFilterGrad").Device(DEVICE_CPU), DepthwiseFilterGradOp);
+REGISTER_KERNEL_BUILDER(Name("TlxApplyFlatUpdate").Device(DEVICE_CPU), ApplyFlatUpdateOp);
+REGISTER_KERNEL_BUILDER(Name("TlxFoldConvBn").Device(DEVICE_CPU), FoldConvBnOp);
+REGISTER_KERNEL_BUILDER(Name("TlxUnfoldConvBnGrad").Device(DEVICE_CPU), UnfoldConvBnGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwish").Device(DEVICE_CPU), HardSwishOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwishGrad").Device(DEVICE_CPU), HardSwishGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxSwish").Device(DEVICE_CPU), SwishOp);

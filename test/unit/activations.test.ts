@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Tensor } from '@tensorflow/tfjs-node';
 import { hardSigmoid, hardSilu, multiply, relu6, silu, spatialMean } from '../../src/models/activations.ts';
-import { nativeBackend } from '../../src/tfjs/internals.ts';
 import { runOp, tlxOpsAvailable } from '../../src/tfjs/native-ops.ts';
 import { tf } from '../../src/tfjs/tf.ts';
+import { nativeOpsOf } from '../helpers/native-ops.ts';
 
 /**
  * Each activation against tfjs's autodiff of the same expression in plain ops (Keras's
@@ -47,21 +47,6 @@ for (const [name, ours, plain, exact] of cases) {
     assert.ok(plainGradient.abs().max().dataSync()[0] > 0.1, 'a gradient worth comparing');
     tf.dispose([x, dy, oursValue, plainValue, oursGradient, plainGradient]);
   });
-}
-
-/** The names of the native ops `run` executes. */
-function nativeOpsOf(run: () => void): string[] {
-  const backend = nativeBackend();
-  const executed = new Set<string>();
-  const [single, multiple] = [backend.executeSingleOutput, backend.executeMultipleOutputs];
-  backend.executeSingleOutput = (name, ...rest) => (executed.add(name), single.call(backend, name, ...rest));
-  backend.executeMultipleOutputs = (name, ...rest) => (executed.add(name), multiple.call(backend, name, ...rest));
-  try {
-    run();
-  } finally {
-    [backend.executeSingleOutput, backend.executeMultipleOutputs] = [single, multiple];
-  }
-  return [...executed];
 }
 
 test("tlx's kernels (native/build/tlx_ops.so) are built, load, and run hard-swish and swish one kernel each way", () => {

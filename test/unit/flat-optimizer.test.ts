@@ -3,13 +3,17 @@ import { test } from 'node:test';
 import type { Optimizer, Tensor, Variable } from '@tensorflow/tfjs-node';
 import type { Optimizer as OptimizerConfig } from '../../src/config/resolved.ts';
 import { Random } from '../../src/core/random.ts';
+import { tlxOpsAvailable } from '../../src/tfjs/native-ops.ts';
 import { tf } from '../../src/tfjs/tf.ts';
+import { flatAdam, flatRmsprop, flatSgd } from '../../src/train/flat-optimizer.ts';
 import { createOptimizer, setLearningRate } from '../../src/train/optimizers.ts';
+import { nativeOpsOf } from '../helpers/native-ops.ts';
 
 /**
  * The flat optimizers against tfjs's own, variable by variable: the same weights to the last
  * bit after every step, through learning-rate changes and a getWeights/setWeights round trip
  * (a resumed run), on variables of several shapes and a loss whose gradients vary per element.
+ * Both ways a flat optimizer steps: tlx's kernel (one op) and the rule op by op.
  */
 
 const keras = 1e-7;
@@ -28,7 +32,8 @@ function tfjsOptimizer(config: OptimizerConfig): Optimizer {
   }
 }
 
-const shapes = [[3, 3, 4, 8], [8], [1, 1, 8, 16], [16], [16, 5], [5]];
+// 23,150 values: the kernel's 4096-value blocks start and end inside variables.
+const shapes = [[3, 3, 4, 8], [8], [1, 1, 8, 16], [16], [70, 130], [5], [4099], [16, 5], [9000]];
 
 function variablesFrom(seed: number): Variable[] {
   const random = new Random(seed, 'weights');
@@ -70,69 +75,108 @@ const configs: OptimizerConfig[] = [
   { name: 'sgd', learning_rate: 0.05, momentum: 0.9 },
 ];
 
-for (const config of configs) {
-  test(`${JSON.stringify(config)}: the weights of tfjs's optimizer to the last bit, step after step, across a resume`, async () => {
-    const reference = variablesFrom(1);
-    const flat = variablesFrom(1);
-    const reference_optimizer = tfjsOptimizer(config);
-    let flatOptimizer = createOptimizer(config);
-    // tfjs's SGD reads its learning rate once, at construction: only the others follow a schedule.
-    const schedule = config.name === 'sgd' ? [1, 1, 1, 1, 1, 1] : [1, 1, 0.5, 0.5, 0.25, 0.1];
-    for (let step = 0; step < schedule.length; step++) {
-      setLearningRate(reference_optimizer, config.learning_rate * schedule[step]);
-      setLearningRate(flatOptimizer, config.learning_rate * schedule[step]);
-      reference_optimizer.minimize(() => loss(reference, step) as never, false, reference);
-      flatOptimizer.minimize(() => loss(flat, step) as never, false, flat);
-      assert.deepEqual(values(flat), values(reference), `step ${step}`);
-      if (step === 2) {
-        // A checkpoint and a resume: tfjs's names, read into a new optimizer.
-        const saved = await flatOptimizer.getWeights();
-        const referenceSaved = await reference_optimizer.getWeights();
-        // Each variable's slots under its own name (the two sets of variables have their own names).
-        const byIndex = (name: string, own: Variable[]) =>
-          name.replace(/^[^/]+/, (variable) => `#${own.findIndex((v) => v.name === variable)}`);
-        assert.deepEqual(
-          saved.map((w) => [byIndex(w.name, flat), w.tensor.shape]),
-          referenceSaved.map((w) => [byIndex(w.name, reference), w.tensor.shape]),
-        );
-        saved.forEach((w, i) =>
-          assert.deepEqual(Array.from(w.tensor.dataSync()), Array.from(referenceSaved[i].tensor.dataSync()), w.name),
-        );
-        flatOptimizer.dispose();
-        flatOptimizer = createOptimizer(config);
-        // Saved by another process, whose tfjs named the same variables otherwise: slots go by position.
-        await flatOptimizer.setWeights(
-          saved.map((w, i) => (i === 0 ? w : { name: `another_process_${w.name}`, tensor: w.tensor })),
-        );
-        tf.dispose(saved.map((w) => w.tensor));
-        tf.dispose(referenceSaved.map((w) => w.tensor).filter((t) => !(t instanceof tf.Variable)));
-      }
-    }
-    flatOptimizer.dispose();
-    reference_optimizer.dispose();
-    tf.dispose([...reference, ...flat]);
-  });
+/** The flat optimizer for a config, running the rule op by op (without tlx's kernel). */
+function opByOpOptimizer(config: OptimizerConfig): Optimizer {
+  const opByOp = () => false;
+  switch (config.name) {
+    case 'adam':
+      return flatAdam(config.learning_rate, 0.9, 0.999, keras, opByOp);
+    case 'rmsprop':
+      return flatRmsprop(config.learning_rate, 0.9, config.momentum ?? 0, keras, opByOp);
+    case 'sgd':
+      return flatSgd(config.learning_rate, config.momentum || undefined, opByOp);
+  }
 }
 
-test('a flat optimizer leaves no tensor behind: steps, a checkpoint, a resume, dispose', async () => {
-  for (const config of configs) {
-    const before = tf.memory().numTensors;
-    const variables = variablesFrom(2);
-    let optimizer = createOptimizer(config);
-    for (let step = 0; step < 4; step++) {
-      optimizer.minimize(() => loss(variables, step) as never, false, variables);
-      if (step === 1) {
-        const saved = await optimizer.getWeights();
-        optimizer.dispose();
-        optimizer = createOptimizer(config);
-        await optimizer.setWeights(saved);
-        tf.dispose(saved.map((w) => w.tensor));
+const ways = [
+  { way: 'one kernel', make: createOptimizer },
+  { way: 'op by op', make: opByOpOptimizer },
+];
+
+for (const config of configs)
+  for (const { way, make } of ways) {
+    test(`${JSON.stringify(config)}, ${way}: the weights of tfjs's optimizer to the last bit, step after step, across a resume`, async () => {
+      const reference = variablesFrom(1);
+      const flat = variablesFrom(1);
+      const reference_optimizer = tfjsOptimizer(config);
+      let flatOptimizer = make(config);
+      // tfjs's SGD reads its learning rate once, at construction: only the others follow a schedule.
+      const schedule = config.name === 'sgd' ? [1, 1, 1, 1, 1, 1] : [1, 1, 0.5, 0.5, 0.25, 0.1];
+      for (let step = 0; step < schedule.length; step++) {
+        setLearningRate(reference_optimizer, config.learning_rate * schedule[step]);
+        setLearningRate(flatOptimizer, config.learning_rate * schedule[step]);
+        reference_optimizer.minimize(() => loss(reference, step) as never, false, reference);
+        flatOptimizer.minimize(() => loss(flat, step) as never, false, flat);
+        assert.deepEqual(values(flat), values(reference), `step ${step}`);
+        if (step === 2) {
+          // A checkpoint and a resume: tfjs's names, read into a new optimizer.
+          const saved = await flatOptimizer.getWeights();
+          const referenceSaved = await reference_optimizer.getWeights();
+          // Each variable's slots under its own name (the two sets of variables have their own names).
+          const byIndex = (name: string, own: Variable[]) =>
+            name.replace(/^[^/]+/, (variable) => `#${own.findIndex((v) => v.name === variable)}`);
+          assert.deepEqual(
+            saved.map((w) => [byIndex(w.name, flat), w.tensor.shape]),
+            referenceSaved.map((w) => [byIndex(w.name, reference), w.tensor.shape]),
+          );
+          saved.forEach((w, i) =>
+            assert.deepEqual(Array.from(w.tensor.dataSync()), Array.from(referenceSaved[i].tensor.dataSync()), w.name),
+          );
+          flatOptimizer.dispose();
+          flatOptimizer = make(config);
+          // Saved by another process, whose tfjs named the same variables otherwise: slots go by position.
+          await flatOptimizer.setWeights(
+            saved.map((w, i) => (i === 0 ? w : { name: `another_process_${w.name}`, tensor: w.tensor })),
+          );
+          tf.dispose(saved.map((w) => w.tensor));
+          tf.dispose(referenceSaved.map((w) => w.tensor).filter((t) => !(t instanceof tf.Variable)));
+        }
       }
+      flatOptimizer.dispose();
+      reference_optimizer.dispose();
+      tf.dispose([...reference, ...flat]);
+    });
+  }
+
+test("with tlx's kernels, a step is one op: TlxApplyFlatUpdate", () => {
+  assert.ok(tlxOpsAvailable(), 'scripts/setup.mjs builds native/build/tlx_ops.so');
+  for (const config of configs) {
+    const variables = variablesFrom(3);
+    const optimizer = createOptimizer(config);
+    for (let step = 0; step < 2; step++) {
+      const { grads } = tf.variableGrads(() => loss(variables, step) as never, variables);
+      assert.deepEqual(
+        nativeOpsOf(() => optimizer.applyGradients(grads)),
+        ['TlxApplyFlatUpdate'],
+        JSON.stringify(config),
+      );
+      tf.dispose(Object.values(grads));
     }
     optimizer.dispose();
     tf.dispose(variables);
-    assert.equal(tf.memory().numTensors, before, JSON.stringify(config));
   }
+});
+
+test('a flat optimizer leaves no tensor behind: steps, a checkpoint, a resume, dispose', async () => {
+  for (const config of configs)
+    for (const { way, make } of ways) {
+      const before = tf.memory().numTensors;
+      const variables = variablesFrom(2);
+      let optimizer = make(config);
+      for (let step = 0; step < 4; step++) {
+        optimizer.minimize(() => loss(variables, step) as never, false, variables);
+        if (step === 1) {
+          const saved = await optimizer.getWeights();
+          optimizer.dispose();
+          optimizer = make(config);
+          await optimizer.setWeights(saved);
+          tf.dispose(saved.map((w) => w.tensor));
+        }
+      }
+      optimizer.dispose();
+      tf.dispose(variables);
+      assert.equal(tf.memory().numTensors, before, `${JSON.stringify(config)}, ${way}`);
+    }
 });
 
 test('SGD follows a learning-rate change (tfjs kept the rate it was made with)', () => {
