@@ -1,5 +1,5 @@
 import type { Tensor, Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
-import { matMul2d, PreferredKernel, runOp, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
+import { matMul2d, PreferredKernel, runOp, runOpMulti, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 
@@ -151,12 +151,18 @@ function filterScale(depthwise: boolean, scale: Tensor1D): Tensor {
 
 /**
  * BatchNorm folded into the conv: filter = kernel * scale, bias = convBias * scale + beta -
- * mean * scale, with scale = gamma * inverseStd.
+ * mean * scale, with scale = gamma * inverseStd. Without a conv bias (every base's convs) one
+ * of tlx's kernels, equal to the last bit to the ops below (five ops and a reshape).
  */
 export function foldConvBn(
   depthwise: boolean,
   weights: ConvBnWeights,
 ): { filter: Tensor4D; bias: Tensor1D; scale: Tensor1D } {
+  if (!weights.convBias && tlxOpsAvailable()) {
+    const { kernel, gamma, beta, inverseStd, mean } = weights;
+    const [filter, bias, scale] = runOpMulti('TlxFoldConvBn', [], [kernel, gamma, beta, inverseStd, mean], 3);
+    return { filter: filter as Tensor4D, bias: bias as Tensor1D, scale: scale as Tensor1D };
+  }
   return tf.tidy(() => {
     const { kernel, convBias, gamma, beta, inverseStd, mean } = weights;
     const scale = gamma.mul(inverseStd) as Tensor1D;
@@ -171,6 +177,8 @@ export function foldConvBn(
  * The fold's gradient: from the folded filter's and bias's gradients to the kernel's, gamma's,
  * beta's (and the conv bias's), in a few ops on filter-sized tensors. Taped op by op, the same
  * fold costs some 25 small ops per chain (broadcast products' gradients cast, sum and reshape).
+ * Without a conv bias, one of tlx's kernels (its per-channel sums in double, so within float
+ * rounding of these ops, not bit-equal).
  */
 function unfoldGradients(
   depthwise: boolean,
@@ -180,6 +188,15 @@ function unfoldGradients(
   dBias: Tensor1D,
 ): { dKernel: Tensor4D; dGamma: Tensor1D; dBeta: Tensor1D; dConvBias?: Tensor1D } {
   const { kernel, convBias, inverseStd, mean } = weights;
+  if (!convBias && tlxOpsAvailable()) {
+    const [dKernel, dGamma] = runOpMulti(
+      'TlxUnfoldConvBnGrad',
+      [],
+      [dFilter, dBias, kernel, scale, inverseStd, mean],
+      2,
+    );
+    return { dKernel: dKernel as Tensor4D, dGamma: dGamma as Tensor1D, dBeta: dBias };
+  }
   const dKernel = dFilter.mul(filterScale(depthwise, scale)) as Tensor4D;
   // Every axis but the output channel's.
   let dScale = dFilter
