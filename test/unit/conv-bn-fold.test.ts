@@ -12,7 +12,12 @@ import { nativeOpsOf } from '../helpers/native-ops.ts';
  * gradients for the kernel, gamma and beta against tfjs's own autodiff of conv + BatchNorm.
  */
 
-const cases: { name: string; chain: ConvBnChain; kernel: [number, number, number, number]; input: number[] }[] = [
+const cases: {
+  name: string;
+  chain: ConvBnChain;
+  kernel: [number, number, number, number];
+  input: [number, number, number, number];
+}[] = [
   {
     name: '3x3 conv, stride 2',
     chain: { depthwise: false, pointwise: false, options: { strides: [2, 2], padding: 'SAME', activation: 'Relu6' } },
@@ -33,8 +38,8 @@ const cases: { name: string; chain: ConvBnChain; kernel: [number, number, number
   },
 ];
 
-function randomWeights(kernelShape: number[], seed: number): ConvBnWeights {
-  const channels = kernelShape[2] * kernelShape[3] === kernelShape[2] ? kernelShape[2] : kernelShape[3];
+function randomWeights(kernelShape: [number, number, number, number], seed: number, depthwise = false): ConvBnWeights {
+  const channels = depthwise ? kernelShape[2] : kernelShape[3];
   return {
     kernel: tf.randomNormal(kernelShape, 0, 0.3, 'float32', seed) as Tensor4D,
     gamma: tf.randomUniform([channels], 0.5, 1.5, 'float32', seed + 1) as Tensor1D,
@@ -58,7 +63,7 @@ function largestRelativeDifference(a: Tensor, b: Tensor): number {
 for (const { name, chain, kernel, input } of cases) {
   test(`${name}: the folded filter and bias are the ops' to the last bit, from one kernel`, () => {
     assert.ok(tlxOpsAvailable(), 'scripts/setup.mjs builds native/build/tlx_ops.so');
-    const weights = randomWeights(kernel, 3);
+    const weights = randomWeights(kernel, 3, chain.depthwise);
     let folded: ReturnType<typeof foldConvBn> | undefined;
     assert.deepEqual(
       nativeOpsOf(() => (folded = foldConvBn(chain.depthwise, weights))),
@@ -72,7 +77,7 @@ for (const { name, chain, kernel, input } of cases) {
   });
 
   test(`${name}: the gradients for kernel, gamma and beta are tfjs autodiff's of conv + BatchNorm`, () => {
-    const weights = randomWeights(kernel, 11);
+    const weights = randomWeights(kernel, 11, chain.depthwise);
     const x = tf.randomNormal(input, 0, 1, 'float32', 5) as Tensor4D;
     const outputWeights = tf.tidy(() => {
       const probe = convBnClamp(chain, x, weights, false);
