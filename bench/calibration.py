@@ -65,7 +65,7 @@ def main():
         for subset in range(args.subsets):
             chosen = train[random.permutation(len(train))[:count]]
             started = time.perf_counter()
-            flatbuffer = tlx_export.convert(single, "int8", "uint8", chosen)
+            flatbuffer = tlx_export.convert(single, "int8", "uint8", chosen, lambda step: None)
             seconds.append(time.perf_counter() - started)
             with open(output, "wb") as f:
                 f.write(flatbuffer)

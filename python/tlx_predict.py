@@ -13,7 +13,7 @@ from tlx_export import dequantize_output, describe_tensor, quantize_input
 from tlx_images import decode_resized
 
 
-def predict(request):
+def predict(request, progress=lambda step: None):
     with open(request["model"], "rb") as f:
         model_bytes = f.read()
     metadata = tlx_metadata.read(model_bytes)
@@ -25,6 +25,7 @@ def predict(request):
     method = "nearest" if request["resize"] == "nearest" else "bilinear"
     results = []
     for file in request["images"]:
+        progress("predict")
         try:
             image = decode_resized(file, int(height), int(width), method, request.get("max_image_pixels"))[None]
             interpreter.set_tensor(input_detail["index"], quantize_input(image, input_detail))

@@ -2,8 +2,10 @@
 
 Reads one JSON request per line on stdin, {"id", "op", ...}, and answers one JSON line
 per request on its own copy of stdout, {"id", "ok", "report"} or {"id", "ok": false,
-"error", "traceback"}; anything else printed goes to stderr. TensorFlow is imported once,
-so a sweep exports every trial without paying for the import again.
+"error", "traceback"}; anything else printed goes to stderr. While an operation works it
+also writes {"id", "progress": step} lines, at most one a second: tlx stops a worker that
+stays silent too long (a stuck library would otherwise hold the run forever). TensorFlow
+is imported once, so a sweep exports every trial without paying for the import again.
 
 It exits as soon as stdin closes: when tlx finishes, and when tlx dies (even by SIGKILL),
 so it never outlives the run it works for.
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +43,19 @@ def read_stdin():
     os._exit(0)
 
 
+def progress_reporter(request_id):
+    last = 0.0
+
+    def progress(step):
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 1.0:
+            last = now
+            replies.write(json.dumps({"id": request_id, "progress": step}) + "\n")
+
+    return progress
+
+
 def main():
     threading.Thread(target=read_stdin, daemon=True).start()
     import tlx_export  # noqa: E402  (imports TensorFlow: once per worker)
@@ -52,7 +68,9 @@ def main():
                 arrived.wait()
             request = requests.pop(0)
         try:
-            report = operations[request["op"]](request)
+            progress = progress_reporter(request["id"])
+            progress("start")
+            report = operations[request["op"]](request, progress)
             reply = {"id": request["id"], "ok": True, "report": report}
         except Exception as error:
             reply = {"id": request["id"], "ok": False, "error": f"{type(error).__name__}: {error}".split("\n")[0], "traceback": traceback.format_exc()[-4000:]}

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import type { RunSummary } from '../src/run-folder/records.ts';
 import type { TfliteRecord } from '../src/run-folder/records.ts';
+import { PythonWorker } from '../src/export/python.ts';
 import { runTlx } from './helpers/cli.ts';
 import { writeClassFolders } from './helpers/images.ts';
 import { runDirOf } from './helpers/runs.ts';
@@ -399,5 +400,41 @@ export:
       new RegExp(`\\| weights \\| epoch ${best.epoch} of 5 \\(best validation accuracy`),
     );
     assert.match(result.stderr + result.stdout, new RegExp(`restored the weights of epoch ${best.epoch}`));
+  });
+});
+
+describe('the export watchdog', () => {
+  test('a worker silent for longer than the limit is stopped and the call fails naming its last step; it leaves no process', async () => {
+    process.env.TLX_TEST_EXPORT_HANG = '1';
+    const worker = PythonWorker.start();
+    delete process.env.TLX_TEST_EXPORT_HANG;
+    // Ready once it answers (here with an error): TensorFlow's import is not the stall measured.
+    await assert.rejects(worker.call('predict', { model: '/nonexistent.tflite', images: [] }), /No such file/);
+    const started = Date.now();
+    await assert.rejects(
+      worker.call('export', {}, { stallMs: 3000 }),
+      /python export made no progress for 3 s after step "start"; stopped it \(TLX_EXPORT_STALL_SECONDS sets the limit\)/,
+    );
+    const waited = Date.now() - started;
+    assert.ok(waited >= 3000 && waited < 20_000, `stopped after ${waited} ms`);
+    for (let i = 0; i < 50 && worker.running; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(worker.running, false, 'the stuck worker was killed');
+    await assert.rejects(worker.call('predict', { model: 'x', images: [] }), /is not running/);
+  });
+
+  test('progress keeps a slow call alive: the limit is on silence, not on the whole call', async () => {
+    process.env.TLX_TEST_EXPORT_HANG = 'slow';
+    const worker = PythonWorker.start();
+    delete process.env.TLX_TEST_EXPORT_HANG;
+    try {
+      await assert.rejects(worker.call('predict', { model: '/nonexistent.tflite', images: [] }), /No such file/);
+      const started = Date.now();
+      // 6 s of work reported every second, under a 3-s limit: it runs to its end (then fails on the empty request).
+      await assert.rejects(worker.call('export', {}, { stallMs: 3000 }), /python: KeyError: 'classifier'/);
+      assert.ok(Date.now() - started >= 6000, 'the slow step ran to its end');
+      assert.equal(worker.running, true);
+    } finally {
+      await worker.close();
+    }
   });
 });

@@ -38,18 +38,30 @@ function pythonEnv(): Record<string, string> {
     TLX_TEST_KILL_AT: process.env.TLX_TEST_KILL_AT,
     TLX_TEST_EXPORT_NOISE: process.env.TLX_TEST_EXPORT_NOISE,
     TLX_TEST_EXPORT_FAIL: process.env.TLX_TEST_EXPORT_FAIL,
+    TLX_TEST_EXPORT_HANG: process.env.TLX_TEST_EXPORT_HANG,
   });
 }
 
 interface Pending {
   resolve: (report: unknown) => void;
   reject: (error: Error) => void;
+  progress: (step: string) => void;
 }
 
 export interface CallOptions {
   /** When it aborts, the worker is stopped and the call throws InterruptedError. */
   signal?: AbortSignal;
-  timeoutMs?: number;
+  /**
+   * The worker reports progress (a step done, an image through the interpreter) at least every
+   * few seconds while it works; silent this long, it is stuck: it is stopped and the call fails.
+   */
+  stallMs?: number;
+}
+
+/** How long an export may go without progress: TLX_EXPORT_STALL_SECONDS, 10 minutes by default. */
+export function exportStallMs(env: NodeJS.ProcessEnv = process.env): number {
+  const seconds = Number(env.TLX_EXPORT_STALL_SECONDS);
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 600_000;
 }
 
 /** Something that runs python/ operations: a long-lived worker (or a test double-free one-shot). */
@@ -104,8 +116,13 @@ export class PythonWorker implements Exporter {
     return this.stderr.slice(-20).join('\n');
   }
 
+  /** Whether the worker still runs (a stuck one is stopped; a sweep then starts another). */
+  get running(): boolean {
+    return !this.exited;
+  }
+
   private onReply(line: string): void {
-    let reply: { id: number; ok: boolean; report?: unknown; error?: string; traceback?: string };
+    let reply: { id: number; ok: boolean; progress?: string; report?: unknown; error?: string; traceback?: string };
     try {
       reply = JSON.parse(line) as typeof reply;
     } catch {
@@ -113,6 +130,7 @@ export class PythonWorker implements Exporter {
     }
     const pending = this.pending.get(reply.id);
     if (!pending) return;
+    if (reply.progress !== undefined) return pending.progress(reply.progress);
     this.pending.delete(reply.id);
     if (reply.ok) pending.resolve(reply.report);
     else
@@ -132,6 +150,24 @@ export class PythonWorker implements Exporter {
     const id = this.nextId++;
     return new Promise<Report>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
+      let lastStep = 'its start';
+      const onStall = () => {
+        this.pending.delete(id);
+        done();
+        this.kill();
+        reject(
+          new PythonBridgeError(
+            `python ${op} made no progress for ${Math.round(options.stallMs! / 1000)} s after ${lastStep}; stopped it (TLX_EXPORT_STALL_SECONDS sets the limit)`,
+            this.command,
+            undefined,
+            this.stderrTail(),
+          ),
+        );
+      };
+      const watch = () => {
+        clearTimeout(timer);
+        if (options.stallMs) timer = setTimeout(onStall, options.stallMs);
+      };
       const onAbort = () => {
         this.pending.delete(id);
         done();
@@ -151,21 +187,12 @@ export class PythonWorker implements Exporter {
           done();
           reject(error);
         },
+        progress: (step) => {
+          lastStep = `step "${step}"`;
+          watch();
+        },
       });
-      if (options.timeoutMs) {
-        timer = setTimeout(() => {
-          this.pending.delete(id);
-          this.kill();
-          reject(
-            new PythonBridgeError(
-              `python ${op} timed out after ${options.timeoutMs} ms`,
-              this.command,
-              undefined,
-              this.stderrTail(),
-            ),
-          );
-        }, options.timeoutMs);
-      }
+      watch();
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener('abort', onAbort, { once: true });
       this.child.stdin!.write(`${JSON.stringify({ id, op, ...request })}\n`);

@@ -8,7 +8,7 @@ import { Random } from '../core/random.ts';
 import type { ImageSplit } from '../data/images.ts';
 import type { FinalWeights, TfliteRecord } from '../run-folder/records.ts';
 import { modelCardMarkdown, preprocessingNote } from './model-card.ts';
-import type { CallOptions, Exporter } from './python.ts';
+import { exportStallMs, type CallOptions, type Exporter } from './python.ts';
 import type { BaseModelName } from '../config/bases.ts';
 import { accuracyInterval } from '../core/stats.ts';
 import { gateSentence, judgeExport } from './gate.ts';
@@ -215,7 +215,10 @@ export async function exportTflite(inputs: ExportInputs): Promise<TfliteRecord> 
     max_image_pixels: inputs.maxImagePixels,
     output_dir: outputDir,
   };
-  const report = await inputs.exporter.call<ExportReport>('export', request, inputs.call);
+  const report = await inputs.exporter.call<ExportReport>('export', request, {
+    ...inputs.call,
+    stallMs: exportStallMs(),
+  });
   fs.rmSync(work, { recursive: true, force: true });
   log.debug({ seconds: report.seconds }, 'export steps');
   const record = exportRecord(report, inputs);

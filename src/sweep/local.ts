@@ -64,8 +64,10 @@ export class LocalScheduler implements TrialScheduler {
   readonly prepareData = (config: ResolvedExperiment, baseDir: string, known?: string) =>
     this.datasets.get(config, baseDir, known);
 
+  /** One worker for every trial's export; a new one if the last was stopped (stuck or killed). */
   private sharedExporter(): PythonWorker {
-    return (this.exporter ??= PythonWorker.start((line) => this.options.log.debug({ python: line })));
+    if (!this.exporter?.running) this.exporter = PythonWorker.start((line) => this.options.log.debug({ python: line }));
+    return this.exporter;
   }
 
   async run(planned: SweepPlanned, states: TrialState[], hooks: SchedulerHooks): Promise<boolean> {
