@@ -477,6 +477,121 @@ class UnfoldConvBnGradOp : public OpKernel {
   }
 };
 
+// Checks an activation [batch, height, width, channels] against a per-image, per-channel gate
+// [batch, 1, 1, channels] (squeeze-excite's), failing the op with both shapes otherwise.
+bool GateFits(OpKernelContext* context, const Tensor& x, const Tensor& gate) {
+  if (x.dims() == 4 && gate.dims() == 4 && gate.dim_size(0) == x.dim_size(0) && gate.dim_size(1) == 1 &&
+      gate.dim_size(2) == 1 && gate.dim_size(3) == x.dim_size(3))
+    return true;
+  context->SetStatus(tensorflow::errors::InvalidArgument(context->op_kernel().type_string(), ": activation ",
+                                                         x.shape().DebugString(), " and gate ", gate.shape().DebugString(),
+                                                         " are not [b, h, w, c] and [b, 1, 1, c]"));
+  return false;
+}
+
+// Squeeze-excite's product: y[b, h, w, c] = x[b, h, w, c] * gate[b, c], the float product of
+// TensorFlow's broadcasting Mul (bit-equal), without its generic broadcast (2.6 ns a value).
+class ScaleChannelsOp : public OpKernel {
+ public:
+  explicit ScaleChannelsOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& gate = context->input(1);
+    if (!GateFits(context, x, gate)) return;
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &output));
+    const int64_t batch = x.dim_size(0), pixels = x.dim_size(1) * x.dim_size(2), channels = x.dim_size(3);
+    const float* in = x.flat<float>().data();
+    const float* g = gate.flat<float>().data();
+    float* out = output->flat<float>().data();
+    // Rows of pixels: image b's pixel p is row b * pixels + p.
+    context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+        batch * pixels, channels, [&](int64_t first, int64_t last) {
+          for (int64_t row = first; row < last; ++row) {
+            const float* __restrict gb = g + (row / pixels) * channels;
+            const float* __restrict xr = in + row * channels;
+            float* __restrict yr = out + row * channels;
+            for (int64_t c = 0; c < channels; ++c) yr[c] = xr[c] * gb[c];
+          }
+        });
+  }
+};
+
+// Its gradient in one pass over the activation: dx = dy * gate (bit-equal to the Mul), and
+// d_gate[b, c] = sum over the pixels of dy * x, summed in double per image and channel, then
+// rounded once (TensorFlow's Mul then Sum, within float rounding).
+class ScaleChannelsGradOp : public OpKernel {
+ public:
+  explicit ScaleChannelsGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dy = context->input(0);
+    const Tensor& x = context->input(1);
+    const Tensor& gate = context->input(2);
+    if (!GateFits(context, x, gate)) return;
+    OP_REQUIRES(context, dy.shape() == x.shape(),
+                tensorflow::errors::InvalidArgument("TlxScaleChannelsGrad: gradient ", dy.shape().DebugString(),
+                                                    " and activation ", x.shape().DebugString(), " differ"));
+    Tensor *dx = nullptr, *dgate = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(context, context->allocate_output(1, gate.shape(), &dgate));
+    const int64_t batch = x.dim_size(0), pixels = x.dim_size(1) * x.dim_size(2), channels = x.dim_size(3);
+    const float* d = dy.flat<float>().data();
+    const float* in = x.flat<float>().data();
+    const float* g = gate.flat<float>().data();
+    float* out = dx->flat<float>().data();
+    float* dg = dgate->flat<float>().data();
+    context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+        batch, pixels * channels * 3, [&](int64_t first, int64_t last) {
+          std::vector<double> sums(static_cast<size_t>(channels));
+          for (int64_t b = first; b < last; ++b) {
+            std::fill(sums.begin(), sums.end(), 0.0);
+            double* __restrict acc = sums.data();
+            const float* __restrict gb = g + b * channels;
+            for (int64_t p = 0; p < pixels; ++p) {
+              const int64_t at = (b * pixels + p) * channels;
+              const float* __restrict dr = d + at;
+              const float* __restrict xr = in + at;
+              float* __restrict outr = out + at;
+              for (int64_t c = 0; c < channels; ++c) {
+                outr[c] = dr[c] * gb[c];
+                acc[c] += static_cast<double>(dr[c] * xr[c]);
+              }
+            }
+            for (int64_t c = 0; c < channels; ++c) dg[b * channels + c] = static_cast<float>(acc[c]);
+          }
+        });
+  }
+};
+
+// A per-channel affine map of the last axis, ((x - shift[c]) / divisor[c]) * factor[c]: Keras's
+// Normalization (factor 1) and a per-channel Rescaling (shift 0, divisor 1) on an image batch,
+// bit-equal to TensorFlow's broadcasting Sub, RealDiv and Mul (x - 0, x / 1 and x * 1 are x),
+// in one pass instead of their generic broadcast (RealDiv: 12.5 ms over a 32x224x224x3 batch).
+class ChannelAffineOp : public OpKernel {
+ public:
+  explicit ChannelAffineOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    OP_REQUIRES(context, x.dims() >= 1, tensorflow::errors::InvalidArgument("TlxChannelAffine: x is a scalar"));
+    const int64_t channels = x.dim_size(x.dims() - 1);
+    if (!ChannelVectors(context, 1, 3, channels)) return;
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &output));
+    const float* in = x.flat<float>().data();
+    const float* shift = context->input(1).flat<float>().data();
+    const float* divisor = context->input(2).flat<float>().data();
+    const float* factor = context->input(3).flat<float>().data();
+    float* out = output->flat<float>().data();
+    const int64_t rows = channels == 0 ? 0 : x.NumElements() / channels;
+    context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+        rows, channels * 8, [&](int64_t first, int64_t last) {
+          for (int64_t row = first; row < last; ++row)
+            for (int64_t c = 0; c < channels; ++c)
+              out[row * channels + c] = ((in[row * channels + c] - shift[c]) / divisor[c]) * factor[c];
+        });
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("TlxDepthwiseFilterGrad")
@@ -540,6 +655,29 @@ REGISTER_OP("TlxUnfoldConvBnGrad")
       c->set_output(1, c->input(1));
       return tensorflow::OkStatus();
     });
+REGISTER_OP("TlxScaleChannels")
+    .Input("x: float")
+    .Input("gate: float")
+    .Output("y: float")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+REGISTER_OP("TlxScaleChannelsGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("gate: float")
+    .Output("dx: float")
+    .Output("dgate: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      return tensorflow::OkStatus();
+    });
+REGISTER_OP("TlxChannelAffine")
+    .Input("x: float")
+    .Input("shift: float")
+    .Input("divisor: float")
+    .Input("factor: float")
+    .Output("y: float")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 REGISTER_OP("TlxHardSwish").Input("x: float").Output("y: float").SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 REGISTER_OP("TlxHardSwishGrad")
     .Input("dy: float")
@@ -557,6 +695,9 @@ REGISTER_KERNEL_BUILDER(Name("TlxDepthwiseFilterGrad").Device(DEVICE_CPU), Depth
 REGISTER_KERNEL_BUILDER(Name("TlxApplyFlatUpdate").Device(DEVICE_CPU), ApplyFlatUpdateOp);
 REGISTER_KERNEL_BUILDER(Name("TlxFoldConvBn").Device(DEVICE_CPU), FoldConvBnOp);
 REGISTER_KERNEL_BUILDER(Name("TlxUnfoldConvBnGrad").Device(DEVICE_CPU), UnfoldConvBnGradOp);
+REGISTER_KERNEL_BUILDER(Name("TlxScaleChannels").Device(DEVICE_CPU), ScaleChannelsOp);
+REGISTER_KERNEL_BUILDER(Name("TlxScaleChannelsGrad").Device(DEVICE_CPU), ScaleChannelsGradOp);
+REGISTER_KERNEL_BUILDER(Name("TlxChannelAffine").Device(DEVICE_CPU), ChannelAffineOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwish").Device(DEVICE_CPU), HardSwishOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwishGrad").Device(DEVICE_CPU), HardSwishGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxSwish").Device(DEVICE_CPU), SwishOp);

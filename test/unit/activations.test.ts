@@ -120,6 +120,32 @@ test("a squeeze-excite gate's product: both operands' gradients, the gate's summ
   assert.equal(tf.memory().numTensors, before, 'no tensor left');
 });
 
+test("squeeze-excite's product on tlx's kernels: one op each way, the product bit-equal, either order of operands", () => {
+  // 32 images of 14x14x37: the kernels' threads split images and rows.
+  const activation = tf.randomNormal([32, 14, 14, 37], 0, 1, 'float32', 13);
+  const gate = tf.randomUniform([32, 1, 1, 37], 0, 1, 'float32', 14);
+  const dy = tf.randomNormal([32, 14, 14, 37], 0, 1, 'float32', 15);
+  for (const order of ['activation, gate', 'gate, activation']) {
+    const run = (a: Tensor, b: Tensor) => (order === 'activation, gate' ? multiply(a, b) : multiply(b, a));
+    let value: Tensor | undefined;
+    assert.deepEqual(
+      nativeOpsOf(() => (value = run(activation, gate))),
+      ['TlxScaleChannels'],
+      order,
+    );
+    assert.deepEqual(Array.from(value!.dataSync()), Array.from(activation.mul(gate).dataSync()), `${order}: product`);
+    let gradients: Tensor[] = [];
+    const ops = nativeOpsOf(() => (gradients = tf.grads(run)([activation, gate], dy)));
+    assert.ok(ops.includes('TlxScaleChannelsGrad') && !ops.includes('Sum'), `${order}: ${ops.join(', ')}`);
+    const plain = tf.grads((a: Tensor, b: Tensor) => a.mul(b))([activation, gate], dy);
+    assert.deepEqual(Array.from(gradients[0].dataSync()), Array.from(plain[0].dataSync()), `${order}: dx bit-equal`);
+    const difference = largestRelativeDifference(gradients[1], plain[1]);
+    assert.ok(difference < 1e-6, `${order}: the gate's gradient differs by ${difference} of its largest entry`);
+    tf.dispose([value!, ...gradients, ...plain]);
+  }
+  tf.dispose([activation, gate, dy]);
+});
+
 for (const keepdims of [true, false]) {
   test(`the mean over the pixels (keepdims ${keepdims}): tf.mean's output and gradient, to the last bit`, () => {
     const { x } = inputs();
