@@ -1,5 +1,5 @@
 import type { Tensor, Tensor1D } from '@tensorflow/tfjs-node';
-import { runOpMulti } from '../tfjs/native-ops.ts';
+import { runOp, runOpMulti, tlxOpsAvailable } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { hardSigmoid, hardSilu, relu6, silu, single, spatialMean, type GradSave } from './activations.ts';
 
@@ -224,7 +224,7 @@ export interface ChannelRescalingArgs extends NonNullable<LayerArgs> {
   scale: number[];
 }
 
-/** Keras's Rescaling with one scale per channel (tfjs-layers' Rescaling takes one number). */
+/** Keras's Rescaling with one scale per channel (tfjs-layers' Rescaling takes one number); one pass on tlx's kernel, bit-equal to the broadcasting Mul. */
 export class ChannelRescaling extends tf.layers.Layer {
   static className = 'TlxChannelRescaling';
   readonly scale: number[];
@@ -235,7 +235,13 @@ export class ChannelRescaling extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => single(inputs).mul(tf.tensor1d(this.scale)));
+    return tf.tidy(() => {
+      const x = single(inputs);
+      const scale = tf.tensor1d(this.scale);
+      if (!tlxOpsAvailable()) return x.mul(scale);
+      const [zeros, ones] = [tf.zerosLike(scale), tf.onesLike(scale)];
+      return runOp('TlxChannelAffine', [], [x, zeros, ones, scale]);
+    });
   }
 
   override getConfig() {
@@ -263,11 +269,14 @@ export class Normalization extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() =>
-      single(inputs)
-        .sub(this.mean.read())
-        .div(tf.maximum(tf.sqrt(this.variance.read()), 1e-7)),
-    );
+    return tf.tidy(() => {
+      const x = single(inputs);
+      const mean = this.mean.read();
+      const divisor = tf.maximum(tf.sqrt(this.variance.read()), 1e-7);
+      // One pass on tlx's kernel (bit-equal): TensorFlow's broadcasting Sub and RealDiv take two slow ones.
+      if (tlxOpsAvailable()) return runOp('TlxChannelAffine', [], [x, mean, divisor, tf.onesLike(mean)]);
+      return x.sub(mean).div(divisor);
+    });
   }
 }
 
