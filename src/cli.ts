@@ -20,6 +20,14 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+const resizeOption = () =>
+  new Option(
+    '--resize <mode>',
+    'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)',
+  )
+    .choices(['bilinear', 'nearest'])
+    .default('bilinear');
+
 const setOption = () =>
   new Option('--set <key.path=value>', 'override a config key (repeatable), e.g. --set train.fine_tune.epochs=5')
     .argParser(collect)
@@ -63,6 +71,17 @@ function logger(command: Command): Logger {
   return session(command).log;
 }
 
+/** The cache and runs folders from the global flags. */
+function folders(command: Command): { cacheDir?: string; runsDir: string } {
+  const { cacheDir, runsDir } = globals(command);
+  return { cacheDir, runsDir };
+}
+
+/** The folders and the session: what most commands take. */
+function withFolders(command: Command): Session & { cacheDir?: string; runsDir: string } {
+  return { ...folders(command), ...session(command) };
+}
+
 function print(line: string): void {
   process.stdout.write(`${line}\n`);
 }
@@ -84,9 +103,27 @@ export function buildProgram(): Command {
 
   addInspectionCommands(program);
   addTrainingCommands(program);
-  addSweepCommands(program);
+  addSweepCommand(program);
+  addWorkerCommands(program);
   addRecordCommands(program);
   return program;
+}
+
+/** `tlx validate`: ok or every problem per file; fails when any file is invalid. */
+async function validateFiles(files: string[], overrides: string[]): Promise<void> {
+  const { loadExperiment } = await import('./config/load.ts');
+  const failures: ConfigError[] = [];
+  for (const file of files) {
+    try {
+      loadExperiment(file, { overrides });
+      print(`${file}: ok`);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      failures.push(error);
+      process.stderr.write(`${error.message}\n`);
+    }
+  }
+  if (failures.length > 0) throw new UserError(`${failures.length} of ${files.length} file(s) invalid`);
 }
 
 /** Commands that read an experiment or a base without training: validate, data, model. */
@@ -96,21 +133,7 @@ function addInspectionCommands(program: Command): void {
     .description('check experiment files against the schema; prints ok or every problem with file:line:col')
     .argument('<files...>', 'experiment YAML files')
     .addOption(setOption())
-    .action(async (files: string[], options: { set: string[] }) => {
-      const { loadExperiment } = await import('./config/load.ts');
-      const failures: ConfigError[] = [];
-      for (const file of files) {
-        try {
-          loadExperiment(file, { overrides: options.set });
-          print(`${file}: ok`);
-        } catch (error) {
-          if (!(error instanceof ConfigError)) throw error;
-          failures.push(error);
-          process.stderr.write(`${error.message}\n`);
-        }
-      }
-      if (failures.length > 0) throw new UserError(`${failures.length} of ${files.length} file(s) invalid`);
-    });
+    .action((files: string[], options: { set: string[] }) => validateFiles(files, options.set));
 
   program
     .command('data')
@@ -126,9 +149,7 @@ function addInspectionCommands(program: Command): void {
         file,
         overrides: options.set,
         out: options.out,
-        cacheDir: globals(command).cacheDir,
-        runsDir: globals(command).runsDir,
-        ...session(command),
+        ...withFolders(command),
       });
     });
 
@@ -167,9 +188,7 @@ function addTrainingCommands(program: Command): void {
         file,
         overrides: options.set,
         resume: options.resume,
-        cacheDir: globals(command).cacheDir,
-        runsDir: globals(command).runsDir,
-        ...session(command),
+        ...withFolders(command),
       });
     });
 
@@ -197,14 +216,7 @@ function addTrainingCommands(program: Command): void {
     .argument('<model>', 'model.tflite or a run folder')
     .argument('<images...>', 'image files or folders')
     .option('-k, --top-k <k>', 'labels shown per image', (v) => Number.parseInt(v, 10), 3)
-    .addOption(
-      new Option(
-        '--resize <mode>',
-        'bilinear matches training; nearest reproduces Android Bitmap.createScaledBitmap(..., false)',
-      )
-        .choices(['bilinear', 'nearest'])
-        .default('bilinear'),
-    )
+    .addOption(resizeOption())
     .option('--out <file>', 'write the table for a folder as .csv or .json')
     .action(
       async (
@@ -219,8 +231,35 @@ function addTrainingCommands(program: Command): void {
     );
 }
 
-/** Sweeps, locally or on a queue, and the queue's workers. */
-function addSweepCommands(program: Command): void {
+interface SweepFlags {
+  set: string[];
+  grid: string[];
+  resume?: string;
+  maxTrials?: number;
+  parallel: number;
+  queue?: string | boolean;
+  wait?: boolean;
+}
+
+/** `tlx sweep <experiment>`, or `tlx sweep status <sweep-id>`. */
+async function sweepAction(
+  file: string | undefined,
+  sweepId: string | undefined,
+  options: SweepFlags,
+  command: Command,
+): Promise<void> {
+  if (file === 'status') {
+    if (!sweepId) throw new UserError('sweep status: expected a sweep id');
+    const { sweepStatusCommand } = await import('./commands/sweep.ts');
+    await sweepStatusCommand({ sweepId, queue: options.queue, ...withFolders(command) });
+    return;
+  }
+  const { sweepCommand } = await import('./commands/sweep.ts');
+  await sweepCommand({ file, ...options, ...withFolders(command) });
+}
+
+/** Sweeps, locally or on a queue. */
+function addSweepCommand(program: Command): void {
   program
     .command('sweep')
     .description(
@@ -243,44 +282,11 @@ function addSweepCommands(program: Command): void {
       'run the trials on `tlx worker` processes through this Redis (BullMQ); default URL: $TLX_QUEUE_URL',
     )
     .option('--wait', 'with --queue: follow the sweep to its end, then write its results and bring its best model here')
-    .action(
-      async (
-        file: string | undefined,
-        sweepId: string | undefined,
-        options: {
-          set: string[];
-          grid: string[];
-          resume?: string;
-          maxTrials?: number;
-          parallel: number;
-          queue?: string | boolean;
-          wait?: boolean;
-        },
-        command: Command,
-      ) => {
-        if (file === 'status') {
-          if (!sweepId) throw new UserError('sweep status: expected a sweep id');
-          const { sweepStatusCommand } = await import('./commands/sweep.ts');
-          await sweepStatusCommand({
-            sweepId,
-            queue: options.queue,
-            cacheDir: globals(command).cacheDir,
-            runsDir: globals(command).runsDir,
-            ...session(command),
-          });
-          return;
-        }
-        const { sweepCommand } = await import('./commands/sweep.ts');
-        await sweepCommand({
-          file,
-          ...options,
-          cacheDir: globals(command).cacheDir,
-          runsDir: globals(command).runsDir,
-          ...session(command),
-        });
-      },
-    );
+    .action(sweepAction);
+}
 
+/** The queue's workers, and the hidden command a worker runs each trial in. */
+function addWorkerCommands(program: Command): void {
   program
     .command('worker')
     .description('run queued sweep trials (from `tlx sweep --queue`) until stopped; Ctrl-C finishes the current trial')
@@ -299,8 +305,7 @@ function addSweepCommands(program: Command): void {
       const { workerCommand } = await import('./commands/worker.ts');
       await workerCommand({
         ...options,
-        cacheDir: globals(command).cacheDir,
-        runsDir: globals(command).runsDir,
+        ...folders(command),
         log: logger(command),
       });
     });
@@ -314,8 +319,7 @@ function addSweepCommands(program: Command): void {
       await trialCommand({
         request,
         result,
-        runsDir: globals(command).runsDir,
-        cacheDir: globals(command).cacheDir,
+        ...folders(command),
         log: logger(command),
       });
     });

@@ -116,6 +116,10 @@ export class PythonWorker implements Exporter {
     return this.stderr.slice(-20).join('\n');
   }
 
+  private bridgeError(message: string): PythonBridgeError {
+    return new PythonBridgeError(message, this.command, undefined, this.stderrTail());
+  }
+
   /** Whether the worker still runs (a stuck one is stopped; a sweep then starts another). */
   get running(): boolean {
     return !this.exited;
@@ -139,14 +143,7 @@ export class PythonWorker implements Exporter {
 
   call<Report>(op: string, request: Record<string, unknown>, options: CallOptions = {}): Promise<Report> {
     if (this.exited)
-      return Promise.reject(
-        new PythonBridgeError(
-          `python/tlx_worker.py is not running:\n${this.stderrTail()}`,
-          this.command,
-          undefined,
-          this.stderrTail(),
-        ),
-      );
+      return Promise.reject(this.bridgeError(`python/tlx_worker.py is not running:\n${this.stderrTail()}`));
     const id = this.nextId++;
     return new Promise<Report>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
@@ -156,11 +153,8 @@ export class PythonWorker implements Exporter {
         done();
         this.kill();
         reject(
-          new PythonBridgeError(
-            `python ${op} made no progress for ${Math.round(options.stallMs! / 1000)} s after ${lastStep}; stopped it (TLX_EXPORT_STALL_SECONDS sets the limit)`,
-            this.command,
-            undefined,
-            this.stderrTail(),
+          this.bridgeError(
+            `python ${op} made no progress for ${options.stallMs! / 1000} s after ${lastStep}; stopped it (TLX_EXPORT_STALL_SECONDS sets the limit)`,
           ),
         );
       };
