@@ -448,7 +448,7 @@ class UnfoldConvBnGradOp : public OpKernel {
     const Tensor& kernel = context->input(2);
     const int64_t channels = context->input(1).NumElements();
     if (!ChannelVectors(context, 1, 1, channels) || !ChannelVectors(context, 3, 3, channels)) return;
-    OP_REQUIRES(context, filter_gradient.shape() == kernel.shape() && kernel.NumElements() % channels == 0,
+    OP_REQUIRES(context, channels > 0 && filter_gradient.shape() == kernel.shape() && kernel.NumElements() % channels == 0,
                 tensorflow::errors::InvalidArgument("TlxUnfoldConvBnGrad: filter gradient ",
                                                     filter_gradient.shape().DebugString(), ", kernel ",
                                                     kernel.shape().DebugString(), ", ", channels, " channels"));
