@@ -56,41 +56,44 @@ const conv2dAttrs: OpAttr[] = [
   { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
 ];
 
-/** oneDNN's conv kernel, the only one that fuses hard-swish and swish. */
-const oneDnnConv = new PreferredKernel('oneDNN conv + hard-swish/swish');
+/** oneDNN's conv kernel: the one grappler gives a Keras model, and the only one that fuses hard-swish and swish. */
+const oneDnnConv = new PreferredKernel('oneDNN fused conv');
+
+/** TensorFlow's own _FusedConv2D (ReLU and ReLU6 fused, hard-swish and swish as kernels of their own): for a build without oneDNN. */
+export function eigenFusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
+  const fusable = !options.activation || !oneDnnActivation[options.activation];
+  const y = runOp(
+    '_FusedConv2D',
+    [...commonAttrs(options, fusable ? undefined : ['BiasAdd']), ...conv2dAttrs],
+    [x, filter, bias],
+  ) as Tensor4D;
+  if (fusable) return y;
+  const activated = activate(y, options.activation);
+  y.dispose();
+  return activated;
+}
 
 /**
- * Conv2D, filter [h, w, in, out], bias [out]: TensorFlow's _FusedConv2D for ReLU/ReLU6;
- * hard-swish and swish only oneDNN's kernel fuses (as grappler does for Keras), with the
- * activation as separate ops on a build without it.
+ * Conv2D, filter [h, w, in, out], bias [out]: oneDNN's fused kernel, as grappler runs a Keras
+ * model. Eager execution rewrites a plain Conv2D to oneDNN but not _FusedConv2D, whose own CPU
+ * kernel took 2.5x as long on MobileNetV2's stem (3 input channels, stride 2) and 5-30% longer
+ * on most of its pointwise convs (Intel AVX-512, stop 47).
  */
 export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
-  if (options.activation && oneDnnActivation[options.activation]) {
-    return oneDnnConv.run(
-      () =>
-        runOp(
-          '_MklNativeFusedConv2D',
-          [
-            ...commonAttrs(options),
-            ...conv2dAttrs,
-            { name: 'is_filter_const', kind: 'bool', value: false },
-            { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
-          ],
-          [x, filter, bias],
-        ) as Tensor4D,
-      () => {
-        const y = runOp(
-          '_FusedConv2D',
-          [...commonAttrs(options, ['BiasAdd']), ...conv2dAttrs],
-          [x, filter, bias],
-        ) as Tensor4D;
-        const activated = activate(y, options.activation);
-        y.dispose();
-        return activated;
-      },
-    );
-  }
-  return runOp('_FusedConv2D', [...commonAttrs(options), ...conv2dAttrs], [x, filter, bias]) as Tensor4D;
+  return oneDnnConv.run(
+    () =>
+      runOp(
+        '_MklNativeFusedConv2D',
+        [
+          ...commonAttrs(options),
+          ...conv2dAttrs,
+          { name: 'is_filter_const', kind: 'bool', value: false },
+          { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
+        ],
+        [x, filter, bias],
+      ) as Tensor4D,
+    () => eigenFusedConv2d(x, filter, bias, options),
+  );
 }
 
 /**
