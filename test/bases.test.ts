@@ -170,9 +170,9 @@ describe('bases layer for layer as keras.applications builds them', () => {
   });
 
   test('the folded path: every Conv -> BatchNorm is one fused kernel, and the ReLU, hard-swish or swish after it joins it', () => {
-    for (const [base, withRelu, other] of [
-      ['mobilenet_v3_small', 5, 'HardSwish'],
-      ['efficientnet_b0', 0, 'Swish'],
+    for (const [base, withRelu, other, preprocessing] of [
+      ['mobilenet_v3_small', 5, 'HardSwish', 1],
+      ['efficientnet_b0', 0, 'Swish', 3],
     ] as const) {
       const classifier = buildClassifier({
         base,
@@ -184,6 +184,11 @@ describe('bases layer for layer as keras.applications builds them', () => {
       });
       const steps = compileGraph(classifier.model).steps;
       const fused = steps.filter((step) => step.kind === 'conv_bn');
+      assert.deepEqual(
+        [steps[0].kind, steps[0].layers.length],
+        ['affine', preprocessing],
+        `${base}: the preprocessing layers are one affine pass`,
+      );
       const batchNorms = classifier.base.layers.filter(
         (layer) => kerasClassName(layer) === 'BatchNormalization',
       ).length;

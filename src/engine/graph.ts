@@ -4,6 +4,10 @@ import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 import {
   Activation,
+  affineChainTerms,
+  affineTermNames,
+  channelAffine,
+  extendsAffineChain,
   InferenceBatchNormalization,
   InferenceDropout,
   ReLU,
@@ -28,7 +32,9 @@ import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './
  *   (taped-conv-bn.ts); the other layers run one by one. Gradients flow to the weights only:
  *   nothing asks for the gradient of the stage's inputs.
  *
- * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding.
+ * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding, and a
+ * base's preprocessing (Rescaling, Normalization, a per-channel Rescaling in a row) is one
+ * pass of tlx's affine kernel.
  *
  * Inference (evaluation, prediction) is the frozen stage over the whole model.
  */
@@ -48,7 +54,8 @@ export type Step =
       options: FusedConvOptions;
       inputs: [TensorId];
       output: TensorId;
-    };
+    }
+  | { kind: 'affine'; layers: Layer[]; inputs: [TensorId]; output: TensorId };
 
 export interface CompiledGraph {
   input: TensorId;
@@ -228,13 +235,38 @@ function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: T
   return result.filter((step) => !absorbed.has(step));
 }
 
+/** Rescaling / Normalization / per-channel Rescaling layers in a row, each read only by the next: one affine step. */
+function mergeAffineChains(steps: Step[], output: TensorId): Step[] {
+  const readers = new Map<TensorId, number>([[output, 1]]);
+  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const result: Step[] = [];
+  for (const step of steps) {
+    const layer = step.layers[0];
+    if (step.kind !== 'layer' || step.inputs.length !== 1 || !affineTermNames(layer)) {
+      result.push(step);
+      continue;
+    }
+    const previous = result[result.length - 1];
+    if (
+      previous?.kind === 'affine' &&
+      previous.output === step.inputs[0] &&
+      readers.get(previous.output) === 1 &&
+      extendsAffineChain(previous.layers, layer)
+    )
+      result[result.length - 1] = { ...previous, layers: [...previous.layers, layer], output: step.output };
+    else result.push({ kind: 'affine', layers: [layer], inputs: [step.inputs[0]], output: step.output });
+  }
+  return result;
+}
+
 const compiled = new WeakMap<LayersModel, CompiledGraph>();
 
 export function compileGraph(model: LayersModel): CompiledGraph {
   let graph = compiled.get(model);
   if (!graph) {
     const flat = flatten(model);
-    graph = { ...flat, steps: absorbPadding(fuseChains(flat.steps, flat.output), flat.shapes, flat.output) };
+    const chains = fuseChains(mergeAffineChains(flat.steps, flat.output), flat.output);
+    graph = { ...flat, steps: absorbPadding(chains, flat.shapes, flat.output) };
     compiled.set(model, graph);
   }
   return graph;
@@ -410,6 +442,9 @@ function runSteps(
       const inverseStd = options.inverseStds?.get(step);
       if (!inverseStd) throw new Error(`graph runner: no BatchNorm statistics for the taped chain ${step.conv.name}`);
       output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
+    } else if (step.kind === 'affine') {
+      const x = inputs[0];
+      output = tf.tidy(() => channelAffine(x, affineChainTerms(step.layers, x.shape[x.shape.length - 1] ?? 0)));
     } else {
       output = step.layers.reduce(
         (xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)],

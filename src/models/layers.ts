@@ -220,6 +220,70 @@ export class GlobalAveragePooling2D extends tf.layers.Layer {
   }
 }
 
+/**
+ * An image batch's per-channel preprocessing, y = ((x * scale + offset - shift) / divisor) * factor
+ * in that order, a missing term left out: Rescaling is scale and offset, Normalization shift and
+ * divisor, a per-channel Rescaling factor. Consecutive such layers are one affine when each fills
+ * later terms than the ones before it (extendsAffineChain).
+ */
+export interface ChannelAffineTerms {
+  scale?: Tensor1D;
+  offset?: Tensor1D;
+  shift?: Tensor1D;
+  divisor?: Tensor1D;
+  factor?: Tensor1D;
+}
+
+const affineOrder = ['scale', 'offset', 'shift', 'divisor', 'factor'] as const;
+
+type AnyLayer = InstanceType<typeof tf.layers.Layer>;
+
+/** The terms a Rescaling, a Normalization or a per-channel Rescaling fills; undefined for any other layer. */
+export function affineTermNames(layer: AnyLayer): (keyof ChannelAffineTerms)[] | undefined {
+  if (layer instanceof Normalization) return ['shift', 'divisor'];
+  if (layer instanceof ChannelRescaling) return ['factor'];
+  return layer.getClassName() === 'Rescaling' ? ['scale', 'offset'] : undefined;
+}
+
+/** Whether `next` after `chain` is still one affine: each of its terms comes after every term the chain filled. */
+export function extendsAffineChain(chain: readonly AnyLayer[], next: AnyLayer): boolean {
+  const position = (term: keyof ChannelAffineTerms) => affineOrder.indexOf(term);
+  const last = Math.max(...chain.flatMap((layer) => affineTermNames(layer) ?? []).map(position));
+  const terms = affineTermNames(next);
+  return terms !== undefined && terms.every((term) => position(term) > last);
+}
+
+/** The terms of a chain that extendsAffineChain accepted, for an input of `channels` channels. */
+export function affineChainTerms(chain: readonly AnyLayer[], channels: number): ChannelAffineTerms {
+  return Object.assign(
+    {},
+    ...chain.map((layer) => {
+      if (layer instanceof Normalization || layer instanceof ChannelRescaling) return layer.affineTerms();
+      const { scale, offset } = layer.getConfig() as { scale: number; offset: number };
+      return { scale: tf.fill([channels], scale), offset: tf.fill([channels], offset) };
+    }),
+  ) as ChannelAffineTerms;
+}
+
+/** Runs the terms on tlx's one-pass kernel (bit-equal to the layers' own ops), else as those ops. */
+export function channelAffine(x: Tensor, terms: ChannelAffineTerms): Tensor {
+  return tf.tidy(() => {
+    if (!tlxOpsAvailable()) {
+      const { scale, offset, shift, divisor, factor } = terms;
+      let y = x;
+      if (scale) y = y.mul(scale);
+      if (offset) y = y.add(offset);
+      if (shift) y = y.sub(shift);
+      if (divisor) y = y.div(divisor);
+      return factor ? y.mul(factor) : y;
+    }
+    const channels = x.shape[x.shape.length - 1] ?? 0;
+    const [zeros, ones] = [tf.zeros([channels]), tf.ones([channels])];
+    const { scale = ones, offset = zeros, shift = zeros, divisor = ones, factor = ones } = terms;
+    return runOp('TlxChannelAffine', [], [x, scale, offset, shift, divisor, factor]);
+  });
+}
+
 export interface ChannelRescalingArgs extends NonNullable<LayerArgs> {
   scale: number[];
 }
@@ -235,13 +299,11 @@ export class ChannelRescaling extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => {
-      const x = single(inputs);
-      const scale = tf.tensor1d(this.scale);
-      if (!tlxOpsAvailable()) return x.mul(scale);
-      const [zeros, ones] = [tf.zerosLike(scale), tf.onesLike(scale)];
-      return runOp('TlxChannelAffine', [], [x, zeros, ones, scale]);
-    });
+    return tf.tidy(() => channelAffine(single(inputs), this.affineTerms()));
+  }
+
+  affineTerms(): ChannelAffineTerms {
+    return { factor: tf.tensor1d(this.scale) };
   }
 
   override getConfig() {
@@ -269,14 +331,15 @@ export class Normalization extends tf.layers.Layer {
   }
 
   override call(inputs: Tensor | Tensor[], _kwargs: Kwargs): Tensor {
-    return tf.tidy(() => {
-      const x = single(inputs);
-      const mean = this.mean.read();
-      const divisor = tf.maximum(tf.sqrt(this.variance.read()), 1e-7);
-      // One pass on tlx's kernel (bit-equal): TensorFlow's broadcasting Sub and RealDiv take two slow ones.
-      if (tlxOpsAvailable()) return runOp('TlxChannelAffine', [], [x, mean, divisor, tf.onesLike(mean)]);
-      return x.sub(mean).div(divisor);
-    });
+    // One pass on tlx's kernel (bit-equal): TensorFlow's broadcasting Sub and RealDiv take two slow ones.
+    return tf.tidy(() => channelAffine(single(inputs), this.affineTerms()));
+  }
+
+  affineTerms(): ChannelAffineTerms {
+    return {
+      shift: this.mean.read() as Tensor1D,
+      divisor: tf.maximum(tf.sqrt(this.variance.read()), 1e-7) as Tensor1D,
+    };
   }
 }
 

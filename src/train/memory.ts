@@ -70,6 +70,8 @@ function tensorsPerOutput(step: Step): number {
   const activationOps =
     activation === 'HardSwish' ? (ownKernel ? 1 : 4) : activation === 'Swish' ? (ownKernel ? 1 : 2) : 0;
   if (step.kind === 'conv_bn') return activationOps > 0 ? 1 + activationOps : 1;
+  // A base's preprocessing: one pass of tlx's kernel, else each layer's ops (two each).
+  if (step.kind === 'affine') return ownKernel ? 1 : 2 * step.layers.length;
   if (activationOps > 0) return activationOps;
   const name = step.layers[0].getClassName();
   if (name === 'TlxHardSigmoid') return 3;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Tensor } from '@tensorflow/tfjs-node';
+import type { SymbolicTensor, Tensor } from '@tensorflow/tfjs-node';
+import { compileGraph, FoldedInference } from '../../src/engine/graph.ts';
 import { ChannelRescaling, Normalization } from '../../src/models/layers.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 import { nativeOpsOf } from '../helpers/native-ops.ts';
@@ -42,4 +43,66 @@ test('a per-channel Rescaling: x * scale[c], bit-equal, in one kernel', () => {
   const reference = x.mul(tf.tensor1d(scale));
   assert.deepEqual(Array.from(value.dataSync()), Array.from(reference.dataSync()));
   tf.dispose([x, value, reference]);
+});
+
+/** input -> the given layers in a row -> output, and its compiled graph's steps. */
+function chainModel(layers: InstanceType<typeof tf.layers.Layer>[]) {
+  const input = tf.input({ shape: [37, 41, 3] });
+  const output = layers.reduce((x, layer) => layer.apply(x) as SymbolicTensor, input);
+  const model = tf.model({ inputs: input, outputs: output });
+  return { model, steps: compileGraph(model).steps };
+}
+
+function normalization(): Normalization {
+  const layer = new Normalization({});
+  layer.build([null, 37, 41, 3]);
+  layer.setWeights([tf.tensor1d([0.485, -0.456, 0.406]), tf.tensor1d([0.229, 0.224, 0.225]), tf.scalar(5)]);
+  return layer;
+}
+
+test("EfficientNet's preprocessing (Rescaling, Normalization, per-channel Rescaling) runs as one kernel pass, bit-equal to the three layers", () => {
+  const { model, steps } = chainModel([
+    tf.layers.rescaling({ scale: 1 / 255 }),
+    normalization(),
+    new ChannelRescaling({ scale: [1 / Math.sqrt(0.229), 1 / Math.sqrt(0.224), 1 / Math.sqrt(0.225)] }),
+  ]);
+  assert.deepEqual(
+    steps.map((step) => [step.kind, step.layers.length]),
+    [['affine', 3]],
+  );
+  const x = tf.randomUniform([6, 37, 41, 3], 0, 255, 'float32', 22);
+  const layered = model.predict(x) as Tensor;
+  const inference = new FoldedInference(model);
+  let folded: Tensor | undefined;
+  const ops = nativeOpsOf(() => (folded = inference.logits(x)));
+  assert.deepEqual(
+    ops.filter((op) => op === 'TlxChannelAffine' || op === 'Mul' || op === 'Add' || op === 'AddV2'),
+    ['TlxChannelAffine'],
+  );
+  assert.deepEqual(Array.from(folded!.dataSync()), Array.from(layered.dataSync()));
+  inference.dispose();
+  tf.dispose([x, layered, folded!]);
+  model.dispose();
+});
+
+test("MobileNet's Rescaling (x / 127.5 - 1) runs as one kernel pass, bit-equal to tfjs's Mul and Add; a Rescaling after a Normalization stays a step of its own", () => {
+  const single = chainModel([tf.layers.rescaling({ scale: 1 / 127.5, offset: -1 })]);
+  const x = tf.randomUniform([6, 37, 41, 3], 0, 255, 'float32', 23);
+  const inference = new FoldedInference(single.model);
+  const folded = inference.logits(x);
+  const layered = single.model.predict(x) as Tensor;
+  assert.deepEqual(Array.from(folded.dataSync()), Array.from(layered.dataSync()));
+  inference.dispose();
+  tf.dispose([x, folded, layered]);
+  single.model.dispose();
+
+  const reversed = chainModel([normalization(), tf.layers.rescaling({ scale: 2 })]);
+  assert.deepEqual(
+    reversed.steps.map((step) => [step.kind, step.layers.length]),
+    [
+      ['affine', 1],
+      ['affine', 1],
+    ],
+  );
+  reversed.model.dispose();
 });
