@@ -128,6 +128,50 @@ class SwishOp : public ActivationOp {
   }
 };
 
+// Swish (SwishOp's values) and, from the same pass, each image's mean of it over the pixels
+// per channel: the squeeze of EfficientNet's squeeze-excite, which reads the swish output right
+// after. x [n, h, w, c] -> y like x, mean [n, c]. Sums in double: within float rounding of
+// TensorFlow's Mean, not bit-equal (its float sum is a tree).
+class SwishMeanOp : public OpKernel {
+ public:
+  explicit SwishMeanOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    const Tensor& input = context->input(0);
+    OP_REQUIRES(context, input.dims() == 4,
+                tensorflow::errors::InvalidArgument("TlxSwishMean: x has shape ", input.shape().DebugString(),
+                                                    ", expected [images, height, width, channels]"));
+    const int64_t images = input.dim_size(0), channels = input.dim_size(3);
+    const int64_t pixels = input.dim_size(1) * input.dim_size(2);
+    Tensor* output = nullptr;
+    Tensor* mean = nullptr;
+    OP_REQUIRES_OK(context, context->forward_input_or_allocate_output({0}, 0, input.shape(), &output));
+    OP_REQUIRES_OK(context, context->allocate_output(1, tensorflow::TensorShape({images, channels}), &mean));
+    const float* in = input.flat<float>().data();
+    float* out = output->flat<float>().data();
+    float* means = mean->flat<float>().data();
+    if (channels == 0) return;
+    // Blocks of whole pixels, about 4096 values: swished, then summed while still in cache.
+    const int64_t block_pixels = std::max<int64_t>(1, 4096 / channels);
+    context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+        images, pixels * channels * 32, [&](int64_t first, int64_t last) {
+          std::vector<double> sums(channels);
+          for (int64_t image = first; image < last; ++image) {
+            std::fill(sums.begin(), sums.end(), 0.0);
+            for (int64_t pixel = 0; pixel < pixels; pixel += block_pixels) {
+              const int64_t begin = (image * pixels + pixel) * channels;
+              const int64_t n = std::min(block_pixels, pixels - pixel) * channels;
+              ConstFlat x(in + begin, n);
+              Flat(out + begin, n) = x * x.sigmoid();
+              for (int64_t i = 0; i < n; i += channels)
+                for (int64_t c = 0; c < channels; ++c) sums[c] += out[begin + i + c];
+            }
+            for (int64_t c = 0; c < channels; ++c)
+              means[image * channels + c] = pixels == 0 ? std::nanf("") : static_cast<float>(sums[c] / pixels);
+          }
+        });
+  }
+};
+
 // With s = sigmoid(x): dy * s + SigmoidGrad(s, dy * x), SigmoidGrad(y, g) = g * y * (1 - y).
 class SwishGradOp : public ActivationGradOp {
  public:
@@ -704,6 +748,17 @@ REGISTER_OP("TlxHardSwishGrad")
     .Output("dx: float")
     .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 REGISTER_OP("TlxSwish").Input("x: float").Output("y: float").SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+REGISTER_OP("TlxSwishMean")
+    .Input("x: float")
+    .Output("y: float")
+    .Output("mean: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      c->set_output(0, x);
+      c->set_output(1, c->Matrix(c->Dim(x, 0), c->Dim(x, 3)));
+      return tensorflow::OkStatus();
+    });
 REGISTER_OP("TlxSwishGrad")
     .Input("dy: float")
     .Input("x: float")
@@ -721,3 +776,4 @@ REGISTER_KERNEL_BUILDER(Name("TlxHardSwish").Device(DEVICE_CPU), HardSwishOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwishGrad").Device(DEVICE_CPU), HardSwishGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxSwish").Device(DEVICE_CPU), SwishOp);
 REGISTER_KERNEL_BUILDER(Name("TlxSwishGrad").Device(DEVICE_CPU), SwishGradOp);
+REGISTER_KERNEL_BUILDER(Name("TlxSwishMean").Device(DEVICE_CPU), SwishMeanOp);

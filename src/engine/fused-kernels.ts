@@ -1,5 +1,5 @@
-import type { Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
-import { PreferredKernel, runOp, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
+import type { Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
+import { PreferredKernel, runOp, runOpMulti, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 
 /**
@@ -142,4 +142,25 @@ export function fusedDepthwiseConv2d(
     () => nativeFusedDepthwise(x, filter, bias, options),
     () => unfusedDepthwise(x, filter, bias, options),
   );
+}
+
+/**
+ * Depthwise conv + bias + swish, and each image's mean of the result per channel ([images,
+ * channels]): EfficientNet's squeeze-excite pools the swish output right after, and tlx's
+ * kernel takes the means in the same pass as swish instead of another read of it.
+ */
+export function fusedDepthwiseSwishMean(
+  x: Tensor4D,
+  filter: Tensor4D,
+  bias: Tensor1D,
+  options: FusedConvOptions,
+): [Tensor4D, Tensor2D] {
+  if (!tlxOpsAvailable()) {
+    const y = fusedDepthwiseConv2d(x, filter, bias, { ...options, activation: 'Swish' });
+    return [y, tf.mean(y, [1, 2]) as Tensor2D];
+  }
+  const linear = fusedDepthwiseConv2d(x, filter, bias, { ...options, activation: undefined });
+  const [y, mean] = runOpMulti('TlxSwishMean', [], [linear], 2);
+  linear.dispose();
+  return [y as Tensor4D, mean as Tensor2D];
 }

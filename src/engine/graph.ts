@@ -1,13 +1,20 @@
 import type { LayersModel, Tensor, Tensor1D, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { graphOf, isContainer, type GraphContainer } from '../tfjs/internals.ts';
 import { tf } from '../tfjs/tf.ts';
-import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
+import {
+  fusedConv2d,
+  fusedDepthwiseConv2d,
+  fusedDepthwiseSwishMean,
+  type FusedActivation,
+  type FusedConvOptions,
+} from './fused-kernels.ts';
 import {
   Activation,
   affineChainTerms,
   affineTermNames,
   channelAffine,
   extendsAffineChain,
+  GlobalAveragePooling2D,
   InferenceBatchNormalization,
   InferenceDropout,
   ReLU,
@@ -54,6 +61,8 @@ export type Step =
       options: FusedConvOptions;
       inputs: [TensorId];
       output: TensorId;
+      /** The GlobalAveragePooling2D step reading a depthwise swish chain's output: its folded kernel pools in the same pass. */
+      squeeze?: Step;
     }
   | { kind: 'affine'; layers: Layer[]; inputs: [TensorId]; output: TensorId };
 
@@ -259,6 +268,18 @@ function mergeAffineChains(steps: Step[], output: TensorId): Step[] {
   return result;
 }
 
+/** Links each depthwise chain ending in swish to the pooling step that reads its output (EfficientNet's squeeze-excite). */
+function attachSqueezes(steps: Step[]): Step[] {
+  const pooling = new Map(
+    steps.flatMap((step) => (step.layers[0] instanceof GlobalAveragePooling2D ? [[step.inputs[0], step]] : [])),
+  );
+  return steps.map((step) =>
+    step.kind === 'conv_bn' && step.depthwise && step.options.activation === 'Swish' && pooling.has(step.output)
+      ? { ...step, squeeze: pooling.get(step.output) }
+      : step,
+  );
+}
+
 const compiled = new WeakMap<LayersModel, CompiledGraph>();
 
 export function compileGraph(model: LayersModel): CompiledGraph {
@@ -266,7 +287,7 @@ export function compileGraph(model: LayersModel): CompiledGraph {
   if (!graph) {
     const flat = flatten(model);
     const chains = fuseChains(mergeAffineChains(flat.steps, flat.output), flat.output);
-    graph = { ...flat, steps: absorbPadding(chains, flat.shapes, flat.output) };
+    graph = { ...flat, steps: attachSqueezes(absorbPadding(chains, flat.shapes, flat.output)) };
     compiled.set(model, graph);
   }
   return graph;
@@ -427,6 +448,8 @@ function runSteps(
 ): void {
   const lastUse = new Map<TensorId, number>();
   const given = new Set(values.keys()); // no step's gradient flows into these
+  const pooledAlready = new Set<Step>(); // squeeze steps whose output a folded chain made
+  const members = new Set(steps);
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   steps.forEach((step, index) => {
     const inputs = step.inputs.map((id) => {
@@ -436,7 +459,16 @@ function runSteps(
     });
     const weights = step.kind === 'conv_bn' ? options.folded?.get(step) : undefined;
     let output: Tensor;
-    if (step.kind === 'conv_bn' && weights) {
+    if (pooledAlready.has(step)) {
+      output = values.get(step.output)!;
+    } else if (step.kind === 'conv_bn' && weights && step.squeeze && members.has(step.squeeze)) {
+      const [y, mean] = fusedDepthwiseSwishMean(inputs[0] as Tensor4D, weights.filter, weights.bias, step.options);
+      const { keepdims } = step.squeeze.layers[0] as GlobalAveragePooling2D;
+      values.set(step.squeeze.output, keepdims ? mean.reshape([mean.shape[0], 1, 1, mean.shape[1]]) : mean);
+      if (keepdims) mean.dispose();
+      pooledAlready.add(step.squeeze);
+      output = y;
+    } else if (step.kind === 'conv_bn' && weights) {
       output = runConvBn(step, inputs[0] as Tensor4D, weights);
     } else if (step.kind === 'conv_bn') {
       const inverseStd = options.inverseStds?.get(step);
