@@ -413,13 +413,19 @@ function runTapedConvBn(
     };
     const y = convBnClamp(chain, x, chainWeights(step, inverseStd), inputGradient);
     return step.activation && !clampActivation(step.options.activation)
-      ? applyLayer(step.activation, [y], training, undefined)
+      ? applyLayer(step.activation, [y], { training, onTape: true })
       : y;
   });
 }
 
-function applyLayer(layer: Layer, inputs: Tensor[], training: boolean, seed: number | undefined): Tensor {
-  if (inputs.length === 1 && isPointwiseConv(layer)) return applyPointwiseConv(layer, inputs[0] as Tensor4D);
+function applyLayer(
+  layer: Layer,
+  inputs: Tensor[],
+  options: { training: boolean; seed?: number; onTape: boolean },
+): Tensor {
+  const { training, seed } = options;
+  if (inputs.length === 1 && isPointwiseConv(layer))
+    return applyPointwiseConv(layer, inputs[0] as Tensor4D, options.onTape);
   // tfjs-layers' Multiply is tf.mul, whose gradient copies each operand once more (squeeze-excite gates).
   if (inputs.length === 2 && layer.getClassName() === 'Multiply') return multiply(inputs[0], inputs[1]);
   return layer.apply(
@@ -479,7 +485,10 @@ function runSteps(
       output = tf.tidy(() => channelAffine(x, affineChainTerms(step.layers, x.shape[x.shape.length - 1] ?? 0)));
     } else {
       output = step.layers.reduce(
-        (xs: Tensor[], layer) => [applyLayer(layer, xs, options.training, options.seed)],
+        // Off the tape when the chains run folded (frozen stage, inference): nothing takes gradients there.
+        (xs: Tensor[], layer) => [
+          applyLayer(layer, xs, { training: options.training, seed: options.seed, onTape: !options.folded }),
+        ],
         inputs,
       )[0];
     }

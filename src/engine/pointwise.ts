@@ -1,6 +1,6 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { single, type GradSave } from '../models/activations.ts';
-import { matMul2d } from '../tfjs/native-ops.ts';
+import { matMul2d, runOp, tlxOpsAvailable } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import type { Layer } from './graph.ts';
 
@@ -11,11 +11,23 @@ import type { Layer } from './graph.ts';
  * shapes, and 1x1 convs carry most of a MobileNet's or EfficientNet's weights (measured by
  * the steps case of bench/compare.ts). The result is the convolution's, up to the order of
  * float sums.
+ *
+ * Off the tape (inference, the frozen stage) the bias and a ReLU or sigmoid join the product in
+ * one _FusedMatMul: a squeeze-excite's convs (EfficientNet's carry swish and sigmoid) on
+ * [images, 1, 1, channels] were Conv2D + BiasAdd + activation ops of a few microseconds' work each.
  */
 
 const pointwise = new WeakMap<Layer, boolean>();
 
-/** A Conv2D with a 1x1 kernel, stride 1, no dilation, channels last and no activation of its own. */
+/** The activations a pointwise conv may carry; _FusedMatMul fuses ReLU and sigmoid (to the last bit). */
+const activations = new Set(['linear', 'relu', 'sigmoid', 'swish']);
+const matMulActivation: Record<string, string> = { relu: 'Relu', sigmoid: 'Sigmoid' };
+
+function activationOf(layer: Layer): string {
+  return (layer.getConfig().activation as string | undefined) ?? 'linear';
+}
+
+/** A Conv2D with a 1x1 kernel, stride 1, no dilation, channels last, and no activation or ReLU, sigmoid or swish. */
 export function isPointwiseConv(layer: Layer): boolean {
   let known = pointwise.get(layer);
   if (known === undefined) {
@@ -28,7 +40,7 @@ export function isPointwiseConv(layer: Layer): boolean {
         ones(config.kernelSize) &&
         ones(config.strides) &&
         ones(config.dilationRate) &&
-        (config.activation === 'linear' || config.activation === undefined);
+        activations.has(activationOf(layer));
     }
     pointwise.set(layer, known);
   }
@@ -48,14 +60,51 @@ const tapedMatMul = tf.customGrad((...args: (Tensor | GradSave)[]) => {
   };
 }) as (a: Tensor, b: Tensor) => Tensor;
 
-/** The layer's output for x, as a matrix product on its own kernel (and bias) variables: taped like the layer. */
-export function applyPointwiseConv(layer: Layer, x: Tensor4D): Tensor4D {
+/** The layer's own activation function (tfjs-layers' for its config): differentiable ops. */
+function layerActivation(layer: Layer, x: Tensor): Tensor {
+  return (layer as unknown as { activation: { apply(x: Tensor): Tensor } }).activation.apply(x);
+}
+
+/** bias + x [m, k] x kernel [k, n], with the layer's activation, off the tape: one _FusedMatMul (+ swish's own kernel). */
+function fusedProduct(layer: Layer, x: Tensor, kernel: Tensor, bias: Tensor): Tensor {
+  const activation = activationOf(layer);
+  const fused = matMulActivation[activation];
+  const y = runOp(
+    '_FusedMatMul',
+    [
+      { name: 'T', kind: 'type', value: 'float32' },
+      { name: 'transpose_a', kind: 'bool', value: false },
+      { name: 'transpose_b', kind: 'bool', value: false },
+      { name: 'num_args', kind: 'int', value: 1 },
+      { name: 'fused_ops', kind: 'string', value: fused ? ['BiasAdd', fused] : ['BiasAdd'] },
+      { name: 'epsilon', kind: 'float', value: 1e-4 },
+      { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
+    ],
+    [x, kernel, bias],
+  );
+  if (activation !== 'swish') return y;
+  return tlxOpsAvailable() ? runOp('TlxSwish', [], [y]) : layerActivation(layer, y);
+}
+
+/**
+ * The layer's output for x, as a matrix product on its own kernel (and bias) variables: taped
+ * like the layer, or (`onTape` false, with a bias) as one fused kernel.
+ */
+export function applyPointwiseConv(layer: Layer, x: Tensor4D, onTape: boolean): Tensor4D {
   const [kernel, bias] = layer.weights.map((weight) => weight.read());
   const [batch, height, width, channels] = x.shape;
   const filters = kernel.shape[3]!;
   return tf.tidy(() => {
-    const product = tapedMatMul(x.reshape([batch * height * width, channels]), kernel.reshape([channels, filters]));
-    const biased: Tensor = bias ? product.add(bias) : product;
-    return biased.reshape([batch, height, width, filters]) as Tensor4D;
+    const x2d = x.reshape([batch * height * width, channels]);
+    const kernel2d = kernel.reshape([channels, filters]);
+    let y: Tensor;
+    if (!onTape && bias) {
+      y = fusedProduct(layer, x2d, kernel2d, bias);
+    } else {
+      const product = tapedMatMul(x2d, kernel2d);
+      const biased = bias ? product.add(bias) : product;
+      y = activationOf(layer) === 'linear' ? biased : layerActivation(layer, biased);
+    }
+    return y.reshape([batch, height, width, filters]) as Tensor4D;
   });
 }
