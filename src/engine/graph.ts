@@ -480,7 +480,8 @@ function runSteps(
       const inverseStd = options.inverseStds?.get(step);
       if (!inverseStd) throw new Error(`graph runner: no BatchNorm statistics for the taped chain ${step.conv.name}`);
       output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
-    } else if (step.kind === 'affine') {
+    } else if (step.kind === 'affine' && options.folded) {
+      // Off the tape only: tlx's kernel has no gradient (on the tape the layers run one by one).
       const x = inputs[0];
       output = tf.tidy(() => channelAffine(x, affineChainTerms(step.layers, x.shape[x.shape.length - 1] ?? 0)));
     } else {

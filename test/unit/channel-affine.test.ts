@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { SymbolicTensor, Tensor } from '@tensorflow/tfjs-node';
-import { compileGraph, FoldedInference } from '../../src/engine/graph.ts';
+import type { Scalar, SymbolicTensor, Tensor } from '@tensorflow/tfjs-node';
+import { compileGraph, FoldedInference, StagedModel } from '../../src/engine/graph.ts';
 import { ChannelRescaling, Normalization } from '../../src/models/layers.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 import { nativeOpsOf } from '../helpers/native-ops.ts';
@@ -105,4 +105,24 @@ test("MobileNet's Rescaling (x / 127.5 - 1) runs as one kernel pass, bit-equal t
     ],
   );
   reversed.model.dispose();
+});
+
+test('a Rescaling after a trainable layer runs as its layer on the tape, so the gradient flows through it', () => {
+  const input = tf.input({ shape: [4] });
+  const dense = tf.layers.dense({ units: 3, name: 'dense' });
+  const output = tf.layers.rescaling({ scale: 2, offset: 1 }).apply(dense.apply(input)) as SymbolicTensor;
+  const model = tf.model({ inputs: input, outputs: output });
+  const staged = new StagedModel(model);
+  const x = tf.randomNormal([5, 4], 0, 1, 'float32', 24);
+  const frozen = staged.frozen(x);
+  const ours = tf.variableGrads(() => staged.trainable(frozen, true).square().sum() as Scalar, staged.variables);
+  const theirs = tf.variableGrads(() => (model.apply(x) as Tensor).square().sum() as Scalar, staged.variables);
+  for (const name of Object.keys(theirs.grads)) {
+    const difference = tf.max(tf.abs(ours.grads[name].sub(theirs.grads[name]))).dataSync()[0];
+    assert.ok(difference < 1e-5, `${name}: ${difference}`);
+    assert.ok(tf.max(tf.abs(theirs.grads[name])).dataSync()[0] > 0.1, `${name}: a gradient to compare`);
+  }
+  tf.dispose([x, ...frozen, ours.value, theirs.value, ...Object.values(ours.grads), ...Object.values(theirs.grads)]);
+  staged.dispose();
+  model.dispose();
 });
