@@ -25,6 +25,14 @@ function activate(y: Tensor4D, activation: FusedActivation | undefined): Tensor4
   return runOp(activation, [{ name: 'T', kind: 'type', value: 'float32' }], [y]) as Tensor4D;
 }
 
+/** y with an activation its kernel could not fuse, as a kernel of its own (y disposed); y itself without one. */
+function activateUnfused(y: Tensor4D, activation: FusedActivation | undefined): Tensor4D {
+  if (!activation) return y;
+  const activated = activate(y, activation);
+  y.dispose();
+  return activated;
+}
+
 export interface FusedConvOptions {
   strides: [number, number];
   padding: 'SAME' | 'VALID';
@@ -67,10 +75,7 @@ export function eigenFusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, 
     [...commonAttrs(options, fusable ? undefined : ['BiasAdd']), ...conv2dAttrs],
     [x, filter, bias],
   ) as Tensor4D;
-  if (fusable) return y;
-  const activated = activate(y, options.activation);
-  y.dispose();
-  return activated;
+  return activateUnfused(y, fusable ? undefined : options.activation);
 }
 
 /**
@@ -116,10 +121,7 @@ function nativeFusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, opt
     ],
     [x, filter, bias],
   ) as Tensor4D;
-  if (fusable) return y;
-  const activated = activate(y, options.activation);
-  y.dispose();
-  return activated;
+  return activateUnfused(y, fusable ? undefined : options.activation);
 }
 
 export function unfusedDepthwise(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {

@@ -434,6 +434,25 @@ function applyLayer(
   ) as Tensor;
 }
 
+/** A folded depthwise swish chain and its squeeze-excite's pooling from one pass: [chain output, pooled output]. */
+function runSqueezedChain(
+  step: ConvBnStep,
+  squeeze: Step,
+  x: Tensor4D,
+  weights: { filter: Tensor4D; bias: Tensor1D },
+): [Tensor, Tensor] {
+  const [y, mean] = fusedDepthwiseSwishMean(x, weights.filter, weights.bias, step.options);
+  if (!(squeeze.layers[0] as GlobalAveragePooling2D).keepdims) return [y, mean];
+  const pooled = mean.reshape([mean.shape[0], 1, 1, mean.shape[1]]);
+  mean.dispose();
+  return [y, pooled];
+}
+
+/** A base's preprocessing chain as one pass of tlx's affine kernel. */
+function runAffine(step: Extract<Step, { kind: 'affine' }>, x: Tensor): Tensor {
+  return tf.tidy(() => channelAffine(x, affineChainTerms(step.layers, x.shape[x.shape.length - 1] ?? 0)));
+}
+
 /**
  * Runs steps on concrete tensors, reading and adding to `values` (tensor id -> tensor).
  * Folded steps run their fused kernel; everything else its layers, in order. Tensors a
@@ -468,10 +487,8 @@ function runSteps(
     if (pooledAlready.has(step)) {
       output = values.get(step.output)!;
     } else if (step.kind === 'conv_bn' && weights && step.squeeze && members.has(step.squeeze)) {
-      const [y, mean] = fusedDepthwiseSwishMean(inputs[0] as Tensor4D, weights.filter, weights.bias, step.options);
-      const { keepdims } = step.squeeze.layers[0] as GlobalAveragePooling2D;
-      values.set(step.squeeze.output, keepdims ? mean.reshape([mean.shape[0], 1, 1, mean.shape[1]]) : mean);
-      if (keepdims) mean.dispose();
+      const [y, pooled] = runSqueezedChain(step, step.squeeze, inputs[0] as Tensor4D, weights);
+      values.set(step.squeeze.output, pooled);
       pooledAlready.add(step.squeeze);
       output = y;
     } else if (step.kind === 'conv_bn' && weights) {
@@ -482,8 +499,7 @@ function runSteps(
       output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
     } else if (step.kind === 'affine' && options.folded) {
       // Off the tape only: tlx's kernel has no gradient (on the tape the layers run one by one).
-      const x = inputs[0];
-      output = tf.tidy(() => channelAffine(x, affineChainTerms(step.layers, x.shape[x.shape.length - 1] ?? 0)));
+      output = runAffine(step, inputs[0]);
     } else {
       output = step.layers.reduce(
         // Off the tape when the chains run folded (frozen stage, inference): nothing takes gradients there.

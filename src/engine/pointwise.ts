@@ -1,6 +1,6 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { single, type GradSave } from '../models/activations.ts';
-import { matMul2d, runOp, tlxOpsAvailable } from '../tfjs/native-ops.ts';
+import { fusedMatMul2d, matMul2d, runOp, tlxOpsAvailable } from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import type { Layer } from './graph.ts';
 
@@ -21,7 +21,7 @@ const pointwise = new WeakMap<Layer, boolean>();
 
 /** The activations a pointwise conv may carry; _FusedMatMul fuses ReLU and sigmoid (to the last bit). */
 const activations = new Set(['linear', 'relu', 'sigmoid', 'swish']);
-const matMulActivation: Record<string, string> = { relu: 'Relu', sigmoid: 'Sigmoid' };
+const matMulActivation: Record<string, 'Relu' | 'Sigmoid'> = { relu: 'Relu', sigmoid: 'Sigmoid' };
 
 function activationOf(layer: Layer): string {
   return (layer.getConfig().activation as string | undefined) ?? 'linear';
@@ -68,20 +68,7 @@ function layerActivation(layer: Layer, x: Tensor): Tensor {
 /** bias + x [m, k] x kernel [k, n], with the layer's activation, off the tape: one _FusedMatMul (+ swish's own kernel). */
 function fusedProduct(layer: Layer, x: Tensor, kernel: Tensor, bias: Tensor): Tensor {
   const activation = activationOf(layer);
-  const fused = matMulActivation[activation];
-  const y = runOp(
-    '_FusedMatMul',
-    [
-      { name: 'T', kind: 'type', value: 'float32' },
-      { name: 'transpose_a', kind: 'bool', value: false },
-      { name: 'transpose_b', kind: 'bool', value: false },
-      { name: 'num_args', kind: 'int', value: 1 },
-      { name: 'fused_ops', kind: 'string', value: fused ? ['BiasAdd', fused] : ['BiasAdd'] },
-      { name: 'epsilon', kind: 'float', value: 1e-4 },
-      { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
-    ],
-    [x, kernel, bias],
-  );
+  const y = fusedMatMul2d(x, kernel, bias, matMulActivation[activation]);
   if (activation !== 'swish') return y;
   return tlxOpsAvailable() ? runOp('TlxSwish', [], [y]) : layerActivation(layer, y);
 }

@@ -1,5 +1,13 @@
 import type { Tensor, Tensor1D, Tensor2D, Tensor4D } from '@tensorflow/tfjs-node';
-import { matMul2d, PreferredKernel, runOp, runOpMulti, tlxOpsAvailable, type OpAttr } from '../tfjs/native-ops.ts';
+import {
+  fusedMatMul2d,
+  matMul2d,
+  PreferredKernel,
+  runOp,
+  runOpMulti,
+  tlxOpsAvailable,
+  type OpAttr,
+} from '../tfjs/native-ops.ts';
 import { tf } from '../tfjs/tf.ts';
 import { fusedConv2d, fusedDepthwiseConv2d, type FusedActivation, type FusedConvOptions } from './fused-kernels.ts';
 
@@ -47,19 +55,7 @@ function pointwiseForward(
   bias: Tensor1D,
   activation: 'Relu' | 'Relu6' | undefined,
 ): Tensor2D {
-  return runOp(
-    '_FusedMatMul',
-    [
-      float,
-      { name: 'transpose_a', kind: 'bool', value: false },
-      { name: 'transpose_b', kind: 'bool', value: false },
-      { name: 'num_args', kind: 'int', value: 1 },
-      { name: 'fused_ops', kind: 'string', value: activation ? ['BiasAdd', activation] : ['BiasAdd'] },
-      { name: 'epsilon', kind: 'float', value: 1e-4 },
-      { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
-    ],
-    [x2d, filter2d, bias],
-  ) as Tensor2D;
+  return fusedMatMul2d(x2d, filter2d, bias, activation) as Tensor2D;
 }
 
 function forward(

@@ -159,3 +159,24 @@ export function matMul2d(a: Tensor, b: Tensor, transposeA = false, transposeB = 
     [a, b],
   );
 }
+
+/**
+ * a [m, k] x b [k, n] + bias [n], then an activation TensorFlow's _FusedMatMul applies as it
+ * writes (Relu, Relu6, Sigmoid, ...): one kernel, equal to the last bit to MatMul, BiasAdd and
+ * the activation's op. No gradient: off the tape, or inside an op that defines its own.
+ */
+export function fusedMatMul2d(a: Tensor, b: Tensor, bias: Tensor, activation?: 'Relu' | 'Relu6' | 'Sigmoid'): Tensor {
+  return runOp(
+    '_FusedMatMul',
+    [
+      { name: 'T', kind: 'type', value: 'float32' },
+      { name: 'transpose_a', kind: 'bool', value: false },
+      { name: 'transpose_b', kind: 'bool', value: false },
+      { name: 'num_args', kind: 'int', value: 1 },
+      { name: 'fused_ops', kind: 'string', value: activation ? ['BiasAdd', activation] : ['BiasAdd'] },
+      { name: 'epsilon', kind: 'float', value: 1e-4 },
+      { name: 'leakyrelu_alpha', kind: 'float', value: 0.2 },
+    ],
+    [a, b, bias],
+  );
+}
