@@ -533,6 +533,21 @@ bool GateFits(OpKernelContext* context, const Tensor& x, const Tensor& gate) {
   return false;
 }
 
+// y[b, h, w, c] = x[b, h, w, c] * gate[b, c] over an activation [batch, pixels, channels].
+void ScaleByGate(OpKernelContext* context, const float* in, const float* gate, float* out, int64_t batch,
+                 int64_t pixels, int64_t channels) {
+  // Rows of pixels: image b's pixel p is row b * pixels + p.
+  context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+      batch * pixels, channels, [&](int64_t first, int64_t last) {
+        for (int64_t row = first; row < last; ++row) {
+          const float* __restrict gb = gate + (row / pixels) * channels;
+          const float* __restrict xr = in + row * channels;
+          float* __restrict yr = out + row * channels;
+          for (int64_t c = 0; c < channels; ++c) yr[c] = xr[c] * gb[c];
+        }
+      });
+}
+
 // Squeeze-excite's product: y[b, h, w, c] = x[b, h, w, c] * gate[b, c], the float product of
 // TensorFlow's broadcasting Mul (bit-equal), without its generic broadcast (2.6 ns a value).
 class ScaleChannelsOp : public OpKernel {
@@ -544,21 +559,104 @@ class ScaleChannelsOp : public OpKernel {
     if (!GateFits(context, x, gate)) return;
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &output));
+    ScaleByGate(context, x.flat<float>().data(), gate.flat<float>().data(), output->flat<float>().data(),
+                x.dim_size(0), x.dim_size(1) * x.dim_size(2), x.dim_size(3));
+  }
+};
+
+// A whole squeeze-excite after its pooling, off the tape: from each image's channel means
+// pooled [b, c], the reduce conv (kernel [c, k] as [1, 1, c, k], bias [k], then linear, ReLU or
+// swish), the expand conv (kernel [k, c], bias [c], then sigmoid or hard-sigmoid) and the
+// product x * gate. On [b, 1, 1, c] those convs are a few microseconds of arithmetic each, and
+// as tfjs runs them (reshapes, _FusedMatMul, the activations' ops, the product) a dozen ops per
+// block. Each product sums in channel order and adds the bias after (as MatMul + BiasAdd, within
+// float rounding of them); sigmoid is 1 / (1 + exp(-z)), hard-sigmoid relu6(z + 3) * (1/6) as
+// Keras's MobileNetV3 computes it.
+class SqueezeExciteOp : public OpKernel {
+  enum class Reduce { kLinear, kRelu, kSwish };
+
+ public:
+  explicit SqueezeExciteOp(OpKernelConstruction* context) : OpKernel(context) {
+    std::string reduce, gate;
+    OP_REQUIRES_OK(context, context->GetAttr("reduce_activation", &reduce));
+    OP_REQUIRES_OK(context, context->GetAttr("gate_activation", &gate));
+    OP_REQUIRES(context, reduce == "Linear" || reduce == "Relu" || reduce == "Swish",
+                tensorflow::errors::InvalidArgument("TlxSqueezeExcite: reduce_activation ", reduce,
+                                                    ", expected Linear, Relu or Swish"));
+    OP_REQUIRES(context, gate == "Sigmoid" || gate == "HardSigmoid",
+                tensorflow::errors::InvalidArgument("TlxSqueezeExcite: gate_activation ", gate,
+                                                    ", expected Sigmoid or HardSigmoid"));
+    reduce_ = reduce == "Relu" ? Reduce::kRelu : reduce == "Swish" ? Reduce::kSwish : Reduce::kLinear;
+    hard_gate_ = gate == "HardSigmoid";
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& pooled = context->input(1);
+    const Tensor& reduce_kernel = context->input(2);
+    const Tensor& reduce_bias = context->input(3);
+    const Tensor& expand_kernel = context->input(4);
+    const Tensor& expand_bias = context->input(5);
+    OP_REQUIRES(context, x.dims() == 4 && reduce_bias.dims() == 1,
+                tensorflow::errors::InvalidArgument("TlxSqueezeExcite: x ", x.shape().DebugString(),
+                                                    " is not [b, h, w, c] or reduce bias ",
+                                                    reduce_bias.shape().DebugString(), " not a vector"));
     const int64_t batch = x.dim_size(0), pixels = x.dim_size(1) * x.dim_size(2), channels = x.dim_size(3);
-    const float* in = x.flat<float>().data();
-    const float* g = gate.flat<float>().data();
-    float* out = output->flat<float>().data();
-    // Rows of pixels: image b's pixel p is row b * pixels + p.
+    const int64_t reduced = reduce_bias.dim_size(0);
+    OP_REQUIRES(context,
+                pooled.NumElements() == batch * channels && reduce_kernel.NumElements() == channels * reduced &&
+                    expand_kernel.NumElements() == reduced * channels && expand_bias.NumElements() == channels,
+                tensorflow::errors::InvalidArgument(
+                    "TlxSqueezeExcite: x ", x.shape().DebugString(), ", pooled ", pooled.shape().DebugString(),
+                    ", reduce kernel ", reduce_kernel.shape().DebugString(), " and bias ",
+                    reduce_bias.shape().DebugString(), ", expand kernel ", expand_kernel.shape().DebugString(),
+                    " and bias ", expand_bias.shape().DebugString(), " do not chain [b, c] -> [b, k] -> [b, c]"));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &output));
+    const float* means = pooled.flat<float>().data();
+    const float* w1 = reduce_kernel.flat<float>().data();
+    const float* b1 = reduce_bias.flat<float>().data();
+    const float* w2 = expand_kernel.flat<float>().data();
+    const float* b2 = expand_bias.flat<float>().data();
+    std::vector<float> gates(static_cast<size_t>(batch * channels));
     context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
-        batch * pixels, channels, [&](int64_t first, int64_t last) {
-          for (int64_t row = first; row < last; ++row) {
-            const float* __restrict gb = g + (row / pixels) * channels;
-            const float* __restrict xr = in + row * channels;
-            float* __restrict yr = out + row * channels;
-            for (int64_t c = 0; c < channels; ++c) yr[c] = xr[c] * gb[c];
+        batch, channels * reduced * 4, [&](int64_t first, int64_t last) {
+          std::vector<float> hidden(reduced);
+          for (int64_t b = first; b < last; ++b) {
+            float* __restrict h = hidden.data();
+            std::fill(h, h + reduced, 0.0f);
+            for (int64_t c = 0; c < channels; ++c) {
+              const float m = means[b * channels + c];
+              const float* __restrict row = w1 + c * reduced;
+              for (int64_t k = 0; k < reduced; ++k) h[k] += m * row[k];
+            }
+            for (int64_t k = 0; k < reduced; ++k) {
+              const float z = h[k] + b1[k];
+              h[k] = reduce_ == Reduce::kRelu    ? std::max(z, 0.0f)
+                     : reduce_ == Reduce::kSwish ? z * (1.0f / (1.0f + std::exp(-z)))
+                                                 : z;
+            }
+            float* __restrict g = gates.data() + b * channels;
+            std::fill(g, g + channels, 0.0f);
+            for (int64_t k = 0; k < reduced; ++k) {
+              const float v = h[k];
+              const float* __restrict row = w2 + k * channels;
+              for (int64_t c = 0; c < channels; ++c) g[c] += v * row[c];
+            }
+            for (int64_t c = 0; c < channels; ++c) {
+              const float z = g[c] + b2[c];
+              g[c] = hard_gate_ ? std::min(std::max(z + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f)
+                                : 1.0f / (1.0f + std::exp(-z));
+            }
           }
         });
+    ScaleByGate(context, x.flat<float>().data(), gates.data(), output->flat<float>().data(), batch, pixels,
+                channels);
   }
+
+ private:
+  Reduce reduce_ = Reduce::kLinear;
+  bool hard_gate_ = false;
 };
 
 // Its gradient in one pass over the activation: dx = dy * gate (bit-equal to the Mul), and
@@ -721,6 +819,17 @@ REGISTER_OP("TlxScaleChannels")
     .Input("gate: float")
     .Output("y: float")
     .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+REGISTER_OP("TlxSqueezeExcite")
+    .Input("x: float")
+    .Input("pooled: float")
+    .Input("reduce_kernel: float")
+    .Input("reduce_bias: float")
+    .Input("expand_kernel: float")
+    .Input("expand_bias: float")
+    .Output("y: float")
+    .Attr("reduce_activation: string")
+    .Attr("gate_activation: string")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 REGISTER_OP("TlxScaleChannelsGrad")
     .Input("dy: float")
     .Input("x: float")
@@ -770,6 +879,7 @@ REGISTER_KERNEL_BUILDER(Name("TlxApplyFlatUpdate").Device(DEVICE_CPU), ApplyFlat
 REGISTER_KERNEL_BUILDER(Name("TlxFoldConvBn").Device(DEVICE_CPU), FoldConvBnOp);
 REGISTER_KERNEL_BUILDER(Name("TlxUnfoldConvBnGrad").Device(DEVICE_CPU), UnfoldConvBnGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxScaleChannels").Device(DEVICE_CPU), ScaleChannelsOp);
+REGISTER_KERNEL_BUILDER(Name("TlxSqueezeExcite").Device(DEVICE_CPU), SqueezeExciteOp);
 REGISTER_KERNEL_BUILDER(Name("TlxScaleChannelsGrad").Device(DEVICE_CPU), ScaleChannelsGradOp);
 REGISTER_KERNEL_BUILDER(Name("TlxChannelAffine").Device(DEVICE_CPU), ChannelAffineOp);
 REGISTER_KERNEL_BUILDER(Name("TlxHardSwish").Device(DEVICE_CPU), HardSwishOp);

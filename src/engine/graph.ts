@@ -23,6 +23,7 @@ import {
 } from '../models/layers.ts';
 import { multiply } from '../models/activations.ts';
 import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
+import { mergeSqueezeExcites, runSqueezeExcite, type SqueezeExciteStep } from './squeeze-excite.ts';
 import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './taped-conv-bn.ts';
 
 /**
@@ -39,9 +40,10 @@ import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './
  *   (taped-conv-bn.ts); the other layers run one by one. Gradients flow to the weights only:
  *   nothing asks for the gradient of the stage's inputs.
  *
- * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding, and a
+ * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding, a
  * base's preprocessing (Rescaling, Normalization, a per-channel Rescaling in a row) is one
- * pass of tlx's affine kernel.
+ * pass of tlx's affine kernel, and a squeeze-excite after its pooling one step
+ * (squeeze-excite.ts).
  *
  * Inference (evaluation, prediction) is the frozen stage over the whole model.
  */
@@ -64,7 +66,8 @@ export type Step =
       /** The GlobalAveragePooling2D step reading a depthwise swish chain's output: its folded kernel pools in the same pass. */
       squeeze?: Step;
     }
-  | { kind: 'affine'; layers: Layer[]; inputs: [TensorId]; output: TensorId };
+  | { kind: 'affine'; layers: Layer[]; inputs: [TensorId]; output: TensorId }
+  | SqueezeExciteStep;
 
 export interface CompiledGraph {
   input: TensorId;
@@ -287,7 +290,8 @@ export function compileGraph(model: LayersModel): CompiledGraph {
   if (!graph) {
     const flat = flatten(model);
     const chains = fuseChains(mergeAffineChains(flat.steps, flat.output), flat.output);
-    graph = { ...flat, steps: attachSqueezes(absorbPadding(chains, flat.shapes, flat.output)) };
+    const excites = mergeSqueezeExcites(chains, flat.output);
+    graph = { ...flat, steps: attachSqueezes(absorbPadding(excites, flat.shapes, flat.output)) };
     compiled.set(model, graph);
   }
   return graph;
@@ -497,6 +501,11 @@ function runSteps(
       const inverseStd = options.inverseStds?.get(step);
       if (!inverseStd) throw new Error(`graph runner: no BatchNorm statistics for the taped chain ${step.conv.name}`);
       output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
+    } else if (step.kind === 'excite') {
+      const onTape = !options.folded;
+      output = runSqueezeExcite(step, inputs[0], inputs[1], !onTape, (layer, xs) =>
+        applyLayer(layer, xs, { training: options.training, seed: options.seed, onTape }),
+      );
     } else if (step.kind === 'affine' && options.folded) {
       // Off the tape only: tlx's kernel has no gradient (on the tape the layers run one by one).
       output = runAffine(step, inputs[0]);

@@ -33,6 +33,9 @@ const macsPerByte = 256;
 
 /** Multiply-accumulates of one sample through a step's convolution or dense layer (elementwise ops, BatchNorm and pooling left out). */
 export function stepMacs(graph: CompiledGraph, step: Step): number {
+  // A squeeze-excite: two products on the pooled means, [channels] -> [reduced] -> [channels].
+  if (step.kind === 'excite')
+    return 2 * elementsPerSample(graph, step.inputs[1]) * (step.reduce.getConfig().filters as number);
   const layer = step.kind === 'conv_bn' ? step.conv : step.layers[0];
   const kind = layer.getClassName();
   if (kind !== 'Conv2D' && kind !== 'DepthwiseConv2D' && kind !== 'Dense') return 0;

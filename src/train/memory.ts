@@ -72,6 +72,8 @@ function tensorsPerOutput(step: Step): number {
   if (step.kind === 'conv_bn') return activationOps > 0 ? 1 + activationOps : 1;
   // A base's preprocessing: one pass of tlx's kernel, else each layer's ops (two each).
   if (step.kind === 'affine') return ownKernel ? 1 : 2 * step.layers.length;
+  // A squeeze-excite: its gate is per image and channel; only the product is activation-sized.
+  if (step.kind === 'excite') return 1;
   if (activationOps > 0) return activationOps;
   const name = step.layers[0].getClassName();
   if (name === 'TlxHardSigmoid') return 3;
@@ -95,7 +97,7 @@ function tensorsPerOutput(step: Step): number {
 /** A convolution: its kernel works on a reordered or packed copy of its input and output (oneDNN's blocked layouts, Eigen's patches). */
 function isConvolution(step: Step): boolean {
   const name = step.layers[0].getClassName();
-  return step.kind === 'conv_bn' || name === 'Conv2D' || name === 'DepthwiseConv2D';
+  return step.kind === 'conv_bn' || (step.kind === 'layer' && (name === 'Conv2D' || name === 'DepthwiseConv2D'));
 }
 
 /** Elements per sample a convolution's kernel needs beside its input and output while it runs. */
