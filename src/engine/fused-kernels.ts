@@ -45,7 +45,7 @@ function commonAttrs(
 ): OpAttr[] {
   return [
     { name: 'T', kind: 'type', value: 'float32' },
-    { name: 'num_args', kind: 'int', value: 1 },
+    { name: 'num_args', kind: 'int', value: fusedOps.includes('Add') ? 2 : 1 },
     { name: 'strides', kind: 'int', value: [1, options.strides[0], options.strides[1], 1] },
     { name: 'padding', kind: 'string', value: options.padding },
     { name: 'data_format', kind: 'string', value: 'NHWC' },
@@ -56,13 +56,16 @@ function commonAttrs(
   ];
 }
 
-const conv2dAttrs: OpAttr[] = [
-  { name: 'TArgs', kind: 'type', value: ['float32'] },
-  { name: 'num_host_args', kind: 'int', value: 0 },
-  { name: 'filter_format', kind: 'string', value: 'HWIO' },
-  { name: 'explicit_paddings', kind: 'int', value: [] },
-  { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
-];
+/** A fused conv's attributes beyond commonAttrs', for `args` arguments after the filter (the bias, a residual). */
+function conv2dAttrs(args: number): OpAttr[] {
+  return [
+    { name: 'TArgs', kind: 'type', value: Array.from({ length: args }, () => 'float32' as const) },
+    { name: 'num_host_args', kind: 'int', value: 0 },
+    { name: 'filter_format', kind: 'string', value: 'HWIO' },
+    { name: 'explicit_paddings', kind: 'int', value: [] },
+    { name: 'use_cudnn_on_gpu', kind: 'bool', value: true },
+  ];
+}
 
 /** oneDNN's conv kernel: the one grappler gives a Keras model, and the only one that fuses hard-swish and swish. */
 const oneDnnConv = new PreferredKernel('oneDNN fused conv');
@@ -72,7 +75,7 @@ export function eigenFusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, 
   const fusable = !options.activation || !oneDnnActivation[options.activation];
   const y = runOp(
     '_FusedConv2D',
-    [...commonAttrs(options, fusable ? undefined : ['BiasAdd']), ...conv2dAttrs],
+    [...commonAttrs(options, fusable ? undefined : ['BiasAdd']), ...conv2dAttrs(1)],
     [x, filter, bias],
   ) as Tensor4D;
   return activateUnfused(y, fusable ? undefined : options.activation);
@@ -83,21 +86,40 @@ export function eigenFusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, 
  * model. Eager execution rewrites a plain Conv2D to oneDNN but not _FusedConv2D, whose own CPU
  * kernel took 2.5x as long on MobileNetV2's stem (3 input channels, stride 2) and 5-30% longer
  * on most of its pointwise convs (Intel AVX-512, stop 47).
+ *
+ * With `residual` (a linear conv only), the result is conv + bias + residual: oneDNN adds a
+ * residual connection's shortcut as it writes the output (fused_ops BiasAdd, Add, as grappler
+ * fuses a Keras model's), the same float sums as a separate Add, one pass over the activation
+ * fewer. The residual tensor is read, not overwritten.
  */
-export function fusedConv2d(x: Tensor4D, filter: Tensor4D, bias: Tensor1D, options: FusedConvOptions): Tensor4D {
+export function fusedConv2d(
+  x: Tensor4D,
+  filter: Tensor4D,
+  bias: Tensor1D,
+  options: FusedConvOptions,
+  residual?: Tensor4D,
+): Tensor4D {
+  if (residual && options.activation)
+    throw new Error(`fusedConv2d: a residual joins a linear conv only, not one with ${options.activation}`);
   return oneDnnConv.run(
     () =>
       runOp(
         '_MklNativeFusedConv2D',
         [
-          ...commonAttrs(options),
-          ...conv2dAttrs,
+          ...commonAttrs(options, residual ? ['BiasAdd', 'Add'] : undefined),
+          ...conv2dAttrs(residual ? 2 : 1),
           { name: 'is_filter_const', kind: 'bool', value: false },
           { name: '_kernel', kind: 'string', value: 'MklNameChangeOp' },
         ],
-        [x, filter, bias],
+        residual ? [x, filter, bias, residual] : [x, filter, bias],
       ) as Tensor4D,
-    () => eigenFusedConv2d(x, filter, bias, options),
+    () => {
+      const y = eigenFusedConv2d(x, filter, bias, options);
+      if (!residual) return y;
+      const sum = tf.add(y, residual) as Tensor4D;
+      y.dispose();
+      return sum;
+    },
   );
 }
 

@@ -42,8 +42,8 @@ import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './
  *
  * A ZeroPadding2D that only feeds a strided chain is taken into it as SAME padding, a
  * base's preprocessing (Rescaling, Normalization, a per-channel Rescaling in a row) is one
- * pass of tlx's affine kernel, and a squeeze-excite after its pooling one step
- * (squeeze-excite.ts).
+ * pass of tlx's affine kernel, a squeeze-excite after its pooling one step
+ * (squeeze-excite.ts), and a residual connection's Add part of the linear chain before it.
  *
  * Inference (evaluation, prediction) is the frozen stage over the whole model.
  */
@@ -61,10 +61,13 @@ export type Step =
       activation?: Layer;
       depthwise: boolean;
       options: FusedConvOptions;
-      inputs: [TensorId];
+      /** The conv's input, and a residual connection's shortcut when `residual` is set. */
+      inputs: [TensorId] | [TensorId, TensorId];
       output: TensorId;
       /** The GlobalAveragePooling2D step reading a depthwise swish chain's output: its folded kernel pools in the same pass. */
       squeeze?: Step;
+      /** The Add of a residual connection taken into a linear chain (its shortcut is inputs[1]). */
+      residual?: { add: Layer; shortcutFirst: boolean };
     }
   | { kind: 'affine'; layers: Layer[]; inputs: [TensorId]; output: TensorId }
   | SqueezeExciteStep;
@@ -247,6 +250,46 @@ function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: T
   return result.filter((step) => !absorbed.has(step));
 }
 
+/**
+ * A residual connection: an Add of a linear chain's output (no activation; nothing else reads
+ * it) and a shortcut of the same shape. Folded, oneDNN's conv adds the shortcut as it writes
+ * its output, as grappler fuses a Keras model's Conv2D + BiasAdd + Add; the chain moves to the
+ * Add's place (where the shortcut is computed too) with the shortcut as its second input.
+ */
+function mergeResidualAdds(steps: Step[], shapes: Map<TensorId, number[]>, output: TensorId): Step[] {
+  const readers = new Map<TensorId, number>([[output, 1]]);
+  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const producer = new Map(steps.map((step) => [step.output, step]));
+  const absorbed = new Set<Step>();
+  const result = steps.map((step): Step => {
+    if (step.kind !== 'layer' || className(step.layers[0]) !== 'Add' || step.inputs.length !== 2) return step;
+    for (const [index, id] of step.inputs.entries()) {
+      const chain = producer.get(id);
+      const shortcut = step.inputs[1 - index];
+      if (
+        chain?.kind !== 'conv_bn' ||
+        chain.depthwise ||
+        chain.options.activation ||
+        chain.residual ||
+        readers.get(id) !== 1 ||
+        shortcut === id ||
+        JSON.stringify(shapes.get(shortcut)) !== JSON.stringify(shapes.get(id))
+      )
+        continue;
+      absorbed.add(chain);
+      return {
+        ...chain,
+        layers: [...chain.layers, step.layers[0]],
+        inputs: [chain.inputs[0], shortcut],
+        output: step.output,
+        residual: { add: step.layers[0], shortcutFirst: index === 1 },
+      };
+    }
+    return step;
+  });
+  return result.filter((step) => !absorbed.has(step));
+}
+
 /** Rescaling / Normalization / per-channel Rescaling layers in a row, each read only by the next: one affine step. */
 function mergeAffineChains(steps: Step[], output: TensorId): Step[] {
   const readers = new Map<TensorId, number>([[output, 1]]);
@@ -291,7 +334,8 @@ export function compileGraph(model: LayersModel): CompiledGraph {
     const flat = flatten(model);
     const chains = fuseChains(mergeAffineChains(flat.steps, flat.output), flat.output);
     const excites = mergeSqueezeExcites(chains, flat.output);
-    graph = { ...flat, steps: attachSqueezes(absorbPadding(excites, flat.shapes, flat.output)) };
+    const padded = absorbPadding(excites, flat.shapes, flat.output);
+    graph = { ...flat, steps: attachSqueezes(mergeResidualAdds(padded, flat.shapes, flat.output)) };
     compiled.set(model, graph);
   }
   return graph;
@@ -392,10 +436,15 @@ function disposeFolded(folded: FoldedWeights): void {
   folded.clear();
 }
 
-function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; bias: Tensor1D }): Tensor4D {
+function runConvBn(
+  step: ConvBnStep,
+  x: Tensor4D,
+  weights: { filter: Tensor4D; bias: Tensor1D },
+  shortcut: Tensor4D | undefined,
+): Tensor4D {
   return step.depthwise
     ? fusedDepthwiseConv2d(x, weights.filter, weights.bias, step.options)
-    : fusedConv2d(x, weights.filter, weights.bias, step.options);
+    : fusedConv2d(x, weights.filter, weights.bias, step.options, shortcut);
 }
 
 /**
@@ -405,6 +454,7 @@ function runConvBn(step: ConvBnStep, x: Tensor4D, weights: { filter: Tensor4D; b
 function runTapedConvBn(
   step: ConvBnStep,
   x: Tensor4D,
+  shortcut: Tensor | undefined,
   inverseStd: Tensor1D,
   inputGradient: boolean,
   training: boolean,
@@ -416,9 +466,13 @@ function runTapedConvBn(
       options: step.options,
     };
     const y = convBnClamp(chain, x, chainWeights(step, inverseStd), inputGradient);
-    return step.activation && !clampActivation(step.options.activation)
-      ? applyLayer(step.activation, [y], { training, onTape: true })
-      : y;
+    const activated =
+      step.activation && !clampActivation(step.options.activation)
+        ? applyLayer(step.activation, [y], { training, onTape: true })
+        : y;
+    if (!step.residual || !shortcut) return activated;
+    const operands = step.residual.shortcutFirst ? [shortcut, activated] : [activated, shortcut];
+    return applyLayer(step.residual.add, operands, { training, onTape: true });
   });
 }
 
@@ -496,11 +550,12 @@ function runSteps(
       pooledAlready.add(step.squeeze);
       output = y;
     } else if (step.kind === 'conv_bn' && weights) {
-      output = runConvBn(step, inputs[0] as Tensor4D, weights);
+      output = runConvBn(step, inputs[0] as Tensor4D, weights, inputs[1] as Tensor4D | undefined);
     } else if (step.kind === 'conv_bn') {
       const inverseStd = options.inverseStds?.get(step);
       if (!inverseStd) throw new Error(`graph runner: no BatchNorm statistics for the taped chain ${step.conv.name}`);
-      output = runTapedConvBn(step, inputs[0] as Tensor4D, inverseStd, !given.has(step.inputs[0]), options.training);
+      const [x, shortcut] = inputs as [Tensor4D, Tensor | undefined];
+      output = runTapedConvBn(step, x, shortcut, inverseStd, !given.has(step.inputs[0]), options.training);
     } else if (step.kind === 'excite') {
       const onTape = !options.folded;
       output = runSqueezeExcite(step, inputs[0], inputs[1], !onTape, (layer, xs) =>

@@ -69,7 +69,8 @@ function tensorsPerOutput(step: Step): number {
   const ownKernel = tlxOpsAvailable();
   const activationOps =
     activation === 'HardSwish' ? (ownKernel ? 1 : 4) : activation === 'Swish' ? (ownKernel ? 1 : 2) : 0;
-  if (step.kind === 'conv_bn') return activationOps > 0 ? 1 + activationOps : 1;
+  // A residual connection's Add inside a chain: one more on the tape (folded, oneDNN adds in place of the bias pass).
+  if (step.kind === 'conv_bn') return (activationOps > 0 ? 1 + activationOps : 1) + (step.residual ? 1 : 0);
   // A base's preprocessing: one pass of tlx's kernel, else each layer's ops (two each).
   if (step.kind === 'affine') return ownKernel ? 1 : 2 * step.layers.length;
   // A squeeze-excite: its gate is per image and channel; only the product is activation-sized.
