@@ -22,7 +22,7 @@ import {
   SeededDropout,
 } from '../models/layers.ts';
 import { multiply } from '../models/activations.ts';
-import { applyPointwiseConv, isPointwiseConv } from './pointwise.ts';
+import { applyDense, applyPointwiseConv, isMatrixDense, isPointwiseConv } from './pointwise.ts';
 import { mergeSqueezeExcites, runSqueezeExcite, type SqueezeExciteStep } from './squeeze-excite.ts';
 import { clampActivation, convBnClamp, foldConvBn, type ConvBnWeights } from './taped-conv-bn.ts';
 
@@ -484,6 +484,7 @@ function applyLayer(
   const { training, seed } = options;
   if (inputs.length === 1 && isPointwiseConv(layer))
     return applyPointwiseConv(layer, inputs[0] as Tensor4D, options.onTape);
+  if (inputs.length === 1 && isMatrixDense(layer, inputs[0])) return applyDense(layer, inputs[0], options.onTape);
   // tfjs-layers' Multiply is tf.mul, whose gradient copies each operand once more (squeeze-excite gates).
   if (inputs.length === 2 && layer.getClassName() === 'Multiply') return multiply(inputs[0], inputs[1]);
   return layer.apply(

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
-import { applyPointwiseConv, isPointwiseConv } from '../../src/engine/pointwise.ts';
+import type { Scalar, Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
+import { applyDense, applyPointwiseConv, isMatrixDense, isPointwiseConv } from '../../src/engine/pointwise.ts';
 import { tf } from '../../src/tfjs/tf.ts';
 import { nativeOpsOf } from '../helpers/native-ops.ts';
 
@@ -34,4 +34,31 @@ test('a 1x1 conv with another activation (tanh) is no matrix product', () => {
   const layer = tf.layers.conv2d({ filters: 4, kernelSize: 1, activation: 'tanh' });
   layer.build([null, 1, 1, 8]);
   assert.equal(isPointwiseConv(layer), false);
+});
+
+test("a Dense layer on [batch, features] (the classifier's head): MatMul, not BatchMatMulV2; off the tape one fused product; output and gradients the layer's", () => {
+  const layer = tf.layers.dense({ units: 3, activation: 'linear', biasInitializer: 'ones' });
+  const x = tf.randomNormal([6, 20], 0, 2, 'float32', 43);
+  const expected = layer.apply(x) as Tensor;
+  assert.ok(isMatrixDense(layer, x) && !isMatrixDense(layer, x.reshape([6, 4, 5])));
+  let offTape: Tensor | undefined;
+  const offOps = nativeOpsOf(() => (offTape = applyDense(layer, x, false)));
+  assert.deepEqual(offOps, ['_FusedMatMul']);
+  const variables = layer.trainableWeights.map((weight) => weight.read() as Variable);
+  const loss = (y: Tensor) => y.square().sum() as Scalar;
+  const reference = tf.variableGrads(() => loss(layer.apply(x) as Tensor), variables);
+  let ours: ReturnType<typeof tf.variableGrads> | undefined;
+  const tapedOps = nativeOpsOf(() => (ours = tf.variableGrads(() => loss(applyDense(layer, x, true)), variables)));
+  assert.ok(tapedOps.includes('MatMul') && !tapedOps.includes('BatchMatMulV2'), tapedOps.join(', '));
+  assert.ok(maxDiff(offTape!, expected) <= 1e-5, `off the tape: ${maxDiff(offTape!, expected)}`);
+  assert.ok(
+    Math.abs(ours!.value.dataSync()[0] - reference.value.dataSync()[0]) <= 1e-4 * reference.value.dataSync()[0],
+  );
+  for (const variable of variables) {
+    const difference = maxDiff(ours!.grads[variable.name], reference.grads[variable.name]);
+    assert.ok(difference <= 1e-4, `${variable.name}: ${difference}`);
+  }
+  tf.dispose([x, expected, offTape!, ours!.value, reference.value, ...Object.values(ours!.grads)]);
+  tf.dispose(Object.values(reference.grads));
+  layer.dispose();
 });
