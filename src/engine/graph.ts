@@ -134,6 +134,13 @@ function className(layer: Layer): string {
   return layer.getClassName();
 }
 
+/** How many steps read each tensor (the graph's output counts as read once more). */
+function readerCounts(steps: readonly Step[], output: TensorId): Map<TensorId, number> {
+  const readers = new Map<TensorId, number>([[output, 1]]);
+  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  return readers;
+}
+
 /** A Conv2D / DepthwiseConv2D whose config a fused kernel can run as is. */
 function foldableConv(layer: Layer): boolean {
   const name = className(layer);
@@ -158,9 +165,7 @@ function fusableActivation(layer: Layer): FusedActivation | undefined {
 
 /** Merges Conv -> BatchNorm (-> ReLU / ReLU6 / hard-swish / swish) chains whose intermediate tensors nobody else reads. */
 function fuseChains(steps: Step[], output: TensorId): Step[] {
-  const readers = new Map<TensorId, number>();
-  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
-  readers.set(output, (readers.get(output) ?? 0) + 1);
+  const readers = readerCounts(steps, output);
   const consumer = (id: TensorId): number | undefined => {
     if (readers.get(id) !== 1 || id === output) return undefined;
     const index = steps.findIndex((step) => step.inputs.includes(id));
@@ -219,8 +224,7 @@ function samePadding(size: number[], kernel: number[], strides: number[]): [numb
  * one slice of its gradient fewer.
  */
 function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: TensorId): Step[] {
-  const readers = new Map<TensorId, number>([[output, 1]]);
-  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const readers = readerCounts(steps, output);
   const producer = new Map(steps.map((step) => [step.output, step]));
   const absorbed = new Set<Step>();
   const result = steps.map((step): Step => {
@@ -257,8 +261,7 @@ function absorbPadding(steps: Step[], shapes: Map<TensorId, number[]>, output: T
  * Add's place (where the shortcut is computed too) with the shortcut as its second input.
  */
 function mergeResidualAdds(steps: Step[], shapes: Map<TensorId, number[]>, output: TensorId): Step[] {
-  const readers = new Map<TensorId, number>([[output, 1]]);
-  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const readers = readerCounts(steps, output);
   const producer = new Map(steps.map((step) => [step.output, step]));
   const absorbed = new Set<Step>();
   const result = steps.map((step): Step => {
@@ -292,8 +295,7 @@ function mergeResidualAdds(steps: Step[], shapes: Map<TensorId, number[]>, outpu
 
 /** Rescaling / Normalization / per-channel Rescaling layers in a row, each read only by the next: one affine step. */
 function mergeAffineChains(steps: Step[], output: TensorId): Step[] {
-  const readers = new Map<TensorId, number>([[output, 1]]);
-  for (const step of steps) for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+  const readers = readerCounts(steps, output);
   const result: Step[] = [];
   for (const step of steps) {
     const layer = step.layers[0];
@@ -534,6 +536,8 @@ function runSteps(
   const given = new Set(values.keys()); // no step's gradient flows into these
   const pooledAlready = new Set<Step>(); // squeeze steps whose output a folded chain made
   const members = new Set(steps);
+  // Off the tape when the chains run folded (frozen stage, inference): nothing takes gradients there.
+  const layerOptions = { training: options.training, seed: options.seed, onTape: !options.folded };
   steps.forEach((step, index) => step.inputs.forEach((id) => lastUse.set(id, index)));
   steps.forEach((step, index) => {
     const inputs = step.inputs.map((id) => {
@@ -558,21 +562,13 @@ function runSteps(
       const [x, shortcut] = inputs as [Tensor4D, Tensor | undefined];
       output = runTapedConvBn(step, x, shortcut, inverseStd, !given.has(step.inputs[0]), options.training);
     } else if (step.kind === 'excite') {
-      const onTape = !options.folded;
-      output = runSqueezeExcite(step, inputs[0], inputs[1], !onTape, (layer, xs) =>
-        applyLayer(layer, xs, { training: options.training, seed: options.seed, onTape }),
-      );
+      const apply = (layer: Layer, xs: Tensor[]) => applyLayer(layer, xs, layerOptions);
+      output = runSqueezeExcite(step, inputs[0], inputs[1], !layerOptions.onTape, apply);
     } else if (step.kind === 'affine' && options.folded) {
       // Off the tape only: tlx's kernel has no gradient (on the tape the layers run one by one).
       output = runAffine(step, inputs[0]);
     } else {
-      output = step.layers.reduce(
-        // Off the tape when the chains run folded (frozen stage, inference): nothing takes gradients there.
-        (xs: Tensor[], layer) => [
-          applyLayer(layer, xs, { training: options.training, seed: options.seed, onTape: !options.folded }),
-        ],
-        inputs,
-      )[0];
+      output = step.layers.reduce((xs: Tensor[], layer) => [applyLayer(layer, xs, layerOptions)], inputs)[0];
     }
     values.set(step.output, output);
     for (const id of step.inputs) {
