@@ -75,24 +75,24 @@ function fusedProduct(layer: Layer, x: Tensor, kernel: Tensor, bias: Tensor): Te
 }
 
 /**
- * The layer's output for x, as a matrix product on its own kernel (and bias) variables: taped
- * like the layer, or (`onTape` false, with a bias) as one fused kernel.
+ * bias + x [m, k] x kernel [k, n] with the layer's activation: taped like the layer, or
+ * (`onTape` false, with a bias) as one fused kernel.
  */
+function layerProduct(layer: Layer, x: Tensor, kernel: Tensor, bias: Tensor | undefined, onTape: boolean): Tensor {
+  if (!onTape && bias) return fusedProduct(layer, x, kernel, bias);
+  const product = tapedMatMul(x, kernel);
+  const biased = bias ? product.add(bias) : product;
+  return activationOf(layer) === 'linear' ? biased : layerActivation(layer, biased);
+}
+
+/** The layer's output for x, as a matrix product on its own kernel (and bias) variables. */
 export function applyPointwiseConv(layer: Layer, x: Tensor4D, onTape: boolean): Tensor4D {
   const [kernel, bias] = layer.weights.map((weight) => weight.read());
   const [batch, height, width, channels] = x.shape;
   const filters = kernel.shape[3]!;
   return tf.tidy(() => {
     const x2d = x.reshape([batch * height * width, channels]);
-    const kernel2d = kernel.reshape([channels, filters]);
-    let y: Tensor;
-    if (!onTape && bias) {
-      y = fusedProduct(layer, x2d, kernel2d, bias);
-    } else {
-      const product = tapedMatMul(x2d, kernel2d);
-      const biased = bias ? product.add(bias) : product;
-      y = activationOf(layer) === 'linear' ? biased : layerActivation(layer, biased);
-    }
+    const y = layerProduct(layer, x2d, kernel.reshape([channels, filters]), bias, onTape);
     return y.reshape([batch, height, width, filters]) as Tensor4D;
   });
 }
@@ -110,10 +110,5 @@ export function isMatrixDense(layer: Layer, input: Tensor): boolean {
  */
 export function applyDense(layer: Layer, x: Tensor, onTape: boolean): Tensor {
   const [kernel, bias] = layer.weights.map((weight) => weight.read());
-  return tf.tidy(() => {
-    if (!onTape && bias) return fusedProduct(layer, x, kernel, bias);
-    const product = tapedMatMul(x, kernel);
-    const biased = bias ? product.add(bias) : product;
-    return activationOf(layer) === 'linear' ? biased : layerActivation(layer, biased);
-  });
+  return tf.tidy(() => layerProduct(layer, x, kernel, bias, onTape));
 }
